@@ -1,0 +1,105 @@
+"""Attribution and the per-campaign summary, as ibis expressions over the workspace.
+
+The contract's rule: a conversion belongs to a campaign by its own ``campaign_id``, else by
+``click_id`` to the touchpoint with that click, else by ``user_id`` to that user's last
+touchpoint at or before the conversion. Conversions none of these reach stay unattributed
+(and are counted, never dropped).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ibis
+
+from signalloop.store import Workspace
+
+
+def attributed_conversions(ws: Workspace) -> Any:
+    """Every conversion with ``attributed_campaign_id`` and ``attributed_by``.
+
+    ``attributed_by`` is ``campaign_id``, ``click_id``, ``user_id`` or null (unattributed).
+    """
+    conv = ws.table("conversions")
+    tp = ws.table("touchpoints")
+    clicks = (
+        tp.filter(tp.click_id.notnull() & tp.campaign_id.notnull())
+        .group_by(tp.click_id)
+        .aggregate(click_campaign=tp.campaign_id.argmin(tp.ts))
+    )
+    touches = tp.filter(tp.user_id.notnull() & tp.campaign_id.notnull()).select(
+        touch_user=tp.user_id, touch_ts=tp.ts, touch_campaign=tp.campaign_id
+    )
+    c = conv.mutate(_row=ibis.row_number())
+    by_click = c.left_join(clicks, c.click_id == clicks.click_id).select(
+        c._row, clicks.click_campaign
+    )
+    last_touch = (
+        c.select(c._row, c.user_id, c.ts)
+        .join(touches, (c.user_id == touches.touch_user) & (touches.touch_ts <= c.ts))
+        .group_by("_row")
+        .aggregate(user_campaign=touches.touch_campaign.argmax(touches.touch_ts))
+    )
+    out = (
+        c.left_join(by_click, c._row == by_click._row)
+        .drop("_row_right")
+        .left_join(last_touch, c._row == last_touch._row)
+        .drop("_row_right")
+    )
+    campaign = ibis.coalesce(out.campaign_id, out.click_campaign, out.user_campaign)
+    by = ibis.cases(
+        (out.campaign_id.notnull(), "campaign_id"),
+        (out.click_campaign.notnull(), "click_id"),
+        (out.user_campaign.notnull(), "user_id"),
+        else_=ibis.null().cast("string"),
+    )
+    return out.mutate(attributed_campaign_id=campaign, attributed_by=by).drop(
+        "_row", "click_campaign", "user_campaign"
+    )
+
+
+def campaign_summary(ws: Workspace) -> list[dict[str, Any]]:
+    """Per campaign: spend, impressions, clicks, attributed conversions and value, CPA, ROAS.
+
+    Returns one dict per campaign (a small result), sorted by spend, largest first.
+    Conversions attributed to a campaign with no spend rows still appear.
+    """
+    spend = ws.table("spend")
+    s = spend.group_by(campaign_id=spend.campaign_id).aggregate(
+        platform=spend.platform.arbitrary(),
+        spend=spend.spend.sum(),
+        impressions=spend.impressions.sum(),
+        clicks=spend.clicks.sum(),
+        platform_conversions=spend.platform_conversions.sum(),
+    )
+    conv = attributed_conversions(ws)
+    conv = conv.filter(conv.attributed_campaign_id.notnull())
+    c = conv.group_by(campaign_id=conv.attributed_campaign_id).aggregate(
+        conversions=conv.count(), value=conv.value.sum()
+    )
+    j = s.outer_join(c, s.campaign_id == c.campaign_id)
+    j = j.select(
+        campaign_id=ibis.coalesce(j.campaign_id, j.campaign_id_right),
+        platform=j.platform,
+        spend=j.spend.fill_null(0),
+        impressions=j.impressions.fill_null(0),
+        clicks=j.clicks.fill_null(0),
+        platform_conversions=j.platform_conversions,
+        conversions=j.conversions.fill_null(0),
+        value=j.value.fill_null(0),
+    ).order_by(ibis.desc("spend"), "campaign_id")
+    rows: list[dict[str, Any]] = j.to_pyarrow().to_pylist()
+    for r in rows:
+        conv_n = r["conversions"]
+        r["cpa"] = round(r["spend"] / conv_n, 2) if conv_n and r["spend"] else None
+        r["roas"] = round(r["value"] / r["spend"], 3) if r["spend"] else None
+        r["spend"] = round(r["spend"], 2)
+        r["value"] = round(r["value"], 2)
+    return rows
+
+
+def attribution_counts(ws: Workspace) -> dict[str, int]:
+    """How many conversions each attribution rule reached, and how many none did."""
+    conv = attributed_conversions(ws)
+    res = conv.group_by("attributed_by").aggregate(n=conv.count()).to_pyarrow().to_pylist()
+    return {(r["attributed_by"] or "unattributed"): int(r["n"]) for r in res}

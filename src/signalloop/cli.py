@@ -1,0 +1,392 @@
+"""The ``signalloop`` command line: parse, call the library, format, translate errors.
+
+Every command that computes something takes ``--json`` and then prints exactly one JSON
+document on stdout; progress and messages go to stderr. Exit codes: 0 ok, 1 a problem the
+user asked to fail on, 2 bad usage or bad input.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    Progress,
+    SpinnerColumn,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from signalloop import __version__
+from signalloop.contract import KINDS
+from signalloop.errors import InputError, SignalloopError, UsageError
+
+app = typer.Typer(
+    name="signalloop",
+    help="Campaign learning engine: check marketing signals, learn from them, decide budgets.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+err = Console(stderr=True)
+out = Console()
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DbOption = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        help="Workspace DuckDB file [default: $SIGNALLOOP_DB, else ./signalloop.duckdb].",
+        show_default=False,
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+
+
+def handle_errors(fn: F) -> F:
+    """Turn signalloop's errors into a one-line message on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (InputError, UsageError) as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except SignalloopError as exc:  # pragma: no cover - every raise site is one of the above
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def emit_json(doc: Any) -> None:
+    """Write one JSON document to stdout."""
+    sys.stdout.write(json.dumps(doc, indent=2, default=str, allow_nan=False) + "\n")
+
+
+@contextmanager
+def progress_bar(enabled: bool = True) -> Iterator[Callable[[str, float | None], None]]:
+    """A Rich progress display on stderr, yielded as a ``(label, fraction)`` callback."""
+    if not enabled:
+        yield lambda label, frac: None
+        return
+    bar = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    )
+    tasks: dict[str, Any] = {}
+    current: list[Any] = []
+
+    def update(label: str, frac: float | None) -> None:
+        stem = label.split(" ", 1)[-1]
+        if stem not in tasks:
+            tasks[stem] = bar.add_task(label, total=1.0)
+        task = tasks[stem]
+        current[:] = [task]
+        bar.update(task, description=label, completed=frac if frac is not None else 0.0)
+
+    with bar:
+        yield update
+
+
+def _parse_date(value: str | None, option: str) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise UsageError(f"{option} expects a date as YYYY-MM-DD, got {value!r}") from None
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Show the version and exit.")] = False,
+) -> None:
+    if version:
+        out.print(f"signalloop {__version__}")
+        raise typer.Exit(0)
+
+
+@app.command()
+@handle_errors
+def ingest(
+    kind: Annotated[str, typer.Argument(help=f"One of: {', '.join(KINDS)}.")],
+    files: Annotated[list[Path], typer.Argument(help="CSV (any delimiter, gzip) or Parquet.")],
+    profile: Annotated[
+        str, typer.Option(help="canonical, meta_ads, google_ads or hubspot.")
+    ] = "canonical",
+    mapping: Annotated[
+        Path | None, typer.Option(help="TOML mapping file for any other export.")
+    ] = None,
+    report_date: Annotated[
+        str | None,
+        typer.Option("--date", help="Reporting date (YYYY-MM-DD) for an export without one."),
+    ] = None,
+    fail_on_quarantine: Annotated[
+        bool, typer.Option(help="Exit 1 if any row was quarantined.")
+    ] = False,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Load exports of one KIND into the workspace; bad rows go to quarantine with a reason."""
+    from signalloop.contract import get_kind
+    from signalloop.ingest import ingest_file
+    from signalloop.store import Workspace
+
+    get_kind(kind)
+    day = _parse_date(report_date, "--date")
+    results: list[dict[str, Any]] = []
+    failure: InputError | None = None
+    with Workspace(db) as ws, progress_bar(sys.stderr.isatty()) as progress:
+        db_path = ws.path
+        for f in files:
+            try:
+                r = ingest_file(
+                    ws,
+                    kind,
+                    f,
+                    profile=profile,
+                    mapping=mapping,
+                    report_date=day,
+                    progress=progress,
+                )
+            except InputError as exc:
+                failure = exc
+                break
+            results.append(r.to_dict())
+            if not as_json:
+                _print_ingest(r.to_dict())
+    quarantined = sum(r["rows_quarantined"] for r in results)
+    if as_json:
+        doc: dict[str, Any] = {"db": db_path, "kind": kind, "files": results}
+        if failure is not None:
+            doc["error"] = {
+                "file": failure.file,
+                "line": failure.line,
+                "column": failure.column,
+                "message": str(failure),
+            }
+        emit_json(doc)
+    elif quarantined:
+        out.print(
+            f"see them with: signalloop quarantine --kind {kind}" + (f" --db {db}" if db else ""),
+            style="dim",
+            highlight=False,
+        )
+    if failure is not None:
+        if results:
+            err.print(f"{len(results)} file(s) before it were ingested.", highlight=False)
+        raise failure
+    if fail_on_quarantine and quarantined:
+        raise typer.Exit(1)
+
+
+def _print_ingest(r: dict[str, Any]) -> None:
+    if r["status"] == "skipped":
+        err.print(f"[yellow]skipped[/] {r['file']}: {r['message']}", highlight=False)
+        return
+    out.print(
+        f"[green]ingested[/] {r['file']} as {r['kind']} ({r['profile']}): "
+        f"{r['rows_read']:,} rows read, [bold]{r['rows_loaded']:,} loaded[/], "
+        f"{r['rows_quarantined']:,} quarantined, {r['rows_existing']:,} already present, "
+        f"{r['rows_folded']:,} duplicate copies folded",
+        highlight=False,
+    )
+    for code, n in r["quarantine_reasons"].items():
+        out.print(f"    quarantined {n:,} x {code}", highlight=False)
+
+
+@app.command()
+@handle_errors
+def quarantine(
+    kind: Annotated[str | None, typer.Option(help="Only this kind.")] = None,
+    limit: Annotated[int, typer.Option(help="Rows to show (0 = all).")] = 20,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show quarantined rows: file, line, column, reason."""
+    from signalloop.store import Workspace
+
+    if kind is not None:
+        from signalloop.contract import get_kind
+
+        get_kind(kind)
+    with Workspace(db, read_only=True) as ws:
+        q = ws.table("quarantine")
+        if kind:
+            q = q.filter(q.kind == kind)
+        total = int(q.count().execute())
+        by_code = q.group_by(["kind", "code"]).aggregate(rows=q.count()).order_by(["kind", "code"])
+        summary = by_code.to_pyarrow().to_pylist()
+        rows = q.order_by(["ingest_id", "line"]).drop("raw", "problems")
+        if limit:
+            rows = rows.limit(limit)
+        listed = rows.to_pyarrow().to_pylist()
+    if as_json:
+        emit_json({"total": total, "by_reason": summary, "rows": listed})
+        return
+    out.print(f"{total:,} quarantined rows", highlight=False)
+    for s in summary:
+        out.print(f"  {s['kind']:<12} {s['code']:<28} {s['rows']:>8,}", highlight=False)
+    if listed:
+        t = Table("kind", "file", "line", "column", "reason", show_lines=False)
+        for r in listed:
+            t.add_row(
+                r["kind"], Path(r["file"]).name, str(r["line"]), r["column"] or "", r["reason"]
+            )
+        out.print(t)
+
+
+@app.command()
+@handle_errors
+def status(db: DbOption = None, as_json: JsonOption = False) -> None:
+    """Summarise the workspace: rows per kind, quarantine, per-campaign spend and CPA."""
+    from signalloop.store import Workspace
+    from signalloop.summary import workspace_summary
+
+    with Workspace(db, read_only=True) as ws:
+        summary = workspace_summary(ws)
+    if as_json:
+        emit_json(summary)
+    else:
+        print_summary(summary)
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """Render :func:`signalloop.summary.workspace_summary` as Rich tables on stdout."""
+    t = Table(title=f"workspace {summary['db']}", title_justify="left")
+    t.add_column("kind")
+    t.add_column("rows in store", justify="right")
+    t.add_column("quarantined", justify="right")
+    t.add_column("duplicate copies folded", justify="right")
+    for kind, info in summary["kinds"].items():
+        t.add_row(kind, f"{info['rows']:,}", f"{info['quarantined']:,}", f"{info['folded']:,}")
+    out.print(t)
+    if summary["quarantine_by_reason"]:
+        q = Table(title="quarantined rows by reason", title_justify="left")
+        q.add_column("kind")
+        q.add_column("reason")
+        q.add_column("rows", justify="right")
+        for r in summary["quarantine_by_reason"]:
+            q.add_row(r["kind"], r["code"], f"{r['rows']:,}")
+        out.print(q)
+    c = Table(title="per campaign (conversions attributed per the contract)", title_justify="left")
+    for col in ("campaign", "platform", "spend", "clicks", "conversions", "CPA", "value", "ROAS"):
+        c.add_column(col, justify="left" if col in ("campaign", "platform") else "right")
+    for r in summary["campaigns"]:
+        c.add_row(
+            r["campaign_id"],
+            r["platform"] or "",
+            f"{r['spend']:,.2f}",
+            f"{r['clicks']:,}",
+            f"{r['conversions']:,}",
+            f"{r['cpa']:,.2f}" if r["cpa"] is not None else "-",
+            f"{r['value']:,.2f}",
+            f"{r['roas']:.2f}" if r["roas"] is not None else "-",
+        )
+    out.print(c)
+    a = summary["attribution"]
+    out.print(
+        "conversions attributed by "
+        + ", ".join(f"{k}: {v:,}" for k, v in a.items() if k != "unattributed")
+        + f"; unattributed: {a.get('unattributed', 0):,}",
+        highlight=False,
+    )
+
+
+@app.command()
+@handle_errors
+def simulate(
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Folder to write the CSVs and truth.json.")
+    ],
+    days: Annotated[int, typer.Option(min=1, help="Days to simulate.")] = 90,
+    campaigns: Annotated[int, typer.Option(min=1, help="Number of campaigns.")] = 6,
+    seed: Annotated[int, typer.Option(help="Random seed: same seed, same files.")] = 0,
+    start: Annotated[str, typer.Option(help="First day (YYYY-MM-DD).")] = "2026-01-01",
+    fault: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fault",
+            help="NAME@CAMPAIGN:START-END (0-based days, inclusive); repeatable. "
+            "CAMPAIGN is an id like c02, a number, or *.",
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Simulate an ad account (five canonical CSVs and truth.json), with injectable faults."""
+    from signalloop import simulate as sim
+
+    day0 = _parse_date(start, "--start")
+    assert day0 is not None
+    ids = sim.campaign_ids(campaigns)
+    faults = tuple(sim.parse_fault(f, days=days, campaign_ids=ids) for f in (fault or []))
+    config = sim.SimulationConfig(
+        days=days, campaigns=campaigns, seed=seed, start=day0, faults=faults
+    )
+    with err.status("simulating", spinner="dots"):
+        result = sim.simulate(config)
+        paths = sim.write(result, out_dir)
+    rows = {k: t.num_rows for k, t in result.tables.items()}
+    if as_json:
+        emit_json(
+            {"out": str(out_dir), "files": {k: str(v) for k, v in paths.items()}, "rows": rows}
+        )
+        return
+    out.print(f"wrote {out_dir}/", highlight=False)
+    for k, pth in paths.items():
+        n = f"{rows[k]:,} rows" if k in rows else "ground truth"
+        out.print(f"  {Path(pth).name:<18} {n}", highlight=False)
+
+
+@app.command()
+@handle_errors
+def demo(
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Folder for the simulated CSVs and the workspace.")
+    ] = Path("signalloop-demo"),
+    seed: Annotated[int, typer.Option(help="Random seed of the simulated account.")] = 7,
+    as_json: JsonOption = False,
+) -> None:
+    """Simulate a 90-day account with faults, ingest it into a fresh workspace, summarise it."""
+    from signalloop.demo import run_demo
+
+    with progress_bar(not as_json or sys.stderr.isatty()) as progress:
+        summary = run_demo(out_dir, seed=seed, progress=progress)
+    if as_json:
+        emit_json(summary)
+        return
+    print_summary(summary)
+    out.print(
+        f"\nsimulated files and truth.json: {summary['data_dir']}\n"
+        f"workspace: {summary['db']}  (try: signalloop status --db {summary['db']})",
+        highlight=False,
+    )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:  # pragma: no cover - interactive
+        err.print("interrupted")
+        sys.exit(130)

@@ -1,0 +1,160 @@
+"""The workspace: one DuckDB file holding every kind, the quarantine and the ingest log.
+
+Reads and heavy computation go through :attr:`Workspace.ibis`, an ibis backend on the same
+DuckDB connection, so the same expressions can later run on Spark or a warehouse. Raw SQL is
+kept to the loader (:mod:`signalloop.ingest`) and to schema management here.
+
+>>> ws = Workspace(":memory:")
+>>> sorted(ws.counts())[:3]
+['changes', 'conversions', 'crm']
+>>> ws.table("spend").count().execute()
+0
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import ibis
+
+from signalloop.contract import EXTRA_COLUMNS, KINDS, Kind
+from signalloop.errors import InputError, UsageError
+
+SCHEMA_VERSION = 1
+DEFAULT_DB = "signalloop.duckdb"
+ENV_DB = "SIGNALLOOP_DB"
+
+#: Tables besides the five kinds.
+QUARANTINE_DDL = """
+CREATE TABLE IF NOT EXISTS quarantine (
+    ingest_id BIGINT, kind VARCHAR, file VARCHAR, line BIGINT, "column" VARCHAR,
+    code VARCHAR, reason VARCHAR, problems VARCHAR[], raw JSON
+)"""
+DUPLICATES_DDL = """
+CREATE TABLE IF NOT EXISTS duplicates (
+    ingest_id BIGINT, kind VARCHAR, file VARCHAR, key VARCHAR, campaign_id VARCHAR,
+    first_line BIGINT, copies BIGINT
+)"""
+INGEST_LOG_DDL = """
+CREATE TABLE IF NOT EXISTS ingest_log (
+    ingest_id BIGINT PRIMARY KEY, started_at TIMESTAMP, finished_at TIMESTAMP,
+    kind VARCHAR, file VARCHAR, sha256 VARCHAR, size_bytes BIGINT, fingerprint VARCHAR,
+    profile VARCHAR, status VARCHAR, rows_read BIGINT, rows_loaded BIGINT,
+    rows_quarantined BIGINT, rows_existing BIGINT, rows_folded BIGINT, message VARCHAR
+)"""
+META_DDL = "CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)"
+
+
+def resolve_db_path(db: str | Path | None = None) -> str:
+    """Where the workspace lives: ``db``, else ``$SIGNALLOOP_DB``, else ``./signalloop.duckdb``.
+
+    >>> resolve_db_path("x.duckdb")
+    'x.duckdb'
+    """
+    if db is not None and str(db) != "":
+        return str(db)
+    env = os.environ.get(ENV_DB)
+    if env:
+        return env
+    return DEFAULT_DB
+
+
+def kind_ddl(kind: Kind) -> str:
+    """``CREATE TABLE`` statement for one kind: contract columns, kept attributes, provenance."""
+    cols = [f'"{c.name}" {c.sql_type}' for c in kind.columns]
+    cols += [f'"{name}" {sql_type}' for name, sql_type in EXTRA_COLUMNS]
+    return f'CREATE TABLE IF NOT EXISTS "{kind.name}" (\n    ' + ",\n    ".join(cols) + "\n)"
+
+
+class Workspace:
+    """A signalloop workspace: one DuckDB database.
+
+    Parameters
+    ----------
+    db
+        Path of the DuckDB file, or ``":memory:"``. ``None`` resolves through
+        :func:`resolve_db_path`.
+    read_only
+        Open without write access (several readers may share the file).
+    """
+
+    def __init__(self, db: str | Path | None = None, *, read_only: bool = False) -> None:
+        self.path = resolve_db_path(db)
+        self.read_only = read_only
+        if self.path != ":memory:":
+            parent = Path(self.path).expanduser().resolve().parent
+            if not parent.is_dir():
+                raise UsageError(
+                    f"workspace {self.path}: folder {parent} does not exist; create it or pass --db"
+                )
+            if read_only and not Path(self.path).exists():
+                raise UsageError(
+                    f"workspace {self.path} does not exist yet: ingest something first "
+                    "(signalloop ingest KIND FILE) or pass --db"
+                )
+        try:
+            self.con = duckdb.connect(self.path, read_only=read_only)
+        except duckdb.Error as exc:
+            raise InputError(f"cannot open as a DuckDB workspace: {exc}", file=self.path) from exc
+        self.con.execute("SET TimeZone = 'UTC'")
+        if not read_only:
+            self._ensure_schema()
+
+    # -- schema -----------------------------------------------------------------------------
+    def _ensure_schema(self) -> None:
+        statements = [kind_ddl(k) for k in KINDS.values()]
+        statements += [QUARANTINE_DDL, DUPLICATES_DDL, INGEST_LOG_DDL, META_DDL]
+        for sql in statements:
+            self.con.execute(sql)
+        self.con.execute(
+            "INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT DO NOTHING",
+            [str(SCHEMA_VERSION)],
+        )
+        found = self.con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if found is None or int(found[0]) != SCHEMA_VERSION:
+            raise UsageError(
+                f"workspace {self.path} has schema version {found[0] if found else '?'}, "
+                f"this signalloop expects {SCHEMA_VERSION}"
+            )
+
+    # -- reading ----------------------------------------------------------------------------
+    @cached_property
+    def ibis(self) -> Any:
+        """An ibis DuckDB backend sharing this workspace's connection."""
+        return ibis.duckdb.from_connection(self.con)
+
+    def table(self, name: str) -> Any:
+        """The ibis table expression for ``name`` (a kind, ``quarantine``, ``ingest_log`` ...)."""
+        return self.ibis.table(name)
+
+    def counts(self) -> dict[str, int]:
+        """Row counts per kind, computed with ibis."""
+        return {name: int(self.table(name).count().execute()) for name in KINDS}
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> Workspace:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Run a block in one transaction: all of it lands, or none of it."""
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            yield self.con
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        else:
+            self.con.execute("COMMIT")
