@@ -424,8 +424,9 @@ def _validation_sql(kind: Kind, plan: Plan, profile: Profile, src: _Source, now:
         cond = " OR ".join(
             f"starts_with(trim({first}), {_lit(p)})" for p in profile.summary_prefixes
         )
-        problems.append(
-            _problem(cond, src.headers[0], "summary_row", "'report summary row, not data'")
+        # first, so that a total row is reported as such rather than by its odd date
+        problems.insert(
+            0, _problem(cond, src.headers[0], "summary_row", "'report summary row, not data'")
         )
     if plan.attributes:
         pairs = ", ".join(f"{_lit(a)}, {_q(a)}" for a in plan.attributes)
@@ -440,12 +441,17 @@ def _validation_sql(kind: Kind, plan: Plan, profile: Profile, src: _Source, now:
     )
 
 
+def _melt_keep(plan: Plan) -> list[str]:
+    """Source headers carried through the unpivot: all but the stage-date columns."""
+    melted = set(plan.melt or {})
+    headers = [*plan.sources.values(), *plan.attributes]
+    return [h for h in dict.fromkeys(headers) if h not in melted]
+
+
 def _melt(con: duckdb.DuckDBPyConnection, plan: Plan) -> Plan:
     """Unpivot wide stage-date columns into ``_melted`` (one row per record and stage)."""
     assert plan.melt is not None
-    keep = [h for h in plan.attributes] + [
-        h for k, h in plan.sources.items() if k not in ("stage", "ts")
-    ]
+    keep = [h for h in _melt_keep(plan)]
     keep_sql = ", ".join(_q(h) for h in dict.fromkeys(keep))
     keep_sql = (keep_sql + ", ") if keep_sql else ""
     parts = []
