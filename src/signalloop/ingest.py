@@ -44,8 +44,8 @@ from signalloop.errors import InputError, UsageError
 from signalloop.profiles import PROFILES, Plan, Profile, get_profile, load_mapping
 from signalloop.store import Workspace
 
-#: Cell values read as "no value".
-NULL_TOKENS = ("", "null", "none", "nan", "n/a", "na", "--", "#n/a")
+#: Cell values read as "no value" (exactly these; "NA" is not one: it is also a region).
+NULL_TOKENS = ("", "NULL", "null", "None", "none", "NaN", "nan", "N/A", "n/a", "#N/A", "--")
 #: Timestamps further than this in the future (at ingest time) are quarantined.
 FUTURE_TOLERANCE = "1 day"
 _DELIMITERS = (",", ";", "\t", "|")
@@ -221,7 +221,12 @@ def _stage(con: duckdb.DuckDBPyConnection, path: Path, profile: Profile) -> _Sou
         except duckdb.Error as exc:
             raise InputError(f"cannot read as Parquet: {exc}", file=path) from None
         cols = [r[0] for r in con.execute("DESCRIBE _raw").fetchall() if r[0] != "_rec"]
-        casts = ", ".join(f"CAST({_q(c)} AS VARCHAR) AS {_q(c)}" for c in cols)
+        tokens = ", ".join(_lit(t) for t in NULL_TOKENS)
+        casts = ", ".join(
+            f"CASE WHEN CAST({_q(c)} AS VARCHAR) IN ({tokens}) THEN NULL "
+            f"ELSE CAST({_q(c)} AS VARCHAR) END AS {_q(c)}"
+            for c in cols
+        )
         con.execute(f"CREATE OR REPLACE TEMP TABLE _raw AS SELECT _rec, {casts} FROM _raw")
         con.execute("CREATE OR REPLACE TEMP VIEW _rawv AS SELECT * FROM _raw")
         return _Source(cols, "parquet", 0, rejects=False)
@@ -236,6 +241,7 @@ def _stage(con: duckdb.DuckDBPyConnection, path: Path, profile: Profile) -> _Sou
         f"delim = {_lit(delim)}, quote = '\"', escape = '\"', header = true, skip = {skip}, "
         f"all_varchar = true, compression = {_lit('gzip' if gz else 'none')}, "
         "null_padding = false, max_line_size = 4194304, "
+        f"nullstr = [{', '.join(_lit(t) for t in NULL_TOKENS)}], "
         "store_rejects = true, rejects_table = '_rej', rejects_scan = '_rejscan'"
     )
     try:
@@ -264,8 +270,11 @@ def _stage(con: duckdb.DuckDBPyConnection, path: Path, profile: Profile) -> _Sou
 
 
 def _clean(expr: str) -> str:
-    tokens = ", ".join(_lit(t) for t in NULL_TOKENS)
-    return f"CASE WHEN lower(trim({expr})) IN ({tokens}) THEN NULL ELSE trim({expr}) END"
+    """Trim surrounding spaces (only where there are any: trimming every cell is slow)."""
+    return (
+        f"CASE WHEN {expr} LIKE ' %' OR {expr} LIKE '% ' THEN NULLIF(trim({expr}), '') "
+        f"ELSE NULLIF({expr}, '') END"
+    )
 
 
 def _problem(cond: str, column: str, code: str, reason_sql: str) -> str:
@@ -389,7 +398,7 @@ def _text_expr(col: Column, plan: Plan, profile: Profile, present: set[str]) -> 
             f"NULLIF(url_decode(replace(regexp_extract({url}, "
             f"'[?&]{col.name}=([^&#]*)', 1), '+', ' ')), '')"
         )
-        expr = f"COALESCE({expr}, {from_url})"
+        expr = f"CASE WHEN {expr} IS NULL THEN {from_url} ELSE {expr} END"
     vmap = profile.value_map(col.name)
     if vmap:
         cases = " ".join(f"WHEN {_lit(k)} THEN {_lit(v)}" for k, v in vmap.items())
@@ -733,18 +742,25 @@ def _land(
     )
     cols = ", ".join(_q(c) for c in kind.names)
     match = " AND ".join(f"t.{_q(k)} IS NOT DISTINCT FROM g.{_q(k)}" for k in kind.key)
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE _good AS SELECT * FROM _valid WHERE len(_problems) = 0 "
-        f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY _rec) = 1"
-    )
-    good = _scalar(con, "SELECT count(*) FROM _good")
+    if folded:
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE _good AS SELECT * FROM _valid WHERE len(_problems) = 0 "
+            f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY _rec) = 1"
+        )
+    else:
+        con.execute(
+            "CREATE OR REPLACE TEMP VIEW _goodv AS SELECT * FROM _valid WHERE len(_problems) = 0"
+        )
+    good_src = "_good" if folded else "_goodv"
+    good = _scalar(con, f"SELECT count(*) FROM {good_src}")
     before = _scalar(con, f"SELECT count(*) FROM {_q(kind.name)}")
     con.execute(
         f"INSERT INTO {_q(kind.name)} ({cols}, attrs, _ingest_id) "
-        f"SELECT {cols}, attrs, {ingest_id} FROM _good g WHERE NOT EXISTS "
+        f"SELECT {cols}, attrs, {ingest_id} FROM {good_src} g WHERE NOT EXISTS "
         f"(SELECT 1 FROM {_q(kind.name)} t WHERE {match})"
     )
     loaded = _scalar(con, f"SELECT count(*) FROM {_q(kind.name)}") - before
+    con.execute("DROP VIEW IF EXISTS _goodv")
     for t in ("_good", "_rejl", "_rejg"):
         con.execute(f"DROP TABLE IF EXISTS {t}")
     return {
