@@ -12,8 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from signalloop.errors import InputError, UsageError
-from signalloop.ingest import REASON_CODES, ingest_file
+from signalloop.ingest import ingest_file
 from signalloop.store import Workspace
+from signalloop.validate import REASON_CODES
 
 from .conftest import shared_data, write_csv
 

@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from signalloop.contract import KINDS, Column
-from signalloop.ingest import NULL_TOKENS, ingest_file
+from signalloop.ingest import ingest_file
+from signalloop.readers import NULL_TOKENS
 from signalloop.store import Workspace
 
 ALPHABET = st.sampled_from(list("abcXYZ019_-.:/;,|'\"é中 "))

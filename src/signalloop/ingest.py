@@ -24,14 +24,10 @@ newline does not start a new line); in Parquet files ``line`` is the 1-based row
 
 from __future__ import annotations
 
-import csv
-import gzip
 import hashlib
-import io
-import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -39,32 +35,14 @@ from typing import Any
 
 import duckdb
 
-from signalloop.contract import UTM_COLUMNS, Column, Kind, get_kind
+from signalloop.contract import Kind, get_kind
 from signalloop.errors import InputError, UsageError
-from signalloop.profiles import PROFILES, Plan, Profile, get_profile, load_mapping
+from signalloop.profiles import Profile, get_profile, load_mapping
+from signalloop.readers import StagedFile, line_sql, quote_ident, quote_literal, stage_file
 from signalloop.store import Workspace
-
-#: Cell values read as "no value" (exactly these; "NA" is not one: it is also a region).
-NULL_TOKENS = ("", "NULL", "null", "None", "none", "NaN", "nan", "N/A", "n/a", "#N/A", "--")
-#: Timestamps further than this in the future (at ingest time) are quarantined.
-FUTURE_TOLERANCE = "1 day"
-_DELIMITERS = (",", ";", "\t", "|")
+from signalloop.validate import melt, missing_columns_error, validation_sql
 
 Progress = Callable[[str, float | None], None]
-
-#: Quarantine reason codes, with what each means.
-REASON_CODES: dict[str, str] = {
-    "malformed_row": "the CSV row has more or fewer fields than the header",
-    "missing_value": "a required column is empty",
-    "not_a_number": "a count or amount is not a number (or not whole, for counts)",
-    "negative": "a count, spend or amount is negative",
-    "bad_date": "a date is not YYYY-MM-DD (or the mapping's date_format)",
-    "bad_timestamp": "a timestamp is not ISO 8601 (or the mapping's timestamp_format)",
-    "future": "a date or timestamp lies more than a day after the ingest time",
-    "clicks_exceed_impressions": "a spend row reports more clicks than impressions",
-    "bad_value": "a value outside the contract's allowed set (source, level, field, actor)",
-    "summary_row": "a report's total row, not data",
-}
 
 
 @dataclass
@@ -88,421 +66,6 @@ class IngestResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _q(name: str) -> str:
-    """Quote an SQL identifier."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _lit(value: str) -> str:
-    """Quote an SQL string literal."""
-    return "'" + value.replace("'", "''") + "'"
-
-
-# -- reading ------------------------------------------------------------------------------------
-
-
-def _magic(path: Path) -> bytes:
-    with path.open("rb") as fh:
-        return fh.read(4)
-
-
-def _open_bytes(path: Path, gz: bool) -> Any:
-    return gzip.open(path, "rb") if gz else path.open("rb")
-
-
-def _open_text(path: Path, gz: bool) -> io.TextIOWrapper:
-    return io.TextIOWrapper(
-        _open_bytes(path, gz), encoding="utf-8-sig", newline="", errors="strict"
-    )
-
-
-def _head_lines(path: Path, gz: bool, n: int = 40) -> list[str]:
-    with _open_bytes(path, gz) as raw:
-        chunk: bytes = raw.read(256 * 1024)
-    text = chunk.decode("utf-8-sig", errors="replace")
-    return text.splitlines()[:n]
-
-
-def _header_line(lines: list[str], markers: Sequence[str]) -> int:
-    """Index of the header line: the first with two or more profile markers, else 0."""
-    if not markers:
-        return 0
-    wanted = [m.casefold() for m in markers]
-    for i, line in enumerate(lines):
-        low = line.casefold()
-        if sum(1 for m in wanted if m in low) >= 2:
-            return i
-    return 0
-
-
-def _delimiter(header: str) -> str:
-    """The delimiter that splits the header line into the most fields (outside quotes).
-
-    >>> _delimiter('"age";"job";"y"')
-    ';'
-    >>> _delimiter("a,b\\tc,d")
-    ','
-    """
-    unquoted = re.sub(r'"[^"]*"', "", header)
-    counts = {d: unquoted.count(d) for d in _DELIMITERS}
-    best = max(_DELIMITERS, key=lambda d: counts[d])
-    return best if counts[best] > 0 else ","
-
-
-def diagnose_csv(path: Path, *, gz: bool, delimiter: str, skip: int = 0) -> InputError | None:
-    """Find the first line that makes ``path`` unreadable as CSV, streaming it with Python.
-
-    Returns an :class:`InputError` naming the line, or ``None`` if Python reads it cleanly.
-    """
-    with _open_bytes(path, gz) as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                bad = raw[exc.start : exc.start + 1].hex()
-                return InputError(
-                    f"not UTF-8 text (byte 0x{bad} at position {exc.start + 1} of the line); "
-                    "re-export as UTF-8",
-                    file=path,
-                    line=lineno,
-                )
-    old_limit = csv.field_size_limit()
-    csv.field_size_limit(1 << 20)
-    try:
-        with _open_text(path, gz) as fh:
-            for _ in range(skip):
-                fh.readline()
-            reader = csv.reader(fh, delimiter=delimiter, strict=True)
-            start = 1 + skip
-            try:
-                for _row in reader:
-                    start = reader.line_num + 1 + skip
-            except csv.Error as exc:
-                text = str(exc)
-                if "end of data" in text or "field larger" in text:
-                    return InputError(
-                        "unterminated quote: the quoted field that starts on this line is "
-                        "never closed",
-                        file=path,
-                        line=start,
-                    )
-                return InputError(f"malformed CSV: {text}", file=path, line=start)
-    finally:
-        csv.field_size_limit(old_limit)
-    return None
-
-
-class _Source:
-    """A file staged as the text table ``_raw`` (columns = the file's headers, plus ``_rec``)."""
-
-    def __init__(self, headers: list[str], fmt: str, skip: int, rejects: bool) -> None:
-        self.headers = headers
-        self.fmt = fmt
-        self.skip = skip
-        self.rejects = rejects
-
-
-def _stage(con: duckdb.DuckDBPyConnection, path: Path, profile: Profile) -> _Source:
-    con.execute("DROP VIEW IF EXISTS _rawv")
-    for t in ("_raw", "_rej", "_rejscan"):
-        con.execute(f"DROP TABLE IF EXISTS {t}")
-    magic = _magic(path)
-    if not magic:
-        raise InputError("the file is empty: expected a header line and rows", file=path)
-    if magic == b"PAR1":
-        try:
-            con.execute(
-                "CREATE TEMP TABLE _raw AS SELECT * EXCLUDE (file_row_number), "
-                f"file_row_number AS _rec FROM read_parquet({_lit(str(path))}, "
-                "file_row_number = true)"
-            )
-        except duckdb.Error as exc:
-            raise InputError(f"cannot read as Parquet: {exc}", file=path) from None
-        cols = [r[0] for r in con.execute("DESCRIBE _raw").fetchall() if r[0] != "_rec"]
-        tokens = ", ".join(_lit(t) for t in NULL_TOKENS)
-        casts = ", ".join(
-            f"CASE WHEN CAST({_q(c)} AS VARCHAR) IN ({tokens}) THEN NULL "
-            f"ELSE CAST({_q(c)} AS VARCHAR) END AS {_q(c)}"
-            for c in cols
-        )
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _raw AS SELECT _rec, {casts} FROM _raw")
-        con.execute("CREATE OR REPLACE TEMP VIEW _rawv AS SELECT * FROM _raw")
-        return _Source(cols, "parquet", 0, rejects=False)
-
-    gz = magic[:2] == b"\x1f\x8b"
-    lines = _head_lines(path, gz)
-    if not lines or not lines[0].strip():
-        raise InputError("the file is empty: expected a header line and rows", file=path, line=1)
-    skip = _header_line(lines, profile.header_markers)
-    delim = _delimiter(lines[skip])
-    options = (
-        f"delim = {_lit(delim)}, quote = '\"', escape = '\"', header = true, skip = {skip}, "
-        f"all_varchar = true, compression = {_lit('gzip' if gz else 'none')}, "
-        "null_padding = false, max_line_size = 4194304, "
-        f"nullstr = [{', '.join(_lit(t) for t in NULL_TOKENS)}], "
-        "store_rejects = true, rejects_table = '_rej', rejects_scan = '_rejscan'"
-    )
-    try:
-        con.execute(
-            f"CREATE TEMP TABLE _raw AS SELECT * FROM read_csv({_lit(str(path))}, {options})"
-        )
-    except duckdb.Error as exc:
-        found = diagnose_csv(path, gz=gz, delimiter=delim, skip=skip)
-        if found is not None:
-            raise found from None
-        m = re.search(r"[Ll]ine:? (\d+)", str(exc))
-        first = str(exc).strip().splitlines()[0]
-        raise InputError(
-            f"cannot read as CSV: {first}", file=path, line=int(m.group(1)) if m else None
-        ) from None
-    headers = [r[0] for r in con.execute("DESCRIBE _raw").fetchall()]
-    if len(headers) == 1 and any(d in headers[0] for d in _DELIMITERS):
-        raise InputError(
-            f"could not split the header {headers[0]!r} into columns", file=path, line=skip + 1
-        )
-    con.execute("CREATE OR REPLACE TEMP VIEW _rawv AS SELECT rowid AS _rec, * FROM _raw")
-    return _Source(headers, "csv", skip, rejects=True)
-
-
-# -- mapping and validation ---------------------------------------------------------------------
-
-
-def _clean(expr: str) -> str:
-    """Trim surrounding spaces (only where there are any: trimming every cell is slow)."""
-    return (
-        f"CASE WHEN {expr} LIKE ' %' OR {expr} LIKE '% ' THEN NULLIF(trim({expr}), '') "
-        f"ELSE NULLIF({expr}, '') END"
-    )
-
-
-def _problem(cond: str, column: str, code: str, reason_sql: str) -> str:
-    """SQL for one validation rule: a struct (column, code, reason) when ``cond`` holds."""
-    assert code in REASON_CODES, code
-    return (
-        f"CASE WHEN {cond} THEN {{'column': {_lit(column)}, 'code': {_lit(code)}, "
-        f"'reason': {reason_sql}}} END"
-    )
-
-
-def _typed(col: Column, s: str, profile: Profile, now: str) -> tuple[str, list[str]]:
-    """SQL for the typed value of ``col`` given its cleaned text ``s``, and its problems."""
-    name = col.name
-    problems: list[str] = []
-    if col.required:
-        problems.append(_problem(f"{s} IS NULL", name, "missing_value", "'missing required value'"))
-    shown = f"'''' || {s} || ''''"
-    if col.type in ("int", "float"):
-        num = s
-        if profile.thousands:
-            num = f"replace({s}, {_lit(profile.thousands)}, '')"
-        d = f"TRY_CAST({num} AS DOUBLE)"
-        problems.append(
-            _problem(
-                f"{s} IS NOT NULL AND ({d} IS NULL OR isnan({d}) OR isinf({d}))",
-                name,
-                "not_a_number",
-                f"'not a number: ' || {shown}",
-            )
-        )
-        if col.type == "int":
-            problems.append(
-                _problem(
-                    f"{d} <> floor({d})", name, "not_a_number", f"'not a whole number: ' || {shown}"
-                )
-            )
-            value = f"CAST({d} AS BIGINT)"
-        else:
-            value = d
-        if col.nonnegative:
-            problems.append(
-                _problem(f"{d} < 0", name, "negative", f"'negative {name}: ' || {shown}")
-            )
-        return value, problems
-    if col.type == "date":
-        if profile.date_format:
-            value = f"CAST(TRY_STRPTIME({s}, {_lit(profile.date_format)}) AS DATE)"
-            expected = profile.date_format
-        else:
-            value = f"TRY_CAST({s} AS DATE)"
-            expected = "YYYY-MM-DD"
-        problems.append(
-            _problem(
-                f"{s} IS NOT NULL AND {value} IS NULL",
-                name,
-                "bad_date",
-                f"'not a date (expected {expected}): ' || {shown}",
-            )
-        )
-        problems.append(
-            _problem(
-                f"{value} > CAST({now} + INTERVAL {FUTURE_TOLERANCE} AS DATE)",
-                name,
-                "future",
-                f"'date in the future: ' || {shown}",
-            )
-        )
-        return value, problems
-    if col.type == "ts":
-        if profile.timestamp_format:
-            value = f"TRY_STRPTIME({s}, {_lit(profile.timestamp_format)})"
-            expected = profile.timestamp_format
-        else:
-            value = f"CAST(TRY_CAST({s} AS TIMESTAMPTZ) AS TIMESTAMP)"
-            expected = "ISO 8601"
-        problems.append(
-            _problem(
-                f"{s} IS NOT NULL AND {value} IS NULL",
-                name,
-                "bad_timestamp",
-                f"'not a timestamp (expected {expected}): ' || {shown}",
-            )
-        )
-        problems.append(
-            _problem(
-                f"{value} > {now} + INTERVAL {FUTURE_TOLERANCE}",
-                name,
-                "future",
-                f"'timestamp in the future: ' || {shown}",
-            )
-        )
-        return value, problems
-    if col.type == "enum":
-        assert col.choices is not None
-        value = f"lower({s})"
-        allowed = ", ".join(_lit(c) for c in col.choices)
-        problems.append(
-            _problem(
-                f"{value} NOT IN ({allowed})",
-                name,
-                "bad_value",
-                f"'expected one of {'/'.join(col.choices)}, got ' || {shown}",
-            )
-        )
-        return value, problems
-    return s, problems
-
-
-def _text_expr(col: Column, plan: Plan, profile: Profile, present: set[str]) -> str:
-    """Cleaned text for one canonical column: from its source header, a constant, or a URL."""
-    if col.name in plan.sources:
-        expr = _clean(f"CAST({_q(plan.sources[col.name])} AS VARCHAR)")
-    elif col.name in plan.constants:
-        expr = _lit(plan.constants[col.name])
-    else:
-        expr = "CAST(NULL AS VARCHAR)"
-    if col.name in UTM_COLUMNS and "landing_url" in present:
-        url = _clean(f"CAST({_q(plan.sources['landing_url'])} AS VARCHAR)")
-        from_url = (
-            f"NULLIF(url_decode(replace(regexp_extract({url}, "
-            f"'[?&]{col.name}=([^&#]*)', 1), '+', ' ')), '')"
-        )
-        expr = f"CASE WHEN {expr} IS NULL THEN {from_url} ELSE {expr} END"
-    vmap = profile.value_map(col.name)
-    if vmap:
-        cases = " ".join(f"WHEN {_lit(k)} THEN {_lit(v)}" for k, v in vmap.items())
-        key = f"lower(regexp_replace({expr}, '\\s+', ' ', 'g'))"
-        expr = f"COALESCE(CASE {key} {cases} END, {expr})"
-    if col.name == "stage":
-        expr = f"lower({expr})"
-    return expr
-
-
-def _validation_sql(kind: Kind, plan: Plan, profile: Profile, src: _Source, now: str) -> str:
-    present = set(plan.sources)
-    texts = {c.name: _text_expr(c, plan, profile, present) for c in kind.columns}
-    inner = ", ".join(f"{texts[c.name]} AS {_q('t_' + c.name)}" for c in kind.columns)
-    typed: list[str] = []
-    problems: list[str] = []
-    for c in kind.columns:
-        value, probs = _typed(c, _q("t_" + c.name), profile, now)
-        typed.append(f"{value} AS {_q(c.name)}")
-        problems.extend(probs)
-    if kind.name == "spend":
-        problems.append(
-            _problem(
-                "TRY_CAST(t_clicks AS DOUBLE) > TRY_CAST(t_impressions AS DOUBLE)",
-                "clicks",
-                "clicks_exceed_impressions",
-                "'clicks (' || t_clicks || ') exceed impressions (' || t_impressions || ')'",
-            )
-        )
-    if profile.summary_prefixes and src.headers:
-        first = _q(src.headers[0])
-        cond = " OR ".join(
-            f"starts_with(trim({first}), {_lit(p)})" for p in profile.summary_prefixes
-        )
-        # first, so that a total row is reported as such rather than by its odd date
-        problems.insert(
-            0, _problem(cond, src.headers[0], "summary_row", "'report summary row, not data'")
-        )
-    if plan.attributes:
-        pairs = ", ".join(f"{_lit(a)}, {_q(a)}" for a in plan.attributes)
-        attrs = f"json_object({pairs})"
-    else:
-        attrs = "CAST(NULL AS JSON)"
-    plist = "list_filter([" + ", ".join(problems) + "], lambda p: p IS NOT NULL)"
-    source = "_melted" if plan.melt else "_rawv"
-    return (
-        f"SELECT _rec, {', '.join(typed)}, {attrs} AS attrs, {plist} AS _problems "
-        f"FROM (SELECT _rec, {inner}, * EXCLUDE (_rec) FROM {source})"
-    )
-
-
-def _melt_keep(plan: Plan) -> list[str]:
-    """Source headers carried through the unpivot: all but the stage-date columns."""
-    melted = set(plan.melt or {})
-    headers = [*plan.sources.values(), *plan.attributes]
-    return [h for h in dict.fromkeys(headers) if h not in melted]
-
-
-def _melt(con: duckdb.DuckDBPyConnection, plan: Plan) -> Plan:
-    """Unpivot wide stage-date columns into ``_melted`` (one row per record and stage)."""
-    assert plan.melt is not None
-    keep = [h for h in _melt_keep(plan)]
-    keep_sql = ", ".join(_q(h) for h in dict.fromkeys(keep))
-    keep_sql = (keep_sql + ", ") if keep_sql else ""
-    parts = []
-    for header, stage in plan.melt.items():
-        parts.append(
-            f"SELECT _rec, {keep_sql}{_lit(stage)} AS __stage, {_q(header)} AS __ts FROM _rawv "
-            f"WHERE {_clean(_q(header))} IS NOT NULL"
-        )
-    none = " AND ".join(f"{_clean(_q(h))} IS NULL" for h in plan.melt)
-    parts.append(
-        f"SELECT _rec, {keep_sql}CAST(NULL AS VARCHAR) AS __stage, CAST(NULL AS VARCHAR) AS __ts "
-        f"FROM _rawv WHERE {none}"
-    )
-    con.execute("CREATE OR REPLACE TEMP TABLE _melted AS " + " UNION ALL ".join(parts))
-    sources = {k: v for k, v in plan.sources.items() if k not in ("stage", "ts")}
-    moved = [v for k, v in plan.sources.items() if k in ("stage", "ts")]
-    sources.update({"stage": "__stage", "ts": "__ts"})
-    return Plan(sources, plan.constants, plan.attributes + moved, plan.melt)
-
-
-def _missing_columns_error(
-    kind: Kind, plan: Plan, headers: list[str], profile: Profile, path: Path
-) -> InputError:
-    missing = [c for c in kind.required if c not in plan.sources and c not in plan.constants]
-    wanted = []
-    for c in missing:
-        alts = [a for a in profile.columns.get(c, ()) if not a.startswith("re:")]
-        wanted.append(f"{c!r}" + (f" (or {', '.join(repr(a) for a in alts)})" if alts else ""))
-    msg = (
-        f"a {kind.name} file needs column(s) {', '.join(wanted)}, which the header does not "
-        f"have (profile {profile.name}); the header has: {', '.join(headers)}"
-    )
-    if missing == ["date"] or "date" in missing:
-        msg += ". If the export covers one reporting period, pass --date YYYY-MM-DD"
-    for other in PROFILES.values():
-        if other.name == profile.name:
-            continue
-        p2 = other.plan(headers, kind.name)
-        if all(c in p2.sources or c in p2.constants or c == "date" for c in kind.required):
-            msg += f". It looks like a {other.name} export: try --profile {other.name}"
-            break
-    return InputError(msg, file=path, line=1 if headers else None)
 
 
 # -- the pipeline -------------------------------------------------------------------------------
@@ -608,7 +171,7 @@ def ingest_file(
             seconds=time.perf_counter() - started,
         )
     now_dt = now or datetime.now(UTC).replace(tzinfo=None)
-    now_sql = f"TIMESTAMP {_lit(now_dt.strftime('%Y-%m-%d %H:%M:%S'))}"
+    now_sql = f"TIMESTAMP {quote_literal(now_dt.strftime('%Y-%m-%d %H:%M:%S'))}"
     next_id = con.execute("SELECT coalesce(max(ingest_id), 0) + 1 FROM ingest_log").fetchone()
     ingest_id = int(next_id[0]) if next_id else 1
     label = p.name
@@ -616,13 +179,13 @@ def ingest_file(
     # Staging only writes temporary tables, outside the transaction (so that rowids count
     # from 0 in file order); landing below is one transaction.
     with _Poller(con, f"reading {label}", progress):
-        src = _stage(con, p, prof)
+        src = stage_file(con, p, prof)
     plan = prof.plan(src.headers, kind)
     if plan.melt:
-        plan = _melt(con, plan)
+        plan = melt(con, plan)
     if any(c not in plan.sources and c not in plan.constants for c in spec.required):
-        raise _missing_columns_error(spec, plan, src.headers, prof, p)
-    sql = _validation_sql(spec, plan, prof, src, now_sql)
+        raise missing_columns_error(spec, plan, src.headers, prof, p)
+    sql = validation_sql(spec, plan, prof, src, now_sql)
     with _Poller(con, f"validating {label}", progress):
         con.execute(f"CREATE OR REPLACE TEMP TABLE _valid AS {sql}")
     with ws.transaction():
@@ -682,21 +245,10 @@ def _with_constant(profile: Profile, column: str, value: str) -> Profile:
     return replace(profile, constants={**profile.constants, column: value})
 
 
-def _line_sql(src: _Source, rec: str) -> str:
-    """SQL for the 1-based file line of the staged record ``rec``."""
-    if src.fmt == "parquet":
-        return f"({rec} + 1)"
-    base = f"({rec} + 2 + {src.skip})"
-    if not src.rejects:
-        return base
-    # Rejected records are missing from _raw: shift by the rejected lines that came before.
-    return f"({base} + (SELECT count(*) FROM _rejg WHERE _rejg.g <= {rec}))"
-
-
 def _land(
-    con: duckdb.DuckDBPyConnection, kind: Kind, src: _Source, path: Path, ingest_id: int
+    con: duckdb.DuckDBPyConnection, kind: Kind, src: StagedFile, path: Path, ingest_id: int
 ) -> dict[str, int]:
-    file = _lit(str(path))
+    file = quote_literal(str(path))
     if src.rejects:
         con.execute(
             "CREATE OR REPLACE TEMP TABLE _rejl AS SELECT line, any_value(error_message) AS msg, "
@@ -707,7 +259,7 @@ def _land(
             f"line - 2 - {src.skip} - (row_number() OVER (ORDER BY line) - 1) AS g FROM _rejl"
         )
         con.execute(
-            f"INSERT INTO quarantine SELECT {ingest_id}, {_lit(kind.name)}, {file}, "
+            f"INSERT INTO quarantine SELECT {ingest_id}, {quote_literal(kind.name)}, {file}, "
             f"line + {src.skip}, NULL, 'malformed_row', 'malformed row: ' || "
             "regexp_replace(msg, 'Expected Number of Columns: (\\d+) Found: (\\d+)', "
             "'expected \\1 fields, found \\2'), ['malformed row: ' || msg], "
@@ -716,11 +268,15 @@ def _land(
         rejected = _scalar(con, "SELECT count(*) FROM _rejl")
     else:
         rejected = 0
-    line = _line_sql(src, "v._rec")
+    line = line_sql(src, "v._rec")
     raw_cols = [h for h in src.headers]
-    raw_json = "json_object(" + ", ".join(f"{_lit(h)}, r.{_q(h)}" for h in raw_cols) + ")"
+    raw_json = (
+        "json_object("
+        + ", ".join(f"{quote_literal(h)}, r.{quote_ident(h)}" for h in raw_cols)
+        + ")"
+    )
     con.execute(
-        f"INSERT INTO quarantine SELECT {ingest_id}, {_lit(kind.name)}, {file}, {line}, "
+        f"INSERT INTO quarantine SELECT {ingest_id}, {quote_literal(kind.name)}, {file}, {line}, "
         "v._problems[1].column, v._problems[1].code, v._problems[1].reason, "
         "list_transform(v._problems, lambda p: p.column || ': ' || p.reason), "
         f"{raw_json} FROM _valid v JOIN _rawv r ON r._rec = v._rec "
@@ -728,20 +284,24 @@ def _land(
     )
     parsed = _scalar(con, "SELECT count(DISTINCT _rec) FROM _valid")
     bad = _scalar(con, "SELECT count(DISTINCT _rec) FROM _valid WHERE len(_problems) > 0")
-    keys = ", ".join(_q(k) for k in kind.key)
-    key_str = " || chr(31) || ".join(f"coalesce(CAST({_q(k)} AS VARCHAR), '')" for k in kind.key)
+    keys = ", ".join(quote_ident(k) for k in kind.key)
+    key_str = " || chr(31) || ".join(
+        f"coalesce(CAST({quote_ident(k)} AS VARCHAR), '')" for k in kind.key
+    )
     campaign = "any_value(campaign_id)" if "campaign_id" in kind.names else "NULL"
-    first_line = _line_sql(src, "min(_rec)")
+    first_line = line_sql(src, "min(_rec)")
     con.execute(
-        f"INSERT INTO duplicates SELECT {ingest_id}, {_lit(kind.name)}, {file}, {key_str}, "
-        f"{campaign}, {first_line}, count(*) - 1 FROM _valid WHERE len(_problems) = 0 "
+        f"INSERT INTO duplicates SELECT {ingest_id}, {quote_literal(kind.name)}, {file}, "
+        f"{key_str}, {campaign}, {first_line}, count(*) - 1 FROM _valid WHERE len(_problems) = 0 "
         f"GROUP BY {keys} HAVING count(*) > 1"
     )
     folded = _scalar(
         con, f"SELECT coalesce(sum(copies), 0) FROM duplicates WHERE ingest_id = {ingest_id}"
     )
-    cols = ", ".join(_q(c) for c in kind.names)
-    match = " AND ".join(f"t.{_q(k)} IS NOT DISTINCT FROM g.{_q(k)}" for k in kind.key)
+    cols = ", ".join(quote_ident(c) for c in kind.names)
+    match = " AND ".join(
+        f"t.{quote_ident(k)} IS NOT DISTINCT FROM g.{quote_ident(k)}" for k in kind.key
+    )
     if folded:
         con.execute(
             "CREATE OR REPLACE TEMP TABLE _good AS SELECT * FROM _valid WHERE len(_problems) = 0 "
@@ -753,13 +313,13 @@ def _land(
         )
     good_src = "_good" if folded else "_goodv"
     good = _scalar(con, f"SELECT count(*) FROM {good_src}")
-    before = _scalar(con, f"SELECT count(*) FROM {_q(kind.name)}")
+    before = _scalar(con, f"SELECT count(*) FROM {quote_ident(kind.name)}")
     con.execute(
-        f"INSERT INTO {_q(kind.name)} ({cols}, attrs, _ingest_id) "
+        f"INSERT INTO {quote_ident(kind.name)} ({cols}, attrs, _ingest_id) "
         f"SELECT {cols}, attrs, {ingest_id} FROM {good_src} g WHERE NOT EXISTS "
-        f"(SELECT 1 FROM {_q(kind.name)} t WHERE {match})"
+        f"(SELECT 1 FROM {quote_ident(kind.name)} t WHERE {match})"
     )
-    loaded = _scalar(con, f"SELECT count(*) FROM {_q(kind.name)}") - before
+    loaded = _scalar(con, f"SELECT count(*) FROM {quote_ident(kind.name)}") - before
     con.execute("DROP VIEW IF EXISTS _goodv")
     for t in ("_good", "_rejl", "_rejg"):
         con.execute(f"DROP TABLE IF EXISTS {t}")
