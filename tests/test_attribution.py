@@ -1,0 +1,76 @@
+"""Attribution follows the contract: campaign_id, else click_id, else the user's last touch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from signalloop.attribution import attributed_conversions, attribution_counts, campaign_summary
+from signalloop.ingest import ingest_file
+from signalloop.store import Workspace
+
+from .conftest import write_csv
+
+
+def load(ws: Workspace, tmp_path: Path) -> None:
+    write_csv(
+        tmp_path / "spend.csv",
+        ["date", "platform", "campaign_id", "impressions", "clicks", "spend"],
+        [
+            ["2026-01-01", "meta", "cA", 1000, 20, 30.0],
+            ["2026-01-01", "google", "cB", 500, 10, 40.0],
+        ],
+    )
+    write_csv(
+        tmp_path / "tp.csv",
+        ["touch_id", "ts", "user_id", "click_id", "campaign_id"],
+        [
+            ["t1", "2026-01-01T10:00:00Z", "u1", "k1", "cA"],
+            ["t2", "2026-01-02T10:00:00Z", "u1", "k2", "cB"],
+            ["t3", "2026-01-02T11:00:00Z", "u2", "k3", "cB"],
+        ],
+    )
+    write_csv(
+        tmp_path / "conv.csv",
+        ["conversion_id", "ts", "kind", "user_id", "click_id", "campaign_id", "value"],
+        [
+            ["v1", "2026-01-01T12:00:00Z", "purchase", "u1", "", "cA", 10],  # own campaign_id
+            ["v2", "2026-01-02T12:00:00Z", "purchase", "", "k3", "", 20],  # by click_id
+            ["v3", "2026-01-01T23:00:00Z", "purchase", "u1", "", "", 5],  # u1's last touch: t1
+            ["v4", "2026-01-03T23:00:00Z", "purchase", "u1", "", "", 7],  # u1's last touch: t2
+            ["v5", "2026-01-01T09:00:00Z", "purchase", "u1", "", "", 1],  # before any touch
+            ["v6", "2026-01-03T23:00:00Z", "purchase", "u9", "", "", 5],  # unknown user
+        ],
+    )
+    for kind, name in (("spend", "spend"), ("touchpoints", "tp"), ("conversions", "conv")):
+        ingest_file(ws, kind, tmp_path / f"{name}.csv")
+
+
+def test_rules_in_order(ws: Workspace, tmp_path: Path) -> None:
+    load(ws, tmp_path)
+    got = {
+        r["conversion_id"]: (r["attributed_campaign_id"], r["attributed_by"])
+        for r in attributed_conversions(ws).to_pyarrow().to_pylist()
+    }
+    assert got == {
+        "v1": ("cA", "campaign_id"),
+        "v2": ("cB", "click_id"),
+        "v3": ("cA", "user_id"),
+        "v4": ("cB", "user_id"),
+        "v5": (None, None),
+        "v6": (None, None),
+    }
+    assert attribution_counts(ws) == {
+        "campaign_id": 1,
+        "click_id": 1,
+        "user_id": 2,
+        "unattributed": 2,
+    }
+
+
+def test_campaign_summary(ws: Workspace, tmp_path: Path) -> None:
+    load(ws, tmp_path)
+    rows = {r["campaign_id"]: r for r in campaign_summary(ws)}
+    assert (rows["cA"]["conversions"], rows["cA"]["value"], rows["cA"]["cpa"]) == (2, 15.0, 15.0)
+    assert (rows["cB"]["conversions"], rows["cB"]["value"], rows["cB"]["cpa"]) == (2, 27.0, 20.0)
+    assert rows["cB"]["roas"] == round(27 / 40, 3)
+    assert [r["campaign_id"] for r in campaign_summary(ws)] == ["cB", "cA"]  # by spend
