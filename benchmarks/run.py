@@ -52,7 +52,8 @@ def generate(n: int) -> Path:
             'ad' || (i % 400) AS ad_id,
             'cr_' || (i % 900) AS creative_id,
             'https://www.example.com/p?utm_source=' ||
-              CASE WHEN i % 3 = 0 THEN 'google&utm_medium=cpc' ELSE 'facebook&utm_medium=paid_social' END
+              CASE WHEN i % 3 = 0 THEN 'google&utm_medium=cpc'
+                   ELSE 'facebook&utm_medium=paid_social' END
               || '&utm_campaign=spring_' || (i % 40) AS landing_url,
             CASE WHEN i % 3 = 0 THEN 'google' ELSE 'facebook' END AS utm_source,
             CASE WHEN i % 3 = 0 THEN 'cpc' ELSE 'paid_social' END AS utm_medium,
@@ -118,7 +119,10 @@ def measure(task: str, path: Path) -> dict[str, float]:
 
 def machine() -> str:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
-    return f"{platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GiB, Python {platform.python_version()}, duckdb {duckdb.__version__}"
+    return (
+        f"{platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GiB, "
+        f"Python {platform.python_version()}, duckdb {duckdb.__version__}"
+    )
 
 
 def main() -> None:

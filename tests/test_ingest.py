@@ -304,3 +304,18 @@ def test_kag_meta_export_lands_every_row_with_matching_sums(ws: Workspace) -> No
     first = spend.filter(spend.ad_id == "708746").to_pyarrow().to_pylist()[0]
     assert (first["campaign_id"], first["adset_id"], first["platform"]) == ("916", "103916", "meta")
     assert json.loads(first["attrs"])["age"] == "30-34"
+
+
+def test_every_ingest_is_logged_including_failures(ws: Workspace, tmp_path: Path) -> None:
+    good = write_csv(tmp_path / "s.csv", SPEND_HEADER, GOOD_SPEND)
+    bad = write_csv(tmp_path / "b.csv", ["date", "platform"], [["2026-01-01", "meta"]])
+    ingest_file(ws, "spend", good, report_date=date(2026, 1, 5))
+    with pytest.raises(InputError):
+        ingest_file(ws, "spend", bad)
+    log = ws.table("ingest_log").order_by("ingest_id").to_pyarrow().to_pylist()
+    assert [(r["file"], r["status"], r["rows_loaded"]) for r in log] == [
+        (str(good), "ok", 3),
+        (str(bad), "failed", None),
+    ]
+    assert "--date ignored" in log[0]["message"]
+    assert "impressions" in log[1]["message"]

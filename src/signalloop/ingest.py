@@ -71,7 +71,8 @@ class IngestResult:
 # -- the pipeline -------------------------------------------------------------------------------
 
 
-def _fingerprint(path: Path, kind: str, profile: Profile, extra: str) -> tuple[str, str, int]:
+def _fingerprint(path: Path, kind: str, profile: Profile) -> tuple[str, str, int]:
+    """The file's sha256, a fingerprint of (content, kind, profile), and its size."""
     h = hashlib.sha256()
     size = 0
     with path.open("rb") as fh:
@@ -79,7 +80,7 @@ def _fingerprint(path: Path, kind: str, profile: Profile, extra: str) -> tuple[s
             h.update(block)
             size += len(block)
     digest = h.hexdigest()
-    conf = hashlib.sha256(repr((kind, profile, extra)).encode()).hexdigest()[:16]
+    conf = hashlib.sha256(repr((kind, profile)).encode()).hexdigest()[:16]
     return digest, f"{digest}:{conf}", size
 
 
@@ -153,7 +154,7 @@ def ingest_file(
         raise InputError("no such file" if not p.exists() else "not a regular file", file=p)
     if report_date is not None:
         prof = _with_constant(prof, "date", report_date.isoformat())
-    digest, fingerprint, size = _fingerprint(p, kind, prof, "")
+    digest, fingerprint, size = _fingerprint(p, kind, prof)
     con = ws.con
     seen = con.execute(
         "SELECT ingest_id, started_at FROM ingest_log WHERE fingerprint = ? AND status = 'ok' "
@@ -170,56 +171,71 @@ def ingest_file(
             message=f"already ingested as #{seen[0]} on {seen[1]:%Y-%m-%d %H:%M}; nothing added",
             seconds=time.perf_counter() - started,
         )
-    now_dt = now or datetime.now(UTC).replace(tzinfo=None)
+    started_at = datetime.now(UTC).replace(tzinfo=None)
+    now_dt = now or started_at
     now_sql = f"TIMESTAMP {quote_literal(now_dt.strftime('%Y-%m-%d %H:%M:%S'))}"
     next_id = con.execute("SELECT coalesce(max(ingest_id), 0) + 1 FROM ingest_log").fetchone()
     ingest_id = int(next_id[0]) if next_id else 1
     label = p.name
 
-    # Staging only writes temporary tables, outside the transaction (so that rowids count
-    # from 0 in file order); landing below is one transaction.
-    with _Poller(con, f"reading {label}", progress):
-        src = stage_file(con, p, prof)
-    plan = prof.plan(src.headers, kind)
-    if plan.melt:
-        plan = melt(con, plan)
-    if any(c not in plan.sources and c not in plan.constants for c in spec.required):
-        raise missing_columns_error(spec, plan, src.headers, prof, p)
-    sql = validation_sql(spec, plan, prof, src, now_sql)
-    with _Poller(con, f"validating {label}", progress):
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _valid AS {sql}")
-    with ws.transaction():
-        counts = _land(con, spec, src, p, ingest_id)
+    def log(status: str, counts: dict[str, int], message: str) -> None:
         con.execute(
-            "INSERT INTO ingest_log VALUES (?, ?, now()::TIMESTAMP, ?, ?, ?, ?, ?, ?, 'ok', "
+            "INSERT INTO ingest_log VALUES (?, ?, now()::TIMESTAMP, ?, ?, ?, ?, ?, ?, ?, "
             "?, ?, ?, ?, ?, ?)",
             [
                 ingest_id,
-                now_dt,
+                started_at,
                 kind,
                 str(p),
                 digest,
                 size,
                 fingerprint,
                 prof.name,
-                counts["read"],
-                counts["loaded"],
-                counts["quarantined"],
-                counts["existing"],
-                counts["folded"],
-                "",
+                status,
+                counts.get("read"),
+                counts.get("loaded"),
+                counts.get("quarantined"),
+                counts.get("existing"),
+                counts.get("folded"),
+                message,
             ],
         )
-        reasons = dict(
-            con.execute(
-                "SELECT code, count(*) FROM quarantine WHERE ingest_id = ? "
-                "GROUP BY 1 ORDER BY 2 DESC, 1",
-                [ingest_id],
-            ).fetchall()
-        )
-    con.execute("DROP VIEW IF EXISTS _rawv")
-    for t in ("_raw", "_valid", "_melted", "_rej", "_rejscan"):
-        con.execute(f"DROP TABLE IF EXISTS {t}")
+
+    try:
+        # Staging only writes temporary tables, outside the transaction (so that rowids
+        # count from 0 in file order); landing below is one transaction.
+        with _Poller(con, f"reading {label}", progress):
+            src = stage_file(con, p, prof)
+        plan = prof.plan(src.headers, kind)
+        if plan.melt:
+            plan = melt(con, plan)
+        if any(c not in plan.sources and c not in plan.constants for c in spec.required):
+            raise missing_columns_error(spec, plan, src.headers, prof, p)
+        sql = validation_sql(spec, plan, prof, src, now_sql)
+        with _Poller(con, f"validating {label}", progress):
+            con.execute(f"CREATE OR REPLACE TEMP TABLE _valid AS {sql}")
+        notes = []
+        if report_date is not None and "date" in plan.sources:
+            notes.append(
+                f"--date ignored: the file has its own date column {plan.sources['date']!r}"
+            )
+        with ws.transaction():
+            counts = _land(con, spec, src, p, ingest_id)
+            log("ok", counts, "; ".join(notes))
+            reasons = dict(
+                con.execute(
+                    "SELECT code, count(*) FROM quarantine WHERE ingest_id = ? "
+                    "GROUP BY 1 ORDER BY 2 DESC, 1",
+                    [ingest_id],
+                ).fetchall()
+            )
+    except InputError as exc:
+        log("failed", {}, str(exc))
+        raise
+    finally:
+        con.execute("DROP VIEW IF EXISTS _rawv")
+        for t in ("_raw", "_valid", "_melted", "_rej", "_rejscan"):
+            con.execute(f"DROP TABLE IF EXISTS {t}")
     if progress is not None:
         progress(f"done {label}", 1.0)
     return IngestResult(
@@ -235,6 +251,7 @@ def ingest_file(
         rows_folded=counts["folded"],
         quarantine_reasons={str(k): int(v) for k, v in reasons.items()},
         attributes=list(plan.attributes),
+        message="; ".join(notes),
         seconds=time.perf_counter() - started,
     )
 
