@@ -209,6 +209,7 @@ def ingest_file(
         plan = prof.plan(src.headers, kind)
         if plan.melt:
             plan = melt(con, plan)
+            src.melted = True
         if any(c not in plan.sources and c not in plan.constants for c in spec.required):
             raise missing_columns_error(spec, plan, src.headers, prof, p)
         sql = validation_sql(spec, plan, prof, src, now_sql)
@@ -219,8 +220,9 @@ def ingest_file(
             notes.append(
                 f"--date ignored: the file has its own date column {plan.sources['date']!r}"
             )
+        counts = _set_aside(con, spec, src, p, ingest_id)
         with ws.transaction():
-            counts = _land(con, spec, src, p, ingest_id)
+            counts.update(_land(con, spec, src, p, ingest_id))
             log("ok", counts, "; ".join(notes))
             reasons = dict(
                 con.execute(
@@ -233,9 +235,7 @@ def ingest_file(
         log("failed", {}, str(exc))
         raise
     finally:
-        con.execute("DROP VIEW IF EXISTS _rawv")
-        for t in ("_raw", "_valid", "_melted", "_rej", "_rejscan"):
-            con.execute(f"DROP TABLE IF EXISTS {t}")
+        _drop_staging(con)
     if progress is not None:
         progress(f"done {label}", 1.0)
     return IngestResult(
@@ -262,10 +262,17 @@ def _with_constant(profile: Profile, column: str, value: str) -> Profile:
     return replace(profile, constants={**profile.constants, column: value})
 
 
-def _land(
+def _set_aside(
     con: duckdb.DuckDBPyConnection, kind: Kind, src: StagedFile, path: Path, ingest_id: int
 ) -> dict[str, int]:
+    """Collect this file's quarantine rows into ``_quar``, then free the staged raw text.
+
+    Runs before the landing transaction, so that the raw staging table (as large as the
+    file) is gone before the rows are written to the store.
+    """
     file = quote_literal(str(path))
+    kind_lit = quote_literal(kind.name)
+    parts = []
     if src.rejects:
         con.execute(
             "CREATE OR REPLACE TEMP TABLE _rejl AS SELECT line, any_value(error_message) AS msg, "
@@ -275,32 +282,63 @@ def _land(
             "CREATE OR REPLACE TEMP TABLE _rejg AS SELECT line, "
             f"line - 2 - {src.skip} - (row_number() OVER (ORDER BY line) - 1) AS g FROM _rejl"
         )
-        con.execute(
-            f"INSERT INTO quarantine SELECT {ingest_id}, {quote_literal(kind.name)}, {file}, "
-            f"line + {src.skip}, NULL, 'malformed_row', 'malformed row: ' || "
-            "regexp_replace(msg, 'Expected Number of Columns: (\\d+) Found: (\\d+)', "
-            "'expected \\1 fields, found \\2'), ['malformed row: ' || msg], "
-            "json_object('csv_line', csv_line) FROM _rejl"
+        parts.append(
+            f"SELECT {ingest_id} AS ingest_id, {kind_lit} AS kind, {file} AS file, "
+            f"line + {src.skip} AS line, NULL AS \"column\", 'malformed_row' AS code, "
+            "'malformed row: ' || regexp_replace(msg, "
+            "'Expected Number of Columns: (\\d+) Found: (\\d+)', 'expected \\1 fields, found \\2') "
+            "AS reason, ['malformed row: ' || msg] AS problems, "
+            "json_object('csv_line', csv_line) AS raw FROM _rejl"
         )
-        rejected = _scalar(con, "SELECT count(*) FROM _rejl")
-    else:
-        rejected = 0
-    line = line_sql(src, "v._rec")
-    raw_cols = [h for h in src.headers]
     raw_json = (
         "json_object("
-        + ", ".join(f"{quote_literal(h)}, r.{quote_ident(h)}" for h in raw_cols)
+        + ", ".join(f"{quote_literal(h)}, r.{quote_ident(h)}" for h in src.headers)
         + ")"
     )
-    con.execute(
-        f"INSERT INTO quarantine SELECT {ingest_id}, {quote_literal(kind.name)}, {file}, {line}, "
+    parts.append(
+        f"SELECT {ingest_id}, {kind_lit}, {file}, {line_sql(src, 'v._rec')}, "
         "v._problems[1].column, v._problems[1].code, v._problems[1].reason, "
         "list_transform(v._problems, lambda p: p.column || ': ' || p.reason), "
         f"{raw_json} FROM _valid v JOIN _rawv r ON r._rec = v._rec "
         "WHERE len(v._problems) > 0"
     )
-    parsed = _scalar(con, "SELECT count(DISTINCT _rec) FROM _valid")
-    bad = _scalar(con, "SELECT count(DISTINCT _rec) FROM _valid WHERE len(_problems) > 0")
+    con.execute("CREATE OR REPLACE TEMP TABLE _quar AS " + " UNION ALL ".join(parts))
+    rejected = _scalar(con, "SELECT count(*) FROM _rejl") if src.rejects else 0
+    distinct = "DISTINCT " if src.melted else ""
+    row = con.execute(
+        f"SELECT count({distinct}_rec), count({distinct}_rec) FILTER (WHERE len(_problems) > 0) "
+        "FROM _valid"
+    ).fetchone()
+    parsed, bad = (int(row[0]), int(row[1])) if row else (0, 0)
+    _drop_staging(con, keep=("_valid", "_quar", "_rejg"))
+    return {"read": parsed + rejected, "quarantined": bad + rejected}
+
+
+def _drop_staging(con: duckdb.DuckDBPyConnection, keep: tuple[str, ...] = ()) -> None:
+    """Drop the temporary tables and views of one file's ingest (except ``keep``)."""
+    for view in ("_rawv", "_goodv"):
+        con.execute(f"DROP VIEW IF EXISTS {view}")
+    for table in (
+        "_raw",
+        "_melted",
+        "_rej",
+        "_rejscan",
+        "_rejl",
+        "_rejg",
+        "_valid",
+        "_quar",
+        "_good",
+    ):
+        if table not in keep:
+            con.execute(f"DROP TABLE IF EXISTS {table}")
+
+
+def _land(
+    con: duckdb.DuckDBPyConnection, kind: Kind, src: StagedFile, path: Path, ingest_id: int
+) -> dict[str, int]:
+    """Write quarantine, folded duplicates and the new good rows (inside a transaction)."""
+    file = quote_literal(str(path))
+    con.execute("INSERT INTO quarantine SELECT * FROM _quar")
     keys = ", ".join(quote_ident(k) for k in kind.key)
     key_str = " || chr(31) || ".join(
         f"coalesce(CAST({quote_ident(k)} AS VARCHAR), '')" for k in kind.key
@@ -315,38 +353,35 @@ def _land(
     folded = _scalar(
         con, f"SELECT coalesce(sum(copies), 0) FROM duplicates WHERE ingest_id = {ingest_id}"
     )
-    cols = ", ".join(quote_ident(c) for c in kind.names)
-    match = " AND ".join(
-        f"t.{quote_ident(k)} IS NOT DISTINCT FROM g.{quote_ident(k)}" for k in kind.key
-    )
-    if folded:
+    if folded:  # keep the first copy of each key, in file order
         con.execute(
             "CREATE OR REPLACE TEMP TABLE _good AS SELECT * FROM _valid WHERE len(_problems) = 0 "
             f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY _rec) = 1"
         )
+        good_src = "_good"
     else:
         con.execute(
             "CREATE OR REPLACE TEMP VIEW _goodv AS SELECT * FROM _valid WHERE len(_problems) = 0"
         )
-    good_src = "_good" if folded else "_goodv"
+        good_src = "_goodv"
     good = _scalar(con, f"SELECT count(*) FROM {good_src}")
-    before = _scalar(con, f"SELECT count(*) FROM {quote_ident(kind.name)}")
-    con.execute(
-        f"INSERT INTO {quote_ident(kind.name)} ({cols}, attrs, _ingest_id) "
-        f"SELECT {cols}, attrs, {ingest_id} FROM {good_src} g WHERE NOT EXISTS "
-        f"(SELECT 1 FROM {quote_ident(kind.name)} t WHERE {match})"
-    )
-    loaded = _scalar(con, f"SELECT count(*) FROM {quote_ident(kind.name)}") - before
-    con.execute("DROP VIEW IF EXISTS _goodv")
-    for t in ("_good", "_rejl", "_rejg"):
-        con.execute(f"DROP TABLE IF EXISTS {t}")
-    return {
-        "read": parsed + rejected,
-        "loaded": loaded,
-        "quarantined": bad + rejected,
-        "existing": good - loaded,
-        "folded": folded,
-    }
+    target = quote_ident(kind.name)
+    before = _scalar(con, f"SELECT count(*) FROM {target}")
+    cols = ", ".join(quote_ident(c) for c in kind.names)
+    select = f"SELECT {cols}, attrs, {ingest_id} FROM {good_src} g"
+    if before:  # skip rows whose natural key is already in the store
+        match = " AND ".join(
+            f"t.{quote_ident(k)} IS NOT DISTINCT FROM g.{quote_ident(k)}" for k in kind.key
+        )
+        select += f" ANTI JOIN {target} t ON {match}"
+    # Row order in the store carries no meaning: let DuckDB write in parallel.
+    con.execute("SET preserve_insertion_order = false")
+    try:
+        con.execute(f"INSERT INTO {target} ({cols}, attrs, _ingest_id) {select}")
+    finally:
+        con.execute("SET preserve_insertion_order = true")
+    loaded = _scalar(con, f"SELECT count(*) FROM {target}") - before
+    return {"loaded": loaded, "existing": good - loaded, "folded": folded}
 
 
 def _scalar(con: duckdb.DuckDBPyConnection, sql: str) -> int:

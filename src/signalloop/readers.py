@@ -20,6 +20,7 @@ import gzip
 import io
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -134,14 +135,29 @@ def diagnose_csv(path: Path, *, gz: bool, delimiter: str, skip: int = 0) -> Inpu
     return None
 
 
+@dataclass
 class StagedFile:
-    """A file staged as the text table ``_raw`` (columns = the file's headers, plus ``_rec``)."""
+    """A file staged as the text table ``_raw``; the view ``_rawv`` adds ``_rec``, its order.
 
-    def __init__(self, headers: list[str], fmt: str, skip: int, rejects: bool) -> None:
-        self.headers = headers
-        self.fmt = fmt
-        self.skip = skip
-        self.rejects = rejects
+    Attributes
+    ----------
+    headers
+        The file's column names.
+    fmt
+        ``csv`` or ``parquet``.
+    skip
+        Lines before the header (report preambles).
+    rejects
+        Whether DuckDB's CSV rejects tables (``_rej``) exist for this file.
+    melted
+        Whether rows were unpivoted (several staged rows then share one ``_rec``).
+    """
+
+    headers: list[str]
+    fmt: str
+    skip: int
+    rejects: bool
+    melted: bool = False
 
 
 def stage_file(con: duckdb.DuckDBPyConnection, path: Path, profile: Profile) -> StagedFile:
