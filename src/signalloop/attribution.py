@@ -61,6 +61,9 @@ def attributed_conversions(ws: Workspace) -> Any:
 def campaign_summary(ws: Workspace) -> list[dict[str, Any]]:
     """Per campaign: spend, impressions, clicks, attributed conversions and value, CPA, ROAS.
 
+    ``conversions`` counts every attributed conversion event, whatever its kind;
+    ``conversions_by_kind`` splits it (lead, purchase, deal, ...), most frequent first.
+
     Returns one dict per campaign (a small result), sorted by spend, largest first.
     Conversions attributed to a campaign with no spend rows still appear.
     """
@@ -89,7 +92,18 @@ def campaign_summary(ws: Workspace) -> list[dict[str, Any]]:
         value=j.value.fill_null(0),
     ).order_by(ibis.desc("spend"), "campaign_id")
     rows: list[dict[str, Any]] = j.to_pyarrow().to_pylist()
+    per_kind = (
+        conv.group_by(campaign_id=conv.attributed_campaign_id, kind=conv.kind)
+        .aggregate(n=conv.count())
+        .order_by(["campaign_id", ibis.desc("n"), "kind"])
+        .to_pyarrow()
+        .to_pylist()
+    )
+    kinds: dict[str, dict[str, int]] = {}
+    for k in per_kind:
+        kinds.setdefault(k["campaign_id"], {})[k["kind"]] = int(k["n"])
     for r in rows:
+        r["conversions_by_kind"] = kinds.get(r["campaign_id"], {})
         conv_n = r["conversions"]
         r["cpa"] = round(r["spend"] / conv_n, 2) if conv_n and r["spend"] else None
         r["roas"] = round(r["value"] / r["spend"], 3) if r["spend"] else None

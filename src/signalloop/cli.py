@@ -290,18 +290,20 @@ def print_summary(summary: dict[str, Any]) -> None:
             q.add_row(r["kind"], r["code"], f"{r['rows']:,}")
         out.print(q)
     c = Table(title="per campaign (conversions attributed per the contract)", title_justify="left")
-    for col in ("campaign", "platform", "spend", "clicks", "conversions", "CPA", "value", "ROAS"):
+    for col in ("campaign", "platform", "spend", "clicks", "conv.", "CPA", "value", "ROAS"):
         c.add_column(col, justify="left" if col in ("campaign", "platform") else "right")
+    c.add_column("conversions by kind")
     for r in summary["campaigns"]:
         c.add_row(
             r["campaign_id"],
             r["platform"] or "",
-            f"{r['spend']:,.2f}",
+            f"{r['spend']:,.0f}",
             f"{r['clicks']:,}",
             f"{r['conversions']:,}",
             f"{r['cpa']:,.2f}" if r["cpa"] is not None else "-",
-            f"{r['value']:,.2f}",
+            f"{r['value']:,.0f}",
             f"{r['roas']:.2f}" if r["roas"] is not None else "-",
+            ", ".join(f"{k} {n:,}" for k, n in r["conversions_by_kind"].items()),
         )
     out.print(c)
     a = summary["attribution"]
