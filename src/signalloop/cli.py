@@ -41,7 +41,8 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 err = Console(stderr=True)
-out = Console()
+# Piped output (CI logs, files) gets room for the tables instead of Rich's 80-column default.
+out = Console(width=None if sys.stdout.isatty() else 120)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
