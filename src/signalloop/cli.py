@@ -50,7 +50,7 @@ DbOption = Annotated[
     str | None,
     typer.Option(
         "--db",
-        help="Workspace DuckDB file [default: $SIGNALLOOP_DB, else ./signalloop.duckdb].",
+        help="Workspace DuckDB file (default: $SIGNALLOOP_DB, else ./signalloop.duckdb).",
         show_default=False,
     ),
 ]
@@ -143,7 +143,7 @@ def ingest(
         typer.Option("--date", help="Reporting date (YYYY-MM-DD) for an export without one."),
     ] = None,
     fail_on_quarantine: Annotated[
-        bool, typer.Option(help="Exit 1 if any row was quarantined.")
+        bool, typer.Option("--fail-on-quarantine", help="Exit 1 if any row was quarantined.")
     ] = False,
     db: DbOption = None,
     as_json: JsonOption = False,
