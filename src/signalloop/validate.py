@@ -87,52 +87,32 @@ def _typed(col: Column, s: str, profile: Profile, now: str) -> tuple[str, list[s
                 _problem(f"{d} < 0", name, "negative", f"'negative {name}: ' || {shown}")
             )
         return value, problems
-    if col.type == "date":
-        if profile.date_format:
-            value = f"CAST(TRY_STRPTIME({s}, {quote_literal(profile.date_format)}) AS DATE)"
-            expected = profile.date_format
+    if col.type in ("date", "ts"):
+        fmt = profile.date_format if col.type == "date" else profile.timestamp_format
+        if col.type == "date":
+            parsed = f"TRY_STRPTIME({s}, {quote_literal(fmt)})" if fmt else None
+            value = f"CAST({parsed} AS DATE)" if parsed else f"TRY_CAST({s} AS DATE)"
+            limit = f"CAST({now} + INTERVAL {FUTURE_TOLERANCE} AS DATE)"
+            noun, code = "date", "bad_date"
         else:
-            value = f"TRY_CAST({s} AS DATE)"
-            expected = "YYYY-MM-DD"
+            value = (
+                f"TRY_STRPTIME({s}, {quote_literal(fmt)})"
+                if fmt
+                else f"CAST(TRY_CAST({s} AS TIMESTAMPTZ) AS TIMESTAMP)"
+            )
+            limit = f"{now} + INTERVAL {FUTURE_TOLERANCE}"
+            noun, code = "timestamp", "bad_timestamp"
+        expected = fmt or ("YYYY-MM-DD" if col.type == "date" else "ISO 8601")
         problems.append(
             _problem(
                 f"{s} IS NOT NULL AND {value} IS NULL",
                 name,
-                "bad_date",
-                f"'not a date (expected {expected}): ' || {shown}",
+                code,
+                f"'not a {noun} (expected {expected}): ' || {shown}",
             )
         )
         problems.append(
-            _problem(
-                f"{value} > CAST({now} + INTERVAL {FUTURE_TOLERANCE} AS DATE)",
-                name,
-                "future",
-                f"'date in the future: ' || {shown}",
-            )
-        )
-        return value, problems
-    if col.type == "ts":
-        if profile.timestamp_format:
-            value = f"TRY_STRPTIME({s}, {quote_literal(profile.timestamp_format)})"
-            expected = profile.timestamp_format
-        else:
-            value = f"CAST(TRY_CAST({s} AS TIMESTAMPTZ) AS TIMESTAMP)"
-            expected = "ISO 8601"
-        problems.append(
-            _problem(
-                f"{s} IS NOT NULL AND {value} IS NULL",
-                name,
-                "bad_timestamp",
-                f"'not a timestamp (expected {expected}): ' || {shown}",
-            )
-        )
-        problems.append(
-            _problem(
-                f"{value} > {now} + INTERVAL {FUTURE_TOLERANCE}",
-                name,
-                "future",
-                f"'timestamp in the future: ' || {shown}",
-            )
+            _problem(f"{value} > {limit}", name, "future", f"'{noun} in the future: ' || {shown}")
         )
         return value, problems
     if col.type == "enum":
