@@ -117,3 +117,29 @@ def attribution_counts(ws: Workspace) -> dict[str, int]:
     conv = attributed_conversions(ws)
     res = conv.group_by("attributed_by").aggregate(n=conv.count()).to_pyarrow().to_pylist()
     return {(r["attributed_by"] or "unattributed"): int(r["n"]) for r in res}
+
+
+def crm_record_campaigns(ws: Workspace, cutoff: Any = None) -> Any:
+    """Each CRM record's campaign: its user's last touchpoint at or before the record began.
+
+    Returns an ibis table ``(record_id, campaign_id, first_ts)``; records whose user has no
+    earlier touchpoint have a null campaign.
+    """
+    crm = ws.table("crm")
+    tp = ws.table("touchpoints")
+    if cutoff is not None:
+        crm = crm.filter(crm.ts < cutoff)
+        tp = tp.filter(tp.ts < cutoff)
+    rec = crm.group_by("record_id").aggregate(
+        user_id=crm.user_id.arbitrary(), first_ts=crm.ts.min()
+    )
+    touches = tp.filter(tp.user_id.notnull() & tp.campaign_id.notnull()).select(
+        t_user=tp.user_id, t_ts=tp.ts, t_campaign=tp.campaign_id
+    )
+    last = (
+        rec.join(touches, (rec.user_id == touches.t_user) & (touches.t_ts <= rec.first_ts))
+        .group_by("record_id")
+        .aggregate(campaign_id=touches.t_campaign.argmax(touches.t_ts))
+    )
+    j = rec.left_join(last, rec.record_id == last.record_id)
+    return j.select(record_id=rec.record_id, campaign_id=j.campaign_id, first_ts=rec.first_ts)

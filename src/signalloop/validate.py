@@ -44,6 +44,11 @@ def _clean(expr: str) -> str:
     )
 
 
+def _blank_is_null(expr: str) -> str:
+    """The value as written, but null when it is empty or only spaces."""
+    return f"CASE WHEN trim({expr}) = '' THEN NULL ELSE {expr} END"
+
+
 def _problem(cond: str, column: str, code: str, reason_sql: str) -> str:
     """SQL for one validation rule: a struct (column, code, reason) when ``cond`` holds."""
     assert code in REASON_CODES, code
@@ -134,7 +139,9 @@ def _typed(col: Column, s: str, profile: Profile, now: str) -> tuple[str, list[s
 def _text_expr(col: Column, plan: Plan, profile: Profile, present: set[str]) -> str:
     """Cleaned text for one canonical column: from its source header, a constant, or a URL."""
     if col.name in plan.sources:
-        expr = _clean(f"CAST({quote_ident(plan.sources[col.name])} AS VARCHAR)")
+        raw = f"CAST({quote_ident(plan.sources[col.name])} AS VARCHAR)"
+        # UTM values keep their spelling (spaces included): utm_hygiene reports the variants.
+        expr = _clean(raw) if col.name not in UTM_COLUMNS else _blank_is_null(raw)
     elif col.name in plan.constants:
         expr = quote_literal(plan.constants[col.name])
     else:

@@ -1,0 +1,252 @@
+"""Run the registered checks, score the signal environment, decide each campaign's gate.
+
+The result is one :class:`CheckReport`, which renders to a dict, JSON, text (Rich) and HTML.
+Outage windows found by ``integration_dropout`` become **exclusions**: stored in the
+workspace (table ``exclusions``), left out of learning by every later computation, and
+exportable in the shape of Google Ads' bidding data exclusions.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+from signalloop.checks.base import REGISTRY, SEVERITY_RANK, CheckContext, Finding, default_as_of
+from signalloop.config import Settings
+from signalloop.errors import UsageError
+from signalloop.store import Workspace
+
+ENVIRONMENT = (
+    "conversion_volume",
+    "attribution_accuracy",
+    "creative_freshness",
+    "integration_uptime",
+)
+
+EXCLUSIONS_DDL = """
+CREATE TABLE IF NOT EXISTS exclusions (
+    campaign_id VARCHAR, start DATE, "end" DATE, reason VARCHAR, source VARCHAR,
+    as_of DATE, created_at TIMESTAMP
+)"""
+
+
+@dataclass
+class CheckReport:
+    """Everything one ``check`` run found, with the gate per campaign."""
+
+    as_of: date
+    findings: list[Finding]
+    campaigns: list[dict[str, Any]]
+    signal_environment: dict[str, Any]
+    exclusions: list[dict[str, Any]]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def held(self) -> list[str]:
+        return [c["campaign_id"] for c in self.campaigns if c["gate"] == "hold"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "as_of": self.as_of.isoformat(),
+            "signal_environment": self.signal_environment,
+            "campaigns": self.campaigns,
+            "findings": [f.to_dict() for f in self.findings],
+            "exclusions": self.exclusions,
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=str)
+
+    def to_text(self) -> str:
+        """A plain-text rendering (the CLI draws Rich tables from :meth:`to_dict` instead)."""
+        lines = [f"signal checks as of {self.as_of}"]
+        for c in self.campaigns:
+            reasons = f" ({', '.join(c['reasons'])})" if c["reasons"] else ""
+            lines.append(f"  {c['campaign_id']}: {c['gate']}{reasons}")
+        for f in self.findings:
+            where = f.campaign_id or "account"
+            lines.append(f"  [{f.severity}] {f.check} {where}: {f.message}")
+        return "\n".join(lines)
+
+    def to_html(self) -> str:
+        """A self-contained HTML fragment: gates, then findings, most severe first."""
+        rows = "".join(
+            f"<tr><td>{html.escape(c['campaign_id'])}</td><td class='{c['gate']}'>{c['gate']}"
+            f"</td><td>{html.escape(', '.join(c['reasons']))}</td></tr>"
+            for c in self.campaigns
+        )
+        finds = "".join(
+            f"<tr><td>{f.severity}</td><td>{html.escape(f.check)}</td>"
+            f"<td>{html.escape(f.campaign_id or 'account')}</td>"
+            f"<td>{html.escape(f.message)}</td></tr>"
+            for f in self.findings
+        )
+        return (
+            f"<section class='checks'><h2>Signal checks as of {self.as_of}</h2>"
+            f"<table><tr><th>campaign</th><th>gate</th><th>held by</th></tr>{rows}</table>"
+            f"<table><tr><th>severity</th><th>check</th><th>campaign</th><th>finding</th></tr>"
+            f"{finds}</table></section>"
+        )
+
+
+def run_checks(
+    ws: Workspace,
+    *,
+    as_of: date | None = None,
+    settings: Settings | None = None,
+    only: list[str] | None = None,
+    store_exclusions: bool = True,
+) -> CheckReport:
+    """Run the checks (all, or ``only`` these) over the workspace as of a date.
+
+    ``as_of`` defaults to the latest day with data. Exclusions are replaced in the workspace
+    unless ``store_exclusions`` is false (a read-only workspace).
+    """
+    import signalloop.checks.hygiene
+    import signalloop.checks.signals  # noqa: F401
+
+    settings = settings or Settings()
+    if as_of is None:
+        as_of = default_as_of(ws)
+        if as_of is None:
+            raise UsageError(
+                f"workspace {ws.path} holds no spend, touchpoints or conversions yet: "
+                "ingest something first (signalloop ingest KIND FILE)"
+            )
+    names = only or list(REGISTRY)
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown:
+        raise UsageError(f"unknown check(s) {', '.join(unknown)}: expected {', '.join(REGISTRY)}")
+    ctx = CheckContext(ws, as_of, settings)
+    findings: list[Finding] = []
+    timings: dict[str, float] = {}
+    for name in names:
+        t0 = time.perf_counter()
+        findings.extend(REGISTRY[name].run(ctx))
+        timings[name] = time.perf_counter() - t0
+    findings.sort(key=lambda f: (-SEVERITY_RANK[f.severity], f.campaign_id or "", f.check))
+    campaigns = _gates(ctx, findings)
+    environment = _environment(ctx, campaigns)
+    exclusions = [
+        {
+            "campaign_id": f.campaign_id,
+            "start": f.window[0].isoformat(),
+            "end": f.window[1].isoformat() if f.window[1] else None,
+            "reason": f"{f.evidence.get('kind', f.check)}: {f.message}",
+        }
+        for f in findings
+        if f.check == "integration_dropout"
+        and f.window is not None
+        and f.evidence.get("kind") != "delivery_stop"
+    ]
+    if store_exclusions and not ws.read_only:
+        save_exclusions(ws, exclusions, as_of)
+    return CheckReport(as_of, findings, campaigns, environment, exclusions, timings)
+
+
+def _gates(ctx: CheckContext, findings: list[Finding]) -> list[dict[str, Any]]:
+    out = []
+    for cid in ctx.campaigns:
+        holding = [
+            f
+            for f in findings
+            if f.campaign_id == cid
+            and f.severity == "critical"
+            and f.active
+            and REGISTRY[f.check].holds
+        ]
+        reasons = sorted({f.check for f in holding})
+        out.append(
+            {
+                "campaign_id": cid,
+                "gate": "hold" if holding else "open",
+                "reasons": reasons,
+                "signal_environment": {k: ctx.environment.get(cid, {}).get(k) for k in ENVIRONMENT},
+            }
+        )
+    return out
+
+
+def _environment(ctx: CheckContext, campaigns: list[dict[str, Any]]) -> dict[str, Any]:
+    """Account-level signal environment: each component's spend-weighted mean over campaigns."""
+    spend = ctx.table("spend")
+    weights = {
+        r["campaign_id"]: float(r["s"] or 0.0)
+        for r in spend.group_by("campaign_id")
+        .aggregate(s=spend.spend.sum())
+        .to_pyarrow()
+        .to_pylist()
+    }
+    env: dict[str, Any] = {}
+    for k in ENVIRONMENT:
+        num = den = 0.0
+        for c in campaigns:
+            comp = c["signal_environment"].get(k)
+            if comp is None:
+                continue
+            w = weights.get(c["campaign_id"], 0.0) or 1e-9
+            num += w * comp["score"]
+            den += w
+        env[k] = {
+            "score": round(num / den, 3) if den else None,
+            "evidence": {"campaigns": sum(1 for c in campaigns if c["signal_environment"].get(k))},
+        }
+    return env
+
+
+def save_exclusions(ws: Workspace, exclusions: list[dict[str, Any]], as_of: date) -> None:
+    """Replace the check-made exclusions in the workspace (manual ones are kept)."""
+    ws.con.execute(EXCLUSIONS_DDL)
+    with ws.transaction() as con:
+        con.execute("DELETE FROM exclusions WHERE source = 'check'")
+        now = datetime.now()
+        for e in exclusions:
+            con.execute(
+                "INSERT INTO exclusions VALUES (?, ?, ?, ?, 'check', ?, ?)",
+                [e["campaign_id"], e["start"], e["end"], e["reason"], as_of, now],
+            )
+
+
+def load_exclusions(ws: Workspace) -> list[dict[str, Any]]:
+    """Every stored exclusion window (campaign, start, end or None, reason, source)."""
+    if "exclusions" not in ws.ibis.list_tables():
+        return []
+    t = ws.table("exclusions").order_by(["campaign_id", "start"])
+    return [
+        {**r, "start": r["start"].isoformat(), "end": r["end"].isoformat() if r["end"] else None}
+        for r in t.select("campaign_id", "start", "end", "reason", "source")
+        .to_pyarrow()
+        .to_pylist()
+    ]
+
+
+def exclusions_csv(exclusions: list[dict[str, Any]], as_of: date | None = None) -> str:
+    """Exclusions in the shape of Google Ads' bidding data exclusions (one row a window).
+
+    Columns: Name, Scope, Campaigns, Devices, Start time, End time, Description. An open
+    window ends at the end of the as-of day (extend it when the fix is confirmed).
+    """
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["Name", "Scope", "Campaigns", "Devices", "Start time", "End time", "Description"])
+    for i, e in enumerate(exclusions, start=1):
+        end = e["end"] or (as_of.isoformat() if as_of else e["start"])
+        w.writerow(
+            [
+                f"signalloop exclusion {i}: {e['campaign_id']} {e['start']}",
+                "CAMPAIGN",
+                e["campaign_id"],
+                "",
+                f"{e['start']} 00:00:00",
+                f"{end} 23:59:59",
+                e["reason"][:200],
+            ]
+        )
+    return buf.getvalue()

@@ -1,0 +1,570 @@
+"""Event-hygiene checks: UTM naming, duplicates, timestamps, labels, stage order, late offline.
+
+Each is computed with ibis over the workspace cut at the as-of date; only small aggregates
+(one row per value, campaign or record group) come back to Python.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import ibis
+from ibis import _
+
+from signalloop.attribution import crm_record_campaigns
+from signalloop.checks.base import CheckContext, Finding, register, to_date
+
+_d = to_date
+
+
+def _active(ctx: CheckContext, last: date | None, days: int) -> bool:
+    return last is not None and (ctx.as_of - last).days < days
+
+
+@register(
+    "utm_hygiene",
+    scope="campaign",
+    severity="warn",
+    description="UTM sources and mediums written several ways, or outside the taxonomy",
+    min_share=0.01,
+    min_rows=5,
+)
+def utm_hygiene(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding]:
+    tp = ctx.table("touchpoints")
+    findings: list[Finding] = []
+    for col, allowed in (
+        ("utm_source", ctx.settings.sources),
+        ("utm_medium", ctx.settings.mediums),
+    ):
+        t = tp.filter(tp[col].notnull())
+        rows = (
+            t.group_by(raw=t[col], campaign_id=t.campaign_id)
+            .aggregate(n=t.count(), first=t.ts.min(), last=t.ts.max())
+            .to_pyarrow()
+            .to_pylist()
+        )
+        by_canon: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        per_campaign: dict[str | None, dict[str, Any]] = {}
+        for r in rows:
+            canon = ctx.settings.canonical_utm(r["raw"])
+            by_canon[canon][r["raw"]] += r["n"]
+            c = per_campaign.setdefault(
+                r["campaign_id"], {"total": 0, "off": defaultdict(int), "first": None, "last": None}
+            )
+            c["total"] += r["n"]
+            if r["raw"] != canon:
+                c["off"][r["raw"]] += r["n"]
+                f, la = _d(r["first"]), _d(r["last"])
+                c["first"] = min(x for x in (c["first"], f) if x) if f else c["first"]
+                c["last"] = max(x for x in (c["last"], la) if x) if la else c["last"]
+        for canon, variants in sorted(by_canon.items()):
+            if len(variants) > 1 or canon not in variants:
+                findings.append(
+                    Finding(
+                        "utm_hygiene",
+                        "warn",
+                        None,
+                        f"{col} {canon!r} is written {len(variants)} ways: "
+                        + ", ".join(f"{v!r} ({n:,})" for v, n in sorted(variants.items())),
+                        {"column": col, "proposed": canon, "variants": dict(variants)},
+                    )
+                )
+            if canon not in allowed:
+                findings.append(
+                    Finding(
+                        "utm_hygiene",
+                        "warn",
+                        None,
+                        f"{col} {canon!r} is outside the taxonomy ({sum(variants.values()):,} "
+                        "touchpoints)",
+                        {
+                            "column": col,
+                            "value": canon,
+                            "rows": sum(variants.values()),
+                            "taxonomy": list(allowed),
+                        },
+                    )
+                )
+        for cid, c in sorted(per_campaign.items(), key=lambda kv: str(kv[0])):
+            off = sum(c["off"].values())
+            if cid is None or off < opt["min_rows"] or off / c["total"] < opt["min_share"]:
+                continue
+            findings.append(
+                Finding(
+                    "utm_hygiene",
+                    "warn",
+                    cid,
+                    f"{off:,} of {c['total']:,} touchpoints ({off / c['total']:.0%}) carry a "
+                    f"non-canonical {col}: " + ", ".join(f"{k!r}" for k in sorted(c["off"])),
+                    {
+                        "column": col,
+                        "rows": off,
+                        "share": round(off / c["total"], 4),
+                        "variants": dict(c["off"]),
+                        "proposed": {k: ctx.settings.canonical_utm(k) for k in c["off"]},
+                    },
+                    window=(c["first"], c["last"]) if c["first"] else None,
+                )
+            )
+    return findings
+
+
+@register(
+    "duplicates",
+    scope="campaign",
+    severity="warn",
+    description="events repeated under one natural key (copies folded at ingest still count)",
+    holds=True,
+    critical_share=0.05,
+    active_days=3,
+)
+def duplicates(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding]:
+    d = ctx.ws.table("duplicates")
+    findings: list[Finding] = []
+    # conversions: place each duplicated id on its attributed campaign and its event time
+    conv = ctx.conversions
+    dc = d.filter(d.kind == "conversions")
+    j = dc.join(conv, dc.key == conv.conversion_id)
+    per = j.group_by(campaign_id=conv.attributed_campaign_id).aggregate(
+        keys=dc.key.nunique(), copies=dc.copies.sum(), first=conv.ts.min(), last=conv.ts.max()
+    )
+    totals = conv.group_by(campaign_id=conv.attributed_campaign_id).aggregate(n=conv.count())
+    per = per.left_join(totals, per.campaign_id == totals.campaign_id).select(
+        per.campaign_id, per.keys, per.copies, per.first, per.last, n=totals.n
+    )
+    for r in per.order_by("campaign_id").to_pyarrow().to_pylist():
+        share = r["copies"] / max(r["n"] or 0, 1)
+        last = _d(r["last"])
+        active = _active(ctx, last, opt["active_days"])
+        severe = share >= opt["critical_share"]
+        findings.append(
+            Finding(
+                "duplicates",
+                "critical" if severe and active else "warn",
+                r["campaign_id"],
+                f"{r['copies']:,} duplicate conversion events ({share:.1%} of "
+                f"{r['n'] or 0:,}) under {r['keys']:,} conversion ids; ingest kept one copy each",
+                {
+                    "kind": "conversions",
+                    "copies": int(r["copies"]),
+                    "ids": int(r["keys"]),
+                    "share": round(share, 4),
+                },
+                active=active and severe,
+                window=(_d(r["first"]), last) if r["first"] else None,  # type: ignore[arg-type]
+            )
+        )
+    other = d.filter(d.kind != "conversions")
+    rows = (
+        other.group_by(["kind", "campaign_id"])
+        .aggregate(keys=other.key.nunique(), copies=other.copies.sum())
+        .order_by(["kind", "campaign_id"])
+        .to_pyarrow()
+        .to_pylist()
+    )
+    for r in rows:
+        findings.append(
+            Finding(
+                "duplicates",
+                "warn",
+                r["campaign_id"],
+                f"{r['copies']:,} duplicate {r['kind']} rows under {r['keys']:,} keys",
+                {"kind": r["kind"], "copies": int(r["copies"]), "keys": int(r["keys"])},
+            )
+        )
+    return findings
+
+
+@register(
+    "timestamps",
+    scope="campaign",
+    severity="warn",
+    description="future times, events before the campaign's first spend, conversions before "
+    "their click",
+    min_rows=3,
+)
+def timestamps(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding]:
+    findings: list[Finding] = []
+    q = ctx.ws.table("quarantine")
+    fut = (
+        q.filter(q.code == "future")
+        .group_by("kind")
+        .aggregate(n=_.count())
+        .to_pyarrow()
+        .to_pylist()
+    )
+    for r in fut:
+        findings.append(
+            Finding(
+                "timestamps",
+                "warn",
+                None,
+                f"{r['n']:,} {r['kind']} rows stamped in the future were quarantined at ingest",
+                {"kind": r["kind"], "rows": int(r["n"]), "source": "quarantine"},
+            )
+        )
+    for name in ("touchpoints", "conversions"):
+        t = ctx.ws.table(name)
+        later = int(t.filter(t.ts >= ctx.cutoff).count().execute())
+        if later:
+            findings.append(
+                Finding(
+                    "timestamps",
+                    "info",
+                    None,
+                    f"{later:,} {name} lie after the as-of date {ctx.as_of} and are left out",
+                    {"kind": name, "rows": later},
+                )
+            )
+    spend = ctx.table("spend")
+    first = spend.group_by("campaign_id").aggregate(first_day=spend.date.min())
+    tp = ctx.table("touchpoints")
+    early_tp = tp.join(first, tp.campaign_id == first.campaign_id).filter(
+        tp.ts.date() < first.first_day
+    )
+    conv = ctx.conversions
+    early_cv = conv.join(first, conv.attributed_campaign_id == first.campaign_id).filter(
+        conv.ts.date() < first.first_day
+    )
+    before: dict[str | None, dict[str, int]] = defaultdict(dict)
+    for label, expr, col in (
+        ("touchpoints", early_tp, "campaign_id"),
+        ("conversions", early_cv, "attributed_campaign_id"),
+    ):
+        for r in (
+            expr.group_by(campaign_id=expr[col]).aggregate(n=expr.count()).to_pyarrow().to_pylist()
+        ):
+            before[r["campaign_id"]][label] = int(r["n"])
+    for cid, counts in sorted(before.items()):
+        if sum(counts.values()) >= opt["min_rows"]:
+            findings.append(
+                Finding(
+                    "timestamps",
+                    "warn",
+                    cid,
+                    "events before the campaign's first spend: "
+                    + ", ".join(f"{n:,} {k}" for k, n in counts.items()),
+                    {"before_first_spend": counts},
+                )
+            )
+    # conversion before its click: the row's click_ts, else the clicked touchpoint's time
+    clicks = tp.filter(tp.click_id.notnull()).group_by("click_id").aggregate(t_click=tp.ts.min())
+    c2 = conv.left_join(clicks, conv.click_id == clicks.click_id)
+    click_ts = ibis.coalesce(c2.click_ts, c2.t_click)
+    bad = c2.filter(click_ts.notnull() & (c2.ts < click_ts))
+    rows = (
+        bad.group_by(campaign_id=bad.attributed_campaign_id)
+        .aggregate(
+            n=bad.count(),
+            worst_hours=((click_ts.epoch_seconds() - bad.ts.epoch_seconds()) / 3600).max(),
+        )
+        .to_pyarrow()
+        .to_pylist()
+    )
+    for r in sorted(rows, key=lambda r: str(r["campaign_id"])):
+        if r["n"] >= opt["min_rows"]:
+            findings.append(
+                Finding(
+                    "timestamps",
+                    "warn",
+                    r["campaign_id"],
+                    f"{r['n']:,} conversions are stamped before their click",
+                    {
+                        "conversion_before_click": int(r["n"]),
+                        "worst_hours_before": round(float(r["worst_hours"]), 1),
+                    },
+                )
+            )
+    return findings
+
+
+@register(
+    "label_completeness",
+    scope="campaign",
+    severity="warn",
+    description="conversions without kind or value, unattributable conversions, CRM records "
+    "without stage, and how deep the feedback loop reaches",
+    max_missing_value_share=0.05,
+    max_unattributed_share=0.05,
+    outcome_age_days=60,
+)
+def label_completeness(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding]:
+    findings: list[Finding] = []
+    q = ctx.ws.table("quarantine")
+    miss = q.filter((q.code == "missing_value") & q.kind.isin(["conversions", "crm"]))
+    for r in miss.group_by(["kind", "column"]).aggregate(n=_.count()).to_pyarrow().to_pylist():
+        if (r["kind"], r["column"]) in (("conversions", "kind"), ("crm", "stage")):
+            findings.append(
+                Finding(
+                    "label_completeness",
+                    "warn",
+                    None,
+                    f"{r['n']:,} {r['kind']} rows had no {r['column']} and were quarantined",
+                    {"kind": r["kind"], "column": r["column"], "rows": int(r["n"])},
+                )
+            )
+    conv = ctx.conversions
+    vk = conv.group_by(campaign_id=conv.attributed_campaign_id, kind=conv.kind).aggregate(
+        n=conv.count(), valued=conv.value.notnull().sum()
+    )
+    for r in vk.order_by(["campaign_id", "kind"]).to_pyarrow().to_pylist():
+        missing = r["n"] - r["valued"]
+        if r["valued"] > 0 and missing / r["n"] > opt["max_missing_value_share"]:
+            findings.append(
+                Finding(
+                    "label_completeness",
+                    "warn",
+                    r["campaign_id"],
+                    f"{missing:,} of {r['n']:,} {r['kind']} conversions carry no value",
+                    {"kind": r["kind"], "missing_value": int(missing), "rows": int(r["n"])},
+                )
+            )
+    by = conv.group_by(source=conv.source).aggregate(
+        n=conv.count(), unattributed=conv.attributed_campaign_id.isnull().sum()
+    )
+    for r in by.to_pyarrow().to_pylist():
+        if r["n"] and r["unattributed"] / r["n"] > opt["max_unattributed_share"]:
+            findings.append(
+                Finding(
+                    "label_completeness",
+                    "warn",
+                    None,
+                    f"{r['unattributed']:,} of {r['n']:,} {r['source'] or 'unsourced'} "
+                    "conversions match no campaign (no campaign_id, click_id or earlier touch)",
+                    {
+                        "source": r["source"],
+                        "unattributed": int(r["unattributed"]),
+                        "rows": int(r["n"]),
+                    },
+                )
+            )
+    findings.extend(_feedback_depth(ctx, opt))
+    return findings
+
+
+def _feedback_depth(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding]:
+    """Per campaign: how far down the funnel its outcomes are known."""
+    conv = ctx.conversions
+    crm = ctx.table("crm")
+    rec = crm_record_campaigns(ctx.ws, ctx.cutoff)
+    terminal = crm.filter(crm.stage.isin(["won", "lost"])).select("record_id").distinct()
+    won = crm.filter(crm.stage == "won").select("record_id").distinct()
+    old_enough = ibis.literal(ctx.cutoff - timedelta(days=opt["outcome_age_days"]))
+    r = rec.mutate(
+        closed=rec.record_id.isin(terminal.record_id),
+        won=rec.record_id.isin(won.record_id),
+        old=rec.first_ts < old_enough,
+    )
+    crm_stats = {
+        x["campaign_id"]: x
+        for x in r.group_by("campaign_id")
+        .aggregate(
+            records=r.count(),
+            old=r.old.sum(),
+            old_closed=(r.old & r.closed).sum(),
+            won=r.won.sum(),
+        )
+        .to_pyarrow()
+        .to_pylist()
+    }
+    conv_stats = {
+        x["campaign_id"]: x
+        for x in conv.group_by(campaign_id=conv.attributed_campaign_id)
+        .aggregate(n=conv.count(), valued=conv.value.notnull().sum())
+        .to_pyarrow()
+        .to_pylist()
+    }
+    out = []
+    for cid in ctx.campaigns:
+        cs, rs = conv_stats.get(cid), crm_stats.get(cid)
+        if rs and rs["won"]:
+            depth = "revenue"
+        elif rs:
+            depth = "pipeline"
+        elif cs and cs["valued"]:
+            depth = "revenue"
+        elif cs:
+            depth = "conversion"
+        else:
+            depth = "click"
+        known = (rs["old_closed"] / rs["old"]) if rs and rs["old"] else None
+        evidence = {
+            "depth": depth,
+            "conversions": int(cs["n"]) if cs else 0,
+            "crm_records": int(rs["records"]) if rs else 0,
+            "outcome_known_share": round(known, 4) if known is not None else None,
+        }
+        stops_early = depth in ("click", "conversion")
+        out.append(
+            Finding(
+                "label_completeness",
+                "warn" if depth == "click" else "info",
+                cid,
+                f"feedback reaches {depth}"
+                + (
+                    f"; CRM outcome known for {known:.0%} of records older than "
+                    f"{opt['outcome_age_days']} days"
+                    if known is not None
+                    else ""
+                )
+                + ("; outcomes stop before pipeline or revenue" if stops_early else ""),
+                evidence,
+            )
+        )
+    return out
+
+
+@register(
+    "stage_regression",
+    scope="campaign",
+    severity="warn",
+    description="CRM lifecycle stages that go backwards or are overwritten",
+    min_records=1,
+)
+def stage_regression(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding]:
+    crm = ctx.table("crm")
+    funnel = list(ctx.settings.funnel)
+    rank = ibis.cases(*[(crm.stage == s, i) for i, s in enumerate(funnel)], else_=ibis.null())
+    t = crm.filter(crm.stage.isin(funnel)).mutate(rank=rank)
+    w = ibis.window(group_by="record_id", order_by=["ts", "rank"])
+    t = t.mutate(
+        running_max=t.rank.max().over(
+            ibis.cumulative_window(group_by="record_id", order_by=["ts", "rank"])
+        ),
+        prev_ts=t.ts.lag().over(w),
+    )
+    t = t.mutate(prev_max=t.running_max.lag().over(w))
+    t = t.mutate(
+        backwards=t.prev_max.notnull() & (t.rank < t.prev_max),
+        same_time=t.prev_ts.notnull() & (t.ts == t.prev_ts),
+    )
+    per_rec = t.group_by("record_id").aggregate(
+        backwards=t.backwards.sum(),
+        overwritten=t.same_time.sum(),
+        first=t.ts.min(),
+        last_bad=t.ts.max(where=t.backwards | t.same_time),
+    )
+    per_rec = per_rec.filter((per_rec.backwards > 0) | (per_rec.overwritten > 0))
+    rec = crm_record_campaigns(ctx.ws, ctx.cutoff)
+    j = per_rec.left_join(rec, per_rec.record_id == rec.record_id)
+    agg = (
+        j.group_by(campaign_id=j.campaign_id)
+        .aggregate(
+            records=j.count(),
+            backwards=(j.backwards > 0).sum(),
+            overwritten=(j.overwritten > 0).sum(),
+            examples=j.record_id.collect(),
+            first=j.last_bad.min(),
+            last=j.last_bad.max(),
+        )
+        .order_by("campaign_id")
+        .to_pyarrow()
+        .to_pylist()
+    )
+    totals = {
+        x["campaign_id"]: int(x["n"])
+        for x in rec.group_by("campaign_id").aggregate(n=rec.count()).to_pyarrow().to_pylist()
+    }
+    out = []
+    for r in agg:
+        if r["records"] < opt["min_records"]:
+            continue
+        n = totals.get(r["campaign_id"], 0)
+        out.append(
+            Finding(
+                "stage_regression",
+                "warn",
+                r["campaign_id"],
+                f"{r['records']:,} CRM records went backwards or were overwritten "
+                f"({r['backwards']:,} backwards, {r['overwritten']:,} overwritten at the same "
+                f"time) of {n:,}",
+                {
+                    "records": int(r["records"]),
+                    "backwards": int(r["backwards"]),
+                    "overwritten": int(r["overwritten"]),
+                    "examples": sorted(r["examples"])[:5],
+                },
+                window=(_d(r["first"]), _d(r["last"])) if r["first"] else None,  # type: ignore[arg-type]
+            )
+        )
+    return out
+
+
+@register(
+    "late_offline_conversions",
+    scope="campaign",
+    severity="warn",
+    description="offline and CRM conversions arriving long after the click, per source",
+    min_conversions=4,
+    ratio=1.5,
+    min_extra_days=7,
+    bucket_days=14,
+)
+def late_offline_conversions(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding]:
+    conv = ctx.conversions.filter(ctx.conversions.source.isin(["offline", "crm"]))
+    tp = ctx.table("touchpoints")
+    clicks = tp.filter(tp.click_id.notnull()).group_by("click_id").aggregate(t_click=tp.ts.min())
+    c = conv.left_join(clicks, conv.click_id == clicks.click_id)
+    click_ts = ibis.coalesce(c.click_ts, c.t_click)
+    c = c.filter(click_ts.notnull()).mutate(
+        lag=(c.ts.epoch_seconds() - click_ts.epoch_seconds()) / 86400.0
+    )
+    base = {
+        r["source"]: r
+        for r in c.group_by("source")
+        .aggregate(n=c.count(), median=c.lag.median(), p90=c.lag.quantile(0.9))
+        .to_pyarrow()
+        .to_pylist()
+    }
+    origin = ibis.literal(datetime(2000, 1, 3))
+    bucket = (c.ts.epoch_seconds() - origin.epoch_seconds()) // (86400 * opt["bucket_days"])
+    per = (
+        c.mutate(bucket=bucket)
+        .group_by(["attributed_campaign_id", "source", "bucket"])
+        .aggregate(
+            n=_.count(),
+            median=_.lag.median(),
+            p90=_.lag.quantile(0.9),
+            first=_.ts.min(),
+            last=_.ts.max(),
+        )
+        .order_by(["attributed_campaign_id", "source", "bucket"])
+        .to_pyarrow()
+        .to_pylist()
+    )
+    flagged: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in per:
+        b = base.get(r["source"])
+        if not b or r["attributed_campaign_id"] is None or r["n"] < opt["min_conversions"]:
+            continue
+        if (
+            r["median"] >= opt["ratio"] * b["median"]
+            and r["median"] - b["median"] >= opt["min_extra_days"]
+        ):
+            flagged[(r["attributed_campaign_id"], r["source"])].append(r)
+    out = []
+    for (cid, source), rows in sorted(flagged.items()):
+        b = base[source]
+        n = sum(r["n"] for r in rows)
+        worst = max(r["median"] for r in rows)
+        out.append(
+            Finding(
+                "late_offline_conversions",
+                "warn",
+                cid,
+                f"{n:,} {source} conversions arrived a median {worst:.0f} days after the click "
+                f"(the account's {source} median: {b['median']:.0f} days)",
+                {
+                    "source": source,
+                    "conversions": n,
+                    "median_lag_days": round(worst, 1),
+                    "account_median_lag_days": round(b["median"], 1),
+                    "account_p90_lag_days": round(b["p90"], 1),
+                },
+                window=(_d(min(r["first"] for r in rows)), _d(max(r["last"] for r in rows))),  # type: ignore[arg-type]
+            )
+        )
+    return out

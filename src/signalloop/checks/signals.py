@@ -1,0 +1,502 @@
+"""Signal-environment checks: integration dropouts, attribution match, creative freshness,
+conversion volume. Each also records its 0-1 score of the signal environment.
+
+Heavy work (daily counts, the delay histogram, joins) is ibis; the per-campaign daily series
+that come back (campaigns x days) are small and handled with numpy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from datetime import date, timedelta
+from typing import Any
+
+import ibis
+import numpy as np
+
+from signalloop.attribution import crm_record_campaigns
+from signalloop.checks.base import CheckContext, Finding, register
+
+TRACKED = ("pixel", "server")
+
+
+def poisson_cdf(k: int, mu: float) -> float:
+    """P(X <= k) for X ~ Poisson(mu).
+
+    >>> round(poisson_cdf(0, 2.0), 4)
+    0.1353
+    """
+    if mu <= 0:
+        return 1.0
+    total, term = 0.0, math.exp(-mu)
+    for i in range(k + 1):
+        if i > 0:
+            term *= mu / i
+        total += term
+    return min(total, 1.0)
+
+
+def delay_pmf(ctx: CheckContext, max_days: int = 21) -> np.ndarray:
+    """Daily click-to-conversion delay distribution of tracked conversions (days 0..max_days).
+
+    Estimated from conversions whose click is at least ``max_days`` before the as-of date, so
+    the recent, still-arriving clicks do not bias it short; the last bin holds the tail.
+    """
+    if "delay_pmf" in ctx.cache:
+        cached: np.ndarray = ctx.cache["delay_pmf"]
+        return cached
+    conv = ctx.conversions.filter(
+        ctx.conversions.source.isin(TRACKED) | ctx.conversions.source.isnull()
+    )
+    tp = ctx.table("touchpoints")
+    clicks = tp.filter(tp.click_id.notnull()).group_by("click_id").aggregate(t_click=tp.ts.min())
+    c = conv.left_join(clicks, conv.click_id == clicks.click_id)
+    click_ts = ibis.coalesce(c.click_ts, c.t_click)
+    limit = ibis.literal(ctx.cutoff - timedelta(days=max_days))
+    c = c.filter(click_ts.notnull() & (click_ts < limit))
+    lag = ((c.ts.date() - click_ts.date()).cast("int32")).clip(0, max_days)
+    hist = c.group_by(lag=lag).aggregate(n=c.count()).to_pyarrow().to_pylist()
+    pmf = np.zeros(max_days + 1)
+    for r in hist:
+        if r["lag"] is not None:
+            pmf[int(r["lag"])] += r["n"]
+    if pmf.sum() == 0:  # no history yet: about a day, as the platforms report
+        pmf[:3] = (0.5, 0.3, 0.2)
+    pmf = np.asarray(pmf / pmf.sum(), dtype=float)
+    ctx.cache["delay_pmf"] = pmf
+    return np.asarray(pmf)
+
+
+def _daily(
+    rows: list[dict[str, Any]], days: list[date], key: str = "campaign_id"
+) -> dict[str, np.ndarray]:
+    index = {d: i for i, d in enumerate(days)}
+    out: dict[str, np.ndarray] = {}
+    for r in rows:
+        cid = r[key]
+        if cid is None or r["day"] not in index:
+            continue
+        out.setdefault(cid, np.zeros(len(days)))[index[r["day"]]] += r["n"]
+    return out
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    runs, start = [], None
+    for i, m in enumerate(mask):
+        if m and start is None:
+            start = i
+        elif not m and start is not None:
+            runs.append((start, i - 1))
+            start = None
+    if start is not None:
+        runs.append((start, len(mask) - 1))
+    return runs
+
+
+def _days(ctx: CheckContext) -> list[date]:
+    first = ctx.first_day or ctx.as_of
+    n = (ctx.as_of - first).days + 1
+    return [first + timedelta(days=i) for i in range(max(n, 1))]
+
+
+@register(
+    "integration_dropout",
+    scope="campaign",
+    severity="critical",
+    description="days far below what the trailing history and the campaign's own clicks "
+    "predict (tracking outages, CRM sync dropouts), told apart from delivery stops and from "
+    "conversions that have not arrived yet",
+    holds=True,
+    low_ratio=0.25,
+    min_expected=6.0,
+    max_p=1e-4,
+    min_daily_expected=0.3,
+    stop_ratio=0.2,
+)
+def integration_dropout(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding]:
+    days = _days(ctx)
+    pmf = delay_pmf(ctx)
+    tp = ctx.table("touchpoints")
+    tp = tp.filter(tp.campaign_id.notnull())
+    clicks = _daily(
+        tp.group_by(campaign_id=tp.campaign_id, day=tp.ts.date())
+        .aggregate(n=tp.count())
+        .to_pyarrow()
+        .to_pylist(),
+        days,
+    )
+    conv = ctx.conversions
+    tracked = conv.filter(conv.source.isin(TRACKED) | conv.source.isnull())
+    observed = {
+        "pixel+server": _daily(
+            tracked.group_by(campaign_id=tracked.attributed_campaign_id, day=tracked.ts.date())
+            .aggregate(n=tracked.count())
+            .to_pyarrow()
+            .to_pylist(),
+            days,
+        )
+    }
+    crm = ctx.table("crm")
+    leads = crm.filter(crm.stage == ctx.settings.funnel[0])
+    rec = crm_record_campaigns(ctx.ws, ctx.cutoff)
+    lj = leads.join(rec, leads.record_id == rec.record_id)
+    observed["crm"] = _daily(
+        lj.group_by(campaign_id=rec.campaign_id, day=leads.ts.date())
+        .aggregate(n=lj.count())
+        .to_pyarrow()
+        .to_pylist(),
+        days,
+    )
+    findings: list[Finding] = []
+    uptime: dict[str, float] = {}
+    for cid in ctx.campaigns:
+        c = clicks.get(cid, np.zeros(len(days)))
+        unit = np.convolve(c, pmf)[: len(days)]
+        down = np.zeros(len(days), dtype=bool)
+        for source, series in observed.items():
+            o = series.get(cid)
+            if o is None or o.sum() < opt["min_expected"]:
+                continue
+            for start, end, e_sum, o_sum in _dropouts(o, unit, opt):
+                down[start : end + 1] = True
+                active = end == len(days) - 1
+                window = (days[start], None if active else days[end])
+                ratio = o_sum / e_sum if e_sum else 0.0
+                findings.append(
+                    Finding(
+                        "integration_dropout",
+                        "critical" if active else "warn",
+                        cid,
+                        f"{source} conversions {'have been' if active else 'were'} far below "
+                        f"what the campaign's clicks predict from {days[start]} to "
+                        f"{'now' if active else days[end]}: {o_sum:.0f} observed, "
+                        f"{e_sum:.1f} expected ({ratio:.0%})"
+                        + (" - still going" if active else " - excluded from learning"),
+                        {
+                            "source": source,
+                            "kind": "tracking_outage" if source != "crm" else "crm_sync_dropout",
+                            "observed": int(o_sum),
+                            "expected": round(e_sum, 1),
+                            "clicks": int(c[start : end + 1].sum()),
+                            "days": end - start + 1,
+                        },
+                        active=active,
+                        window=window,
+                    )
+                )
+        findings.extend(_delivery_stops(cid, c, days, opt))
+        last28 = down[-28:]
+        uptime[cid] = 1.0 - float(last28.mean()) if len(last28) else 1.0
+        ctx.environment.setdefault(cid, {})["integration_uptime"] = {
+            "score": round(uptime[cid], 3),
+            "evidence": {"days_down_last_28": int(last28.sum())},
+        }
+    return findings
+
+
+def _dropouts(
+    o: np.ndarray, unit: np.ndarray, opt: Mapping[str, Any]
+) -> list[tuple[int, int, float, float]]:
+    """Runs of days whose observed count is far below the expectation from clicks."""
+    usable = unit > 0
+    rate = o[usable].sum() / unit[usable].sum() if usable.any() and unit[usable].sum() else 0.0
+    found: list[tuple[int, int, float, float]] = []
+    for _ in range(2):  # re-estimate the rate without the days already found down
+        e = rate * unit
+        low = (e >= opt["min_daily_expected"]) & (o <= opt["low_ratio"] * e)
+        found = []
+        for start, end in _runs(low):
+            e_sum, o_sum = float(e[start : end + 1].sum()), float(o[start : end + 1].sum())
+            if e_sum >= opt["min_expected"] and poisson_cdf(int(o_sum), e_sum) < opt["max_p"]:
+                found.append((start, end, e_sum, o_sum))
+        keep = usable.copy()
+        for start, end, _, _ in found:
+            keep[start : end + 1] = False
+        if keep.any() and unit[keep].sum():
+            rate = o[keep].sum() / unit[keep].sum()
+    return found
+
+
+def _delivery_stops(
+    cid: str, c: np.ndarray, days: list[date], opt: Mapping[str, Any]
+) -> list[Finding]:
+    """Runs of days with (almost) no clicks where the campaign usually has them."""
+    out: list[Finding] = []
+    typical = float(np.median(c[c > 0])) if (c > 0).any() else 0.0
+    if typical < 5:
+        return out
+    for start, end in _runs(c <= opt["stop_ratio"] * typical):
+        if end - start + 1 < 2 or start == 0:
+            continue
+        out.append(
+            Finding(
+                "integration_dropout",
+                "info",
+                cid,
+                f"delivery stopped from {days[start]} to {days[end]} (clicks near zero): a "
+                "delivery stop, not a tracking outage",
+                {
+                    "kind": "delivery_stop",
+                    "clicks": int(c[start : end + 1].sum()),
+                    "typical_daily_clicks": typical,
+                },
+                window=(days[start], days[end]),
+            )
+        )
+    return out
+
+
+@register(
+    "attribution_match",
+    scope="campaign",
+    severity="warn",
+    description="share of conversions joined to a click by click_id, per platform and week; "
+    "platform-reported against observed conversions",
+    min_match_share=0.8,
+    max_ratio=2.0,
+    min_ratio=0.5,
+    min_conversions=20,
+)
+def attribution_match(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding]:
+    conv = ctx.conversions
+    tp = ctx.table("touchpoints")
+    clicks = tp.filter(tp.click_id.notnull()).select("click_id").distinct()
+    spend = ctx.table("spend")
+    platforms = spend.group_by("campaign_id").aggregate(platform=spend.platform.arbitrary())
+    c = conv.mutate(matched=conv.click_id.isin(clicks.click_id))
+    c = c.left_join(platforms, c.attributed_campaign_id == platforms.campaign_id)
+    c = c.mutate(week=c.ts.date().truncate("W"))
+    findings: list[Finding] = []
+    by_platform = (
+        c.group_by(platform=c.platform.fill_null("unknown"))
+        .aggregate(n=c.count(), with_click=c.click_id.notnull().sum(), matched=c.matched.sum())
+        .order_by("platform")
+        .to_pyarrow()
+        .to_pylist()
+    )
+    weekly = (
+        c.group_by(campaign_id=c.attributed_campaign_id, week=c.week)
+        .aggregate(n=c.count(), matched=c.matched.sum())
+        .order_by(["campaign_id", "week"])
+        .to_pyarrow()
+        .to_pylist()
+    )
+    per_campaign: dict[str, list[dict[str, Any]]] = {}
+    for r in weekly:
+        if r["campaign_id"] is not None:
+            per_campaign.setdefault(r["campaign_id"], []).append(r)
+    for p in by_platform:
+        share = p["matched"] / p["n"] if p["n"] else 1.0
+        if p["n"] >= opt["min_conversions"] and share < opt["min_match_share"]:
+            findings.append(
+                Finding(
+                    "attribution_match",
+                    "warn",
+                    None,
+                    f"only {share:.0%} of {p['platform']} conversions join a click by click_id",
+                    {
+                        "platform": p["platform"],
+                        "conversions": int(p["n"]),
+                        "matched_share": round(share, 4),
+                    },
+                )
+            )
+    # platform-reported against observed, per campaign and week (by click week)
+    s = spend.mutate(week=spend.date.truncate("W"))
+    rep = (
+        s.group_by(["campaign_id", "week"])
+        .aggregate(reported=s.platform_conversions.sum())
+        .to_pyarrow()
+        .to_pylist()
+    )
+    tracked = c.filter(c.source.isin(TRACKED) | c.source.isnull())
+    ck = ibis.coalesce(tracked.click_ts, tracked.ts)
+    tracked = tracked.mutate(cweek=ck.date().truncate("W"))
+    obs = {
+        (r["campaign_id"], r["cweek"]): int(r["n"])
+        for r in tracked.group_by(campaign_id=tracked.attributed_campaign_id, cweek=tracked.cweek)
+        .aggregate(n=tracked.count())
+        .to_pyarrow()
+        .to_pylist()
+    }
+    off: dict[str, list[dict[str, Any]]] = {}
+    for r in rep:
+        if r["reported"] is None:
+            continue
+        o = obs.get((r["campaign_id"], r["week"]), 0)
+        if max(o, r["reported"]) < opt["min_conversions"]:
+            continue
+        ratio = r["reported"] / o if o else math.inf
+        if ratio > opt["max_ratio"] or ratio < opt["min_ratio"]:
+            off.setdefault(r["campaign_id"], []).append(
+                {"week": str(r["week"]), "reported": r["reported"], "observed": o}
+            )
+    for cid in ctx.campaigns:
+        rows = per_campaign.get(cid, [])
+        n = sum(r["n"] for r in rows[-4:])
+        matched = sum(r["matched"] for r in rows[-4:])
+        score = matched / n if n else 1.0
+        ctx.environment.setdefault(cid, {})["attribution_accuracy"] = {
+            "score": round(score, 3),
+            "evidence": {"conversions_last_4_weeks": n, "matched_by_click_id": matched},
+        }
+        if cid in off:
+            findings.append(
+                Finding(
+                    "attribution_match",
+                    "warn",
+                    cid,
+                    "platform-reported conversions disagree with observed ones in "
+                    f"{len(off[cid])} week(s) (ratio outside "
+                    f"{opt['min_ratio']}-{opt['max_ratio']})",
+                    {"weeks": off[cid]},
+                )
+            )
+    return findings
+
+
+@register(
+    "creative_freshness",
+    scope="campaign",
+    severity="warn",
+    description="days since the newest creative; share of recent spend on old creatives",
+    old_days=28,
+    max_days_since_new=21,
+    max_old_share=0.8,
+)
+def creative_freshness(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding]:
+    spend = ctx.table("spend")
+    sp = spend.filter(spend.creative_id.notnull() & (spend.spend > 0))
+    launch = sp.group_by(["campaign_id", "creative_id"]).aggregate(launched=sp.date.min())
+    recent_from = ctx.as_of - timedelta(days=6)
+    rs = sp.filter(sp.date >= recent_from)
+    recent = rs.group_by(["campaign_id", "creative_id"]).aggregate(spend7=rs.spend.sum())
+    j = launch.left_join(
+        recent, [launch.campaign_id == recent.campaign_id, launch.creative_id == recent.creative_id]
+    )
+    rows = (
+        j.select(
+            launch.campaign_id, launch.creative_id, launch.launched, spend7=j.spend7.fill_null(0)
+        )
+        .to_pyarrow()
+        .to_pylist()
+    )
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by.setdefault(r["campaign_id"], []).append(r)
+    findings: list[Finding] = []
+    for cid in ctx.campaigns:
+        crs = by.get(cid, [])
+        if not crs:
+            continue
+        newest = max(r["launched"] for r in crs)
+        since = (ctx.as_of - newest).days
+        total7 = sum(r["spend7"] for r in crs)
+        old7 = sum(r["spend7"] for r in crs if (ctx.as_of - r["launched"]).days >= opt["old_days"])
+        old_share = old7 / total7 if total7 else 0.0
+        live = sum(1 for r in crs if r["spend7"] > 0)
+        evidence = {
+            "days_since_newest_creative": since,
+            "newest_creative_launched": newest.isoformat(),
+            "old_spend_share_7d": round(old_share, 3),
+            "live_creatives": live,
+        }
+        ctx.environment.setdefault(cid, {})["creative_freshness"] = {
+            "score": round(1.0 - old_share, 3),
+            "evidence": evidence,
+        }
+        if since >= opt["max_days_since_new"] and old_share >= opt["max_old_share"]:
+            findings.append(
+                Finding(
+                    "creative_freshness",
+                    "warn",
+                    cid,
+                    f"no new creative for {since} days and {old_share:.0%} of the last 7 days' "
+                    f"spend on creatives older than {opt['old_days']} days: creative starvation",
+                    evidence,
+                    active=True,
+                    window=(newest, None),
+                )
+            )
+    return findings
+
+
+@register(
+    "conversion_volume",
+    scope="adset",
+    severity="warn",
+    description="conversions in the trailing 7 days per ad set and campaign against the "
+    "learning threshold",
+)
+def conversion_volume(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding]:
+    threshold = ctx.settings.learning_threshold
+    conv = ctx.conversions
+    conv = conv.filter(conv.source.isin(TRACKED) | conv.source.isnull())
+    tp = ctx.table("touchpoints")
+    adsets = (
+        tp.filter(tp.click_id.notnull())
+        .group_by("click_id")
+        .aggregate(t_adset=tp.adset_id.arbitrary())
+    )
+    c = conv.left_join(adsets, conv.click_id == adsets.click_id)
+    c = c.mutate(adset=ibis.coalesce(c.adset_id, c.t_adset), day=c.ts.date())
+    start = ctx.as_of - timedelta(days=6)
+    days = _days(ctx)
+    daily = _daily(
+        c.group_by(campaign_id=c.attributed_campaign_id, day=c.day)
+        .aggregate(n=c.count())
+        .to_pyarrow()
+        .to_pylist(),
+        days,
+    )
+    last7 = c.filter(c.day >= start)
+    per_adset = (
+        last7.group_by(campaign_id=last7.attributed_campaign_id, adset_id=last7.adset)
+        .aggregate(n=last7.count())
+        .to_pyarrow()
+        .to_pylist()
+    )
+    adset_counts: dict[str, dict[str, int]] = {}
+    for r in per_adset:
+        if r["campaign_id"] is not None:
+            adset_counts.setdefault(r["campaign_id"], {})[r["adset_id"] or "(none)"] = int(r["n"])
+    findings: list[Finding] = []
+    for cid in ctx.campaigns:
+        series = daily.get(cid, np.zeros(len(days)))
+        n7 = int(series[-7:].sum())
+        rolling = np.convolve(series, np.ones(7))[: len(series)]
+        below = rolling[6:] < threshold if len(series) >= 7 else np.array([], dtype=bool)
+        weeks_below = []
+        for s, e in _runs(below):
+            weeks_below.append({"start": days[s].isoformat(), "end": days[e + 6].isoformat()})
+        ctx.environment.setdefault(cid, {})["conversion_volume"] = {
+            "score": round(min(1.0, n7 / threshold), 3),
+            "evidence": {"conversions_7d": n7, "threshold": threshold},
+        }
+        sets = adset_counts.get(cid, {})
+        limited = sorted(a for a, n in sets.items() if n < threshold)
+        if n7 < threshold or limited or weeks_below:
+            findings.append(
+                Finding(
+                    "conversion_volume",
+                    "warn" if n7 < threshold else "info",
+                    cid,
+                    f"{n7} conversions in the last 7 days against a learning threshold of "
+                    f"{threshold}"
+                    + (f"; {len(limited)} ad set(s) below it" if limited else "")
+                    + (
+                        f"; below it over {len(weeks_below)} stretch(es) of the history"
+                        if weeks_below
+                        else ""
+                    ),
+                    {
+                        "conversions_7d": n7,
+                        "threshold": threshold,
+                        "adsets_7d": sets,
+                        "below_threshold_periods": weeks_below,
+                    },
+                    active=n7 < threshold,
+                )
+            )
+    return findings

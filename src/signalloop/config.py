@@ -1,0 +1,192 @@
+"""Settings: ``signalloop.toml``, with defaults that need no file at all.
+
+Looked up as ``--config PATH``, else ``$SIGNALLOOP_CONFIG``, else ``./signalloop.toml`` if it
+exists. Everything has a default; a file only overrides what it names::
+
+    learning_threshold = 50            # optimisation events per 7 days
+
+    [taxonomy]
+    sources = ["facebook", "google", "linkedin"]
+    mediums = ["paid_social", "cpc"]
+
+    [taxonomy.aliases]                 # variant (case-insensitive) = canonical value
+    "fb" = "facebook"
+
+    [checks.integration_dropout]       # any check's thresholds, by name
+    min_expected = 8
+
+>>> s = Settings()
+>>> s.learning_threshold, s.canonical_utm("  FB ")
+(50, 'facebook')
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from signalloop.contract import FUNNEL
+from signalloop.errors import ConfigError
+
+ENV_CONFIG = "SIGNALLOOP_CONFIG"
+DEFAULT_CONFIG = "signalloop.toml"
+
+DEFAULT_SOURCES = (
+    "facebook",
+    "instagram",
+    "google",
+    "bing",
+    "linkedin",
+    "tiktok",
+    "twitter",
+    "youtube",
+    "email",
+    "newsletter",
+    "referral",
+    "organic",
+)
+DEFAULT_MEDIUMS = (
+    "paid_social",
+    "cpc",
+    "display",
+    "video",
+    "email",
+    "organic",
+    "referral",
+    "affiliate",
+)
+#: Common spellings of the same source or medium (compared case- and whitespace-insensitively).
+DEFAULT_ALIASES: dict[str, str] = {
+    "fb": "facebook",
+    "facebook.com": "facebook",
+    "m.facebook.com": "facebook",
+    "meta": "facebook",
+    "ig": "instagram",
+    "instagram.com": "instagram",
+    "adwords": "google",
+    "google ads": "google",
+    "googleads": "google",
+    "google.com": "google",
+    "gads": "google",
+    "li": "linkedin",
+    "linkedin.com": "linkedin",
+    "lnkd.in": "linkedin",
+    "tt": "tiktok",
+    "x": "twitter",
+    "t.co": "twitter",
+    "yt": "youtube",
+    "ppc": "cpc",
+    "paid search": "cpc",
+    "paid-search": "cpc",
+    "paidsearch": "cpc",
+    "sem": "cpc",
+    "paid social": "paid_social",
+    "paid-social": "paid_social",
+    "paidsocial": "paid_social",
+    "social paid": "paid_social",
+    "social_paid": "paid_social",
+    "cpm": "display",
+    "banner": "display",
+    "e-mail": "email",
+    "mail": "email",
+}
+
+_TOP_KEYS = {"learning_threshold", "funnel", "taxonomy", "checks"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Project settings; every field has a working default."""
+
+    learning_threshold: int = 50
+    funnel: tuple[str, ...] = FUNNEL
+    sources: tuple[str, ...] = DEFAULT_SOURCES
+    mediums: tuple[str, ...] = DEFAULT_MEDIUMS
+    aliases: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_ALIASES))
+    checks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    path: str | None = None
+
+    def canonical_utm(self, value: str) -> str:
+        """The canonical spelling of a UTM value: trimmed, lower-case, aliases resolved."""
+        v = " ".join(value.split()).lower()
+        return self.aliases.get(v, v)
+
+    def check_options(self, name: str) -> dict[str, Any]:
+        """Threshold overrides for the check ``name`` (empty when none)."""
+        return dict(self.checks.get(name, {}))
+
+
+def find_config(path: str | Path | None = None) -> Path | None:
+    """The config file to read, or ``None`` when there is none (defaults apply)."""
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        return p
+    env = os.environ.get(ENV_CONFIG)
+    if env:
+        p = Path(env)
+        if not p.is_file():
+            raise ConfigError(f"${ENV_CONFIG} names {p}, which does not exist")
+        return p
+    p = Path(DEFAULT_CONFIG)
+    return p if p.is_file() else None
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """Read settings from ``path`` (see :func:`find_config`); defaults where the file is silent."""
+    p = find_config(path)
+    if p is None:
+        return Settings()
+    try:
+        doc = tomllib.loads(p.read_text(encoding="utf-8-sig"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p} is not valid TOML: {exc}") from None
+    return settings_from_dict(doc, source=str(p))
+
+
+def settings_from_dict(doc: dict[str, Any], source: str = "<dict>") -> Settings:
+    """Build :class:`Settings` from a parsed TOML document, checking every key."""
+    unknown = set(doc) - _TOP_KEYS
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key(s) {', '.join(sorted(unknown))}; "
+            f"expected {', '.join(sorted(_TOP_KEYS))}"
+        )
+    s = Settings(path=source)
+    if "learning_threshold" in doc:
+        t = doc["learning_threshold"]
+        if not isinstance(t, int) or t <= 0:
+            raise ConfigError(f"{source}: learning_threshold must be a positive integer, got {t!r}")
+        s = replace(s, learning_threshold=t)
+    if "funnel" in doc:
+        f = doc["funnel"]
+        if not isinstance(f, list) or not f or not all(isinstance(x, str) for x in f):
+            raise ConfigError(f"{source}: funnel must be a list of stage names, got {f!r}")
+        s = replace(s, funnel=tuple(x.lower() for x in f))
+    tax = doc.get("taxonomy", {})
+    if not isinstance(tax, dict):
+        raise ConfigError(f"{source}: [taxonomy] must be a table")
+    bad = set(tax) - {"sources", "mediums", "aliases"}
+    if bad:
+        raise ConfigError(
+            f"{source}: unknown taxonomy key(s) {', '.join(sorted(bad))}; "
+            "expected sources, mediums, aliases"
+        )
+    if "sources" in tax:
+        s = replace(s, sources=tuple(str(x).lower() for x in tax["sources"]))
+    if "mediums" in tax:
+        s = replace(s, mediums=tuple(str(x).lower() for x in tax["mediums"]))
+    if "aliases" in tax:
+        aliases = dict(s.aliases)
+        aliases.update(
+            {" ".join(str(k).split()).lower(): str(v) for k, v in tax["aliases"].items()}
+        )
+        s = replace(s, aliases=aliases)
+    checks = doc.get("checks", {})
+    if not isinstance(checks, dict) or not all(isinstance(v, dict) for v in checks.values()):
+        raise ConfigError(f"{source}: [checks.NAME] sections must be tables of thresholds")
+    return replace(s, checks={k: dict(v) for k, v in checks.items()})
