@@ -120,26 +120,47 @@ def attribution_counts(ws: Workspace) -> dict[str, int]:
 
 
 def crm_record_campaigns(ws: Workspace, cutoff: Any = None) -> Any:
-    """Each CRM record's campaign: its user's last touchpoint at or before the record began.
+    """Each CRM record's campaign.
 
-    Returns an ibis table ``(record_id, campaign_id, first_ts)``; records whose user has no
-    earlier touchpoint have a null campaign.
+    The campaign of the user's latest attributed conversion up to an hour after the record
+    began (the lead that created it), else the user's last touchpoint before it. Returns an
+    ibis table ``(record_id, campaign_id, first_ts)``; a record none of these reach has a
+    null campaign.
     """
     crm = ws.table("crm")
     tp = ws.table("touchpoints")
+    conv = attributed_conversions(ws)
     if cutoff is not None:
         crm = crm.filter(crm.ts < cutoff)
         tp = tp.filter(tp.ts < cutoff)
+        conv = conv.filter(conv.ts < cutoff)
     rec = crm.group_by("record_id").aggregate(
         user_id=crm.user_id.arbitrary(), first_ts=crm.ts.min()
+    )
+    leads = conv.filter(conv.user_id.notnull() & conv.attributed_campaign_id.notnull()).select(
+        c_user=conv.user_id, c_ts=conv.ts, c_campaign=conv.attributed_campaign_id
+    )
+    by_lead = (
+        rec.join(
+            leads,
+            (rec.user_id == leads.c_user) & (leads.c_ts <= rec.first_ts + ibis.interval(hours=1)),
+        )
+        .group_by("record_id")
+        .aggregate(lead_campaign=leads.c_campaign.argmax(leads.c_ts))
     )
     touches = tp.filter(tp.user_id.notnull() & tp.campaign_id.notnull()).select(
         t_user=tp.user_id, t_ts=tp.ts, t_campaign=tp.campaign_id
     )
-    last = (
+    by_touch = (
         rec.join(touches, (rec.user_id == touches.t_user) & (touches.t_ts <= rec.first_ts))
         .group_by("record_id")
-        .aggregate(campaign_id=touches.t_campaign.argmax(touches.t_ts))
+        .aggregate(touch_campaign=touches.t_campaign.argmax(touches.t_ts))
     )
-    j = rec.left_join(last, rec.record_id == last.record_id)
-    return j.select(record_id=rec.record_id, campaign_id=j.campaign_id, first_ts=rec.first_ts)
+    j = rec.left_join(by_lead, rec.record_id == by_lead.record_id).left_join(
+        by_touch, rec.record_id == by_touch.record_id
+    )
+    return j.select(
+        record_id=rec.record_id,
+        campaign_id=ibis.coalesce(j.lead_campaign, j.touch_campaign),
+        first_ts=rec.first_ts,
+    )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from typing import Any
 
 import ibis
@@ -493,15 +493,26 @@ def stage_regression(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding]
     return out
 
 
+def binomial_sf(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p).
+
+    >>> round(binomial_sf(4, 7, 0.1), 4)
+    0.0027
+    """
+    from math import comb
+
+    return float(sum(comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(max(k, 0), n + 1)))
+
+
 @register(
     "late_offline_conversions",
     scope="campaign",
     severity="warn",
-    description="offline and CRM conversions arriving long after the click, per source",
+    description="offline and CRM conversions arriving long after the click, per source: more "
+    "of them beyond the rest of the account's 90th-percentile lag than chance allows",
     min_conversions=4,
-    ratio=1.5,
-    min_extra_days=7,
-    bucket_days=14,
+    quantile=0.9,
+    max_p=0.01,
 )
 def late_offline_conversions(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding]:
     conv = ctx.conversions.filter(ctx.conversions.source.isin(["offline", "crm"]))
@@ -509,62 +520,59 @@ def late_offline_conversions(ctx: CheckContext, opt: Mapping[str, Any]) -> list[
     clicks = tp.filter(tp.click_id.notnull()).group_by("click_id").aggregate(t_click=tp.ts.min())
     c = conv.left_join(clicks, conv.click_id == clicks.click_id)
     click_ts = ibis.coalesce(c.click_ts, c.t_click)
-    c = c.filter(click_ts.notnull()).mutate(
-        lag=(c.ts.epoch_seconds() - click_ts.epoch_seconds()) / 86400.0
+    c = c.filter(click_ts.notnull() & c.attributed_campaign_id.notnull()).mutate(
+        lag=((c.ts.epoch_seconds() - click_ts.epoch_seconds()) / 86400.0).floor().cast("int64")
     )
-    base = {
-        r["source"]: r
-        for r in c.group_by("source")
-        .aggregate(n=c.count(), median=c.lag.median(), p90=c.lag.quantile(0.9))
-        .to_pyarrow()
-        .to_pylist()
-    }
-    origin = ibis.literal(datetime(2000, 1, 3))
-    bucket = (c.ts.epoch_seconds() - origin.epoch_seconds()) // (86400 * opt["bucket_days"])
-    per = (
-        c.mutate(bucket=bucket)
-        .group_by(["attributed_campaign_id", "source", "bucket"])
-        .aggregate(
-            n=_.count(),
-            median=_.lag.median(),
-            p90=_.lag.quantile(0.9),
-            first=_.ts.min(),
-            last=_.ts.max(),
-        )
-        .order_by(["attributed_campaign_id", "source", "bucket"])
+    # one row per (campaign, source, lag in whole days): small, whatever the volume
+    hist = (
+        c.group_by(campaign_id=c.attributed_campaign_id, source=c.source, lag=c.lag)
+        .aggregate(n=_.count(), first=_.ts.min(), last=_.ts.max())
         .to_pyarrow()
         .to_pylist()
     )
-    flagged: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for r in per:
-        b = base.get(r["source"])
-        if not b or r["attributed_campaign_id"] is None or r["n"] < opt["min_conversions"]:
-            continue
-        if (
-            r["median"] >= opt["ratio"] * b["median"]
-            and r["median"] - b["median"] >= opt["min_extra_days"]
-        ):
-            flagged[(r["attributed_campaign_id"], r["source"])].append(r)
+    by_source: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for r in hist:
+        by_source[r["source"]][r["campaign_id"]].append(r)
     out = []
-    for (cid, source), rows in sorted(flagged.items()):
-        b = base[source]
-        n = sum(r["n"] for r in rows)
-        worst = max(r["median"] for r in rows)
-        out.append(
-            Finding(
-                "late_offline_conversions",
-                "warn",
-                cid,
-                f"{n:,} {source} conversions arrived a median {worst:.0f} days after the click "
-                f"(the account's {source} median: {b['median']:.0f} days)",
-                {
-                    "source": source,
-                    "conversions": n,
-                    "median_lag_days": round(worst, 1),
-                    "account_median_lag_days": round(b["median"], 1),
-                    "account_p90_lag_days": round(b["p90"], 1),
-                },
-                window=(_d(min(r["first"] for r in rows)), _d(max(r["last"] for r in rows))),  # type: ignore[arg-type]
+    for source, camps in sorted(by_source.items()):
+        for cid, rows in sorted(camps.items()):
+            others = [r for other, rs in camps.items() if other != cid for r in rs]
+            total = sum(r["n"] for r in others)
+            if total < 10 * opt["min_conversions"]:
+                continue
+            # the rest of the account's lag quantile (leave this campaign out)
+            acc, cut = 0, None
+            for r in sorted(others, key=lambda r: r["lag"]):
+                acc += r["n"]
+                if acc >= opt["quantile"] * total:
+                    cut = r["lag"]
+                    break
+            n = sum(r["n"] for r in rows)
+            late = [r for r in rows if cut is not None and r["lag"] > cut]
+            k = sum(r["n"] for r in late)
+            if n < opt["min_conversions"] or cut is None:
+                continue
+            p = binomial_sf(k, n, 1 - opt["quantile"])
+            if p >= opt["max_p"]:
+                continue
+            lags = sorted(lag for r in rows for lag in [r["lag"]] * r["n"])
+            out.append(
+                Finding(
+                    "late_offline_conversions",
+                    "warn",
+                    cid,
+                    f"{k} of {n} {source} conversions arrived more than {cut} days after the "
+                    f"click, the rest of the account's {opt['quantile']:.0%} lag "
+                    f"(median here {lags[len(lags) // 2]} days)",
+                    {
+                        "source": source,
+                        "conversions": n,
+                        "late": k,
+                        "account_lag_days_quantile": cut,
+                        "median_lag_days": lags[len(lags) // 2],
+                        "p_value": round(p, 6),
+                    },
+                    window=(_d(min(r["first"] for r in late)), _d(max(r["last"] for r in late))),  # type: ignore[arg-type]
+                )
             )
-        )
     return out

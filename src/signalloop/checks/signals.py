@@ -14,6 +14,7 @@ from typing import Any
 
 import ibis
 import numpy as np
+from ibis import _
 
 from signalloop.attribution import crm_record_campaigns
 from signalloop.checks.base import CheckContext, Finding, register
@@ -112,6 +113,7 @@ def _days(ctx: CheckContext) -> list[date]:
     min_expected=6.0,
     max_p=1e-4,
     min_daily_expected=0.3,
+    min_days=2,
     stop_ratio=0.2,
 )
 def integration_dropout(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding]:
@@ -202,16 +204,18 @@ def _dropouts(
     usable = unit > 0
     rate = o[usable].sum() / unit[usable].sum() if usable.any() and unit[usable].sum() else 0.0
     found: list[tuple[int, int, float, float]] = []
-    for _ in range(2):  # re-estimate the rate without the days already found down
+    for _pass in range(2):  # re-estimate the rate without the days already found down
         e = rate * unit
         low = (e >= opt["min_daily_expected"]) & (o <= opt["low_ratio"] * e)
         found = []
         for start, end in _runs(low):
             e_sum, o_sum = float(e[start : end + 1].sum()), float(o[start : end + 1].sum())
+            if end - start + 1 < opt["min_days"]:
+                continue
             if e_sum >= opt["min_expected"] and poisson_cdf(int(o_sum), e_sum) < opt["max_p"]:
                 found.append((start, end, e_sum, o_sum))
         keep = usable.copy()
-        for start, end, _, _ in found:
+        for start, end, *_rest in found:
             keep[start : end + 1] = False
         if keep.any() and unit[keep].sum():
             rate = o[keep].sum() / unit[keep].sum()
@@ -360,60 +364,81 @@ def attribution_match(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding
     "creative_freshness",
     scope="campaign",
     severity="warn",
-    description="days since the newest creative; share of recent spend on old creatives",
-    old_days=28,
+    description="days since the newest creative; share of recent spend on fatigued creatives "
+    "(CTR well below their own best week) while nothing new arrives: creative starvation",
     max_days_since_new=21,
-    max_old_share=0.8,
+    fatigued_ratio=0.6,
+    max_fatigued_share=0.6,
+    min_impressions=1000,
 )
 def creative_freshness(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding]:
     spend = ctx.table("spend")
-    sp = spend.filter(spend.creative_id.notnull() & (spend.spend > 0))
-    launch = sp.group_by(["campaign_id", "creative_id"]).aggregate(launched=sp.date.min())
-    recent_from = ctx.as_of - timedelta(days=6)
-    rs = sp.filter(sp.date >= recent_from)
-    recent = rs.group_by(["campaign_id", "creative_id"]).aggregate(spend7=rs.spend.sum())
-    j = launch.left_join(
-        recent, [launch.campaign_id == recent.campaign_id, launch.creative_id == recent.creative_id]
-    )
-    rows = (
-        j.select(
-            launch.campaign_id, launch.creative_id, launch.launched, spend7=j.spend7.fill_null(0)
+    sp = spend.filter(spend.creative_id.notnull())
+    # weeks counted back from the as-of day: week 0 is the last 7 days
+    week = (ibis.literal(ctx.as_of, type="date") - sp.date).cast("int32") // 7
+    weekly = (
+        sp.mutate(week=week)
+        .group_by(["campaign_id", "creative_id", "week"])
+        .aggregate(
+            impressions=_.impressions.sum(),
+            clicks=_.clicks.sum(),
+            spend=_.spend.sum(),
+            first=_.date.min(),
         )
         .to_pyarrow()
         .to_pylist()
     )
-    by: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
-        by.setdefault(r["campaign_id"], []).append(r)
+    by: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for r in weekly:
+        by.setdefault(r["campaign_id"], {}).setdefault(r["creative_id"], []).append(r)
     findings: list[Finding] = []
     for cid in ctx.campaigns:
-        crs = by.get(cid, [])
+        crs = by.get(cid, {})
         if not crs:
             continue
-        newest = max(r["launched"] for r in crs)
+        launched = {cr: min(r["first"] for r in rows) for cr, rows in crs.items()}
+        newest = max(launched.values())
         since = (ctx.as_of - newest).days
-        total7 = sum(r["spend7"] for r in crs)
-        old7 = sum(r["spend7"] for r in crs if (ctx.as_of - r["launched"]).days >= opt["old_days"])
-        old_share = old7 / total7 if total7 else 0.0
-        live = sum(1 for r in crs if r["spend7"] > 0)
+        total7 = fatigued7 = 0.0
+        fatigued = []
+        for cr, rows in crs.items():
+            now = next((r for r in rows if r["week"] == 0), None)
+            if now is None or not now["spend"]:
+                continue
+            total7 += now["spend"]
+            ctrs = [
+                r["clicks"] / r["impressions"]
+                for r in rows
+                if r["impressions"] >= opt["min_impressions"]
+            ]
+            if now["impressions"] >= opt["min_impressions"] and ctrs:
+                ratio = (now["clicks"] / now["impressions"]) / max(ctrs)
+                if ratio < opt["fatigued_ratio"]:
+                    fatigued7 += now["spend"]
+                    fatigued.append({"creative_id": cr, "ctr_vs_best_week": round(ratio, 3)})
+        share = fatigued7 / total7 if total7 else 0.0
         evidence = {
             "days_since_newest_creative": since,
             "newest_creative_launched": newest.isoformat(),
-            "old_spend_share_7d": round(old_share, 3),
-            "live_creatives": live,
+            "fatigued_spend_share_7d": round(share, 3),
+            "fatigued_creatives": fatigued,
+            "live_creatives": sum(
+                1 for rows in crs.values() for r in rows if r["week"] == 0 and r["spend"]
+            ),
         }
         ctx.environment.setdefault(cid, {})["creative_freshness"] = {
-            "score": round(1.0 - old_share, 3),
+            "score": round(1.0 - share, 3),
             "evidence": evidence,
         }
-        if since >= opt["max_days_since_new"] and old_share >= opt["max_old_share"]:
+        if since >= opt["max_days_since_new"] and share >= opt["max_fatigued_share"]:
             findings.append(
                 Finding(
                     "creative_freshness",
                     "warn",
                     cid,
-                    f"no new creative for {since} days and {old_share:.0%} of the last 7 days' "
-                    f"spend on creatives older than {opt['old_days']} days: creative starvation",
+                    f"no new creative for {since} days while {share:.0%} of the last 7 days' "
+                    "spend went to fatigued creatives (CTR under "
+                    f"{opt['fatigued_ratio']:.0%} of their best week): creative starvation",
                     evidence,
                     active=True,
                     window=(newest, None),

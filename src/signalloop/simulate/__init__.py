@@ -1,0 +1,101 @@
+"""A seeded generative model of an ad account that writes the five canonical kinds.
+
+:class:`Account` (campaigns, ad sets, ads, creatives, a user pool, a budget plan and edit log)
+is built from a :class:`SimulationConfig` and delivered one day at a time by
+:meth:`Account.step`; :func:`simulate` runs every day at the account's own plan, right-censors
+what has not happened by the end of the last day, applies the observation faults and returns
+the five tables plus a complete ``truth`` dictionary; :func:`write` writes them as CSV + JSON.
+
+Generative story
+----------------
+* **Campaigns** ``c01..cK`` alternate meta / google (``c05`` is linkedin when K >= 5); c01 is a
+  B2B ``lead`` campaign (CRM path), c02 and c03 e-commerce ``purchase``, c04 lead, linkedin
+  lead, and so on (every third campaign lead). Baseline daily budgets are spread log-uniformly
+  over 60-800 USD (shuffled), so some ad sets make well over and some well under 50
+  conversions per 7 days. Budgets are campaign level, split over 1-3 ad sets by fixed shares.
+* **Delivery**: spend = budget x share x LogNormal(0, 0.08) (at most +25%); impressions =
+  k x spend^b x LogNormal(0, 0.05), b ~ U(0.70, 0.85) (diminishing returns), k such that the
+  baseline budget buys at the platform CPM (meta 9, google 24, linkedin 38 USD). Impressions
+  and spend split over the ad set's live ads with weight ~ CTR^2 x Gamma noise.
+* **Creatives**: each ad runs one creative at a time with expected CTR
+  ``peak * (floor + (1 - floor) * exp(-lam_freq * freq - lam_age * age))`` where
+  ``freq = cumulative impressions / ad-set audience`` and ``age`` is in days; clicks ~
+  Binomial(impressions, CTR x LogNormal(0, 0.1)). The **fatigue onset** is the first day whose
+  expected CTR (at the start of the day) is below 70% of the peak. When a live creative is
+  below 60%, the ad set is refreshed with probability 0.4 a day: every creative below 70% gets
+  a successor (``changes`` rows, field ``creative``, actor automation 70% / human 30%; one
+  learning reset), except during ``creative_starvation``.
+* **Conversions**: each click converts with the ad set's CVR (meta/google/linkedin lead 7/5/10%,
+  purchase 3/4%) x phase multiplier x daily noise (stable 1.0, sd 0.08; learning 0.8, sd 0.3;
+  learning-limited 0.9, sd 0.2). Click-to-conversion delay in hours is LogNormal with median
+  ~24 h (x exp(N(0, 0.2)) per campaign) and sigma ~ U(0.9, 1.2); purchase values LogNormal
+  (mean 40-160 USD per campaign, sigma 0.6). 75-90% of conversions come from the ``pixel``
+  (with campaign_id, adset_id, creative_id), the rest from ``server`` (click_id only).
+  ``spend.platform_conversions`` is the platform's count, on the click day, of the recorded
+  pixel/server conversions plus ~12% over-count.
+* **CRM** (lead campaigns): each lead becomes a record with a ``lead`` row minutes after the
+  conversion, then mql / sql / opportunity / won with rates ~(0.5, 0.5, 0.6, 0.3) and
+  LogNormal lags (medians 1.5, 4, 7, 21 days, sigma 0.8): lead-to-won ~5 weeks, tail to months.
+  80% of records that stop early get a ``lost`` row (median 10 days later). A won deal is also
+  a conversion (kind ``deal``, source ``offline`` for meta/linkedin, ``crm`` for google) at the
+  won time with the originating click_id and click_ts. Ids share the click's number ``N``:
+  touch ``tN``, conversion ``cvN``, CRM record ``recN``, deal ``dlN``.
+* **Edits**: per campaign a human budget edit every ~21 days (ratio LogNormal(0, 0.22), so some
+  exceed 20%) and an automation budget rule every ~7 days (< 15%); per ad set human targeting
+  (~1/120 days) and bid (~1/150) edits, rare bid_strategy / optimization_event edits; platform
+  pauses single ads for 1-2 days (~1/150 days). An edit on day d governs all of day d.
+* **Learning phase** per ad set: launch (day 0) and every significant edit (budget change
+  > 20%, bid, bid_strategy, targeting, creative, optimization_event, un-pausing after >= 7
+  days) reset it to ``learning``; it turns ``stable`` once 50 conversions (counted on the click
+  day) accrue within 7 days of the reset, else ``learning_limited`` until 7 days hold 50.
+
+Faults (:data:`FAULT_NAMES`): ``creative_starvation``, ``override_storm`` and ``low_volume``
+change the world; the others only what is observed, and ``export_glitches`` only the written
+CSV text (a few rows per file corrupted, each with its quarantine reason code; the tables stay
+clean, see :mod:`~signalloop.simulate.glitches`). Each campaign draws from its own random
+streams, so a fault on one campaign leaves the others' rows unchanged. ``truth["faults"]``
+records each fault's window (day indexes and dates), row counts (``rows``: removed / changed /
+added per table) and affected ids.
+
+Where things live
+-----------------
+* :mod:`~signalloop.simulate.config` -- :class:`SimulationConfig`, :class:`Fault`,
+  :func:`parse_fault`, :func:`campaign_ids`, :data:`FAULT_NAMES`.
+* :mod:`~signalloop.simulate.params` -- the model's fixed parameters.
+* :mod:`~signalloop.simulate.entities` -- campaigns, ad sets, ads, creatives, edits,
+  :class:`DayEvents` and the event column arrays.
+* :mod:`~signalloop.simulate.account` -- :class:`Account`: building the world and
+  :meth:`Account.step`; its plan in :mod:`~signalloop.simulate.plan`, one day's delivery in
+  :mod:`~signalloop.simulate.delivery`.
+* :mod:`~signalloop.simulate.simulation` -- :func:`simulate` and :class:`Simulation`; the
+  observation faults in :mod:`~signalloop.simulate.faults`, the tables in
+  :mod:`~signalloop.simulate.tables`, the truth in :mod:`~signalloop.simulate.truth`.
+* :mod:`~signalloop.simulate.glitches` -- ``export_glitches``: which rows, how corrupted.
+* :mod:`~signalloop.simulate.output` -- :func:`write`.
+"""
+
+from signalloop.simulate.account import Account
+from signalloop.simulate.config import (
+    FAULT_NAMES,
+    Fault,
+    SimulationConfig,
+    campaign_ids,
+    parse_fault,
+)
+from signalloop.simulate.entities import Change, DayEvents
+from signalloop.simulate.output import write
+from signalloop.simulate.simulation import Simulation, simulate
+
+__all__ = [
+    "FAULT_NAMES",
+    "Account",
+    "Change",
+    "DayEvents",
+    "Fault",
+    "Simulation",
+    "SimulationConfig",
+    "campaign_ids",
+    "parse_fault",
+    "simulate",
+    "write",
+]

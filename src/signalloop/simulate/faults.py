@@ -1,0 +1,198 @@
+"""Observation faults: what the exports show differs from what happened.
+
+The world faults (``creative_starvation``, ``override_storm``, ``low_volume``) are built into
+the plan (:mod:`~signalloop.simulate.plan`); the ones here change only the observed rows, in
+the order :func:`~signalloop.simulate.simulation.simulate` applies them:
+
+1. :func:`delay_offline` (``late_offline_conversions``), before right-censoring;
+2. :func:`drop_untracked` (``tracking_outage``, ``crm_sync_dropout``), before the platform
+   counts its conversions;
+3. :func:`add_copies` (``duplicate_events``, ``stage_overwrite``);
+4. :func:`utm_pairs` (``utm_mess``) while the touchpoints table is built;
+5. ``export_glitches`` last, on the finished tables (:mod:`~signalloop.simulate.glitches`).
+
+Every fault draws from its own random stream, so a fault on one campaign leaves the others'
+rows unchanged; each fills its note (``truth["faults"][i]``) with row counts and ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from signalloop.simulate.config import Fault
+from signalloop.simulate.entities import take
+from signalloop.simulate.params import DAY, MESSY_UTM, PLATFORMS, Arr, H
+from signalloop.simulate.tables import conversion_ids
+
+if TYPE_CHECKING:
+    from signalloop.simulate.account import Account
+
+Notes = list[dict[str, Any]]
+#: the faults that change the world (delivery) rather than what is observed
+WORLD_FAULTS = ("override_storm", "low_volume", "creative_starvation")
+
+
+def window(f: Fault, ts: Arr, camp: Arr, ids: Sequence[str]) -> Arr:
+    """Mask of the rows at ``ts`` (seconds) of campaigns ``camp`` that fault ``f`` covers."""
+    inside = (ts >= f.start * DAY) & (ts < (f.end + 1) * DAY)
+    return inside if f.campaign == "*" else inside & (camp == ids.index(f.campaign))
+
+
+def count(note: dict[str, Any], what: str, table: str, n: int) -> None:
+    """Add ``n`` rows of ``table`` to the note's ``rows[what]`` (removed / changed / added)."""
+    rows = note.setdefault("rows", {"removed": {}, "changed": {}, "added": {}})
+    rows[what][table] = rows[what].get(table, 0) + int(n)
+
+
+def fault_notes(acct: Account) -> Notes:
+    """One truth note per fault of the config: its window and what the world faults did."""
+    ids = acct.ids
+    return [
+        {
+            "name": f.name,
+            "campaign": f.campaign,
+            "campaigns": ids if f.campaign == "*" else [f.campaign],
+            "start": f.start,
+            "end": f.end,
+            "start_date": acct.date(f.start),
+            "end_date": acct.date(f.end),
+            "rows": {"removed": {}, "changed": {}, "added": {}},
+            **acct.fault_notes[i],
+        }
+        for i, f in enumerate(acct.config.faults)
+    ]
+
+
+def delay_offline(acct: Account, conv: dict[str, Arr], notes: Notes) -> dict[str, Arr]:
+    """``late_offline_conversions``: deals in the window arrive 14-35 days late."""
+    end, ids = acct.days * DAY, acct.ids
+    for i, f in enumerate(acct.config.faults):
+        if f.name == "late_offline_conversions":
+            m = window(f, conv["ts"], conv["camp"], ids) & (conv["kind"] == 2)
+            rng = np.random.default_rng([acct.config.seed, 2, i])
+            delay = rng.integers(14 * DAY, 35 * DAY, len(m))
+            conv["ts"] = conv["ts"] + m * delay
+            count(notes[i], "changed", "conversions", m.sum())
+            notes[i]["delayed_past_end"] = int((m & (conv["ts"] >= end)).sum())
+            notes[i]["conversion_ids"] = conversion_ids(take(conv, m)).tolist()
+    return conv
+
+
+def drop_untracked(
+    acct: Account, conv: dict[str, Arr], crm: dict[str, Arr], notes: Notes
+) -> tuple[dict[str, Arr], dict[str, Arr]]:
+    """``tracking_outage`` and ``crm_sync_dropout``: rows in the window never arrive.
+
+    An outage loses the pixel and server conversions; a CRM sync dropout loses the CRM rows
+    and the offline / CRM conversions (won deals).
+    """
+    ids = acct.ids
+    for i, f in enumerate(acct.config.faults):
+        if f.name == "tracking_outage":
+            m = window(f, conv["ts"], conv["camp"], ids) & (conv["source"] <= 1)
+            count(notes[i], "removed", "conversions", m.sum())
+            notes[i]["conversion_ids"] = conversion_ids(take(conv, m)).tolist()
+            conv = take(conv, ~m)
+        elif f.name == "crm_sync_dropout":
+            m = window(f, crm["ts"], crm["camp"], ids)
+            count(notes[i], "removed", "crm", m.sum())
+            notes[i]["record_ids"] = sorted(set(f"rec{r}" for r in crm["record"][m]))
+            crm = take(crm, ~m)
+            m = window(f, conv["ts"], conv["camp"], ids) & (conv["source"] >= 2)
+            count(notes[i], "removed", "conversions", m.sum())
+            conv = take(conv, ~m)
+    return conv, crm
+
+
+def add_copies(
+    acct: Account,
+    conv: dict[str, Arr],
+    crm: dict[str, Arr],
+    spend: dict[str, Arr],
+    notes: Notes,
+) -> tuple[dict[str, Arr], dict[str, Arr]]:
+    """``duplicate_events`` and ``stage_overwrite`` add rows; world faults count their rows.
+
+    A duplicate is a second copy of 10-20% of the window's conversions, 1-9 seconds later; an
+    overwrite moves ~30% of the window's records at mql..opportunity back to an earlier stage.
+    """
+    end, ids = acct.days * DAY, acct.ids
+    for i, f in enumerate(acct.config.faults):
+        rng = np.random.default_rng([acct.config.seed, 2, i])
+        if f.name == "duplicate_events":
+            share = float(rng.uniform(0.10, 0.20))
+            m = window(f, conv["ts"], conv["camp"], ids) & (rng.random(len(conv["ts"])) < share)
+            dup = take(conv, m)
+            dup["ts"] = np.minimum(dup["ts"] + rng.integers(1, 10, len(dup["ts"])), end - 1)
+            conv = {k: np.concatenate([conv[k], dup[k]]) for k in conv}
+            count(notes[i], "added", "conversions", len(dup["ts"]))
+            notes[i]["share"] = round(share, 4)
+            notes[i]["conversion_ids"] = sorted(conversion_ids(dup).tolist())
+        elif f.name == "stage_overwrite":
+            crm, records = _overwrite(f, crm, rng, ids, end)
+            count(notes[i], "added", "crm", len(records))
+            notes[i]["record_ids"] = [f"rec{r}" for r in records]
+        elif f.name in WORLD_FAULTS:  # delivery changed on these rows
+            changed = window(f, spend["day"] * DAY, spend["camp"], ids).sum()
+            count(notes[i], "changed", "spend", changed)
+    return conv, crm
+
+
+def _overwrite(
+    f: Fault, crm: dict[str, Arr], rng: np.random.Generator, ids: Sequence[str], end: int
+) -> tuple[dict[str, Arr], list[int]]:
+    """Add rows moving ~30% of the records at mql..opportunity backwards inside the window."""
+    m = window(f, crm["ts"], crm["camp"], ids) & (crm["stage"] >= 1) & (crm["stage"] <= 3)
+    idx = np.flatnonzero(m)
+    idx = idx[np.lexsort((crm["ts"][idx], crm["record"][idx]))]
+    pick = idx[np.unique(crm["record"][idx], return_index=True)[1]]
+    pick = pick[rng.random(len(pick)) < 0.3]
+    limit = min(end, (f.end + 1) * DAY) - 1
+    new_ts = np.minimum(crm["ts"][pick] + rng.integers(H, 3 * DAY, len(pick)), limit)
+    pick, new_ts = pick[new_ts > crm["ts"][pick]], new_ts[new_ts > crm["ts"][pick]]
+    add = take(crm, pick)
+    add["stage"] = np.floor(rng.random(len(pick)) * add["stage"]).astype(np.int64)
+    add["ts"], add["amount"] = new_ts, np.full(len(pick), np.nan)
+    out = {k: np.concatenate([crm[k], add[k]]) for k in crm}
+    return out, sorted(int(r) for r in add["record"])
+
+
+def utm_pairs(acct: Account, t: dict[str, Arr], notes: Notes) -> tuple[Arr, list[tuple[str, str]]]:
+    """The (utm_source, utm_medium) of each touchpoint, as indexes into a list of pairs.
+
+    Pair ``c.idx`` is campaign ``c``'s canonical pair; ``utm_mess`` gives ~35% of the
+    window's touchpoints a messy variant (case, spaces, aliases) instead.
+
+    Parameters
+    ----------
+    acct
+        The account.
+    t
+        The touchpoints' arrays, in table order.
+    notes
+        The fault notes, to count the changed rows in.
+
+    Returns
+    -------
+    tuple
+        The index array and the list of pairs.
+    """
+    n, cs = len(t["tn"]), acct.campaigns
+    pairs = [PLATFORMS[c.platform][:2] for c in cs]
+    utm = t["camp"].copy()
+    for i, f in enumerate(acct.config.faults):
+        if f.name != "utm_mess":
+            continue
+        rng = np.random.default_rng([acct.config.seed, 2, i])
+        hit, pick = window(f, t["ts"], t["camp"], acct.ids) & (rng.random(n) < 0.35), rng.random(n)
+        for c in cs:
+            rows = np.flatnonzero(hit & (t["camp"] == c.idx))
+            variants = [v.split("/", 1) for v in MESSY_UTM[c.platform].split("|")]
+            utm[rows] = len(pairs) + np.floor(pick[rows] * len(variants)).astype(np.int64)
+            pairs += [(v[0], v[1]) for v in variants]
+        count(notes[i], "changed", "touchpoints", hit.sum())
+        notes[i]["share"] = 0.35
+    return utm, pairs

@@ -1,0 +1,65 @@
+"""The model's fixed parameters: platforms, rates, lags, the learning phase, names and times.
+
+Everything here is a constant; what varies per campaign is drawn in
+:mod:`signalloop.simulate.account` and recorded in ``truth["campaigns"]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from signalloop.contract import FUNNEL
+
+Arr = npt.NDArray[Any]
+#: seconds in a day and in an hour; every simulated time is seconds since the start of day 0
+DAY = 86_400
+H = 3_600
+
+#: platform -> (utm_source, utm_medium, click-id URL parameter, click-id prefix)
+PLATFORMS: dict[str, tuple[str, str, str, str]] = {
+    "meta": ("facebook", "paid_social", "fbclid", "IwAR"),
+    "google": ("google", "cpc", "gclid", "Cj0KCQiA"),
+    "linkedin": ("linkedin", "paid_social", "li_fat_id", "AQE"),
+}
+CPM = {"meta": 9.0, "google": 24.0, "linkedin": 38.0}
+CTR = {"meta": 0.013, "google": 0.034, "linkedin": 0.0065}
+CVR = {"lead": {"meta": 0.07, "google": 0.05, "linkedin": 0.10}, "purchase": {"meta": 0.03}}
+CVR["purchase"].update(google=0.04, linkedin=0.02)
+STAGE_RATES = (0.5, 0.5, 0.6, 0.3)
+STAGE_LAG_DAYS = (1.5, 4.0, 7.0, 21.0)
+STAGES = (*FUNNEL, "lost")
+LEARNING_THRESHOLD, LEARNING_WINDOW = 50, 7
+PHASE_CVR = {"learning": (0.8, 0.3), "learning_limited": (0.9, 0.2), "stable": (1.0, 0.08)}
+SIGNIFICANT = ("bid", "bid_strategy", "targeting", "optimization_event")
+FATIGUE_ONSET, REPLACE_AT = 0.7, 0.6
+KIND_NAMES, SOURCE_NAMES = ("purchase", "lead", "deal"), ("pixel", "server", "offline", "crm")
+OWNERS = ("alex.kim", "maria.lopez", "sam.okafor", "jin.chen", "priya.nair", "tom.berg")
+THEMES = ("demo_requests", "spring_sale", "free_trial", "bestsellers", "webinar", "retargeting")
+TARGETING = (
+    "age 25-54; interests saas marketing",
+    "age 25-54; lookalike 1% customers",
+    "age 30-65; job titles marketing managers",
+    "broad; advantage+ audience",
+    "age 21-44; interests ecommerce shopping",
+    "remarketing 30d site visitors",
+)
+#: messy (utm_source, utm_medium) variants per platform for the ``utm_mess`` fault
+MESSY_UTM = {
+    "meta": "Facebook/paid_social|FACEBOOK/paid_social|facebook /paid_social|fb/paid_social|"
+    "facebook/paid-social|facebook/Paid Social|fb/social",
+    "google": "Google/cpc|GOOGLE/cpc|google /cpc|adwords/cpc|google/ppc|google/CPC|adwords/ppc",
+    "linkedin": "LinkedIn/paid_social|LINKEDIN/paid_social|linkedin /paid_social|li/paid_social|"
+    "linkedin/paid-social",
+}
+#: relative click volume per hour of the day (UTC), hours 0..23
+HOUR_WEIGHTS: tuple[float, ...] = (3, 2.5, 2, 1.5, 1, 0.8, 0.6, 0.6, 0.8, 1.2, 1.6, 2)
+HOUR_WEIGHTS += (2.4, 2.8, 3, 3.2, 3.3, 3.4, 3.5, 3.6, 3.8, 4, 3.8, 3.4)
+HOUR_CDF = np.cumsum(np.r_[HOUR_WEIGHTS])
+HOUR_CDF /= HOUR_CDF[-1]
+#: characters of click-id tokens
+ALPHABET = np.frombuffer(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_", np.uint8
+)

@@ -1,0 +1,122 @@
+"""Run the account, right-censor what has not happened yet, observe it through the faults.
+
+:func:`simulate` is the one entry point; it returns a :class:`Simulation` with the five
+canonical tables (clean, typed data) and the complete truth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from signalloop.simulate.account import Account
+from signalloop.simulate.config import SimulationConfig
+from signalloop.simulate.entities import SCHEMAS, concat, take
+from signalloop.simulate.faults import (
+    add_copies,
+    count,
+    delay_offline,
+    drop_untracked,
+    fault_notes,
+    utm_pairs,
+)
+from signalloop.simulate.glitches import Glitch, change_campaigns, plan_glitches
+from signalloop.simulate.params import DAY
+from signalloop.simulate.tables import (
+    changes_order,
+    changes_table,
+    conversion_order,
+    conversion_table,
+    crm_order,
+    crm_table,
+    platform_conversions,
+    spend_table,
+    touch_order,
+    touch_table,
+)
+from signalloop.simulate.truth import build_truth
+
+
+@dataclass
+class Simulation:
+    """A simulated account: its config, the five canonical tables and the ground truth.
+
+    ``tables`` hold the clean, typed data as observed through the faults, except
+    ``export_glitches``: its corrupted rows (``glitches``, also in the fault's truth note)
+    exist only in the CSV text :func:`~signalloop.simulate.output.write` writes.
+    """
+
+    config: SimulationConfig
+    tables: dict[str, pa.Table]
+    truth: dict[str, Any]
+    glitches: list[Glitch] = field(default_factory=list)
+
+
+def simulate(config: SimulationConfig) -> Simulation:
+    """Simulate the account described by ``config``.
+
+    Runs :meth:`Account.step` over every day at the account's own budget plan, drops every
+    event timestamped after the end of the last day (right-censoring, as an export taken then
+    would be) and applies the observation faults; ``export_glitches`` rows are decided here
+    and rendered by :func:`~signalloop.simulate.output.write`.
+
+    Parameters
+    ----------
+    config
+        What to simulate.
+
+    Returns
+    -------
+    Simulation
+        ``tables`` keyed by kind, with canonical column names, and a JSON-serialisable
+        ``truth``.
+    """
+    acct = Account(config)
+    events = [acct.step(d, acct.plan_budgets(d)) for d in range(config.days)]
+    world = {k: concat([getattr(e, k) for e in events], k) for k in SCHEMAS}
+    truth = build_truth(acct, world)
+    notes = fault_notes(acct)
+    conv = delay_offline(acct, dict(world["conversions"]), notes)
+    crm = dict(world["crm"])
+    end = config.days * DAY
+    truth["censored"] = {
+        "conversions": int((conv["ts"] >= end).sum()),
+        "crm": int((crm["ts"] >= end).sum()),
+    }
+    conv, crm = take(conv, conv["ts"] < end), take(crm, crm["ts"] < end)
+    conv, crm = drop_untracked(acct, conv, crm, notes)
+    platform = platform_conversions(acct, world["spend"], conv)
+    conv, crm = add_copies(acct, conv, crm, world["spend"], notes)
+    touches = take(world["clicks"], touch_order(world["clicks"]))
+    utm, pairs = utm_pairs(acct, touches, notes)
+    conv = take(conv, conversion_order(conv))
+    crm = take(crm, crm_order(crm))
+    changes = changes_order([ch for e in events for ch in e.changes])
+    tables = {
+        "spend": spend_table(acct, world["spend"], platform),
+        "touchpoints": touch_table(acct, touches, utm, pairs),
+        "conversions": conversion_table(acct, conv),
+        "crm": crm_table(acct, crm),
+        "changes": changes_table(acct, changes),
+    }
+    for i, f in enumerate(config.faults):
+        if f.name == "override_storm":
+            count(notes[i], "added", "changes", sum(notes[i]["edits"].values()))
+    glitches: list[Glitch] = []
+    if any(f.name == "export_glitches" for f in config.faults):
+        where = {
+            "spend": (world["spend"]["camp"], world["spend"]["day"] * DAY),
+            "touchpoints": (touches["camp"], touches["ts"]),
+            "conversions": (conv["camp"], conv["ts"]),
+            "crm": (crm["camp"], crm["ts"]),
+            "changes": (
+                change_campaigns(acct, changes),
+                np.array([ch.ts for ch in changes], dtype=np.int64),
+            ),
+        }
+        glitches = plan_glitches(acct, tables, where, notes)
+    truth["faults"] = notes
+    return Simulation(config, tables, truth, glitches)
