@@ -14,16 +14,17 @@ from signalloop.ingest import ingest_file
 from signalloop.store import Workspace
 from signalloop.summary import workspace_summary
 
-#: The demo account: 90 days, 6 campaigns, and a few of the faults the checks look for.
+#: The demo account: 90 days, 6 campaigns, a fault on each of c01-c05 (c06 stays healthy)
+#: and bad rows in every export.
 DEMO_DAYS = 90
 DEMO_CAMPAIGNS = 6
 DEMO_FAULTS = (
-    "tracking_outage@c02:60-66",
-    "utm_mess@c03:30-89",
-    "duplicate_events@c04:20-40",
-    "stage_overwrite@c01:45-75",
-    "override_storm@c05:40-55",
-    "low_volume@c06",
+    "stage_overwrite@c01:40-80",  # CRM stages moved backwards
+    "tracking_outage@c02:60-66",  # pixel and server conversions lost for a week
+    "utm_mess@c03:30-89",  # utm_source / utm_medium spelled several ways
+    "duplicate_events@c04:20-40",  # a pixel firing twice
+    "override_storm@c05:40-55",  # people's edits resetting learning
+    "export_glitches@*:0-89",  # bad rows in every export: ingest quarantines them
 )
 
 
