@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint typecheck pytest bench clean lock
+.PHONY: install demo test lint typecheck pytest bench bench-ingest bench-checks bench-speed clean lock
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,8 +30,16 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
-bench: $(STAMP)
+bench: bench-ingest bench-checks bench-speed
+
+bench-ingest: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+
+bench-checks: $(STAMP)
+	$(BIN)/python benchmarks/checks_quality.py --seeds 20
+
+bench-speed: $(STAMP)
+	$(BIN)/python benchmarks/checks_speed.py
 
 # Refresh the pins after changing dependencies in pyproject.toml (then run `make test`).
 lock: $(STAMP)

@@ -1,6 +1,6 @@
 """Ingest benchmark: canonical touchpoints CSVs of 1M and 10M rows through ``ingest_file``.
 
-Run with ``make bench`` (or ``.venv/bin/python benchmarks/run.py [--sizes 1000000 ...]``).
+Run with ``make bench-ingest`` (or ``.venv/bin/python benchmarks/run.py [--sizes 1000000 ...]``).
 Each measurement runs in its own process (peak RSS is per measurement) on a fresh workspace,
 beside the anchor measured in the same run: DuckDB's own ``read_csv`` into a table, the floor
 any loader on DuckDB pays. Results are written to ``BENCHMARKS.md`` between markers.
@@ -178,7 +178,7 @@ def main() -> None:
         BEGIN,
         "## Ingest throughput",
         "",
-        f"Command: `make bench` (= `.venv/bin/python benchmarks/run.py`). Measured "
+        f"Command: `make bench-ingest` (= `.venv/bin/python benchmarks/run.py`). Measured "
         f"{datetime.now(UTC):%Y-%m-%d} on {machine()}.",
         "",
         "Canonical touchpoints CSV (15 columns, ~150 bytes a row, 1% invalid rows that go to "
