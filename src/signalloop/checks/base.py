@@ -168,7 +168,9 @@ class CheckContext:
 
 def to_date(v: Any) -> date | None:
     """A date from what a scalar ibis result may be (date, datetime, pandas Timestamp, NaT)."""
-    if v is None:
+    import pandas as pd
+
+    if v is None or pd.isna(v):
         return None
     if isinstance(v, datetime):
         return v.date()

@@ -139,12 +139,15 @@ def integration_dropout(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Findi
             days,
         )
     }
+    # CRM: records entering the funnel per day (each record's first entry stage row, so a
+    # stage that is re-written later does not count twice)
     crm = ctx.table("crm")
-    leads = crm.filter(crm.stage == ctx.settings.funnel[0])
+    entry = crm.filter(crm.stage == ctx.settings.funnel[0])
+    entry = entry.group_by("record_id").aggregate(ts=entry.ts.min())
     rec = crm_record_campaigns(ctx.ws, ctx.cutoff)
-    lj = leads.join(rec, leads.record_id == rec.record_id)
+    lj = entry.join(rec, entry.record_id == rec.record_id)
     observed["crm"] = _daily(
-        lj.group_by(campaign_id=rec.campaign_id, day=leads.ts.date())
+        lj.group_by(campaign_id=rec.campaign_id, day=entry.ts.date())
         .aggregate(n=lj.count())
         .to_pyarrow()
         .to_pylist(),

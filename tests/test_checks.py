@@ -1,0 +1,293 @@
+"""Signal checks and the gate, on a seeded simulated account whose truth we know."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from signalloop import simulate as sim
+from signalloop.checks import REGISTRY, exclusions_csv, load_exclusions, run_checks
+from signalloop.checks.base import CheckContext
+from signalloop.checks.signals import poisson_cdf
+from signalloop.config import Settings, settings_from_dict
+from signalloop.contract import KINDS
+from signalloop.errors import ConfigError, UsageError
+from signalloop.ingest import ingest_file
+from signalloop.store import Workspace
+
+from .conftest import write_csv
+
+FAULTS = (
+    "tracking_outage@c06:54-59",  # still going at the as-of date: must hold c06
+    "crm_sync_dropout@c05:20-27",  # over: excluded, not held
+    "utm_mess@c03:10-40",
+    "duplicate_events@c01:10-30",
+    "stage_overwrite@c04:10-50",
+)
+START = date(2026, 1, 1)
+
+
+@pytest.fixture(scope="module")
+def account(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Workspace, Any]]:
+    tmp = tmp_path_factory.mktemp("acct")
+    ids = sim.campaign_ids(6)
+    faults = tuple(sim.parse_fault(f, days=60, campaign_ids=ids) for f in FAULTS)
+    result = sim.simulate(sim.SimulationConfig(days=60, campaigns=6, seed=5, faults=faults))
+    paths = sim.write(result, tmp / "data")
+    ws = Workspace(tmp / "ws.duckdb")
+    for kind in KINDS:
+        ingest_file(ws, kind, paths[kind])
+    yield ws, result
+    ws.close()
+
+
+@pytest.fixture(scope="module")
+def report(account: tuple[Workspace, Any]) -> Any:
+    ws, _ = account
+    return run_checks(ws)
+
+
+def findings(report: Any, check: str, campaign: str | None = None) -> list[Any]:
+    return [
+        f
+        for f in report.findings
+        if f.check == check and (campaign is None or f.campaign_id == campaign)
+    ]
+
+
+def day(i: int) -> date:
+    return START + timedelta(days=i)
+
+
+def test_as_of_defaults_to_the_last_day_with_data(report: Any) -> None:
+    assert report.as_of == day(59)
+
+
+def test_open_tracking_outage_is_found_to_the_day_and_holds(report: Any) -> None:
+    (f,) = [x for x in findings(report, "integration_dropout", "c06") if x.severity != "info"]
+    assert f.evidence["kind"] == "tracking_outage"
+    assert abs((f.window[0] - day(54)).days) <= 1
+    assert f.window[1] is None and f.active and f.severity == "critical"
+    gate = {c["campaign_id"]: c for c in report.campaigns}
+    assert gate["c06"]["gate"] == "hold" and gate["c06"]["reasons"] == ["integration_dropout"]
+
+
+def test_past_crm_sync_dropout_is_excluded_not_held(
+    account: tuple[Workspace, Any], report: Any
+) -> None:
+    ws, _ = account
+    (f,) = [x for x in findings(report, "integration_dropout", "c05") if x.severity != "info"]
+    assert f.evidence["kind"] == "crm_sync_dropout" and not f.active
+    assert abs((f.window[0] - day(20)).days) <= 1 and abs((f.window[1] - day(27)).days) <= 1
+    assert {c["campaign_id"]: c["gate"] for c in report.campaigns}["c05"] == "open"
+    stored = load_exclusions(ws)
+    assert {(e["campaign_id"], e["end"] is None) for e in stored} == {("c05", False), ("c06", True)}
+
+
+def test_no_healthy_campaign_is_held_and_no_outage_at_the_recent_edge(report: Any) -> None:
+    assert report.held == ["c06"]
+    for cid in ("c01", "c02", "c03", "c04"):
+        assert not [x for x in findings(report, "integration_dropout", cid) if x.severity != "info"]
+
+
+def test_utm_mess_found_with_canonical_proposals(report: Any) -> None:
+    (src, *_rest) = [f for f in findings(report, "utm_hygiene", "c03")]
+    assert set(src.evidence["proposed"].values()) <= {
+        "facebook",
+        "google",
+        "linkedin",
+        "cpc",
+        "paid_social",
+        "social",
+    }
+    account_level = findings(report, "utm_hygiene", None)
+    assert any(
+        f.evidence.get("variants") and len(f.evidence["variants"]) > 1 for f in account_level
+    )
+    assert not findings(report, "utm_hygiene", "c01")
+
+
+def test_duplicates_count_what_ingest_folded(account: tuple[Workspace, Any], report: Any) -> None:
+    _, result = account
+    note = next(x for x in result.truth["faults"] if x["name"] == "duplicate_events")
+    (f,) = findings(report, "duplicates", "c01")
+    assert f.evidence["copies"] == note["rows"]["added"]["conversions"]
+    assert not findings(report, "duplicates", "c02")
+
+
+def test_stage_regressions_found_on_the_overwritten_campaign(
+    account: tuple[Workspace, Any], report: Any
+) -> None:
+    _, result = account
+    note = next(x for x in result.truth["faults"] if x["name"] == "stage_overwrite")
+    (f,) = findings(report, "stage_regression", "c04")
+    truth_ids = set(note["record_ids"])
+    assert f.evidence["backwards"] >= 0.9 * len(truth_ids)
+    assert set(f.evidence["examples"]) <= truth_ids
+    assert not findings(report, "stage_regression", "c01")
+
+
+def test_json_contract(report: Any) -> None:
+    doc = json.loads(report.to_json())
+    assert {"as_of", "signal_environment", "campaigns", "findings", "exclusions"} <= set(doc)
+    for c in doc["campaigns"]:
+        assert {"campaign_id", "gate", "reasons", "signal_environment"} <= set(c)
+        assert c["gate"] in ("open", "hold")
+        for comp in c["signal_environment"].values():
+            assert comp is None or 0.0 <= comp["score"] <= 1.0
+    for f in doc["findings"]:
+        assert f["severity"] in ("info", "warn", "critical")
+        assert {"check", "campaign_id", "message", "evidence"} <= set(f)
+    assert set(doc["signal_environment"]) == {
+        "conversion_volume",
+        "attribution_accuracy",
+        "creative_freshness",
+        "integration_uptime",
+    }
+    assert [e["campaign_id"] for e in doc["exclusions"]] == ["c06", "c05"]
+
+
+def test_exclusions_export_as_google_ads_data_exclusions(report: Any) -> None:
+    rows = list(csv.DictReader(io.StringIO(exclusions_csv(report.exclusions, report.as_of))))
+    assert [r["Campaigns"] for r in rows] == ["c06", "c05"]
+    assert rows[0]["Scope"] == "CAMPAIGN" and rows[0]["End time"] == f"{day(59)} 23:59:59"
+    assert rows[1]["Start time"].endswith("00:00:00")
+
+
+def test_an_earlier_as_of_sees_the_outage_as_not_yet_there(account: tuple[Workspace, Any]) -> None:
+    ws, _ = account
+    early = run_checks(ws, as_of=day(45), store_exclusions=False)
+    assert early.as_of == day(45) and early.held == []
+    assert not [
+        f
+        for f in early.findings
+        if f.campaign_id == "c06" and f.check == "integration_dropout" and f.severity != "info"
+    ]
+
+
+def test_thresholds_come_from_settings_and_unknown_ones_fail(
+    account: tuple[Workspace, Any],
+) -> None:
+    ws, _ = account
+    strict = settings_from_dict({"learning_threshold": 10_000})
+    r = run_checks(ws, settings=strict, only=["conversion_volume"], store_exclusions=False)
+    assert {f.campaign_id for f in r.findings if f.severity == "warn"} == {
+        f"c0{i}" for i in range(1, 7)
+    }
+    with pytest.raises(ConfigError, match="unknown threshold"):
+        run_checks(
+            ws,
+            settings=settings_from_dict({"checks": {"duplicates": {"share": 1}}}),
+            only=["duplicates"],
+            store_exclusions=False,
+        )
+    with pytest.raises(UsageError, match="unknown check"):
+        run_checks(ws, only=["dupes"], store_exclusions=False)
+
+
+def test_every_check_is_a_declared_spec() -> None:
+    assert set(REGISTRY) == {
+        "utm_hygiene",
+        "duplicates",
+        "timestamps",
+        "label_completeness",
+        "stage_regression",
+        "late_offline_conversions",
+        "integration_dropout",
+        "attribution_match",
+        "creative_freshness",
+        "conversion_volume",
+    }
+    for spec in REGISTRY.values():
+        assert spec.severity in ("info", "warn", "critical") and spec.description
+        assert spec.options(Settings()) == dict(spec.thresholds)
+
+
+def test_delivery_stop_is_not_a_tracking_outage(ws: Workspace, tmp_path: Path) -> None:
+    # 30 days of clicks and conversions; days 20-24 the campaign delivers nothing at all
+    tps, convs = [], []
+    n = 0
+    for d in range(30):
+        clicks = 0 if 20 <= d <= 24 else 40
+        for k in range(clicks):
+            ts = datetime(2026, 1, 1) + timedelta(days=d, minutes=10 + 30 * k)
+            tps.append([f"t{n}", ts.isoformat() + "Z", f"u{n}", f"k{n}", "c1"])
+            if k % 4 == 0:
+                cts = ts + timedelta(hours=2)
+                convs.append(
+                    [f"v{n}", cts.isoformat() + "Z", "lead", f"k{n}", ts.isoformat() + "Z", "pixel"]
+                )
+            n += 1
+    ingest_file(
+        ws,
+        "touchpoints",
+        write_csv(
+            tmp_path / "t.csv", ["touch_id", "ts", "user_id", "click_id", "campaign_id"], tps
+        ),
+    )
+    ingest_file(
+        ws,
+        "conversions",
+        write_csv(
+            tmp_path / "c.csv",
+            ["conversion_id", "ts", "kind", "click_id", "click_ts", "source"],
+            convs,
+        ),
+    )
+    r = run_checks(ws, only=["integration_dropout"], store_exclusions=False)
+    kinds = [f.evidence["kind"] for f in r.findings]
+    assert kinds == ["delivery_stop"]
+    assert r.findings[0].window == (date(2026, 1, 21), date(2026, 1, 25))
+    assert r.held == [] and r.exclusions == []
+
+
+def test_poisson_tail() -> None:
+    assert poisson_cdf(0, 10.0) == pytest.approx(4.54e-5, rel=1e-2)
+    assert poisson_cdf(10, 10.0) == pytest.approx(0.583, abs=1e-3)
+
+
+def test_empty_workspace_says_what_to_do(ws: Workspace) -> None:
+    with pytest.raises(UsageError, match="ingest something first"):
+        run_checks(ws)
+
+
+def test_cli_check_json_and_fail_on_hold(account: tuple[Workspace, Any], tmp_path: Path) -> None:
+    import shutil
+
+    ws, _ = account
+    ws.con.execute("CHECKPOINT")
+    db = tmp_path / "copy.duckdb"  # DuckDB allows one writer: the fixture holds the original
+    shutil.copy(ws.path, db)
+    out = tmp_path / "excl.csv"
+    cmd = [sys.executable, "-m", "signalloop", "check", "--db", str(db), "--json"]
+    p = subprocess.run(
+        [*cmd, "--fail-on", "hold", "--exclusions-csv", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 1, p.stderr
+    doc = json.loads(p.stdout)
+    assert [c["campaign_id"] for c in doc["campaigns"] if c["gate"] == "hold"] == ["c06"]
+    assert out.read_text().startswith("Name,Scope,Campaigns")
+    p = subprocess.run([*cmd, "--as-of", "2026-02-10"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and json.loads(p.stdout)["as_of"] == "2026-02-10"
+    p = subprocess.run([*cmd, "--as-of", "10/02/2026"], capture_output=True, text=True)
+    assert p.returncode == 2 and "YYYY-MM-DD" in p.stderr
+
+
+def test_context_cuts_tables_at_the_as_of_day(account: tuple[Workspace, Any]) -> None:
+    ws, _ = account
+    ctx = CheckContext(ws, day(10), Settings())
+    latest = ctx.table("touchpoints").ts.max().execute()
+    assert latest < datetime(2026, 1, 12)
+    assert ctx.table("spend").date.max().execute().date() == day(10)
