@@ -384,8 +384,9 @@ def check(
         raise typer.Exit(1)
 
 
-def print_check(doc: dict[str, Any]) -> None:
-    """Render a check report as Rich tables on stdout."""
+def print_check(doc: dict[str, Any], min_severity: str = "info") -> None:
+    """Render a check report as Rich tables on stdout (findings from ``min_severity`` up)."""
+    from signalloop.checks.base import SEVERITY_RANK
     from signalloop.checks.engine import ENVIRONMENT
 
     t = Table(title=f"gates as of {doc['as_of']}", title_justify="left")
@@ -417,6 +418,8 @@ def print_check(doc: dict[str, Any]) -> None:
     f.add_column("finding")
     colour = {"critical": "bold red", "warn": "yellow", "info": "dim"}
     for x in doc["findings"]:
+        if SEVERITY_RANK[x["severity"]] < SEVERITY_RANK[min_severity]:
+            continue
         f.add_row(
             f"[{colour[x['severity']]}]{x['severity']}[/]",
             x["check"],
@@ -488,7 +491,7 @@ def demo(
     seed: Annotated[int, typer.Option(help="Random seed of the simulated account.")] = 7,
     as_json: JsonOption = False,
 ) -> None:
-    """Simulate a 90-day account with faults, ingest it into a fresh workspace, summarise it."""
+    """Simulate a 90-day account with faults, ingest it fresh, summarise and check it."""
     from signalloop.demo import run_demo
 
     with progress_bar(not as_json or sys.stderr.isatty()) as progress:
@@ -497,9 +500,12 @@ def demo(
         emit_json(summary)
         return
     print_summary(summary)
+    print_check(summary["checks"], min_severity="warn")
     out.print(
         f"\nsimulated files and truth.json: {summary['data_dir']}\n"
-        f"workspace: {summary['db']}  (try: signalloop status --db {summary['db']})",
+        f"workspace: {summary['db']}\n"
+        f"next: signalloop check --db {summary['db']}   "
+        f"signalloop quarantine --db {summary['db']}",
         highlight=False,
     )
 

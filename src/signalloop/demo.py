@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from signalloop import simulate as sim
+from signalloop.checks import run_checks
 from signalloop.contract import KINDS
 from signalloop.ingest import ingest_file
 from signalloop.store import Workspace
@@ -37,7 +38,8 @@ def run_demo(
     """Simulate the demo account into ``out_dir/data`` and ingest it into a fresh workspace.
 
     Returns :func:`~signalloop.summary.workspace_summary` plus ``data_dir``, ``faults``,
-    ``ingested`` (one entry per file) and ``seconds``.
+    ``ingested`` (one entry per file), ``checks`` (the check report: gates, findings,
+    exclusions) and ``seconds``.
     """
     started = time.perf_counter()
     out = Path(out_dir)
@@ -64,7 +66,11 @@ def run_demo(
             res = ingest_file(ws, kind, paths[kind], progress=progress)
             ingested.append(res.to_dict())
         summary = workspace_summary(ws)
+        report("checking the signals", None)
+        checks = run_checks(ws).to_dict()
+        report("checking the signals", 1.0)
     summary.update(
+        checks=checks,
         data_dir=str(data_dir),
         faults=list(DEMO_FAULTS),
         ingested=ingested,

@@ -128,12 +128,21 @@ def duplicates(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding]:
     conv = ctx.conversions
     dc = d.filter(d.kind == "conversions")
     j = dc.join(conv, dc.key == conv.conversion_id)
-    per = j.group_by(campaign_id=conv.attributed_campaign_id).aggregate(
+    none = "(unattributed)"  # one group for them all (null never equals null in a join)
+    per = j.group_by(cid=conv.attributed_campaign_id.fill_null(none)).aggregate(
         keys=dc.key.nunique(), copies=dc.copies.sum(), first=conv.ts.min(), last=conv.ts.max()
     )
-    totals = conv.group_by(campaign_id=conv.attributed_campaign_id).aggregate(n=conv.count())
-    per = per.left_join(totals, per.campaign_id == totals.campaign_id).select(
-        per.campaign_id, per.keys, per.copies, per.first, per.last, n=totals.n
+    totals = conv.group_by(cid=conv.attributed_campaign_id.fill_null(none)).aggregate(
+        n=conv.count()
+    )
+    per = per.left_join(totals, per.cid == totals.cid)
+    per = per.select(
+        campaign_id=ibis.ifelse(per.cid == none, ibis.null("string"), per.cid),
+        keys=per.keys,
+        copies=per.copies,
+        first=per.first,
+        last=per.last,
+        n=per.n,
     )
     for r in per.order_by("campaign_id").to_pyarrow().to_pylist():
         share = r["copies"] / max(r["n"] or 0, 1)
@@ -146,7 +155,9 @@ def duplicates(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding]:
                 "critical" if severe and active else "warn",
                 r["campaign_id"],
                 f"{r['copies']:,} duplicate conversion events ({share:.1%} of "
-                f"{r['n'] or 0:,}) under {r['keys']:,} conversion ids; ingest kept one copy each",
+                f"{r['n'] or 0:,}"
+                + (")" if r["campaign_id"] else " that no campaign can claim)")
+                + f" under {r['keys']:,} conversion ids; ingest kept one copy each",
                 {
                     "kind": "conversions",
                     "copies": int(r["copies"]),
