@@ -291,3 +291,20 @@ def test_context_cuts_tables_at_the_as_of_day(account: tuple[Workspace, Any]) ->
     latest = ctx.table("touchpoints").ts.max().execute()
     assert latest < datetime(2026, 1, 12)
     assert ctx.table("spend").date.max().execute().date() == day(10)
+
+
+def test_exclusions_are_honoured_and_kept_by_partial_runs(account: tuple[Workspace, Any]) -> None:
+    from signalloop.checks.engine import without_exclusions
+
+    ws, _ = account
+    run_checks(ws, only=["duplicates"])  # integration_dropout did not run: keep what is stored
+    assert len(load_exclusions(ws)) == 2
+    t = ws.table("touchpoints")
+    kept = without_exclusions(ws, t, "campaign_id", t.ts.date())
+    gone = t.count().execute() - kept.count().execute()
+    in_windows = t.filter(
+        ((t.campaign_id == "c06") & (t.ts.date() >= day(54)))
+        | ((t.campaign_id == "c05") & t.ts.date().between(day(20), day(27)))
+    )
+    # the stored windows are the detected ones (to within a day of the truth)
+    assert abs(gone - in_windows.count().execute()) < 0.2 * gone

@@ -106,8 +106,8 @@ def run_checks(
 ) -> CheckReport:
     """Run the checks (all, or ``only`` these) over the workspace as of a date.
 
-    ``as_of`` defaults to the latest day with data. Exclusions are replaced in the workspace
-    unless ``store_exclusions`` is false (a read-only workspace).
+    ``as_of`` defaults to the latest day with data. When ``integration_dropout`` runs, the
+    exclusions it finds replace the stored ones, unless ``store_exclusions`` is false.
     """
     import signalloop.checks.hygiene
     import signalloop.checks.signals  # noqa: F401
@@ -146,7 +146,7 @@ def run_checks(
         and f.window is not None
         and f.evidence.get("kind") != "delivery_stop"
     ]
-    if store_exclusions and not ws.read_only:
+    if store_exclusions and not ws.read_only and "integration_dropout" in names:
         save_exclusions(ws, exclusions, as_of)
     return CheckReport(as_of, findings, campaigns, environment, exclusions, timings)
 
@@ -250,3 +250,21 @@ def exclusions_csv(exclusions: list[dict[str, Any]], as_of: date | None = None) 
             ]
         )
     return buf.getvalue()
+
+
+def without_exclusions(ws: Workspace, t: Any, campaign: str, day: Any) -> Any:
+    """``t`` without the rows that fall in a stored exclusion window of their campaign.
+
+    ``campaign`` names ``t``'s campaign column and ``day`` is a date expression over ``t``
+    (for example ``t.ts.date()``). Open windows run to the end of time. Every computation that
+    learns from the data (nowcast, phase, models, allocation) filters through this.
+    """
+    import ibis
+
+    if "exclusions" not in ws.ibis.list_tables():
+        return t
+    ex = ws.table("exclusions")
+    far = ibis.literal(date(9999, 12, 31))
+    return t.anti_join(
+        ex, [ex.campaign_id == t[campaign], ex.start <= day, ex["end"].fill_null(far) >= day]
+    )
