@@ -6,6 +6,7 @@ import hashlib
 import time
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,6 +31,8 @@ FAULTS = {
     "low_volume": "low_volume@c02:21-41",
 }
 FRAMES = ("spend", "touchpoints", "conversions", "crm", "changes")
+#: the offline conversions of the CRM path: kind -> (CRM stage, id prefix)
+OFFLINE = {"sql": ("sql", "sq"), "opportunity": ("opportunity", "op"), "deal": ("won", "dl")}
 
 
 @cache
@@ -54,13 +57,13 @@ def frames(*specs: str) -> dict[str, pd.DataFrame]:
     return out
 
 
-def fault_truth(name: str) -> dict[str, object]:
+def fault_truth(name: str) -> dict[str, Any]:
     (note,) = run(FAULTS[name]).truth["faults"]
     return note
 
 
-def rows(note: dict[str, object], what: str, table: str) -> int:
-    return int(note["rows"][what][table])  # type: ignore[index]
+def rows(note: dict[str, Any], what: str, table: str) -> int:
+    return int(note["rows"][what][table])
 
 
 def in_window(df: pd.DataFrame, lo: int, hi: int) -> pd.Series:
@@ -91,6 +94,8 @@ def test_same_seed_same_bytes_and_different_seed_differs(tmp_path: Path) -> None
     assert a == b
     assert set(a) == {*FRAMES, "truth"}
     assert all(a[k] != c[k] for k in a)
+    kinds = set(pd.read_csv(tmp_path / "a" / "conversions.csv").kind)
+    assert kinds >= {"lead", "sql", "opportunity"}
 
 
 def test_written_files_follow_the_contract(tmp_path: Path) -> None:
@@ -154,7 +159,7 @@ def test_nothing_after_the_last_day_and_truth_covers_observed() -> None:
     for kind in ("touchpoints", "conversions", "crm", "changes"):
         assert f[kind].day.max() <= DAYS - 1, kind
     assert truth["censored"]["conversions"] > 0
-    conv = f["conversions"][f["conversions"].kind != "deal"]
+    conv = f["conversions"][f["conversions"].source.isin(["pixel", "server"])]
     click_day = (conv.click_ts - pd.Timestamp("2026-01-01", tz="UTC")).dt.days
     observed = conv.groupby([conv.campaign, click_day]).size()
     for (cid, day), n in observed.items():
@@ -178,7 +183,7 @@ def test_truth_daily_matches_spend_and_clicks() -> None:
 
 def test_median_click_to_conversion_delay() -> None:
     conv = frames()["conversions"]
-    conv = conv[conv.kind != "deal"]
+    conv = conv[conv.source.isin(["pixel", "server"])]
     hours = (conv.ts - conv.click_ts).dt.total_seconds() / 3600
     assert 12 <= hours.median() <= 36
     assert (hours > 0).all()
@@ -211,6 +216,73 @@ def test_crm_funnel_monotone_and_deals_become_conversions() -> None:
     assert set(deals.source) <= {"offline", "crm"}
     assert set(deals.conversion_id.str[2:]) <= set(won.record_id.str[3:])
     assert deals.value.gt(0).all() and won.amount.gt(0).all()
+
+
+def test_crm_stages_become_offline_conversions() -> None:
+    """sql, opportunity and won each give a conversion at the stage's time, with the click."""
+    f = frames()
+    conv, crm = f["conversions"], f["crm"]
+    offline = conv[conv.source.isin(["offline", "crm"])]
+    assert set(offline.kind) == set(OFFLINE)
+    assert offline.conversion_id.is_unique
+    assert set(offline.campaign) == {"c01", "c04"}  # the lead campaigns only
+    assert set(conv.kind[conv.campaign.isin(["c02", "c03"])]) == {"purchase"}
+    # deal source: offline for meta (c01), crm for google (c04); no campaign on the row
+    assert set(offline.source[offline.campaign == "c01"]) == {"offline"}
+    assert set(offline.source[offline.campaign == "c04"]) == {"crm"}
+    assert offline.campaign_id.isna().all() and offline.creative_id.isna().all()
+    leads = conv[conv.kind == "lead"].assign(n=conv.conversion_id.str[2:]).set_index("n")
+    touch = f["touchpoints"].assign(n=f["touchpoints"].touch_id.str[1:]).set_index("n")
+    for kind, (stage, prefix) in OFFLINE.items():
+        rows = offline[offline.kind == kind].assign(n=offline.conversion_id.str[2:]).set_index("n")
+        assert (rows.conversion_id.str[:2] == prefix).all()
+        assert len(rows) >= 3, kind
+        # exactly the CRM records at that stage (both censored at the same end)
+        at = crm[crm.stage == stage].assign(n=crm.record_id.str[3:]).set_index("n")
+        assert set(rows.index) == set(at.index), kind
+        at = at.loc[rows.index]
+        assert (rows.ts == at.ts).all(), kind
+        assert (rows.user_id == at.user_id).all(), kind
+        # the originating click: click id and time of the touchpoint and of the lead
+        assert (rows.click_id == touch.click_id.loc[rows.index]).all(), kind
+        assert (rows.click_ts == touch.ts.loc[rows.index]).all(), kind
+        assert (rows.click_ts == leads.click_ts.loc[rows.index]).all(), kind
+        if kind == "sql":
+            assert rows.value.isna().all() and at.amount.isna().all()
+        else:  # the opportunity amount / the won amount
+            assert (rows.value == at.amount).all() and rows.value.gt(0).all(), kind
+    # each record's sql <= opportunity <= deal in time
+    ts = offline.assign(n=offline.conversion_id.str[2:]).pivot(
+        index="n", columns="kind", values="ts"
+    )
+    for a, b in (("sql", "opportunity"), ("opportunity", "deal")):
+        both = ts[a].notna() & ts[b].notna()
+        assert both.any() and (ts[a][both] < ts[b][both]).all()
+    assert ts.sql.notna()[ts.opportunity.notna()].all()
+
+
+def test_truth_daily_offline_conversions() -> None:
+    f, truth = frames(), run().truth
+    conv = f["conversions"]
+    for kind, name in (("sql", "sqls"), ("opportunity", "opportunities"), ("deal", "deals")):
+        rows = conv[conv.kind == kind]
+        observed = rows.groupby([rows.campaign, rows.day]).size()
+        for cid, daily in truth["daily"].items():
+            series = daily[f"{name}_by_event_date"]
+            got = observed.get(cid, pd.Series(dtype=int)).reindex(range(DAYS), fill_value=0)
+            assert series == got.astype(float).tolist(), (cid, kind)  # nothing is censored
+            assert sum(daily[f"{name}_by_click_date"]) >= sum(series), (cid, kind)
+        opp = rows.groupby([rows.campaign, rows.day]).value.sum() if kind != "sql" else None
+        if opp is not None:
+            vname = "opportunity_value" if kind == "opportunity" else "deal_value"
+            for (cid, day), v in opp.items():
+                assert truth["daily"][cid][f"{vname}_by_event_date"][day] == pytest.approx(v)
+    for cid, daily in truth["daily"].items():
+        for by in ("click", "event"):
+            parts = [daily[f"{n}_by_{by}_date"] for n in ("sqls", "opportunities", "deals")]
+            assert daily[f"offline_conversions_by_{by}_date"] == np.sum(parts, axis=0).tolist()
+        lead = truth["campaigns"][cid]["objective"] == "lead"
+        assert (sum(daily["sqls_by_click_date"]) > 0) == lead, cid
 
 
 # ---- creatives ---------------------------------------------------------------------------
@@ -260,7 +332,7 @@ def test_tracking_outage() -> None:
 
     assert tracked(base["conversions"]).sum() == rows(note, "removed", "conversions") > 0
     assert set(base["conversions"].conversion_id[tracked(base["conversions"])]) == set(
-        note["conversion_ids"]  # type: ignore[call-overload]
+        note["conversion_ids"]
     )
     assert tracked(bad["conversions"]).sum() == 0
     assert same(base["touchpoints"], bad["touchpoints"])
@@ -274,6 +346,20 @@ def test_tracking_outage() -> None:
     untouched("tracking_outage", ("conversions", "crm"), "c02")
 
 
+def test_tracking_outage_leaves_offline_conversions() -> None:
+    """On a lead campaign the outage removes leads but no sql / opportunity / deal rows."""
+    spec = "tracking_outage@c01:20-40"
+    (note,) = run(spec).truth["faults"]
+    base, bad = frames(), frames(spec)
+    conv = base["conversions"]
+    hit = conv.campaign.eq("c01") & conv.source.isin(["pixel", "server"]) & in_window(conv, 20, 40)
+    assert set(conv.conversion_id[hit]) == set(note["conversion_ids"]) and hit.sum() > 0
+    assert same(conv[~hit], bad["conversions"])
+    offline = conv.campaign.eq("c01") & conv.kind.isin(list(OFFLINE)) & in_window(conv, 20, 40)
+    assert offline.sum() >= 10
+    assert same(base["crm"], bad["crm"])
+
+
 def test_crm_sync_dropout() -> None:
     note = fault_truth("crm_sync_dropout")
     base, bad = frames(), frames(FAULTS["crm_sync_dropout"])
@@ -281,9 +367,13 @@ def test_crm_sync_dropout() -> None:
     assert hit.sum() == rows(note, "removed", "crm") > 0
     assert not (bad["crm"].campaign.eq("c01") & in_window(bad["crm"], 20, 29)).any()
     assert same(base["crm"][~hit], bad["crm"])
-    deals = base["conversions"]
-    lost = deals.campaign.eq("c01") & deals.kind.eq("deal") & in_window(deals, 20, 29)
+    conv = base["conversions"]
+    offline = conv.source.isin(["offline", "crm"])
+    lost = conv.campaign.eq("c01") & offline & in_window(conv, 20, 29)
     assert lost.sum() == rows(note, "removed", "conversions")
+    assert set(conv.conversion_id[lost]) == set(note["conversion_ids"])
+    assert {"sql", "opportunity"} <= set(conv.kind[lost])
+    assert same(conv[~lost], bad["conversions"])  # pixel / server rows in the window stay
     untouched("crm_sync_dropout", ("conversions", "crm"), "c01")
 
 
@@ -315,11 +405,26 @@ def test_duplicate_events() -> None:
     assert set(dup.conversion_id) == set(note["conversion_ids"])
     assert set(dup.campaign) == {"c02"} and in_window(dup, 40, 50).all()
     hit = base["conversions"].campaign.eq("c02") & in_window(base["conversions"], 40, 50)
-    assert 0.10 <= note["share"] <= 0.20  # type: ignore[operator]
+    assert 0.10 <= note["share"] <= 0.20
     assert rows(note, "added", "conversions") / hit.sum() == pytest.approx(note["share"], abs=0.06)
     gaps = dup.sort_values("ts").groupby("conversion_id").ts.agg(lambda s: s.max() - s.min())
     assert (gaps > pd.Timedelta(0)).all() and (gaps < pd.Timedelta(seconds=11)).all()
     untouched("duplicate_events", ("conversions",), "c02")
+
+
+def test_duplicate_events_copy_offline_conversions_too() -> None:
+    spec = "duplicate_events@c01:20-50"
+    (note,) = run(spec).truth["faults"]
+    base, bad = frames(), frames(spec)["conversions"]
+    dup = bad[bad.duplicated("conversion_id", keep=False)]
+    assert set(dup.conversion_id) == set(note["conversion_ids"])
+    assert len(bad) - len(base["conversions"]) == rows(note, "added", "conversions")
+    assert {"lead", "sql", "opportunity"} <= set(dup.kind)
+    assert set(dup.campaign) == {"c01"} and in_window(dup, 20, 50).all()
+    first = bad.drop_duplicates("conversion_id")
+    assert same(
+        first.sort_values("conversion_id"), base["conversions"].sort_values("conversion_id")
+    )
 
 
 def test_stage_overwrite() -> None:
@@ -337,15 +442,25 @@ def test_late_offline_conversions() -> None:
     note = fault_truth("late_offline_conversions")
     base, bad = frames(), frames(FAULTS["late_offline_conversions"])
     ids = set(note["conversion_ids"])
-    was = base["conversions"].set_index("conversion_id").ts
+    conv = base["conversions"]
+    was = conv.set_index("conversion_id").ts
     now = bad["conversions"].set_index("conversion_id").ts
-    assert ids and ids <= set(was.index)
-    assert all(in_window(base["conversions"][base["conversions"].conversion_id.isin(ids)], 10, 40))
+    assert ids <= set(was.index)
+    # every offline / crm conversion of c04 in the window, and nothing else
+    hit = conv.campaign.eq("c04") & conv.source.isin(["offline", "crm"]) & in_window(conv, 10, 40)
+    assert set(conv.conversion_id[hit]) == ids
+    assert len(ids) == rows(note, "changed", "conversions") >= 100
+    by_kind = note["delayed_by_kind"]
+    assert list(by_kind) == ["sql", "opportunity", "deal"]
+    assert by_kind == conv.kind[hit].value_counts().reindex(list(by_kind), fill_value=0).to_dict()
+    assert by_kind["sql"] > 0 and by_kind["opportunity"] > 0
     moved = [i for i in ids if i in now.index]
-    assert len(ids) - len(moved) == note["delayed_past_end"]
-    assert all(now[i] - was[i] >= pd.Timedelta(days=14) for i in moved)
-    rest = base["conversions"][~base["conversions"].conversion_id.isin(ids)]
+    assert len(ids) - len(moved) == note["delayed_past_end"] > 0
+    lag = pd.Series({i: now[i] - was[i] for i in moved})
+    assert lag.between(pd.Timedelta(days=14), pd.Timedelta(days=35)).all()
+    rest = conv[~conv.conversion_id.isin(ids)]
     assert same(rest, bad["conversions"][~bad["conversions"].conversion_id.isin(ids)])
+    assert same(base["crm"], bad["crm"])  # the CRM itself is on time
 
 
 def test_creative_starvation() -> None:
@@ -401,7 +516,7 @@ def test_low_volume() -> None:
     weekly = [sum(conv[d : d + 7]) for d in range(21, 42 - 6)]
     assert max(weekly) < 35  # well under 50 conversions per 7 days
     assert sum(conv[21:42]) < sum(base_conv[21:42])
-    assert note["expected_conversions_7d"]["c02"] < 20  # type: ignore[index]
+    assert note["expected_conversions_7d"]["c02"] < 20
     assert max(truth["daily"]["c02"]["budget"][21:42]) <= note["budget_cap"]["c02"]
     ch = frames(FAULTS["low_volume"])["changes"]
     cut = ch[ch.entity_id.eq("c02") & ch.field.eq("budget") & ch.day.eq(21)]

@@ -116,6 +116,9 @@ def test_glitches_inside_window_share_and_minimum() -> None:
         for cid, info in result.truth["campaigns"].items():
             has_rows = kind != "crm" or info["objective"] == "lead"
             assert per[(f"{kind}.csv", cid)] >= len(glitches) * has_rows, (kind, cid)
+    conversions = result.tables["conversions"]
+    kinds = {conversions["kind"][g.row].as_py() for g in result.glitches if g.kind == "conversions"}
+    assert {"lead", "sql", "opportunity"} <= kinds  # offline conversions are rows like any other
     touches = sum(n for (f, _), n in per.items() if f == "touchpoints.csv")
     in_window = result.tables["touchpoints"].num_rows * 31 / DAYS
     assert 0.5 * SHARE < touches / in_window < 2 * SHARE

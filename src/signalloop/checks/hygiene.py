@@ -505,14 +505,26 @@ def stage_regression(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding]
 
 
 def binomial_sf(k: int, n: int, p: float) -> float:
-    """P(X >= k) for X ~ Binomial(n, p).
+    """P(X >= k) for X ~ Binomial(n, p), summed in log space (safe for large n).
 
     >>> round(binomial_sf(4, 7, 0.1), 4)
     0.0027
+    >>> binomial_sf(300, 2000, 0.1) < 1e-9
+    True
     """
-    from math import comb
+    from math import exp, lgamma, log, log1p
 
-    return float(sum(comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(max(k, 0), n + 1)))
+    if k <= 0:
+        return 1.0
+    if k > n:
+        return 0.0
+    lp, lq = log(p), log1p(-p)
+    terms = [
+        lgamma(n + 1) - lgamma(i + 1) - lgamma(n - i + 1) + i * lp + (n - i) * lq
+        for i in range(k, n + 1)
+    ]
+    top = max(terms)
+    return float(min(1.0, exp(top) * sum(exp(t - top) for t in terms)))
 
 
 @register(
@@ -520,10 +532,12 @@ def binomial_sf(k: int, n: int, p: float) -> float:
     scope="campaign",
     severity="warn",
     description="offline and CRM conversions arriving long after the click, per source: more "
-    "of them beyond the rest of the account's 90th-percentile lag than chance allows",
+    "of them beyond the rest of the account's 90th-percentile lag than chance allows (and at "
+    "least twice as many as expected)",
     min_conversions=4,
     quantile=0.9,
     max_p=0.01,
+    min_late_ratio=2.0,
 )
 def late_offline_conversions(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding]:
     conv = ctx.conversions.filter(ctx.conversions.source.isin(["offline", "crm"]))
@@ -564,7 +578,8 @@ def late_offline_conversions(ctx: CheckContext, opt: Mapping[str, Any]) -> list[
             if n < opt["min_conversions"] or cut is None:
                 continue
             p = binomial_sf(k, n, 1 - opt["quantile"])
-            if p >= opt["max_p"]:
+            # significant AND large: with thousands of rows a trivial difference is significant
+            if p >= opt["max_p"] or k / n < opt["min_late_ratio"] * (1 - opt["quantile"]):
                 continue
             lags = sorted(lag for r in rows for lag in [r["lag"]] * r["n"])
             out.append(

@@ -36,10 +36,14 @@ Generative story
 * **CRM** (lead campaigns): each lead becomes a record with a ``lead`` row minutes after the
   conversion, then mql / sql / opportunity / won with rates ~(0.5, 0.5, 0.6, 0.3) and
   LogNormal lags (medians 1.5, 4, 7, 21 days, sigma 0.8): lead-to-won ~5 weeks, tail to months.
-  80% of records that stop early get a ``lost`` row (median 10 days later). A won deal is also
-  a conversion (kind ``deal``, source ``offline`` for meta/linkedin, ``crm`` for google) at the
-  won time with the originating click_id and click_ts. Ids share the click's number ``N``:
-  touch ``tN``, conversion ``cvN``, CRM record ``recN``, deal ``dlN``.
+  80% of records that stop early get a ``lost`` row (median 10 days later). As in offline
+  conversion imports, reaching sql, opportunity and won is also a conversion (kind ``sql``,
+  ``opportunity``, ``deal``; source ``offline`` for meta/linkedin, ``crm`` for google) at the
+  stage's time with the originating click_id and click_ts; value none for sql, the
+  opportunity amount for opportunity, the won amount for deal. About 0.45 offline
+  conversions per lead (sql 0.25, opportunity 0.15, deal 0.045). Ids share the click's
+  number ``N``: touch ``tN``, conversion ``cvN``, CRM record ``recN``, and the record's
+  offline conversions ``sqN``, ``opN``, ``dlN``.
 * **Edits**: per campaign a human budget edit every ~21 days (ratio LogNormal(0, 0.22), so some
   exceed 20%) and an automation budget rule every ~7 days (< 15%); per ad set human targeting
   (~1/120 days) and bid (~1/150) edits, rare bid_strategy / optimization_event edits; platform

@@ -3,7 +3,7 @@
 :meth:`Account.step <signalloop.simulate.account.Account.step>` calls, per campaign,
 :func:`rotate_creatives` (fatigue onsets and refreshes) and then :func:`deliver` (spend,
 impressions, clicks and their conversions, the learning phase, and for lead campaigns the
-CRM rows and won deals).
+CRM rows and their offline conversions: sql, opportunity and won deals).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from signalloop.simulate.params import (
     KIND_NAMES,
     LEARNING_THRESHOLD,
     LEARNING_WINDOW,
+    OFFLINE_KINDS,
     OWNERS,
     PHASE_CVR,
     REPLACE_AT,
@@ -196,7 +197,13 @@ def _crm(
     token: Arr,
     parts: dict[str, list[dict[str, Arr]]],
 ) -> None:
-    """Lead -> mql -> sql -> opportunity -> won / lost rows, and won deals as conversions."""
+    """Lead -> mql -> sql -> opportunity -> won / lost rows, and their offline conversions.
+
+    Every record reaching sql, opportunity or won also gives a conversion row of kind
+    ``sql``, ``opportunity`` or ``deal`` at that stage's time (source ``crm`` for google,
+    ``offline`` otherwise), with the originating click; opportunities carry the opportunity
+    amount, deals the won amount, sql rows no value.
+    """
     m = len(tn)
     times = np.zeros((5, m), dtype=np.int64)
     times[0] = conv_ts + rng.integers(60, 900, m)
@@ -224,8 +231,13 @@ def _crm(
             cols("crm", *(x[s] for x in (tn, camp, s * i, stage_ts[i], user, amount, owner)))
         )
     parts["crm"].append(concat(rows, "crm"))
-    w, no = reached[4], np.full(m, -1)
+    # reaching sql, opportunity or won is an offline conversion at the stage's time, carrying
+    # the originating click (kinds sql, opportunity, deal; value the stage's amount, if any)
+    no = np.full(m, -1)
     source = np.full(m, SOURCE_NAMES.index("crm" if c.platform == "google" else "offline"))
-    # a won deal is an offline conversion at the won time, carrying the originating click
-    deal = (tn, camp, no, no, no, user, click_ts, times[4], won, source, np.full(m, 2), token)
-    parts["conversions"].append(cols("conversions", *(x[w] for x in deal)))
+    offline = []
+    for stage, kind in OFFLINE_KINDS.items():
+        value = np.broadcast_to(amounts[stage], m)
+        row = (tn, camp, no, no, no, user, click_ts, times[stage], value, source, kind, token)
+        offline.append(cols("conversions", *(np.broadcast_to(x, m)[reached[stage]] for x in row)))
+    parts["conversions"].append(concat(offline, "conversions"))

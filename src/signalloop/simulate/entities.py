@@ -130,7 +130,8 @@ class DayEvents:
 
     ``spend``, ``clicks``, ``conversions`` and ``crm`` are column arrays (see :data:`SCHEMAS`;
     entities as indexes into the account's lists). ``conversions`` holds purchases, leads and
-    deals at their true event time, which may be after the day or the run. ``learning`` maps
+    the CRM path's offline conversions (sql, opportunity, deal) at their true event time,
+    which may be after the day or the run. ``learning`` maps
     each ad set id to the phase that governed the day.
     """
 

@@ -24,7 +24,16 @@ import numpy as np
 
 from signalloop.simulate.config import Fault
 from signalloop.simulate.entities import take
-from signalloop.simulate.params import DAY, MESSY_UTM, PLATFORMS, Arr, H
+from signalloop.simulate.params import (
+    DAY,
+    KIND_NAMES,
+    MESSY_UTM,
+    OFFLINE_KINDS,
+    PLATFORMS,
+    SOURCE_NAMES,
+    Arr,
+    H,
+)
 from signalloop.simulate.tables import conversion_ids
 
 if TYPE_CHECKING:
@@ -33,6 +42,8 @@ if TYPE_CHECKING:
 Notes = list[dict[str, Any]]
 #: the faults that change the world (delivery) rather than what is observed
 WORLD_FAULTS = ("override_storm", "low_volume", "creative_starvation")
+#: source indexes from here on are offline / CRM (below: pixel, server)
+OFFLINE = SOURCE_NAMES.index("offline")
 
 
 def window(f: Fault, ts: Arr, camp: Arr, ids: Sequence[str]) -> Arr:
@@ -67,15 +78,25 @@ def fault_notes(acct: Account) -> Notes:
 
 
 def delay_offline(acct: Account, conv: dict[str, Arr], notes: Notes) -> dict[str, Arr]:
-    """``late_offline_conversions``: deals in the window arrive 14-35 days late."""
+    """``late_offline_conversions``: offline / CRM conversions in the window arrive late.
+
+    Every conversion of source offline or crm (sql, opportunity and deal rows) whose true
+    time is in the window is stamped 14-35 days later; those pushed past the last day are
+    then censored like anything else not yet arrived. The note gets ``conversion_ids`` (all
+    delayed), ``delayed_by_kind`` and ``delayed_past_end``.
+    """
     end, ids = acct.days * DAY, acct.ids
     for i, f in enumerate(acct.config.faults):
         if f.name == "late_offline_conversions":
-            m = window(f, conv["ts"], conv["camp"], ids) & (conv["kind"] == 2)
+            m = window(f, conv["ts"], conv["camp"], ids) & (conv["source"] >= OFFLINE)
             rng = np.random.default_rng([acct.config.seed, 2, i])
             delay = rng.integers(14 * DAY, 35 * DAY, len(m))
             conv["ts"] = conv["ts"] + m * delay
             count(notes[i], "changed", "conversions", m.sum())
+            kinds = np.bincount(conv["kind"][m], minlength=len(KIND_NAMES))
+            notes[i]["delayed_by_kind"] = {
+                KIND_NAMES[k]: int(kinds[k]) for k in OFFLINE_KINDS.values()
+            }
             notes[i]["delayed_past_end"] = int((m & (conv["ts"] >= end)).sum())
             notes[i]["conversion_ids"] = conversion_ids(take(conv, m)).tolist()
     return conv
@@ -87,12 +108,13 @@ def drop_untracked(
     """``tracking_outage`` and ``crm_sync_dropout``: rows in the window never arrive.
 
     An outage loses the pixel and server conversions; a CRM sync dropout loses the CRM rows
-    and the offline / CRM conversions (won deals).
+    and the offline / CRM conversions (sql, opportunity and deal rows). Each note lists the
+    removed ``conversion_ids`` (and for a dropout the ``record_ids`` that lost rows).
     """
     ids = acct.ids
     for i, f in enumerate(acct.config.faults):
         if f.name == "tracking_outage":
-            m = window(f, conv["ts"], conv["camp"], ids) & (conv["source"] <= 1)
+            m = window(f, conv["ts"], conv["camp"], ids) & (conv["source"] < OFFLINE)
             count(notes[i], "removed", "conversions", m.sum())
             notes[i]["conversion_ids"] = conversion_ids(take(conv, m)).tolist()
             conv = take(conv, ~m)
@@ -101,8 +123,9 @@ def drop_untracked(
             count(notes[i], "removed", "crm", m.sum())
             notes[i]["record_ids"] = sorted(set(f"rec{r}" for r in crm["record"][m]))
             crm = take(crm, ~m)
-            m = window(f, conv["ts"], conv["camp"], ids) & (conv["source"] >= 2)
+            m = window(f, conv["ts"], conv["camp"], ids) & (conv["source"] >= OFFLINE)
             count(notes[i], "removed", "conversions", m.sum())
+            notes[i]["conversion_ids"] = conversion_ids(take(conv, m)).tolist()
             conv = take(conv, ~m)
     return conv, crm
 

@@ -35,7 +35,17 @@ LEARNING_THRESHOLD, LEARNING_WINDOW = 50, 7
 PHASE_CVR = {"learning": (0.8, 0.3), "learning_limited": (0.9, 0.2), "stable": (1.0, 0.08)}
 SIGNIFICANT = ("bid", "bid_strategy", "targeting", "optimization_event")
 FATIGUE_ONSET, REPLACE_AT = 0.7, 0.6
-KIND_NAMES, SOURCE_NAMES = ("purchase", "lead", "deal"), ("pixel", "server", "offline", "crm")
+#: conversion kinds (the ``kind`` column) and sources (``source``); kind indexes 2-4 are the
+#: offline / CRM conversions of lead campaigns: a won deal and the sql and opportunity stages
+KIND_NAMES = ("purchase", "lead", "deal", "sql", "opportunity")
+SOURCE_NAMES = ("pixel", "server", "offline", "crm")
+#: conversion-id prefix per kind, followed by the click number N: cvN, dlN, sqN, opN
+KIND_PREFIXES = ("cv", "cv", "dl", "sq", "op")
+#: CRM stage index (into :data:`STAGES`) -> kind index of the offline conversion it emits
+OFFLINE_KINDS = {
+    STAGES.index(stage): KIND_NAMES.index(kind)
+    for stage, kind in (("sql", "sql"), ("opportunity", "opportunity"), ("won", "deal"))
+}
 OWNERS = ("alex.kim", "maria.lopez", "sam.okafor", "jin.chen", "priya.nair", "tom.berg")
 THEMES = ("demo_requests", "spring_sale", "free_trial", "bestsellers", "webinar", "retargeting")
 TARGETING = (

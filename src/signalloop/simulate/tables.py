@@ -21,6 +21,7 @@ from signalloop.simulate.entities import Change
 from signalloop.simulate.params import (
     DAY,
     KIND_NAMES,
+    KIND_PREFIXES,
     OWNERS,
     PLATFORMS,
     SOURCE_NAMES,
@@ -192,8 +193,14 @@ def touch_table(
 
 
 def conversion_ids(conv: dict[str, Arr]) -> Arr:
-    """``cvN`` for purchases and leads, ``dlN`` for deals (N: the click number)."""
-    return np.char.add(np.where(conv["kind"] == 2, "dl", "cv"), conv["tn"].astype(str))
+    """Conversion ids: a prefix per kind, then the click number ``N``.
+
+    ``cvN`` for purchases and leads, ``sqN`` / ``opN`` for a record reaching sql /
+    opportunity, ``dlN`` for a won deal (see :data:`~signalloop.simulate.params.KIND_PREFIXES`).
+    A click converts at most once and its CRM record reaches each stage at most once, so the
+    ids are unique.
+    """
+    return np.char.add(np.asarray(KIND_PREFIXES)[conv["kind"]], conv["tn"].astype(str))
 
 
 def conversion_table(acct: Account, c: dict[str, Arr]) -> pa.Table:

@@ -18,8 +18,10 @@ from signalloop.simulate.entities import Campaign
 from signalloop.simulate.params import (
     DAY,
     FATIGUE_ONSET,
+    KIND_NAMES,
     LEARNING_THRESHOLD,
     LEARNING_WINDOW,
+    OFFLINE_KINDS,
     PHASE_CVR,
     PLATFORMS,
     REPLACE_AT,
@@ -57,6 +59,12 @@ def build_truth(acct: Account, world: dict[str, dict[str, Arr]]) -> dict[str, An
     -------
     dict
         ``config``, ``model``, ``campaigns``, ``daily``, ``creatives``, ``learning``.
+        ``daily[campaign]`` holds per-day lists: ``budget``, ``spend``, ``impressions``,
+        ``clicks``, and for every ``X_by_click_date`` also ``X_by_event_date`` (the day the
+        click happened / the conversion did, whether or not that is observed by the end):
+        ``conversions`` and ``value`` (purchases and leads), ``deals`` and ``deal_value``,
+        ``sqls``, ``opportunities`` and ``opportunity_value``, and ``offline_conversions``
+        (sql + opportunity + deal rows, everything of source offline / crm).
     """
     cfg, days, k = acct.config, acct.days, len(acct.campaigns)
 
@@ -70,14 +78,19 @@ def build_truth(acct: Account, world: dict[str, dict[str, Arr]]) -> dict[str, An
     s, cv = world["spend"], world["conversions"]
     cols = {"spend": grid(s["camp"], s["day"], s["spend"])}
     cols |= {n: grid(s["camp"], s["day"], s[n].astype(float)) for n in ("impressions", "clicks")}
+    kind = cv["kind"]
     for name, vname, m in (
-        ("conversions", "value", cv["kind"] <= 1),
-        ("deals", "deal_value", cv["kind"] == 2),
+        ("conversions", "value", kind <= 1),
+        ("deals", "deal_value", kind == KIND_NAMES.index("deal")),
+        ("sqls", None, kind == KIND_NAMES.index("sql")),
+        ("opportunities", "opportunity_value", kind == KIND_NAMES.index("opportunity")),
+        ("offline_conversions", None, np.isin(kind, list(OFFLINE_KINDS.values()))),
     ):
         camp, val = cv["camp"][m], cv["value"][m]
         for by, day in (("click", cv["click_ts"][m] // DAY), ("event", cv["ts"][m] // DAY)):
             cols[f"{name}_by_{by}_date"] = grid(camp, day)
-            cols[f"{vname}_by_{by}_date"] = grid(camp, day, val)
+            if vname:
+                cols[f"{vname}_by_{by}_date"] = grid(camp, day, val)
     daily = {
         c.id: {"budget": _rl(acct.budget_plan[c.idx])} | {n: _rl(a[c.idx]) for n, a in cols.items()}
         for c in acct.campaigns
@@ -136,7 +149,10 @@ def build_truth(acct: Account, world: dict[str, dict[str, Arr]]) -> dict[str, An
                 "significant": ["budget > 20%", *SIGNIFICANT, "creative", "pause >= 7 days"],
             },
             "delay": "click-to-conversion hours ~ LogNormal(mu, sigma)",
-            "ids": "touch tN, conversion cvN, CRM record recN, deal dlN share the click number N",
+            "ids": "touch tN, conversion cvN, CRM record recN and its offline conversions sqN "
+            "(sql), opN (opportunity), dlN (won deal) share the click number N",
+            "offline_conversions": "a CRM record reaching sql, opportunity or won is a "
+            "conversion of kind sql, opportunity or deal at that stage's time",
         },
         "campaigns": campaigns,
         "daily": daily,
@@ -158,6 +174,7 @@ def _campaign_truth(acct: Account, c: Campaign) -> dict[str, Any]:
         "lost_lag_median_days": 10.0,
         "amount_mean": _r(c.amount_mean, 2),
         "deal_source": "crm" if c.platform == "google" else "offline",
+        "offline_conversion_kinds": [KIND_NAMES[k] for k in OFFLINE_KINDS.values()],
     }
     adsets = {
         a.id: {
