@@ -439,6 +439,60 @@ def print_check(doc: dict[str, Any], min_severity: str = "info") -> None:
 
 @app.command()
 @handle_errors
+def phase(
+    as_of: AsOfOption = None,
+    db: DbOption = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Learning phase per ad set: learning, learning-limited or stable; resets and who made them."""
+    from signalloop.config import load_settings
+    from signalloop.phase import phase as run_phase
+    from signalloop.store import Workspace
+
+    settings = load_settings(config)
+    day = _parse_date(as_of, "--as-of")
+    with Workspace(db, read_only=True) as ws:
+        report = run_phase(ws, day, settings=settings)
+    doc = report.to_dict()
+    if as_json:
+        emit_json(doc)
+        return
+    t = Table(
+        title=f"learning phase as of {doc['as_of']} (threshold {doc['threshold']} per 7 days)",
+        title_justify="left",
+    )
+    for col in (
+        "campaign",
+        "ad set",
+        "state",
+        "conv. 7d",
+        "resets (human)",
+        "days lost",
+        "last significant edit",
+        "evaluate from",
+    ):
+        t.add_column(col, no_wrap=True)
+    colour = {"stable": "green", "learning": "yellow", "learning_limited": "red"}
+    for e in doc["entities"]:
+        last = e["last_significant_edit"]
+        t.add_row(
+            e["campaign_id"],
+            e["entity_id"],
+            f"[{colour[e['state']]}]{e['state']}[/]",
+            str(e["conversions_7d"]),
+            f"{len(e['resets'])} ({e['human_resets']})",
+            str(e["days_lost"]),
+            f"{last['date']} {last['field']} ({last['actor']})" if last else "-",
+            e["evaluation_ready_on"] or "-",
+        )
+    out.print(t)
+    for e in doc["entities"]:
+        out.print(f"  {e['entity_id']}: {e['recommendation']}", highlight=False)
+
+
+@app.command()
+@handle_errors
 def simulate(
     out_dir: Annotated[
         Path, typer.Option("--out", help="Folder to write the CSVs and truth.json.")

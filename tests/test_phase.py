@@ -1,0 +1,136 @@
+"""Learning phase replay, scored against the simulator's truth on a seeded account."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from signalloop import simulate as sim
+from signalloop.checks.engine import save_exclusions
+from signalloop.contract import KINDS
+from signalloop.ingest import ingest_file
+from signalloop.phase import phase
+from signalloop.store import Workspace
+
+from .conftest import write_csv
+
+
+@pytest.fixture(scope="module")
+def account(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Workspace, Any]]:
+    storm = sim.Fault("override_storm", "c02", 20, 45)
+    res = sim.simulate(sim.SimulationConfig(days=60, campaigns=4, seed=9, faults=(storm,)))
+    paths = sim.write(res, tmp_path_factory.mktemp("phase"))
+    ws = Workspace(":memory:")
+    for k in KINDS:
+        ingest_file(ws, k, paths[k], now=datetime(2030, 1, 1))
+    yield ws, res
+    ws.close()
+
+
+def test_resets_are_the_truths_significant_edits(account: tuple[Workspace, Any]) -> None:
+    ws, res = account
+    rep = phase(ws)
+    assert {e.entity_id for e in rep.entities} == set(res.truth["learning"])
+    for e in rep.entities:
+        truth = res.truth["learning"][e.entity_id]
+        assert [r.day.isoformat() for r in e.resets] == sorted({r["date"] for r in truth["resets"]})
+        human_days = {r["day"] for r in truth["resets"] if r["actor"] == "human" and r["day"] > 0}
+        assert e.human_resets == len(human_days)
+
+
+def test_states_follow_the_truth(account: tuple[Workspace, Any]) -> None:
+    ws, res = account
+    rep = phase(ws)
+    agree = days = 0
+    for e in rep.entities:
+        states = res.truth["learning"][e.entity_id]["states"]
+        for i, st in enumerate(states):
+            d = (date(2026, 1, 1) + timedelta(days=i)).isoformat()
+            days += 1
+            agree += e.states[d] == st
+    assert agree / days >= 0.9
+
+
+def test_override_storm_shows_in_human_resets_and_advice(account: tuple[Workspace, Any]) -> None:
+    ws, _ = account
+    rep = phase(ws, date(2026, 2, 15))  # inside the storm
+    storm = [e for e in rep.entities if e.campaign_id == "c02"]
+    calm = [e for e in rep.entities if e.campaign_id != "c02"]
+    assert min(e.human_resets for e in storm) > max(e.human_resets for e in calm)
+    assert all(e.days_lost > 0 for e in storm)
+    assert any("stop manual edits" in e.recommendation for e in storm)
+
+
+def test_json_contract(account: tuple[Workspace, Any]) -> None:
+    ws, _ = account
+    doc = json.loads(phase(ws).to_json())
+    assert doc["threshold"] == 50 and doc["as_of"] == "2026-03-01"
+    for e in doc["entities"]:
+        assert {
+            "level",
+            "entity_id",
+            "campaign_id",
+            "state",
+            "conversions_7d",
+            "last_significant_edit",
+            "resets",
+            "human_resets",
+            "days_lost",
+            "evaluation_ready_on",
+            "recommendation",
+        } <= set(e)
+        assert e["state"] in ("learning", "learning_limited", "stable")
+
+
+def test_exclusion_windows_pause_the_learning_clock(ws: Workspace, tmp_path: Path) -> None:
+    spend, conv = [], []
+    for d in range(20):
+        day = date(2026, 1, 1) + timedelta(days=d)
+        spend.append([day.isoformat(), "meta", "c1", "c1_a", "ad1", 1000, 50, 20.0])
+        for k in range(10):
+            conv.append([f"v{d}_{k}", f"{day}T12:{k:02d}:00Z", "lead", "c1", "c1_a", "pixel"])
+    ingest_file(
+        ws,
+        "spend",
+        write_csv(
+            tmp_path / "s.csv",
+            [
+                "date",
+                "platform",
+                "campaign_id",
+                "adset_id",
+                "ad_id",
+                "impressions",
+                "clicks",
+                "spend",
+            ],
+            spend,
+        ),
+    )
+    ingest_file(
+        ws,
+        "conversions",
+        write_csv(
+            tmp_path / "c.csv",
+            ["conversion_id", "ts", "kind", "campaign_id", "adset_id", "source"],
+            conv,
+        ),
+    )
+    # 10 a day from the launch: the 50 are reached on the fifth day
+    plain = phase(ws).entities[0]
+    assert plain.states["2026-01-04"] == "learning"
+    assert plain.states["2026-01-05"] == "stable"
+    save_exclusions(
+        ws,
+        [{"campaign_id": "c1", "start": "2026-01-03", "end": "2026-01-05", "reason": "test"}],
+        date(2026, 1, 20),
+    )
+    paused = phase(ws).entities[0]
+    # 01-03..01-05 do not count: 20 events by 01-02, the 50th on 01-08
+    assert paused.states["2026-01-07"] == "learning"
+    assert paused.states["2026-01-08"] == "stable"
