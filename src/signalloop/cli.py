@@ -493,6 +493,64 @@ def phase(
 
 @app.command()
 @handle_errors
+def fatigue(
+    as_of: AsOfOption = None,
+    db: DbOption = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Creative fatigue: CTR decay per creative with its uncertainty; starvation per campaign."""
+    from signalloop.config import load_settings
+    from signalloop.fatigue import fatigue as run_fatigue
+    from signalloop.store import Workspace
+
+    settings = load_settings(config)
+    day = _parse_date(as_of, "--as-of")
+    with Workspace(db, read_only=True) as ws:
+        report = run_fatigue(ws, day, settings=settings)
+    doc = report.to_dict()
+    if as_json:
+        emit_json(doc)
+        return
+    t = Table(title=f"live creatives as of {doc['as_of']}", title_justify="left")
+    for col in (
+        "campaign",
+        "creative",
+        "age",
+        "CTR start",
+        "CTR now",
+        "relative (90%)",
+        "status",
+        "onset",
+        "days to fatigue",
+        "spend 7d",
+    ):
+        t.add_column(col, no_wrap=True)
+    colour = {"fresh": "green", "peaking": "yellow", "fatigued": "red"}
+    for c in doc["creatives"]:
+        if not c["live"]:
+            continue
+        lo, hi = c["relative_ctr_90"]
+        t.add_row(
+            c["campaign_id"],
+            c["creative_id"],
+            f"{c['days']}d",
+            f"{c['ctr_start']:.2%}",
+            f"{c['ctr_now']:.2%}",
+            f"{c['relative_ctr']:.2f} ({lo:.2f}-{hi:.2f})",
+            f"[{colour[c['status']]}]{c['status']}[/]",
+            c["onset"] or "-",
+            str(c["days_to_fatigue"]) if c["days_to_fatigue"] is not None else "-",
+            f"{c['spend_7d']:,.0f}",
+        )
+    out.print(t)
+    for camp in doc["campaigns"]:
+        style = "bold red" if camp["starvation"] else "dim"
+        out.print(f"  [{style}]{camp['campaign_id']}[/]: {camp['message']}", highlight=False)
+
+
+@app.command()
+@handle_errors
 def simulate(
     out_dir: Annotated[
         Path, typer.Option("--out", help="Folder to write the CSVs and truth.json.")

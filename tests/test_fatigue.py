@@ -1,0 +1,78 @@
+"""Creative fatigue: the decay fit recovers known decay; onsets against the simulator's truth."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime
+
+import numpy as np
+import pytest
+
+from signalloop import simulate as sim
+from signalloop.contract import KINDS
+from signalloop.fatigue import fatigue, fit_decay
+from signalloop.ingest import ingest_file
+from signalloop.store import Workspace
+
+
+def test_fit_recovers_decay_and_its_uncertainty_shrinks_with_data() -> None:
+    rng = np.random.default_rng(0)
+    age = np.arange(40.0)
+    for imp_per_day, tol in ((50_000.0, 0.004), (2_000.0, 0.02)):
+        imp = np.full(40, imp_per_day)
+        clicks = rng.poisson(0.02 * np.exp(-0.02 * age) * imp).astype(float)
+        beta, _cov = fit_decay(clicks, imp, age, np.zeros(40))
+        assert beta[1] == pytest.approx(0.02, abs=tol)
+    big = fit_decay(
+        rng.poisson(0.02 * 50_000.0, 40).astype(float), np.full(40, 5e4), age, np.zeros(40)
+    )[1]
+    small = fit_decay(
+        rng.poisson(0.02 * 2_000.0, 40).astype(float), np.full(40, 2e3), age, np.zeros(40)
+    )[1]
+    assert big[1, 1] < small[1, 1]
+
+
+def test_no_decay_means_fresh_not_fatigued() -> None:
+    rng = np.random.default_rng(1)
+    age = np.arange(30.0)
+    imp = np.full(30, 10_000.0)
+    beta, _cov = fit_decay(rng.poisson(0.01 * imp).astype(float), imp, age, np.cumsum(imp) - imp)
+    d = np.array([0.0, -29.0, -3.0])
+    rel = np.exp(d @ beta)
+    assert 0.85 < rel < 1.15
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, object]:
+    starve = sim.Fault("creative_starvation", "c01", 20, 59)
+    res = sim.simulate(sim.SimulationConfig(days=60, campaigns=4, seed=4, faults=(starve,)))
+    paths = sim.write(res, tmp_path_factory.mktemp("fat"))
+    ws = Workspace(":memory:")
+    for k in KINDS:
+        ingest_file(ws, k, paths[k], now=datetime(2030, 1, 1))
+    return fatigue(ws), res
+
+
+def test_onsets_close_to_the_truth(report: tuple[object, object]) -> None:
+    rep, res = report
+    truth = {c["creative_id"]: c for c in res.truth["creatives"]}  # type: ignore[attr-defined]
+    errors = []
+    for c in rep.creatives:  # type: ignore[attr-defined]
+        on = truth[c.creative_id]["fatigue_onset_day"]
+        if on is not None and c.onset is not None:
+            errors.append(abs((c.onset - date(2026, 1, 1)).days - on))
+    assert len(errors) >= 10
+    assert float(np.median(errors)) <= 6
+
+
+def test_starved_campaign_is_flagged(report: tuple[object, object]) -> None:
+    rep, _ = report
+    camps = {c["campaign_id"]: c for c in rep.campaigns}  # type: ignore[attr-defined]
+    # no new creative since launch, and the budget's biggest creative is a fatigued one
+    assert camps["c01"]["days_since_newest_creative"] >= 39
+    assert camps["c01"]["top_creative_status"] == "fatigued"
+    assert camps["c01"]["least_inefficient_not_good"] is True
+    assert all(c["days_since_newest_creative"] < 20 for k, c in camps.items() if k != "c01")
+    doc = json.loads(rep.to_json())  # type: ignore[attr-defined]
+    assert {"as_of", "creatives", "campaigns"} <= set(doc)
+    assert {c["status"] for c in doc["creatives"]} <= {"fresh", "peaking", "fatigued"}
