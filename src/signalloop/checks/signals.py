@@ -115,6 +115,7 @@ def _days(ctx: CheckContext) -> list[date]:
     min_daily_expected=0.3,
     min_days=2,
     stop_ratio=0.2,
+    baseline_days=14,
 )
 def integration_dropout(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding]:
     days = _days(ctx)
@@ -153,43 +154,61 @@ def integration_dropout(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Findi
         .to_pylist(),
         days,
     )
+    # CRM activity: every stage row of the campaign's records per day. A sync dropout empties
+    # all of it; expected from the campaign's own trailing two weeks.
+    rows_all = crm.join(rec, crm.record_id == rec.record_id)
+    activity = _daily(
+        rows_all.group_by(campaign_id=rec.campaign_id, day=crm.ts.date())
+        .aggregate(n=rows_all.count())
+        .to_pyarrow()
+        .to_pylist(),
+        days,
+    )
     findings: list[Finding] = []
     uptime: dict[str, float] = {}
     for cid in ctx.campaigns:
         c = clicks.get(cid, np.zeros(len(days)))
         unit = np.convolve(c, pmf)[: len(days)]
         down = np.zeros(len(days), dtype=bool)
+        runs: list[tuple[str, int, int, float, float]] = []
         for source, series in observed.items():
             o = series.get(cid)
             if o is None or o.sum() < opt["min_expected"]:
                 continue
-            for start, end, e_sum, o_sum in _dropouts(o, unit, opt):
-                down[start : end + 1] = True
-                active = end == len(days) - 1
-                window = (days[start], None if active else days[end])
-                ratio = o_sum / e_sum if e_sum else 0.0
-                findings.append(
-                    Finding(
-                        "integration_dropout",
-                        "critical" if active else "warn",
-                        cid,
-                        f"{source} conversions {'have been' if active else 'were'} far below "
-                        f"what the campaign's clicks predict from {days[start]} to "
-                        f"{'now' if active else days[end]}: {o_sum:.0f} observed, "
-                        f"{e_sum:.1f} expected ({ratio:.0%})"
-                        + (" - still going" if active else " - excluded from learning"),
-                        {
-                            "source": source,
-                            "kind": "tracking_outage" if source != "crm" else "crm_sync_dropout",
-                            "observed": int(o_sum),
-                            "expected": round(e_sum, 1),
-                            "clicks": int(c[start : end + 1].sum()),
-                            "days": end - start + 1,
-                        },
-                        active=active,
-                        window=window,
-                    )
+            runs += [(source, *r) for r in _dropouts(o, unit, opt)]
+        a = activity.get(cid)
+        if a is not None and a.sum() >= opt["min_expected"]:
+            for r in _dropouts(a, _trailing_mean(a, opt["baseline_days"]), opt):
+                # the same outage seen in the entries and in all CRM activity: keep one
+                runs = [x for x in runs if x[0] != "crm" or x[2] < r[0] or x[1] > r[1]]
+                runs.append(("crm", *r))
+        for source, start, end, e_sum, o_sum in sorted(runs, key=lambda x: x[1]):
+            down[start : end + 1] = True
+            active = end == len(days) - 1
+            window = (days[start], None if active else days[end])
+            ratio = o_sum / e_sum if e_sum else 0.0
+            findings.append(
+                Finding(
+                    "integration_dropout",
+                    "critical" if active else "warn",
+                    cid,
+                    f"{source} conversions {'have been' if active else 'were'} far below "
+                    f"what the campaign's clicks predict from {days[start]} to "
+                    f"{'now' if active else days[end]}: {o_sum:.0f} observed, "
+                    f"{e_sum:.1f} expected ({ratio:.0%})"
+                    + (" - still going" if active else " - excluded from learning"),
+                    {
+                        "source": source,
+                        "kind": "tracking_outage" if source != "crm" else "crm_sync_dropout",
+                        "observed": int(o_sum),
+                        "expected": round(e_sum, 1),
+                        "clicks": int(c[start : end + 1].sum()),
+                        "days": end - start + 1,
+                    },
+                    active=active,
+                    window=window,
                 )
+            )
         findings.extend(_delivery_stops(cid, c, days, opt))
         last28 = down[-28:]
         uptime[cid] = 1.0 - float(last28.mean()) if len(last28) else 1.0
@@ -198,6 +217,14 @@ def integration_dropout(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Findi
             "evidence": {"days_down_last_28": int(last28.sum())},
         }
     return findings
+
+
+def _trailing_mean(o: np.ndarray, days: int) -> np.ndarray:
+    """Each day's mean over the ``days`` before it (0 until a week of history exists)."""
+    out = np.zeros(len(o))
+    for t in range(7, len(o)):
+        out[t] = float(o[max(0, t - days) : t].mean())
+    return out
 
 
 def _dropouts(
