@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint typecheck pytest bench bench-ingest bench-checks bench-speed clean lock
+.PHONY: install demo test lint typecheck pytest bench bench-ingest bench-checks bench-speed bench-state clean lock
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,7 +30,12 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
-bench: bench-ingest bench-checks bench-speed
+bench: bench-ingest bench-checks bench-speed bench-state
+
+bench-state: $(STAMP)
+	$(BIN)/python benchmarks/phase_quality.py --seeds 20
+	$(BIN)/python benchmarks/fatigue_quality.py --seeds 20
+	$(BIN)/python benchmarks/nowcast_quality.py --seeds 20
 
 bench-ingest: $(STAMP)
 	$(BIN)/python benchmarks/run.py
@@ -39,6 +44,7 @@ bench-checks: $(STAMP)
 	$(BIN)/python benchmarks/checks_quality.py --seeds 20
 
 bench-speed: $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
 	$(BIN)/python benchmarks/checks_speed.py
 
 # Refresh the pins after changing dependencies in pyproject.toml (then run `make test`).

@@ -439,6 +439,36 @@ def print_check(doc: dict[str, Any], min_severity: str = "info") -> None:
 
 @app.command()
 @handle_errors
+def nowcast(
+    as_of: AsOfOption = None,
+    days: Annotated[int, typer.Option(help="Cohort days to show in the table.")] = 7,
+    db: DbOption = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Conversions and value that recent cohorts will still receive; CPA and ROAS both ways."""
+    from signalloop.config import load_settings
+    from signalloop.nowcast import nowcast as run_nowcast
+    from signalloop.store import Workspace
+
+    settings = load_settings(config)
+    day = _parse_date(as_of, "--as-of")
+    with Workspace(db, read_only=True) as ws, err.status("fitting delays", spinner="dots"):
+        report = run_nowcast(ws, day, settings=settings)
+    doc = report.to_dict()
+    if doc.get("as_of") is None:
+        raise UsageError(
+            f"workspace {db or 'signalloop.duckdb'} holds no clicks or conversions yet: "
+            "ingest something first (signalloop ingest KIND FILE)"
+        )
+    if as_json:
+        emit_json(doc)
+    else:
+        out.print(report.to_text(days=days), highlight=False)
+
+
+@app.command()
+@handle_errors
 def phase(
     as_of: AsOfOption = None,
     db: DbOption = None,

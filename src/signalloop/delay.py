@@ -1,0 +1,947 @@
+"""Delay models: how long after a click (or a lead) its conversion (or deal) arrives.
+
+Every model here is fitted on **summarised survival data** (:class:`DelayData`): per group
+(campaign), counts of events in delay buckets and counts of subjects still open at an elapsed
+time, never per-click frames. A subject (a click, a CRM record) that has not converted by the
+as-of time is **right-censored** at its elapsed time: it may still convert, so it is neither
+a converter nor a non-converter.
+
+Models follow the scikit-learn estimator contract: ``__init__`` only stores its arguments,
+:meth:`~DelayModel.fit` returns ``self`` and sets attributes ending in ``_``, and randomness
+comes only from ``random_state`` (or a generator passed in). They register by name in
+:data:`DELAY_MODELS`; :func:`make_delay_model` builds one.
+
+``lognormal_cure`` (:class:`LogNormalCure`)
+    The mixture-cure model. A subject converts with probability ``p``; a converter's delay is
+    LogNormal(``mu``, ``sigma``) with cdf ``F``. Fitted by maximum likelihood with
+    right-censoring: an event in bucket ``[lo, hi)`` contributes ``p (F(hi) - F(lo))``, a
+    subject still open at elapsed ``e`` contributes ``1 - p F(e)``. Then
+    ``P(converts later | not yet at e) = p (1 - F(e)) / (1 - p F(e))``.
+
+    With ``competing=True`` a second terminal outcome (a CRM ``lost`` row) is modelled too:
+    non-converters (probability ``1 - p``) get a competing event with probability ``q`` and
+    LogNormal(``mu2``, ``sigma2``) delay ``G``; a competing event contributes
+    ``(1 - p) q (G(hi) - G(lo))`` and an open subject ``p (1 - F(e)) + (1 - p)(1 - q G(e))``,
+    so ``P(converts later | open at e) = p (1 - F) / (p (1 - F) + (1 - p)(1 - q G))`` and a
+    subject with a competing event never converts. That is the CRM choice: ``lost`` is a
+    competing terminal outcome, not censoring (censored at its loss time, a dead record
+    would keep being predicted to win) and not dropped (which would leave only the winners
+    and the open among the closed records, and inflate ``p``).
+
+    With ``shift=True`` the delay is ``shift + LogNormal(mu, sigma)`` (three parameters),
+    for delays that are sums of stages.
+
+``discrete_hazard`` (:class:`DiscreteHazard`)
+    Nonparametric: an actuarial (Kaplan-Meier-style) discrete hazard per time bucket, with the
+    competing outcome as a second hazard (Aalen-Johansen). It assumes nothing converts after
+    the longest delay seen, so it under-predicts a tail longer than the data.
+
+Partial pooling
+---------------
+Both models shrink each group toward the account (all groups together) in proportion to how
+much the group's own data says. :class:`LogNormalCure` is **empirical Bayes on the
+transformed parameters** ``theta = (logit p, mu, log sigma[, log shift][, logit q, mu2,
+log sigma2])``:
+
+1. fit the account (every group's data summed) by maximum likelihood: ``theta0``;
+2. fit each group with a weak normal prior ``N(theta0, W^2)`` (``prior_scale``): ``theta_g``
+   with covariance ``V_g``;
+3. estimate the between-group spread by moments,
+   ``T_j^2 = mean_g((theta_gj - theta0_j)^2 - V_gjj)``, kept within ``[min_scale^2, W^2]``
+   (``W`` is used when fewer than three groups have events);
+4. refit each group with the prior ``N(theta0, T^2)``: the posterior mode, which to second
+   order is the precision-weighted mean ``(V_g^-1 theta_g + T^-2 theta0) / (V_g^-1 + T^-2)``,
+   and its covariance (the inverse Hessian ``C_g``), plus the uncertainty of ``theta0``
+   itself in the share the group leans on it, ``(C_g T^-2) cov(theta0) (C_g T^-2)'``
+   (without it a fully pooled group would look as certain as the prior's floor).
+
+A tiny campaign's ``V_g`` is large, so it lands near the account; a large one keeps its own
+estimate. ``pooling_weight_`` is each parameter's share of posterior precision that comes
+from the group's own data. :class:`DiscreteHazard` shrinks each bucket's hazard with a beta
+prior of ``prior_strength`` pseudo-subjects at the account's hazard.
+
+>>> import numpy as np
+>>> rng = np.random.default_rng(0)
+>>> data = simulate_delays(p=0.1, mu=3.0, sigma=1.0, n=20_000, horizon=(0, 200), rng=rng)
+>>> m = LogNormalCure().fit(data)
+>>> round(float(m.p_[0]), 2), round(float(m.mu_[0]), 1), round(float(m.sigma_[0]), 1)
+(0.1, 3.0, 1.0)
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Self
+
+import numpy as np
+import numpy.typing as npt
+from scipy import optimize, special  # type: ignore[import-untyped]
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+Group = int | str
+
+__all__ = [
+    "DELAY_MODELS",
+    "DelayData",
+    "DelayModel",
+    "DiscreteHazard",
+    "LogNormalCure",
+    "make_delay_model",
+    "simulate_delays",
+]
+
+_SQRT2PI = math.sqrt(2.0 * math.pi)
+
+
+def _f64(x: Any) -> FloatArray:
+    return np.asarray(x, dtype=np.float64)
+
+
+# ---- data -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DelayData:
+    """Summarised right-censored delay data of several groups, in one time unit.
+
+    Every array is one row per bucket; ``*_group`` holds indexes into :attr:`groups`.
+
+    Attributes
+    ----------
+    groups
+        Group names (campaign ids), in index order.
+    event_group, event_lo, event_hi, event_n
+        Converted subjects: ``event_n`` of them had their delay in ``[event_lo, event_hi)``.
+    censor_group, censor_t, censor_n
+        Open subjects: ``censor_n`` of them are still unconverted at elapsed ``censor_t``.
+    competing_group, competing_lo, competing_hi, competing_n
+        Subjects that ended in the competing outcome (CRM ``lost``), delay in ``[lo, hi)``.
+        Empty unless the path has one.
+    unit
+        The time unit of every delay (``"hours"``, ``"days"``).
+    """
+
+    groups: tuple[str, ...]
+    event_group: IntArray
+    event_lo: FloatArray
+    event_hi: FloatArray
+    event_n: FloatArray
+    censor_group: IntArray
+    censor_t: FloatArray
+    censor_n: FloatArray
+    competing_group: IntArray = field(default_factory=lambda: np.zeros(0, np.int64))
+    competing_lo: FloatArray = field(default_factory=lambda: np.zeros(0))
+    competing_hi: FloatArray = field(default_factory=lambda: np.zeros(0))
+    competing_n: FloatArray = field(default_factory=lambda: np.zeros(0))
+    unit: str = "hours"
+
+    @classmethod
+    def build(
+        cls,
+        groups: Sequence[str],
+        events: tuple[Any, Any, Any, Any],
+        censored: tuple[Any, Any, Any],
+        competing: tuple[Any, Any, Any, Any] | None = None,
+        unit: str = "hours",
+    ) -> DelayData:
+        """Build from ``(group_index, lo, hi, n)`` and ``(group_index, t, n)`` arrays.
+
+        Rows with a zero count are dropped; negative counts or times are an error.
+        """
+
+        def clean(arrs: tuple[Any, ...], n_col: int) -> list[Any]:
+            cols = [np.asarray(a) for a in arrs]
+            n = _f64(cols[n_col])
+            if np.any(n < 0) or any(np.any(_f64(c) < 0) for c in cols[1:n_col]):
+                raise ValueError("delay data: counts and times must not be negative")
+            keep = n > 0
+            return [
+                cols[0][keep].astype(np.int64),
+                *(_f64(c)[keep] for c in cols[1:]),
+            ]
+
+        ev = clean(events, 3)
+        ce = clean(censored, 2)
+        empty: list[Any] = [np.zeros(0, np.int64), np.zeros(0), np.zeros(0), np.zeros(0)]
+        co = clean(competing, 3) if competing is not None else empty
+        k = len(groups)
+        for g in (ev[0], ce[0], co[0]):
+            if len(g) and (g.min() < 0 or g.max() >= k):
+                raise ValueError("delay data: a group index is outside the groups given")
+        if np.any(ev[2] <= ev[1]) or np.any(co[2] <= co[1]):
+            raise ValueError("delay data: every bucket needs hi > lo")
+        return cls(
+            groups=tuple(groups),
+            event_group=ev[0],
+            event_lo=ev[1],
+            event_hi=ev[2],
+            event_n=ev[3],
+            censor_group=ce[0],
+            censor_t=ce[1],
+            censor_n=ce[2],
+            competing_group=co[0],
+            competing_lo=co[1],
+            competing_hi=co[2],
+            competing_n=co[3],
+            unit=unit,
+        )
+
+    @property
+    def has_competing(self) -> bool:
+        """Whether any competing outcome is recorded."""
+        return bool(len(self.competing_n))
+
+    def select(self, g: int) -> DelayData:
+        """Only group ``g`` (as the single group 0)."""
+        return self._filtered(lambda idx: idx == g, (self.groups[g],))
+
+    def pooled(self) -> DelayData:
+        """Every group merged into one (the account)."""
+        return self._filtered(lambda idx: np.ones(len(idx), bool), ("(account)",))
+
+    def _filtered(self, keep: Any, groups: tuple[str, ...]) -> DelayData:
+        e, c, o = keep(self.event_group), keep(self.censor_group), keep(self.competing_group)
+        return DelayData(
+            groups,
+            np.zeros(int(e.sum()), np.int64),
+            self.event_lo[e],
+            self.event_hi[e],
+            self.event_n[e],
+            np.zeros(int(c.sum()), np.int64),
+            self.censor_t[c],
+            self.censor_n[c],
+            np.zeros(int(o.sum()), np.int64),
+            self.competing_lo[o],
+            self.competing_hi[o],
+            self.competing_n[o],
+            unit=self.unit,
+        )
+
+    def totals(self) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """Per group: events, censored subjects, competing events."""
+        k = len(self.groups)
+        return (
+            _f64(np.bincount(self.event_group, self.event_n, minlength=k)),
+            _f64(np.bincount(self.censor_group, self.censor_n, minlength=k)),
+            _f64(np.bincount(self.competing_group, self.competing_n, minlength=k)),
+        )
+
+
+def simulate_delays(
+    *,
+    p: float,
+    mu: float,
+    sigma: float,
+    n: int,
+    horizon: tuple[float, float],
+    rng: np.random.Generator,
+    bucket: float = 1.0,
+    group: str = "g",
+) -> DelayData:
+    """Synthetic mixture-cure data: ``n`` subjects observed for Uniform(``horizon``) time.
+
+    Each subject converts with probability ``p`` after LogNormal(``mu``, ``sigma``); what has
+    not happened by its observation time is censored there. Delays are bucketed by
+    ``bucket``; censoring times are bucketed the same way and put at the bucket middle.
+
+    >>> d = simulate_delays(p=0.5, mu=1.0, sigma=0.5, n=100, horizon=(0, 10),
+    ...                     rng=np.random.default_rng(1))
+    >>> float(d.event_n.sum() + d.censor_n.sum())
+    100.0
+    """
+    obs = rng.uniform(*horizon, n)
+    conv = rng.random(n) < p
+    delay = np.exp(mu + sigma * rng.normal(size=n))
+    seen = conv & (delay < obs)
+    ev_b = np.floor(delay[seen] / bucket)
+    ce_b = np.floor(obs[~seen] / bucket)
+    ev_u, ev_n = np.unique(ev_b, return_counts=True)
+    ce_u, ce_n = np.unique(ce_b, return_counts=True)
+    return DelayData.build(
+        [group],
+        (np.zeros(len(ev_u), np.int64), ev_u * bucket, (ev_u + 1) * bucket, ev_n),
+        (np.zeros(len(ce_u), np.int64), (ce_u + 0.5) * bucket, ce_n),
+    )
+
+
+# ---- the estimator contract -------------------------------------------------------------------
+
+
+class DelayModel:
+    """Base of the delay models: the estimator contract and the prediction interface.
+
+    Subclasses implement :meth:`fit` and :meth:`_curves`; every prediction accepts a group
+    (index or name) and returns one row per parameter draw (one row, the point estimate, when
+    ``n_draws`` is 0).
+    """
+
+    name: ClassVar[str] = ""
+    groups_: tuple[str, ...]
+    unit_: str
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor arguments, as given."""
+        sig = inspect.signature(type(self).__init__)
+        return {k: getattr(self, k) for k in sig.parameters if k != "self"}
+
+    def set_params(self, **params: Any) -> Self:
+        """Set constructor arguments (call :meth:`fit` again afterwards)."""
+        valid = self.get_params()
+        for k, v in params.items():
+            if k not in valid:
+                raise ValueError(f"{type(self).__name__} has no parameter {k!r}")
+            setattr(self, k, v)
+        return self
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    def fit(self, data: DelayData) -> Self:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _rng(self, rng: np.random.Generator | None) -> np.random.Generator:
+        if rng is not None:
+            return rng
+        return np.random.default_rng(getattr(self, "random_state", None))
+
+    def group_index(self, group: Group) -> int:
+        """The index of ``group`` (an index or a name)."""
+        if isinstance(group, str):
+            try:
+                return self.groups_.index(group)
+            except ValueError:
+                raise KeyError(f"delay model has no group {group!r}") from None
+        return int(group)
+
+    def _curves(
+        self, g: int, t: FloatArray, n_draws: int, rng: np.random.Generator | None
+    ) -> tuple[FloatArray, FloatArray, FloatArray]:  # pragma: no cover - abstract
+        """``(incidence, future, eventual)``: shapes (S, n), (S, n), (S,)."""
+        raise NotImplementedError
+
+    def incidence(
+        self,
+        group: Group,
+        t: Any,
+        *,
+        n_draws: int = 0,
+        rng: np.random.Generator | None = None,
+    ) -> FloatArray:
+        """P(converted by elapsed ``t``), shape ``(max(n_draws, 1), len(t))``."""
+        return self._curves(self.group_index(group), _f64(np.atleast_1d(t)), n_draws, rng)[0]
+
+    def future_probability(
+        self,
+        group: Group,
+        t: Any,
+        *,
+        n_draws: int = 0,
+        rng: np.random.Generator | None = None,
+    ) -> FloatArray:
+        """P(converts later | still open at elapsed ``t``), shape ``(max(n_draws, 1), len(t))``."""
+        return self._curves(self.group_index(group), _f64(np.atleast_1d(t)), n_draws, rng)[1]
+
+    def curves(
+        self,
+        group: Group,
+        t: Any,
+        *,
+        n_draws: int = 0,
+        rng: np.random.Generator | None = None,
+    ) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """:meth:`incidence`, :meth:`future_probability` and :meth:`eventual` from one draw set.
+
+        Returns
+        -------
+        incidence, future : ndarray of shape (S, len(t))
+        eventual : ndarray of shape (S,)
+            ``S = max(n_draws, 1)``; with ``n_draws=0`` the single row is the point estimate.
+        """
+        return self._curves(self.group_index(group), _f64(np.atleast_1d(t)), n_draws, rng)
+
+    def eventual(
+        self, group: Group, *, n_draws: int = 0, rng: np.random.Generator | None = None
+    ) -> FloatArray:
+        """P(converts eventually), shape ``(max(n_draws, 1),)``."""
+        return self._curves(self.group_index(group), np.zeros(1), n_draws, rng)[2]
+
+    def quantile(self, group: Group, q: float) -> float:  # pragma: no cover - abstract
+        """The ``q`` quantile of the delay of converters (in the data's unit)."""
+        raise NotImplementedError
+
+    def describe(self, group: Group) -> dict[str, Any]:
+        """A JSON-ready summary of one group's fit: ``p50``, ``p90``, ``model``, ..."""
+        return {
+            "model": self.name,
+            "unit": self.unit_,
+            "p50": _round(self.quantile(group, 0.5)),
+            "p90": _round(self.quantile(group, 0.9)),
+            "eventual": _round(float(self.eventual(group)[0]), 5),
+        }
+
+
+def _round(x: float, nd: int = 2) -> float | None:
+    return round(float(x), nd) if math.isfinite(x) else None
+
+
+# ---- the mixture-cure log-normal model ---------------------------------------------------------
+
+
+def _lncdf(
+    t: FloatArray, mu: Any, s: Any, ls: Any = None
+) -> tuple[FloatArray, list[FloatArray], Any]:
+    """LogNormal cdf at ``t`` and its derivatives in ``(mu, s = log sigma[, ls = log shift])``.
+
+    With ``ls`` the delay is ``shift + LogNormal(mu, sigma)`` (the three-parameter lognormal).
+    Also returns ``z`` (``-inf`` below the shift, ``inf`` at ``t = inf``). Broadcasts.
+    """
+    sigma = np.exp(s)
+    shift = np.exp(ls) if ls is not None else 0.0
+    x = np.maximum(t - shift, 0.0)
+    with np.errstate(divide="ignore"):
+        z = (np.log(x) - mu) / sigma
+    cdf = special.ndtr(z)
+    finite = np.isfinite(z)
+    zf = np.where(finite, np.clip(z, -40.0, 40.0), 40.0)
+    dens = np.where(finite, np.exp(-0.5 * zf * zf) / _SQRT2PI, 0.0)
+    grads = [-dens / sigma, -dens * np.where(finite, zf, 0.0)]
+    if ls is not None:
+        safe = np.where(finite & (x > 0), x, 1.0)
+        grads.append(np.where(finite & (x > 0), dens * shift / (sigma * safe), 0.0))
+    return cdf, grads, z
+
+
+def _cdf(t: FloatArray, mu: Any, s: Any, ls: Any = None) -> FloatArray:
+    """LogNormal cdf at ``t`` (0 at ``t <= shift``). Broadcasts."""
+    shift = np.exp(ls) if ls is not None else 0.0
+    with np.errstate(divide="ignore"):
+        z = (np.log(np.maximum(t - shift, 0.0)) - mu) / np.exp(s)
+    return _f64(special.ndtr(z))
+
+
+def _lndiff(
+    lo: FloatArray, hi: FloatArray, mu: float, s: float, ls: float | None = None
+) -> tuple[FloatArray, list[FloatArray]]:
+    """``F(hi) - F(lo)`` (computed in the tail that keeps precision) and its derivatives."""
+    f_lo, g_lo, z_lo = _lncdf(lo, mu, s, ls)
+    f_hi, g_hi, z_hi = _lncdf(hi, mu, s, ls)
+    upper = z_lo > 0
+    diff = np.where(upper, special.ndtr(-z_lo) - special.ndtr(-z_hi), f_hi - f_lo)
+    return np.maximum(diff, 1e-300), [h - low for h, low in zip(g_hi, g_lo, strict=True)]
+
+
+def _dot(a: FloatArray, b: Any) -> float:
+    """``a . b`` without BLAS (OpenBLAS threads fight DuckDB's for the cores)."""
+    return float(np.sum(a * b))
+
+
+def _sigmoid(x: Any) -> Any:
+    return special.expit(x)
+
+
+def _neg_log_post(
+    theta: FloatArray,
+    d: DelayData,
+    competing: bool,
+    shift: bool,
+    prior_mean: FloatArray,
+    prior_scale: FloatArray,
+) -> tuple[float, FloatArray]:
+    """Negative log posterior of one group's data (all of ``d``) and its gradient.
+
+    ``theta = (logit p, mu, log sigma[, log shift][, logit q, mu2, log sigma2])``.
+    """
+    p = float(_sigmoid(theta[0]))
+    main = [1, 2, 3] if shift else [1, 2]
+    fpar = (theta[1], theta[2], theta[3] if shift else None)
+    cb = len(main) + 1  # the competing block
+    grad = np.zeros_like(theta)
+    ll = 0.0
+    # converters: log p + log(F(hi) - F(lo))
+    if len(d.event_n):
+        diff, dd = _lndiff(d.event_lo, d.event_hi, *fpar)
+        n = d.event_n
+        ll += float(n.sum()) * math.log(max(p, 1e-300)) + _dot(n, np.log(diff))
+        grad[0] += float(n.sum()) * (1.0 - p)
+        for j, dj in zip(main, dd, strict=True):
+            grad[j] += _dot(n, dj / diff)
+    # open subjects
+    if len(d.censor_n):
+        n = d.censor_n
+        f, fd, _ = _lncdf(d.censor_t, *fpar)
+        if competing:
+            q = float(_sigmoid(theta[cb]))
+            g, gd, _ = _lncdf(d.censor_t, theta[cb + 1], theta[cb + 2])
+            like = np.maximum(p * (1 - f) + (1 - p) * (1 - q * g), 1e-300)
+            w = n / like
+            grad[0] += _dot(w, p * (1 - p) * (q * g - f))
+            grad[cb] += _dot(w, -(1 - p) * q * (1 - q) * g)
+            for j, dj in zip((cb + 1, cb + 2), gd, strict=True):
+                grad[j] += _dot(w, -(1 - p) * q * dj)
+        else:
+            like = np.maximum(1 - p * f, 1e-300)
+            w = n / like
+            grad[0] += _dot(w, -p * (1 - p) * f)
+        ll += _dot(n, np.log(like))
+        for j, dj in zip(main, fd, strict=True):
+            grad[j] += _dot(w, -p * dj)
+    # competing outcome: log(1 - p) + log q + log(G(hi) - G(lo))
+    if competing and len(d.competing_n):
+        q = float(_sigmoid(theta[cb]))
+        diff, dd = _lndiff(d.competing_lo, d.competing_hi, theta[cb + 1], theta[cb + 2])
+        n = d.competing_n
+        tot = float(n.sum())
+        ll += tot * (math.log(max(1 - p, 1e-300)) + math.log(max(q, 1e-300)))
+        ll += _dot(n, np.log(diff))
+        grad[0] += -tot * p
+        grad[cb] += tot * (1 - q)
+        for j, dj in zip((cb + 1, cb + 2), dd, strict=True):
+            grad[j] += _dot(n, dj / diff)
+    z = (theta - prior_mean) / prior_scale
+    value = -ll + 0.5 * _dot(z, z)
+    return value, -grad + z / prior_scale
+
+
+@dataclass
+class _Fit:
+    theta: FloatArray
+    cov: FloatArray
+    converged: bool
+
+
+class LogNormalCure(DelayModel):
+    """Mixture-cure model with LogNormal delays, censored MLE and empirical-Bayes pooling.
+
+    Parameters
+    ----------
+    competing
+        Also model a competing terminal outcome (CRM ``lost``): see the module docstring.
+    shift
+        Make the converters' delay ``shift + LogNormal(mu, sigma)`` (the three-parameter
+        lognormal, ``shift`` fitted too). A delay that is the sum of several stages (lead to
+        mql to sql to opportunity to won) has a minimum and a log that is skewed right; a
+        plain lognormal fitted to its censored early part then has too short a tail, which
+        biases ``p`` low. Off for click delays, which start at zero.
+    pooling
+        ``"empirical_bayes"`` (shrink each group toward the account by the estimated
+        between-group spread), ``"none"`` (each group on its own, with only the weak prior)
+        or ``"complete"`` (every group gets the account's fit).
+    prior_scale
+        The weak prior's standard deviations ``W`` on ``(logit p, mu, log sigma)`` (also used
+        for ``(logit q, mu2, log sigma2)``; ``log shift`` gets the third). The between-group
+        spread is never set wider.
+    min_scale
+        The floor of the between-group spread ``T``, so no group is pooled completely.
+    random_state
+        Seed of the parameter draws when no generator is passed to a prediction.
+
+    Attributes
+    ----------
+    groups_ : tuple of str
+    theta_ : ndarray of shape (n_groups, k)
+        Posterior modes of ``(logit p, mu, log sigma[, log shift][, logit q, mu2,
+        log sigma2])``.
+    cov_ : ndarray of shape (n_groups, k, k)
+        Their posterior covariances (inverse Hessians).
+    p_, mu_, sigma_, shift_ : ndarray of shape (n_groups,)
+        Natural parameters (``shift_`` is 0 without ``shift``).
+    account_theta_, account_cov_ : ndarray
+        The account fit (every group's data summed).
+    between_scale_ : ndarray of shape (k,)
+        The prior scale ``T`` used for the groups (empirical Bayes) or ``W``.
+    pooling_weight_ : ndarray of shape (n_groups, k)
+        Share of each parameter's posterior precision that comes from the group's own data
+        (1 = its own estimate, 0 = the account's).
+    n_events_, n_censored_, n_competing_ : ndarray of shape (n_groups,)
+    converged_ : ndarray of bool, shape (n_groups,)
+    unit_ : str
+    """
+
+    name = "lognormal_cure"
+
+    def __init__(
+        self,
+        *,
+        competing: bool = False,
+        shift: bool = False,
+        pooling: Literal["empirical_bayes", "none", "complete"] = "empirical_bayes",
+        prior_scale: Sequence[float] = (2.5, 1.5, 0.7),
+        min_scale: Sequence[float] = (0.05, 0.05, 0.03),
+        random_state: int | None = None,
+    ) -> None:
+        self.competing = competing
+        self.shift = shift
+        self.pooling = pooling
+        self.prior_scale = prior_scale
+        self.min_scale = min_scale
+        self.random_state = random_state
+
+    # -- parameter layout -------------------------------------------------------------------
+    def _k(self) -> int:
+        return 3 + int(self.shift) + 3 * int(self.competing)
+
+    @property
+    def _cb(self) -> int:
+        """Index of ``logit q``, the first parameter of the competing block."""
+        return 3 + int(self.shift)
+
+    def _scales(self, given: Sequence[float]) -> FloatArray:
+        v = _f64(given)
+        if len(v) != 3:
+            raise ValueError(f"expected 3 scales (logit p, mu, log sigma), got {len(v)}")
+        out = list(v)
+        if self.shift:
+            out.append(float(v[2]))
+        if self.competing:
+            out += list(v)
+        return _f64(out)
+
+    def _fpar(self, th: FloatArray) -> tuple[Any, Any, Any]:
+        """``(mu, log sigma, log shift or None)`` columns of parameter rows ``th``."""
+        return th[..., 1:2], th[..., 2:3], th[..., 3:4] if self.shift else None
+
+    # -- fitting --------------------------------------------------------------------------
+    def _start(self, d: DelayData) -> FloatArray:
+        ev, ce, co = (float(x.sum()) for x in d.totals())
+        tot = ev + ce + co
+        p = min(max((ev + 0.5) / (tot + 1.0), 1e-4), 0.9)
+        if ev > 0:
+            mid = np.sqrt(np.maximum(d.event_lo, 1e-3 * d.event_hi) * d.event_hi)
+            mu = float(np.average(np.log(mid), weights=d.event_n))
+        else:
+            mu = float(np.log(np.average(d.censor_t, weights=d.censor_n) + 1.0)) if ce else 0.0
+        theta = [float(special.logit(p)), mu, 0.0]
+        if self.shift:
+            first = float(np.min(d.event_lo)) if ev > 0 else math.exp(mu)
+            shift0 = max(0.5 * first, 0.05 * math.exp(mu), 1e-3)
+            theta[1] = math.log(max(math.exp(mu) - shift0, 1e-3))
+            theta.append(math.log(shift0))
+        if self.competing:
+            q = min(max((co + 0.5) / (co + ce + 1.0), 1e-3), 0.99)
+            if co > 0:
+                mid = np.sqrt(np.maximum(d.competing_lo, 1e-3 * d.competing_hi) * d.competing_hi)
+                mu2 = float(np.average(np.log(mid), weights=d.competing_n))
+            else:
+                mu2 = mu
+            theta += [float(special.logit(q)), mu2, 0.0]
+        return _f64(theta)
+
+    def _map(self, d: DelayData, mean: FloatArray, scale: FloatArray, x0: FloatArray) -> _Fit:
+        """Posterior mode and covariance of one group's data under ``N(mean, scale^2)``.
+
+        BFGS on the analytic gradient (L-BFGS-B's BLAS calls contend with DuckDB's threads);
+        the covariance is the inverse of the finite-difference Hessian of the gradient.
+        """
+        k = self._k()
+        args = (d, self.competing, self.shift, mean, scale)
+        res = optimize.minimize(_neg_log_post, x0, args=args, jac=True, method="BFGS")
+        theta = _f64(res.x)
+        hess = np.zeros((k, k))
+        for j in range(k):
+            h = 1e-4 * max(1.0, abs(theta[j]))
+            up, dn = theta.copy(), theta.copy()
+            up[j] += h
+            dn[j] -= h
+            hess[:, j] = (_neg_log_post(up, *args)[1] - _neg_log_post(dn, *args)[1]) / (2 * h)
+        hess = 0.5 * (hess + hess.T)
+        vals, vecs = np.linalg.eigh(hess)
+        vals = np.maximum(vals, 1e-8)
+        cov = (vecs / vals) @ vecs.T
+        return _Fit(theta, cov, bool(res.success))
+
+    def fit(self, data: DelayData) -> Self:
+        """Fit every group of ``data`` (see the module docstring for the pooling).
+
+        Parameters
+        ----------
+        data
+            Summarised delay data; competing rows are ignored unless ``competing``.
+
+        Returns
+        -------
+        LogNormalCure
+            ``self``, fitted.
+        """
+        if self.pooling not in ("empirical_bayes", "none", "complete"):
+            raise ValueError(f"unknown pooling {self.pooling!r}")
+        k, n_groups = self._k(), len(data.groups)
+        wide = self._scales(self.prior_scale)
+        floor = self._scales(self.min_scale)
+        pooled = data.pooled()
+        start = self._start(pooled)
+        acct = self._map(pooled, start, np.full(k, 10.0), start)
+        self.account_theta_, self.account_cov_ = acct.theta, acct.cov
+        ev, ce, co = data.totals()
+        self.n_events_, self.n_censored_, self.n_competing_ = ev, ce, co
+        subsets = [data.select(g) for g in range(n_groups)]
+        if self.pooling == "complete":
+            fits = [acct] * n_groups
+            scale = np.full(k, np.nan)
+        else:
+            first = [self._map(sub, acct.theta, wide, acct.theta) for sub in subsets]
+            scale = wide
+            if self.pooling == "empirical_bayes":
+                informative = [f for f, e in zip(first, ev, strict=True) if e > 0]
+                if len(informative) >= 3:
+                    dev = np.array([(f.theta - acct.theta) ** 2 for f in informative])
+                    var = np.array([np.diag(f.cov) for f in informative])
+                    t2 = np.mean(dev - var, axis=0)
+                    scale = np.clip(np.sqrt(np.maximum(t2, 0.0)), floor, wide)
+                fits = [
+                    self._map(sub, acct.theta, scale, f.theta)
+                    for sub, f in zip(subsets, first, strict=True)
+                ]
+            else:
+                fits = first
+        self.between_scale_ = scale
+        self.theta_ = np.array([f.theta for f in fits]).reshape(n_groups, k)
+        self.cov_ = np.array([f.cov for f in fits]).reshape(n_groups, k, k)
+        if self.pooling == "empirical_bayes":
+            # the prior's centre is itself estimated: a group leaning on it inherits its
+            # uncertainty, (I - A_g) cov0 (I - A_g)' with I - A_g = cov_g T^-2
+            lean = self.cov_ / scale**2
+            self.cov_ = self.cov_ + lean @ acct.cov @ np.swapaxes(lean, 1, 2)
+        self.converged_ = np.array([f.converged for f in fits], dtype=bool)
+        if self.pooling == "complete":
+            self.pooling_weight_ = np.zeros((n_groups, k))
+        else:
+            post_var = np.diagonal(self.cov_, axis1=1, axis2=2)
+            self.pooling_weight_ = np.clip(1.0 - post_var / scale**2, 0.0, 1.0)
+        self.p_ = _f64(_sigmoid(self.theta_[:, 0]))
+        self.mu_ = self.theta_[:, 1].copy()
+        self.sigma_ = np.exp(self.theta_[:, 2])
+        self.shift_ = np.exp(self.theta_[:, 3]) if self.shift else np.zeros(n_groups)
+        self.groups_ = data.groups
+        self.unit_ = data.unit
+        return self
+
+    # -- prediction -----------------------------------------------------------------------
+    def draw_theta(
+        self, group: Group, n_draws: int, rng: np.random.Generator | None = None
+    ) -> FloatArray:
+        """Parameter draws ``(n_draws, k)`` from the normal posterior; the mode if 0."""
+        g = self.group_index(group)
+        if n_draws <= 0:
+            return _f64(self.theta_[g][None, :])
+        return _f64(self._rng(rng).multivariate_normal(self.theta_[g], self.cov_[g], n_draws))
+
+    def _curves(
+        self, g: int, t: FloatArray, n_draws: int, rng: np.random.Generator | None
+    ) -> tuple[FloatArray, FloatArray, FloatArray]:
+        th = self.draw_theta(g, n_draws, rng)
+        p = _sigmoid(th[:, 0])[:, None]
+        f = _cdf(t[None, :], *self._fpar(th))
+        inc = p * f
+        if self.competing:
+            cb = self._cb
+            q = _sigmoid(th[:, cb])[:, None]
+            gc = _cdf(t[None, :], th[:, cb + 1 : cb + 2], th[:, cb + 2 : cb + 3])
+            win = p * (1 - f)
+            fut = win / np.maximum(win + (1 - p) * (1 - q * gc), 1e-300)
+        else:
+            fut = p * (1 - f) / np.maximum(1 - inc, 1e-300)
+        return _f64(inc), _f64(fut), _f64(p[:, 0])
+
+    def quantile(self, group: Group, q: float) -> float:
+        """The ``q`` quantile of converters' delay: ``shift + exp(mu + sigma * Phi^-1(q))``.
+
+        >>> m = LogNormalCure()
+        >>> m.theta_, m.groups_ = np.array([[0.0, np.log(24.0), 0.0]]), ("a",)
+        >>> round(m.quantile("a", 0.5), 6)
+        24.0
+        """
+        g = self.group_index(group)
+        th = self.theta_[g]
+        shift = math.exp(th[3]) if self.shift else 0.0
+        return float(shift + np.exp(th[1] + np.exp(th[2]) * special.ndtri(q)))
+
+    def describe(self, group: Group) -> dict[str, Any]:
+        """``p50``, ``p90``, ``model``, ``unit``, the parameters and the pooling weights."""
+        g = self.group_index(group)
+        out = super().describe(g)
+        sd = np.sqrt(np.diag(self.cov_[g]))
+        out |= {
+            "p": round(float(self.p_[g]), 5),
+            "mu": round(float(self.mu_[g]), 4),
+            "sigma": round(float(self.sigma_[g]), 4),
+            "se_logit_p": round(float(sd[0]), 4),
+            "se_mu": round(float(sd[1]), 4),
+            "pooling_weight": {
+                k: round(float(w), 3)
+                for k, w in zip(("p", "mu", "sigma"), self.pooling_weight_[g][:3], strict=True)
+            },
+            "events": int(self.n_events_[g]),
+            "open": round(float(self.n_censored_[g])),
+        }
+        if self.shift:
+            out["shift"] = round(float(self.shift_[g]), 3)
+        if self.competing:
+            th, cb = self.theta_[g], self._cb
+            out["competing"] = {
+                "q": round(float(_sigmoid(th[cb])), 4),
+                "p50": _round(float(np.exp(th[cb + 1]))),
+                "events": int(self.n_competing_[g]),
+            }
+        return out
+
+
+# ---- the nonparametric discrete-hazard model ------------------------------------------------
+
+
+class DiscreteHazard(DelayModel):
+    """Actuarial (Kaplan-Meier-style) discrete hazard per time bucket, pooled toward the account.
+
+    Time is cut into buckets of ``bucket`` units. In bucket ``d`` the hazard of converting is
+    ``events / at_risk`` (subjects censored inside a bucket count half, the actuarial rule);
+    each group's hazard is shrunk as ``(e_g + k h_0) / (r_g + k)`` toward the account's
+    ``h_0`` with ``k = prior_strength``. With a competing outcome both hazards are estimated
+    and combined as cumulative incidences (Aalen-Johansen). Nothing converts after the last
+    bucket with data. Parameter draws are Dirichlet draws of each bucket's hazards.
+
+    Parameters
+    ----------
+    competing
+        Estimate the competing outcome's hazard; when false, competing rows count as
+        censored at their time.
+    bucket
+        Bucket width in the data's unit.
+    prior_strength
+        Pseudo-subjects at the account's hazard added to each group's bucket.
+    random_state
+        Seed of the hazard draws when no generator is passed.
+
+    Attributes
+    ----------
+    groups_, unit_
+    edges_ : ndarray of shape (n_buckets + 1,)
+    hazard_, competing_hazard_ : ndarray of shape (n_groups, n_buckets)
+    events_, at_risk_, competing_events_ : ndarray of shape (n_groups, n_buckets)
+    """
+
+    name = "discrete_hazard"
+
+    def __init__(
+        self,
+        *,
+        competing: bool = False,
+        bucket: float = 1.0,
+        prior_strength: float = 50.0,
+        random_state: int | None = None,
+    ) -> None:
+        self.competing = competing
+        self.bucket = bucket
+        self.prior_strength = prior_strength
+        self.random_state = random_state
+
+    def fit(self, data: DelayData) -> Self:
+        """Estimate the pooled hazards of every group of ``data``.
+
+        Returns
+        -------
+        DiscreteHazard
+            ``self``, fitted.
+        """
+        n_groups = len(data.groups)
+        b = float(self.bucket)
+        last = max(
+            float(np.max(data.event_lo, initial=0.0)),
+            float(np.max(data.censor_t, initial=0.0)),
+            float(np.max(data.competing_lo, initial=0.0)),
+        )
+        n_b = int(last // b) + 1
+        ev = np.zeros((n_groups, n_b))
+        co = np.zeros((n_groups, n_b))
+        ce = np.zeros((n_groups, n_b))
+        np.add.at(ev, (data.event_group, (data.event_lo // b).astype(int)), data.event_n)
+        co_at = (data.competing_group, (data.competing_lo // b).astype(int))
+        np.add.at(co if self.competing else ce, co_at, data.competing_n)
+        np.add.at(ce, (data.censor_group, (data.censor_t // b).astype(int)), data.censor_n)
+        leaving = ev + co + ce
+        entering = np.cumsum(leaving[:, ::-1], axis=1)[:, ::-1]
+        risk = np.maximum(entering - 0.5 * ce, 0.0)
+        tot_r, tot_e, tot_c = risk.sum(0), ev.sum(0), co.sum(0)
+        h0 = np.divide(tot_e, tot_r, out=np.zeros(n_b), where=tot_r > 0)
+        c0 = np.divide(tot_c, tot_r, out=np.zeros(n_b), where=tot_r > 0)
+        k = float(self.prior_strength)
+        self.hazard_ = (ev + k * h0) / (risk + k)
+        self.competing_hazard_ = (co + k * c0) / (risk + k)
+        self.events_, self.competing_events_, self.at_risk_ = ev, co, risk
+        self.edges_ = np.arange(n_b + 1) * b
+        self.groups_, self.unit_ = data.groups, data.unit
+        return self
+
+    def _hazards(
+        self, g: int, n_draws: int, rng: np.random.Generator | None
+    ) -> tuple[FloatArray, FloatArray]:
+        h, c = self.hazard_[g][None, :], self.competing_hazard_[g][None, :]
+        if n_draws <= 0:
+            return h, c
+        r = self._rng(rng)
+        k = float(self.prior_strength)
+        n = self.at_risk_[g] + k
+        a_e = np.maximum(h[0] * n, 1e-9)
+        a_c = np.maximum(c[0] * n, 1e-9)
+        a_s = np.maximum(n - a_e - a_c, 1e-9)
+        ge = r.gamma(a_e, size=(n_draws, len(a_e)))
+        gc = r.gamma(a_c, size=(n_draws, len(a_c)))
+        gs = r.gamma(a_s, size=(n_draws, len(a_s)))
+        tot = ge + gc + gs
+        return ge / tot, gc / tot
+
+    def _curves(
+        self, g: int, t: FloatArray, n_draws: int, rng: np.random.Generator | None
+    ) -> tuple[FloatArray, FloatArray, FloatArray]:
+        h, c = self._hazards(g, n_draws, rng)
+        surv = np.cumprod(1 - h - c, axis=1)
+        before = np.concatenate([np.ones((len(h), 1)), surv[:, :-1]], axis=1)
+        cif = np.concatenate([np.zeros((len(h), 1)), np.cumsum(before * h, axis=1)], axis=1)
+        s_edges = np.concatenate([np.ones((len(h), 1)), surv], axis=1)
+        grid = self.edges_
+        inc = np.array([np.interp(t, grid, row) for row in cif])
+        s_t = np.array([np.interp(t, grid, row) for row in s_edges])
+        eventual = cif[:, -1]
+        fut = np.clip((eventual[:, None] - inc) / np.maximum(s_t, 1e-12), 0.0, 1.0)
+        return _f64(inc), _f64(fut), _f64(eventual)
+
+    def quantile(self, group: Group, q: float) -> float:
+        """The ``q`` quantile of converters' delay (linear within a bucket)."""
+        g = self.group_index(group)
+        inc, _, ev = self._curves(g, _f64(self.edges_), 0, None)
+        if ev[0] <= 0:
+            return math.nan
+        return float(np.interp(q, inc[0] / ev[0], self.edges_))
+
+    def describe(self, group: Group) -> dict[str, Any]:
+        g = self.group_index(group)
+        return super().describe(g) | {"events": int(self.events_[g].sum())}
+
+
+# ---- the registry -------------------------------------------------------------------------
+
+#: Every delay model, by name.
+DELAY_MODELS: Mapping[str, type[DelayModel]] = {
+    LogNormalCure.name: LogNormalCure,
+    DiscreteHazard.name: DiscreteHazard,
+}
+
+
+def make_delay_model(name: str, **params: Any) -> DelayModel:
+    """Build the delay model registered as ``name`` with ``params``.
+
+    >>> make_delay_model("lognormal_cure", competing=True, shift=True)._k()
+    7
+    >>> make_delay_model("discrete_hazard", bucket=24.0)
+    DiscreteHazard(competing=False, bucket=24.0, prior_strength=50.0, random_state=None)
+    """
+    try:
+        cls = DELAY_MODELS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown delay model {name!r}; expected one of {', '.join(DELAY_MODELS)}"
+        ) from None
+    return cls(**params)

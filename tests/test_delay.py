@@ -1,0 +1,185 @@
+"""Delay models: censored maximum likelihood, pooling, the competing outcome, the contract."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from signalloop.delay import (
+    DELAY_MODELS,
+    DelayData,
+    DiscreteHazard,
+    LogNormalCure,
+    make_delay_model,
+    simulate_delays,
+)
+
+P, MU, SIGMA = 0.08, 3.2, 1.0  # median delay ~ 24.5 h
+
+
+def heavy_censoring(seed: int = 1, n: int = 40_000, hours: float = 72) -> DelayData:
+    """Clicks observed for 0-72 h: most of them have not had time to convert."""
+    rng = np.random.default_rng(seed)
+    return simulate_delays(p=P, mu=MU, sigma=SIGMA, n=n, horizon=(0, hours), rng=rng)
+
+
+def as_non_converters(d: DelayData) -> DelayData:
+    """The same data with every open click counted as a non-converter (censored at infinity)."""
+    return DelayData.build(
+        d.groups,
+        (d.event_group, d.event_lo, d.event_hi, d.event_n),
+        (d.censor_group, np.full(len(d.censor_t), 1e12), d.censor_n),
+    )
+
+
+def test_censored_mle_recovers_the_parameters() -> None:
+    m = LogNormalCure().fit(heavy_censoring())
+    assert m.p_[0] == pytest.approx(P, rel=0.08)
+    assert m.mu_[0] == pytest.approx(MU, abs=0.1)
+    assert m.sigma_[0] == pytest.approx(SIGMA, rel=0.08)
+    truth = np.array([np.log(P / (1 - P)), MU, np.log(SIGMA)])
+    se = np.sqrt(np.diag(m.cov_[0]))
+    assert np.all(np.abs(m.theta_[0] - truth) < 3 * se)
+    assert m.converged_.all()
+    # the median delay in hours, as reported
+    assert m.describe(0)["p50"] == pytest.approx(np.exp(MU), rel=0.1)
+
+
+def test_treating_open_clicks_as_non_converters_is_biased() -> None:
+    data = heavy_censoring()
+    wrong = LogNormalCure().fit(as_non_converters(data))
+    naive_rate = data.event_n.sum() / (data.event_n.sum() + data.censor_n.sum())
+    # every open click counted as lost: the conversion rate is far too low, and the delay
+    # is fitted to the short delays that had time to happen
+    assert wrong.p_[0] == pytest.approx(naive_rate, rel=0.02)
+    assert wrong.p_[0] < 0.75 * P
+    assert np.exp(wrong.mu_[0]) < 0.8 * np.exp(MU)
+    # the censored fit sees through it
+    right = LogNormalCure().fit(data)
+    assert abs(right.p_[0] - P) < 0.25 * abs(wrong.p_[0] - P)
+
+
+def test_the_parameter_uncertainty_covers_the_truth() -> None:
+    hits = 0
+    for seed in range(20):
+        m = LogNormalCure().fit(heavy_censoring(seed, n=8_000))
+        se = np.sqrt(m.cov_[0, 0, 0])
+        hits += abs(m.theta_[0, 0] - np.log(P / (1 - P))) < 1.645 * se
+    assert 15 <= hits <= 20  # a 90% interval, 20 tries
+
+
+def pooled_account() -> DelayData:
+    """Five big campaigns around p = 0.05 and one tiny one that converted 6 of 40 clicks."""
+    rng = np.random.default_rng(3)
+    parts = [
+        simulate_delays(p=p, mu=3.2, sigma=1.0, n=20_000, horizon=(0, 500), rng=rng)
+        for p in (0.04, 0.05, 0.06, 0.05, 0.045)
+    ]
+    tiny = simulate_delays(p=0.15, mu=3.2, sigma=1.0, n=40, horizon=(300, 500), rng=rng)
+    parts.append(tiny)
+    ev = [np.concatenate([np.full(len(d.event_n), i) for i, d in enumerate(parts)])]
+    ev += [np.concatenate([getattr(d, f) for d in parts]) for f in ("event_lo", "event_hi")]
+    ev += [np.concatenate([d.event_n for d in parts])]
+    ce = [np.concatenate([np.full(len(d.censor_n), i) for i, d in enumerate(parts)])]
+    ce += [np.concatenate([getattr(d, f) for d in parts]) for f in ("censor_t", "censor_n")]
+    names = [f"c{i}" for i in range(len(parts))]
+    return DelayData.build(names, tuple(ev), tuple(ce))  # type: ignore[arg-type]
+
+
+def test_pooling_shrinks_a_tiny_campaign_toward_the_account() -> None:
+    data = pooled_account()
+    alone = LogNormalCure(pooling="none").fit(data)
+    pooled = LogNormalCure().fit(data)
+    account = 1 / (1 + np.exp(-pooled.account_theta_[0]))
+    tiny, big = 5, 2
+    # the tiny campaign's own estimate is far from the account; pooled, most of the way back
+    assert abs(alone.p_[tiny] - account) > 0.05
+    assert abs(pooled.p_[tiny] - account) < 0.5 * abs(alone.p_[tiny] - account)
+    assert pooled.pooling_weight_[tiny, 0] < 0.75 < 0.95 < pooled.pooling_weight_[big, 0]
+    # a big campaign keeps its own estimate
+    assert pooled.p_[big] == pytest.approx(alone.p_[big], rel=0.03)
+    # complete pooling gives everyone the account
+    full = LogNormalCure(pooling="complete").fit(data)
+    assert np.allclose(full.p_, account)
+
+
+def test_competing_outcome_is_a_terminal_non_conversion() -> None:
+    """CRM records: won with p, or lost (70% of the rest); an open record may still win."""
+    rng = np.random.default_rng(5)
+    n, p = 60_000, 0.05
+    age = rng.uniform(0, 120, n)
+    won = rng.random(n) < p
+    t_won = np.exp(np.log(30) + 0.5 * rng.normal(size=n))
+    lost = ~won & (rng.random(n) < 0.7)
+    t_lost = np.exp(np.log(10) + 0.8 * rng.normal(size=n))
+    seen_won, seen_lost = won & (t_won < age), lost & (t_lost < age)
+    still = ~(seen_won | seen_lost)
+
+    def buckets(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return np.unique(np.floor(t), return_counts=True)
+
+    (w, wn), (lo, ln), (o, on) = (
+        buckets(t_won[seen_won]),
+        buckets(t_lost[seen_lost]),
+        buckets(age[still]),
+    )
+    z = np.zeros
+    data = DelayData.build(
+        ["crm"],
+        (z(len(w), int), w, w + 1, wn),
+        (z(len(o), int), o + 0.5, on),
+        (z(len(lo), int), lo, lo + 1, ln),
+        unit="days",
+    )
+    m = LogNormalCure(competing=True).fit(data)
+    assert m.p_[0] == pytest.approx(p, rel=0.08)
+    assert m.quantile(0, 0.5) == pytest.approx(30, rel=0.08)
+    assert m.describe(0)["competing"]["q"] == pytest.approx(0.7, abs=0.05)
+    young = still & (age < 14)
+    predicted = m.future_probability(0, age[young])[0].sum()
+    assert predicted == pytest.approx((won & young).sum(), rel=0.1)
+    # a record that was lost cannot win: ignoring the losses would count them as open
+    assert m.future_probability(0, [5.0])[0, 0] > p
+
+
+def test_discrete_hazard_agrees_with_the_parametric_model_inside_the_data() -> None:
+    data = heavy_censoring(hours=1000)
+    km = DiscreteHazard().fit(data)
+    ln = LogNormalCure().fit(data)
+    t = np.array([1.0, 6.0, 24.0, 48.0])
+    assert np.allclose(km.incidence(0, t), ln.incidence(0, t), atol=0.004)
+    assert km.quantile(0, 0.5) == pytest.approx(ln.quantile(0, 0.5), rel=0.1)
+    draws = km.future_probability(0, t, n_draws=50, rng=np.random.default_rng(1))
+    assert draws.shape == (50, 4)
+    assert np.all((draws >= 0) & (draws <= 1))
+
+
+def test_estimator_contract_and_registry() -> None:
+    assert set(DELAY_MODELS) == {"lognormal_cure", "discrete_hazard"}
+    m = make_delay_model("lognormal_cure", random_state=7)
+    assert m.get_params()["random_state"] == 7
+    assert not [k for k in vars(m) if k.endswith("_")]  # nothing learned before fit
+    data = heavy_censoring(n=5_000)
+    assert m.fit(data) is m
+    assert m.set_params(pooling="none").get_params()["pooling"] == "none"
+    a = m.future_probability("g", [10.0, 30.0], n_draws=5)
+    b = m.future_probability("g", [10.0, 30.0], n_draws=5)
+    assert np.array_equal(a, b)  # randomness only from random_state
+    with pytest.raises(ValueError, match="unknown delay model"):
+        make_delay_model("weibull")
+    with pytest.raises(ValueError, match="no parameter"):
+        m.set_params(alpha=1)
+    with pytest.raises(KeyError):
+        m.future_probability("nope", [1.0])
+
+
+def test_delay_data_is_checked() -> None:
+    with pytest.raises(ValueError, match="negative"):
+        DelayData.build(["a"], ([0], [1.0], [2.0], [-1]), ([0], [1.0], [1]))
+    with pytest.raises(ValueError, match="outside"):
+        DelayData.build(["a"], ([1], [1.0], [2.0], [1]), ([0], [1.0], [1]))
+    with pytest.raises(ValueError, match="hi > lo"):
+        DelayData.build(["a"], ([0], [2.0], [2.0], [1]), ([0], [1.0], [1]))
+    d = DelayData.build(["a", "b"], ([0, 1], [1.0, 2.0], [2.0, 3.0], [1, 0]), ([1], [1.0], [3]))
+    assert len(d.event_n) == 1  # zero counts dropped
+    assert [float(x.sum()) for x in d.totals()] == [1.0, 3.0, 0.0]

@@ -1,0 +1,232 @@
+"""The nowcast on a small simulated account whose truth we know."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from signalloop import simulate as sim
+from signalloop.checks.engine import save_exclusions
+from signalloop.contract import KINDS
+from signalloop.ingest import ingest_file
+from signalloop.nowcast import NowcastOptions, NowcastReport, count_interval, nowcast
+from signalloop.store import Workspace
+
+DAYS = 60
+START = date(2026, 1, 1)
+AS_OF = START + timedelta(days=DAYS - 1)
+#: a tracking outage on c03, days 30-36: its conversions in those days never arrive
+OUTAGE = (START + timedelta(days=30), START + timedelta(days=36))
+
+
+@pytest.fixture(scope="module")
+def account(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Workspace, Any]]:
+    outage = sim.Fault("tracking_outage", "c03", 30, 36)
+    config = sim.SimulationConfig(days=DAYS, campaigns=4, seed=11, faults=(outage,))
+    result = sim.simulate(config)
+    paths = sim.write(result, tmp_path_factory.mktemp("nowcast"))
+    ws = Workspace(":memory:")
+    for kind in KINDS:
+        ingest_file(ws, kind, paths[kind], now=datetime(2030, 1, 1))
+    yield ws, result.truth
+    ws.close()
+
+
+@pytest.fixture(scope="module")
+def report(account: tuple[Workspace, Any]) -> NowcastReport:
+    return nowcast(account[0])
+
+
+def truth_of(truth: dict[str, Any], row: dict[str, Any], key: str) -> float:
+    return float(
+        truth["daily"][row["campaign_id"]][key][(date.fromisoformat(row["date"]) - START).days]
+    )
+
+
+def test_beats_the_naive_observed_so_far_on_the_last_14_days(
+    report: NowcastReport, account: tuple[Workspace, Any]
+) -> None:
+    truth = account[1]
+    assert report.as_of == AS_OF
+    recent = [r for r in report.cohorts if date.fromisoformat(r["date"]) > AS_OF - timedelta(14)]
+    assert len(recent) == 4 * 14
+    t = np.array([truth_of(truth, r, "conversions_by_click_date") for r in recent])
+    obs = np.array([r["observed_conversions"] for r in recent], float)
+    exp = np.array([r["expected_conversions"] for r in recent], float)
+    lo = np.array([r["lower"] for r in recent], float)
+    hi = np.array([r["upper"] for r in recent], float)
+    assert np.abs(exp - t).sum() < 0.6 * np.abs(obs - t).sum()
+    assert abs(exp.sum() - t.sum()) < 0.05 * t.sum() < (t.sum() - obs.sum())
+    assert 0.75 <= np.mean((lo <= t) & (t <= hi)) <= 1.0
+    assert np.all((obs <= lo) & (lo <= hi))
+    # campaign totals over the same 14 days: much closer than the naive ones
+    for c in report.campaigns:
+        w = c["windows"]["28d"]
+        assert w["lower"] <= w["expected_conversions"] <= w["upper"]
+
+
+def test_value_cpa_and_roas_exist_observed_and_nowcast(
+    report: NowcastReport, account: tuple[Workspace, Any]
+) -> None:
+    truth = account[1]
+    last = [r for r in report.cohorts if r["date"] == AS_OF.isoformat()]
+    for r in last:
+        assert r["spend"] > 0
+        assert r["observed_cpa"] is None or r["nowcast_cpa"] < r["observed_cpa"]
+        assert r["expected_value"] >= r["observed_value"]
+        assert r["nowcast_roas"] >= r["observed_roas"]
+    purchase = [c for c, v in truth["campaigns"].items() if v["objective"] == "purchase"]
+    recent = [
+        r
+        for r in report.cohorts
+        if r["campaign_id"] in purchase and date.fromisoformat(r["date"]) > AS_OF - timedelta(7)
+    ]
+    tv = sum(truth_of(truth, r, "value_by_click_date") for r in recent)
+    assert sum(r["expected_value"] for r in recent) == pytest.approx(tv, rel=0.1)
+    for c in report.campaigns:
+        for k in ("observed_cpa", "nowcast_cpa", "observed_roas", "nowcast_roas"):
+            assert k in c and k in c["windows"]["7d"]
+
+
+def test_only_a_clicks_own_conversion_counts(
+    report: NowcastReport, account: tuple[Workspace, Any]
+) -> None:
+    """Lead campaigns also import sql / opportunity / deal conversions: not click conversions."""
+    truth = account[1]
+    old = [
+        r
+        for r in report.cohorts
+        if date.fromisoformat(r["date"]) < AS_OF - timedelta(20) and r["campaign_id"] != "c03"
+    ]
+    t = sum(truth_of(truth, r, "conversions_by_click_date") for r in old)
+    obs = sum(r["observed_conversions"] for r in old)
+    assert 0.99 * t <= obs <= t
+    leads = [c for c, v in truth["campaigns"].items() if v["objective"] == "lead"]
+    assert set(report.crm["delay"]) >= set(leads)
+
+
+def test_crm_path_nowcasts_deals_by_lead_day(report: NowcastReport) -> None:
+    crm = report.crm
+    assert crm["unit"] == "days"
+    for d in crm["delay"].values():
+        assert 10 < d["p50"] < d["p90"] < 200
+        assert d["model"] == "lognormal_cure"
+    recent = [r for r in crm["cohorts"] if date.fromisoformat(r["date"]) > AS_OF - timedelta(14)]
+    assert recent
+    for r in recent:
+        assert r["leads"] >= 1
+        assert r["expected_deals"] >= r["observed_deals"]
+        assert r["lower"] <= r["upper"]
+    # almost nothing is won within two weeks of the lead; the nowcast expects deals to come
+    assert sum(r["expected_deals"] for r in recent) > 5 * sum(r["observed_deals"] for r in recent)
+    for c in crm["campaigns"]:
+        assert {"observed_cost_per_deal", "nowcast_cost_per_deal", "nowcast_roas"} <= set(c)
+
+
+def test_json_contract(report: NowcastReport) -> None:
+    doc = json.loads(report.to_json())
+    assert doc["as_of"] == AS_OF.isoformat()
+    assert set(doc["delay"]) == {"c01", "c02", "c03", "c04"}
+    for d in doc["delay"].values():
+        assert {"p50", "p90", "model"} <= set(d)
+        assert 5 < d["p50"] < d["p90"] < 500  # hours
+    keys = {
+        "campaign_id",
+        "date",
+        "clicks",
+        "observed_conversions",
+        "expected_conversions",
+        "lower",
+        "upper",
+        "observed_value",
+        "expected_value",
+    }
+    assert doc["cohorts"] and all(keys <= set(c) for c in doc["cohorts"])
+    assert {"delay", "cohorts", "campaigns"} <= set(doc["crm"])
+    assert "nowcast" in report.to_text()
+
+
+def test_exclusion_windows_are_left_out_of_fitting_flagged_and_filled_in(
+    account: tuple[Workspace, Any], report: NowcastReport
+) -> None:
+    """c03's tracking outage: stored as an exclusion (as ``signalloop check`` would)."""
+    ws, truth = account
+    start, end = OUTAGE
+    window = {"campaign_id": "c03", "start": start.isoformat(), "end": end.isoformat()}
+    save_exclusions(ws, [window | {"reason": "tracking_outage"}], AS_OF)
+    try:
+        out = nowcast(ws, options=NowcastOptions(crm=False))
+    finally:
+        ws.con.execute("DELETE FROM exclusions")
+    c03 = [r for r in out.cohorts if r["campaign_id"] == "c03"]
+    inside = [r for r in c03 if start.isoformat() <= r["date"] <= end.isoformat()]
+    assert len(inside) == 7 and all(r["excluded"] for r in inside)
+    assert all(r["exclusion_overlap"] for r in c03 if r["date"] < start.isoformat())
+    later = [r for r in c03 if r["date"] > end.isoformat()]
+    assert not any(r["excluded"] or r["exclusion_overlap"] for r in later)
+    assert not any(r["excluded"] for r in out.cohorts if r["campaign_id"] != "c03")
+    # fitting leaves out the window and the 3 guard days before it
+    left_out = [r for r in c03 if start - timedelta(3) <= date.fromisoformat(r["date"]) <= end]
+    before = report.delay["c03"]["events"]
+    assert out.delay["c03"]["events"] == before - sum(r["observed_conversions"] for r in left_out)
+    assert out.delay["c01"]["events"] == report.delay["c01"]["events"]
+    # what happened inside the window was never seen: the nowcast fills it in
+    hit = [r for r in c03 if start - timedelta(5) <= date.fromisoformat(r["date"]) <= end]
+    t = np.array([truth_of(truth, r, "conversions_by_click_date") for r in hit])
+    obs = np.array([r["observed_conversions"] for r in hit], float)
+    exp = np.array([r["expected_conversions"] for r in hit], float)
+    assert obs.sum() < 0.6 * t.sum()
+    assert abs(exp.sum() - t.sum()) < 0.15 * t.sum()
+    assert np.abs(exp - t).sum() < 0.4 * np.abs(obs - t).sum()
+    # without the exclusion stored, the outage reads as a collapse of the campaign
+    blind = [
+        r for r in report.cohorts if r["campaign_id"] == "c03" and r["date"] == end.isoformat()
+    ]
+    assert blind[0]["expected_conversions"] < inside[-1]["expected_conversions"]
+
+
+def test_an_earlier_as_of_sees_only_what_was_there(
+    account: tuple[Workspace, Any], report: NowcastReport
+) -> None:
+    early = AS_OF - timedelta(10)
+    out = nowcast(account[0], early, options=NowcastOptions(crm=False, cohort_days=14))
+    assert out.as_of == early
+    dates = {r["date"] for r in out.cohorts}
+    assert max(dates) == early.isoformat() and len(dates) == 14
+    later = {(r["campaign_id"], r["date"]): r for r in report.cohorts}
+    for r in out.cohorts:
+        assert (
+            r["observed_conversions"]
+            <= later[(r["campaign_id"], r["date"])]["observed_conversions"]
+        )
+
+
+def test_the_nonparametric_model_runs_end_to_end(account: tuple[Workspace, Any]) -> None:
+    opts = NowcastOptions(model="discrete_hazard", crm=False, draws=200, cohort_days=3)
+    out = nowcast(account[0], options=opts)
+    assert {d["model"] for d in out.delay.values()} == {"discrete_hazard"}
+    assert all(r["expected_conversions"] >= r["observed_conversions"] for r in out.cohorts)
+
+
+def test_count_interval_covers_about_the_level() -> None:
+    rng = np.random.default_rng(0)
+    hits = n = 0
+    for m in (0.2, 1.0, 3.0, 12.0):
+        draws = rng.poisson(m, (4000, 200)).astype(float)
+        lo, hi = count_interval(draws, 0.9, rng)
+        truth = rng.poisson(m, 200)
+        hits += int(((lo <= truth) & (truth <= hi)).sum())
+        n += 200
+    assert 0.86 <= hits / n <= 0.94
+
+
+def test_empty_workspace(tmp_path: Path) -> None:
+    with Workspace(tmp_path / "empty.duckdb") as ws:
+        out = nowcast(ws)
+    assert out.as_of is None and out.cohorts == [] and json.loads(out.to_json())["delay"] == {}
