@@ -643,13 +643,56 @@ def demo(
         return
     print_summary(summary)
     print_check(summary["checks"], min_severity="warn")
+    print_state(summary["state"])
     out.print(
         f"\nsimulated files and truth.json: {summary['data_dir']}\n"
         f"workspace: {summary['db']}\n"
-        f"next: signalloop check --db {summary['db']}   "
-        f"signalloop quarantine --db {summary['db']}",
+        f"next, with --db {summary['db']}: signalloop check | quarantine | nowcast | phase "
+        "| fatigue (each takes --json)",
         highlight=False,
     )
+
+
+def print_state(state: dict[str, Any]) -> None:
+    """One table per campaign: nowcast CPA, learning state of its ad sets, creatives."""
+    t = Table(title="campaign state (signalloop nowcast / phase / fatigue)", title_justify="left")
+    for col in (
+        "campaign",
+        "CPA 7d observed",
+        "CPA 7d nowcast",
+        "ad sets by state",
+        "human resets",
+        "live creatives",
+        "fatigued",
+        "starving",
+    ):
+        t.add_column(col, justify="left" if col in ("campaign", "ad sets by state") else "right")
+    camps = {c["campaign_id"]: c for c in state["nowcast"].get("campaigns", [])}
+    starving = {c["campaign_id"]: c for c in state["fatigue"]["campaigns"]}
+    for cid in sorted(set(camps) | set(starving)):
+        w7 = (camps.get(cid) or {}).get("windows", {}).get("7d") or {}
+        sets = [e for e in state["phase"]["entities"] if e["campaign_id"] == cid]
+        counts: dict[str, int] = {}
+        for e in sets:
+            counts[e["state"]] = counts.get(e["state"], 0) + 1
+        live = [c for c in state["fatigue"]["creatives"] if c["campaign_id"] == cid and c["live"]]
+
+        def money(v: Any) -> str:
+            return f"{v:,.2f}" if isinstance(v, int | float) else "-"
+
+        t.add_row(
+            cid,
+            money(w7.get("observed_cpa")),
+            money(w7.get("nowcast_cpa")),
+            ", ".join(
+                f"{n} {k.replace('learning_limited', 'limited')}" for k, n in sorted(counts.items())
+            ),
+            str(sum(e["human_resets"] for e in sets)),
+            str(len(live)),
+            str(sum(1 for c in live if c["status"] == "fatigued")),
+            "yes" if starving.get(cid, {}).get("starvation") else "no",
+        )
+    out.print(t)
 
 
 def main() -> None:

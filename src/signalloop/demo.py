@@ -11,7 +11,10 @@ from typing import Any
 from signalloop import simulate as sim
 from signalloop.checks import run_checks
 from signalloop.contract import KINDS
+from signalloop.fatigue import fatigue
 from signalloop.ingest import ingest_file
+from signalloop.nowcast import nowcast
+from signalloop.phase import phase
 from signalloop.store import Workspace
 from signalloop.summary import workspace_summary
 
@@ -39,7 +42,7 @@ def run_demo(
 
     Returns :func:`~signalloop.summary.workspace_summary` plus ``data_dir``, ``faults``,
     ``ingested`` (one entry per file), ``checks`` (the check report: gates, findings,
-    exclusions) and ``seconds``.
+    exclusions), ``state`` (``nowcast``, ``phase`` and ``fatigue`` reports) and ``seconds``.
     """
     started = time.perf_counter()
     out = Path(out_dir)
@@ -69,8 +72,16 @@ def run_demo(
         report("checking the signals", None)
         checks = run_checks(ws).to_dict()
         report("checking the signals", 1.0)
+        report("estimating campaign state", None)
+        state = {
+            "nowcast": nowcast(ws).to_dict(),
+            "phase": phase(ws).to_dict(),
+            "fatigue": fatigue(ws).to_dict(),
+        }
+        report("estimating campaign state", 1.0)
     summary.update(
         checks=checks,
+        state=state,
         data_dir=str(data_dir),
         faults=list(DEMO_FAULTS),
         ingested=ingested,
