@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Self
@@ -271,7 +272,7 @@ def simulate_delays(
 # ---- the estimator contract -------------------------------------------------------------------
 
 
-class DelayModel:
+class DelayModel(ABC):
     """Base of the delay models: the estimator contract and the prediction interface.
 
     Subclasses implement :meth:`fit` and :meth:`_curves`; every prediction accepts a group
@@ -301,8 +302,9 @@ class DelayModel:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
 
-    def fit(self, data: DelayData) -> Self:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def fit(self, data: DelayData) -> Self:
+        """Fit to ``data``; return ``self`` with the learned attributes (ending in ``_``) set."""
 
     def _rng(self, rng: np.random.Generator | None) -> np.random.Generator:
         if rng is not None:
@@ -318,11 +320,11 @@ class DelayModel:
                 raise KeyError(f"delay model has no group {group!r}") from None
         return int(group)
 
+    @abstractmethod
     def _curves(
         self, g: int, t: FloatArray, n_draws: int, rng: np.random.Generator | None
-    ) -> tuple[FloatArray, FloatArray, FloatArray]:  # pragma: no cover - abstract
+    ) -> tuple[FloatArray, FloatArray, FloatArray]:
         """``(incidence, future, eventual)``: shapes (S, n), (S, n), (S,)."""
-        raise NotImplementedError
 
     def incidence(
         self,
@@ -370,9 +372,9 @@ class DelayModel:
         """P(converts eventually), shape ``(max(n_draws, 1),)``."""
         return self._curves(self.group_index(group), np.zeros(1), n_draws, rng)[2]
 
-    def quantile(self, group: Group, q: float) -> float:  # pragma: no cover - abstract
+    @abstractmethod
+    def quantile(self, group: Group, q: float) -> float:
         """The ``q`` quantile of the delay of converters (in the data's unit)."""
-        raise NotImplementedError
 
     def describe(self, group: Group) -> dict[str, Any]:
         """A JSON-ready summary of one group's fit: ``p50``, ``p90``, ``model``, ..."""
