@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _report import write_section
 
 from signalloop import simulate as sim
 from signalloop.checks import run_checks
@@ -244,14 +245,7 @@ def main() -> None:
     if args.no_write:
         print(block)
         return
-    bench = ROOT / "BENCHMARKS.md"
-    text = bench.read_text() if bench.exists() else "# Benchmarks\n\n"
-    if BEGIN in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    bench.write_text(text)
+    write_section(block, BEGIN, END)
 
 
 if __name__ == "__main__":

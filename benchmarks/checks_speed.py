@@ -35,6 +35,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from _report import write_section as write_block
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "benchmarks" / "data"
 BENCH = Path(os.environ.get("SIGNALLOOP_SHARED_BENCH", ROOT.parent / "shared" / "bench"))
@@ -421,15 +423,7 @@ def size_section(n: int, path: Path, r: dict[str, Any], notes: list[str]) -> lis
 
 def write_section(body: list[str], md: Path = BENCHMARKS_MD) -> None:
     """Replace the ``checks-speed`` block of ``md`` (or append it); other sections stay."""
-    block = "\n".join([BEGIN, *body, END]) + "\n"
-    text = md.read_text(encoding="utf-8") if md.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1]
-        text = head + block.rstrip("\n") + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    md.write_text(text, encoding="utf-8")
+    write_block("\n".join([BEGIN, *body, END]), BEGIN, END, md)
 
 
 # ----------------------------------------------------------------------------- driver

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from _report import write_section
 
 from signalloop import simulate as sim
 from signalloop.contract import KINDS
@@ -116,14 +117,7 @@ def main() -> None:
     print(block)
     if args.no_write:
         return
-    bench = ROOT / "BENCHMARKS.md"
-    text = bench.read_text()
-    if BEGIN in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    bench.write_text(text)
+    write_section(block, BEGIN, END)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _report import write_section
 from scipy import stats  # type: ignore[import-untyped]
 
 from signalloop import simulate as sim
@@ -475,18 +476,6 @@ def markdown(summary: dict[str, Any], command: str) -> str:
     return "\n".join(lines)
 
 
-def write_section(block: str) -> None:
-    bench = ROOT / "BENCHMARKS.md"
-    text = bench.read_text() if bench.exists() else "# Benchmarks\n\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        text = head + block + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    bench.write_text(text)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seeds", type=int, default=20)
@@ -513,7 +502,7 @@ def main() -> None:
     if args.no_write:
         print(block)
         return
-    write_section(block)
+    write_section(block, BEGIN, END)
 
 
 if __name__ == "__main__":

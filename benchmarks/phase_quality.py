@@ -18,6 +18,8 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from _report import write_section
+
 from signalloop import simulate as sim
 from signalloop.contract import KINDS
 from signalloop.ingest import ingest_file
@@ -113,14 +115,7 @@ def main() -> None:
     print(block)
     if args.no_write:
         return
-    bench = ROOT / "BENCHMARKS.md"
-    text = bench.read_text()
-    if BEGIN in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    bench.write_text(text)
+    write_section(block, BEGIN, END)
 
 
 if __name__ == "__main__":

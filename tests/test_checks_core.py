@@ -271,6 +271,8 @@ def bench() -> tuple[ModuleType, ModuleType]:
     """The anchor engines and the benchmark's normaliser, or skip with the reason."""
     if not (BENCH / "anchor_engines.py").exists() or not (BENCH / "gen_events.py").exists():
         pytest.skip(f"shared/bench (anchor_engines.py, gen_events.py) not available: {BENCH}")
+    if str(ROOT / "benchmarks") not in sys.path:  # the benchmark imports its _report helper
+        sys.path.insert(0, str(ROOT / "benchmarks"))
     spec = importlib.util.spec_from_file_location(
         "checks_speed", ROOT / "benchmarks" / "checks_speed.py"
     )
