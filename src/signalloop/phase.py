@@ -22,8 +22,6 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-import ibis
-
 from signalloop.checks.base import CheckContext, default_as_of, to_date
 from signalloop.checks.engine import load_exclusions
 from signalloop.config import Settings
@@ -35,7 +33,6 @@ BUDGET_THRESHOLD = 0.2
 PAUSE_DAYS = 7
 WINDOW = 7
 EVALUATION_DAYS = 28
-TRACKED = ("pixel", "server")
 
 
 @dataclass
@@ -155,13 +152,6 @@ def phase(
         .to_pyarrow()
         .to_pylist()
     }
-    budget_days = {
-        (r["campaign_id"], r["date"]): float(r["s"] or 0)
-        for r in spend.group_by(["campaign_id", "date"])
-        .aggregate(s=spend.spend.sum())
-        .to_pyarrow()
-        .to_pylist()
-    }
     daily = _adset_daily_conversions(ctx)
     edits = _edits(ctx, ads, {s["adset_id"]: s["campaign_id"] for s in sets})
     excluded = _excluded_days(ws)
@@ -180,22 +170,12 @@ def phase(
         siblings = [x for x in sets if x["campaign_id"] == s["campaign_id"]]
         ent.recommendation = _recommend(ent, len(siblings), threshold, as_of)
         entities.append(ent)
-    _ = budget_days
     return PhaseReport(as_of, threshold, entities)
 
 
 def _adset_daily_conversions(ctx: CheckContext) -> dict[str, dict[date, int]]:
     """Optimisation events (tracked conversions) per ad set and event day."""
-    conv = ctx.conversions
-    conv = conv.filter(conv.source.isin(TRACKED) | conv.source.isnull())
-    tp = ctx.table("touchpoints")
-    clicks = (
-        tp.filter(tp.click_id.notnull())
-        .group_by("click_id")
-        .aggregate(t_adset=tp.adset_id.arbitrary())
-    )
-    c = conv.left_join(clicks, conv.click_id == clicks.click_id)
-    c = c.mutate(adset=ibis.coalesce(c.adset_id, c.t_adset), day=c.ts.date())
+    c = ctx.tracked_conversions
     rows = c.group_by(["adset", "day"]).aggregate(n=c.count()).to_pyarrow().to_pylist()
     out: dict[str, dict[date, int]] = {}
     for r in rows:
@@ -282,7 +262,7 @@ def _replay(
 ) -> EntityPhase:
     """Run the platform's learning rule over the ad set's days."""
     by_day = {r.day: r for r in resets}
-    state, since, reset_day, counted_days = "learning", 0, first, 0
+    state, since, counted_days = "learning", 0, 0
     history: list[int] = []
     states: dict[str, str] = {}
     current: Reset | None = None
@@ -292,7 +272,7 @@ def _replay(
         if r is not None:
             if current is not None and current.days_in_learning == 0:
                 current.days_in_learning = counted_days
-            state, since, reset_day, counted_days, current = "learning", 0, d, 0, r
+            state, since, counted_days, current = "learning", 0, 0, r
         if d in excluded:
             states[d.isoformat()] = state
             d += timedelta(days=1)
@@ -328,7 +308,6 @@ def _replay(
     if rate * WINDOW >= threshold:
         ready = last_reset + timedelta(days=EVALUATION_DAYS)
         ent.evaluation_ready_on = max(ready, as_of) if state == "stable" else ready
-    _ = reset_day
     return ent
 
 

@@ -162,8 +162,20 @@ class CheckContext:
         found = [d for d in days if d is not None]
         return min(found) if found else None
 
-    def lit_date(self, d: date) -> Any:
-        return ibis.literal(d, type="date")
+    @cached_property
+    def tracked_conversions(self) -> Any:
+        """Pixel and server conversions (the optimisation events), with ``adset`` (their own
+        ad set, else their click's) and ``day`` (their event date)."""
+        conv = self.conversions
+        conv = conv.filter(conv.source.isin(["pixel", "server"]) | conv.source.isnull())
+        tp = self.table("touchpoints")
+        clicks = (
+            tp.filter(tp.click_id.notnull())
+            .group_by("click_id")
+            .aggregate(t_adset=tp.adset_id.arbitrary())
+        )
+        c = conv.left_join(clicks, conv.click_id == clicks.click_id)
+        return c.mutate(adset=ibis.coalesce(c.adset_id, c.t_adset), day=c.ts.date())
 
 
 def to_date(v: Any) -> date | None:

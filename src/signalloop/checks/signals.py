@@ -486,16 +486,7 @@ def creative_freshness(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Findin
 )
 def conversion_volume(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding]:
     threshold = ctx.settings.learning_threshold
-    conv = ctx.conversions
-    conv = conv.filter(conv.source.isin(TRACKED) | conv.source.isnull())
-    tp = ctx.table("touchpoints")
-    adsets = (
-        tp.filter(tp.click_id.notnull())
-        .group_by("click_id")
-        .aggregate(t_adset=tp.adset_id.arbitrary())
-    )
-    c = conv.left_join(adsets, conv.click_id == adsets.click_id)
-    c = c.mutate(adset=ibis.coalesce(c.adset_id, c.t_adset), day=c.ts.date())
+    c = ctx.tracked_conversions
     start = ctx.as_of - timedelta(days=6)
     days = _days(ctx)
     daily = _daily(
