@@ -437,6 +437,19 @@ def print_check(doc: dict[str, Any], min_severity: str = "info") -> None:
         )
 
 
+def _estimate(
+    fn: Callable[..., Any], as_of: str | None, db: str | None, config: Path | None
+) -> Any:
+    """Run one campaign-state estimate (``fn(ws, day, settings=...)``) on a read-only workspace."""
+    from signalloop.config import load_settings
+    from signalloop.store import Workspace
+
+    settings = load_settings(config)
+    day = _parse_date(as_of, "--as-of")
+    with Workspace(db, read_only=True) as ws:
+        return fn(ws, day, settings=settings)
+
+
 @app.command()
 @handle_errors
 def nowcast(
@@ -447,14 +460,10 @@ def nowcast(
     as_json: JsonOption = False,
 ) -> None:
     """Conversions and value that recent cohorts will still receive; CPA and ROAS both ways."""
-    from signalloop.config import load_settings
     from signalloop.nowcast import nowcast as run_nowcast
-    from signalloop.store import Workspace
 
-    settings = load_settings(config)
-    day = _parse_date(as_of, "--as-of")
-    with Workspace(db, read_only=True) as ws, err.status("fitting delays", spinner="dots"):
-        report = run_nowcast(ws, day, settings=settings)
+    with err.status("fitting delays", spinner="dots"):
+        report = _estimate(run_nowcast, as_of, db, config)
     doc = report.to_dict()
     if doc.get("as_of") is None:
         raise UsageError(
@@ -476,15 +485,9 @@ def phase(
     as_json: JsonOption = False,
 ) -> None:
     """Learning phase per ad set: learning, learning-limited or stable; resets and who made them."""
-    from signalloop.config import load_settings
     from signalloop.phase import phase as run_phase
-    from signalloop.store import Workspace
 
-    settings = load_settings(config)
-    day = _parse_date(as_of, "--as-of")
-    with Workspace(db, read_only=True) as ws:
-        report = run_phase(ws, day, settings=settings)
-    doc = report.to_dict()
+    doc = _estimate(run_phase, as_of, db, config).to_dict()
     if as_json:
         emit_json(doc)
         return
@@ -530,15 +533,9 @@ def fatigue(
     as_json: JsonOption = False,
 ) -> None:
     """Creative fatigue: CTR decay per creative with its uncertainty; starvation per campaign."""
-    from signalloop.config import load_settings
     from signalloop.fatigue import fatigue as run_fatigue
-    from signalloop.store import Workspace
 
-    settings = load_settings(config)
-    day = _parse_date(as_of, "--as-of")
-    with Workspace(db, read_only=True) as ws:
-        report = run_fatigue(ws, day, settings=settings)
-    doc = report.to_dict()
+    doc = _estimate(run_fatigue, as_of, db, config).to_dict()
     if as_json:
         emit_json(doc)
         return
