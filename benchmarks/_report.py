@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 
@@ -20,3 +25,22 @@ def write_section(block: str, begin: str, end: str, path: Path = BENCHMARKS_MD) 
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     path.write_text(text, encoding="utf-8")
+
+
+@contextmanager
+def ingested(result: Any) -> Iterator[Any]:
+    """A fresh in-memory workspace holding a simulation's five files, ingested as a user would.
+
+    Ingest runs with a fixed "now" in the future so the simulated dates are never "future".
+    """
+    from signalloop import simulate as sim
+    from signalloop.contract import KINDS
+    from signalloop.ingest import ingest_file
+    from signalloop.store import Workspace
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = sim.write(result, Path(tmp))
+        with Workspace(":memory:") as ws:
+            for kind in KINDS:
+                ingest_file(ws, kind, paths[kind], now=datetime(2030, 1, 1))
+            yield ws

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
@@ -24,13 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _report import write_section
+from _report import ingested, write_section
 
 from signalloop import simulate as sim
 from signalloop.checks import run_checks
-from signalloop.contract import KINDS
-from signalloop.ingest import ingest_file
-from signalloop.store import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN = "<!-- checks-quality:begin -->"
@@ -90,14 +86,10 @@ def run_seed(seed: int) -> dict[str, Any]:
     config, faults = scenario(seed)
     result = sim.simulate(config)
     start_day = config.start
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = sim.write(result, Path(tmp))
-        with Workspace(":memory:") as ws:
-            for kind in KINDS:
-                ingest_file(ws, kind, paths[kind], now=datetime(2030, 1, 1))
-            t0 = time.perf_counter()
-            report = run_checks(ws)
-            seconds = time.perf_counter() - t0
+    with ingested(result) as ws:
+        t0 = time.perf_counter()
+        report = run_checks(ws)
+        seconds = time.perf_counter() - t0
     by = defaultdict(list)
     for f in report.findings:
         if f.severity in ("warn", "critical") and f.campaign_id is not None:

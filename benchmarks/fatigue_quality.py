@@ -13,19 +13,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from _report import write_section
+from _report import ingested, write_section
 
 from signalloop import simulate as sim
-from signalloop.contract import KINDS
 from signalloop.fatigue import fatigue
-from signalloop.ingest import ingest_file
-from signalloop.store import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- fatigue-quality:begin -->", "<!-- fatigue-quality:end -->"
@@ -38,12 +34,8 @@ def run_seed(seed: int) -> tuple[Counter[str], list[int]]:
     res = sim.simulate(
         sim.SimulationConfig(days=DAYS, campaigns=CAMPAIGNS, seed=seed, faults=(fault,))
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = sim.write(res, Path(tmp))
-        with Workspace(":memory:") as ws:
-            for k in KINDS:
-                ingest_file(ws, k, paths[k], now=datetime(2030, 1, 1))
-            rep = fatigue(ws)
+    with ingested(res) as ws:
+        rep = fatigue(ws)
     truth = {c["creative_id"]: c for c in res.truth["creatives"]}
     tot: Counter[str] = Counter()
     errors: list[int] = []

@@ -31,7 +31,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
@@ -40,14 +39,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _report import write_section
+from _report import ingested, write_section
 from scipy import stats  # type: ignore[import-untyped]
 
 from signalloop import simulate as sim
-from signalloop.contract import KINDS
-from signalloop.ingest import ingest_file
 from signalloop.nowcast import NowcastOptions, nowcast
-from signalloop.store import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN = "<!-- nowcast-quality:begin -->"
@@ -112,15 +108,11 @@ def run_seed(seed: int) -> dict[str, Any]:
     as_of = config.start + timedelta(days=DAYS - 1)
     first = as_of - timedelta(days=LAST - 1)
     opts = NowcastOptions(windows=(14, 60))
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = sim.write(result, Path(tmp))
-        with Workspace(":memory:") as ws:
-            for kind in KINDS:
-                ingest_file(ws, kind, paths[kind], now=datetime(2030, 1, 1))
-            prep = time.perf_counter() - t0
-            t1 = time.perf_counter()
-            report = nowcast(ws, options=opts)
-            seconds = time.perf_counter() - t1
+    with ingested(result) as ws:
+        prep = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        report = nowcast(ws, options=opts)
+        seconds = time.perf_counter() - t1
     assert report.as_of == as_of
     daily = result.truth["daily"]
     click = []

@@ -13,18 +13,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from _report import write_section
+from _report import ingested, write_section
 
 from signalloop import simulate as sim
-from signalloop.contract import KINDS
-from signalloop.ingest import ingest_file
 from signalloop.phase import phase
-from signalloop.store import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- phase-quality:begin -->", "<!-- phase-quality:end -->"
@@ -36,12 +32,8 @@ def run_seed(seed: int) -> Counter[str]:
     storm = sim.Fault("override_storm", f"c0{1 + seed % CAMPAIGNS}", 30, 60)
     config = sim.SimulationConfig(days=DAYS, campaigns=CAMPAIGNS, seed=seed, faults=(storm,))
     res = sim.simulate(config)
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = sim.write(res, Path(tmp))
-        with Workspace(":memory:") as ws:
-            for k in KINDS:
-                ingest_file(ws, k, paths[k], now=datetime(2030, 1, 1))
-            rep = phase(ws)
+    with ingested(res) as ws:
+        rep = phase(ws)
     tot: Counter[str] = Counter()
     for e in rep.entities:
         t = res.truth["learning"][e.entity_id]
