@@ -40,9 +40,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-err = Console(stderr=True)
-# Piped output (CI logs, files) gets room for the tables instead of Rich's 80-column default.
-out = Console(width=None if sys.stdout.isatty() else 120)
+# Messages never wrap mid-line (a long path must not split "1,143 loaded" across lines); piped
+# output (CI logs, files) gets room for the tables instead of Rich's 80-column default.
+err = Console(stderr=True, soft_wrap=True)
+out = Console(width=None if sys.stdout.isatty() else 120, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -308,12 +309,15 @@ def print_summary(summary: dict[str, Any]) -> None:
         )
     out.print(c)
     a = summary["attribution"]
-    out.print(
-        "conversions attributed by "
-        + ", ".join(f"{k}: {v:,}" for k, v in a.items() if k != "unattributed")
-        + f"; unattributed: {a.get('unattributed', 0):,}",
-        highlight=False,
-    )
+    rules = ", ".join(f"{k}: {v:,}" for k, v in a.items() if k != "unattributed")
+    if rules or a.get("unattributed"):
+        out.print(
+            f"conversions attributed by {rules or 'no rule'}; "
+            f"unattributed: {a.get('unattributed', 0):,}",
+            highlight=False,
+        )
+    else:
+        out.print("no conversion events in the workspace yet", highlight=False)
 
 
 ConfigOption = Annotated[
