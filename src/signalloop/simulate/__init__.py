@@ -4,7 +4,8 @@
 is built from a :class:`SimulationConfig` and delivered one day at a time by
 :meth:`Account.step`; :func:`simulate` runs every day at the account's own plan, right-censors
 what has not happened by the end of the last day, applies the observation faults and returns
-the five tables plus a complete ``truth`` dictionary; :func:`write` writes them as CSV + JSON.
+the five tables plus a complete ``truth`` dictionary (and the per-click ``oracle``);
+:func:`write` writes them as CSV + JSON.
 
 Generative story
 ----------------
@@ -52,6 +53,18 @@ Generative story
   > 20%, bid, bid_strategy, targeting, creative, optimization_event, un-pausing after >= 7
   days) reset it to ``learning``; it turns ``stable`` once 50 conversions (counted on the click
   day) accrue within 7 days of the reset, else ``learning_limited`` until 7 days hold 50.
+* **Traits** (audience and ad context, appended to the touchpoints after the contract
+  columns): ``device`` (mobile / desktop / tablet), ``age_band`` (18-24 .. 55+),
+  ``placement`` (per platform: meta feed / stories / reels / audience_network, google
+  search / display / youtube / discover, linkedin feed / sponsored_messaging / right_rail)
+  and, for lead campaigns, ``company_size`` (1-10 .. 1000+). They are drawn after the
+  world's outcomes, from a stream of their own, given each click's outcome depth ``d`` (0
+  none, 1 converted, 2 reached sql, 3 reached won): ``pi_d ∝ pi0 * exp(beta_d * effect)``,
+  each trait a 1.8-2.3x likelihood ratio between its best and worst category for
+  converting; ``company_size`` mostly predicts sql and won. Nothing else changes. By Bayes
+  the true probability of each click (given its ad set's ``p`` and its traits) is exact:
+  ``Simulation.oracle`` (``p_adset``, ``p_conversion``, ``p_sql``, ``p_won``, ``depth``)
+  and the design in ``truth["traits"]``; see :mod:`~signalloop.simulate.traits`.
 
 Faults (:data:`FAULT_NAMES`): ``creative_starvation``, ``override_storm`` and ``low_volume``
 change the world; the others only what is observed, and ``export_glitches`` only the written
@@ -75,6 +88,7 @@ Where things live
   observation faults in :mod:`~signalloop.simulate.faults`, the tables in
   :mod:`~signalloop.simulate.tables`, the truth in :mod:`~signalloop.simulate.truth`.
 * :mod:`~signalloop.simulate.glitches` -- ``export_glitches``: which rows, how corrupted.
+* :mod:`~signalloop.simulate.traits` -- the clicks' traits and the oracle.
 * :mod:`~signalloop.simulate.output` -- :func:`write`.
 """
 

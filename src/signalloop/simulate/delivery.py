@@ -154,7 +154,8 @@ def deliver(
     token = ALPHABET[rng.integers(0, 64, (n, 22))].view("S22").ravel()
     tn = ((c.idx + 1) * 10_000 + day) * 1_000_000 + np.arange(n, dtype=np.int64)
     camp = np.full(n, c.idx)
-    parts["clicks"].append(cols("clicks", tn, camp, adset, ads, creative, ts, user, token))
+    click = (tn, camp, adset, ads, creative, ts, user, token, p_click)
+    parts["clicks"].append(cols("clicks", *click))
     hit = rng.random(n) < p_click
     m = int(hit.sum())
     for ai in c.adsets:

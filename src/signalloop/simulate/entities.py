@@ -21,15 +21,23 @@ import numpy as np
 
 from signalloop.simulate.params import Arr
 
-#: internal column layouts of the world's event arrays
+#: internal column layouts of the world's event arrays (a click's ``p`` is the conversion
+#: probability its ad set had that day; the click converted with exactly that probability)
 SCHEMAS: dict[str, tuple[tuple[str, Any], ...]] = {
     kind: tuple(
-        (c, "S22" if c == "token" else float if c in {"spend", "value", "amount"} else np.int64)
+        (
+            c,
+            "S22"
+            if c == "token"
+            else float
+            if c in {"spend", "value", "amount", "p"}
+            else np.int64,
+        )
         for c in names.split()
     )
     for kind, names in {
         "spend": "day camp adset ad creative impressions clicks spend",
-        "clicks": "tn camp adset ad creative ts user token",
+        "clicks": "tn camp adset ad creative ts user token p",
         "conversions": "tn camp adset ad creative user click_ts ts value source kind token",
         "crm": "record camp stage ts user amount owner",
     }.items()

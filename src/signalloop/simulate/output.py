@@ -16,6 +16,7 @@ from typing import BinaryIO
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
 
 from signalloop.contract import KINDS
 from signalloop.simulate.glitches import Glitch
@@ -23,7 +24,7 @@ from signalloop.simulate.simulation import Simulation
 from signalloop.simulate.tables import csv_text
 
 
-def write(sim: Simulation, out_dir: Path) -> dict[str, Path]:
+def write(sim: Simulation, out_dir: Path, *, oracle: bool = False) -> dict[str, Path]:
     """Write the five tables as canonical CSVs and ``truth.json`` into ``out_dir``.
 
     Timestamps are written ``YYYY-MM-DDTHH:MM:SSZ``, dates ``YYYY-MM-DD``, money and other
@@ -37,11 +38,15 @@ def write(sim: Simulation, out_dir: Path) -> dict[str, Path]:
         A :func:`~signalloop.simulate.simulation.simulate` result.
     out_dir
         Folder to write into; created if missing.
+    oracle
+        Also write ``sim.oracle`` (the per-click true conversion probabilities) as
+        ``oracle.parquet``.
 
     Returns
     -------
     dict
-        ``spend``, ``touchpoints``, ``conversions``, ``crm``, ``changes``, ``truth`` -> path.
+        ``spend``, ``touchpoints``, ``conversions``, ``crm``, ``changes``, ``truth`` (and
+        ``oracle`` if asked) -> path.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -63,6 +68,9 @@ def write(sim: Simulation, out_dir: Path) -> dict[str, Path]:
     paths["truth"].write_text(
         json.dumps(sim.truth, indent=1, allow_nan=False) + "\n", encoding="utf-8"
     )
+    if oracle:
+        paths["oracle"] = out / "oracle.parquet"
+        pq.write_table(sim.oracle, paths["oracle"])
     return paths
 
 

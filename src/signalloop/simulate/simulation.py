@@ -37,6 +37,7 @@ from signalloop.simulate.tables import (
     touch_order,
     touch_table,
 )
+from signalloop.simulate.traits import draw_traits
 from signalloop.simulate.truth import build_truth
 
 
@@ -47,12 +48,20 @@ class Simulation:
     ``tables`` hold the clean, typed data as observed through the faults, except
     ``export_glitches``: its corrupted rows (``glitches``, also in the fault's truth note)
     exist only in the CSV text :func:`~signalloop.simulate.output.write` writes.
+
+    ``oracle`` has one row per touchpoint, in the touchpoints table's order: ``touch_id``,
+    ``campaign_id``, ``depth`` (0 none, 1 converted, 2 reached sql, 3 reached won, from the
+    uncensored world), ``p_adset`` (the ad set's conversion probability of the click),
+    ``p_conversion`` (the true probability given ``p_adset`` and the click's traits) and,
+    for lead campaigns (else null), ``p_sql`` and ``p_won``; see
+    :mod:`~signalloop.simulate.traits`.
     """
 
     config: SimulationConfig
     tables: dict[str, pa.Table]
     truth: dict[str, Any]
     glitches: list[Glitch] = field(default_factory=list)
+    oracle: pa.Table = field(default_factory=lambda: pa.table({}))
 
 
 def simulate(config: SimulationConfig) -> Simulation:
@@ -61,7 +70,9 @@ def simulate(config: SimulationConfig) -> Simulation:
     Runs :meth:`Account.step` over every day at the account's own budget plan, drops every
     event timestamped after the end of the last day (right-censoring, as an export taken then
     would be) and applies the observation faults; ``export_glitches`` rows are decided here
-    and rendered by :func:`~signalloop.simulate.output.write`.
+    and rendered by :func:`~signalloop.simulate.output.write`. The clicks' traits are drawn
+    last, given each click's outcome, from a stream of their own
+    (:func:`~signalloop.simulate.traits.draw_traits`).
 
     Parameters
     ----------
@@ -91,13 +102,14 @@ def simulate(config: SimulationConfig) -> Simulation:
     platform = platform_conversions(acct, world["spend"], conv)
     conv, crm = add_copies(acct, conv, crm, world["spend"], notes)
     touches = take(world["clicks"], touch_order(world["clicks"]))
+    traits, oracle, trait_truth = draw_traits(acct, touches, world["conversions"])
     utm, pairs = utm_pairs(acct, touches, notes)
     conv = take(conv, conversion_order(conv))
     crm = take(crm, crm_order(crm))
     changes = changes_order([ch for e in events for ch in e.changes])
     tables = {
         "spend": spend_table(acct, world["spend"], platform),
-        "touchpoints": touch_table(acct, touches, utm, pairs),
+        "touchpoints": _with_columns(touch_table(acct, touches, utm, pairs), traits),
         "conversions": conversion_table(acct, conv),
         "crm": crm_table(acct, crm),
         "changes": changes_table(acct, changes),
@@ -119,4 +131,12 @@ def simulate(config: SimulationConfig) -> Simulation:
         }
         glitches = plan_glitches(acct, tables, where, notes)
     truth["faults"] = notes
-    return Simulation(config, tables, truth, glitches)
+    truth["traits"] = trait_truth
+    return Simulation(config, tables, truth, glitches, oracle)
+
+
+def _with_columns(table: pa.Table, columns: dict[str, pa.Array]) -> pa.Table:
+    """``table`` with ``columns`` appended after its own."""
+    for name, values in columns.items():
+        table = table.append_column(name, values)
+    return table
