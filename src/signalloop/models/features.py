@@ -1,0 +1,504 @@
+"""The training frame: one row per touchpoint or lead, with its signals and its label.
+
+:func:`build_frame` turns a workspace into a :class:`TrainingFrame` for one outcome depth.
+The joins and window functions are ibis expressions over :meth:`Workspace.table` (they run
+wherever the workspace runs); only the finished frame goes to pandas.
+
+Label rules
+-----------
+A conversion is *tied* to a touchpoint by the contract's attribution rule at touch level: by
+``click_id`` to the earliest touchpoint with that click, else by ``user_id`` to the user's last
+touchpoint with a campaign at or before the conversion (within the conversion's campaign when
+it names one). *Primary* conversions are the campaign's own events (lead, signup, purchase,
+...): every kind except the offline funnel imports (:data:`OFFLINE_KINDS` and the funnel stages
+after the first). A CRM record is linked to the touch of the user's latest primary conversion
+up to an hour after the record began (the lead that created it), else to the user's last
+touchpoint before it, as :func:`signalloop.attribution.crm_record_campaigns` does.
+
+* ``conversion`` -- unit: touchpoint with a campaign. Label 1 if a primary conversion is tied
+  to it within the horizon (default 7 days).
+* ``value`` -- unit: touchpoint. Label 1 if, within the horizon (14 days), a conversion with
+  ``value > 0`` that is not a pipeline stage (:data:`PIPELINE_KINDS`) is tied to it, or a CRM
+  record linked to it reached ``won``.
+* ``sql`` / ``won`` -- unit: lead (one row per CRM record, with the features of the touch it is
+  linked to, ``ts`` = when the record began). Label 1 if the record reached ``sql`` or later
+  (``won``) in the funnel order within the horizon (30 / 60 days) of its start.
+
+Censoring and the cut-off
+-------------------------
+Only rows with ``ts < as_of + 1 day`` are read (``as_of`` defaults to the last day with
+touchpoints). A unit younger than its horizon at that cut-off could still turn positive: it is
+right-censored, left out, and counted in :attr:`TrainingFrame.censored`, never taken as a
+negative. Units in a stored exclusion window of their campaign are left out first and counted in
+:attr:`TrainingFrame.excluded`. Every feature is computed from data strictly before the touch
+time (for a lead, its click), so no feature sees the label window.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from typing import Any
+
+import ibis
+import pandas as pd
+
+from signalloop.checks.engine import without_exclusions
+from signalloop.config import Settings
+from signalloop.errors import ConfigError, UsageError
+from signalloop.store import Workspace
+
+OUTCOMES: tuple[str, ...] = ("conversion", "sql", "won", "value")
+#: Label windows in days, per outcome (``[models] horizon_days`` or ``horizon_days`` override).
+DEFAULT_HORIZON_DAYS: dict[str, int] = {"conversion": 7, "value": 14, "sql": 30, "won": 60}
+#: Conversion kinds that are offline imports of CRM stages, not a campaign's own event.
+OFFLINE_KINDS: tuple[str, ...] = ("mql", "sql", "opportunity", "deal", "won", "lost")
+#: Kinds whose value is pipeline or an estimate, not revenue.
+PIPELINE_KINDS: tuple[str, ...] = ("lead", "mql", "sql", "opportunity", "lost")
+#: A string attribute with more distinct values than this is not used as a feature.
+MAX_ATTR_LEVELS = 50
+BASE_CATEGORICAL: tuple[str, ...] = (
+    "platform",
+    "campaign_id",
+    "adset_id",
+    "creative_id",
+    "utm_source",
+    "utm_medium",
+)
+BASE_NUMERIC: tuple[str, ...] = (
+    "creative_age_days",
+    "hour",
+    "weekday",
+    "touches_before",
+    "hours_since_prev_touch",
+    "prior_conversions",
+)
+_DAY = 86400.0
+
+
+@dataclass
+class TrainingFrame:
+    """A model-ready frame: one row per unit, sorted by :attr:`time`.
+
+    Attributes
+    ----------
+    frame
+        The id column, ``ts``, ``label`` and the features (lead frames also carry ``touch_id``).
+    target, time
+        Names of the 0/1 label column and of the unit's UTC timestamp column.
+    features
+        Feature columns, in a stable order; :attr:`categorical` lists the ``category`` ones.
+    unit, outcome, id_column
+        ``"touchpoint"`` / ``"touch_id"`` or ``"lead"`` / ``"record_id"``, and the outcome.
+    censored, excluded
+        Units left out because their label window was still open at ``as_of``, or because they
+        fall in an exclusion window of their campaign.
+    window
+        The first and last unit time in :attr:`frame`.
+    """
+
+    frame: pd.DataFrame
+    target: str
+    time: str
+    features: list[str]
+    categorical: list[str]
+    unit: str
+    outcome: str
+    id_column: str
+    censored: int
+    excluded: int
+    window: tuple[datetime, datetime]
+
+
+def horizon_for(outcome: str, settings: Settings, horizon_days: int | None = None) -> int:
+    """The label window in days: ``horizon_days``, else ``[models] horizon_days``, else default.
+
+    :class:`~signalloop.config.Settings` has no ``[models]`` table yet; a ``models`` mapping or a
+    raw document (``raw`` / ``doc``) on the settings object is read when one exists.
+
+    >>> horizon_for("sql", Settings()), horizon_for("sql", Settings(), 10)
+    (30, 10)
+    """
+    days: Any = horizon_days
+    if days is None:
+        models = getattr(settings, "models", None)
+        raw = getattr(settings, "raw", None) or getattr(settings, "doc", None)
+        if models is None and isinstance(raw, Mapping):
+            models = raw.get("models")
+        table = models.get("horizon_days") if isinstance(models, Mapping) else None
+        days = table.get(outcome) if isinstance(table, Mapping) else None
+        if days is not None and (not isinstance(days, int) or isinstance(days, bool) or days < 1):
+            raise ConfigError(f"[models] horizon_days.{outcome} must be a positive integer")
+    if days is None:
+        return DEFAULT_HORIZON_DAYS[outcome]
+    if not isinstance(days, int) or days < 1:
+        raise UsageError(f"horizon_days must be a positive number of days, got {days!r}")
+    return int(days)
+
+
+def build_frame(
+    ws: Workspace,
+    outcome: str,
+    *,
+    as_of: date | None = None,
+    settings: Settings | None = None,
+    horizon_days: int | None = None,
+) -> TrainingFrame:
+    """Build the training frame of ``outcome`` from the workspace.
+
+    Parameters
+    ----------
+    ws
+        The workspace.
+    outcome
+        One of :data:`OUTCOMES` (see the module docstring for each label rule).
+    as_of
+        Last day of data to use (default: the last day with touchpoints); later rows are ignored.
+    settings
+        Funnel order and optional ``[models] horizon_days``; defaults when ``None``.
+    horizon_days
+        Label window in days, overriding settings and :data:`DEFAULT_HORIZON_DAYS`.
+
+    Returns
+    -------
+    TrainingFrame
+        Mature, non-excluded units sorted by time, with counts of those left out.
+
+    Raises
+    ------
+    UsageError
+        Unknown outcome, empty workspace, or no mature units.
+    """
+    if outcome not in OUTCOMES:
+        raise UsageError(f"unknown outcome {outcome!r}: expected one of {', '.join(OUTCOMES)}")
+    settings = settings or Settings()
+    horizon = horizon_for(outcome, settings, horizon_days)
+    funnel = tuple(s.strip().lower() for s in settings.funnel)
+    for need in {"sql": ("sql",), "won": ("won",), "value": ("won",)}.get(outcome, ()):
+        if need not in funnel:
+            raise UsageError(f"outcome {outcome!r} needs stage {need!r} in the funnel {funnel}")
+    if as_of is None:
+        last = ws.table("touchpoints").ts.max().execute()
+        if last is None or pd.isna(last):
+            raise UsageError("no touchpoints in the workspace: ingest touchpoints first")
+        as_of = pd.Timestamp(last).date()
+    cutoff = datetime.combine(as_of + timedelta(days=1), time())
+    cut = ibis.literal(cutoff, type="timestamp")
+    tp, conv, crm = (ws.table(k) for k in ("touchpoints", "conversions", "crm"))
+    tp, conv, crm = tp.filter(tp.ts < cut), conv.filter(conv.ts < cut), crm.filter(crm.ts < cut)
+    spend = ws.table("spend")
+    spend = spend.filter(spend.date < as_of + timedelta(days=1))
+
+    clicks = tp.filter(tp.campaign_id.notnull())
+    n_clicks = int(clicks.count().execute())
+    if n_clicks == 0:
+        raise UsageError(
+            f"no touchpoints with a campaign before {as_of + timedelta(days=1)}: "
+            "ingest touchpoints first"
+        )
+    kind = conv.kind.strip().lower()
+    offline = (*OFFLINE_KINDS, *funnel[1:])
+    conv = conv.mutate(_kind=kind, _primary=~kind.isin(offline))
+    ties = _tie_conversions(conv, clicks)
+    stage_rank = ibis.cases(
+        *[(crm.stage.strip().lower() == s, i + 1) for i, s in enumerate(funnel)], else_=0
+    )
+    crm = crm.mutate(_rank=stage_rank)
+    attrs = _attr_plan(clicks)
+    touches = _touch_features(tp, clicks, ties, crm, spend, attrs)
+    records = _records(crm, ties, clicks, funnel)
+    h = horizon * _DAY
+
+    if outcome in ("conversion", "value"):
+        t_ts = ties.t_ts.epoch_seconds()
+        soon = (ties.ts.epoch_seconds() - t_ts) <= h
+        if outcome == "conversion":
+            pos = ties.filter(ties._primary & ties.touch_id.notnull() & soon).select("touch_id")
+        else:
+            paid = ties.filter(
+                ties.touch_id.notnull() & (ties.value > 0) & ~ties._kind.isin(PIPELINE_KINDS) & soon
+            ).select("touch_id")
+            won = records.filter(
+                (records.won_ts.epoch_seconds() - records.t_ts.epoch_seconds()) <= h
+            ).select("touch_id")
+            pos = paid.union(won)
+        pos = pos.distinct().mutate(label=ibis.literal(1))
+        units = touches.left_join(pos, touches.touch_id == pos.touch_id).drop("touch_id_right")
+        unit, id_column = "touchpoint", "touch_id"
+    else:
+        reached = records.sql_ts if outcome == "sql" else records.won_ts
+        rec = records.mutate(
+            label=ibis.ifelse(
+                (reached.epoch_seconds() - records.first_ts.epoch_seconds()) <= h, 1, 0
+            )
+        ).drop("user_id", "t_ts", "sql_ts", "won_ts")
+        units = rec.join(touches, "touch_id")
+        units = units.mutate(
+            days_since_click=(units.first_ts.epoch_seconds() - units.ts.epoch_seconds()) / _DAY,
+            ts=units.first_ts,
+        ).drop("first_ts")
+        unit, id_column = "lead", "record_id"
+    units = units.mutate(
+        label=units.label.fill_null(0).cast("int64"),
+        _mature=units.ts.epoch_seconds() + h <= ibis.literal(cutoff).epoch_seconds(),
+    )
+    # every click is a touch unit; a lead unit is a record linked to a click
+    total = n_clicks if unit == "touchpoint" else int(records.count().execute())
+    if total == 0:
+        raise UsageError(
+            f"no leads linked to a click before {as_of + timedelta(days=1)}: "
+            "ingest crm, conversions and touchpoints first"
+        )
+    kept = without_exclusions(ws, units, "campaign_id", units.ts.date())
+    df = kept.to_pandas()
+    mature = df["_mature"].astype(bool)
+    censored, excluded = int((~mature).sum()), total - len(df)
+    df = df[mature].drop(columns="_mature")
+    if df.empty:
+        raise UsageError(
+            f"no mature {unit}s for outcome {outcome!r} at as_of {as_of}: {censored} are "
+            f"younger than the {horizon}-day horizon and {excluded} excluded; "
+            "use a shorter horizon or a later as_of"
+        )
+    return _finish(df, outcome, unit, id_column, funnel, attrs, censored, excluded)
+
+
+def _tie_conversions(conv: Any, clicks: Any) -> Any:
+    """Every conversion with the ``touch_id``, ``t_ts`` and user of the touch it is tied to."""
+    first = clicks.filter(clicks.click_id.notnull()).group_by(k_click=clicks.click_id)
+    first = first.aggregate(by_click=clicks.touch_id.argmin(clicks.ts))
+    c = conv.select(
+        "conversion_id", "ts", "user_id", "click_id", "campaign_id", "value", "_kind", "_primary"
+    )
+    u = clicks.select(
+        u_touch=clicks.touch_id, u_user=clicks.user_id, u_ts=clicks.ts, u_camp=clicks.campaign_id
+    )
+    last = (
+        c.join(
+            u,
+            (c.user_id == u.u_user)
+            & (u.u_ts <= c.ts)
+            & (c.campaign_id.isnull() | (c.campaign_id == u.u_camp)),
+        )
+        .group_by(l_conv=c.conversion_id)
+        .aggregate(by_user=u.u_touch.argmax(u.u_ts))
+    )
+    j = c.left_join(first, c.click_id == first.k_click).left_join(
+        last, c.conversion_id == last.l_conv
+    )
+    j = j.mutate(touch_id=ibis.coalesce(j.by_click, j.by_user))
+    t = clicks.select(t_touch=clicks.touch_id, t_ts=clicks.ts, t_user=clicks.user_id)
+    j = j.left_join(t, j.touch_id == t.t_touch)
+    cols = ("conversion_id", "ts", "click_id", "value", "_kind", "_primary", "touch_id", "t_ts")
+    return j.select(*cols, user_id=ibis.coalesce(j.user_id, j.t_user))
+
+
+def _records(crm: Any, ties: Any, clicks: Any, funnel: tuple[str, ...]) -> Any:
+    """One row per CRM record, linked to its click: start, first owner/source, stage times."""
+    sql_rank, won_rank = funnel.index("sql") + 1, funnel.index("won") + 1
+    rec = crm.group_by("record_id").aggregate(
+        user_id=crm.user_id.arbitrary(),
+        first_ts=crm.ts.min(),
+        crm_source=crm.source.argmin(crm.ts),
+        crm_owner=crm.owner.argmin(crm.ts),
+        sql_ts=crm.ts.min(where=crm._rank >= sql_rank),
+        won_ts=crm.ts.min(where=crm._rank >= won_rank),
+    )
+    leads = ties.filter(ties._primary & ties.touch_id.notnull() & ties.user_id.notnull())
+    leads = leads.select(c_user=leads.user_id, c_ts=leads.ts, c_touch=leads.touch_id)
+    by_lead = (
+        rec.join(
+            leads,
+            (rec.user_id == leads.c_user) & (leads.c_ts <= rec.first_ts + ibis.interval(hours=1)),
+        )
+        .group_by(b_rec=rec.record_id)
+        .aggregate(lead_touch=leads.c_touch.argmax(leads.c_ts))
+    )
+    t = clicks.select(t_user=clicks.user_id, t_ts=clicks.ts, t_touch=clicks.touch_id)
+    by_touch = (
+        rec.join(t, (rec.user_id == t.t_user) & (t.t_ts <= rec.first_ts))
+        .group_by(b_rec=rec.record_id)
+        .aggregate(last_touch=t.t_touch.argmax(t.t_ts))
+    )
+    j = rec.left_join(by_lead, rec.record_id == by_lead.b_rec).left_join(
+        by_touch, rec.record_id == by_touch.b_rec
+    )
+    j = j.mutate(touch_id=ibis.coalesce(j.lead_touch, j.last_touch))
+    j = j.filter(j.touch_id.notnull())
+    j = j.join(t.select("t_touch", "t_ts"), j.touch_id == t.t_touch)
+    cols = ("record_id", "user_id", "touch_id", "t_ts", "first_ts", "sql_ts", "won_ts")
+    return j.select(*cols, "crm_source", "crm_owner")
+
+
+def _touch_features(
+    tp: Any, clicks: Any, ties: Any, crm: Any, spend: Any, attrs: list[tuple[str, str, str]]
+) -> Any:
+    """Touchpoints with a campaign and every feature, each from data before the touch."""
+    w = ibis.window(group_by=tp.user_id, order_by=[tp.ts, tp.touch_id])
+    prev = tp.ts.lag().over(w)
+    beh = tp.select(
+        b_touch=tp.touch_id,
+        touches_before=ibis.rank().over(ibis.window(group_by=tp.user_id, order_by=tp.ts)),
+        hours_since_prev_touch=(tp.ts.epoch_seconds() - prev.epoch_seconds()) / 3600.0,
+    )
+    null_id = ibis.null().cast("string")
+    zero, one = ibis.literal(0, type="int64"), ibis.literal(1, type="int64")
+    ev_t = clicks.select(
+        e_user=clicks.user_id,
+        e_ts=clicks.ts,
+        e_touch=clicks.touch_id,
+        _ord=zero,
+        _conv=zero,
+        _rank=zero,
+    )
+    cv = ties.filter(ties._primary & ties.user_id.notnull())
+    ev_c = cv.select(
+        e_user=cv.user_id, e_ts=cv.ts, e_touch=null_id, _ord=one, _conv=one, _rank=zero
+    )
+    cr = crm.filter(crm.user_id.notnull())
+    ev_r = cr.select(
+        e_user=cr.user_id,
+        e_ts=cr.ts,
+        e_touch=null_id,
+        _ord=one,
+        _conv=zero,
+        _rank=cr._rank.cast("int64"),
+    )
+    ev = ev_t.union(ev_c).union(ev_r)
+    ew = ibis.window(group_by=ev.e_user, order_by=[ev.e_ts, ev._ord], rows=(None, 0))
+    hist = ev.mutate(prior_conversions=ev._conv.sum().over(ew), stage_code=ev._rank.max().over(ew))
+    hist = hist.filter(hist._ord == 0).select("e_touch", "prior_conversions", "stage_code")
+
+    seen_t = tp.filter(tp.creative_id.notnull()).group_by(k_cr=tp.creative_id)
+    seen_t = seen_t.aggregate(first=tp.ts.min().cast("timestamp"))
+    seen_s = spend.filter(spend.creative_id.notnull()).group_by(k_cr=spend.creative_id)
+    seen_s = seen_s.aggregate(first=spend.date.min().cast("timestamp"))
+    seen = seen_t.union(seen_s)
+    seen = seen.group_by("k_cr").aggregate(first=seen.first.min())
+
+    c = clicks
+    base = c.select(
+        "touch_id",
+        "user_id",
+        "ts",
+        "platform",
+        "campaign_id",
+        "adset_id",
+        "creative_id",
+        utm_source=c.utm_source.strip().lower(),
+        utm_medium=c.utm_medium.strip().lower(),
+        hour=c.ts.hour().cast("int64"),
+        weekday=c.ts.day_of_week.index().cast("int64"),
+        **{name: expr for name, expr in _attr_exprs(c, attrs)},
+    )
+    j = base.left_join(beh, base.touch_id == beh.b_touch)
+    j = j.left_join(hist, j.touch_id == hist.e_touch)
+    j = j.left_join(seen, j.creative_id == seen.k_cr)
+    return j.mutate(
+        creative_age_days=(j.ts.epoch_seconds() - j.first.epoch_seconds()) / _DAY,
+        touches_before=j.touches_before.cast("int64"),
+        prior_conversions=j.prior_conversions.fill_null(0).cast("int64"),
+        stage_code=j.stage_code.fill_null(0).cast("int64"),
+    ).drop("b_touch", "e_touch", "k_cr", "first", "user_id")
+
+
+def _json_get(t: Any, key: str) -> Any:
+    """The JSON value of ``attrs[key]`` (map lookup when the key would break a JSON path)."""
+    return t.attrs[key] if re.fullmatch(r"[\w\- ]+", key) else t.attrs.map[key]
+
+
+def _attr_plan(t: Any) -> list[tuple[str, str, str]]:
+    """``(key, feature name, "category" | "number")`` for each usable ``attrs`` key of ``t``."""
+    with_attrs = t.filter(t.attrs.notnull())
+    keys = with_attrs.select(k=with_attrs.attrs.map.keys().unnest()).distinct()
+    names = sorted(str(k) for k in keys.to_pyarrow().column("k").to_pylist() if k is not None)
+    if not names:
+        return []
+    stats: dict[str, Any] = {}
+    for i, key in enumerate(names):
+        text, num = _attr_values(with_attrs, key)
+        stats[f"n{i}"] = text.count()
+        stats[f"x{i}"] = num.count()
+        stats[f"d{i}"] = text.nunique()
+    row = with_attrs.aggregate(**stats).to_pyarrow().to_pylist()[0]
+    plan: list[tuple[str, str, str]] = []
+    used: set[str] = set()
+    for i, key in enumerate(names):
+        n, x, d = (int(row[f"{p}{i}"] or 0) for p in "nxd")
+        name = "attr_" + (re.sub(r"\W+", "_", key.strip().lower()).strip("_") or str(i))
+        if n == 0 or name in used or (x < n and d > MAX_ATTR_LEVELS):
+            continue
+        used.add(name)
+        plan.append((key, name, "number" if x == n else "category"))
+    return plan
+
+
+def _attr_values(t: Any, key: str) -> tuple[Any, Any]:
+    """``attrs[key]`` as text and as a number (a number also when written as a string)."""
+    v = _json_get(t, key)
+    text = ibis.coalesce(v.str, v.float.cast("string"), v.bool.cast("string"))
+    return text, ibis.coalesce(v.float, v.str.strip().try_cast("float64"))
+
+
+def _attr_exprs(t: Any, plan: list[tuple[str, str, str]]) -> list[tuple[str, Any]]:
+    out = []
+    for key, name, how in plan:
+        text, num = _attr_values(t, key)
+        out.append((name, num if how == "number" else text))
+    return out
+
+
+def _finish(
+    df: pd.DataFrame,
+    outcome: str,
+    unit: str,
+    id_column: str,
+    funnel: tuple[str, ...],
+    attrs: list[tuple[str, str, str]],
+    censored: int,
+    excluded: int,
+) -> TrainingFrame:
+    """Order, type and describe the pulled frame."""
+    stages = ["none", *funnel]
+    codes = df.pop("stage_code").to_numpy(dtype="int64")
+    df["crm_stage_before"] = pd.Categorical.from_codes(codes, dtype=pd.CategoricalDtype(stages))
+    categorical = [*BASE_CATEGORICAL, "crm_stage_before"]
+    numeric = list(BASE_NUMERIC)
+    lead_extra: list[str] = []
+    if unit == "lead":
+        numeric.append("days_since_click")
+        lead_extra = [c for c in ("crm_source", "crm_owner") if df[c].notna().any()]
+        df = df.drop(columns=[c for c in ("crm_source", "crm_owner") if c not in lead_extra])
+    categorical += lead_extra
+    attr_cat = [name for _, name, how in attrs if how == "category"]
+    attr_num = [name for _, name, how in attrs if how == "number"]
+    categorical += attr_cat
+    for col in categorical:
+        if col != "crm_stage_before":
+            df[col] = df[col].astype("category")
+    counts = ("hour", "weekday", "touches_before", "prior_conversions")
+    for col in [*numeric, *attr_num]:
+        df[col] = pd.to_numeric(df[col]).astype("int64" if col in counts else "float64")
+    features = [*BASE_CATEGORICAL, *numeric, "crm_stage_before", *lead_extra]
+    features += [name for _, name, _ in attrs]
+    df["ts"] = pd.to_datetime(df["ts"]).dt.tz_localize("UTC")
+    df["label"] = df["label"].astype("int64")
+    ids = [id_column, "touch_id"] if unit == "lead" else [id_column]
+    df = df.sort_values(["ts", id_column], kind="stable").reset_index(drop=True)
+    df = df[[*ids, "ts", "label", *features]]
+    first, last = df["ts"].iloc[0].to_pydatetime(), df["ts"].iloc[-1].to_pydatetime()
+    return TrainingFrame(
+        frame=df,
+        target="label",
+        time="ts",
+        features=features,
+        categorical=[c for c in features if c in categorical],
+        unit=unit,
+        outcome=outcome,
+        id_column=id_column,
+        censored=censored,
+        excluded=excluded,
+        window=(first, last),
+    )
