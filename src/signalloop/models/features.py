@@ -29,7 +29,7 @@ Censoring and the cut-off
 Only rows with ``ts < as_of + 1 day`` are read (``as_of`` defaults to the last day with
 touchpoints). A unit younger than its horizon at that cut-off could still turn positive: it is
 right-censored, left out, and counted in :attr:`TrainingFrame.censored`, never taken as a
-negative. Units in a stored exclusion window of their campaign are left out first and counted in
+negative (``include_censored=True`` keeps them with ``label = -1``, to be scored). Units in a stored exclusion window of their campaign are left out first and counted in
 :attr:`TrainingFrame.excluded`. Every feature is computed from data strictly before the touch
 time (for a lead, its click), so no feature sees the label window.
 """
@@ -145,6 +145,7 @@ def build_frame(
     as_of: date | None = None,
     settings: Settings | None = None,
     horizon_days: int | None = None,
+    include_censored: bool = False,
 ) -> TrainingFrame:
     """Build the training frame of ``outcome`` from the workspace.
 
@@ -160,11 +161,17 @@ def build_frame(
         Funnel order and optional ``[models] horizon_days``; defaults when ``None``.
     horizon_days
         Label window in days, overriding settings and :data:`DEFAULT_HORIZON_DAYS`.
+    include_censored
+        Keep the right-censored units (label window still open at ``as_of``) in the frame with
+        ``label = -1`` (unknown, never a negative); :attr:`TrainingFrame.censored` still counts
+        them. This is the set to *score* (e.g. the recent leads to route), never to train on:
+        select ``frame.label >= 0`` for training.
 
     Returns
     -------
     TrainingFrame
-        Mature, non-excluded units sorted by time, with counts of those left out.
+        Mature (and with ``include_censored``, censored), non-excluded units sorted by time,
+        with counts of those left out or censored.
 
     Raises
     ------
@@ -255,7 +262,10 @@ def build_frame(
     df = kept.to_pandas()
     mature = df["_mature"].astype(bool)
     censored, excluded = int((~mature).sum()), total - len(df)
-    df = df[mature].drop(columns="_mature")
+    if include_censored:
+        df = df.assign(label=df["label"].where(mature, -1)).drop(columns="_mature")
+    else:
+        df = df[mature].drop(columns="_mature")
     if df.empty:
         raise UsageError(
             f"no mature {unit}s for outcome {outcome!r} at as_of {as_of}: {censored} are "

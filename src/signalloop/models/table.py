@@ -5,7 +5,7 @@ BOM, gzip) or Parquet; :func:`table_frame` turns it into features, 0/1 labels an
 time order:
 
 * the target column becomes 1 where it equals ``positive`` (default: a yes-like value when the
-  column has exactly two, such as ``yes``/``no``, ``true``/``false``, ``1``/``0``, ``won``/``lost``);
+  column has exactly two, such as ``yes``/``no``, ``true``/``false``, ``won``/``lost``);
 * ``time`` names a timestamp or date column to order by (cadences then count days); with
   ``time_order="row"`` the file's own row order is the time order (cadences count rows);
 * ``exclude`` drops columns (an outcome leak such as a call's duration); columns that are
