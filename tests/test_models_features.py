@@ -249,3 +249,14 @@ def test_errors(ws: Workspace) -> None:
     with pytest.raises(UsageError, match="horizon_days"):
         build_frame(ws, "conversion", horizon_days=0)
     assert horizon_for("won", Settings()) == 60
+
+
+def test_include_censored_keeps_open_units_unlabelled(ws: Workspace) -> None:
+    tiny(ws)
+    leads = build_frame(ws, "sql", include_censored=True)  # the default raises: none mature
+    row = leads.frame.iloc[0]
+    assert len(leads.frame) == 1 and (row.record_id, row.label) == ("rec1", -1)
+    assert leads.censored == 1 and leads.features == build_frame(ws, "sql", horizon_days=5).features
+    touches = build_frame(ws, "conversion", include_censored=True).frame.set_index("touch_id")
+    assert touches.label.to_dict() == {"t1": 1, "t3": 1, "t2": 0, "t4": -1}
+    assert list(build_frame(ws, "conversion").frame.touch_id) == ["t1", "t3", "t2"]

@@ -29,7 +29,8 @@ Censoring and the cut-off
 Only rows with ``ts < as_of + 1 day`` are read (``as_of`` defaults to the last day with
 touchpoints). A unit younger than its horizon at that cut-off could still turn positive: it is
 right-censored, left out, and counted in :attr:`TrainingFrame.censored`, never taken as a
-negative (``include_censored=True`` keeps them with ``label = -1``, to be scored). Units in a stored exclusion window of their campaign are left out first and counted in
+negative (``include_censored=True`` keeps them, with ``label = -1``, to be scored). Units in a
+stored exclusion window of their campaign are left out first and counted in
 :attr:`TrainingFrame.excluded`. Every feature is computed from data strictly before the touch
 time (for a lead, its click), so no feature sees the label window.
 """
@@ -176,7 +177,8 @@ def build_frame(
     Raises
     ------
     UsageError
-        Unknown outcome, empty workspace, or no mature units.
+        Unknown outcome, empty workspace, or no mature units (with ``include_censored``: no
+        units at all).
     """
     if outcome not in OUTCOMES:
         raise UsageError(f"unknown outcome {outcome!r}: expected one of {', '.join(OUTCOMES)}")
