@@ -1,0 +1,278 @@
+"""The model operations the CLI and notebooks call: fit, score, backtest (workspace or file).
+
+Each returns one JSON-ready dict; the CLI only parses options, calls these and formats.
+
+>>> default_model_dir("marketing.duckdb", "sql")
+PosixPath('marketing.models/sql')
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from signalloop.config import Settings
+from signalloop.errors import UsageError
+from signalloop.models.backtest import HOLDOUT, Progress, backtest
+from signalloop.models.card import config_of, load_model, save_model, schema_of
+from signalloop.models.estimator import ConversionModel
+from signalloop.models.features import TrainingFrame, build_frame, horizon_for
+from signalloop.models.metrics import reliability_table, scores
+from signalloop.models.table import read_table, table_frame
+from signalloop.store import Workspace
+
+
+def default_model_dir(db: str, outcome: str) -> Path:
+    """Where a workspace's model for ``outcome`` lives: ``<workspace stem>.models/<outcome>``."""
+    if db == ":memory:":
+        raise UsageError("an in-memory workspace has nowhere to keep models: pass --model-dir")
+    p = Path(db)
+    return p.with_name(p.stem + ".models") / outcome
+
+
+def _clock_days(tf: TrainingFrame) -> np.ndarray:
+    ts = tf.frame[tf.time]
+    out: np.ndarray = ((ts - ts.min()).dt.total_seconds() / 86400.0).to_numpy(dtype=float)
+    return out
+
+
+def _feedback(ws: Workspace, outcome: str, as_of: date | None) -> dict[str, Any]:
+    from signalloop.models.depth import feedback_depth, shallow_model
+
+    depth = feedback_depth(ws, as_of=as_of)
+    return {"campaigns": depth, "flags": shallow_model(outcome, depth)}
+
+
+def _frame_info(tf: TrainingFrame) -> dict[str, Any]:
+    y = tf.frame[tf.target].to_numpy(dtype=int)
+    return {
+        "unit": tf.unit,
+        "rows": len(y),
+        "positives": int(y.sum()),
+        "window": [tf.window[0].isoformat(), tf.window[1].isoformat()],
+        "censored": tf.censored,
+        "excluded": tf.excluded,
+    }
+
+
+def fit_workspace(
+    ws: Workspace,
+    outcome: str,
+    *,
+    folder: str | Path,
+    as_of: date | None = None,
+    settings: Settings | None = None,
+    horizon_days: int | None = None,
+    random_state: int = 0,
+) -> dict[str, Any]:
+    """Fit the ``outcome`` model on every mature unit and save it with its card.
+
+    The card's metrics come from a time-ordered check made first: the same model trained on
+    the earliest 70% of units and scored on the latest 30%.
+    """
+    settings = settings or Settings()
+    tf = build_frame(ws, outcome, as_of=as_of, settings=settings, horizon_days=horizon_days)
+    X, y = tf.frame[tf.features], tf.frame[tf.target].to_numpy(dtype=int)
+    template = ConversionModel(random_state=random_state)
+    cut = round(len(y) * (1 - HOLDOUT))
+    check = ConversionModel(**template.get_params()).fit(X.iloc[:cut], y[:cut])
+    p = check.predict(X.iloc[cut:])
+    holdout: dict[str, Any] = dict(scores(y[cut:], p))
+    holdout["reliability"] = reliability_table(y[cut:], p)
+    model = ConversionModel(**template.get_params()).fit(X, y)
+    horizon = horizon_for(outcome, settings, horizon_days)
+    config = config_of(outcome, horizon, settings.funnel, template.get_params())
+    info = _frame_info(tf)
+    info["as_of"] = str(as_of) if as_of else None
+    feedback = _feedback(ws, outcome, as_of)
+    card = save_model(
+        folder,
+        model,
+        config=config,
+        schema=schema_of(tf.features, tf.categorical),
+        data=info,
+        metrics={"time_split": holdout, "feedback_flags": feedback["flags"]},
+    )
+    return {
+        "model_dir": str(folder),
+        "outcome": outcome,
+        **info,
+        "features": tf.features,
+        "calibration": model.calibration_method_,
+        "time_split": holdout,
+        "feedback": feedback,
+        "config_hash": card["config_hash"],
+        "schema_hash": card["schema_hash"],
+    }
+
+
+def score_workspace(
+    ws: Workspace,
+    outcome: str,
+    *,
+    folder: str | Path,
+    as_of: date | None = None,
+    settings: Settings | None = None,
+    horizon_days: int | None = None,
+) -> dict[str, Any]:
+    """Score the units whose outcome is not known yet with the saved ``outcome`` model.
+
+    The model is loaded only if its config and feature schema match what the workspace gives
+    now (see :func:`~signalloop.models.card.load_model`).
+    """
+    settings = settings or Settings()
+    tf = build_frame(
+        ws,
+        outcome,
+        as_of=as_of,
+        settings=settings,
+        horizon_days=horizon_days,
+        include_censored=True,
+    )
+    horizon = horizon_for(outcome, settings, horizon_days)
+    # the model's own parameters come with it; what must match is what it means here
+    model, card = load_model(
+        folder,
+        config=config_of(outcome, horizon, settings.funnel, card_params(folder)),
+        schema=schema_of(tf.features, tf.categorical),
+    )
+    f = tf.frame
+    open_units = f[~f["mature"]] if "mature" in f.columns else f.iloc[0:0]
+    p = model.predict(open_units[tf.features]) if len(open_units) else np.array([])
+    rows = [
+        {
+            tf.id_column: str(r[tf.id_column]),
+            "campaign_id": r["campaign_id"],
+            "ts": r[tf.time].isoformat(),
+            "probability": round(float(pi), 6),
+        }
+        for (_, r), pi in zip(open_units.iterrows(), p, strict=True)
+    ]
+    by_campaign: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        c = by_campaign.setdefault(r["campaign_id"], {"units": 0, "expected": 0.0})
+        c["units"] += 1
+        c["expected"] += r["probability"]
+    return {
+        "outcome": outcome,
+        "model_dir": str(folder),
+        "trained": card["created"],
+        "unit": tf.unit,
+        "scored": len(rows),
+        "campaigns": [
+            {"campaign_id": k, "units": v["units"], "expected": round(v["expected"], 2)}
+            for k, v in sorted(by_campaign.items())
+        ],
+        "units": rows,
+    }
+
+
+def card_params(folder: str | Path) -> dict[str, Any]:
+    """The model parameters a saved card was fitted with (they are part of its config)."""
+    from signalloop.models.card import read_card
+
+    params: dict[str, Any] = read_card(folder)["config"]["params"]
+    return params
+
+
+def backtest_workspace(
+    ws: Workspace,
+    outcome: str,
+    *,
+    as_of: date | None = None,
+    settings: Settings | None = None,
+    horizon_days: int | None = None,
+    random_state: int = 0,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """:func:`~signalloop.models.backtest.backtest` on the workspace's ``outcome`` frame.
+
+    The clock is the unit time in days, so the recommended cadence is in days.
+    """
+    tf = build_frame(ws, outcome, as_of=as_of, settings=settings, horizon_days=horizon_days)
+    doc = backtest(
+        tf.frame[tf.features],
+        tf.frame[tf.target].to_numpy(dtype=int),
+        clock=_clock_days(tf),
+        unit="days",
+        target=outcome,
+        random_state=random_state,
+        progress=progress,
+    )
+    doc["source"] = "workspace"
+    doc.update({k: v for k, v in _frame_info(tf).items() if k not in ("rows", "positives")})
+    doc["feedback"] = _feedback(ws, outcome, as_of)
+    return doc
+
+
+def backtest_file(
+    path: str | Path,
+    *,
+    target: str,
+    positive: str | None = None,
+    time: str | None = None,
+    time_order: str | None = None,
+    exclude: list[str] | None = None,
+    random_state: int = 0,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """:func:`~signalloop.models.backtest.backtest` on a table file (a CRM lead export)."""
+    df = read_table(path)
+    f = table_frame(
+        df,
+        target=target,
+        positive=positive,
+        time=time,
+        time_order=time_order,
+        exclude=exclude,
+        source=str(path),
+    )
+    doc = backtest(
+        f.X,
+        f.y,
+        clock=f.clock,
+        unit=f.unit,
+        target=target,
+        random_state=random_state,
+        progress=progress,
+    )
+    doc.update(source=str(path), positive=f.positive, features=f.features, ignored=f.ignored)
+    return doc
+
+
+def route_workspace(
+    ws: Workspace,
+    *,
+    folder: str | Path,
+    outcome: str = "sql",
+    as_of: date | None = None,
+    threshold: float | None = None,
+    settings: Settings | None = None,
+    required: tuple[str, ...] = ("user_id",),
+    horizon_days: int | None = None,
+) -> dict[str, Any]:
+    """Route the open leads with the saved ``outcome`` model (see
+    :func:`~signalloop.models.route.route_leads`); the model must match the settings now."""
+    from signalloop.models.route import route_leads
+
+    settings = settings or Settings()
+    horizon = horizon_for(outcome, settings, horizon_days)
+    model, card = load_model(
+        folder, config=config_of(outcome, horizon, settings.funnel, card_params(folder))
+    )
+    doc = route_leads(
+        ws,
+        model,
+        as_of=as_of,
+        threshold=threshold,
+        settings=settings,
+        required=required,
+        outcome=outcome,
+        horizon_days=horizon_days,
+    )
+    doc["model_dir"] = str(folder)
+    doc["trained"] = card["created"]
+    return doc
