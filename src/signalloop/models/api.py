@@ -39,11 +39,16 @@ def _clock_days(tf: TrainingFrame) -> np.ndarray:
     return out
 
 
-def _feedback(ws: Workspace, outcome: str, as_of: date | None) -> dict[str, Any]:
+def _feedback(ws: Workspace, outcome: str, as_of: date | None, tf: TrainingFrame) -> dict[str, Any]:
+    """Feedback depth per campaign, and flags for the campaigns this model learns from."""
     from signalloop.models.depth import feedback_depth, shallow_model
 
     depth = feedback_depth(ws, as_of=as_of)
-    return {"campaigns": depth, "flags": shallow_model(outcome, depth)}
+    used = set(tf.frame["campaign_id"].dropna().astype(str))
+    return {
+        "campaigns": depth,
+        "flags": shallow_model(outcome, [d for d in depth if d["campaign_id"] in used]),
+    }
 
 
 def _frame_info(tf: TrainingFrame) -> dict[str, Any]:
@@ -87,7 +92,7 @@ def fit_workspace(
     config = config_of(outcome, horizon, settings.funnel, template.get_params())
     info = _frame_info(tf)
     info["as_of"] = str(as_of) if as_of else None
-    feedback = _feedback(ws, outcome, as_of)
+    feedback = _feedback(ws, outcome, as_of, tf)
     card = save_model(
         folder,
         model,
@@ -101,6 +106,7 @@ def fit_workspace(
         "outcome": outcome,
         **info,
         "features": tf.features,
+        "categorical": tf.categorical,
         "calibration": model.calibration_method_,
         "time_split": holdout,
         "feedback": feedback,
@@ -140,7 +146,7 @@ def score_workspace(
         schema=schema_of(tf.features, tf.categorical),
     )
     f = tf.frame
-    open_units = f[~f["mature"]] if "mature" in f.columns else f.iloc[0:0]
+    open_units = f[f[tf.target] < 0]  # label -1: the outcome has not had time to arrive
     p = model.predict(open_units[tf.features]) if len(open_units) else np.array([])
     rows = [
         {
@@ -186,6 +192,7 @@ def backtest_workspace(
     settings: Settings | None = None,
     horizon_days: int | None = None,
     random_state: int = 0,
+    workers: int | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """:func:`~signalloop.models.backtest.backtest` on the workspace's ``outcome`` frame.
@@ -200,11 +207,14 @@ def backtest_workspace(
         unit="days",
         target=outcome,
         random_state=random_state,
+        workers=workers,
         progress=progress,
     )
     doc["source"] = "workspace"
-    doc.update({k: v for k, v in _frame_info(tf).items() if k not in ("rows", "positives")})
-    doc["feedback"] = _feedback(ws, outcome, as_of)
+    info = _frame_info(tf)
+    doc.update({k: v for k, v in info.items() if k not in ("rows", "positives", "unit")})
+    doc["row_unit"] = info["unit"]  # "unit" is the cadence's (days)
+    doc["feedback"] = _feedback(ws, outcome, as_of, tf)
     return doc
 
 
@@ -217,6 +227,7 @@ def backtest_file(
     time_order: str | None = None,
     exclude: list[str] | None = None,
     random_state: int = 0,
+    workers: int | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """:func:`~signalloop.models.backtest.backtest` on a table file (a CRM lead export)."""
@@ -237,6 +248,7 @@ def backtest_file(
         unit=f.unit,
         target=target,
         random_state=random_state,
+        workers=workers,
         progress=progress,
     )
     doc.update(source=str(path), positive=f.positive, features=f.features, ignored=f.ignored)

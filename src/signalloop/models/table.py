@@ -49,7 +49,8 @@ class TableFrame:
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a CSV (delimiter sniffed) or Parquet file whole, as text-typed columns where CSV.
+    """Read a CSV (delimiter sniffed) or Parquet file whole; CSV columns that are all numbers
+    become numbers, the rest stay text.
 
     Raises :class:`~signalloop.errors.InputError` naming the file when it cannot be read.
     """
@@ -61,8 +62,10 @@ def read_table(path: str | Path) -> pd.DataFrame:
         if p.suffix.lower() in (".parquet", ".pq"):
             rel = con.sql("SELECT * FROM read_parquet(?)", params=[str(p)])
         else:
+            # all text first: type sniffing would turn yes/no into booleans and strip the
+            # leading zeros of ids; numbers are recognised below, column by column
             rel = con.sql(
-                "SELECT * FROM read_csv(?, header = true, sample_size = 20000)", params=[str(p)]
+                "SELECT * FROM read_csv(?, header = true, all_varchar = true)", params=[str(p)]
             )
         df: pd.DataFrame = rel.df()
     except duckdb.Error as exc:
@@ -72,6 +75,11 @@ def read_table(path: str | Path) -> pd.DataFrame:
         con.close()
     if df.empty:
         raise InputError("the table has no rows", file=p)
+    for c in df.columns:
+        if df[c].dtype == object or pd.api.types.is_string_dtype(df[c]):
+            num = pd.to_numeric(df[c], errors="coerce")
+            if num.notna().sum() == df[c].notna().sum():
+                df[c] = num
     return df
 
 
