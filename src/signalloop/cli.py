@@ -775,7 +775,7 @@ def model_fit(
         highlight=False,
     )
     for flag in doc["feedback"]["flags"]:
-        out.print(f"[yellow]feedback:[/] {flag['campaign_id']}: {flag['message']}", highlight=False)
+        out.print(f"[yellow]feedback:[/] {flag['message']}", highlight=False)
 
 
 def _num(v: Any, nd: int = 3) -> str:
