@@ -331,7 +331,7 @@ ConfigOption = Annotated[
 AsOfOption = Annotated[
     str | None,
     typer.Option(
-        "--as-of", help="Evaluate as of this day (YYYY-MM-DD) [default: last day with data]."
+        "--as-of", help="Evaluate as of this day (YYYY-MM-DD) \\[default: last day with data]."
     ),
 ]
 
@@ -712,7 +712,7 @@ HorizonOption = Annotated[
     typer.Option(
         "--horizon-days",
         help="Days a unit's outcome may take to arrive before it counts as a negative "
-        "[default: conversion 7, value 14, sql 30, won 60].",
+        "\\[default: conversion 7, value 14, sql 30, won 60].",
         show_default=False,
     ),
 ]
@@ -720,7 +720,7 @@ ModelDirOption = Annotated[
     Path | None,
     typer.Option(
         "--model-dir",
-        help="Folder of the saved model [default: <workspace>.models/<outcome>].",
+        help="Folder of the saved model \\[default: <workspace>.models/<outcome>].",
         show_default=False,
     ),
 ]
@@ -913,7 +913,7 @@ def model_route(
     ] = "sql",
     threshold: Annotated[
         float | None,
-        typer.Option(help="Probability from which a lead goes to sales [default: 2x base rate]."),
+        typer.Option(help="Probability from which a lead goes to sales \\[default: 2x base rate]."),
     ] = None,
     require: Annotated[
         list[str] | None,
