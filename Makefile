@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint typecheck pytest bench bench-ingest bench-checks bench-speed bench-state clean lock
+.PHONY: install demo test lint typecheck pytest bench bench-ingest bench-checks bench-speed bench-state bench-models clean lock
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,12 +30,15 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
-bench: bench-ingest bench-checks bench-speed bench-state
+bench: bench-ingest bench-checks bench-speed bench-state bench-models
 
 bench-state: $(STAMP)
 	$(BIN)/python benchmarks/phase_quality.py --seeds 20
 	$(BIN)/python benchmarks/fatigue_quality.py --seeds 20
 	$(BIN)/python benchmarks/nowcast_quality.py --seeds 20
+
+bench-models: $(STAMP)
+	$(BIN)/python benchmarks/models_quality.py --seeds 5
 
 bench-ingest: $(STAMP)
 	$(BIN)/python benchmarks/run.py
