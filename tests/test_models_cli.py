@@ -186,3 +186,20 @@ def test_bank_marketing_finds_the_gap_the_drift_and_a_cadence() -> None:
     assert {"euribor3m", "nr.employed", "emp.var.rate"} <= top
     assert doc["cadence"]["recommended"] == 500
     assert doc["cadence"]["live_auc"] > 0.75
+
+
+def test_horizon_from_signalloop_toml(db: Path, tmp_path: Path) -> None:
+    from signalloop.config import settings_from_dict
+    from signalloop.errors import ConfigError
+    from signalloop.models.features import horizon_for
+
+    s = settings_from_dict({"models": {"horizon_days": {"sql": 21}}})
+    assert horizon_for("sql", s) == 21 and horizon_for("won", s) == 60
+    with pytest.raises(ConfigError, match="horizon_days must map outcomes"):
+        settings_from_dict({"models": {"horizon_days": {"deal": 3}}})
+    with pytest.raises(ConfigError, match="positive integer"):
+        settings_from_dict({"models": {"horizon_days": {"sql": 0}}})
+    toml = tmp_path / "signalloop.toml"
+    toml.write_text("[models]\nhorizon = 3\n")
+    p = run("model", "fit", "--db", str(db), "--config", str(toml))
+    assert p.returncode == 2 and "[models] takes horizon_days only" in p.stderr

@@ -15,6 +15,9 @@ exists. Everything has a default; a file only overrides what it names::
     [checks.integration_dropout]       # any check's thresholds, by name
     min_expected = 8
 
+    [models.horizon_days]              # days an outcome may take before "no" is a label
+    sql = 21
+
 >>> s = Settings()
 >>> s.learning_threshold, s.canonical_utm("  FB ")
 (50, 'facebook')
@@ -94,7 +97,9 @@ DEFAULT_ALIASES: dict[str, str] = {
     "mail": "email",
 }
 
-_TOP_KEYS = {"learning_threshold", "funnel", "taxonomy", "checks"}
+_TOP_KEYS = {"learning_threshold", "funnel", "taxonomy", "checks", "models"}
+#: Outcomes a ``[models] horizon_days`` table may name.
+_MODEL_OUTCOMES = ("conversion", "sql", "won", "value")
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,8 @@ class Settings:
     mediums: tuple[str, ...] = DEFAULT_MEDIUMS
     aliases: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_ALIASES))
     checks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: ``[models]``: ``horizon_days = {conversion = 7, sql = 30, ...}`` (label windows).
+    models: dict[str, Any] = field(default_factory=dict)
     path: str | None = None
 
     def canonical_utm(self, value: str) -> str:
@@ -189,4 +196,18 @@ def settings_from_dict(doc: dict[str, Any], source: str = "<dict>") -> Settings:
     checks = doc.get("checks", {})
     if not isinstance(checks, dict) or not all(isinstance(v, dict) for v in checks.values()):
         raise ConfigError(f"{source}: [checks.NAME] sections must be tables of thresholds")
-    return replace(s, checks={k: dict(v) for k, v in checks.items()})
+    models = doc.get("models", {})
+    if not isinstance(models, dict) or set(models) - {"horizon_days"}:
+        raise ConfigError(f"{source}: [models] takes horizon_days only, got {models!r}")
+    horizon = models.get("horizon_days", {})
+    if not isinstance(horizon, dict) or set(horizon) - set(_MODEL_OUTCOMES):
+        raise ConfigError(
+            f"{source}: [models] horizon_days must map outcomes "
+            f"({', '.join(_MODEL_OUTCOMES)}) to days, got {horizon!r}"
+        )
+    for k, v in horizon.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ConfigError(f"{source}: [models] horizon_days.{k} must be a positive integer")
+    return replace(
+        s, checks={k: dict(v) for k, v in checks.items()}, models={"horizon_days": dict(horizon)}
+    )

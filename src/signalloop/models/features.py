@@ -38,7 +38,6 @@ time (for a lead, its click), so no feature sees the label window.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
@@ -48,7 +47,7 @@ import pandas as pd
 
 from signalloop.checks.engine import without_exclusions
 from signalloop.config import Settings
-from signalloop.errors import ConfigError, UsageError
+from signalloop.errors import UsageError
 from signalloop.store import Workspace
 
 OUTCOMES: tuple[str, ...] = ("conversion", "sql", "won", "value")
@@ -116,22 +115,14 @@ class TrainingFrame:
 def horizon_for(outcome: str, settings: Settings, horizon_days: int | None = None) -> int:
     """The label window in days: ``horizon_days``, else ``[models] horizon_days``, else default.
 
-    :class:`~signalloop.config.Settings` has no ``[models]`` table yet; a ``models`` mapping or a
-    raw document (``raw`` / ``doc``) on the settings object is read when one exists.
-
     >>> horizon_for("sql", Settings()), horizon_for("sql", Settings(), 10)
     (30, 10)
+    >>> horizon_for("sql", Settings(models={"horizon_days": {"sql": 21}}))
+    21
     """
     days: Any = horizon_days
     if days is None:
-        models = getattr(settings, "models", None)
-        raw = getattr(settings, "raw", None) or getattr(settings, "doc", None)
-        if models is None and isinstance(raw, Mapping):
-            models = raw.get("models")
-        table = models.get("horizon_days") if isinstance(models, Mapping) else None
-        days = table.get(outcome) if isinstance(table, Mapping) else None
-        if days is not None and (not isinstance(days, int) or isinstance(days, bool) or days < 1):
-            raise ConfigError(f"[models] horizon_days.{outcome} must be a positive integer")
+        days = settings.models.get("horizon_days", {}).get(outcome)
     if days is None:
         return DEFAULT_HORIZON_DAYS[outcome]
     if not isinstance(days, int) or days < 1:
