@@ -8,17 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from signalloop.allocate.ope import (
-    LoggedBandit,
-    RewardModel,
-    dr,
-    evaluate_obd,
-    ipw,
-    load_obd,
-    snipw,
-    softmax_policy,
-    uniform_policy,
-)
+from signalloop.allocate.logs import LoggedBandit, load_obd
+from signalloop.allocate.obd import RewardModel, evaluate_obd, softmax_policy, uniform_policy
+from signalloop.allocate.ope import dr, ipw, snipw
 from signalloop.errors import InputError, UsageError
 
 from .conftest import shared_data, write_csv
