@@ -583,6 +583,81 @@ def fatigue(
 
 @app.command()
 @handle_errors
+def allocate(
+    budget: Annotated[float, typer.Option("--budget", help="Total daily budget to split.")],
+    objective: Annotated[
+        str, typer.Option(help="What to maximise: conversions or value.")
+    ] = "conversions",
+    cpa_cap: Annotated[
+        float | None, typer.Option("--cpa-cap", help="Stop-loss cost per conversion.")
+    ] = None,
+    as_of: AsOfOption = None,
+    policy: Annotated[str, typer.Option(help="Allocation policy by name.")] = "guarded_bayes",
+    db: DbOption = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Daily budget per campaign from a Bayesian policy with priors and guardrails."""
+    from signalloop.allocate.policy import allocate as run_allocate
+    from signalloop.config import load_settings
+    from signalloop.store import Workspace
+
+    settings = load_settings(config)
+    day = _parse_date(as_of, "--as-of")
+    with Workspace(db) as ws, err.status("allocating", spinner="dots"):
+        doc = run_allocate(
+            ws,
+            budget,
+            objective=objective,
+            cpa_cap=cpa_cap,
+            as_of=day,
+            settings=settings,
+            policy=policy,
+        )
+    if as_json:
+        emit_json(doc)
+        return
+    t = Table(
+        title=f"budget {doc['budget']:,.2f} a day as of {doc['as_of']} ({doc['policy']}, "
+        f"{doc['objective']}; current = {doc['current_basis']})",
+        title_justify="left",
+    )
+    for col in (
+        "campaign",
+        "current",
+        "recommended",
+        "change",
+        "automation",
+        "CPA (90%)",
+        "P(best)",
+    ):
+        t.add_column(col, no_wrap=True)
+    colour = {"manual": "red", "assisted": "yellow", "automated": "green"}
+    for a in doc["arms"]:
+        lo_hi = a["cpa_interval"]
+        cpa = (
+            f"{a['expected_cpa']:,.2f} ({lo_hi[0]:,.2f}-{lo_hi[1]:,.2f})"
+            if a["expected_cpa"] is not None and lo_hi
+            else "-"
+        )
+        change = f"{a['change_pct']:+.1f}%" if a["change_pct"] is not None else "new"
+        t.add_row(
+            a["campaign_id"],
+            f"{a['current']:,.2f}",
+            f"{a['recommended']:,.2f}",
+            change,
+            f"[{colour[a['automation']]}]{a['automation']}[/]",
+            cpa,
+            f"{a['p_best']:.2f}",
+        )
+    out.print(t)
+    for a in doc["arms"]:
+        if a["reasons"]:
+            out.print(f"  {a['campaign_id']}: {'; '.join(a['reasons'])}", highlight=False)
+
+
+@app.command()
+@handle_errors
 def simulate(
     out_dir: Annotated[
         Path, typer.Option("--out", help="Folder to write the CSVs and truth.json.")
