@@ -438,20 +438,24 @@ class GuardedBayes:
                         lo[j] = hi[j] = c_lo if hi[j] < c_lo else c_hi
                     else:
                         lo[j], hi[j] = max(lo[j], c_lo), min(hi[j], c_hi)
+            idx = [arms.index(a) for a in free]
+            theta = obj_draws[:, idx] if conv.has_data_ else np.ones((1, len(free)))
             if lo.sum() <= rest <= hi.sum():
-                idx = [arms.index(a) for a in free]
-                theta = obj_draws[:, idx] if conv.has_data_ else np.ones((1, len(free)))
                 sol = water_fill(theta, conv.beta_, lo, hi, rest).mean(axis=0)
                 for j, arm in enumerate(free):
                     self._bound_reason(arm, float(sol[j]), lo_share, hi_share, reasons)
             else:
-                bound = hi if rest > hi.sum() else lo
+                # the budget lies beyond what the guardrails allow: every free campaign goes to
+                # its bound, and what is left over (or missing) goes where the marginal return
+                # is highest (or lowest), not in proportion
+                over = rest > hi.sum()
+                lo2, hi2 = (hi, np.full(len(free), max(rest, 0.0))) if over else (0 * lo, lo)
                 sol = (
-                    bound * max(rest, 0.0) / bound.sum()
-                    if bound.sum() > 0
-                    else np.full(len(free), max(rest, 0.0) / len(free))
+                    water_fill(theta, conv.beta_, lo2, hi2, max(rest, 0.0)).mean(axis=0)
+                    if rest > 0
+                    else np.zeros(len(free))
                 )
-                side = "above" if rest > hi.sum() else "below"
+                side = "above" if over else "below"
                 for arm in free:
                     if rest <= 0:
                         reasons[arm.campaign_id].append(
@@ -462,7 +466,8 @@ class GuardedBayes:
                     reasons[arm.campaign_id].append(
                         f"the budget cannot be met within guardrails: it is {side} what "
                         f"they allow the free campaigns ({lo.sum():,.2f}-{hi.sum():,.2f} "
-                        "after fixed ones): scaled in proportion beyond them"
+                        "after fixed ones): the rest goes by marginal return, and a change "
+                        "above 20% resets learning"
                     )
             x |= {a.campaign_id: float(v) for a, v in zip(free, sol, strict=True)}
             return _round_exact(x, budget, [a.campaign_id for a in free])
