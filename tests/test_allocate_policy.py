@@ -151,7 +151,7 @@ def test_no_history_even_split_and_says_so() -> None:
     arms = [ArmState(f"c0{i}", 0.0) for i in range(1, 5)]
     out = GuardedBayes().decide(arms, 1000.0, np.random.default_rng(0))
     assert [d.recommended for d in out] == [250.0] * 4
-    assert all(any("no history" in r for r in d.reasons) for d in out)
+    assert all(any("no conversion history" in r for r in d.reasons) for d in out)
     assert all(d.automation == "manual" and d.expected_cpa is None for d in out)
 
 

@@ -362,7 +362,7 @@ class GuardedBayes:
             why[arm.campaign_id].append(f"at the minimum share ({self.min_share:.0%})")
         elif abs(x - hi_share) < tol:
             why[arm.campaign_id].append(f"at the maximum share ({self.max_share:.0%})")
-        else:
+        elif not any("no conversion history" in r for r in why[arm.campaign_id]):
             why[arm.campaign_id].append("Thompson sampling: marginal returns equalised")
 
     def _budgets(
@@ -386,10 +386,10 @@ class GuardedBayes:
                 held_by = ", ".join(arm.gate_reasons) or "the signal checks"
                 why.append(f"held at the gate by {held_by}: keeps its current budget")
                 if not conv.has_data_:
-                    why.append("no history in the workspace: the others get an even split")
+                    why.append("no conversion history in the window: the others get an even split")
                 continue
             if not conv.has_data_:
-                why.append("no history in the workspace: even split within guardrails")
+                why.append("no conversion history in the window: even split within guardrails")
                 continue
             at = cur if cur > 0 else lo_share
             cpa = at ** (1 - conv.beta_) / np.maximum(conv_draws[:, i], 1e-300)

@@ -153,7 +153,7 @@ class GammaPoissonArms:
     scale_ : float
         Outcome units per model unit (1 for conversions; mean value per conversion).
     has_data_ : bool
-        Whether any arm had a learnable day with spend.
+        Whether any arm had a learnable day with spend, and the account any outcome at all.
     """
 
     def __init__(
@@ -189,7 +189,8 @@ class GammaPoissonArms:
             self.outcome_[i] = y.sum() / self.scale_
             self.exposure_[i] = (s**self.beta_).sum()
             days[i] = len(s)
-        self.has_data_ = bool((self.exposure_ > 0).any())
+        # spend with no outcome anywhere says nothing about which arm returns more
+        self.has_data_ = bool((self.exposure_ > 0).any() and self.outcome_.sum() > 0)
         self.prior_shape_, self.prior_rate_ = self._pooled_prior(days)
         a0 = self.prior_shape_ if self.has_data_ else 1.0
         b0 = self.prior_rate_ if self.has_data_ else 1.0
