@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint typecheck pytest bench bench-ingest bench-checks bench-speed bench-state bench-models clean lock
+.PHONY: install demo test lint typecheck pytest bench bench-ingest bench-checks bench-speed bench-state bench-models bench-allocate clean lock
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,7 +30,7 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
-bench: bench-ingest bench-checks bench-speed bench-state bench-models
+bench: bench-ingest bench-checks bench-speed bench-state bench-models bench-allocate
 
 bench-state: $(STAMP)
 	$(BIN)/python benchmarks/phase_quality.py --seeds 20
@@ -39,6 +39,9 @@ bench-state: $(STAMP)
 
 bench-models: $(STAMP)
 	$(BIN)/python benchmarks/models_quality.py --seeds 5
+
+bench-allocate: $(STAMP)
+	$(BIN)/python benchmarks/allocate_quality.py --seeds 200
 
 bench-ingest: $(STAMP)
 	$(BIN)/python benchmarks/run.py
