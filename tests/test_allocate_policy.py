@@ -109,8 +109,8 @@ def test_guardrails_hold_exactly() -> None:
     assert rec["c02"] == arms[1].current  # held: unchanged, exactly
     assert rec["c04"] == arms[3].current  # learning, no cap: unchanged
     for a in (arms[0], arms[2]):  # open, stable
-        assert abs(rec[a.campaign_id] / a.current - 1) <= 0.15 + 1e-9
-        assert 0.05 * budget - 1e-6 <= rec[a.campaign_id] <= 0.6 * budget + 1e-6
+        assert abs(rec[a.campaign_id] / a.current - 1) <= 0.18 + 1e-9
+        assert 0.02 * budget - 1e-6 <= rec[a.campaign_id] <= 0.6 * budget + 1e-6
     assert rec["c01"] > arms[0].current > 0 and rec["c03"] < arms[2].current
     assert out["c01"].p_best > 0.9
     assert any("held at the gate" in r for r in out["c02"].reasons)
@@ -124,7 +124,7 @@ def test_cpa_cap_stops_losses_and_unlocks_learning_arms() -> None:
     budget = sum(a.current for a in arms)
     # CPA at 200/day: 200^0.2 / theta = 2.89 / 0.05 = 58 (c03), 19 (c04), 9.6 (c01 at 300)
     out = GuardedBayes(cpa_cap=15.0).allocate(arms, budget, np.random.default_rng(0))
-    assert out["c03"] == pytest.approx(0.05 * budget, abs=0.01)  # stop-loss to the minimum
+    assert out["c03"] == pytest.approx(0.02 * budget, abs=0.01)  # stop-loss to the minimum
     assert out["c04"] != arms[3].current  # in learning, but over the cap: edited
     assert out["c02"] == arms[1].current
     assert sum(out.values()) == pytest.approx(budget, abs=1e-6)
@@ -227,7 +227,7 @@ def test_allocate_json_contract_and_held_campaign(db: Path) -> None:
         lo, hi = a["cpa_interval"]
         assert lo <= a["expected_cpa"] <= hi
         if a["campaign_id"] != "c02" and "stop-loss" not in " ".join(a["reasons"]):
-            assert abs(a["change_pct"]) <= 15.0 + 0.05
+            assert abs(a["change_pct"]) <= 18.0 + 0.05
 
 
 def test_allocate_value_objective_and_baseline_policy(db: Path) -> None:

@@ -22,12 +22,15 @@ the policy sees only what is observable by the end of day ``d - 1``:
 The first ``warmup_days`` run at the account's own plan; from then on the policy splits
 ``budget`` over the campaigns. Counted per day and in total (policy days only):
 
-* ``expected``: the policy's noise-free expected conversions, ``sum acct.expected(c, b)``;
-* ``oracle``: the same for the allocation that maximises it for the same budget
-  (:func:`oracle_allocation`). :meth:`Account.expected` assumes creatives at 80% of their
-  peak CTR and stable ad sets: it ignores fatigue beyond that factor and the learning-phase
-  penalty, so regret measures the allocation alone; the realised conversions carry the rest;
-* ``regret = oracle - expected``;
+* ``expected``: the policy's noise-free expected conversions, each ad set's expected
+  conversions at its budget scaled by its learning state's mean conversion-rate multiplier
+  that day (learning 0.8, learning-limited 0.9, stable 1.0: what a reset costs counts);
+  ``expected_ignoring_learning``: the same with every ad set stable (``sum acct.expected``);
+* ``oracle``: the stable expected conversions of the allocation that maximises them for the
+  same budget (:func:`oracle_allocation`), kept from the first policy day on, never resetting
+  learning. :meth:`Account.expected` assumes creatives at 80% of their peak CTR: fatigue
+  beyond that factor is left out, and only the realised conversions carry it;
+* ``regret = oracle - expected`` (and ``regret_ignoring_learning_pct``, the allocation alone);
 * ``resets_caused``: ad-set learning resets from the policy's budget edits (a change of more
   than 20%, or a restart after 7 or more days at zero);
 * ``spend_moved_held``: ``|budget - yesterday's budget|`` over the campaign-days the gate held;
@@ -53,7 +56,7 @@ from signalloop.allocate.posterior import ArmState, Day, FloatArray
 from signalloop.errors import UsageError
 from signalloop.simulate import Account, Fault, SimulationConfig, campaign_ids, parse_fault
 from signalloop.simulate.entities import Campaign, DayEvents
-from signalloop.simulate.params import DAY, SOURCE_NAMES
+from signalloop.simulate.params import DAY, PHASE_CVR, SOURCE_NAMES
 
 SCENARIOS = ("cold_start", "tracking_outage", "fatigue")
 """The benchmark scenarios of :func:`scenario_config`."""
@@ -141,9 +144,24 @@ def oracle_allocation(acct: Account, budget: float) -> dict[str, float]:
     return {c.id: float(v) for c, v in zip(acct.campaigns, x, strict=True)}
 
 
-def expected_conversions(acct: Account, budgets: dict[str, float]) -> float:
-    """Noise-free expected conversions a day of ``budgets`` (``sum acct.expected(c, b)[0]``)."""
-    return float(sum(acct.expected(c, budgets.get(c.id, 0.0))[0] for c in acct.campaigns))
+def expected_conversions(
+    acct: Account, budgets: dict[str, float], learning: dict[str, str] | None = None
+) -> float:
+    """Noise-free expected conversions a day of ``budgets`` (``sum acct.expected(c, b)[0]``).
+
+    With ``learning`` (ad set id -> learning state that day), each ad set's conversions are
+    scaled by its state's mean conversion-rate multiplier in the simulator (learning 0.8,
+    learning-limited 0.9, stable 1.0): the cost of a reset counts.
+    """
+    if learning is None:
+        return float(sum(acct.expected(c, budgets.get(c.id, 0.0))[0] for c in acct.campaigns))
+    total = 0.0
+    for c in acct.campaigns:
+        b = budgets.get(c.id, 0.0)
+        for a in (acct.adsets[i] for i in c.adsets):
+            cl = a.k * (b * a.share) ** a.b * a.ctr_base * 0.8
+            total += cl * a.cvr * PHASE_CVR[learning.get(a.id, "stable")][0]
+    return total
 
 
 # ---- what the policy can see -------------------------------------------------------------
@@ -298,6 +316,8 @@ class DayRow:
     realised: float
     resets_caused: int
     spend_moved_held: float
+    #: ``expected`` as if every ad set were stable (what a reset costs is left out)
+    expected_ignoring_learning: float = 0.0
 
 
 @dataclass
@@ -450,7 +470,8 @@ def run_policy(
         seen.add(ev)
         applied = {c: round(budgets.get(c, 0.0), 2) for c in ids}
         if d >= warmup_days:
-            exp = expected_conversions(acct, budgets)
+            exp = expected_conversions(acct, budgets, ev.learning)
+            exp_free = expected_conversions(acct, budgets)
             res.rows.append(
                 DayRow(
                     d,
@@ -463,6 +484,7 @@ def run_policy(
                     0.0,
                     _resets(acct, d),
                     float(sum(abs(applied[c] - last[c]) for c in held)),
+                    exp_free,
                 )
             )
         last = applied
@@ -477,6 +499,11 @@ def run_policy(
         "oracle": tot_oracle,
         "regret": tot_oracle - tot_exp,
         "regret_pct": 100.0 * (tot_oracle - tot_exp) / tot_oracle if tot_oracle > 0 else 0.0,
+        "regret_ignoring_learning_pct": (
+            100.0 * (tot_oracle - sum(r.expected_ignoring_learning for r in res.rows)) / tot_oracle
+            if tot_oracle > 0
+            else 0.0
+        ),
         "realised": sum(r.realised for r in res.rows),
         "resets_caused": sum(r.resets_caused for r in res.rows),
         "spend_moved_held": sum(r.spend_moved_held for r in res.rows),

@@ -236,7 +236,10 @@ class GuardedBayes:
     cpa_cap
         Stop-loss CPA (cost per conversion); ``None``: no stop-loss.
     min_share, max_share, max_change
-        Guardrails (fractions).
+        Guardrails (fractions): 2% and 60% of the budget per arm, 18% change a day (under the
+        20% that resets learning). Chosen on the time loop (20 seeds, cold start and outage):
+        the issue's first guess, 5% / 15%, kept the guarded policy ~3 points of regret above
+        these, mostly by forcing 5% onto arms the best allocation starves.
     draws
         Thompson draws averaged.
     manual_below
@@ -257,9 +260,9 @@ class GuardedBayes:
         objective: str = "conversions",
         cpa_cap: float | None = None,
         *,
-        min_share: float = 0.05,
+        min_share: float = 0.02,
         max_share: float = 0.6,
-        max_change: float = 0.15,
+        max_change: float = 0.18,
         draws: int = 200,
         manual_below: float = 10.0,
         automated_cv: float = 0.1,
