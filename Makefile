@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint typecheck pytest bench bench-ingest bench-checks bench-speed bench-state bench-models bench-allocate clean lock
+.PHONY: install demo test lint typecheck pytest bench bench-ingest bench-checks bench-speed bench-state bench-models bench-allocate bench-ope clean lock
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,7 +30,7 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
-bench: bench-ingest bench-checks bench-speed bench-state bench-models bench-allocate
+bench: bench-ingest bench-checks bench-speed bench-state bench-models bench-allocate bench-ope
 
 bench-state: $(STAMP)
 	$(BIN)/python benchmarks/phase_quality.py --seeds 20
@@ -42,6 +42,9 @@ bench-models: $(STAMP)
 
 bench-allocate: $(STAMP)
 	$(BIN)/python benchmarks/allocate_quality.py --seeds 200
+
+bench-ope: $(STAMP)
+	$(BIN)/python benchmarks/ope_quality.py
 
 bench-ingest: $(STAMP)
 	$(BIN)/python benchmarks/run.py

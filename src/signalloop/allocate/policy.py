@@ -238,7 +238,7 @@ class GuardedBayes:
     min_share, max_share, max_change
         Guardrails (fractions): 2% and 60% of the budget per arm, 18% change a day (under the
         20% that resets learning). Chosen on the time loop (20 seeds, cold start and outage):
-        the issue's first guess, 5% / 15%, kept the guarded policy ~3 points of regret above
+        the first defaults, 5% / 15%, kept the guarded policy ~3 points of regret above
         these, mostly by forcing 5% onto arms the best allocation starves.
     draws
         Thompson draws averaged.
