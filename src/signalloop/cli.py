@@ -755,14 +755,16 @@ def print_loop(doc: dict[str, Any]) -> None:
     t.add_row("expected conversions, policy", f"{tot['expected']:,.1f}")
     t.add_row("expected conversions, oracle", f"{tot['oracle']:,.1f}")
     t.add_row("regret", f"{tot['regret']:,.1f} ({tot['regret_pct']:.1f}% of the oracle)")
+    t.add_row("regret ignoring learning", f"{tot['regret_ignoring_learning_pct']:.1f}%")
     t.add_row("realised conversions", f"{tot['realised']:,.0f}")
     t.add_row("learning resets caused (ad sets)", f"{tot['resets_caused']}")
     t.add_row("spend moved in held campaigns", f"{tot['spend_moved_held']:,.2f}")
     t.add_row("held campaign-days", f"{tot['held_days']}")
     out.print(t)
     out.print(
-        "expected conversions are noise-free (80% of peak CTR, stable ad sets: fatigue beyond "
-        "that and the learning-phase penalty are not in them; realised conversions are)",
+        "expected conversions are noise-free, at 80% of peak CTR and each ad set's learning-"
+        "phase conversion rate (a reset costs); the oracle keeps its allocation, never "
+        "resetting; fatigue beyond 80% is only in the realised conversions",
         highlight=False,
     )
 
