@@ -110,7 +110,7 @@ def test_guardrails_hold_exactly() -> None:
     assert rec["c04"] == arms[3].current  # learning, no cap: unchanged
     for a in (arms[0], arms[2]):  # open, stable
         assert abs(rec[a.campaign_id] / a.current - 1) <= 0.18 + 1e-9
-        assert 0.02 * budget - 1e-6 <= rec[a.campaign_id] <= 0.6 * budget + 1e-6
+        assert 0.02 * budget - 1e-6 <= rec[a.campaign_id] <= 0.8 * budget + 1e-6
     assert rec["c01"] > arms[0].current > 0 and rec["c03"] < arms[2].current
     assert out["c01"].p_best > 0.9
     assert any("held at the gate" in r for r in out["c02"].reasons)
