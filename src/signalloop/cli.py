@@ -617,6 +617,11 @@ def allocate(
     if as_json:
         emit_json(doc)
         return
+    print_allocation(doc)
+
+
+def print_allocation(doc: dict[str, Any]) -> None:
+    """Render an :func:`~signalloop.allocate.policy.allocate` result: table, then reasons."""
     t = Table(
         title=f"budget {doc['budget']:,.2f} a day as of {doc['as_of']} ({doc['policy']}, "
         f"{doc['objective']}; current = {doc['current_basis']})",
@@ -789,11 +794,12 @@ def demo(
     print_summary(summary)
     print_check(summary["checks"], min_severity="warn")
     print_state(summary["state"])
+    print_allocation(summary["allocation"])
     out.print(
         f"\nsimulated files and truth.json: {summary['data_dir']}\n"
         f"workspace: {summary['db']}\n"
         f"next, with --db {summary['db']}: signalloop check | quarantine | nowcast | phase "
-        "| fatigue (each takes --json)",
+        "| fatigue | allocate --budget X | model fit | model backtest (each takes --json)",
         highlight=False,
     )
 

@@ -8,7 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import ibis
+
 from signalloop import simulate as sim
+from signalloop.allocate.policy import allocate
 from signalloop.checks import run_checks
 from signalloop.contract import KINDS
 from signalloop.fatigue import fatigue
@@ -42,7 +45,9 @@ def run_demo(
 
     Returns :func:`~signalloop.summary.workspace_summary` plus ``data_dir``, ``faults``,
     ``ingested`` (one entry per file), ``checks`` (the check report: gates, findings,
-    exclusions), ``state`` (``nowcast``, ``phase`` and ``fatigue`` reports) and ``seconds``.
+    exclusions), ``state`` (``nowcast``, ``phase`` and ``fatigue`` reports), ``allocation``
+    (:func:`~signalloop.allocate.policy.allocate` of the last week's mean daily spend) and
+    ``seconds``.
     """
     started = time.perf_counter()
     out = Path(out_dir)
@@ -79,9 +84,16 @@ def run_demo(
             "fatigue": fatigue(ws).to_dict(),
         }
         report("estimating campaign state", 1.0)
+        report("allocating tomorrow's budget", None)
+        spend = ws.table("spend")
+        recent = spend.filter(spend.date > spend.date.max() - ibis.interval(days=7))
+        budget = round(float(recent.spend.sum().execute()) / 7.0, 2)
+        allocation = allocate(ws, budget)
+        report("allocating tomorrow's budget", 1.0)
     summary.update(
         checks=checks,
         state=state,
+        allocation=allocation,
         data_dir=str(data_dir),
         faults=list(DEMO_FAULTS),
         ingested=ingested,
