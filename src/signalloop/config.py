@@ -18,6 +18,18 @@ exists. Everything has a default; a file only overrides what it names::
     [models.horizon_days]              # days an outcome may take before "no" is a label
     sql = 21
 
+    [lens]                             # the decision lens (signalloop.lens)
+    retrain_every_days = 7             # declared retraining cadence (none: the check fails)
+    decision_every_days = 1            # how often budgets are decided (feedback latency)
+    cold_start_plan = "guarded allocator, manual bids below threshold"
+    cold_start_days = 28               # a campaign younger than this is in cold start
+    min_days_covered = 0.9             # share of days with delivery data (data completeness)
+    context_ratio = 2.0                # volume now vs the model's training data, either way
+
+    [owners]                           # campaign id or model outcome = owner name
+    c01 = "Ana"
+    sql = "Ben"
+
 >>> s = Settings()
 >>> s.learning_threshold, s.canonical_utm("  FB ")
 (50, 'facebook')
@@ -97,9 +109,30 @@ DEFAULT_ALIASES: dict[str, str] = {
     "mail": "email",
 }
 
-_TOP_KEYS = {"learning_threshold", "funnel", "taxonomy", "checks", "models"}
+_TOP_KEYS = {"learning_threshold", "funnel", "taxonomy", "checks", "models", "lens", "owners"}
 #: Outcomes a ``[models] horizon_days`` table may name.
 _MODEL_OUTCOMES = ("conversion", "sql", "won", "value")
+
+
+@dataclass(frozen=True)
+class LensSettings:
+    """``[lens]``: the declarations the decision lens (:mod:`signalloop.lens`) checks."""
+
+    #: How often models are retrained, in days; ``None`` = undeclared.
+    retrain_every_days: int | None = None
+    #: How often budget decisions are made, in days.
+    decision_every_days: int = 1
+    #: The declared plan for campaigns in cold start; ``None`` = undeclared.
+    cold_start_plan: str | None = None
+    #: A campaign whose first delivery is fewer days ago than this is in cold start.
+    cold_start_days: int = 28
+    #: Least share of days (first delivery to as-of) with delivery data.
+    min_days_covered: float = 0.9
+    #: Largest factor, either way, between a model's training volume and the volume now.
+    context_ratio: float = 2.0
+
+
+_LENS_INTS = ("retrain_every_days", "decision_every_days", "cold_start_days")
 
 
 @dataclass(frozen=True)
@@ -114,6 +147,10 @@ class Settings:
     checks: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: ``[models]``: ``horizon_days = {conversion = 7, sql = 30, ...}`` (label windows).
     models: dict[str, Any] = field(default_factory=dict)
+    #: ``[lens]``: declarations for the decision lens.
+    lens: LensSettings = field(default_factory=LensSettings)
+    #: ``[owners]``: campaign id or model outcome -> owner name.
+    owners: dict[str, str] = field(default_factory=dict)
     path: str | None = None
 
     def canonical_utm(self, value: str) -> str:
@@ -209,5 +246,53 @@ def settings_from_dict(doc: dict[str, Any], source: str = "<dict>") -> Settings:
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ConfigError(f"{source}: [models] horizon_days.{k} must be a positive integer")
     return replace(
-        s, checks={k: dict(v) for k, v in checks.items()}, models={"horizon_days": dict(horizon)}
+        s,
+        checks={k: dict(v) for k, v in checks.items()},
+        models={"horizon_days": dict(horizon)},
+        lens=_lens_from(doc.get("lens", {}), source),
+        owners=_owners_from(doc.get("owners", {}), source),
     )
+
+
+def _lens_from(lens: Any, source: str) -> LensSettings:
+    """Validate a ``[lens]`` table into :class:`LensSettings`."""
+    if not isinstance(lens, dict):
+        raise ConfigError(f"{source}: [lens] must be a table")
+    known = set(LensSettings.__dataclass_fields__)
+    bad = set(lens) - known
+    if bad:
+        raise ConfigError(
+            f"{source}: unknown [lens] key(s) {', '.join(sorted(bad))}; "
+            f"expected {', '.join(sorted(known))}"
+        )
+    for k in _LENS_INTS:
+        v = lens.get(k)
+        if k in lens and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise ConfigError(f"{source}: [lens] {k} must be a positive integer, got {v!r}")
+    plan = lens.get("cold_start_plan")
+    if "cold_start_plan" in lens and (not isinstance(plan, str) or not plan.strip()):
+        raise ConfigError(f"{source}: [lens] cold_start_plan must be a non-empty string")
+    cov = lens.get("min_days_covered", 0.9)
+    if isinstance(cov, bool) or not isinstance(cov, int | float) or not 0 <= cov <= 1:
+        raise ConfigError(
+            f"{source}: [lens] min_days_covered must be a number from 0 to 1, got {cov!r}"
+        )
+    ratio = lens.get("context_ratio", 2.0)
+    if isinstance(ratio, bool) or not isinstance(ratio, int | float) or ratio < 1:
+        raise ConfigError(f"{source}: [lens] context_ratio must be a number >= 1, got {ratio!r}")
+    return replace(
+        LensSettings(),
+        **{k: v for k, v in lens.items() if k not in ("min_days_covered", "context_ratio")},
+        min_days_covered=float(cov),
+        context_ratio=float(ratio),
+    )
+
+
+def _owners_from(owners: Any, source: str) -> dict[str, str]:
+    """Validate an ``[owners]`` table: ids or outcomes to non-empty owner names."""
+    if not isinstance(owners, dict):
+        raise ConfigError(f"{source}: [owners] must be a table of id = owner name")
+    for k, v in owners.items():
+        if not isinstance(v, str) or not v.strip():
+            raise ConfigError(f"{source}: [owners] {k} must be a non-empty owner name, got {v!r}")
+    return {str(k): v.strip() for k, v in owners.items()}
