@@ -114,3 +114,35 @@ def test_bad_lens_value_is_a_config_error(table: dict[str, Any], key: str) -> No
 def test_bad_owner_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="c01"):
         settings_from_dict({"owners": {"c01": ""}})
+
+
+def test_cli_lens(ws: Workspace, tmp_path: Any) -> None:
+    import json
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    ws.con.execute("CHECKPOINT")  # the fixture holds the file open: work on a copy
+    src = Path(ws.path)
+    db = str(tmp_path / src.name)
+    shutil.copy(src, db)
+    shutil.copytree(src.with_name("acct.models"), tmp_path / "acct.models")
+    toml = tmp_path / "signalloop.toml"
+    toml.write_text("[lens]\nretrain_every_days = 0\n")
+    bad = subprocess.run(
+        [sys.executable, "-m", "signalloop", "lens", "--db", db, "--config", str(toml)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad.returncode == 2 and "retrain_every_days" in bad.stderr
+    p = subprocess.run(
+        [sys.executable, "-m", "signalloop", "lens", "--db", db, "--json", "--fail-on-keep-scoped"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    doc = json.loads(p.stdout)
+    assert [c["name"] for c in doc["checks"]] == list(CHECK_NAMES)
+    assert p.returncode == (0 if doc["verdict"] == "scale" else 1)

@@ -846,6 +846,44 @@ def print_state(state: dict[str, Any]) -> None:
     out.print(t)
 
 
+@app.command()
+@handle_errors
+def lens(
+    as_of: AsOfOption = None,
+    fail_on_keep_scoped: Annotated[
+        bool,
+        typer.Option("--fail-on-keep-scoped", help="Exit 1 unless the verdict is scale."),
+    ] = False,
+    db: DbOption = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The seven questions before scaling spend: scale, or keep scoped and fix the weakest."""
+    from signalloop.lens import lens as run_lens
+
+    with err.status("reading the signals", spinner="dots"):
+        doc = _estimate(run_lens, as_of, db, config)
+    if as_json:
+        emit_json(doc)
+    else:
+        verdict = doc["verdict"]
+        colour = "green" if verdict == "scale" else "yellow"
+        t = Table(
+            title=f"decision lens as of {doc['as_of']}: [{colour}]{verdict}[/]"
+            + (f" (fix {doc['weakest']} first)" if doc["weakest"] else ""),
+            title_justify="left",
+        )
+        t.add_column("question")
+        t.add_column("passed")
+        t.add_column("evidence")
+        for c in doc["checks"]:
+            ok = "[green]yes[/]" if c["passed"] else "[red]no[/]"
+            t.add_row(c["name"], ok, escape(str(c["evidence"].get("message", ""))))
+        out.print(t)
+    if fail_on_keep_scoped and doc["verdict"] != "scale":
+        raise typer.Exit(1)
+
+
 # ---------------------------------------------------------------------------- signalloop model
 model_app = typer.Typer(
     help="Conversion-probability models: fit, score, backtest (workspace or file), route leads.",

@@ -1,0 +1,854 @@
+"""Diagnose what is wrong with each campaign and the account, and what to do about it.
+
+:func:`diagnose` gathers the signal checks (:func:`~signalloop.checks.run_checks`), the
+learning phase (:func:`~signalloop.phase.phase`), creative fatigue
+(:func:`~signalloop.fatigue.fatigue`), the nowcast (:func:`~signalloop.nowcast.nowcast`) and
+the feedback depth (:func:`~signalloop.models.depth.feedback_depth`), then runs every rule of
+:data:`RULES` over that evidence. A rule is data: a :class:`Rule` names its failure type and
+holds one function from the gathered :class:`Evidence` to zero or more diagnoses.
+
+Each diagnosis has ``campaign_id`` (``None`` for account-wide), ``failure_type``,
+``root_cause``, ``evidence`` (numbers, and ``source``: the checks or estimates they came from),
+``recovery_action``, ``expected_recovery_days``, ``severity`` (info / warn / critical) and
+``confidence`` (0-1). They come ordered most severe first, then most confident.
+
+Severity and confidence per failure type (thresholds are the module constants below):
+
+* ``integration_dropout`` -- from ``integration_dropout`` findings. Critical while the outage
+  is still open (conversion confidence 0.95 when under 10% of the expected events arrive,
+  else 0.8); info once closed (the window is excluded from learning already); a delivery stop
+  is info (confidence 0.5: confirm it was intended).
+* ``attribution_error`` -- ``duplicates``, ``attribution_match``, ``utm_hygiene`` and
+  ``timestamps`` findings of severity warn or above, one diagnosis per campaign (and one for
+  the account's UTM taxonomy). Severity: the worst finding's; confidence 0.9 (critical) or
+  0.7 (warn), plus 0.05 per further finding, at most 0.95.
+* ``label_quality`` -- ``stage_regression``, ``late_offline_conversions`` and
+  ``label_completeness`` findings (warn or above; feedback-depth findings excluded, they feed
+  ``feedback_loop_broken``). Our own type rather than ``attribution_error``: the labels the
+  models learn from are wrong, not the link from click to conversion. Severity and
+  confidence as for ``attribution_error``.
+* ``learning_variance`` -- ad sets in learning whose projected 7-day volume reaches the
+  threshold: info (calibration noise, not failure); confidence 0.6 rising to 0.9 as the
+  projection clears the threshold; recovery = days until ``evaluation_ready_on``.
+* ``signal_gap`` -- ad sets below the threshold while the campaign's pooled volume (the larger
+  of the ad sets' projections and the nowcast's expected last-7-day conversions) is at least
+  :data:`MANUAL_SHARE` of it: info (a setup change fixes it); confidence 0.5 plus up to 0.4 by
+  how far below the threshold the pool is.
+* ``low_volume_manual`` -- pooled volume under :data:`MANUAL_SHARE` of the threshold: warn;
+  confidence 0.6 plus up to 0.3 by how far below.
+  Both volume types skip campaigns with an open outage (their counts are not measured) and
+  have their confidence multiplied by :data:`FATIGUE_DISCOUNT` where the campaign is starving
+  of creatives (the fatigue explains part of the shortfall).
+* ``creative_fatigue`` -- warn on creative starvation or a ``creative_freshness`` finding;
+  info when at least :data:`FATIGUED_SHARE_INFO` of the last 7 days' live spend went to
+  fatigued creatives; confidence 0.5 + 0.45 x that share (+0.05 once nothing new has launched
+  for twice the starvation window).
+* ``override_churn`` -- human resets in the last :data:`OVERRIDE_WINDOW_DAYS` days on the
+  campaign's busiest ad set: warn from :data:`OVERRIDE_WARN_RESETS`, info from
+  :data:`OVERRIDE_INFO_RESETS` (or one reset with :data:`OVERRIDE_DAYS_LOST` days of learning
+  lost); confidence 0.5 + 0.05 per reset, at most 0.95. The baseline simulated account has
+  people resetting an ad set up to about 4 times in 28 days; a storm does 7 or more.
+* ``feedback_loop_broken`` -- feedback depth stops at click or conversion (a lead campaign
+  without CRM outcomes), or fewer than :data:`FEEDBACK_MIN_KNOWN_SHARE` of the leads old
+  enough to have closed have a known CRM outcome: warn; confidence 0.8 (click), 0.7 (otherwise).
+* ``overfitting`` and ``audience_bias`` -- fire only on evidence passed in ``models=``, which
+  nothing else computes here: ``models["backtests"]`` a list of
+  :func:`~signalloop.models.backtest.backtest` results (each optionally with ``campaign_id``
+  and ``name``): overfitting when ``overfit`` is true or ``gap.auc`` exceeds
+  :data:`OVERFIT_GAP`, warn (critical from twice that), confidence 0.6 + 2 x the gap;
+  ``models["audience"]`` a list of ``{"campaign_id", "known_user_share", "conversions"}``
+  (the share of conversions from users already known before the click): audience bias from
+  :data:`AUDIENCE_KNOWN_SHARE`, warn, confidence rising with the share.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from signalloop.checks.base import SEVERITY_RANK, default_as_of
+from signalloop.config import Settings
+from signalloop.errors import UsageError
+from signalloop.store import Workspace
+
+#: Checks whose findings mean the link from click to conversion is broken.
+ATTRIBUTION_CHECKS: tuple[str, ...] = (
+    "duplicates",
+    "attribution_match",
+    "utm_hygiene",
+    "timestamps",
+)
+#: Checks whose findings mean the outcome labels are wrong or late.
+LABEL_CHECKS: tuple[str, ...] = (
+    "stage_regression",
+    "late_offline_conversions",
+    "label_completeness",
+)
+#: Days of clean data after restoring an integration before learning can trust it again.
+INTEGRATION_RECOVERY_DAYS = 7
+#: Days of clean data after fixing tracking or naming.
+ATTRIBUTION_RECOVERY_DAYS = 7
+#: Days for corrected labels to flow through (a CRM re-sync, a closed offline window).
+LABEL_RECOVERY_DAYS = 14
+#: Pooled volume below this share of the learning threshold: no model, bid manually.
+MANUAL_SHARE = 0.25
+#: Days of consolidated (or higher-funnel) delivery before the threshold can be judged.
+SIGNAL_GAP_RECOVERY_DAYS = 14
+#: When to look again at a campaign put on manual bidding.
+MANUAL_REVIEW_DAYS = 28
+#: Confidence multiplier for volume diagnoses in a campaign starving of creatives.
+FATIGUE_DISCOUNT = 0.7
+#: Share of the last 7 days' live spend on fatigued creatives that makes an info diagnosis.
+FATIGUED_SHARE_INFO = 0.5
+#: Starvation window (days without a new creative), as in :func:`~signalloop.fatigue.fatigue`.
+STARVATION_DAYS = 21
+#: A new creative's learning window.
+CREATIVE_RECOVERY_DAYS = 7
+#: Window over which human resets count.
+OVERRIDE_WINDOW_DAYS = 28
+#: Human resets of one ad set in the window for an info / warn diagnosis.
+OVERRIDE_INFO_RESETS = 2
+OVERRIDE_WARN_RESETS = 6
+#: Days of learning lost to people's resets that make one recent reset worth an info.
+OVERRIDE_DAYS_LOST = 28
+#: How long to stop manual overrides.
+OVERRIDE_FREEZE_DAYS = 14
+#: Share of old-enough leads with a known CRM outcome below which the loop is broken.
+FEEDBACK_MIN_KNOWN_SHARE = 0.3
+#: Days for CRM outcomes to accrue once connected.
+FEEDBACK_RECOVERY_DAYS = 28
+#: AUC gap (random split minus time split) that counts as overfitting.
+OVERFIT_GAP = 0.05
+#: Days to retrain on a recent window and watch the live holdout.
+OVERFIT_RECOVERY_DAYS = 14
+#: Share of conversions from already-known users that counts as audience bias.
+AUDIENCE_KNOWN_SHARE = 0.7
+#: Days for CRM-based audiences to start feeding new-user acquisition.
+AUDIENCE_RECOVERY_DAYS = 28
+
+_LEARNING = ("learning", "learning_limited")
+
+
+@dataclass
+class Evidence:
+    """Everything the rules read, as plain dicts (the ``to_dict()`` forms of the reports).
+
+    Attributes
+    ----------
+    as_of
+        The diagnosis date.
+    threshold
+        Conversions per 7 days an ad set needs to leave learning.
+    checks, phase, fatigue, nowcast
+        The reports' dicts (``nowcast`` may be ``None``).
+    depth
+        Rows of :func:`~signalloop.models.depth.feedback_depth`.
+    models
+        Optional model evidence (``backtests``, ``audience``); see the module docstring.
+    """
+
+    as_of: date
+    threshold: int
+    checks: Mapping[str, Any]
+    phase: Mapping[str, Any]
+    fatigue: Mapping[str, Any]
+    nowcast: Mapping[str, Any] | None
+    depth: list[Mapping[str, Any]]
+    models: Mapping[str, Any] = field(default_factory=dict)
+
+    def findings(self, *checks: str) -> list[Mapping[str, Any]]:
+        """The check findings of these checks."""
+        return [f for f in self.checks.get("findings", []) if f["check"] in checks]
+
+    def open_outage(self, campaign_id: str) -> bool:
+        """Whether an integration outage (not a delivery stop) is still open for a campaign."""
+        return any(
+            f["campaign_id"] == campaign_id
+            and f["active"]
+            and f["evidence"].get("kind") != "delivery_stop"
+            for f in self.findings("integration_dropout")
+        )
+
+    def starving(self, campaign_id: str) -> bool:
+        """Whether fatigue judged the campaign starving of fresh creatives."""
+        return any(
+            c["campaign_id"] == campaign_id and c.get("starvation")
+            for c in self.fatigue.get("campaigns", [])
+        )
+
+    def nowcast_7d(self, campaign_id: str) -> float | None:
+        """The nowcast's expected conversions over the campaign's last 7 days, if known."""
+        for c in (self.nowcast or {}).get("campaigns", []):
+            if c.get("campaign_id") == campaign_id:
+                v = c.get("windows", {}).get("7d", {}).get("expected_conversions")
+                return float(v) if v is not None else None
+        return None
+
+    def entities(self) -> dict[str, list[Mapping[str, Any]]]:
+        """Phase entities grouped by campaign."""
+        out: dict[str, list[Mapping[str, Any]]] = {}
+        for e in self.phase.get("entities", []):
+            out.setdefault(str(e["campaign_id"]), []).append(e)
+        return out
+
+
+RuleFn = Callable[[Evidence], list[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A diagnosis rule: the failure type it reports and the function finding it."""
+
+    failure_type: str
+    description: str
+    fn: RuleFn
+
+
+def _dx(
+    campaign_id: str | None,
+    failure_type: str,
+    root_cause: str,
+    evidence: dict[str, Any],
+    action: str,
+    days: int | None,
+    severity: str,
+    confidence: float,
+) -> dict[str, Any]:
+    return {
+        "campaign_id": campaign_id,
+        "failure_type": failure_type,
+        "root_cause": root_cause,
+        "evidence": evidence,
+        "recovery_action": action,
+        "expected_recovery_days": days,
+        "severity": severity,
+        "confidence": round(min(0.99, max(0.05, confidence)), 2),
+    }
+
+
+def _numbers(ev: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The numeric top-level entries of a finding's evidence."""
+    return {
+        f"{prefix}{k}": v
+        for k, v in ev.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+
+
+def _days_until(iso: str | None, as_of: date) -> int | None:
+    return max(0, (date.fromisoformat(iso) - as_of).days) if iso else None
+
+
+# -- rules ------------------------------------------------------------------------------------
+
+
+def _integration_dropout(ev: Evidence) -> list[dict[str, Any]]:
+    out = []
+    for f in ev.findings("integration_dropout"):
+        e = f["evidence"]
+        kind = str(e.get("kind", "outage"))
+        window = f.get("window") or {}
+        nums = {
+            **_numbers(e),
+            "window_start": window.get("start"),
+            "window_end": window.get("end"),
+            "source": "check:integration_dropout",
+        }
+        if kind == "delivery_stop":
+            out.append(
+                _dx(
+                    f["campaign_id"],
+                    "integration_dropout",
+                    f"delivery stopped: {f['message']}",
+                    nums,
+                    "confirm the pause was intended; if not, restore the ad platform "
+                    "connection and the campaign's delivery",
+                    0,
+                    "info",
+                    0.5,
+                )
+            )
+            continue
+        expected = float(e.get("expected") or 0.0)
+        ratio = float(e.get("observed") or 0.0) / expected if expected else 1.0
+        if f["active"]:
+            out.append(
+                _dx(
+                    f["campaign_id"],
+                    "integration_dropout",
+                    f"{kind.replace('_', ' ')} still open: {f['message']}",
+                    nums,
+                    "restore the integration (pixel / server events / CRM sync) and backfill; "
+                    "the window is excluded from learning until it closes",
+                    INTEGRATION_RECOVERY_DAYS,
+                    "critical",
+                    0.95 if ratio <= 0.1 else 0.8,
+                )
+            )
+        else:
+            out.append(
+                _dx(
+                    f["campaign_id"],
+                    "integration_dropout",
+                    f"past {kind.replace('_', ' ')}: {f['message']}",
+                    nums,
+                    "none needed: the window is excluded from learning; backfill it if the "
+                    "source can resend the events",
+                    0,
+                    "info",
+                    0.8,
+                )
+            )
+    return out
+
+
+_ATTRIBUTION_ACTIONS = {
+    "duplicates": "deduplicate the conversion events (one event id shared by pixel and server)",
+    "attribution_match": "fix pixel and click-id capture (gclid / fbclid / li_fat_id kept "
+    "through redirects and forms)",
+    "utm_hygiene": "enforce one UTM naming convention and map the variants to it",
+    "timestamps": "fix the event clocks and time zones at the source",
+}
+_LABEL_ACTIONS = {
+    "stage_regression": "stop CRM stages being overwritten or moved backwards (lock the "
+    "lifecycle field, fix the sync's write rule)",
+    "late_offline_conversions": "upload offline conversions sooner and widen the conversion "
+    "window to cover the delay",
+    "label_completeness": "fill the missing conversion kinds, values and CRM stages at the source",
+}
+
+
+def _grouped(
+    ev: Evidence,
+    checks: tuple[str, ...],
+    failure_type: str,
+    actions: Mapping[str, str],
+    days: int,
+    keep: Callable[[Mapping[str, Any]], bool] = lambda f: True,
+) -> list[dict[str, Any]]:
+    by: dict[str | None, list[Mapping[str, Any]]] = {}
+    for f in ev.findings(*checks):
+        if SEVERITY_RANK[f["severity"]] >= SEVERITY_RANK["warn"] and keep(f):
+            by.setdefault(f["campaign_id"], []).append(f)
+    out = []
+    for cid, fs in by.items():
+        fs = sorted(fs, key=lambda f: -SEVERITY_RANK[f["severity"]])
+        top = fs[0]
+        names = list(dict.fromkeys(f["check"] for f in fs))
+        evidence: dict[str, Any] = {"findings": len(fs)}
+        for f in fs:
+            for k, v in _numbers(f["evidence"], f"{f['check']}.").items():
+                evidence.setdefault(k, v)
+        evidence["source"] = "+".join(f"check:{n}" for n in names)
+        base = 0.9 if top["severity"] == "critical" else 0.7
+        out.append(
+            _dx(
+                cid,
+                failure_type,
+                f"{top['check']}: {top['message']}",
+                evidence,
+                "; ".join(actions[n] for n in names if n in actions),
+                days,
+                str(top["severity"]),
+                min(0.95, base + 0.05 * (len(fs) - 1)),
+            )
+        )
+    return out
+
+
+def _attribution_error(ev: Evidence) -> list[dict[str, Any]]:
+    return _grouped(
+        ev, ATTRIBUTION_CHECKS, "attribution_error", _ATTRIBUTION_ACTIONS, ATTRIBUTION_RECOVERY_DAYS
+    )
+
+
+def _label_quality(ev: Evidence) -> list[dict[str, Any]]:
+    return _grouped(
+        ev,
+        LABEL_CHECKS,
+        "label_quality",
+        _LABEL_ACTIONS,
+        LABEL_RECOVERY_DAYS,
+        keep=lambda f: "depth" not in f["evidence"],
+    )
+
+
+def _learning_variance(ev: Evidence) -> list[dict[str, Any]]:
+    out = []
+    for cid, ents in ev.entities().items():
+        if ev.open_outage(cid):
+            continue
+        sets = [
+            e
+            for e in ents
+            if e["state"] in _LEARNING and e["projected_conversions_7d"] >= ev.threshold
+        ]
+        if not sets:
+            continue
+        days = [_days_until(e["evaluation_ready_on"], ev.as_of) for e in sets]
+        known = [d for d in days if d is not None]
+        margin = min(e["projected_conversions_7d"] for e in sets) / ev.threshold - 1.0
+        out.append(
+            _dx(
+                cid,
+                "learning_variance",
+                f"{len(sets)} ad set(s) still learning but on track for the threshold of "
+                f"{ev.threshold} conversions per 7 days: results swing with calibration noise",
+                {
+                    "adsets_learning": len(sets),
+                    "min_projected_conversions_7d": min(
+                        e["projected_conversions_7d"] for e in sets
+                    ),
+                    "threshold": ev.threshold,
+                    "source": "estimate:phase",
+                },
+                "hold the calibration window: no significant edits until evaluation is ready",
+                max(known) if known else None,
+                "info",
+                0.6 + 0.3 * min(1.0, max(0.0, margin)),
+            )
+        )
+    return out
+
+
+def _volume(ev: Evidence, cid: str, ents: list[Mapping[str, Any]]) -> tuple[float, dict[str, Any]]:
+    pooled = sum(float(e["projected_conversions_7d"]) for e in ents)
+    now = ev.nowcast_7d(cid)
+    vol = max(pooled, now or 0.0)
+    check = next((f for f in ev.findings("conversion_volume") if f["campaign_id"] == cid), None)
+    evidence: dict[str, Any] = {
+        "pooled_projected_conversions_7d": round(pooled, 1),
+        "nowcast_expected_conversions_7d": now,
+        "threshold": ev.threshold,
+        "adsets": len(ents),
+        "adsets_below": sum(
+            1
+            for e in ents
+            if e["projected_conversions_7d"] < ev.threshold and e["state"] != "stable"
+        ),
+    }
+    if check is not None:
+        evidence["conversions_7d"] = check["evidence"].get("conversions_7d")
+    sources = ["estimate:phase", "estimate:nowcast" if now is not None else None]
+    if check is not None:
+        sources.append("check:conversion_volume")
+    evidence["source"] = "+".join(s for s in sources if s)
+    return vol, evidence
+
+
+def _volume_rules(ev: Evidence, manual: bool) -> list[dict[str, Any]]:
+    out = []
+    for cid, ents in ev.entities().items():
+        if ev.open_outage(cid):
+            continue
+        below = [
+            e
+            for e in ents
+            if e["projected_conversions_7d"] < ev.threshold and e["state"] != "stable"
+        ]
+        if not below:
+            continue
+        vol, evidence = _volume(ev, cid, ents)
+        floor = ev.threshold * MANUAL_SHARE
+        is_manual = vol < floor
+        if is_manual != manual:
+            continue
+        discount = FATIGUE_DISCOUNT if ev.starving(cid) else 1.0
+        note = " (creative starvation explains part of it)" if discount < 1.0 else ""
+        if manual:
+            out.append(
+                _dx(
+                    cid,
+                    "low_volume_manual",
+                    f"{vol:.0f} conversions per 7 days across the campaign against a threshold "
+                    f"of {ev.threshold}: even a higher-funnel event cannot feed a bidding "
+                    f"model{note}",
+                    evidence,
+                    "bid manually (fixed bids or a CPA cap) and pool learning across campaigns; "
+                    "revisit when volume reaches a quarter of the threshold",
+                    MANUAL_REVIEW_DAYS,
+                    "warn",
+                    (0.6 + 0.3 * (1.0 - vol / floor)) * discount,
+                )
+            )
+            continue
+        if vol >= ev.threshold and len(ents) > 1:
+            action = (
+                f"consolidate the campaign's {len(ents)} ad sets into one learner: pooled they "
+                "reach the threshold"
+            )
+        else:
+            action = (
+                "optimise for an event higher up the funnel (more frequent) and consolidate "
+                "ad sets until the volume reaches the threshold"
+            )
+        gap = max(0.0, 1.0 - vol / ev.threshold)
+        out.append(
+            _dx(
+                cid,
+                "signal_gap",
+                f"{len(below)} of {len(ents)} ad set(s) below {ev.threshold} conversions per "
+                f"7 days ({vol:.0f} pooled): too few events to leave learning{note}",
+                evidence,
+                action,
+                SIGNAL_GAP_RECOVERY_DAYS,
+                "info",
+                (0.5 + 0.4 * gap) * discount,
+            )
+        )
+    return out
+
+
+def _signal_gap(ev: Evidence) -> list[dict[str, Any]]:
+    return _volume_rules(ev, manual=False)
+
+
+def _low_volume_manual(ev: Evidence) -> list[dict[str, Any]]:
+    return _volume_rules(ev, manual=True)
+
+
+def _creative_fatigue(ev: Evidence) -> list[dict[str, Any]]:
+    fresh = {f["campaign_id"]: f for f in ev.findings("creative_freshness")}
+    live: dict[str, int] = {}
+    for c in ev.fatigue.get("creatives", []):
+        if c["live"] and c["status"] == "fatigued":
+            live[c["campaign_id"]] = live.get(c["campaign_id"], 0) + 1
+    out = []
+    for c in ev.fatigue.get("campaigns", []):
+        cid = c["campaign_id"]
+        share = float(c["fatigued_spend_share_7d"])
+        finding = fresh.get(cid)
+        flagged = bool(c["starvation"]) or (
+            finding is not None and SEVERITY_RANK[finding["severity"]] >= SEVERITY_RANK["warn"]
+        )
+        if not flagged and share < FATIGUED_SHARE_INFO:
+            continue
+        since = int(c["days_since_newest_creative"])
+        evidence: dict[str, Any] = {
+            "days_since_newest_creative": since,
+            "live_creatives": c["live_creatives"],
+            "fatigued_live_creatives": live.get(cid, 0),
+            "fatigued_spend_share_7d": share,
+            "source": "estimate:fatigue" + ("+check:creative_freshness" if finding else ""),
+        }
+        bonus = 0.05 if since >= 2 * STARVATION_DAYS else 0.0
+        out.append(
+            _dx(
+                cid,
+                "creative_fatigue",
+                str(c["message"]),
+                evidence,
+                "build a creative pipeline: launch fresh creatives now and on a steady cadence, "
+                "retire the fatigued ones as the new ones take spend",
+                CREATIVE_RECOVERY_DAYS,
+                "warn" if flagged else "info",
+                0.5 + 0.45 * share + bonus,
+            )
+        )
+    return out
+
+
+def _override_churn(ev: Evidence) -> list[dict[str, Any]]:
+    out = []
+    for cid, ents in ev.entities().items():
+        recent = []
+        for e in ents:
+            n = sum(
+                1
+                for r in e["resets"]
+                if r["actor"] == "human"
+                and r["detail"] != "launch"
+                and (ev.as_of - date.fromisoformat(r["date"])).days < OVERRIDE_WINDOW_DAYS
+            )
+            recent.append(n)
+        worst = max(recent, default=0)
+        lost = max((int(e["days_lost"]) for e in ents), default=0)
+        if worst >= OVERRIDE_WARN_RESETS:
+            severity = "warn"
+        elif worst >= OVERRIDE_INFO_RESETS or (worst >= 1 and lost >= OVERRIDE_DAYS_LOST):
+            severity = "info"
+        else:
+            continue
+        out.append(
+            _dx(
+                cid,
+                "override_churn",
+                f"people's edits reset learning {sum(recent)} time(s) in the last "
+                f"{OVERRIDE_WINDOW_DAYS} days ({worst} on the busiest ad set); the resets cost "
+                f"up to {lost} days of learning per ad set",
+                {
+                    "human_resets_window": sum(recent),
+                    "max_adset_human_resets_window": worst,
+                    "human_resets_total": sum(int(e["human_resets"]) for e in ents),
+                    "max_days_lost": lost,
+                    "window_days": OVERRIDE_WINDOW_DAYS,
+                    "source": "estimate:phase",
+                },
+                f"stop manual overrides for {OVERRIDE_FREEZE_DAYS} days: batch changes, keep "
+                "budget moves under 20%, route edits through the campaign owner",
+                OVERRIDE_FREEZE_DAYS,
+                severity,
+                min(0.95, 0.5 + 0.05 * worst),
+            )
+        )
+    return out
+
+
+def _feedback_loop_broken(ev: Evidence) -> list[dict[str, Any]]:
+    out = []
+    for row in ev.depth:
+        counts = row.get("counts", {})
+        depth = str(row.get("depth"))
+        known = row.get("outcome_known_share")
+        evidence = {
+            **{f"{k}s" if k != "revenue" else k: v for k, v in counts.items()},
+            "outcome_known_share": known,
+            "source": "estimate:feedback_depth+check:label_completeness",
+        }
+        if depth in ("click", "conversion") and counts.get("click", 0) > 0:
+            what = "clicks" if depth == "click" else "conversions (leads without CRM outcomes)"
+            out.append(
+                _dx(
+                    row["campaign_id"],
+                    "feedback_loop_broken",
+                    f"feedback stops at {what}: the platform optimises for them, not for "
+                    "pipeline or revenue",
+                    evidence,
+                    "connect CRM outcomes (sql, won, deal value) as offline conversions and "
+                    "train on them",
+                    FEEDBACK_RECOVERY_DAYS,
+                    "warn",
+                    0.8 if depth == "click" else 0.7,
+                )
+            )
+        elif known is not None and float(known) < FEEDBACK_MIN_KNOWN_SHARE:
+            out.append(
+                _dx(
+                    row["campaign_id"],
+                    "feedback_loop_broken",
+                    f"only {float(known):.0%} of the leads old enough to have closed have a "
+                    "known CRM outcome: won / lost are not flowing back",
+                    evidence,
+                    "connect CRM outcomes: sync won / lost stages back and import them as "
+                    "offline conversions",
+                    FEEDBACK_RECOVERY_DAYS,
+                    "warn",
+                    0.7,
+                )
+            )
+    return out
+
+
+def _overfitting(ev: Evidence) -> list[dict[str, Any]]:
+    out = []
+    for bt in ev.models.get("backtests", []) or []:
+        gap = (bt.get("gap") or {}).get("auc")
+        if not bt.get("overfit") and (gap is None or gap <= OVERFIT_GAP):
+            continue
+        g = float(gap or OVERFIT_GAP)
+        name = bt.get("name") or bt.get("target") or "model"
+        out.append(
+            _dx(
+                bt.get("campaign_id"),
+                "overfitting",
+                f"{name}: the random split beats the live (time-ordered) holdout by "
+                f"{g:.3f} AUC: the backtest and live performance disagree",
+                {
+                    "auc_gap": g,
+                    "random_auc": (bt.get("random_split") or {}).get("auc"),
+                    "live_auc": (bt.get("time_split") or {}).get("auc"),
+                    "source": "estimate:backtest",
+                },
+                "retrain on a recent window, simplify the model (fewer features, stronger "
+                "regularisation) and judge it on the live holdout",
+                OVERFIT_RECOVERY_DAYS,
+                "critical" if g >= 2 * OVERFIT_GAP else "warn",
+                0.6 + 2.0 * g,
+            )
+        )
+    return out
+
+
+def _audience_bias(ev: Evidence) -> list[dict[str, Any]]:
+    out = []
+    for a in ev.models.get("audience", []) or []:
+        share = a.get("known_user_share")
+        if share is None or float(share) < AUDIENCE_KNOWN_SHARE:
+            continue
+        s = float(share)
+        out.append(
+            _dx(
+                a.get("campaign_id"),
+                "audience_bias",
+                f"{s:.0%} of conversions come from users already known before the click: the "
+                "learner favours short-cycle returning users while new-user acquisition starves",
+                {
+                    "known_user_share": s,
+                    "conversions": a.get("conversions"),
+                    "source": "estimate:audience",
+                },
+                "feed CRM-based audiences (lookalikes of won deals, exclusions of existing "
+                "customers) so the learner sees new-user outcomes",
+                AUDIENCE_RECOVERY_DAYS,
+                "warn",
+                0.5 + (s - AUDIENCE_KNOWN_SHARE) / (1.0 - AUDIENCE_KNOWN_SHARE) * 0.4,
+            )
+        )
+    return out
+
+
+#: Every diagnosis rule, in the order they run (the output is sorted afterwards).
+RULES: tuple[Rule, ...] = (
+    Rule("integration_dropout", "an integration stopped delivering events", _integration_dropout),
+    Rule(
+        "attribution_error", "tracking, click-id capture or UTM naming broken", _attribution_error
+    ),
+    Rule("label_quality", "outcome labels overwritten, missing or late", _label_quality),
+    Rule("learning_variance", "learning on track: calibration noise", _learning_variance),
+    Rule("signal_gap", "too few events per ad set", _signal_gap),
+    Rule("low_volume_manual", "too few events for any model", _low_volume_manual),
+    Rule("creative_fatigue", "fatigued creatives, nothing fresh", _creative_fatigue),
+    Rule("override_churn", "people's edits keep resetting learning", _override_churn),
+    Rule("feedback_loop_broken", "optimising short of business outcomes", _feedback_loop_broken),
+    Rule("overfitting", "backtest and live disagree (needs models['backtests'])", _overfitting),
+    Rule(
+        "audience_bias", "known users crowd out new ones (needs models['audience'])", _audience_bias
+    ),
+)
+
+#: The failure types :data:`RULES` can report.
+FAILURE_TYPES: tuple[str, ...] = tuple(r.failure_type for r in RULES)
+
+
+def _order(d: Mapping[str, Any]) -> tuple[int, float, str, str]:
+    return (
+        -SEVERITY_RANK[d["severity"]],
+        -float(d["confidence"]),
+        d["campaign_id"] or "",
+        d["failure_type"],
+    )
+
+
+def diagnose(
+    ws: Workspace,
+    as_of: date | None = None,
+    *,
+    settings: Settings | None = None,
+    checks: Mapping[str, Any] | None = None,
+    state: Mapping[str, Any] | None = None,
+    models: Mapping[str, Any] | None = None,
+    rules: tuple[Rule, ...] = RULES,
+) -> dict[str, Any]:
+    """Diagnose every campaign and the account as of a date.
+
+    Parameters
+    ----------
+    ws
+        The workspace.
+    as_of
+        Diagnosis date; default the ``checks`` report's date, else the last day with data.
+    settings
+        Project settings (learning threshold, check thresholds); defaults when ``None``.
+    checks
+        A precomputed :func:`~signalloop.checks.run_checks` report dict (``to_dict()``);
+        computed (storing its exclusions, as a run does) when ``None``.
+    state
+        Precomputed estimates by name: ``phase``, ``fatigue``, ``nowcast`` (the reports'
+        dicts) and ``depth`` (rows of :func:`~signalloop.models.depth.feedback_depth`); the
+        missing ones are computed.
+    models
+        Optional model evidence for the rules nothing here computes: ``backtests`` (a list of
+        :func:`~signalloop.models.backtest.backtest` dicts, each optionally with
+        ``campaign_id`` and ``name``) for ``overfitting``; ``audience`` (a list of
+        ``{"campaign_id", "known_user_share", "conversions"}``) for ``audience_bias``.
+    rules
+        The rules to run (default :data:`RULES`).
+
+    Returns
+    -------
+    dict
+        ``{"as_of": "YYYY-MM-DD", "diagnoses": [...]}``, each diagnosis with
+        ``campaign_id`` (``None`` = account-wide), ``failure_type``, ``root_cause``,
+        ``evidence`` (numbers plus ``source``), ``recovery_action``,
+        ``expected_recovery_days``, ``severity`` and ``confidence``, most severe first, then
+        most confident.
+
+    Raises
+    ------
+    UsageError
+        The workspace holds no data.
+    """
+    from signalloop.checks import run_checks
+    from signalloop.fatigue import fatigue
+    from signalloop.models.depth import feedback_depth
+    from signalloop.nowcast import nowcast
+    from signalloop.phase import phase
+
+    settings = settings or Settings()
+    if as_of is None and checks is not None:
+        as_of = date.fromisoformat(str(checks["as_of"]))
+    as_of = as_of or default_as_of(ws)
+    if as_of is None:
+        raise UsageError(f"workspace {ws.path} holds no data yet: ingest something first")
+    if checks is None:
+        checks = run_checks(ws, as_of=as_of, settings=settings).to_dict()
+    state = dict(state or {})
+    if state.get("phase") is None:
+        state["phase"] = phase(ws, as_of, settings=settings).to_dict()
+    if state.get("fatigue") is None:
+        state["fatigue"] = fatigue(ws, as_of, settings=settings).to_dict()
+    if state.get("nowcast") is None:
+        state["nowcast"] = nowcast(ws, as_of, settings=settings).to_dict()
+    if state.get("depth") is None:
+        state["depth"] = feedback_depth(ws, as_of=as_of, settings=settings)
+    ev = Evidence(
+        as_of=as_of,
+        threshold=int(state["phase"].get("threshold", settings.learning_threshold)),
+        checks=checks,
+        phase=state["phase"],
+        fatigue=state["fatigue"],
+        nowcast=state["nowcast"],
+        depth=list(state["depth"]),
+        models=models or {},
+    )
+    return diagnose_evidence(ev, rules)
+
+
+def diagnose_evidence(ev: Evidence, rules: tuple[Rule, ...] = RULES) -> dict[str, Any]:
+    """Run the rules over gathered evidence (no workspace needed).
+
+    Parameters
+    ----------
+    ev
+        The gathered evidence.
+    rules
+        The rules to run.
+
+    Returns
+    -------
+    dict
+        As :func:`diagnose`.
+
+    Examples
+    --------
+    >>> ev = Evidence(date(2026, 3, 1), 50, {"findings": []}, {"entities": []},
+    ...               {"campaigns": [], "creatives": []}, None, [],
+    ...               {"audience": [{"campaign_id": "c1", "known_user_share": 0.9}]})
+    >>> [d["failure_type"] for d in diagnose_evidence(ev)["diagnoses"]]
+    ['audience_bias']
+    """
+    found = [d for rule in rules for d in rule.fn(ev)]
+    found.sort(key=_order)
+    return {"as_of": ev.as_of.isoformat(), "diagnoses": found}
+
+
+__all__ = [
+    "FAILURE_TYPES",
+    "RULES",
+    "Evidence",
+    "Rule",
+    "diagnose",
+    "diagnose_evidence",
+]
