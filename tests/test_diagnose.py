@@ -230,3 +230,30 @@ def test_rules_are_a_registry() -> None:
 def test_empty_workspace_is_a_usage_error(tmp_path: Path) -> None:
     with Workspace(tmp_path / "empty.duckdb") as ws, pytest.raises(UsageError):
         diagnose(ws)
+
+
+def test_cli_diagnose(account: Workspace, report: Any, tmp_path: Path) -> None:
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    account.con.execute("CHECKPOINT")  # the fixture holds the file open: work on a copy
+    db = tmp_path / "ws.duckdb"
+    shutil.copy(account.path, db)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "signalloop", "diagnose", "--db", str(db), *args]
+        return subprocess.run(cmd, capture_output=True, text=True, check=False)
+
+    p = run("--json")
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["as_of"] == report["as_of"]
+    assert [d["failure_type"] for d in doc["diagnoses"]] == [
+        d["failure_type"] for d in report["diagnoses"]
+    ]
+    text = run("--min-severity", "critical")
+    assert text.returncode == 0 and "critical" in text.stdout and "info" not in text.stdout
+    bad = run("--min-severity", "loud")
+    assert bad.returncode == 2 and "--min-severity" in bad.stderr

@@ -848,6 +848,51 @@ def print_state(state: dict[str, Any]) -> None:
 
 @app.command()
 @handle_errors
+def diagnose(
+    as_of: AsOfOption = None,
+    min_severity: Annotated[
+        str, typer.Option("--min-severity", help="Show info, warn or critical and above.")
+    ] = "info",
+    db: DbOption = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """What is wrong, per campaign and account, with its evidence and the recovery action."""
+    from signalloop.config import load_settings
+    from signalloop.diagnose import diagnose as run_diagnose
+    from signalloop.store import Workspace
+
+    order = {"info": 0, "warn": 1, "critical": 2}
+    if min_severity not in order:
+        raise UsageError(f"--min-severity must be info, warn or critical, got {min_severity!r}")
+    settings = load_settings(config)
+    day = _parse_date(as_of, "--as-of")
+    with Workspace(db) as ws, err.status("diagnosing", spinner="dots"):
+        doc = run_diagnose(ws, day, settings=settings)
+    if as_json:
+        emit_json(doc)
+        return
+    t = Table(title=f"diagnoses as of {doc['as_of']}", title_justify="left")
+    for col in ("severity", "campaign", "failure", "root cause", "do this", "days", "conf."):
+        t.add_column(col)
+    colour = {"critical": "red", "warn": "yellow", "info": "dim"}
+    for d in doc["diagnoses"]:
+        if order[d["severity"]] < order[min_severity]:
+            continue
+        t.add_row(
+            f"[{colour[d['severity']]}]{d['severity']}[/]",
+            d["campaign_id"] or "account",
+            d["failure_type"],
+            escape(d["root_cause"]),
+            escape(d["recovery_action"]),
+            "-" if d["expected_recovery_days"] is None else f"{d['expected_recovery_days']:g}",
+            f"{d['confidence']:.2f}",
+        )
+    out.print(t)
+
+
+@app.command()
+@handle_errors
 def lens(
     as_of: AsOfOption = None,
     fail_on_keep_scoped: Annotated[
