@@ -115,6 +115,9 @@ def test_workspace_backtest_json_contract(db: Path) -> None:
     assert {"name", "psi"} <= set(doc["drift"]["features"][0])
     assert doc["unit"] == "days" and doc["target"] == "conversion"
     assert isinstance(doc["overfit"], bool)
+    # the conversion model fitted above gets the backtest beside its card (lens reads it)
+    saved = json.loads((db.with_name("acct.models") / "conversion" / "backtest.json").read_text())
+    assert saved["cadence"] == doc["cadence"]
 
 
 # ------------------------------------------------------------------------------ table files

@@ -1132,6 +1132,13 @@ def model_backtest(
                     horizon_days=horizon_days,
                     progress=_bar_progress(update),
                 )
+            # beside a saved model of this outcome, the backtest is its cadence evidence (lens)
+            folder = _model_dir(db, outcome, None)
+            if (folder / "card.json").exists():
+                (folder / "backtest.json").write_text(
+                    json.dumps(doc, indent=2, default=str, allow_nan=False) + "\n"
+                )
+                err.print(f"saved beside the model: {folder / 'backtest.json'}", highlight=False)
     if as_json:
         emit_json(doc)
     else:
