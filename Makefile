@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint typecheck pytest bench bench-ingest bench-checks bench-speed bench-state bench-models bench-allocate bench-ope clean lock
+.PHONY: install demo test lint typecheck pytest bench bench-ingest bench-checks bench-speed bench-state bench-models bench-allocate bench-ope bench-diagnose clean lock
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,7 +30,7 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
-bench: bench-ingest bench-checks bench-speed bench-state bench-models bench-allocate bench-ope
+bench: bench-ingest bench-checks bench-speed bench-state bench-models bench-allocate bench-ope bench-diagnose
 
 bench-state: $(STAMP)
 	$(BIN)/python benchmarks/phase_quality.py --seeds 20
@@ -45,6 +45,9 @@ bench-allocate: $(STAMP)
 
 bench-ope: $(STAMP)
 	$(BIN)/python benchmarks/ope_quality.py
+
+bench-diagnose: $(STAMP)
+	$(BIN)/python benchmarks/diagnose_quality.py --seeds 20 --workers 2
 
 bench-ingest: $(STAMP)
 	$(BIN)/python benchmarks/run.py
