@@ -197,6 +197,18 @@ def _from_contributions(
     )
 
 
+def _mean_estimate(
+    name: str, c: np.ndarray, alpha: float, n_bootstrap: int, random_state: int | None
+) -> Estimate:
+    """An estimate that is the mean of per-round contributions ``c`` (IPW, DR, on-policy)."""
+    boot = (
+        _bootstrap(lambda idx: c[idx].mean(axis=1), c.shape[0], n_bootstrap, alpha, random_state)
+        if n_bootstrap
+        else None
+    )
+    return _from_contributions(name, float(c.mean()), c, alpha, boot, n_bootstrap)
+
+
 def _check_alpha(alpha: float, n_bootstrap: int, logged: LoggedBandit) -> None:
     if not 0 < alpha < 1:
         raise UsageError(f"alpha must be in (0, 1), got {alpha}")
@@ -297,13 +309,9 @@ def ipw(
     0.666667
     """
     _check_alpha(alpha, n_bootstrap, logged)
-    c = ipw_round_rewards(logged, action_dist)
-    boot = (
-        _bootstrap(lambda idx: c[idx].mean(axis=1), c.shape[0], n_bootstrap, alpha, random_state)
-        if n_bootstrap
-        else None
+    return _mean_estimate(
+        "ipw", ipw_round_rewards(logged, action_dist), alpha, n_bootstrap, random_state
     )
-    return _from_contributions("ipw", float(c.mean()), c, alpha, boot, n_bootstrap)
 
 
 def snipw(
@@ -399,12 +407,7 @@ def dr(
     """
     _check_alpha(alpha, n_bootstrap, logged)
     c = dr_round_rewards(logged, action_dist, q_hat)
-    boot = (
-        _bootstrap(lambda idx: c[idx].mean(axis=1), c.shape[0], n_bootstrap, alpha, random_state)
-        if n_bootstrap
-        else None
-    )
-    return _from_contributions("dr", float(c.mean()), c, alpha, boot, n_bootstrap)
+    return _mean_estimate("dr", c, alpha, n_bootstrap, random_state)
 
 
 def on_policy_value(logged: LoggedBandit, *, alpha: float = 0.05) -> Estimate:
@@ -423,5 +426,4 @@ def on_policy_value(logged: LoggedBandit, *, alpha: float = 0.05) -> Estimate:
         Mean reward (``estimator="on_policy"``).
     """
     _check_alpha(alpha, 0, logged)
-    r = logged.rewards
-    return _from_contributions("on_policy", float(r.mean()), r, alpha, None, 0)
+    return _mean_estimate("on_policy", logged.rewards, alpha, 0, None)
