@@ -2,14 +2,45 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import os
+import platform
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+
+
+def log(msg: str) -> None:
+    """A progress line on stderr."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def machine(packages: Sequence[str] = ()) -> str:
+    """The machine line of a section header: CPU, cores, RAM, kernel, Python, ``packages``."""
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            model = next(ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
+    pk = []
+    for p in packages:
+        try:
+            pk.append(f"{p} {importlib.metadata.version(p)}")
+        except importlib.metadata.PackageNotFoundError:
+            pk.append(f"{p} not installed")
+    cpu = f"{platform.machine()}{' (' + model + ')' if model else ''}"
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, Linux {platform.release()}, "
+        f"Python {platform.python_version()}" + "".join(f", {x}" for x in pk)
+    )
 
 
 def write_section(block: str, begin: str, end: str, path: Path = BENCHMARKS_MD) -> None:

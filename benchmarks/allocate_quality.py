@@ -14,43 +14,23 @@ Run: ``.venv/bin/python benchmarks/allocate_quality.py [--seeds 20] [--workers 2
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
-import sys
 import time
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
-from _report import write_section
+from _report import log, machine, write_section
 
 from signalloop.allocate.loop import RUN_DAYS, SCENARIO_WARMUP, SCENARIOS, run_scenario
 from signalloop.allocate.policy import POLICIES
 
+PACKAGES = ("numpy",)
 BEGIN, END = "<!-- allocate-quality:begin -->", "<!-- allocate-quality:end -->"
 CAMPAIGNS = 6
 GUARDED = "guarded_bayes"
 ORDER = [GUARDED, *sorted(p for p in POLICIES if p != GUARDED)]
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def machine() -> str:
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            model = next(ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    cpu = f"{platform.machine()}{' (' + model + ')' if model else ''}"
-    return (
-        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, numpy {np.__version__}"
-    )
 
 
 def run_seed(seed: int) -> list[dict[str, Any]]:
@@ -95,7 +75,7 @@ def markdown(
         "## Budget policies in the time loop against the simulator",
         "",
         f"Command: `make bench-allocate` (= `.venv/bin/python benchmarks/allocate_quality.py "
-        f"--seeds {seeds}`). Measured {datetime.now(UTC):%Y-%m-%d} on {machine()}; "
+        f"--seeds {seeds}`). Measured {datetime.now(UTC):%Y-%m-%d} on {machine(PACKAGES)}; "
         f"{seeds} seeds x {len(SCENARIOS)} scenarios x {len(ORDER)} policies, "
         f"{workers} processes over seeds, {seconds:.0f} s in all.",
         "",

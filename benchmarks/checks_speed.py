@@ -16,12 +16,10 @@ go into ``BENCHMARKS.md`` between the ``checks-speed`` markers.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import math
 import os
 import pickle
-import platform
 import resource
 import statistics
 import subprocess
@@ -35,12 +33,22 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from _report import machine
 from _report import write_section as write_block
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "benchmarks" / "data"
 BENCH = Path(os.environ.get("SIGNALLOOP_SHARED_BENCH", ROOT.parent / "shared" / "bench"))
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
+PACKAGES = (
+    "duckdb",
+    "ibis-framework",
+    "sqlglot",
+    "pyarrow",
+    "pandas",
+    "numpy",
+    "great_expectations",
+)
 BEGIN = "<!-- checks-speed:begin -->"
 END = "<!-- checks-speed:end -->"
 
@@ -289,28 +297,6 @@ def _s(v: float | None) -> str:
 
 def _x(v: float) -> str:
     return "n/a" if math.isnan(v) else f"{v:.2f}" if v < 10 else f"{v:.0f}"
-
-
-def machine() -> str:
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            model = next(ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
-    pk = []
-    for p in ("duckdb", "ibis-framework", "sqlglot", "pyarrow", "pandas", "numpy"):
-        pk.append(f"{p} {importlib.metadata.version(p)}")
-    try:
-        pk.append(f"great_expectations {importlib.metadata.version('great_expectations')}")
-    except importlib.metadata.PackageNotFoundError:
-        pk.append("great_expectations not installed")
-    cpu = f"{platform.machine()}{' (' + model + ')' if model else ''}"
-    return (
-        f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, Linux {platform.release()}, "
-        f"Python {platform.python_version()}, {', '.join(pk)}"
-    )
 
 
 def size_section(n: int, path: Path, r: dict[str, Any], notes: list[str]) -> list[str]:
@@ -567,7 +553,7 @@ def main() -> None:
     body = [
         "## Signal checks speed",
         "",
-        f"Command: {cmd}. Measured {started:%Y-%m-%d} on {machine()}.",
+        f"Command: {cmd}. Measured {started:%Y-%m-%d} on {machine(PACKAGES)}.",
         "",
         "Data: the event log of `shared/bench/gen_events.py` (impressions, clicks, leads and CRM "
         "stages in one table; 200 campaigns, 90 days, planted defects). The six checks are the "

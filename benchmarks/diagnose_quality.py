@@ -26,8 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _report import ingested, write_section
-from models_quality import machine
+from _report import ingested, machine, write_section
 
 from signalloop import simulate as sim
 from signalloop.diagnose import STARVATION_DAYS, diagnose
@@ -51,6 +50,7 @@ EXPECTED: dict[str, tuple[str, ...]] = {
 CRM_FAULTS = ("crm_sync_dropout", "stage_overwrite", "late_offline_conversions")
 #: faults whose evidence can legitimately fade once the window is over
 FADING = ("tracking_outage", "crm_sync_dropout", "override_storm")
+PACKAGES = ("duckdb", "ibis-framework", "numpy", "scipy", "pandas")
 DAYS, CAMPAIGNS = 90, 12
 TARGET = 0.9
 #: a window that ended more than this many days before the as-of date counts as "old"
@@ -311,7 +311,7 @@ def markdown(summary: dict[str, Any], command: str, wall: float, workers: int) -
         BEGIN,
         "## Diagnoses against the simulator's truth",
         "",
-        f"Command: `{command}`. Measured {datetime.now(UTC):%Y-%m-%d} on {machine()}; "
+        f"Command: `{command}`. Measured {datetime.now(UTC):%Y-%m-%d} on {machine(PACKAGES)}; "
         f"{workers} worker processes, {wall / 60:.1f} min in all (mean `diagnose()` "
         f"{summary['mean_diagnose_seconds']:.1f} s per account, checks, phase, fatigue, "
         "nowcast and feedback depth included; simulation and ingest not).",

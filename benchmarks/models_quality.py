@@ -18,10 +18,7 @@ Run: ``.venv/bin/python benchmarks/models_quality.py [--seeds 5]`` (writes BENCH
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
-import os
-import platform
 import sys
 import time
 import warnings
@@ -31,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from _report import ingested, write_section
+from _report import ingested, log, machine, write_section
 from sklearn.metrics import roc_auc_score
 
 from signalloop.errors import UsageError
@@ -44,35 +41,13 @@ from signalloop.simulate import SimulationConfig, simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 BANK = ROOT.parent / "shared" / "data" / "bank_marketing" / "bank-additional-full.csv"
+PACKAGES = ("lightgbm", "scikit-learn", "duckdb", "ibis-framework", "numpy", "pandas")
 BEGIN, END = "<!-- models-quality:begin -->", "<!-- models-quality:end -->"
 DAYS, CAMPAIGNS = 90, 6
 ANCHOR_EVERY = 500
 SQL_HORIZON = 14
 #: Retraining cadences (days) tried on the simulated accounts (the CLI's default grid).
 SIM_CADENCES = (1.0, 3.0, 7.0)
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def machine() -> str:
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            model = next(ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
-    pk = [
-        f"{p} {importlib.metadata.version(p)}"
-        for p in ("lightgbm", "scikit-learn", "duckdb", "ibis-framework", "numpy", "pandas")
-    ]
-    cpu = f"{platform.machine()}{' (' + model + ')' if model else ''}"
-    return (
-        f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, Linux {platform.release()}, "
-        f"Python {platform.python_version()}, {', '.join(pk)}"
-    )
 
 
 # -- 1. bank marketing ------------------------------------------------------------------------
@@ -295,7 +270,7 @@ def markdown(
         "## Conversion-probability models on real data and against the simulator's truth",
         "",
         f"Command: `{command}`{')' if command.startswith('make') else ''}. "
-        f"Measured {started:%Y-%m-%d} on {machine()}. "
+        f"Measured {started:%Y-%m-%d} on {machine(PACKAGES)}. "
         f"The whole run took {seconds / 60:.1f} min.",
         "",
         "### Real data: UCI Bank Marketing",

@@ -26,10 +26,8 @@ Run: ``.venv/bin/python benchmarks/nowcast_quality.py [--seeds 20]`` (writes BEN
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Iterable
@@ -39,13 +37,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _report import ingested, write_section
+from _report import ingested, machine, write_section
 from scipy import stats  # type: ignore[import-untyped]
 
 from signalloop import simulate as sim
 from signalloop.nowcast import NowcastOptions, nowcast
 
 ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("duckdb", "ibis-framework", "numpy", "scipy", "pandas")
 BEGIN = "<!-- nowcast-quality:begin -->"
 END = "<!-- nowcast-quality:end -->"
 DAYS, LAST = 90, 14
@@ -291,25 +290,6 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def machine() -> str:
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            model = next(ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
-    pk = [
-        f"{p} {importlib.metadata.version(p)}"
-        for p in ("duckdb", "ibis-framework", "numpy", "scipy", "pandas")
-    ]
-    cpu = f"{platform.machine()}{' (' + model + ')' if model else ''}"
-    return (
-        f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, Linux {platform.release()}, "
-        f"Python {platform.python_version()}, {', '.join(pk)}"
-    )
-
-
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x:.1%}"
 
@@ -354,7 +334,7 @@ def markdown(summary: dict[str, Any], command: str) -> str:
         BEGIN,
         "## Nowcast against the simulator's truth",
         "",
-        f"Command: `{command}`. Measured {datetime.now(UTC):%Y-%m-%d} on {machine()}.",
+        f"Command: `{command}`. Measured {datetime.now(UTC):%Y-%m-%d} on {machine(PACKAGES)}.",
         "",
         f"{summary['seeds']} seeds, each a {DAYS}-day account of 6-10 campaigns (two seeds in "
         "three with one non-tracking fault: duplicate_events, utm_mess, creative_starvation, "

@@ -20,8 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from _report import write_section
-from models_quality import machine
+from _report import machine, write_section
 
 from signalloop.allocate.obd import evaluate_obd
 
@@ -29,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OBD = ROOT.parent / "shared" / "data" / "open_bandit_sample"
 BEGIN, END = "<!-- ope-quality:begin -->", "<!-- ope-quality:end -->"
 CAMPAIGNS = ("all", "men", "women")
+PACKAGES = ("numpy", "scipy", "scikit-learn", "pandas")
 
 
 def _ci(e: dict[str, Any]) -> str:
@@ -43,8 +43,8 @@ def render(results: dict[str, dict[str, Any]], seconds: float) -> str:
         "## Off-policy evaluation on the Open Bandit logs",
         "",
         f"Command: `.venv/bin/python benchmarks/ope_quality.py`. Measured "
-        f"{datetime.now(UTC).date()} on {machine()}; {seconds:.0f} s in all. Data: the Open "
-        "Bandit Dataset sample shipped in obp 0.4.1 (ZOZOTOWN, 10,000 rounds per file, 80 "
+        f"{datetime.now(UTC).date()} on {machine(PACKAGES)}; {seconds:.0f} s in all. Data: "
+        "the Open Bandit Dataset sample shipped in obp 0.4.1 (ZOZOTOWN, 10,000 rounds per file, 80 "
         "items, 3 positions, true propensities of the logging policy). 95% intervals: normal "
         "approximation from the per-round contributions, and percentile bootstrap (1,000).",
         "",
