@@ -18,6 +18,7 @@ import json
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -47,10 +48,17 @@ CRM_FAULTS = ("crm_sync_dropout", "stage_overwrite", "late_offline_conversions")
 DAYS, CAMPAIGNS = 90, 10
 
 
-def scenario(seed: int) -> tuple[sim.SimulationConfig, dict[str, sim.Fault]]:
-    """The faults of one seed: each on its own campaign, at a random window."""
+def scenario(
+    seed: int, names: Sequence[str] = tuple(OWNER), campaigns: int = CAMPAIGNS
+) -> tuple[sim.SimulationConfig, dict[str, sim.Fault]]:
+    """The faults ``names`` of one seed: each on its own campaign, at a random window.
+
+    Outages last 5-8 days (half still going at the as-of date), starvation and low volume run
+    to the end, an ``override_storm`` lasts 20-40 days (in half the seeds still going), any
+    other fault 20-40 days from day 10-44.
+    """
     rng = np.random.default_rng(1000 + seed)
-    base = sim.simulate(sim.SimulationConfig(days=DAYS, campaigns=CAMPAIGNS, seed=seed))
+    base = sim.simulate(sim.SimulationConfig(days=DAYS, campaigns=campaigns, seed=seed))
     objectives = {c: v["objective"] for c, v in base.truth["campaigns"].items()}
     lead = [c for c, o in objectives.items() if o == "lead"]
     other = [c for c in objectives if c not in lead]
@@ -58,7 +66,7 @@ def scenario(seed: int) -> tuple[sim.SimulationConfig, dict[str, sim.Fault]]:
     rng.shuffle(other)
     pool_lead, pool_other = list(lead), list(other)
     faults: dict[str, sim.Fault] = {}
-    for name in OWNER:
+    for name in names:
         if name in CRM_FAULTS:
             cid = pool_lead.pop() if pool_lead else pool_other.pop()
         else:
@@ -72,12 +80,16 @@ def scenario(seed: int) -> tuple[sim.SimulationConfig, dict[str, sim.Fault]]:
             start, end = int(rng.integers(20, 40)), DAYS - 1
         elif name == "low_volume":
             start, end = int(rng.integers(40, 70)), DAYS - 1
+        elif name == "override_storm":
+            length = int(rng.integers(20, 41))
+            start = DAYS - length if rng.random() < 0.5 else int(rng.integers(10, 45))
+            end = min(start + length - 1, DAYS - 1)
         else:
             start = int(rng.integers(10, 45))
             end = min(start + int(rng.integers(20, 40)), DAYS - 1)
         faults[name] = sim.Fault(name, cid, start, end)
     config = sim.SimulationConfig(
-        days=DAYS, campaigns=CAMPAIGNS, seed=seed, faults=tuple(faults.values())
+        days=DAYS, campaigns=campaigns, seed=seed, faults=tuple(faults.values())
     )
     return config, faults
 

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 from _report import ingested, machine, write_section
+from checks_quality import DAYS
+from checks_quality import scenario as checks_scenario
 
 from signalloop import simulate as sim
 from signalloop.diagnose import STARVATION_DAYS, diagnose
@@ -47,11 +49,10 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "override_storm": ("override_churn",),
     "low_volume": ("low_volume_manual", "signal_gap"),
 }
-CRM_FAULTS = ("crm_sync_dropout", "stage_overwrite", "late_offline_conversions")
 #: faults whose evidence can legitimately fade once the window is over
 FADING = ("tracking_outage", "crm_sync_dropout", "override_storm")
 PACKAGES = ("duckdb", "ibis-framework", "numpy", "scipy", "pandas")
-DAYS, CAMPAIGNS = 90, 12
+CAMPAIGNS = 12
 TARGET = 0.9
 #: a window that ended more than this many days before the as-of date counts as "old"
 #: (the diagnosis' override window, OVERRIDE_WINDOW_DAYS)
@@ -59,46 +60,9 @@ RECENT_DAYS = 28
 
 
 def scenario(seed: int) -> tuple[sim.SimulationConfig, dict[str, sim.Fault]]:
-    """The faults of one seed: each on its own campaign, at a random window.
-
-    The windows are drawn as in ``checks_quality.py``; the ``override_storm`` lasts 20-40
-    days and, in half the seeds, is still going at the as-of date.
-    """
-    rng = np.random.default_rng(1000 + seed)
-    base = sim.simulate(sim.SimulationConfig(days=DAYS, campaigns=CAMPAIGNS, seed=seed))
-    objectives = {c: v["objective"] for c, v in base.truth["campaigns"].items()}
-    lead = [c for c, o in objectives.items() if o == "lead"]
-    other = [c for c in objectives if c not in lead]
-    rng.shuffle(lead)
-    rng.shuffle(other)
-    pool_lead, pool_other = list(lead), list(other)
-    faults: dict[str, sim.Fault] = {}
-    for name in EXPECTED:
-        if name in CRM_FAULTS:
-            cid = pool_lead.pop() if pool_lead else pool_other.pop()
-        else:
-            cid = pool_other.pop() if pool_other else pool_lead.pop()
-        if name in ("tracking_outage", "crm_sync_dropout"):
-            length = int(rng.integers(5, 9))
-            # half the outages are still going at the as-of date
-            start = DAYS - length if rng.random() < 0.5 else int(rng.integers(20, DAYS - 15))
-            end = min(start + length - 1, DAYS - 1)
-        elif name == "creative_starvation":
-            start, end = int(rng.integers(20, 40)), DAYS - 1
-        elif name == "low_volume":
-            start, end = int(rng.integers(40, 70)), DAYS - 1
-        elif name == "override_storm":
-            length = int(rng.integers(20, 41))
-            start = DAYS - length if rng.random() < 0.5 else int(rng.integers(10, 45))
-            end = min(start + length - 1, DAYS - 1)
-        else:
-            start = int(rng.integers(10, 45))
-            end = min(start + int(rng.integers(20, 40)), DAYS - 1)
-        faults[name] = sim.Fault(name, cid, start, end)
-    config = sim.SimulationConfig(
-        days=DAYS, campaigns=CAMPAIGNS, seed=seed, faults=tuple(faults.values())
-    )
-    return config, faults
+    """The faults of one seed, drawn as in ``checks_quality.py`` (with an ``override_storm``
+    of 20-40 days, in half the seeds still going at the as-of date)."""
+    return checks_scenario(seed, tuple(EXPECTED), CAMPAIGNS)
 
 
 def _short(d: dict[str, Any]) -> dict[str, Any]:
