@@ -982,16 +982,17 @@ def model_fit(
     as_json: JsonOption = False,
 ) -> None:
     """Fit the model for one outcome on the workspace and save it with its model card."""
-    from signalloop.config import load_settings
     from signalloop.models.api import fit_workspace
-    from signalloop.store import Workspace
 
-    settings = load_settings(config)
-    day = _parse_date(as_of, "--as-of")
     folder = _model_dir(db, outcome, model_dir)
-    with Workspace(db, read_only=True) as ws, err.status("fitting", spinner="dots"):
-        doc = fit_workspace(
-            ws, outcome, folder=folder, as_of=day, settings=settings, horizon_days=horizon_days
+    with err.status("fitting", spinner="dots"):
+        doc = _estimate(
+            lambda ws, day, settings: fit_workspace(
+                ws, outcome, folder=folder, as_of=day, settings=settings, horizon_days=horizon_days
+            ),
+            as_of,
+            db,
+            config,
         )
     if as_json:
         emit_json(doc)
@@ -1028,17 +1029,17 @@ def model_score(
     as_json: JsonOption = False,
 ) -> None:
     """Score the units whose outcome has not arrived yet with the saved model."""
-    from signalloop.config import load_settings
     from signalloop.models.api import score_workspace
-    from signalloop.store import Workspace
 
-    settings = load_settings(config)
-    day = _parse_date(as_of, "--as-of")
     folder = _model_dir(db, outcome, model_dir)
-    with Workspace(db, read_only=True) as ws:
-        doc = score_workspace(
+    doc = _estimate(
+        lambda ws, day, settings: score_workspace(
             ws, outcome, folder=folder, as_of=day, settings=settings, horizon_days=horizon_days
-        )
+        ),
+        as_of,
+        db,
+        config,
+    )
     if as_json:
         emit_json(doc)
         return
@@ -1168,23 +1169,24 @@ def model_route(
     as_json: JsonOption = False,
 ) -> None:
     """Route open leads to sales, review or nurture: probability plus CRM-stage guardrails."""
-    from signalloop.config import load_settings
     from signalloop.models.api import route_workspace
-    from signalloop.store import Workspace
 
-    settings = load_settings(config)
     folder = _model_dir(db, outcome, model_dir)
-    with Workspace(db, read_only=True) as ws:
-        doc = route_workspace(
+    doc = _estimate(
+        lambda ws, day, settings: route_workspace(
             ws,
             folder=folder,
             outcome=outcome,
-            as_of=_parse_date(as_of, "--as-of"),
+            as_of=day,
             threshold=threshold,
             settings=settings,
             required=tuple(require or ("user_id",)),
             horizon_days=horizon_days,
-        )
+        ),
+        as_of,
+        db,
+        config,
+    )
     if as_json:
         emit_json(doc)
         return
