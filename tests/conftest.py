@@ -40,3 +40,29 @@ def shared_data(*parts: str) -> Path:
     if not p.exists():
         pytest.skip(f"real data set not available here: {p}")
     return p
+
+
+#: The account :func:`loop_run` runs: 45 days, 4 campaigns, a week-long outage on c02.
+LOOP_FAULTS = ("tracking_outage@c02:30-36",)
+
+
+@pytest.fixture(scope="session")
+def loop_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """One ``signalloop run`` over a seeded account's exports as the inbox (shared, slow).
+
+    Returns ``{"doc", "db", "inbox", "out", "truth"}``: the run document, the workspace path,
+    the inbox folder, the report folder and the simulation's truth.
+    """
+    from signalloop import simulate as sim
+    from signalloop.run import run
+
+    tmp = tmp_path_factory.mktemp("loop")
+    ids = sim.campaign_ids(4)
+    faults = tuple(sim.parse_fault(f, days=45, campaign_ids=ids) for f in LOOP_FAULTS)
+    result = sim.simulate(sim.SimulationConfig(days=45, campaigns=4, seed=5, faults=faults))
+    inbox = tmp / "inbox"
+    sim.write(result, inbox)
+    db, out = tmp / "acct.duckdb", tmp / "report"
+    with Workspace(db) as w:
+        doc = run(w, inbox=inbox, out_dir=out)
+    return {"doc": doc, "db": db, "inbox": inbox, "out": out, "truth": result.truth}

@@ -783,7 +783,7 @@ def demo(
     seed: Annotated[int, typer.Option(help="Random seed of the simulated account.")] = 7,
     as_json: JsonOption = False,
 ) -> None:
-    """Simulate a 90-day account with faults, ingest it fresh, summarise and check it."""
+    """Simulate a 90-day account with faults and run the whole loop on it (signalloop run)."""
     from signalloop.demo import run_demo
 
     with progress_bar(not as_json or sys.stderr.isatty()) as progress:
@@ -794,12 +794,12 @@ def demo(
     print_summary(summary)
     print_check(summary["checks"], min_severity="warn")
     print_state(summary["state"])
-    print_allocation(summary["allocation"])
+    print_run(summary, inbox=False)
     out.print(
         f"\nsimulated files and truth.json: {summary['data_dir']}\n"
         f"workspace: {summary['db']}\n"
-        f"next, with --db {summary['db']}: signalloop check | quarantine | nowcast | phase "
-        "| fatigue | allocate --budget X | model fit | model backtest (each takes --json)",
+        f"next, with --db {summary['db']}: signalloop run | check | diagnose | lens | nowcast "
+        "| phase | fatigue | allocate --budget X | model backtest (each takes --json)",
         highlight=False,
     )
 
@@ -862,8 +862,7 @@ def diagnose(
     from signalloop.diagnose import diagnose as run_diagnose
     from signalloop.store import Workspace
 
-    order = {"info": 0, "warn": 1, "critical": 2}
-    if min_severity not in order:
+    if min_severity not in SEVERITY_ORDER:
         raise UsageError(f"--min-severity must be info, warn or critical, got {min_severity!r}")
     settings = load_settings(config)
     day = _parse_date(as_of, "--as-of")
@@ -872,12 +871,20 @@ def diagnose(
     if as_json:
         emit_json(doc)
         return
+    print_diagnoses(doc, min_severity)
+
+
+SEVERITY_ORDER = {"info": 0, "warn": 1, "critical": 2}
+
+
+def print_diagnoses(doc: dict[str, Any], min_severity: str = "info") -> None:
+    """The diagnosis table, most severe first, from ``min_severity`` up."""
     t = Table(title=f"diagnoses as of {doc['as_of']}", title_justify="left")
     for col in ("severity", "campaign", "failure", "root cause", "do this", "days", "conf."):
         t.add_column(col)
     colour = {"critical": "red", "warn": "yellow", "info": "dim"}
     for d in doc["diagnoses"]:
-        if order[d["severity"]] < order[min_severity]:
+        if SEVERITY_ORDER[d["severity"]] < SEVERITY_ORDER[min_severity]:
             continue
         t.add_row(
             f"[{colour[d['severity']]}]{d['severity']}[/]",
@@ -911,22 +918,132 @@ def lens(
     if as_json:
         emit_json(doc)
     else:
-        verdict = doc["verdict"]
-        colour = "green" if verdict == "scale" else "yellow"
-        t = Table(
-            title=f"decision lens as of {doc['as_of']}: [{colour}]{verdict}[/]"
-            + (f" (fix {doc['weakest']} first)" if doc["weakest"] else ""),
-            title_justify="left",
-        )
-        t.add_column("question")
-        t.add_column("passed")
-        t.add_column("evidence")
-        for c in doc["checks"]:
-            ok = "[green]yes[/]" if c["passed"] else "[red]no[/]"
-            t.add_row(c["name"], ok, escape(str(c["evidence"].get("message", ""))))
-        out.print(t)
+        print_lens(doc)
     if fail_on_keep_scoped and doc["verdict"] != "scale":
         raise typer.Exit(1)
+
+
+def print_lens(doc: dict[str, Any]) -> None:
+    """The seven lens questions with the verdict in the title."""
+    verdict = doc["verdict"]
+    colour = "green" if verdict == "scale" else "yellow"
+    t = Table(
+        title=f"decision lens as of {doc['as_of']}: [{colour}]{verdict}[/]"
+        + (f" (fix {doc['weakest']} first)" if doc["weakest"] else ""),
+        title_justify="left",
+    )
+    t.add_column("question")
+    t.add_column("passed")
+    t.add_column("evidence")
+    for c in doc["checks"]:
+        ok = "[green]yes[/]" if c["passed"] else "[red]no[/]"
+        t.add_row(c["name"], ok, escape(str(c["evidence"].get("message", ""))))
+    out.print(t)
+
+
+@app.command("run")
+@handle_errors
+def run_loop(
+    as_of: AsOfOption = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Folder for report.html and report.json \\[default: [run] out, else "
+            "signalloop-report].",
+            show_default=False,
+        ),
+    ] = None,
+    inbox: Annotated[
+        Path | None,
+        typer.Option(
+            "--inbox",
+            help="Folder of new exports to ingest first \\[default: [run] inbox].",
+            show_default=False,
+        ),
+    ] = None,
+    budget: Annotated[
+        float | None,
+        typer.Option(
+            "--budget",
+            help="Daily budget to allocate \\[default: [run] budget, else the last 7 days' "
+            "mean spend].",
+            show_default=False,
+        ),
+    ] = None,
+    db: DbOption = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The whole loop: ingest the inbox, check, estimate, refresh models, allocate, diagnose,
+    read the lens; writes report.html and report.json."""
+    from signalloop.config import load_settings
+    from signalloop.run import run
+    from signalloop.store import Workspace
+
+    settings = load_settings(config)
+    day = _parse_date(as_of, "--as-of")
+    if budget is not None and budget <= 0:
+        raise UsageError(f"--budget must be a positive daily amount, got {budget:g}")
+    with Workspace(db) as ws, progress_bar(not as_json or sys.stderr.isatty()) as progress:
+        doc = run(
+            ws,
+            as_of=day,
+            settings=settings,
+            out_dir=out_dir,
+            inbox=inbox,
+            budget=budget,
+            progress=progress,
+        )
+    if as_json:
+        emit_json(run_summary(doc))
+    else:
+        print_run(doc)
+    errors = (doc["inbox"] or {}).get("errors", [])
+    if errors:
+        first = errors[0]
+        raise InputError(
+            f"{len(errors)} inbox file(s) could not be ingested; the loop ran without them "
+            f"(first: {first['message']})"
+        )
+
+
+def run_summary(doc: dict[str, Any]) -> dict[str, Any]:
+    """What ``run --json`` prints: the run without its chart data (all of it is report.json)."""
+    keep = ("as_of", "workspace", "inbox", "models", "allocation", "diagnosis", "lens")
+    summary = {k: doc[k] for k in keep}
+    summary["gates"] = [
+        {"campaign_id": c["campaign_id"], "gate": c["gate"], "reasons": c["reasons"]}
+        for c in doc["checks"]["campaigns"]
+    ]
+    summary["timings"] = doc["timings"]
+    summary["report"] = doc["report"]
+    return summary
+
+
+def print_run(doc: dict[str, Any], *, inbox: bool = True) -> None:
+    """A run on the terminal: inbox, models, allocation, warn+ diagnoses, lens, report path."""
+    box = doc.get("inbox") if inbox else None
+    if box is not None:
+        for f in box["files"]:
+            _print_ingest(f)
+        for x in box["not_taken"]:
+            err.print(f"[yellow]not taken[/] {escape(x['file'])}: {x['reason']}", highlight=False)
+        for x in box["errors"]:
+            err.print(f"[bold red]not ingested[/] {escape(x['message'])}", highlight=False)
+    for m in doc["models"]:
+        style = {"refreshed": "green", "fresh": "dim", "skipped": "yellow"}[m["status"]]
+        out.print(
+            f"model {m['outcome']}: [{style}]{m['status']}[/] ({escape(m.get('reason', ''))})",
+            highlight=False,
+        )
+    if doc["allocation"] is not None:
+        print_allocation(doc["allocation"])
+    print_diagnoses(doc["diagnosis"], min_severity="warn")
+    print_lens(doc["lens"])
+    out.print(
+        f"\nreport: {doc['report']['html']}\n(data: {doc['report']['json']})", highlight=False
+    )
 
 
 # ---------------------------------------------------------------------------- signalloop model

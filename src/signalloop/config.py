@@ -30,6 +30,17 @@ exists. Everything has a default; a file only overrides what it names::
     c01 = "Ana"
     sql = "Ben"
 
+    [run]                              # signalloop run: the daily loop (signalloop.run)
+    inbox = "exports"                  # folder of new exports: <kind>*.csv|.csv.gz|.parquet
+    out = "signalloop-report"          # where report.html and report.json go
+    budget = 1500.0                    # daily budget (default: last 7 days' mean spend)
+    policy = "guarded_bayes"           # allocator by name
+    objective = "conversions"          # or "value"
+    outcomes = ["conversion", "sql"]   # models kept fresh (default: what the data supports)
+
+    [run.profiles]                     # export profile per kind (default canonical)
+    spend = "meta_ads"
+
 >>> s = Settings()
 >>> s.learning_threshold, s.canonical_utm("  FB ")
 (50, 'facebook')
@@ -39,11 +50,11 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from signalloop.contract import FUNNEL
+from signalloop.contract import FUNNEL, KINDS
 from signalloop.errors import ConfigError
 
 ENV_CONFIG = "SIGNALLOOP_CONFIG"
@@ -109,7 +120,16 @@ DEFAULT_ALIASES: dict[str, str] = {
     "mail": "email",
 }
 
-_TOP_KEYS = {"learning_threshold", "funnel", "taxonomy", "checks", "models", "lens", "owners"}
+_TOP_KEYS = {
+    "learning_threshold",
+    "funnel",
+    "taxonomy",
+    "checks",
+    "models",
+    "lens",
+    "owners",
+    "run",
+}
 #: Outcomes a ``[models] horizon_days`` table may name.
 _MODEL_OUTCOMES = ("conversion", "sql", "won", "value")
 
@@ -136,6 +156,27 @@ _LENS_INTS = ("retrain_every_days", "decision_every_days", "cold_start_days")
 
 
 @dataclass(frozen=True)
+class RunSettings:
+    """``[run]``: what ``signalloop run`` reads and writes (:mod:`signalloop.run`)."""
+
+    #: Folder of new exports; ``None`` = no inbox. Relative paths in a config file are
+    #: relative to the file's folder.
+    inbox: str | None = None
+    #: Folder for ``report.html`` and ``report.json``.
+    out: str = "signalloop-report"
+    #: Total daily budget to allocate; ``None`` = the last 7 days' mean daily spend.
+    budget: float | None = None
+    #: Allocation policy by name (:data:`signalloop.allocate.policy.POLICIES`).
+    policy: str = "guarded_bayes"
+    #: ``"conversions"`` or ``"value"``.
+    objective: str = "conversions"
+    #: Model outcomes kept fresh; ``None`` = conversion, plus sql when CRM data exists.
+    outcomes: tuple[str, ...] | None = None
+    #: Export profile per kind for inbox files (default ``canonical``).
+    profiles: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Project settings; every field has a working default."""
 
@@ -151,6 +192,8 @@ class Settings:
     lens: LensSettings = field(default_factory=LensSettings)
     #: ``[owners]``: campaign id or model outcome -> owner name.
     owners: dict[str, str] = field(default_factory=dict)
+    #: ``[run]``: the daily loop's inbox, report folder, budget and models.
+    run: RunSettings = field(default_factory=RunSettings)
     path: str | None = None
 
     def canonical_utm(self, value: str) -> str:
@@ -251,20 +294,26 @@ def settings_from_dict(doc: dict[str, Any], source: str = "<dict>") -> Settings:
         models={"horizon_days": dict(horizon)},
         lens=_lens_from(doc.get("lens", {}), source),
         owners=_owners_from(doc.get("owners", {}), source),
+        run=_run_from(doc.get("run", {}), source),
     )
+
+
+def _check_table(table: Any, name: str, cls: type, source: str) -> None:
+    """``[name]`` must be a table whose keys are fields of the dataclass ``cls``."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: [{name}] must be a table")
+    known = {f.name for f in fields(cls)}
+    bad = set(table) - known
+    if bad:
+        raise ConfigError(
+            f"{source}: unknown [{name}] key(s) {', '.join(sorted(bad))}; "
+            f"expected {', '.join(sorted(known))}"
+        )
 
 
 def _lens_from(lens: Any, source: str) -> LensSettings:
     """Validate a ``[lens]`` table into :class:`LensSettings`."""
-    if not isinstance(lens, dict):
-        raise ConfigError(f"{source}: [lens] must be a table")
-    known = set(LensSettings.__dataclass_fields__)
-    bad = set(lens) - known
-    if bad:
-        raise ConfigError(
-            f"{source}: unknown [lens] key(s) {', '.join(sorted(bad))}; "
-            f"expected {', '.join(sorted(known))}"
-        )
+    _check_table(lens, "lens", LensSettings, source)
     for k in _LENS_INTS:
         v = lens.get(k)
         if k in lens and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
@@ -296,3 +345,50 @@ def _owners_from(owners: Any, source: str) -> dict[str, str]:
         if not isinstance(v, str) or not v.strip():
             raise ConfigError(f"{source}: [owners] {k} must be a non-empty owner name, got {v!r}")
     return {str(k): v.strip() for k, v in owners.items()}
+
+
+def _run_from(run: Any, source: str) -> RunSettings:
+    """Validate a ``[run]`` table into :class:`RunSettings`."""
+    _check_table(run, "run", RunSettings, source)
+    for k in ("inbox", "out", "policy"):
+        if k in run and (not isinstance(run[k], str) or not run[k].strip()):
+            raise ConfigError(f"{source}: [run] {k} must be a non-empty string, got {run[k]!r}")
+    budget = run.get("budget")
+    if budget is not None and (
+        isinstance(budget, bool) or not isinstance(budget, int | float) or budget <= 0
+    ):
+        raise ConfigError(f"{source}: [run] budget must be a positive number, got {budget!r}")
+    objective = run.get("objective", "conversions")
+    if objective not in ("conversions", "value"):
+        raise ConfigError(
+            f"{source}: [run] objective must be conversions or value, got {objective!r}"
+        )
+    outcomes = run.get("outcomes")
+    if outcomes is not None and (
+        not isinstance(outcomes, list) or not set(outcomes) <= set(_MODEL_OUTCOMES)
+    ):
+        raise ConfigError(
+            f"{source}: [run] outcomes must be a list of {', '.join(_MODEL_OUTCOMES)}, "
+            f"got {outcomes!r}"
+        )
+    profiles = run.get("profiles", {})
+    if not isinstance(profiles, dict) or set(profiles) - set(KINDS):
+        raise ConfigError(
+            f"{source}: [run.profiles] maps kinds ({', '.join(KINDS)}) to profile names, "
+            f"got {profiles!r}"
+        )
+
+    def beside_config(path: str | None) -> str | None:
+        if path is None or source == "<dict>" or Path(path).is_absolute():
+            return path
+        return str(Path(source).parent / path)
+
+    return RunSettings(
+        inbox=beside_config(run.get("inbox")),
+        out=str(beside_config(run.get("out", RunSettings.out))),
+        budget=None if budget is None else float(budget),
+        policy=str(run.get("policy", RunSettings.policy)),
+        objective=str(objective),
+        outcomes=None if outcomes is None else tuple(outcomes),
+        profiles={str(k): str(v) for k, v in profiles.items()},
+    )

@@ -1,4 +1,4 @@
-"""``signalloop demo``: simulate an account with faults, ingest it fresh, summarise it."""
+"""``signalloop demo``: simulate an account with faults and run the whole loop on it."""
 
 from __future__ import annotations
 
@@ -8,16 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import ibis
-
 from signalloop import simulate as sim
-from signalloop.allocate.policy import allocate
-from signalloop.checks import run_checks
-from signalloop.contract import KINDS
-from signalloop.fatigue import fatigue
-from signalloop.ingest import ingest_file
-from signalloop.nowcast import nowcast
-from signalloop.phase import phase
+from signalloop.run import run
 from signalloop.store import Workspace
 from signalloop.summary import workspace_summary
 
@@ -41,13 +33,17 @@ def run_demo(
     seed: int = 7,
     progress: Callable[[str, float | None], None] | None = None,
 ) -> dict[str, Any]:
-    """Simulate the demo account into ``out_dir/data`` and ingest it into a fresh workspace.
+    """Simulate the demo account into ``out_dir/data`` and run the whole loop on it.
+
+    The simulated exports are the inbox of :func:`signalloop.run.run`, which ingests them into
+    a fresh workspace ``out_dir/signalloop.duckdb``, checks, estimates, fits the models,
+    allocates, diagnoses, reads the lens and writes ``out_dir/report/report.html`` and
+    ``report.json``.
 
     Returns :func:`~signalloop.summary.workspace_summary` plus ``data_dir``, ``faults``,
-    ``ingested`` (one entry per file), ``checks`` (the check report: gates, findings,
-    exclusions), ``state`` (``nowcast``, ``phase`` and ``fatigue`` reports), ``allocation``
-    (:func:`~signalloop.allocate.policy.allocate` of the last week's mean daily spend) and
-    ``seconds``.
+    ``ingested`` (one entry per file), ``checks``, ``state`` (``nowcast``, ``phase`` and
+    ``fatigue`` reports), ``allocation``, ``diagnosis``, ``lens``, ``models``, ``report``
+    (the two paths) and ``seconds``.
     """
     started = time.perf_counter()
     out = Path(out_dir)
@@ -56,8 +52,9 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     for stale in (db, Path(str(db) + ".wal")):
         stale.unlink(missing_ok=True)
-    if data_dir.exists():
-        shutil.rmtree(data_dir)
+    for folder in (data_dir, out / "signalloop.models", out / "report"):
+        if folder.exists():
+            shutil.rmtree(folder)
     report = progress or (lambda label, frac: None)
     ids = sim.campaign_ids(DEMO_CAMPAIGNS)
     faults = tuple(sim.parse_fault(f, days=DEMO_DAYS, campaign_ids=ids) for f in DEMO_FAULTS)
@@ -65,38 +62,25 @@ def run_demo(
         days=DEMO_DAYS, campaigns=DEMO_CAMPAIGNS, seed=seed, faults=faults
     )
     report("simulating the account", None)
-    result = sim.simulate(config)
-    paths = sim.write(result, data_dir)
+    sim.write(sim.simulate(config), data_dir)
     report("simulating the account", 1.0)
-    ingested = []
     with Workspace(db) as ws:
-        for kind in KINDS:
-            res = ingest_file(ws, kind, paths[kind], progress=progress)
-            ingested.append(res.to_dict())
+        doc = run(ws, inbox=data_dir, out_dir=out / "report", progress=progress)
         summary = workspace_summary(ws)
-        report("checking the signals", None)
-        checks = run_checks(ws).to_dict()
-        report("checking the signals", 1.0)
-        report("estimating campaign state", None)
-        state = {
-            "nowcast": nowcast(ws).to_dict(),
-            "phase": phase(ws).to_dict(),
-            "fatigue": fatigue(ws).to_dict(),
-        }
-        report("estimating campaign state", 1.0)
-        report("allocating tomorrow's budget", None)
-        spend = ws.table("spend")
-        recent = spend.filter(spend.date > spend.date.max() - ibis.interval(days=7))
-        budget = round(float(recent.spend.sum().execute()) / 7.0, 2)
-        allocation = allocate(ws, budget)
-        report("allocating tomorrow's budget", 1.0)
+    inbox = doc["inbox"] or {}
     summary.update(
-        checks=checks,
-        state=state,
-        allocation=allocation,
+        checks=doc["checks"],
+        state=doc["state"],
+        allocation=doc["allocation"],
+        diagnosis=doc["diagnosis"],
+        lens=doc["lens"],
+        models=doc["models"],
+        report=doc["report"],
+        timings=doc["timings"],
         data_dir=str(data_dir),
         faults=list(DEMO_FAULTS),
-        ingested=ingested,
+        ingested=inbox.get("files", []),
+        not_ingested=inbox.get("not_taken", []) + inbox.get("errors", []),
         seconds=round(time.perf_counter() - started, 2),
     )
     return summary

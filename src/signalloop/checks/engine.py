@@ -28,6 +28,13 @@ ENVIRONMENT = (
     "creative_freshness",
     "integration_uptime",
 )
+#: The checks that score the signal environment (enough for its history, see signalloop.run).
+ENVIRONMENT_CHECKS = (
+    "conversion_volume",
+    "attribution_match",
+    "creative_freshness",
+    "integration_dropout",
+)
 
 EXCLUSIONS_DDL = """
 CREATE TABLE IF NOT EXISTS exclusions (

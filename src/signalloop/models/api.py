@@ -8,6 +8,7 @@ PosixPath('marketing.models/sql')
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -193,11 +194,13 @@ def backtest_workspace(
     horizon_days: int | None = None,
     random_state: int = 0,
     workers: int | None = None,
+    cadences: Sequence[float] | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """:func:`~signalloop.models.backtest.backtest` on the workspace's ``outcome`` frame.
 
-    The clock is the unit time in days, so the recommended cadence is in days.
+    The clock is the unit time in days, so the recommended cadence (chosen among
+    ``cadences``, default :func:`~signalloop.models.backtest.candidate_cadences`) is in days.
     """
     tf = build_frame(ws, outcome, as_of=as_of, settings=settings, horizon_days=horizon_days)
     doc = backtest(
@@ -208,6 +211,7 @@ def backtest_workspace(
         target=outcome,
         random_state=random_state,
         workers=workers,
+        cadences=cadences,
         progress=progress,
     )
     doc["source"] = "workspace"

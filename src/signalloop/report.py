@@ -1,0 +1,746 @@
+"""The run report: ``report.json`` (everything) and one self-contained, offline ``report.html``.
+
+:func:`charts` turns a run document (:func:`signalloop.run.run`) plus a few small workspace
+queries into chart data, JSON-ready; :func:`render_html` draws that data with Plotly, with
+plotly.js embedded once so the file opens without a network. The HTML's every chart and table
+has its numbers in ``report.json`` under ``charts`` (the JSON twin).
+
+Charts: the signal environment over time; daily conversions with outage windows shaded;
+observed against nowcast CPA and ROAS; the learning-phase timeline with edits by actor;
+creative fatigue curves; allocation before and after with intervals. Tables: the diagnoses and
+the decision lens.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections import defaultdict
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import plotly.graph_objects as go
+import plotly.io as pio
+from plotly.offline import get_plotlyjs
+from plotly.subplots import make_subplots
+
+from signalloop.fatigue import FATIGUE_RATIO
+from signalloop.store import Workspace
+
+REPORT_HTML = "report.html"
+REPORT_JSON = "report.json"
+#: Days of the CPA/ROAS chart (the nowcast matters for the latest ones).
+RECENT_DAYS = 28
+#: Days of the conversions chart.
+CONVERSION_DAYS = 90
+ACTOR_COLOURS = {"human": "#d62728", "automation": "#1f77b4", "unknown": "#7f7f7f"}
+STATE_COLOURS = {
+    "learning": "#ff7f0e",
+    "learning_limited": "#9467bd",
+    "stable": "#2ca02c",
+    "paused": "#7f7f7f",
+}
+STATUS_COLOURS = {"fresh": "#2ca02c", "peaking": "#ff7f0e", "fatigued": "#d62728"}
+SEVERITY_COLOURS = {"critical": "#b00020", "warn": "#b26a00", "info": "#5f6368"}
+
+
+# -- chart data ---------------------------------------------------------------------------------
+
+
+def _safe_ratio(num: float, den: float) -> float | None:
+    return round(num / den, 4) if den else None
+
+
+def _environment(doc: dict[str, Any]) -> dict[str, Any]:
+    hist = doc.get("history") or []
+    dims = sorted({k for h in hist for k in h["signal_environment"]["account"]})
+    return {
+        "dates": [h["as_of"] for h in hist],
+        "source": [h["source"] for h in hist],
+        "scores": {d: [h["signal_environment"]["account"].get(d) for h in hist] for d in dims},
+        "held": [
+            None if h["gates"] is None else sum(1 for g in h["gates"] if g["gate"] != "open")
+            for h in hist
+        ],
+    }
+
+
+def _conversions(doc: dict[str, Any]) -> dict[str, Any]:
+    cohorts = doc["state"]["nowcast"].get("cohorts", [])
+    by: dict[str, dict[str, Any]] = defaultdict(lambda: {"dates": [], "observed": []})
+    total: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0])
+    for c in cohorts:
+        s = by[c["campaign_id"]]
+        s["dates"].append(c["date"])
+        s["observed"].append(c["observed_conversions"])
+        t = total[c["date"]]
+        t[0] += c["observed_conversions"]
+        t[1] += c["expected_conversions"]
+        t[2] += c["lower"]
+        t[3] += c["upper"]
+    days = sorted(total)[-CONVERSION_DAYS:]
+    windows = [
+        {
+            "campaign_id": e["campaign_id"],
+            "start": str(e["start"])[:10],
+            "end": str(e["end"])[:10],
+            "reason": e.get("reason", ""),
+        }
+        for e in doc["checks"].get("exclusions", [])
+    ]
+    for f in doc["checks"].get("findings", []):
+        if f["check"] == "integration_dropout" and f.get("window") and f.get("active"):
+            w = f["window"]
+            if not any(x["campaign_id"] == f["campaign_id"] for x in windows):
+                windows.append(
+                    {
+                        "campaign_id": f["campaign_id"],
+                        "start": str(w["start"])[:10],
+                        "end": str(w["end"])[:10],
+                        "reason": f["message"],
+                    }
+                )
+    return {
+        "campaigns": {
+            cid: {
+                "dates": [d for d in s["dates"] if d >= days[0]],
+                "observed": [
+                    o for d, o in zip(s["dates"], s["observed"], strict=True) if d >= days[0]
+                ],
+            }
+            for cid, s in sorted(by.items())
+        }
+        if days
+        else {},
+        "account": {
+            "dates": days,
+            "observed": [total[d][0] for d in days],
+            "expected": [round(total[d][1], 2) for d in days],
+            "lower": [total[d][2] for d in days],
+            "upper": [total[d][3] for d in days],
+        },
+        "outages": windows,
+    }
+
+
+def _cpa_roas(doc: dict[str, Any]) -> dict[str, Any]:
+    click = doc["state"]["nowcast"].get("cohorts", [])
+    crm = (doc["state"]["nowcast"].get("crm") or {}).get("cohorts", [])
+    sums: dict[str, list[float]] = defaultdict(lambda: [0.0] * 5)
+    for c in click:
+        if c.get("excluded"):
+            continue
+        s = sums[c["date"]]
+        s[0] += c["spend"] or 0.0
+        s[1] += c["observed_conversions"]
+        s[2] += c["expected_conversions"]
+        s[3] += c["lower"]
+        s[4] += c["upper"]
+    days = sorted(sums)[-RECENT_DAYS:]
+    value: dict[str, list[float]] = defaultdict(lambda: [0.0] * 5)
+    value_from = "crm" if crm else "click"
+    for c in crm or click:
+        if c.get("excluded"):
+            continue
+        v = value[c["date"]]
+        v[0] += c["spend"] or 0.0
+        v[1] += c["observed_value"] or 0.0
+        v[2] += c["expected_value"] or 0.0
+        v[3] += c["value_lower"] or 0.0
+        v[4] += c["value_upper"] or 0.0
+    vdays = sorted(value)[-RECENT_DAYS:]
+    return {
+        "dates": days,
+        "observed_cpa": [_safe_ratio(sums[d][0], sums[d][1]) for d in days],
+        "nowcast_cpa": [_safe_ratio(sums[d][0], sums[d][2]) for d in days],
+        "cpa_low": [_safe_ratio(sums[d][0], sums[d][4]) for d in days],
+        "cpa_high": [_safe_ratio(sums[d][0], sums[d][3]) for d in days],
+        "roas_from": value_from,
+        "roas_dates": vdays,
+        "observed_roas": [_safe_ratio(value[d][1], value[d][0]) for d in vdays],
+        "nowcast_roas": [_safe_ratio(value[d][2], value[d][0]) for d in vdays],
+        "roas_low": [_safe_ratio(value[d][3], value[d][0]) for d in vdays],
+        "roas_high": [_safe_ratio(value[d][4], value[d][0]) for d in vdays],
+    }
+
+
+def _timeline(doc: dict[str, Any]) -> dict[str, Any]:
+    as_of = date.fromisoformat(doc["as_of"])
+    rows = []
+    for e in sorted(doc["state"]["phase"]["entities"], key=lambda e: e["entity_id"], reverse=True):
+        periods = []
+        for r in e["resets"]:
+            start = date.fromisoformat(r["date"])
+            days = r.get("days_in_learning")
+            periods.append(
+                {
+                    "start": r["date"],
+                    "days": days if days is not None else (as_of - start).days + 1,
+                    "open": days is None,
+                    "actor": r["actor"],
+                    "field": r["field"],
+                    "detail": r.get("detail", ""),
+                }
+            )
+        rows.append(
+            {
+                "entity_id": e["entity_id"],
+                "campaign_id": e["campaign_id"],
+                "state": e["state"],
+                "human_resets": e["human_resets"],
+                "periods": periods,
+            }
+        )
+    return {"as_of": doc["as_of"], "entities": rows}
+
+
+def _fatigue_curves(ws: Workspace, doc: dict[str, Any]) -> dict[str, Any]:
+    """Daily CTR relative to each live creative's fitted start, and its fitted curve."""
+    creatives = [c for c in doc["state"]["fatigue"]["creatives"] if c["live"]]
+    if not creatives:
+        return {"creatives": []}
+    ids = [c["creative_id"] for c in creatives]
+    as_of = date.fromisoformat(doc["as_of"])
+    spend = ws.table("spend")
+    spend = spend.filter(spend.creative_id.isin(ids) & (spend.date <= as_of))
+    daily = (
+        spend.group_by(["creative_id", "date"])
+        .aggregate(impressions=spend.impressions.sum(), clicks=spend.clicks.sum())
+        .order_by(["creative_id", "date"])
+        .to_pyarrow()
+        .to_pylist()
+    )
+    series: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in daily:
+        if r["impressions"]:
+            series[r["creative_id"]].append(r)
+    out = []
+    for c in creatives:
+        rows = series.get(c["creative_id"], [])
+        if not rows:
+            continue
+        launched = date.fromisoformat(c["launched"])
+        age, rel, fit, expo = [], [], [], 0.0
+        for r in rows:
+            a = (r["date"] - launched).days
+            age.append(a)
+            rel.append(round(r["clicks"] / r["impressions"] / c["ctr_start"], 4))
+            fit.append(
+                round(
+                    math.exp(
+                        -c["decay_per_day"] * a - c["decay_per_100k_impressions"] * expo / 1e5
+                    ),
+                    4,
+                )
+            )
+            expo += r["impressions"]
+        out.append(
+            {
+                "creative_id": c["creative_id"],
+                "campaign_id": c["campaign_id"],
+                "status": c["status"],
+                "age_days": age,
+                "relative_ctr": rel,
+                "fitted": fit,
+            }
+        )
+    return {"creatives": out}
+
+
+def _allocation(doc: dict[str, Any]) -> dict[str, Any]:
+    a = doc.get("allocation")
+    if not a:
+        return {"arms": []}
+    return {
+        "budget": a["budget"],
+        "policy": a["policy"],
+        "objective": a["objective"],
+        "arms": [
+            {
+                "campaign_id": x["campaign_id"],
+                "current": x["current"],
+                "recommended": x["recommended"],
+                "expected_cpa": x.get("expected_cpa"),
+                "cpa_interval": x.get("cpa_interval"),
+                "reasons": x.get("reasons", []),
+            }
+            for x in a["arms"]
+        ],
+    }
+
+
+def charts(ws: Workspace, doc: dict[str, Any]) -> dict[str, Any]:
+    """Every chart's data, JSON-ready (``report.json["charts"]``)."""
+    return {
+        "signal_environment": _environment(doc),
+        "conversions": _conversions(doc),
+        "cpa_roas": _cpa_roas(doc),
+        "learning_timeline": _timeline(doc),
+        "fatigue_curves": _fatigue_curves(ws, doc),
+        "allocation": _allocation(doc),
+    }
+
+
+# -- figures ------------------------------------------------------------------------------------
+
+
+def _layout(fig: go.Figure, title: str, height: int = 380) -> go.Figure:
+    fig.update_layout(
+        title={"text": title, "x": 0.01},
+        height=height,
+        margin={"l": 60, "r": 20, "t": 50, "b": 40},
+        template="plotly_white",
+        legend={"orientation": "h", "y": -0.15},
+        hovermode="closest",
+    )
+    return fig
+
+
+def fig_environment(c: dict[str, Any]) -> go.Figure:
+    fig = go.Figure()
+    symbols = ["circle" if s == "run" else "circle-open" for s in c["source"]]
+    for dim, ys in c["scores"].items():
+        fig.add_trace(
+            go.Scatter(
+                x=c["dates"],
+                y=ys,
+                name=dim.replace("_", " "),
+                mode="lines+markers",
+                marker={"symbol": symbols, "size": 8},
+            )
+        )
+    fig.update_yaxes(range=[0, 1.05], title="score (1 = fit to learn from)")
+    return _layout(fig, "Signal environment over time (filled: a run saw it; open: backfilled)")
+
+
+def fig_conversions(c: dict[str, Any]) -> go.Figure:
+    fig = go.Figure()
+    for cid, s in c["campaigns"].items():
+        fig.add_trace(go.Scatter(x=s["dates"], y=s["observed"], name=cid, mode="lines"))
+    acc = c["account"]
+    fig.add_trace(
+        go.Scatter(
+            x=acc["dates"] + acc["dates"][::-1],
+            y=acc["upper"] + acc["lower"][::-1],
+            fill="toself",
+            fillcolor="rgba(0,0,0,0.08)",
+            line={"width": 0},
+            name="account nowcast 90% interval",
+            hoverinfo="skip",
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=acc["dates"], y=acc["observed"], name="account observed", line={"color": "black"}
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=acc["dates"],
+            y=acc["expected"],
+            name="account nowcast",
+            line={"color": "black", "dash": "dot"},
+        )
+    )
+    for w in c["outages"]:
+        fig.add_vrect(
+            x0=w["start"],
+            x1=w["end"],
+            fillcolor="rgba(214,39,40,0.15)",
+            line_width=0,
+            annotation_text=f"{w['campaign_id']} outage (excluded)",
+            annotation_position="top left",
+        )
+    fig.update_yaxes(title="conversions by click date")
+    return _layout(fig, "Daily conversions, outage windows shaded", 420)
+
+
+def fig_cpa_roas(c: dict[str, Any]) -> go.Figure:
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=(
+            "CPA: observed vs nowcast (account)",
+            f"ROAS: observed vs nowcast ({'CRM deals' if c['roas_from'] == 'crm' else 'value'})",
+        ),
+    )
+
+    def band(x: list[str], lo: list[Any], hi: list[Any], col: int, name: str) -> None:
+        keep = [
+            (d, a, b) for d, a, b in zip(x, lo, hi, strict=True) if a is not None and b is not None
+        ]
+        xs = [k[0] for k in keep]
+        fig.add_trace(
+            go.Scatter(
+                x=xs + xs[::-1],
+                y=[k[2] for k in keep] + [k[1] for k in keep][::-1],
+                fill="toself",
+                fillcolor="rgba(31,119,180,0.15)",
+                line={"width": 0},
+                name=name,
+                hoverinfo="skip",
+            ),
+            row=1,
+            col=col,
+        )
+
+    band(c["dates"], c["cpa_low"], c["cpa_high"], 1, "CPA 90% interval")
+    fig.add_trace(go.Scatter(x=c["dates"], y=c["observed_cpa"], name="observed CPA"), row=1, col=1)
+    fig.add_trace(
+        go.Scatter(x=c["dates"], y=c["nowcast_cpa"], name="nowcast CPA", line={"dash": "dot"}),
+        row=1,
+        col=1,
+    )
+    band(c["roas_dates"], c["roas_low"], c["roas_high"], 2, "ROAS 90% interval")
+    fig.add_trace(
+        go.Scatter(x=c["roas_dates"], y=c["observed_roas"], name="observed ROAS"), row=1, col=2
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=c["roas_dates"], y=c["nowcast_roas"], name="nowcast ROAS", line={"dash": "dot"}
+        ),
+        row=1,
+        col=2,
+    )
+    return _layout(fig, f"Last {RECENT_DAYS} days: what is known now vs what will arrive", 400)
+
+
+def fig_timeline(c: dict[str, Any]) -> go.Figure:
+    fig = go.Figure()
+    shown: set[str] = set()
+    for e in c["entities"]:
+        label = f"{e['entity_id']} ({e['state'].replace('_', ' ')})"
+        for p in e["periods"]:
+            fig.add_trace(
+                go.Bar(
+                    base=[p["start"]],
+                    x=[p["days"] * 86_400_000],
+                    y=[label],
+                    orientation="h",
+                    marker={"color": STATE_COLOURS["learning"], "opacity": 0.35},
+                    name="in learning",
+                    legendgroup="learning",
+                    showlegend="learning" not in shown,
+                    hovertext=f"{p['days']} days in learning"
+                    + (" (still learning)" if p["open"] else ""),
+                    hoverinfo="text",
+                )
+            )
+            shown.add("learning")
+        for actor in ("human", "automation", "unknown"):
+            pts = [p for p in e["periods"] if p["actor"] == actor]
+            if not pts:
+                continue
+            fig.add_trace(
+                go.Scatter(
+                    x=[p["start"] for p in pts],
+                    y=[label] * len(pts),
+                    mode="markers",
+                    marker={
+                        "color": ACTOR_COLOURS.get(actor, "#7f7f7f"),
+                        "size": 11,
+                        "symbol": "x" if actor == "human" else "diamond",
+                    },
+                    name=f"edit by {actor}",
+                    legendgroup=actor,
+                    showlegend=actor not in shown,
+                    hovertext=[f"{actor}: {p['field']} {p['detail']}" for p in pts],
+                    hoverinfo="text",
+                )
+            )
+            shown.add(actor)
+    fig.update_xaxes(type="date")
+    fig.update_layout(barmode="overlay")
+    height = 120 + 28 * max(len(c["entities"]), 1)
+    return _layout(fig, "Learning phase per ad set: edits that reset learning, by actor", height)
+
+
+def fig_fatigue(c: dict[str, Any]) -> go.Figure:
+    fig = go.Figure()
+    shown: set[str] = set()
+    for cr in sorted(c["creatives"], key=lambda x: x["status"]):
+        colour = STATUS_COLOURS.get(cr["status"], "#7f7f7f")
+        name = f"{cr['creative_id']} ({cr['campaign_id']})"
+        fig.add_trace(
+            go.Scatter(
+                x=cr["age_days"],
+                y=cr["relative_ctr"],
+                mode="markers",
+                marker={"color": colour, "size": 4, "opacity": 0.4},
+                name=name,
+                legendgroup=cr["status"],
+                showlegend=False,
+                hovertemplate=name + ": day %{x}, CTR x%{y:.2f}<extra></extra>",
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=cr["age_days"],
+                y=cr["fitted"],
+                mode="lines",
+                line={"color": colour, "width": 1.5},
+                name=f"{cr['status']} creatives",
+                legendgroup=cr["status"],
+                showlegend=cr["status"] not in shown,
+                hovertemplate=name + ": fitted x%{y:.2f} at day %{x}<extra></extra>",
+            )
+        )
+        shown.add(cr["status"])
+    fig.add_hline(y=FATIGUE_RATIO, line_dash="dash", annotation_text="fatigue threshold")
+    fig.update_xaxes(title="days since launch")
+    fig.update_yaxes(title="CTR relative to launch")
+    return _layout(
+        fig, "Creative fatigue: live creatives' CTR decay (dots daily, lines fitted)", 440
+    )
+
+
+def fig_allocation(c: dict[str, Any]) -> go.Figure:
+    arms = c["arms"]
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=(
+            "daily budget: now and recommended",
+            "expected CPA at the recommended budget (90% interval)",
+        ),
+    )
+    ids = [a["campaign_id"] for a in arms]
+    fig.add_trace(go.Bar(x=ids, y=[a["current"] for a in arms], name="now"), row=1, col=1)
+    fig.add_trace(
+        go.Bar(x=ids, y=[a["recommended"] for a in arms], name="recommended"), row=1, col=1
+    )
+    with_cpa = [a for a in arms if a["expected_cpa"] is not None and a["cpa_interval"]]
+    fig.add_trace(
+        go.Scatter(
+            x=[a["campaign_id"] for a in with_cpa],
+            y=[a["expected_cpa"] for a in with_cpa],
+            mode="markers",
+            name="expected CPA",
+            error_y={
+                "type": "data",
+                "symmetric": False,
+                "array": [a["cpa_interval"][1] - a["expected_cpa"] for a in with_cpa],
+                "arrayminus": [a["expected_cpa"] - a["cpa_interval"][0] for a in with_cpa],
+            },
+        ),
+        row=1,
+        col=2,
+    )
+    title = f"Tomorrow's budget: {c.get('budget', 0):,.2f} split by {c.get('policy', '-')}"
+    return _layout(fig, title, 400)
+
+
+FIGURES = (
+    ("signal_environment", fig_environment),
+    ("conversions", fig_conversions),
+    ("cpa_roas", fig_cpa_roas),
+    ("learning_timeline", fig_timeline),
+    ("fatigue_curves", fig_fatigue),
+    ("allocation", fig_allocation),
+)
+
+
+# -- HTML ---------------------------------------------------------------------------------------
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#202124;
+background:#f8f9fa}
+header{background:#202124;color:#fff;padding:16px 24px}
+header h1{margin:0;font-size:20px} header p{margin:4px 0 0;color:#bdc1c6}
+main{max-width:1200px;margin:0 auto;padding:16px 24px}
+section{background:#fff;border:1px solid #dadce0;border-radius:8px;margin:16px 0;padding:12px 16px}
+h2{font-size:17px;margin:4px 0 10px}
+table{border-collapse:collapse;width:100%;font-size:13px}
+th,td{text-align:left;padding:6px 8px;border-bottom:1px solid #eee;vertical-align:top}
+th{background:#f1f3f4}
+.verdict{font-size:18px;font-weight:600;padding:8px 12px;border-radius:6px;display:inline-block}
+.scale{background:#e6f4ea;color:#137333} .keep_scoped{background:#fef7e0;color:#b06000}
+.pass{color:#137333;font-weight:600} .fail{color:#c5221f;font-weight:600}
+.sev{font-weight:600} .kpis{display:flex;gap:12px;flex-wrap:wrap}
+.kpi{background:#fff;border:1px solid #dadce0;border-radius:8px;padding:10px 14px;min-width:150px}
+.kpi b{display:block;font-size:20px} .muted{color:#5f6368;font-size:12px}
+"""
+
+
+def _e(v: Any) -> str:
+    return html.escape(str(v))
+
+
+def _evidence(ev: dict[str, Any]) -> str:
+    parts = [f"{_e(k)}={_e(v)}" for k, v in ev.items() if k not in ("message",)]
+    return ", ".join(parts)
+
+
+def _diagnosis_table(diag: dict[str, Any]) -> str:
+    rows = []
+    for d in diag.get("diagnoses", []):
+        colour = SEVERITY_COLOURS.get(d["severity"], "#000")
+        days = d["expected_recovery_days"]
+        rows.append(
+            "<tr>"
+            f"<td class='sev' style='color:{colour}'>{_e(d['severity'])}</td>"
+            f"<td>{_e(d['campaign_id'] or 'account')}</td>"
+            f"<td>{_e(d['failure_type'])}</td>"
+            f"<td>{_e(d['root_cause'])}</td>"
+            f"<td class='muted'>{_evidence(d['evidence'])}</td>"
+            f"<td>{_e(d['recovery_action'])}</td>"
+            f"<td>{'-' if days is None else _e(f'{days:g}')}</td>"
+            f"<td>{d['confidence']:.2f}</td>"
+            "</tr>"
+        )
+    if not rows:
+        return "<p>No diagnoses: nothing is wrong that signalloop can see.</p>"
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in (
+            "severity",
+            "campaign",
+            "failure",
+            "root cause",
+            "evidence",
+            "recovery action",
+            "days",
+            "conf.",
+        )
+    )
+    return f"<table id='diagnoses'><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def _lens_table(lens: dict[str, Any]) -> str:
+    rows = "".join(
+        "<tr>"
+        f"<td>{_e(c['name'].replace('_', ' '))}</td>"
+        f"<td class='{'pass' if c['passed'] else 'fail'}'>{'pass' if c['passed'] else 'fail'}</td>"
+        f"<td>{_e(c['evidence'].get('message', ''))}</td>"
+        "</tr>"
+        for c in lens["checks"]
+    )
+    weakest = f" &mdash; fix <b>{_e(lens['weakest'])}</b> first" if lens.get("weakest") else ""
+    return (
+        f"<p><span class='verdict {_e(lens['verdict'])}'>{_e(lens['verdict'].replace('_', ' '))}"
+        f"</span>{weakest}</p>"
+        f"<table id='lens'><tr><th>question</th><th>result</th><th>evidence</th></tr>{rows}</table>"
+    )
+
+
+def _models_table(models: list[dict[str, Any]]) -> str:
+    if not models:
+        return "<p>No models: the workspace has no conversions yet.</p>"
+    rows = []
+    for m in models:
+        auc = (m.get("time_split") or {}).get("auc")
+        rows.append(
+            f"<tr><td>{_e(m['outcome'])}</td><td>{_e(m['status'])}</td>"
+            f"<td>{_e(m.get('reason', ''))}</td>"
+            f"<td>{'-' if auc is None else f'{auc:.3f}'}</td></tr>"
+        )
+    return (
+        "<table id='models'><tr><th>outcome</th><th>status</th><th>why</th>"
+        f"<th>time-split AUC</th></tr>{''.join(rows)}</table>"
+    )
+
+
+def _inbox(inbox: dict[str, Any] | None) -> str:
+    if inbox is None:
+        return "<p class='muted'>No inbox configured ([run] inbox): nothing new was ingested.</p>"
+    items = [
+        f"<li>{_e(f['file'])}: {_e(f['status'])}, {f['rows_loaded']:,} loaded, "
+        f"{f['rows_quarantined']:,} quarantined</li>"
+        for f in inbox["files"]
+    ]
+    items += [f"<li class='fail'>{_e(x['file'])}: {_e(x['message'])}</li>" for x in inbox["errors"]]
+    items += [
+        f"<li class='muted'>{_e(x['file'])}: not taken, {_e(x['reason'])}</li>"
+        for x in inbox["not_taken"]
+    ]
+    return f"<p>Inbox {_e(inbox['inbox'])}</p><ul>{''.join(items) or '<li>empty</li>'}</ul>"
+
+
+def _kpis(doc: dict[str, Any]) -> str:
+    diag = doc["diagnosis"]["diagnoses"]
+    crit = sum(1 for d in diag if d["severity"] == "critical")
+    warn = sum(1 for d in diag if d["severity"] == "warn")
+    held = sum(1 for c in doc["checks"]["campaigns"] if c["gate"] != "open")
+    alloc = doc.get("allocation") or {}
+    cards = [
+        ("as of", doc["as_of"]),
+        ("decision lens", doc["lens"]["verdict"].replace("_", " ")),
+        ("critical / warn", f"{crit} / {warn}"),
+        ("campaigns held by the gate", f"{held} of {len(doc['checks']['campaigns'])}"),
+        ("tomorrow's budget", f"{alloc.get('budget', 0):,.2f}"),
+    ]
+    return (
+        "<div class='kpis'>"
+        + "".join(
+            f"<div class='kpi'><span class='muted'>{_e(k)}</span><b>{_e(v)}</b></div>"
+            for k, v in cards
+        )
+        + "</div>"
+    )
+
+
+def render_html(doc: dict[str, Any]) -> str:
+    """The self-contained report page for a run document that has ``charts``."""
+    divs = []
+    for name, make in FIGURES:
+        fig = make(doc["charts"][name])
+        divs.append(
+            f"<section id='sec-{name}'>"
+            + pio.to_html(
+                fig,
+                full_html=False,
+                include_plotlyjs=False,
+                div_id=f"chart-{name}",
+                config={"displaylogo": False, "responsive": True},
+            )
+            + "</section>"
+        )
+    charts_html = "\n".join(divs)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>signalloop report {_e(doc["as_of"])}</title>
+<style>{CSS}</style>
+<script type="text/javascript">{get_plotlyjs()}</script>
+</head><body>
+<header><h1>signalloop report &mdash; as of {_e(doc["as_of"])}</h1>
+<p>workspace {_e(doc["workspace"])} &middot; signalloop {_e(doc["signalloop_version"])}
+&middot; the numbers behind every chart are in report.json</p></header>
+<main>
+{_kpis(doc)}
+<section id="sec-lens"><h2>Decision lens: scale spend, or keep it scoped?</h2>
+{_lens_table(doc["lens"])}</section>
+<section id="sec-diagnosis"><h2>Diagnoses, most severe first</h2>
+{_diagnosis_table(doc["diagnosis"])}</section>
+{charts_html}
+<section id="sec-models"><h2>Models</h2>{_models_table(doc["models"])}</section>
+<section id="sec-inbox"><h2>This run's input</h2>{_inbox(doc["inbox"])}</section>
+</main></body></html>
+"""
+
+
+def _clean(v: Any) -> Any:
+    """JSON-safe: NaN and infinities become ``None``."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_clean(x) for x in v]
+    return v
+
+
+def write_report(ws: Workspace, doc: dict[str, Any], out_dir: str | Path) -> dict[str, str]:
+    """Add ``charts`` to ``doc`` and write ``report.json`` and ``report.html`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    doc["charts"] = _clean(charts(ws, doc))
+    paths = {"html": str(out / REPORT_HTML), "json": str(out / REPORT_JSON)}
+    doc["report"] = paths
+    (out / REPORT_JSON).write_text(
+        json.dumps(_clean(doc), indent=2, default=str, allow_nan=False) + "\n"
+    )
+    (out / REPORT_HTML).write_text(render_html(doc), encoding="utf-8")
+    return paths

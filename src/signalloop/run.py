@@ -1,0 +1,496 @@
+"""``signalloop run``: the whole loop in order, ending in ``report.html`` and ``report.json``.
+
+1. **Ingest** any new files from the inbox (``[run] inbox``): a file's kind is the folder it
+   sits in (``inbox/spend/...``) or the start of its name (``spend_2026-03-31.csv``). Ingest is
+   idempotent, so a file seen before adds nothing; a file whose kind cannot be told is listed,
+   never silently dropped, and a file ingest refuses is reported and the loop goes on.
+2. **Check** the signals (storing outage windows as exclusions for what follows).
+3. **Nowcast**, **phase** and **fatigue**: the campaign state.
+4. **Refresh models when due**: a model is due when none is saved, its settings changed, or
+   it was trained ``retrain_every_days`` (declared, else its backtest's recommendation, else
+   :data:`DEFAULT_RETRAIN_DAYS`) or more days before the as-of date. A refreshed model is
+   backtested too, and the backtest is saved beside it.
+5. **Allocate** tomorrow's budget, **diagnose**, and read the **decision lens**.
+6. Record the signal environment in the workspace's run history and write the report
+   (:mod:`signalloop.report`).
+
+Everything is one JSON-ready dict (``report.json``); the CLI only formats it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import ibis
+
+from signalloop import __version__
+from signalloop.checks.base import default_as_of
+from signalloop.config import Settings
+from signalloop.contract import KINDS
+from signalloop.errors import InputError, SignalloopError, UsageError
+from signalloop.store import Workspace
+
+Progress = Callable[[str, float | None], None]
+
+#: Retraining cadence in days when none is declared and no backtest recommends one.
+DEFAULT_RETRAIN_DAYS = 7
+#: Cadences (days) the run's backtest compares; the full grid is ``signalloop model backtest``.
+RUN_CADENCES = (7, 14)
+#: Weekly points of signal-environment history backfilled for a workspace's first run.
+HISTORY_WEEKS = 12
+#: File endings an inbox file may have.
+INBOX_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".txt", ".parquet")
+
+HISTORY_DDL = """
+CREATE TABLE IF NOT EXISTS run_history (
+    as_of DATE PRIMARY KEY,
+    recorded_at TIMESTAMPTZ,
+    source VARCHAR,
+    signal_environment JSON,
+    gates JSON
+)"""
+
+
+def _quiet(label: str, frac: float | None) -> None:
+    return None
+
+
+# -- 1. inbox -----------------------------------------------------------------------------------
+
+
+def inbox_kind(path: Path, inbox: Path) -> str | None:
+    """The contract kind of an inbox file: its first folder, else the start of its name.
+
+    >>> inbox_kind(Path("in/spend/meta.csv"), Path("in"))
+    'spend'
+    >>> inbox_kind(Path("in/touchpoints_2026-03-31.csv.gz"), Path("in"))
+    'touchpoints'
+    >>> inbox_kind(Path("in/notes.csv"), Path("in")) is None
+    True
+    """
+    rel = path.relative_to(inbox)
+    if len(rel.parts) > 1 and rel.parts[0].lower() in KINDS:
+        return rel.parts[0].lower()
+    name = rel.name.lower()
+    # longest first: "conversions" before a hypothetical shorter kind it starts with
+    for kind in sorted(KINDS, key=len, reverse=True):
+        if name.startswith(kind):
+            return kind
+    return None
+
+
+def scan_inbox(inbox: Path) -> tuple[list[tuple[str, Path]], list[dict[str, Any]]]:
+    """Files to ingest as ``(kind, path)`` in kind order, and the files that were not taken."""
+    if not inbox.is_dir():
+        raise UsageError(f"[run] inbox {inbox} is not a folder: create it or fix signalloop.toml")
+    take: list[tuple[str, Path]] = []
+    left: list[dict[str, Any]] = []
+    for p in sorted(x for x in inbox.rglob("*") if x.is_file()):
+        if p.name.startswith("."):
+            continue
+        if not p.name.lower().endswith(INBOX_SUFFIXES):
+            left.append({"file": str(p), "reason": f"not one of {', '.join(INBOX_SUFFIXES)}"})
+            continue
+        kind = inbox_kind(p, inbox)
+        if kind is None:
+            left.append(
+                {
+                    "file": str(p),
+                    "reason": "kind unknown: put it in a folder named after its kind or start "
+                    f"its name with one ({', '.join(KINDS)})",
+                }
+            )
+            continue
+        take.append((kind, p))
+    order = list(KINDS)
+    take.sort(key=lambda kp: (order.index(kp[0]), str(kp[1])))
+    return take, left
+
+
+def ingest_inbox(
+    ws: Workspace, inbox: Path, settings: Settings, progress: Progress = _quiet
+) -> dict[str, Any]:
+    """Ingest every new file in ``inbox``; refused files are reported, not raised."""
+    from signalloop.ingest import ingest_file
+
+    take, left = scan_inbox(inbox)
+    files: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
+    for kind, path in take:
+        profile = settings.run.profiles.get(kind, "canonical")
+        try:
+            files.append(ingest_file(ws, kind, path, profile=profile, progress=progress).to_dict())
+        except InputError as exc:
+            errors.append(
+                {
+                    "file": exc.file or str(path),
+                    "kind": kind,
+                    "line": exc.line,
+                    "column": exc.column,
+                    "message": str(exc),
+                }
+            )
+    return {
+        "inbox": str(inbox),
+        "files": files,
+        "loaded": sum(f["rows_loaded"] for f in files),
+        "quarantined": sum(f["rows_quarantined"] for f in files),
+        "not_taken": left,
+        "errors": errors,
+    }
+
+
+# -- 4. models ----------------------------------------------------------------------------------
+
+
+def default_outcomes(ws: Workspace) -> tuple[str, ...]:
+    """``conversion`` when there are conversions, plus ``sql`` when the CRM has records."""
+    counts = ws.counts()
+    out: list[str] = []
+    if counts.get("conversions", 0):
+        out.append("conversion")
+    if counts.get("crm", 0):
+        out.append("sql")
+    return tuple(out)
+
+
+def model_due(folder: Path, outcome: str, as_of: date, settings: Settings) -> tuple[bool, str]:
+    """Whether the model in ``folder`` needs refitting as of ``as_of``, and why."""
+    from signalloop.lens import _recommended_cadence
+    from signalloop.models.card import CARD_FILE, _hash, config_of, read_card
+    from signalloop.models.estimator import ConversionModel
+    from signalloop.models.features import horizon_for
+
+    if not (folder / CARD_FILE).exists():
+        return True, "no model saved yet"
+    card = read_card(folder)
+    config = config_of(
+        outcome,
+        horizon_for(outcome, settings, None),
+        settings.funnel,
+        ConversionModel(random_state=0).get_params(),
+    )
+    if card.get("config_hash") != _hash(config):
+        return True, "its settings changed (horizon, funnel or parameters)"
+    trained = str(card.get("data", {}).get("as_of") or str(card.get("created", ""))[:10])
+    try:
+        trained_on = date.fromisoformat(trained)
+    except ValueError:
+        return True, "its card does not say when it was trained"
+    declared = settings.lens.retrain_every_days
+    recommended = _recommended_cadence(folder)
+    every = declared or (int(recommended) if recommended else DEFAULT_RETRAIN_DAYS)
+    basis = "declared" if declared else ("recommended" if recommended else "default")
+    age = (as_of - trained_on).days
+    if age >= every:
+        return True, f"trained {age} days before {as_of} (retrain every {every} days, {basis})"
+    if age < 0:
+        return True, f"trained on data up to {trained_on}, after the as-of date {as_of}"
+    return False, f"trained {age} days ago; due in {every - age} days ({basis} cadence)"
+
+
+def refresh_models(
+    ws: Workspace,
+    as_of: date,
+    settings: Settings,
+    outcomes: Iterable[str],
+    progress: Progress = _quiet,
+) -> list[dict[str, Any]]:
+    """Refit (and backtest) every model that is due; one entry per outcome."""
+    from signalloop.models.api import backtest_workspace, default_model_dir, fit_workspace
+
+    entries: list[dict[str, Any]] = []
+    for outcome in outcomes:
+        entry: dict[str, Any] = {"outcome": outcome}
+        try:
+            folder = default_model_dir(ws.path, outcome)
+        except UsageError as exc:
+            entries.append({**entry, "status": "skipped", "reason": str(exc)})
+            continue
+        entry["model_dir"] = str(folder)
+        due, why = model_due(folder, outcome, as_of, settings)
+        entry["reason"] = why
+        if not due:
+            entries.append({**entry, "status": "fresh"})
+            continue
+        progress(f"refreshing the {outcome} model", None)
+        try:
+            fit = fit_workspace(ws, outcome, folder=folder, as_of=as_of, settings=settings)
+
+            def step(name: str, done: int, total: int, o: str = outcome) -> None:
+                progress(f"backtesting the {o} model ({name})", done / max(total, 1))
+
+            bt = backtest_workspace(
+                ws, outcome, as_of=as_of, settings=settings, cadences=RUN_CADENCES, progress=step
+            )
+        except SignalloopError as exc:
+            entries.append({**entry, "status": "skipped", "reason": str(exc)})
+            continue
+        (folder / "backtest.json").write_text(
+            json.dumps(bt, indent=2, default=str, allow_nan=False) + "\n"
+        )
+        entries.append(
+            {
+                **entry,
+                "status": "refreshed",
+                "rows": fit["rows"],
+                "positives": fit["positives"],
+                "time_split": fit["time_split"],
+                "calibration": fit["calibration"],
+            }
+        )
+        progress(f"refreshing the {outcome} model", 1.0)
+    return entries
+
+
+def saved_backtests(entries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The backtests saved beside the models, named by outcome (diagnose's overfitting rule)."""
+    out = []
+    for e in entries:
+        p = Path(e.get("model_dir", "")) / "backtest.json"
+        if e.get("model_dir") and p.exists():
+            doc = json.loads(p.read_text())
+            doc["name"] = e["outcome"]
+            out.append(doc)
+    return out
+
+
+# -- 6. history ---------------------------------------------------------------------------------
+
+
+def _snapshot(checks: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    env = {k: v["score"] for k, v in checks["signal_environment"].items()}
+    per = {
+        c["campaign_id"]: {k: v["score"] for k, v in c["signal_environment"].items()}
+        for c in checks["campaigns"]
+    }
+    gates = [{"campaign_id": c["campaign_id"], "gate": c["gate"]} for c in checks["campaigns"]]
+    return {"account": env, "campaigns": per}, gates
+
+
+def _record(ws: Workspace, as_of: date, checks: dict[str, Any], source: str) -> None:
+    env, gates = _snapshot(checks)
+    ws.con.execute(
+        "INSERT OR REPLACE INTO run_history VALUES (?, now(), ?, ?, ?)",
+        [as_of, source, json.dumps(env), json.dumps(gates if source == "run" else None)],
+    )
+
+
+def signal_history(
+    ws: Workspace,
+    as_of: date,
+    settings: Settings,
+    checks: dict[str, Any],
+    progress: Progress = _quiet,
+    weeks: int = HISTORY_WEEKS,
+) -> list[dict[str, Any]]:
+    """The signal environment over time: this run's, every earlier run's, weekly backfill.
+
+    A run records what it saw; weekly points before the first run are computed once, as the
+    data now knows them (``source = "backfill"``, from the environment's own checks only, so
+    without gates), and kept.
+    """
+    from signalloop.checks import run_checks
+    from signalloop.checks.engine import ENVIRONMENT_CHECKS
+
+    ws.con.execute(HISTORY_DDL)
+    _record(ws, as_of, checks, "run")
+    first = ws.con.execute("SELECT min(least(date, ?)) FROM spend", [as_of]).fetchone()
+    start = first[0] if first and first[0] else as_of
+    have = {r[0] for r in ws.con.execute("SELECT as_of FROM run_history").fetchall()}
+    wanted = [as_of - timedelta(days=7 * k) for k in range(1, weeks)]
+    wanted = [d for d in wanted if d >= start + timedelta(days=6) and d not in have]
+    for i, day in enumerate(sorted(wanted)):
+        progress("backfilling the signal history", i / len(wanted))
+        past = run_checks(
+            ws,
+            as_of=day,
+            settings=settings,
+            only=list(ENVIRONMENT_CHECKS),
+            store_exclusions=False,
+        ).to_dict()
+        _record(ws, day, past, "backfill")
+    if wanted:
+        progress("backfilling the signal history", 1.0)
+    rows = ws.con.execute(
+        "SELECT as_of, source, signal_environment, gates FROM run_history "
+        "WHERE as_of <= ? ORDER BY as_of",
+        [as_of],
+    ).fetchall()
+    return [
+        {
+            "as_of": r[0].isoformat(),
+            "source": r[1],
+            "signal_environment": json.loads(r[2]),
+            "gates": json.loads(r[3]) if r[3] is not None else None,
+        }
+        for r in rows
+    ]
+
+
+# -- the loop -----------------------------------------------------------------------------------
+
+
+def recent_budget(ws: Workspace, as_of: date, days: int = 7) -> float:
+    """Mean daily spend over the ``days`` days up to ``as_of``."""
+    spend = ws.table("spend")
+    recent = spend.filter(
+        (spend.date > ibis.literal(as_of) - ibis.interval(days=days))
+        & (spend.date <= ibis.literal(as_of))
+    )
+    return round(float(recent.spend.sum().execute() or 0.0) / days, 2)
+
+
+def run(
+    ws: Workspace,
+    *,
+    as_of: date | None = None,
+    settings: Settings | None = None,
+    out_dir: str | Path | None = None,
+    inbox: str | Path | None = None,
+    budget: float | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Run the whole loop on ``ws`` and write ``report.html`` and ``report.json``.
+
+    Parameters
+    ----------
+    ws
+        A writable workspace.
+    as_of
+        The day to decide for; default the last day with data (after the inbox is ingested).
+    settings
+        Project settings (``[run]`` supplies the inbox, report folder, budget, policy and
+        model outcomes); defaults when ``None``.
+    out_dir, inbox, budget
+        Override ``[run] out``, ``[run] inbox`` and ``[run] budget``.
+    progress
+        ``(label, fraction)`` callback for long steps.
+
+    Returns
+    -------
+    dict
+        ``as_of``, ``workspace``, ``inbox``, ``checks``, ``state`` (``nowcast``, ``phase``,
+        ``fatigue``), ``models``, ``allocation``, ``diagnosis``, ``lens``, ``history``,
+        ``timings``, and ``report`` (the paths written). Also written as ``report.json``.
+
+    Raises
+    ------
+    UsageError
+        The workspace holds no data, or the inbox is not a folder.
+    """
+    from signalloop.allocate.policy import allocate
+    from signalloop.checks import run_checks
+    from signalloop.diagnose import diagnose
+    from signalloop.fatigue import fatigue
+    from signalloop.lens import lens
+    from signalloop.models.depth import feedback_depth
+    from signalloop.nowcast import nowcast
+    from signalloop.phase import phase
+    from signalloop.report import write_report
+
+    settings = settings or Settings()
+    report = progress or _quiet
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 2)
+        clock = now
+
+    folder = inbox if inbox is not None else settings.run.inbox
+    ingested = ingest_inbox(ws, Path(folder), settings, report) if folder else None
+    lap("ingest")
+    as_of = as_of or default_as_of(ws)
+    if as_of is None:
+        raise UsageError(
+            f"workspace {ws.path} holds no data yet: ingest something first or set [run] inbox"
+        )
+    report("checking the signals", None)
+    checks = run_checks(ws, as_of=as_of, settings=settings).to_dict()
+    report("checking the signals", 1.0)
+    lap("checks")
+    report("estimating campaign state", None)
+    state = {
+        "nowcast": nowcast(ws, as_of, settings=settings).to_dict(),
+        "phase": phase(ws, as_of, settings=settings).to_dict(),
+        "fatigue": fatigue(ws, as_of, settings=settings).to_dict(),
+    }
+    report("estimating campaign state", 1.0)
+    lap("state")
+    outcomes = settings.run.outcomes or default_outcomes(ws)
+    models = refresh_models(ws, as_of, settings, outcomes, report)
+    lap("models")
+    report("allocating tomorrow's budget", None)
+    daily = budget or settings.run.budget or recent_budget(ws, as_of)
+    allocation = (
+        allocate(
+            ws,
+            daily,
+            objective=settings.run.objective,
+            as_of=as_of,
+            settings=settings,
+            policy=settings.run.policy,
+        )
+        if daily > 0
+        else None
+    )
+    report("allocating tomorrow's budget", 1.0)
+    lap("allocate")
+    report("diagnosing", None)
+    depth = feedback_depth(ws, as_of=as_of, settings=settings)
+    diagnosis = diagnose(
+        ws,
+        as_of,
+        settings=settings,
+        checks=checks,
+        state={**state, "depth": depth},
+        models={"backtests": saved_backtests(models)},
+    )
+    model_dirs = {m["outcome"]: m["model_dir"] for m in models if m["status"] != "skipped"}
+    verdict = lens(
+        ws,
+        as_of,
+        settings=settings,
+        checks=checks,
+        nowcast=state["nowcast"],
+        model_dirs=model_dirs if ws.path != ":memory:" else {},
+    )
+    report("diagnosing", 1.0)
+    lap("diagnose_lens")
+    history = signal_history(ws, as_of, settings, checks, report)
+    lap("history")
+    doc: dict[str, Any] = {
+        "signalloop_version": __version__,
+        "as_of": as_of.isoformat(),
+        "workspace": str(ws.path),
+        "config": settings.path,
+        "inbox": ingested,
+        "checks": checks,
+        "state": state,
+        "models": models,
+        "allocation": allocation,
+        "diagnosis": diagnosis,
+        "lens": verdict,
+        "history": history,
+        "timings": timings,
+    }
+    out = Path(out_dir if out_dir is not None else settings.run.out)
+    report("writing the report", None)
+    doc["report"] = write_report(ws, doc, out)
+    report("writing the report", 1.0)
+    lap("report")
+    return doc
+
+
+def settings_with_inbox(settings: Settings, inbox: str | Path) -> Settings:
+    """``settings`` with ``[run] inbox`` replaced."""
+    return replace(settings, run=replace(settings.run, inbox=str(inbox)))

@@ -1,0 +1,94 @@
+"""The run report: offline HTML, opened in headless Chromium (Debian's), every chart drawn."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from signalloop.report import FIGURES
+
+#: Debian's chromium (``make test`` installs it); Playwright never downloads a browser here.
+CHROMIUM = os.environ.get("SIGNALLOOP_CHROMIUM", "/usr/bin/chromium")
+#: Flags that keep Chromium off the (closed) network and work as root in a container.
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def chromium() -> str:
+    if Path(CHROMIUM).exists():
+        return CHROMIUM
+    if os.environ.get("CI"):
+        pytest.fail(f"{CHROMIUM} is missing in CI: `make test` installs Debian's chromium")
+    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or make test)")
+
+
+def test_html_is_self_contained(loop_run: dict[str, Any]) -> None:
+    text = Path(loop_run["doc"]["report"]["html"]).read_text(encoding="utf-8")
+    assert "<script src" not in text  # plotly.js is inline, nothing is fetched
+    page = re.sub(r"<script[^>]*>.*?</script>", "", text, flags=re.S)  # plotly.js's own strings
+    assert len(text) - len(page) > 3_000_000  # the library itself is in the file
+    assert not re.search(r"""(src|href)=["']https?://""", page)
+    assert text.count('class="plotly-graph-div"') == len(FIGURES)
+    assert f"as of {loop_run['doc']['as_of']}" in text
+
+
+@pytest.mark.slow
+def test_report_draws_every_chart_in_chromium_without_console_errors(
+    loop_run: dict[str, Any], tmp_path: Path
+) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    exe = chromium()
+    page_file = tmp_path / "report.html"
+    shutil.copy(loop_run["doc"]["report"]["html"], page_file)  # alone: nothing beside it
+    problems: list[str] = []
+    requests: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on(
+                "console",
+                lambda m: (
+                    problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None
+                ),
+            )
+            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(page_file.as_uri(), wait_until="load")
+            page.wait_for_function(
+                f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {len(FIGURES)}",
+                timeout=20_000,
+            )
+            drawn = page.evaluate(
+                """() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(d => ({
+                    id: d.id,
+                    traces: d.querySelectorAll('.trace, .point, .bars path').length,
+                    width: d.getBoundingClientRect().width,
+                    height: d.getBoundingClientRect().height,
+                }))"""
+            )
+            verdict = page.inner_text("#sec-lens .verdict")
+            rows = page.eval_on_selector_all("#diagnoses tr", "rs => rs.length")
+        finally:
+            browser.close()
+    assert problems == []
+    assert [r for r in requests if not r.startswith("file://")] == []
+    assert [d["id"] for d in drawn] == [f"chart-{name}" for name, _ in FIGURES]
+    for d in drawn:
+        assert d["traces"] > 0, d
+        assert d["width"] > 600 and d["height"] > 200, d
+    assert verdict.replace(" ", "_") == loop_run["doc"]["lens"]["verdict"]
+    assert rows == len(loop_run["doc"]["diagnosis"]["diagnoses"]) + 1  # with the header row

@@ -1,0 +1,196 @@
+"""The whole loop (``signalloop run``): inbox, every step in order, the report, re-runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from signalloop.cli import app
+from signalloop.config import Settings, settings_from_dict
+from signalloop.contract import KINDS
+from signalloop.errors import ConfigError, UsageError
+from signalloop.models.api import default_model_dir
+from signalloop.run import inbox_kind, model_due, run, scan_inbox
+from signalloop.store import Workspace
+
+runner = CliRunner()
+
+
+def test_first_run_does_every_step_and_writes_both_files(loop_run: dict[str, Any]) -> None:
+    doc = loop_run["doc"]
+    assert doc["as_of"] == "2026-02-14"  # 45 days from 2026-01-01
+    box = doc["inbox"]
+    assert sorted(f["kind"] for f in box["files"]) == sorted(KINDS)
+    assert all(f["status"] == "ok" and f["rows_loaded"] > 0 for f in box["files"])
+    assert box["errors"] == []
+    assert [x["file"].rsplit("/", 1)[-1] for x in box["not_taken"]] == ["truth.json"]
+    # the outage was found, stored as an exclusion, and diagnosed on its campaign
+    assert [e["campaign_id"] for e in doc["checks"]["exclusions"]] == ["c02"]
+    c02 = [d["failure_type"] for d in doc["diagnosis"]["diagnoses"] if d["campaign_id"] == "c02"]
+    assert c02[0] in ("integration_dropout", "attribution_error")
+    assert [m["outcome"] for m in doc["models"]] == ["conversion", "sql"]
+    conv = doc["models"][0]
+    assert conv["status"] == "refreshed" and conv["reason"] == "no model saved yet"
+    assert (Path(conv["model_dir"]) / "backtest.json").exists()
+    assert doc["allocation"]["policy"] == "guarded_bayes"
+    assert sum(a["recommended"] for a in doc["allocation"]["arms"]) == pytest.approx(
+        doc["allocation"]["budget"], abs=0.05
+    )
+    assert doc["lens"]["verdict"] in ("scale", "keep_scoped")
+    assert len(doc["lens"]["checks"]) == 7
+    html, js = Path(doc["report"]["html"]), Path(doc["report"]["json"])
+    assert html.parent == js.parent == loop_run["out"]
+    saved = json.loads(js.read_text())
+    assert saved["as_of"] == doc["as_of"]
+    assert set(saved["charts"]) == {
+        "signal_environment",
+        "conversions",
+        "cpa_roas",
+        "learning_timeline",
+        "fatigue_curves",
+        "allocation",
+    }
+
+
+def test_history_backfills_weekly_then_records_each_run(loop_run: dict[str, Any]) -> None:
+    hist = loop_run["doc"]["history"]
+    # 45 days: weekly points back from 2026-02-14 while a full week of data precedes them
+    assert [h["as_of"] for h in hist] == [
+        "2026-01-10",
+        "2026-01-17",
+        "2026-01-24",
+        "2026-01-31",
+        "2026-02-07",
+        "2026-02-14",
+    ]
+    assert [h["source"] for h in hist] == ["backfill"] * 5 + ["run"]
+    assert hist[-1]["gates"] is not None and hist[0]["gates"] is None
+    env = loop_run["doc"]["checks"]["signal_environment"]
+    assert hist[-1]["signal_environment"]["account"] == {k: v["score"] for k, v in env.items()}
+
+
+def test_conversion_chart_shades_the_stored_outage(loop_run: dict[str, Any]) -> None:
+    charts = json.loads(Path(loop_run["doc"]["report"]["json"]).read_text())["charts"]
+    outage = charts["conversions"]["outages"]
+    excl = loop_run["doc"]["checks"]["exclusions"][0]
+    assert outage[0]["campaign_id"] == "c02" and outage[0]["start"] == excl["start"]
+    acc = charts["conversions"]["account"]
+    assert len(acc["dates"]) == 45
+    # observed counts by click date add up to what the nowcast cohorts observed
+    total = sum(c["observed_conversions"] for c in loop_run["doc"]["state"]["nowcast"]["cohorts"])
+    assert sum(acc["observed"]) == total
+
+
+def test_second_run_adds_nothing_and_keeps_fresh_models(
+    loop_run: dict[str, Any], tmp_path: Path
+) -> None:
+    db = tmp_path / "acct.duckdb"
+    shutil.copy(loop_run["db"], db)
+    src_models = default_model_dir(str(loop_run["db"]), "conversion").parent
+    shutil.copytree(src_models, default_model_dir(str(db), "conversion").parent)
+    with Workspace(db) as ws:
+        before = ws.counts()
+        doc = run(ws, inbox=loop_run["inbox"], out_dir=tmp_path / "r2")
+        assert ws.counts() == before
+    assert {f["status"] for f in doc["inbox"]["files"]} == {"skipped"}
+    assert [m["status"] for m in doc["models"]] == ["fresh", "fresh"]
+    assert "due in 7 days (default cadence)" in doc["models"][0]["reason"]
+    assert [h["source"] for h in doc["history"]].count("run") == 1  # same as-of: replaced
+
+
+def test_model_due_on_age_and_on_changed_settings(loop_run: dict[str, Any]) -> None:
+    folder = default_model_dir(str(loop_run["db"]), "conversion")
+    assert model_due(folder, "conversion", date(2026, 2, 14), Settings()) == (
+        False,
+        "trained 0 days ago; due in 7 days (default cadence)",
+    )
+    due, why = model_due(folder, "conversion", date(2026, 2, 21), Settings())
+    assert due and why.startswith("trained 7 days before 2026-02-21 (retrain every 7 days")
+    declared = settings_from_dict({"lens": {"retrain_every_days": 3}})
+    assert model_due(folder, "conversion", date(2026, 2, 17), declared)[0]
+    longer = settings_from_dict({"models": {"horizon_days": {"conversion": 3}}})
+    assert model_due(folder, "conversion", date(2026, 2, 14), longer) == (
+        True,
+        "its settings changed (horizon, funnel or parameters)",
+    )
+    assert model_due(folder.parent / "won", "won", date(2026, 2, 14), Settings()) == (
+        True,
+        "no model saved yet",
+    )
+
+
+def test_inbox_takes_kinds_by_folder_or_name_and_lists_the_rest(tmp_path: Path) -> None:
+    (tmp_path / "spend").mkdir()
+    for name in ("spend/meta export.csv", "crm_hubspot.csv.gz", "notes.csv", "readme.md"):
+        (tmp_path / name).write_text("x\n")
+    (tmp_path / ".hidden.csv").write_text("x\n")
+    take, left = scan_inbox(tmp_path)
+    assert [(k, p.name) for k, p in take] == [
+        ("spend", "meta export.csv"),
+        ("crm", "crm_hubspot.csv.gz"),
+    ]
+    assert sorted(Path(x["file"]).name for x in left) == ["notes.csv", "readme.md"]
+    assert "kind unknown" in next(x for x in left if x["file"].endswith("notes.csv"))["reason"]
+    assert inbox_kind(tmp_path / "CONVERSIONS-2026.parquet", tmp_path) == "conversions"
+    with pytest.raises(UsageError, match="is not a folder"):
+        scan_inbox(tmp_path / "missing")
+
+
+def test_run_settings_are_validated() -> None:
+    s = settings_from_dict(
+        {"run": {"inbox": "in", "budget": 900, "profiles": {"spend": "meta_ads"}}},
+        source="/p/signalloop.toml",
+    )
+    assert s.run.inbox == "/p/in" and s.run.out == "/p/signalloop-report"
+    assert s.run.budget == 900.0 and s.run.profiles == {"spend": "meta_ads"}
+    for bad, match in (
+        ({"budget": -1}, "budget must be a positive number"),
+        ({"objective": "clicks"}, "objective must be conversions or value"),
+        ({"outcomes": ["revenue"]}, "outcomes must be a list of"),
+        ({"profiles": {"ads": "meta_ads"}}, r"\[run.profiles\] maps kinds"),
+        ({"inbx": "x"}, r"unknown \[run\] key\(s\) inbx"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            settings_from_dict({"run": bad})
+
+
+def test_cli_run_reports_a_refused_inbox_file_exits_2_and_still_writes(
+    loop_run: dict[str, Any], tmp_path: Path
+) -> None:
+    db = tmp_path / "acct.duckdb"
+    shutil.copy(loop_run["db"], db)
+    shutil.copytree(
+        default_model_dir(str(loop_run["db"]), "conversion").parent,
+        default_model_dir(str(db), "conversion").parent,
+    )
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "spend_broken.csv").write_text('date,campaign_id,spend\n2026-02-14,"c01,12\n')
+    res = runner.invoke(
+        app, ["run", "--db", str(db), "--inbox", str(inbox), "--out", str(tmp_path / "r")]
+    )
+    assert res.exit_code == 2, res.output
+    assert "1 inbox file(s) could not be ingested; the loop ran without them" in res.output
+    assert "spend_broken.csv" in res.output
+    assert "Traceback" not in res.output
+    saved = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert saved["inbox"]["errors"][0]["kind"] == "spend"
+    res = runner.invoke(
+        app, ["run", "--db", str(db), "--out", str(tmp_path / "r3"), "--json", "--budget", "500"]
+    )
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["allocation"]["budget"] == 500.0 and doc["inbox"] is None
+    assert "charts" not in doc and doc["report"]["html"].endswith("report.html")
+
+
+def test_run_refuses_an_empty_workspace(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["run", "--db", str(tmp_path / "empty.duckdb")])
+    assert res.exit_code == 2
+    assert "holds no data yet" in res.output
