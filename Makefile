@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install browser demo test lint typecheck pytest bench bench-ingest bench-checks bench-speed bench-state bench-models bench-allocate bench-ope bench-diagnose clean lock
+.PHONY: install browser demo test lint typecheck pytest bench bench-ingest bench-checks bench-speed bench-state bench-models bench-allocate bench-ope bench-diagnose bench-run clean lock
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,7 +39,7 @@ pytest: $(STAMP) browser
 
 test: lint typecheck pytest
 
-bench: bench-ingest bench-checks bench-speed bench-state bench-models bench-allocate bench-ope bench-diagnose
+bench: bench-ingest bench-checks bench-speed bench-state bench-models bench-allocate bench-ope bench-diagnose bench-run
 
 bench-state: $(STAMP)
 	$(BIN)/python benchmarks/phase_quality.py --seeds 20
@@ -57,6 +57,9 @@ bench-ope: $(STAMP)
 
 bench-diagnose: $(STAMP)
 	$(BIN)/python benchmarks/diagnose_quality.py --seeds 20 --workers 2
+
+bench-run: $(STAMP)
+	$(BIN)/python benchmarks/run_loop.py
 
 bench-ingest: $(STAMP)
 	$(BIN)/python benchmarks/run.py

@@ -860,6 +860,7 @@ def diagnose(
     """What is wrong, per campaign and account, with its evidence and the recovery action."""
     from signalloop.config import load_settings
     from signalloop.diagnose import diagnose as run_diagnose
+    from signalloop.run import model_evidence
     from signalloop.store import Workspace
 
     if min_severity not in SEVERITY_ORDER:
@@ -867,7 +868,7 @@ def diagnose(
     settings = load_settings(config)
     day = _parse_date(as_of, "--as-of")
     with Workspace(db) as ws, err.status("diagnosing", spinner="dots"):
-        doc = run_diagnose(ws, day, settings=settings)
+        doc = run_diagnose(ws, day, settings=settings, models=model_evidence(ws, day))
     if as_json:
         emit_json(doc)
         return

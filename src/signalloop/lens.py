@@ -346,8 +346,13 @@ def _cold_start_plan(ws: Workspace, as_of: date, settings: Settings) -> dict[str
     elif plan is not None:
         message = f"{len(cold)} campaign(s) in cold start, covered by the declared plan"
     else:
+        why = []
+        if young:
+            why.append(f"younger than {cfg.cold_start_days} days: {', '.join(sorted(young))}")
+        if learning - young:
+            why.append(f"ad sets in learning: {', '.join(sorted(learning - young))}")
         message = (
-            f"{len(cold)} campaign(s) in cold start ({', '.join(cold)}) and no plan: "
+            f"{len(cold)} campaign(s) in cold start ({'; '.join(why)}) and no plan: "
             "declare [lens] cold_start_plan in signalloop.toml"
         )
     return _result(

@@ -558,6 +558,7 @@ th{background:#f1f3f4}
 .verdict{font-size:18px;font-weight:600;padding:8px 12px;border-radius:6px;display:inline-block}
 .scale{background:#e6f4ea;color:#137333} .keep_scoped{background:#fef7e0;color:#b06000}
 .pass{color:#137333;font-weight:600} .fail{color:#c5221f;font-weight:600}
+td.muted{font-size:11px;max-width:280px;overflow-wrap:anywhere}
 .sev{font-weight:600} .kpis{display:flex;gap:12px;flex-wrap:wrap}
 .kpi{background:#fff;border:1px solid #dadce0;border-radius:8px;padding:10px 14px;min-width:150px}
 .kpi b{display:block;font-size:20px} .muted{color:#5f6368;font-size:12px}

@@ -10,7 +10,8 @@
    it was trained ``retrain_every_days`` (declared, else its backtest's recommendation, else
    :data:`DEFAULT_RETRAIN_DAYS`) or more days before the as-of date. A refreshed model is
    backtested too, and the backtest is saved beside it.
-5. **Allocate** tomorrow's budget, **diagnose**, and read the **decision lens**.
+5. **Allocate** tomorrow's budget, **diagnose** (with the saved backtests and who converts,
+   :mod:`signalloop.audience`, as model evidence), and read the **decision lens**.
 6. Record the signal environment in the workspace's run history and write the report
    (:mod:`signalloop.report`).
 
@@ -261,6 +262,25 @@ def saved_backtests(entries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def model_evidence(
+    ws: Workspace, as_of: date | None, entries: Iterable[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Diagnose's model evidence: the backtests saved beside the models (``entries`` as
+    :func:`refresh_models` returns them; default the workspace's model folders) and who
+    converts (:func:`signalloop.audience.audience`)."""
+    from signalloop.audience import audience
+    from signalloop.lens import OUTCOMES
+    from signalloop.models.api import default_model_dir
+
+    if entries is None:
+        entries = (
+            []
+            if ws.path == ":memory:"
+            else [{"outcome": o, "model_dir": str(default_model_dir(ws.path, o))} for o in OUTCOMES]
+        )
+    return {"backtests": saved_backtests(entries), "audience": audience(ws, as_of)}
+
+
 # -- 6. history ---------------------------------------------------------------------------------
 
 
@@ -453,7 +473,7 @@ def run(
         settings=settings,
         checks=checks,
         state={**state, "depth": depth},
-        models={"backtests": saved_backtests(models)},
+        models=model_evidence(ws, as_of, models),
     )
     model_dirs = {m["outcome"]: m["model_dir"] for m in models if m["status"] != "skipped"}
     verdict = lens(
