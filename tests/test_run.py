@@ -16,7 +16,7 @@ from signalloop.config import Settings, settings_from_dict
 from signalloop.contract import KINDS
 from signalloop.errors import ConfigError, UsageError
 from signalloop.models.api import default_model_dir
-from signalloop.run import inbox_kind, model_due, run, scan_inbox
+from signalloop.run import inbox_kind, model_due, run, scan_inbox, signal_history
 from signalloop.store import Workspace
 
 runner = CliRunner()
@@ -73,6 +73,26 @@ def test_history_backfills_weekly_then_records_each_run(loop_run: dict[str, Any]
     assert hist[-1]["gates"] is not None and hist[0]["gates"] is None
     env = loop_run["doc"]["checks"]["signal_environment"]
     assert hist[-1]["signal_environment"]["account"] == {k: v["score"] for k, v in env.items()}
+
+
+def test_a_later_run_adds_one_point_and_backfills_nothing(
+    loop_run: dict[str, Any], tmp_path: Path
+) -> None:
+    db = tmp_path / "acct.duckdb"
+    shutil.copy(loop_run["db"], db)
+    calls: list[str] = []
+    with Workspace(db) as ws:
+        hist = signal_history(
+            ws,
+            date(2026, 2, 15),
+            Settings(),
+            loop_run["doc"]["checks"],
+            lambda s, f: calls.append(s),
+        )
+    before = [h["as_of"] for h in loop_run["doc"]["history"]]
+    assert [h["as_of"] for h in hist] == [*before, "2026-02-15"]
+    assert [h["source"] for h in hist][-2:] == ["run", "run"]
+    assert calls == []  # no backfill progress: nothing recomputed
 
 
 def test_conversion_chart_shades_the_stored_outage(loop_run: dict[str, Any]) -> None:

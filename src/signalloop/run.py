@@ -312,19 +312,22 @@ def signal_history(
 ) -> list[dict[str, Any]]:
     """The signal environment over time: this run's, every earlier run's, weekly backfill.
 
-    A run records what it saw; weekly points before the first run are computed once, as the
-    data now knows them (``source = "backfill"``, from the environment's own checks only, so
-    without gates), and kept.
+    A run records what it saw; up to ``weeks - 1`` weekly points before the earliest point
+    recorded are computed once, as the data now knows them (``source = "backfill"``, from the
+    environment's own checks only, so without gates), and kept.
     """
     from signalloop.checks import run_checks
     from signalloop.checks.engine import ENVIRONMENT_CHECKS
 
     ws.con.execute(HISTORY_DDL)
+    earliest = ws.con.execute("SELECT min(as_of) FROM run_history").fetchone()
+    anchor = min(as_of, earliest[0]) if earliest and earliest[0] else as_of
     _record(ws, as_of, checks, "run")
     first = ws.con.execute("SELECT min(least(date, ?)) FROM spend", [as_of]).fetchone()
     start = first[0] if first and first[0] else as_of
     have = {r[0] for r in ws.con.execute("SELECT as_of FROM run_history").fetchall()}
-    wanted = [as_of - timedelta(days=7 * k) for k in range(1, weeks)]
+    # weekly points back from the earliest point known, once: later runs add one point each
+    wanted = [anchor - timedelta(days=7 * k) for k in range(1, weeks)]
     wanted = [d for d in wanted if d >= start + timedelta(days=6) and d not in have]
     for i, day in enumerate(sorted(wanted)):
         progress("backfilling the signal history", i / len(wanted))
