@@ -77,6 +77,7 @@ def lens(
     settings: Settings | None = None,
     checks: Mapping[str, Any] | None = None,
     nowcast: Mapping[str, Any] | None = None,
+    phase: Mapping[str, Any] | None = None,
     model_dirs: Mapping[str, str | Path] | None = None,
 ) -> dict[str, Any]:
     """Answer the seven questions before scaling spend.
@@ -89,9 +90,9 @@ def lens(
         Last day seen; defaults to the latest day with data.
     settings
         Project settings (``[lens]``, ``[owners]``, thresholds); defaults when ``None``.
-    checks, nowcast
-        ``run_checks(...).to_dict()`` and ``nowcast(...).to_dict()`` if already computed
-        (computed here otherwise; checks without storing exclusions).
+    checks, nowcast, phase
+        ``run_checks(...).to_dict()``, ``nowcast(...).to_dict()`` and ``phase(...).to_dict()``
+        if already computed (computed here otherwise; checks without storing exclusions).
     model_dirs
         Saved models by outcome; default: the workspace's default model folders
         (:func:`~signalloop.models.api.default_model_dir`) that hold a card.
@@ -126,7 +127,7 @@ def lens(
         _data_completeness(ws, as_of, settings, checks),
         _label_quality(checks),
         _context_fit(ws, as_of, settings, nowcast, models),
-        _cold_start_plan(ws, as_of, settings),
+        _cold_start_plan(ws, as_of, settings, phase),
         _retraining_cadence(settings, models),
         _feedback_latency(settings, nowcast),
         _owner_accountability(settings, campaigns, models),
@@ -319,7 +320,9 @@ def _context_fit(
     return _result("context_fit", not bad, {"models": fits, "message": message})
 
 
-def _cold_start_plan(ws: Workspace, as_of: date, settings: Settings) -> dict[str, Any]:
+def _cold_start_plan(
+    ws: Workspace, as_of: date, settings: Settings, phase_doc: Mapping[str, Any] | None
+) -> dict[str, Any]:
     from signalloop.phase import phase
 
     cfg = settings.lens
@@ -333,10 +336,12 @@ def _cold_start_plan(ws: Workspace, as_of: date, settings: Settings) -> dict[str
         .to_pylist()
     }
     young = {c for c, d in firsts.items() if (as_of - d).days < cfg.cold_start_days}
+    if phase_doc is None:
+        phase_doc = phase(ws, as_of, settings=settings).to_dict()
     learning = {
-        e.campaign_id
-        for e in phase(ws, as_of, settings=settings).entities
-        if e.state in ("learning", "learning_limited")
+        str(e["campaign_id"])
+        for e in phase_doc["entities"]
+        if e["state"] in ("learning", "learning_limited")
     }
     cold = sorted(young | learning)
     plan = cfg.cold_start_plan

@@ -485,6 +485,7 @@ def run(
         settings=settings,
         checks=checks,
         nowcast=state["nowcast"],
+        phase=state["phase"],
         model_dirs=model_dirs if ws.path != ":memory:" else {},
     )
     report("diagnosing", 1.0)
