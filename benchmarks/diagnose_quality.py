@@ -2,12 +2,16 @@
 
 For each seed, a 90-day account of 12 campaigns gets one fault of every kind below, each on
 its own campaign at a random window (the fault plan of ``checks_quality.py`` plus an
-``override_storm``; campaigns with a CRM path get the CRM faults), and three campaigns stay
-clean. The files are ingested into a fresh workspace and diagnosed as of the last day. A
-fault is *found* when one of its expected failure types is among the top two diagnoses of
-the affected campaign (in :func:`~signalloop.diagnose.diagnose`'s order: most severe first,
-then most confident). A *false alarm* is a warn or critical diagnosis on a campaign without
-any fault.
+``override_storm``; campaigns with a CRM path get the CRM faults), and the three campaigns
+left are clean and run healthy (``SimulationConfig.healthy``: a budget that takes every ad
+set over the learning threshold with a margin, and a creative pipeline that replaces
+creatives before their fatigue onset and launches something new at least every 14 days;
+the other campaigns' world is exactly as without it). The files are ingested into a fresh
+workspace and diagnosed as of the last day. A fault is *found* when one of its expected
+failure types is among the top two diagnoses of the affected campaign (in
+:func:`~signalloop.diagnose.diagnose`'s order: most severe first, then most confident). A
+*false alarm* is a warn or critical diagnosis on a campaign without any fault; the report
+says what the truth says about each one.
 
 Run: ``.venv/bin/python benchmarks/diagnose_quality.py [--seeds 20] [--workers 2]``
 (writes BENCHMARKS.md).
@@ -16,6 +20,7 @@ Run: ``.venv/bin/python benchmarks/diagnose_quality.py [--seeds 20] [--workers 2
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -32,6 +37,7 @@ from checks_quality import scenario as checks_scenario
 
 from signalloop import simulate as sim
 from signalloop.diagnose import STARVATION_DAYS, diagnose
+from signalloop.simulate import params as sim_params
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN = "<!-- diagnose-quality:begin -->"
@@ -61,8 +67,12 @@ RECENT_DAYS = 28
 
 def scenario(seed: int) -> tuple[sim.SimulationConfig, dict[str, sim.Fault]]:
     """The faults of one seed, drawn as in ``checks_quality.py`` (with an ``override_storm``
-    of 20-40 days, in half the seeds still going at the as-of date)."""
-    return checks_scenario(seed, tuple(EXPECTED), CAMPAIGNS)
+    of 20-40 days, in half the seeds still going at the as-of date); the campaigns without a
+    fault run healthy."""
+    config, faults = checks_scenario(seed, tuple(EXPECTED), CAMPAIGNS)
+    faulted = {f.campaign for f in faults.values()}
+    clean = tuple(c for c in sim.campaign_ids(CAMPAIGNS) if c not in faulted)
+    return dataclasses.replace(config, healthy=clean), faults
 
 
 def _short(d: dict[str, Any]) -> dict[str, Any]:
@@ -110,10 +120,29 @@ def run_seed(seed: int) -> dict[str, Any]:
         if cid in faulted:
             continue
         ds = by.get(cid, [])
+        launches = sorted(
+            {c["launch_day"] for c in result.truth["creatives"] if c["campaign"] == cid}
+        )
+        adset_7d = [
+            sum(a["conversions"][-7:])
+            for a in result.truth["learning"].values()
+            if a["campaign"] == cid
+        ]
         outcome["clean"][cid] = {
             "alarms": [_short(d) for d in ds if d["severity"] in ("warn", "critical")],
             "diagnoses": [_short(d) for d in ds],
             "truly_low": cid in truly_low,
+            "healthy": config.is_healthy(cid),
+            "true_volume_7d": sum(result.truth["daily"][cid]["conversions_by_event_date"][-7:]),
+            "true_min_adset_7d": min(adset_7d, default=0),
+            "true_max_launch_gap": max(
+                b - a for a, b in zip(launches, [*launches[1:], DAYS - 1], strict=True)
+            ),
+            "true_fatigue_onsets": sum(
+                1
+                for c in result.truth["creatives"]
+                if c["campaign"] == cid and c["fatigue_onset_day"] is not None
+            ),
             # the truth's creatives: days since the newest launched, and how many of the
             # live ones are past their fatigue onset at the as-of date
             "true_days_since_launch": DAYS
@@ -202,6 +231,17 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
         "seeds": len(results),
         "faults": rows,
         "clean_campaigns": len(clean),
+        "clean_healthy": sum(1 for c in clean if c["healthy"]),
+        "clean_truth": {
+            k: [min(c[k] for c in clean), max(c[k] for c in clean)] if clean else None
+            for k in (
+                "true_volume_7d",
+                "true_min_adset_7d",
+                "true_days_since_launch",
+                "true_max_launch_gap",
+                "true_fatigue_onsets",
+            )
+        },
         "clean_with_alarm": sum(1 for c in clean if c["alarms"]),
         "clean_alarms": sum(len(c["alarms"]) for c in clean),
         "clean_alarms_by_type": dict(alarms),
@@ -265,6 +305,28 @@ def _clean_truth(summary: dict[str, Any]) -> list[str]:
     ]
 
 
+def _clean_state(summary: dict[str, Any]) -> list[str]:
+    """What the simulator's truth says about the campaigns without a fault."""
+    t = summary["clean_truth"]
+    if not t:
+        return []
+
+    def span(k: str) -> str:
+        lo, hi = t[k]
+        return f"{lo:.0f}" if lo == hi else f"{lo:.0f}-{hi:.0f}"
+
+    return [
+        f"In the truth, those {summary['clean_campaigns']} campaigns ({summary['clean_healthy']} "
+        f"run healthy) made {span('true_volume_7d')} conversions over the last 7 days (each ad "
+        f"set at least {t['true_min_adset_7d'][0]:.0f}; threshold 50); their newest creative "
+        f"was {span('true_days_since_launch')} days old at the as-of date, the longest gap "
+        f"between launches {span('true_max_launch_gap')} days (starvation window "
+        f"{STARVATION_DAYS}), and {span('true_fatigue_onsets')} creatives per campaign reached "
+        "their true fatigue onset.",
+        "",
+    ]
+
+
 def _frac(pair: list[int]) -> str:
     return f"{pair[0]}/{pair[1]}" if pair[1] else "-"
 
@@ -283,10 +345,16 @@ def markdown(summary: dict[str, Any], command: str, wall: float, workers: int) -
         f"{n} seeds, each a {DAYS}-day account of {CAMPAIGNS} campaigns with one fault of "
         "every kind below on its own campaign (the fault plan of `checks_quality.py` plus an "
         "`override_storm` of 20-40 days, still going at the as-of date in about half the "
-        "seeds; half the outages are still going too) and three clean campaigns, diagnosed "
-        "as of the last day. A fault is found when one of its expected types is among the "
-        "top two diagnoses of the affected campaign (diagnose's order: most severe, then "
-        f"most confident). Target: >= {TARGET:.0%} of seeds per fault.",
+        "seeds; half the outages are still going too) and three clean campaigns, run "
+        "healthy (`SimulationConfig(healthy=...)`: a budget that takes every ad set over the "
+        "learning threshold with a margin, a creative pipeline that replaces creatives before "
+        "their fatigue onset and launches one at least every "
+        f"{sim_params.HEALTHY_CADENCE_DAYS} days; the other campaigns' world is as without "
+        "it, though the observation faults that draw over every row at once, the late "
+        "offline delays, duplicate copies and UTM variants, fall differently on the faulted "
+        "campaign's rows), diagnosed as of the last day. A fault is found when one of its "
+        "expected types is among the top two diagnoses of the affected campaign (diagnose's "
+        f"order: most severe, then most confident). Target: >= {TARGET:.0%} of seeds per fault.",
         "",
         "| fault | expected failure type | found (top two) | target | window still open "
         f"| ended <= {RECENT_DAYS} d before as-of | ended > {RECENT_DAYS} d before |",
@@ -351,6 +419,7 @@ def markdown(summary: dict[str, Any], command: str, wall: float, workers: int) -
         )
         + ".",
         "",
+        *_clean_state(summary),
         *_clean_truth(summary),
         "An outage or override storm whose window ended long before the as-of date may "
         "legitimately have faded: a closed outage stays an info diagnosis (its window is "

@@ -143,6 +143,21 @@ def test_clean_campaign_has_no_warn_or_critical(report: dict[str, Any]) -> None:
     assert all(d["severity"] == "info" for d in by_campaign(report).get("c06", []))
 
 
+def test_healthy_account_gets_no_warn_or_critical(tmp_path: Path) -> None:
+    # every campaign run healthy: every ad set over the threshold, a creative pipeline
+    config = sim.SimulationConfig(days=60, campaigns=4, seed=11, healthy=("*",))
+    paths = sim.write(sim.simulate(config), tmp_path / "data")
+    with Workspace(tmp_path / "healthy.duckdb") as ws:
+        for kind in KINDS:
+            ingest_file(ws, kind, paths[kind])
+        found = diagnose(ws)["diagnoses"]
+    assert found  # info only: learning after resets, people's edits
+    assert all(d["severity"] == "info" for d in found), [
+        (d["campaign_id"], d["failure_type"], d["severity"]) for d in found
+    ]
+    assert not {d["failure_type"] for d in found} & {"creative_fatigue", "low_volume_manual"}
+
+
 def test_computes_what_is_missing(
     account: Workspace, precomputed: tuple[dict[str, Any], dict[str, Any]], report: Any
 ) -> None:

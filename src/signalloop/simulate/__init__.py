@@ -66,6 +66,21 @@ Generative story
   ``Simulation.oracle`` (``p_adset``, ``p_conversion``, ``p_sql``, ``p_won``, ``depth``)
   and the design in ``truth["traits"]``; see :mod:`~signalloop.simulate.traits`.
 
+Healthy campaigns (``SimulationConfig.healthy``, off by default): named campaigns are run
+well. Each ad set's baseline spend is raised to what makes its expected conversions per 7
+days at least ``HEALTHY_VOLUME`` (2) x the threshold (the campaign's budget is their sum,
+the shares follow; ``k`` and the audience follow the spend as if drawn with it), and the
+creatives have a pipeline: an ad set is refreshed with certainty once a live creative is
+below 75% of its peak (before the onset), taking along every creative below 85%, and the
+campaign launches a new creative (the stalest one's successor) whenever nothing new has
+launched for ``HEALTHY_CADENCE_DAYS`` (14) days. Nothing extra is drawn: the other campaigns'
+world (delivery, conversions, CRM, edits, users) is exactly as without the option; only the
+observation faults that draw over every row at once (``late_offline_conversions`` delays,
+``duplicate_events`` copies, ``utm_mess`` variants) draw differently, as with any change of
+another campaign's volume. Faults still apply to a healthy campaign (``creative_starvation``
+blocks its pipeline). ``truth["campaigns"][id]["healthy"]`` records the drawn budget and
+shares and the scale applied.
+
 Faults (:data:`FAULT_NAMES`): ``creative_starvation``, ``override_storm`` and ``low_volume``
 change the world; the others only what is observed, and ``export_glitches`` only the written
 CSV text (a few rows per file corrupted, each with its quarantine reason code; the tables stay

@@ -33,6 +33,9 @@ from signalloop.simulate.params import (
     CTR,
     CVR,
     DAY,
+    HEALTHY_VOLUME,
+    LEARNING_THRESHOLD,
+    LEARNING_WINDOW,
     SIGNIFICANT,
     STAGE_RATES,
     THEMES,
@@ -59,6 +62,11 @@ class Account:
         Campaign ids ``c01`` ..
     budget_plan : ndarray
         The account's own daily budget per campaign (campaigns x days), in USD.
+    user_pool : list of int
+        Per campaign, the number of users its clicks are drawn from (``n_users``, grown for
+        the healthy campaigns by their extra clicks).
+    healthy : dict
+        Campaign index -> what :meth:`make_healthy` did (into ``truth``).
     fault_notes : list of dict
         What the world faults did, one dict per fault of the config (into ``truth``).
 
@@ -75,6 +83,12 @@ class Account:
             raise UsageError(f"days must be at least 1, got {config.days}")
         self.config, self.days, k = config, config.days, config.campaigns
         self.ids = campaign_ids(k)
+        unknown = [c for c in config.healthy if c != "*" and c not in self.ids]
+        if unknown:
+            raise UsageError(
+                f"healthy campaign(s) {', '.join(map(repr, unknown))} unknown; expected * or "
+                f"ids among {', '.join(self.ids)}"
+            )
         self.campaigns: list[Campaign] = []
         self.adsets: list[Adset] = []
         self.ads: list[Ad] = []
@@ -85,6 +99,18 @@ class Account:
             self._build(ci, float(budgets[ci]))
         clicks = sum(self.expected(c, c.budget)[1] for c in self.campaigns)
         self.n_users = max(2_000, int(0.6 * clicks * self.days))
+        self.user_pool = [self.n_users] * k
+        self.healthy: dict[int, dict[str, Any]] = {}
+        for c in self.campaigns:
+            if config.is_healthy(c.id):
+                self.make_healthy(c)
+        if self.healthy:
+            # the healthy campaigns' extra clicks come from extra users; the other campaigns
+            # keep their pool (and so their rows)
+            grown = sum(self.expected(c, c.budget)[1] for c in self.campaigns)
+            pool = max(self.n_users, int(0.6 * grown * self.days))
+            for ci in self.healthy:
+                self.user_pool[ci] = pool
         self.budget_plan = np.zeros((k, self.days))
         self.budget_edit: dict[tuple[int, int], tuple[int, str]] = {}
         self.plan_edits: dict[tuple[int, int], list[tuple[Change, int]]] = {}
@@ -148,9 +174,47 @@ class Account:
                 a.ads.append(len(self.ads) - 1)
                 self.ads[-1].creative = self.new_creative(c, len(self.ads) - 1, 0, rng)
 
+    def make_healthy(self, c: Campaign) -> None:
+        """Give ``c`` the budget, and its split, that takes every ad set over the threshold.
+
+        Each ad set's baseline spend is raised (never lowered) to what makes its expected
+        conversions per 7 days (:meth:`expected`'s part-fatigued creatives) at least
+        :data:`~signalloop.simulate.params.HEALTHY_VOLUME` x the learning threshold; the
+        campaign's baseline budget is their sum (rounded up to whole USD) and the shares
+        follow. Each ad set's response ``k`` and audience follow its new baseline spend as if
+        it had been drawn with it (the baseline still buys at the platform CPM, the audience
+        is still 10-18 days of baseline impressions). Draws nothing: the campaign's random
+        streams, and the other campaigns, are unchanged. The creative pipeline lives in
+        :func:`~signalloop.simulate.delivery.rotate_creatives`.
+        """
+        need = HEALTHY_VOLUME * LEARNING_THRESHOLD / LEARNING_WINDOW
+        sets = [self.adsets[i] for i in c.adsets]
+        drawn = [c.budget * a.share for a in sets]
+        # at its baseline spend an ad set's expected conversions are linear in that spend
+        per_usd = [
+            a.k * a.ctr_base * 0.8 * a.cvr * s ** (a.b - 1.0)
+            for a, s in zip(sets, drawn, strict=True)
+        ]
+        spend = [max(s, need / e) for s, e in zip(drawn, per_usd, strict=True)]
+        budget = math.ceil(sum(spend) - 1e-9) if spend != drawn else c.budget
+        self.healthy[c.idx] = {
+            "drawn_budget": c.budget,
+            "drawn_shares": [round(a.share, 4) for a in sets],
+            "budget_scale": round(budget / c.budget, 4),
+        }
+        if spend == drawn:  # every ad set clears the margin already
+            return
+        for a, old, new in zip(sets, drawn, spend, strict=True):
+            a.share = new / sum(spend)
+            f = budget * a.share / old
+            a.k *= f ** (1.0 - a.b)
+            a.audience *= f
+        c.budget = budget
+
     def new_creative(self, c: Campaign, ad: int, day: int, rng: np.random.Generator) -> int:
         """Draw a new creative for ``ad`` launched on ``day``; returns its index."""
         c.n_creatives += 1
+        c.last_launch = max(c.last_launch, day)
         ai = self.ads[ad].adset
         self.creatives.append(
             Creative(

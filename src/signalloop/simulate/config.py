@@ -50,13 +50,28 @@ class Fault:
 
 @dataclass(frozen=True)
 class SimulationConfig:
-    """What to simulate: length, number of campaigns, seed, first day and faults."""
+    """What to simulate: length, number of campaigns, seed, first day, faults, healthy campaigns.
+
+    ``healthy`` names campaigns (ids, or ``"*"`` for every campaign) that the account runs
+    well: a budget large enough for every ad set to clear the learning threshold with a
+    margin, and a creative pipeline that replaces creatives before their fatigue onset and
+    launches something new at least every
+    :data:`~signalloop.simulate.params.HEALTHY_CADENCE_DAYS` days (see
+    :meth:`~signalloop.simulate.account.Account.make_healthy`). Faults still apply on top.
+    The default (none) leaves the simulation exactly as without the option; naming a
+    campaign changes only that campaign's rows.
+    """
 
     days: int = 90
     campaigns: int = 6
     seed: int = 0
     start: dt.date = dt.date(2026, 1, 1)
     faults: tuple[Fault, ...] = ()
+    healthy: tuple[str, ...] = ()
+
+    def is_healthy(self, campaign: str) -> bool:
+        """Whether ``campaign`` is one of the :attr:`healthy` campaigns."""
+        return "*" in self.healthy or campaign in self.healthy
 
 
 def campaign_ids(n: int) -> list[str]:

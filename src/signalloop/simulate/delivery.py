@@ -18,6 +18,9 @@ from signalloop.simulate.params import (
     ALPHABET,
     DAY,
     FATIGUE_ONSET,
+    HEALTHY_BATCH_AT,
+    HEALTHY_CADENCE_DAYS,
+    HEALTHY_REFRESH_AT,
     HOUR_CDF,
     KIND_NAMES,
     LEARNING_THRESHOLD,
@@ -41,6 +44,14 @@ def rotate_creatives(
 ) -> None:
     """Record fatigue onsets; refresh each ad set's fatigued creatives in one batch.
 
+    By default an ad set is refreshed with probability 0.4 a day once a live creative is
+    below ``REPLACE_AT`` of its peak, every creative below ``FATIGUE_ONSET`` getting a
+    successor. A healthy campaign (``SimulationConfig.healthy``) refreshes with certainty once
+    one is below ``HEALTHY_REFRESH_AT`` (before its onset), taking along every creative below
+    ``HEALTHY_BATCH_AT``, and when nothing new has launched for ``HEALTHY_CADENCE_DAYS`` days
+    it replaces the stalest live creative (with the others of its ad set below
+    ``HEALTHY_BATCH_AT``). ``creative_starvation`` blocks both in its window.
+
     Parameters
     ----------
     acct
@@ -54,6 +65,7 @@ def rotate_creatives(
     out
         Receives the ``creative`` edit-log rows.
     """
+    healthy = acct.config.is_healthy(c.id)
     for ai in c.adsets:
         a = acct.adsets[ai]
         live = [(adi, acct.creatives[acct.ads[adi].creative]) for adi in a.ads]
@@ -61,25 +73,64 @@ def rotate_creatives(
         for (_, cr), e in zip(live, fresh, strict=True):
             if cr.onset_day is None and e < FATIGUE_ONSET:
                 cr.onset_day = day
-        if min(fresh) >= REPLACE_AT or rng.random() >= 0.4:
+        if healthy:
+            if min(fresh) >= HEALTHY_REFRESH_AT:
+                continue
+            due_at, cut = HEALTHY_REFRESH_AT, HEALTHY_BATCH_AT
+        elif min(fresh) >= REPLACE_AT or rng.random() >= 0.4:
             continue
+        else:
+            due_at, cut = REPLACE_AT, FATIGUE_ONSET
         if acct.starved[c.idx, day]:
             for fi, f in acct.faults_for("creative_starvation", c):
                 blocked = acct.fault_notes[fi]["blocked_creatives"]
                 if f.start <= day <= f.end:
-                    due = [cr.id for (_, cr), e in zip(live, fresh, strict=True) if e < REPLACE_AT]
+                    due = [cr.id for (_, cr), e in zip(live, fresh, strict=True) if e < due_at]
                     blocked += [x for x in due if x not in blocked]
             continue
-        human = rng.random() < 0.3
-        hours = (9 * H, 18 * H) if human else (2 * H, 5 * H)
-        ts, actor = day * DAY + int(rng.integers(*hours)), ("automation", "human")[human]
-        for j, ((adi, cr), e) in enumerate(zip(live, fresh, strict=True)):
-            if e < FATIGUE_ONSET:
-                new = acct.new_creative(c, adi, day, rng)
-                cr.retire_day, acct.ads[adi].creative = day, new
-                ad_id, new_id = acct.ads[adi].id, acct.creatives[new].id
-                out.append(Change(ts + j, "ad", ad_id, "creative", cr.id, new_id, actor))
-        acct.reset_learning(ai, day, actor, "creative")
+        _refresh(acct, c, ai, [e < cut for e in fresh], day, rng, out)
+    if healthy and day - c.last_launch >= HEALTHY_CADENCE_DAYS and not acct.starved[c.idx, day]:
+        stalest = min(
+            (acct.creatives[acct.ads[adi].creative].fresh(day, acct.adsets[ai].audience), ai, j)
+            for ai in c.adsets
+            for j, adi in enumerate(acct.adsets[ai].ads)
+        )
+        _, ai, pick = stalest
+        a = acct.adsets[ai]
+        fresh = [acct.creatives[acct.ads[adi].creative].fresh(day, a.audience) for adi in a.ads]
+        _refresh(
+            acct,
+            c,
+            ai,
+            [j == pick or e < HEALTHY_BATCH_AT for j, e in enumerate(fresh)],
+            day,
+            rng,
+            out,
+        )
+
+
+def _refresh(
+    acct: Account,
+    c: Campaign,
+    ai: int,
+    replace: list[bool],
+    day: int,
+    rng: np.random.Generator,
+    out: list[Change],
+) -> None:
+    """Give the ads of ad set ``ai`` flagged in ``replace`` a new creative; reset learning."""
+    a = acct.adsets[ai]
+    human = rng.random() < 0.3
+    hours = (9 * H, 18 * H) if human else (2 * H, 5 * H)
+    ts, actor = day * DAY + int(rng.integers(*hours)), ("automation", "human")[human]
+    for j, (adi, swap) in enumerate(zip(a.ads, replace, strict=True)):
+        if swap:
+            cr = acct.creatives[acct.ads[adi].creative]
+            new = acct.new_creative(c, adi, day, rng)
+            cr.retire_day, acct.ads[adi].creative = day, new
+            ad_id, new_id = acct.ads[adi].id, acct.creatives[new].id
+            out.append(Change(ts + j, "ad", ad_id, "creative", cr.id, new_id, actor))
+    acct.reset_learning(ai, day, actor, "creative")
 
 
 def deliver(
@@ -150,7 +201,7 @@ def deliver(
     order = np.argsort(ts, kind="stable")
     ads, adset, creative = ads[order], adset[order], creative[order]
     p_click, ts = p_click[order], ts[order]
-    user = np.floor(acct.n_users * rng.random(n) ** 1.6).astype(np.int64)
+    user = np.floor(acct.user_pool[c.idx] * rng.random(n) ** 1.6).astype(np.int64)
     token = ALPHABET[rng.integers(0, 64, (n, 22))].view("S22").ravel()
     tn = ((c.idx + 1) * 10_000 + day) * 1_000_000 + np.arange(n, dtype=np.int64)
     camp = np.full(n, c.idx)

@@ -101,7 +101,10 @@ class Adset:
 
 @dataclass
 class Campaign:
-    """One campaign: platform, objective, baseline budget and its drawn parameters."""
+    """One campaign: platform, objective, baseline budget and its drawn parameters.
+
+    ``last_launch`` is the day its newest creative launched.
+    """
 
     idx: int
     id: str
@@ -117,6 +120,7 @@ class Campaign:
     amount_mean: float
     adsets: list[int] = field(default_factory=list)
     n_creatives: int = 0
+    last_launch: int = 0
 
 
 @dataclass(frozen=True)

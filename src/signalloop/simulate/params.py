@@ -35,6 +35,14 @@ LEARNING_THRESHOLD, LEARNING_WINDOW = 50, 7
 PHASE_CVR = {"learning": (0.8, 0.3), "learning_limited": (0.9, 0.2), "stable": (1.0, 0.08)}
 SIGNIFICANT = ("bid", "bid_strategy", "targeting", "optimization_event")
 FATIGUE_ONSET, REPLACE_AT = 0.7, 0.6
+#: healthy campaigns (``SimulationConfig.healthy``): every ad set's expected conversions per
+#: 7 days at the baseline budget are at least HEALTHY_VOLUME x the learning threshold; an ad
+#: set is refreshed (with certainty) once a live creative's expected CTR is below
+#: HEALTHY_REFRESH_AT of its peak, just before the fatigue onset, taking along every creative
+#: below HEALTHY_BATCH_AT (one learning reset for the batch); and the campaign launches a new
+#: creative at least every HEALTHY_CADENCE_DAYS days (the stalest one's successor)
+HEALTHY_VOLUME, HEALTHY_REFRESH_AT, HEALTHY_BATCH_AT = 2.0, 0.75, 0.85
+HEALTHY_CADENCE_DAYS = 14
 #: conversion kinds (the ``kind`` column) and sources (``source``); kind indexes 2-4 are the
 #: offline / CRM conversions of lead campaigns: a won deal and the sql and opportunity stages
 KIND_NAMES = ("purchase", "lead", "deal", "sql", "opportunity")

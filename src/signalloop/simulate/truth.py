@@ -58,7 +58,9 @@ def build_truth(acct: Account, world: dict[str, dict[str, Arr]]) -> dict[str, An
     Returns
     -------
     dict
-        ``config``, ``model``, ``campaigns``, ``daily``, ``creatives``, ``learning``.
+        ``config``, ``model``, ``campaigns``, ``daily``, ``creatives``, ``learning``. With
+        ``SimulationConfig.healthy`` set, ``config["healthy"]`` lists it and each healthy
+        campaign has ``healthy``: its ``drawn_budget`` and the ``budget_scale`` applied.
         ``daily[campaign]`` holds per-day lists: ``budget``, ``spend``, ``impressions``,
         ``clicks``, and for every ``X_by_click_date`` also ``X_by_event_date`` (the day the
         click happened / the conversion did, whether or not that is observed by the end):
@@ -127,15 +129,20 @@ def build_truth(acct: Account, world: dict[str, dict[str, Arr]]) -> dict[str, An
     faults = [
         {"name": f.name, "campaign": f.campaign, "start": f.start, "end": f.end} for f in cfg.faults
     ]
+    config: dict[str, Any] = {
+        "days": days,
+        "campaigns": k,
+        "seed": cfg.seed,
+        "start": cfg.start.isoformat(),
+        "end": acct.date(days - 1),
+        "faults": faults,
+    }
+    if cfg.healthy:  # only when asked, so the default truth is as it always was
+        config["healthy"] = list(cfg.healthy)
+        for ci, note in acct.healthy.items():
+            campaigns[acct.ids[ci]]["healthy"] = note
     return {
-        "config": {
-            "days": days,
-            "campaigns": k,
-            "seed": cfg.seed,
-            "start": cfg.start.isoformat(),
-            "end": acct.date(days - 1),
-            "faults": faults,
-        },
+        "config": config,
         "model": {
             "response": "impressions = k * spend ** b; clicks ~ Binomial(impressions, ctr)",
             "ctr": "peak * (floor + (1 - floor) * exp(-lam_freq * frequency - lam_age * age_days))",
