@@ -53,9 +53,9 @@ def scenario(
 ) -> tuple[sim.SimulationConfig, dict[str, sim.Fault]]:
     """The faults ``names`` of one seed: each on its own campaign, at a random window.
 
-    Outages last 5-8 days (half still going at the as-of date), starvation and low volume run
-    to the end, an ``override_storm`` lasts 20-40 days (in half the seeds still going), any
-    other fault 20-40 days from day 10-44.
+    Outages last 5-8 days (half still going at the as-of date), starvation, low volume and
+    audience bias run to the end, an ``override_storm`` lasts 20-40 days (in half the seeds
+    still going), any other fault 20-40 days from day 10-44.
     """
     rng = np.random.default_rng(1000 + seed)
     base = sim.simulate(sim.SimulationConfig(days=DAYS, campaigns=campaigns, seed=seed))
@@ -78,7 +78,7 @@ def scenario(
             end = min(start + length - 1, DAYS - 1)
         elif name == "creative_starvation":
             start, end = int(rng.integers(20, 40)), DAYS - 1
-        elif name == "low_volume":
+        elif name in ("low_volume", "audience_bias"):
             start, end = int(rng.integers(40, 70)), DAYS - 1
         elif name == "override_storm":
             length = int(rng.integers(20, 41))

@@ -1,6 +1,6 @@
 """Score the diagnoses against the simulator's ground truth.
 
-For each seed, a 90-day account of 12 campaigns gets one fault of every kind below, each on
+For each seed, a 90-day account of 13 campaigns gets one fault of every kind below, each on
 its own campaign at a random window (the fault plan of ``checks_quality.py`` plus an
 ``override_storm``; campaigns with a CRM path get the CRM faults), and the three campaigns
 left are clean and run healthy (``SimulationConfig.healthy``: a budget that takes every ad
@@ -54,11 +54,12 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "creative_starvation": ("creative_fatigue",),
     "override_storm": ("override_churn",),
     "low_volume": ("low_volume_manual", "signal_gap"),
+    "audience_bias": ("audience_bias",),
 }
 #: faults whose evidence can legitimately fade once the window is over
 FADING = ("tracking_outage", "crm_sync_dropout", "override_storm")
 PACKAGES = ("duckdb", "ibis-framework", "numpy", "scipy", "pandas")
-CAMPAIGNS = 12
+CAMPAIGNS = 13
 TARGET = 0.9
 #: a window that ended more than this many days before the as-of date counts as "old"
 #: (the diagnosis' override window, OVERRIDE_WINDOW_DAYS)

@@ -67,3 +67,19 @@ def test_the_audience_bias_rule_reads_the_share(share: float, fires: bool) -> No
     )
     types = [d["failure_type"] for d in diagnose_evidence(ev, RULES)["diagnoses"]]
     assert ("audience_bias" in types) is fires
+
+
+def test_the_simulated_fault_is_seen_on_its_campaign_only(tmp_path: Path) -> None:
+    from signalloop import simulate as sim
+    from signalloop.contract import KINDS
+
+    ids = sim.campaign_ids(4)
+    fault = sim.parse_fault("audience_bias@c02:30-59", days=60, campaign_ids=ids)
+    result = sim.simulate(sim.SimulationConfig(days=60, campaigns=4, seed=3, faults=(fault,)))
+    paths = sim.write(result, tmp_path)
+    with Workspace(":memory:") as w:
+        for kind in KINDS:
+            ingest_file(w, kind, paths[kind])
+        shares = {a["campaign_id"]: a["known_user_share"] for a in audience(w)}
+    assert shares["c02"] > 0.75
+    assert max(v for k, v in shares.items() if k != "c02") < 0.15

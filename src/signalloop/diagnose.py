@@ -51,14 +51,14 @@ Severity and confidence per failure type (thresholds are the module constants be
 * ``feedback_loop_broken`` -- feedback depth stops at click or conversion (a lead campaign
   without CRM outcomes), or fewer than :data:`FEEDBACK_MIN_KNOWN_SHARE` of the leads old
   enough to have closed have a known CRM outcome: warn; confidence 0.8 (click), 0.7 (otherwise).
-* ``overfitting`` and ``audience_bias`` -- fire only on evidence passed in ``models=``, which
-  nothing else computes here: ``models["backtests"]`` a list of
-  :func:`~signalloop.models.backtest.backtest` results (each optionally with ``campaign_id``
-  and ``name``): overfitting when ``overfit`` is true or ``gap.auc`` exceeds
-  :data:`OVERFIT_GAP`, warn (critical from twice that), confidence 0.6 + 2 x the gap;
-  ``models["audience"]`` a list of ``{"campaign_id", "known_user_share", "conversions"}``
-  (the share of conversions from users already known before the click): audience bias from
-  :data:`AUDIENCE_KNOWN_SHARE`, warn, confidence rising with the share.
+* ``overfitting`` -- fires only on backtests passed in ``models["backtests"]`` (a list of
+  :func:`~signalloop.models.backtest.backtest` results, each optionally with ``campaign_id``
+  and ``name``; ``signalloop run`` and ``signalloop diagnose`` pass the ones saved beside the
+  workspace's models): when ``overfit`` is true or ``gap.auc`` exceeds :data:`OVERFIT_GAP`,
+  warn (critical from twice that), confidence 0.6 + 2 x the gap.
+* ``audience_bias`` -- ``models["audience"]`` (default :func:`signalloop.audience.audience`:
+  per campaign, the share of the last 28 days' conversions from users known before the
+  click): from :data:`AUDIENCE_KNOWN_SHARE`, warn, confidence rising with the share.
 """
 
 from __future__ import annotations
@@ -759,10 +759,11 @@ def diagnose(
         dicts) and ``depth`` (rows of :func:`~signalloop.models.depth.feedback_depth`); the
         missing ones are computed.
     models
-        Optional model evidence for the rules nothing here computes: ``backtests`` (a list of
-        :func:`~signalloop.models.backtest.backtest` dicts, each optionally with
-        ``campaign_id`` and ``name``) for ``overfitting``; ``audience`` (a list of
-        ``{"campaign_id", "known_user_share", "conversions"}``) for ``audience_bias``.
+        Model evidence: ``backtests`` (a list of :func:`~signalloop.models.backtest.backtest`
+        dicts, each optionally with ``campaign_id`` and ``name``) for ``overfitting``, which
+        nothing here computes; ``audience`` (a list of ``{"campaign_id",
+        "known_user_share", "conversions"}``) for ``audience_bias``, computed with
+        :func:`signalloop.audience.audience` when missing.
     rules
         The rules to run (default :data:`RULES`).
 
@@ -803,6 +804,11 @@ def diagnose(
         state["nowcast"] = nowcast(ws, as_of, settings=settings).to_dict()
     if state.get("depth") is None:
         state["depth"] = feedback_depth(ws, as_of=as_of, settings=settings)
+    models = dict(models or {})
+    if models.get("audience") is None:
+        from signalloop.audience import audience
+
+        models["audience"] = audience(ws, as_of)
     ev = Evidence(
         as_of=as_of,
         threshold=int(state["phase"].get("threshold", settings.learning_threshold)),
@@ -811,7 +817,7 @@ def diagnose(
         fatigue=state["fatigue"],
         nowcast=state["nowcast"],
         depth=list(state["depth"]),
-        models=models or {},
+        models=models,
     )
     return diagnose_evidence(ev, rules)
 

@@ -81,8 +81,10 @@ another campaign's volume. Faults still apply to a healthy campaign (``creative_
 blocks its pipeline). ``truth["campaigns"][id]["healthy"]`` records the drawn budget and
 shares and the scale applied.
 
-Faults (:data:`FAULT_NAMES`): ``creative_starvation``, ``override_storm`` and ``low_volume``
-change the world; the others only what is observed, and ``export_glitches`` only the written
+Faults (:data:`FAULT_NAMES`): ``creative_starvation``, ``override_storm``, ``low_volume`` and
+``audience_bias`` (in its window ~85% of the campaign's converting clicks go to users who had
+converted a day or more before; counts unchanged) change the world; the others only what is
+observed, and ``export_glitches`` only the written
 CSV text (a few rows per file corrupted, each with its quarantine reason code; the tables stay
 clean, see :mod:`~signalloop.simulate.glitches`). Each campaign draws from its own random
 streams, so a fault on one campaign leaves the others' rows unchanged. ``truth["faults"]``

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 from signalloop.errors import UsageError
 
-#: Every fault the simulator can inject. ``creative_starvation``, ``override_storm`` and
-#: ``low_volume`` change the world; the others only what is observed (``export_glitches``
-#: only the written CSV text).
+#: Every fault the simulator can inject. ``creative_starvation``, ``override_storm``,
+#: ``low_volume`` and ``audience_bias`` change the world; the others only what is observed
+#: (``export_glitches`` only the written CSV text).
 FAULT_NAMES: tuple[str, ...] = (
     "tracking_outage",
     "crm_sync_dropout",
@@ -26,6 +26,7 @@ FAULT_NAMES: tuple[str, ...] = (
     "creative_starvation",
     "override_storm",
     "low_volume",
+    "audience_bias",
     "export_glitches",
 )
 
@@ -54,8 +55,8 @@ class SimulationConfig:
 
     ``healthy`` names campaigns (ids, or ``"*"`` for every campaign) that the account runs
     well: a budget large enough for every ad set to clear the learning threshold with a
-    margin, and a creative pipeline that replaces creatives before their fatigue onset and
-    launches something new at least every
+    margin, and an automated creative pipeline that replaces creatives before their fatigue
+    onset and launches something new at least every
     :data:`~signalloop.simulate.params.HEALTHY_CADENCE_DAYS` days (see
     :meth:`~signalloop.simulate.account.Account.make_healthy`). Faults still apply on top.
     The default (none) leaves the simulation exactly as without the option; naming a

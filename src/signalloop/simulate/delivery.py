@@ -118,9 +118,13 @@ def _refresh(
     rng: np.random.Generator,
     out: list[Change],
 ) -> None:
-    """Give the ads of ad set ``ai`` flagged in ``replace`` a new creative; reset learning."""
+    """Give the ads of ad set ``ai`` flagged in ``replace`` a new creative; reset learning.
+
+    30% of refreshes are made by hand, except in a healthy campaign, whose creative pipeline
+    is automated (the draw is made all the same, so the stream stays in step).
+    """
     a = acct.adsets[ai]
-    human = rng.random() < 0.3
+    human = rng.random() < 0.3 and not acct.config.is_healthy(c.id)
     hours = (9 * H, 18 * H) if human else (2 * H, 5 * H)
     ts, actor = day * DAY + int(rng.integers(*hours)), ("automation", "human")[human]
     for j, (adi, swap) in enumerate(zip(a.ads, replace, strict=True)):

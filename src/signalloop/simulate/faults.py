@@ -1,8 +1,9 @@
 """Observation faults: what the exports show differs from what happened.
 
 The world faults (``creative_starvation``, ``override_storm``, ``low_volume``) are built into
-the plan (:mod:`~signalloop.simulate.plan`); the ones here change only the observed rows, in
-the order :func:`~signalloop.simulate.simulation.simulate` applies them:
+the plan (:mod:`~signalloop.simulate.plan`), but for ``audience_bias``, applied here to the
+delivered rows first (:func:`bias_audience`); the others here change only the observed rows,
+in the order :func:`~signalloop.simulate.simulation.simulate` applies them:
 
 1. :func:`delay_offline` (``late_offline_conversions``), before right-censoring;
 2. :func:`drop_untracked` (``tracking_outage``, ``crm_sync_dropout``), before the platform
@@ -219,3 +220,52 @@ def utm_pairs(acct: Account, t: dict[str, Arr], notes: Notes) -> tuple[Arr, list
         count(notes[i], "changed", "touchpoints", hit.sum())
         notes[i]["share"] = 0.35
     return utm, pairs
+
+
+#: Under ``audience_bias``, the share of the window's converting clicks that come from users
+#: who had already converted (anywhere in the account) at least a day before the click.
+KNOWN_SHARE = 0.85
+
+
+def bias_audience(acct: Account, world: dict[str, dict[str, Arr]], notes: Notes) -> None:
+    """``audience_bias`` (a world fault): the learner retargets users it already knows.
+
+    In the window, :data:`KNOWN_SHARE` of the covered campaign's converting clicks go to users
+    whose first conversion came at least a day before the click (drawn uniformly among them);
+    that user replaces the drawn one on the click, its conversions and its CRM rows, so the
+    outcome counts and CPA stay as they were while new-user acquisition starves. From its own
+    stream: nothing else changes. The note gets ``clicks_reassigned`` and ``known_user_share``
+    (of the window's converting clicks).
+    """
+    ids = acct.ids
+    for i, f in enumerate(acct.config.faults):
+        if f.name != "audience_bias":
+            continue
+        rng = np.random.default_rng([acct.config.seed, 11, i])
+        conv, clicks = world["conversions"], world["clicks"]
+        users = np.unique(conv["user"])
+        first = np.full(len(users), np.iinfo(np.int64).max)
+        np.minimum.at(first, np.searchsorted(users, conv["user"]), conv["ts"])
+        by_time = np.argsort(first, kind="stable")
+        users, first = users[by_time], first[by_time]
+        converting = window(f, clicks["ts"], clicks["camp"], ids) & np.isin(
+            clicks["tn"], conv["tn"]
+        )
+        idx = np.flatnonzero(converting)
+        pick = idx[rng.random(len(idx)) < KNOWN_SHARE]
+        known = np.searchsorted(first, clicks["ts"][pick] - DAY, side="right")
+        draw = (rng.random(len(pick)) * np.maximum(known, 1)).astype(np.int64)
+        pick, draw = pick[known > 0], draw[known > 0]
+        tn = clicks["tn"][pick]
+        order = np.argsort(tn)
+        tn, new = tn[order], users[draw][order]
+        for table, key in (("clicks", "tn"), ("conversions", "tn"), ("crm", "record")):
+            rows = world[table]
+            at = np.searchsorted(tn, rows[key])
+            hit = (at < len(tn)) & (tn[np.minimum(at, len(tn) - 1)] == rows[key])
+            user = rows["user"].copy()
+            user[hit] = new[at[hit]]
+            world[table] = {**rows, "user": user}
+            count(notes[i], "changed", "touchpoints" if table == "clicks" else table, hit.sum())
+        notes[i]["clicks_reassigned"] = len(tn)
+        notes[i]["known_user_share"] = round(len(tn) / len(idx), 4) if len(idx) else None

@@ -17,6 +17,7 @@ from signalloop.simulate.config import SimulationConfig
 from signalloop.simulate.entities import SCHEMAS, concat, take
 from signalloop.simulate.faults import (
     add_copies,
+    bias_audience,
     count,
     delay_offline,
     drop_untracked,
@@ -88,8 +89,9 @@ def simulate(config: SimulationConfig) -> Simulation:
     acct = Account(config)
     events = [acct.step(d, acct.plan_budgets(d)) for d in range(config.days)]
     world = {k: concat([getattr(e, k) for e in events], k) for k in SCHEMAS}
-    truth = build_truth(acct, world)
     notes = fault_notes(acct)
+    bias_audience(acct, world, notes)
+    truth = build_truth(acct, world)
     conv = delay_offline(acct, dict(world["conversions"]), notes)
     crm = dict(world["crm"])
     end = config.days * DAY
