@@ -81,7 +81,11 @@ def test_report_draws_every_chart_in_chromium_without_console_errors(
                 }))"""
             )
             verdict = page.inner_text("#sec-lens .verdict")
-            rows = page.eval_on_selector_all("#diagnoses tr", "rs => rs.length")
+            rows = page.eval_on_selector_all(
+                "table.diagnoses tr:not(:first-child)", "r => r.length"
+            )
+            page.click("#sec-diagnosis summary")  # the folded info diagnoses open
+            info_visible = page.is_visible("#diagnoses-info")
         finally:
             browser.close()
     assert problems == []
@@ -91,4 +95,5 @@ def test_report_draws_every_chart_in_chromium_without_console_errors(
         assert d["traces"] > 0, d
         assert d["width"] > 600 and d["height"] > 200, d
     assert verdict.replace(" ", "_") == loop_run["doc"]["lens"]["verdict"]
-    assert rows == len(loop_run["doc"]["diagnosis"]["diagnoses"]) + 1  # with the header row
+    assert rows == len(loop_run["doc"]["diagnosis"]["diagnoses"])  # every one, header aside
+    assert info_visible

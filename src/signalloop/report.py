@@ -558,7 +558,8 @@ th{background:#f1f3f4}
 .verdict{font-size:18px;font-weight:600;padding:8px 12px;border-radius:6px;display:inline-block}
 .scale{background:#e6f4ea;color:#137333} .keep_scoped{background:#fef7e0;color:#b06000}
 .pass{color:#137333;font-weight:600} .fail{color:#c5221f;font-weight:600}
-td.muted{font-size:11px;max-width:280px;overflow-wrap:anywhere}
+td.ev{font-size:11px;color:#5f6368;min-width:190px} td.ev .k{color:#202124}
+td.ev .src{font-style:italic} details{margin-top:10px} summary{cursor:pointer;color:#1a73e8}
 .sev{font-weight:600} .kpis{display:flex;gap:12px;flex-wrap:wrap}
 .kpi{background:#fff;border:1px solid #dadce0;border-radius:8px;padding:10px 14px;min-width:150px}
 .kpi b{display:block;font-size:20px} .muted{color:#5f6368;font-size:12px}
@@ -569,44 +570,80 @@ def _e(v: Any) -> str:
     return html.escape(str(v))
 
 
+def _value(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:,.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}"
+    if isinstance(v, list | tuple):
+        return ", ".join(_value(x) for x in v)
+    return str(v)
+
+
 def _evidence(ev: dict[str, Any]) -> str:
-    parts = [f"{_e(k)}={_e(v)}" for k, v in ev.items() if k not in ("message",)]
-    return ", ".join(parts)
+    """One line per number, then where they came from."""
+    lines = [
+        f"<div><span class='k'>{_e(k.replace('_', ' '))}</span> {_e(_value(v))}</div>"
+        for k, v in ev.items()
+        if k not in ("message", "source")
+    ]
+    if ev.get("source"):
+        lines.append(f"<div class='src'>from {_e(ev['source'])}</div>")
+    return "".join(lines)
 
 
-def _diagnosis_table(diag: dict[str, Any]) -> str:
+DIAGNOSIS_HEAD = (
+    "severity",
+    "campaign",
+    "failure",
+    "root cause",
+    "evidence",
+    "recovery action",
+    "days",
+    "conf.",
+)
+
+
+def _diagnosis_rows(diagnoses: list[dict[str, Any]]) -> str:
     rows = []
-    for d in diag.get("diagnoses", []):
+    for d in diagnoses:
         colour = SEVERITY_COLOURS.get(d["severity"], "#000")
         days = d["expected_recovery_days"]
         rows.append(
             "<tr>"
             f"<td class='sev' style='color:{colour}'>{_e(d['severity'])}</td>"
             f"<td>{_e(d['campaign_id'] or 'account')}</td>"
-            f"<td>{_e(d['failure_type'])}</td>"
+            f"<td>{_e(d['failure_type'].replace('_', ' '))}</td>"
             f"<td>{_e(d['root_cause'])}</td>"
-            f"<td class='muted'>{_evidence(d['evidence'])}</td>"
+            f"<td class='ev'>{_evidence(d['evidence'])}</td>"
             f"<td>{_e(d['recovery_action'])}</td>"
             f"<td>{'-' if days is None else _e(f'{days:g}')}</td>"
             f"<td>{d['confidence']:.2f}</td>"
             "</tr>"
         )
-    if not rows:
+    head = "".join(f"<th>{h}</th>" for h in DIAGNOSIS_HEAD)
+    return f"<tr>{head}</tr>{''.join(rows)}"
+
+
+def _diagnosis_table(diag: dict[str, Any]) -> str:
+    """Warn and critical diagnoses in the open; the info ones folded below them."""
+    all_ = diag.get("diagnoses", [])
+    if not all_:
         return "<p>No diagnoses: nothing is wrong that signalloop can see.</p>"
-    head = "".join(
-        f"<th>{h}</th>"
-        for h in (
-            "severity",
-            "campaign",
-            "failure",
-            "root cause",
-            "evidence",
-            "recovery action",
-            "days",
-            "conf.",
-        )
+    urgent = [d for d in all_ if d["severity"] != "info"]
+    info = [d for d in all_ if d["severity"] == "info"]
+    html_ = (
+        f"<table id='diagnoses' class='diagnoses'>{_diagnosis_rows(urgent)}</table>"
+        if urgent
+        else "<p>No warn or critical diagnosis.</p>"
     )
-    return f"<table id='diagnoses'><tr>{head}</tr>{''.join(rows)}</table>"
+    if info:
+        html_ += (
+            f"<details><summary>{len(info)} info diagnoses (nothing to act on now)</summary>"
+            f"<table id='diagnoses-info' class='diagnoses'>{_diagnosis_rows(info)}</table>"
+            "</details>"
+        )
+    return html_
 
 
 def _lens_table(lens: dict[str, Any]) -> str:
