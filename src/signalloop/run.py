@@ -41,7 +41,8 @@ Progress = Callable[[str, float | None], None]
 
 #: Retraining cadence in days when none is declared and no backtest recommends one.
 DEFAULT_RETRAIN_DAYS = 7
-#: Cadences (days) the run's backtest compares; the full grid is ``signalloop model backtest``.
+#: Cadences (days) the run's backtest compares, with the declared ``retrain_every_days``; the
+#: full grid is ``signalloop model backtest``.
 RUN_CADENCES = (7, 14)
 #: Weekly points of signal-environment history backfilled for a workspace's first run.
 HISTORY_WEEKS = 12
@@ -227,8 +228,10 @@ def refresh_models(
             def step(name: str, done: int, total: int, o: str = outcome) -> None:
                 progress(f"backtesting the {o} model ({name})", done / max(total, 1))
 
+            declared = settings.lens.retrain_every_days
+            cadences = sorted({*RUN_CADENCES, *([declared] if declared else [])})
             bt = backtest_workspace(
-                ws, outcome, as_of=as_of, settings=settings, cadences=RUN_CADENCES, progress=step
+                ws, outcome, as_of=as_of, settings=settings, cadences=cadences, progress=step
             )
         except SignalloopError as exc:
             entries.append({**entry, "status": "skipped", "reason": str(exc)})
