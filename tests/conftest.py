@@ -1,15 +1,20 @@
-"""Shared fixtures: a fresh workspace, a CSV writer, the real data sets."""
+"""Shared fixtures: a fresh workspace, a CSV writer, a simulated workspace, the real data sets."""
 
 from __future__ import annotations
 
 import csv
 import os
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from signalloop.store import Workspace
+
+if TYPE_CHECKING:
+    from signalloop import simulate as sim
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SIGNALLOOP_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -40,6 +45,67 @@ def shared_data(*parts: str) -> Path:
     if not p.exists():
         pytest.skip(f"real data set not available here: {p}")
     return p
+
+
+def simulated_workspace(
+    folder: Path,
+    *,
+    days: int,
+    campaigns: int,
+    seed: int,
+    faults: Sequence[str] = (),
+    healthy: tuple[str, ...] = (),
+    db: str | Path | None = None,
+    now: datetime | None = None,
+) -> tuple[Workspace, sim.Simulation, dict[str, Path]]:
+    """Simulate a seeded account, write its exports and ingest every kind into a workspace.
+
+    Parameters
+    ----------
+    folder
+        Where to put things: the CSVs (and ``truth.json``) go into ``folder / "data"``, the
+        workspace file, unless ``db`` says otherwise, is ``folder / "ws.duckdb"``.
+    days, campaigns, seed
+        The :class:`~signalloop.simulate.SimulationConfig` length, number of campaigns and seed.
+    faults
+        Fault specs ``NAME@CAMPAIGN[:START-END]``, parsed by
+        :func:`~signalloop.simulate.parse_fault` against ``days`` and the ids ``c01`` ..
+    healthy
+        Campaigns the account runs well (``SimulationConfig.healthy``; ``("*",)`` for all).
+    db
+        The workspace to open instead of ``folder / "ws.duckdb"``: another path, or
+        ``":memory:"``.
+    now
+        The ingest clock passed to :func:`~signalloop.ingest.ingest_file` (its default,
+        the current time, when ``None``).
+
+    Returns
+    -------
+    tuple
+        ``(workspace, simulation, paths)``: the workspace, still open (close it, or use it as
+        a context manager), with every kind ingested once in ``KINDS`` order; the
+        :class:`~signalloop.simulate.Simulation`; and the paths
+        :func:`~signalloop.simulate.write` returned (``kind`` -> CSV, ``"truth"`` -> JSON).
+    """
+    from signalloop import simulate as sim
+    from signalloop.contract import KINDS
+    from signalloop.ingest import ingest_file
+
+    ids = sim.campaign_ids(campaigns)
+    parsed = tuple(sim.parse_fault(f, days=days, campaign_ids=ids) for f in faults)
+    config = sim.SimulationConfig(
+        days=days, campaigns=campaigns, seed=seed, faults=parsed, healthy=healthy
+    )
+    result = sim.simulate(config)
+    paths = sim.write(result, folder / "data")
+    ws = Workspace(folder / "ws.duckdb" if db is None else db)
+    try:
+        for kind in KINDS:
+            ingest_file(ws, kind, paths[kind], now=now)
+    except BaseException:
+        ws.close()
+        raise
+    return ws, result, paths
 
 
 #: The account :func:`loop_run` runs: 45 days, 4 campaigns, a week-long outage on c02.

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from signalloop import simulate as sim
 from signalloop.allocate.policy import (
     POLICIES,
     ArmState,
@@ -22,10 +21,10 @@ from signalloop.allocate.policy import (
     make_policy,
 )
 from signalloop.allocate.posterior import GammaPoissonArms, water_fill
-from signalloop.contract import KINDS
 from signalloop.errors import UsageError
-from signalloop.ingest import ingest_file
 from signalloop.store import Workspace
+
+from .conftest import simulated_workspace
 
 START = date(2026, 1, 1)
 
@@ -194,13 +193,10 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 def db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A seeded 45-day, 4-campaign account whose c02 loses tracking on its last 5 days."""
     tmp = tmp_path_factory.mktemp("allocate")
-    fault = sim.parse_fault("tracking_outage@c02:40-44", days=45, campaign_ids=sim.campaign_ids(4))
-    result = sim.simulate(sim.SimulationConfig(days=45, campaigns=4, seed=5, faults=(fault,)))
-    paths = sim.write(result, tmp / "data")
     path = tmp / "acct.duckdb"
-    with Workspace(path) as ws:
-        for kind in KINDS:
-            ingest_file(ws, kind, paths[kind])
+    faults = ("tracking_outage@c02:40-44",)
+    ws, _, _ = simulated_workspace(tmp, days=45, campaigns=4, seed=5, faults=faults, db=path)
+    ws.close()
     yield path
 
 

@@ -12,7 +12,7 @@ from signalloop.diagnose import diagnose_evidence
 from signalloop.ingest import ingest_file
 from signalloop.store import Workspace
 
-from .conftest import write_csv
+from .conftest import simulated_workspace, write_csv
 
 HEADER = ["conversion_id", "ts", "kind", "user_id", "click_ts", "campaign_id"]
 
@@ -70,16 +70,10 @@ def test_the_audience_bias_rule_reads_the_share(share: float, fires: bool) -> No
 
 
 def test_the_simulated_fault_is_seen_on_its_campaign_only(tmp_path: Path) -> None:
-    from signalloop import simulate as sim
-    from signalloop.contract import KINDS
-
-    ids = sim.campaign_ids(4)
-    fault = sim.parse_fault("audience_bias@c02:30-59", days=60, campaign_ids=ids)
-    result = sim.simulate(sim.SimulationConfig(days=60, campaigns=4, seed=3, faults=(fault,)))
-    paths = sim.write(result, tmp_path)
-    with Workspace(":memory:") as w:
-        for kind in KINDS:
-            ingest_file(w, kind, paths[kind])
+    w, _, _ = simulated_workspace(
+        tmp_path, days=60, campaigns=4, seed=3, faults=("audience_bias@c02:30-59",), db=":memory:"
+    )
+    with w:
         shares = {a["campaign_id"]: a["known_user_share"] for a in audience(w)}
     assert shares["c02"] > 0.75
     assert max(v for k, v in shares.items() if k != "c02") < 0.15

@@ -14,17 +14,15 @@ from typing import Any
 
 import pytest
 
-from signalloop import simulate as sim
 from signalloop.checks import REGISTRY, exclusions_csv, load_exclusions, run_checks
 from signalloop.checks.base import CheckContext
 from signalloop.checks.signals import poisson_cdf
 from signalloop.config import Settings, settings_from_dict
-from signalloop.contract import KINDS
 from signalloop.errors import ConfigError, UsageError
 from signalloop.ingest import ingest_file
 from signalloop.store import Workspace
 
-from .conftest import write_csv
+from .conftest import simulated_workspace, write_csv
 
 FAULTS = (
     "tracking_outage@c06:54-59",  # still going at the as-of date: must hold c06
@@ -39,13 +37,7 @@ START = date(2026, 1, 1)
 @pytest.fixture(scope="module")
 def account(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Workspace, Any]]:
     tmp = tmp_path_factory.mktemp("acct")
-    ids = sim.campaign_ids(6)
-    faults = tuple(sim.parse_fault(f, days=60, campaign_ids=ids) for f in FAULTS)
-    result = sim.simulate(sim.SimulationConfig(days=60, campaigns=6, seed=5, faults=faults))
-    paths = sim.write(result, tmp / "data")
-    ws = Workspace(tmp / "ws.duckdb")
-    for kind in KINDS:
-        ingest_file(ws, kind, paths[kind])
+    ws, result, _ = simulated_workspace(tmp, days=60, campaigns=6, seed=5, faults=FAULTS)
     yield ws, result
     ws.close()
 

@@ -9,9 +9,7 @@ from typing import Any
 
 import pytest
 
-from signalloop import simulate as sim
 from signalloop.checks import run_checks
-from signalloop.contract import KINDS
 from signalloop.diagnose import (
     FAILURE_TYPES,
     OVERRIDE_WARN_RESETS,
@@ -22,11 +20,12 @@ from signalloop.diagnose import (
 )
 from signalloop.errors import UsageError
 from signalloop.fatigue import fatigue
-from signalloop.ingest import ingest_file
 from signalloop.models.depth import feedback_depth
 from signalloop.nowcast import nowcast
 from signalloop.phase import phase
 from signalloop.store import Workspace
+
+from .conftest import simulated_workspace
 
 FAULTS = (
     "tracking_outage@c02:52-59",  # open at the as-of date
@@ -59,13 +58,7 @@ RANK = {"info": 0, "warn": 1, "critical": 2}
 @pytest.fixture(scope="module")
 def account(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
     tmp = tmp_path_factory.mktemp("diag")
-    ids = sim.campaign_ids(6)
-    faults = tuple(sim.parse_fault(f, days=60, campaign_ids=ids) for f in FAULTS)
-    result = sim.simulate(sim.SimulationConfig(days=60, campaigns=6, seed=11, faults=faults))
-    paths = sim.write(result, tmp / "data")
-    ws = Workspace(tmp / "ws.duckdb")
-    for kind in KINDS:
-        ingest_file(ws, kind, paths[kind])
+    ws, _, _ = simulated_workspace(tmp, days=60, campaigns=6, seed=11, faults=FAULTS)
     yield ws
     ws.close()
 
@@ -145,11 +138,10 @@ def test_clean_campaign_has_no_warn_or_critical(report: dict[str, Any]) -> None:
 
 def test_healthy_account_gets_no_warn_or_critical(tmp_path: Path) -> None:
     # every campaign run healthy: every ad set over the threshold, a creative pipeline
-    config = sim.SimulationConfig(days=60, campaigns=4, seed=11, healthy=("*",))
-    paths = sim.write(sim.simulate(config), tmp_path / "data")
-    with Workspace(tmp_path / "healthy.duckdb") as ws:
-        for kind in KINDS:
-            ingest_file(ws, kind, paths[kind])
+    ws, _, _ = simulated_workspace(
+        tmp_path, days=60, campaigns=4, seed=11, healthy=("*",), db=tmp_path / "healthy.duckdb"
+    )
+    with ws:
         found = diagnose(ws)["diagnoses"]
     assert found  # info only: learning after resets, people's edits
     assert all(d["severity"] == "info" for d in found), [

@@ -7,14 +7,13 @@ from typing import Any
 
 import pytest
 
-from signalloop import simulate as sim
 from signalloop.config import Settings, settings_from_dict
-from signalloop.contract import KINDS
 from signalloop.errors import ConfigError
-from signalloop.ingest import ingest_file
 from signalloop.lens import CHECK_NAMES, lens
 from signalloop.models.api import fit_workspace
 from signalloop.store import Workspace
+
+from .conftest import simulated_workspace
 
 CAMPAIGNS = ["c01", "c02", "c03", "c04"]
 
@@ -23,11 +22,8 @@ CAMPAIGNS = ["c01", "c02", "c03", "c04"]
 def ws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
     """A seeded 45-day, 4-campaign account without faults, and a saved conversion model."""
     tmp = tmp_path_factory.mktemp("lens")
-    result = sim.simulate(sim.SimulationConfig(days=45, campaigns=4, seed=5))
-    paths = sim.write(result, tmp / "data")
-    with Workspace(tmp / "acct.duckdb") as w:
-        for kind in KINDS:
-            ingest_file(w, kind, paths[kind])
+    w, _, _ = simulated_workspace(tmp, days=45, campaigns=4, seed=5, db=tmp / "acct.duckdb")
+    with w:
         fit_workspace(w, "conversion", folder=tmp / "acct.models" / "conversion")
         yield w
 

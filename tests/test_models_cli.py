@@ -13,17 +13,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from signalloop import simulate as sim
 from signalloop.config import Settings
-from signalloop.contract import FUNNEL, KINDS
+from signalloop.contract import FUNNEL
 from signalloop.errors import InputError, UsageError
-from signalloop.ingest import ingest_file
 from signalloop.models.api import backtest_file, default_model_dir, fit_workspace
 from signalloop.models.card import config_of, load_model, read_card, schema_of
 from signalloop.models.table import read_table, table_frame
 from signalloop.store import Workspace
 
-from .conftest import shared_data
+from .conftest import shared_data, simulated_workspace
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -36,12 +34,9 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 def db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A seeded 45-day, 4-campaign account (two lead campaigns with CRM) in a workspace file."""
     tmp = tmp_path_factory.mktemp("models_cli")
-    result = sim.simulate(sim.SimulationConfig(days=45, campaigns=4, seed=5))
-    paths = sim.write(result, tmp / "data")
     path = tmp / "acct.duckdb"
-    with Workspace(path) as ws:
-        for kind in KINDS:
-            ingest_file(ws, kind, paths[kind])
+    ws, _, _ = simulated_workspace(tmp, days=45, campaigns=4, seed=5, db=path)
+    ws.close()
     yield path
 
 

@@ -10,14 +10,13 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from signalloop import simulate as sim
 from signalloop.checks.engine import EXCLUSIONS_DDL
 from signalloop.config import Settings
-from signalloop.contract import KINDS
 from signalloop.errors import UsageError
-from signalloop.ingest import ingest_file
 from signalloop.models.features import OUTCOMES, build_frame, horizon_for
 from signalloop.store import Workspace
+
+from .conftest import simulated_workspace
 
 PRIMARY = ("lead", "purchase")
 
@@ -26,11 +25,7 @@ PRIMARY = ("lead", "purchase")
 def account(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
     """A clean seeded account (c01 and c04 are lead campaigns with a CRM path)."""
     tmp = tmp_path_factory.mktemp("feat")
-    result = sim.simulate(sim.SimulationConfig(days=60, campaigns=4, seed=3))
-    paths = sim.write(result, tmp / "data")
-    ws = Workspace(tmp / "ws.duckdb")
-    for kind in KINDS:
-        ingest_file(ws, kind, paths[kind])
+    ws, _, _ = simulated_workspace(tmp, days=60, campaigns=4, seed=3)
     yield ws
     ws.close()
 

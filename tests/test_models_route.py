@@ -11,14 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from signalloop import simulate as sim
-from signalloop.contract import KINDS
 from signalloop.errors import UsageError
-from signalloop.ingest import ingest_file
 from signalloop.models.estimator import ConversionModel
 from signalloop.models.features import build_frame
 from signalloop.models.route import default_threshold, route_leads
 from signalloop.store import Workspace
+
+from .conftest import simulated_workspace
 
 FAULTS = ("duplicate_events@c01:40-59", "stage_overwrite@c04:40-59")
 
@@ -27,13 +26,7 @@ FAULTS = ("duplicate_events@c01:40-59", "stage_overwrite@c04:40-59")
 def account(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Workspace, Any]]:
     """Seeded 4-campaign account (c01, c04 lead with CRM) with duplicates and overwrites."""
     tmp = tmp_path_factory.mktemp("route")
-    ids = sim.campaign_ids(4)
-    faults = tuple(sim.parse_fault(f, days=60, campaign_ids=ids) for f in FAULTS)
-    result = sim.simulate(sim.SimulationConfig(days=60, campaigns=4, seed=3, faults=faults))
-    paths = sim.write(result, tmp / "data")
-    ws = Workspace(tmp / "ws.duckdb")
-    for kind in KINDS:
-        ingest_file(ws, kind, paths[kind])
+    ws, result, _ = simulated_workspace(tmp, days=60, campaigns=4, seed=3, faults=FAULTS)
     yield ws, result
     ws.close()
 

@@ -8,23 +8,18 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from signalloop import simulate as sim
-from signalloop.contract import KINDS
-from signalloop.ingest import ingest_file
 from signalloop.models.estimator import ConversionModel
 from signalloop.models.features import build_frame
-from signalloop.store import Workspace
+
+from .conftest import simulated_workspace
 
 
 @pytest.mark.slow
 def test_conversion_model_approaches_the_oracle(tmp_path: Path) -> None:
     """Trained on the first 70% of clicks, scored on the rest: better than the ad set's
     probability alone, within reach of the exact probabilities, and calibrated."""
-    result = sim.simulate(sim.SimulationConfig(days=60, campaigns=4, seed=21))
-    paths = sim.write(result, tmp_path / "data")
-    with Workspace(tmp_path / "ws.duckdb") as ws:
-        for kind in KINDS:
-            ingest_file(ws, kind, paths[kind])
+    ws, result, _ = simulated_workspace(tmp_path, days=60, campaigns=4, seed=21)
+    with ws:
         tf = build_frame(ws, "conversion")
     f = tf.frame
     oracle = result.oracle.to_pandas().set_index("touch_id")

@@ -11,12 +11,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from signalloop import simulate as sim
 from signalloop.checks.engine import save_exclusions
-from signalloop.contract import KINDS
-from signalloop.ingest import ingest_file
 from signalloop.nowcast import NowcastOptions, NowcastReport, count_interval, nowcast
 from signalloop.store import Workspace
+
+from .conftest import simulated_workspace
 
 DAYS = 60
 START = date(2026, 1, 1)
@@ -27,13 +26,15 @@ OUTAGE = (START + timedelta(days=30), START + timedelta(days=36))
 
 @pytest.fixture(scope="module")
 def account(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Workspace, Any]]:
-    outage = sim.Fault("tracking_outage", "c03", 30, 36)
-    config = sim.SimulationConfig(days=DAYS, campaigns=4, seed=11, faults=(outage,))
-    result = sim.simulate(config)
-    paths = sim.write(result, tmp_path_factory.mktemp("nowcast"))
-    ws = Workspace(":memory:")
-    for kind in KINDS:
-        ingest_file(ws, kind, paths[kind], now=datetime(2030, 1, 1))
+    ws, result, _ = simulated_workspace(
+        tmp_path_factory.mktemp("nowcast"),
+        days=DAYS,
+        campaigns=4,
+        seed=11,
+        faults=("tracking_outage@c03:30-36",),
+        db=":memory:",
+        now=datetime(2030, 1, 1),
+    )
     yield ws, result.truth
     ws.close()
 
