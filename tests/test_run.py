@@ -19,6 +19,8 @@ from signalloop.models.api import default_model_dir
 from signalloop.run import inbox_kind, model_due, run, scan_inbox, signal_history
 from signalloop.store import Workspace
 
+from .conftest import write_csv
+
 runner = CliRunner()
 
 
@@ -214,3 +216,37 @@ def test_run_refuses_an_empty_workspace(tmp_path: Path) -> None:
     res = runner.invoke(app, ["run", "--db", str(tmp_path / "empty.duckdb")])
     assert res.exit_code == 2
     assert "holds no data yet" in res.output
+
+
+def test_a_dateless_export_takes_the_date_in_its_name_and_empty_charts_say_why(
+    tmp_path: Path,
+) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    rows = [("meta", "c1", 1000, 20, 50.0), ("meta", "c2", 2000, 30, 80.0)]
+    header = ["platform", "campaign_id", "impressions", "clicks", "spend"]
+    write_csv(inbox / "spend_meta_2026-03-01.csv", header, rows)
+    with Workspace(tmp_path / "ws.duckdb") as ws:
+        doc = run(ws, inbox=inbox, out_dir=tmp_path / "r")
+    (f,) = doc["inbox"]["files"]
+    assert f["rows_loaded"] == 2 and f["message"] == "reporting date 2026-03-01 from the file name"
+    assert doc["as_of"] == "2026-03-01"
+    assert doc["allocation"]["budget"] == pytest.approx(130.0 / 7, abs=0.01)
+    charts = doc["charts"]
+    assert charts["conversions"]["account"]["dates"] == []
+    assert charts["fatigue_curves"]["creatives"] == []
+    html = Path(doc["report"]["html"]).read_text(encoding="utf-8")
+    assert "no clicks or conversions in the workspace yet" in html
+    assert "no live creative with delivery" in html
+
+
+def test_an_inbox_of_refused_files_only_says_so(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    write_csv(inbox / "spend.csv", ["platform", "campaign_id", "spend"], [("meta", "c1", 5)])
+    with Workspace(tmp_path / "ws.duckdb") as ws, pytest.raises(UsageError) as exc:
+        run(ws, inbox=inbox, out_dir=tmp_path / "r")
+    msg = str(exc.value)
+    assert "holds no data yet: 1 inbox file(s) could not be ingested" in msg
+    assert "spend.csv, line 1: a spend file needs column(s) 'date'" in msg
+    assert "put the date in the file name" in msg

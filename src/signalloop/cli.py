@@ -216,6 +216,8 @@ def _print_ingest(r: dict[str, Any]) -> None:
     )
     for code, n in r["quarantine_reasons"].items():
         out.print(f"    quarantined {n:,} x {code}", highlight=False)
+    if r.get("message"):
+        out.print(f"    note: {escape(r['message'])}", highlight=False)
 
 
 @app.command()

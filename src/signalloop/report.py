@@ -298,6 +298,16 @@ def _layout(fig: go.Figure, title: str, height: int = 380) -> go.Figure:
     return fig
 
 
+def _empty(fig: go.Figure, why: str) -> go.Figure:
+    """Say in the chart why it has nothing to show (a blank frame says nothing)."""
+    fig.add_annotation(
+        text=why, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False, font={"size": 15}
+    )
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return fig
+
+
 def fig_environment(c: dict[str, Any]) -> go.Figure:
     fig = go.Figure()
     symbols = ["circle" if s == "run" else "circle-open" for s in c["source"]]
@@ -354,6 +364,8 @@ def fig_conversions(c: dict[str, Any]) -> go.Figure:
             annotation_position="top left",
         )
     fig.update_yaxes(title="conversions by click date")
+    if not acc["dates"]:
+        _empty(fig, "no clicks or conversions in the workspace yet")
     return _layout(fig, "Daily conversions, outage windows shaded", 420)
 
 
@@ -404,6 +416,8 @@ def fig_cpa_roas(c: dict[str, Any]) -> go.Figure:
         row=1,
         col=2,
     )
+    if not c["dates"] and not c["roas_dates"]:
+        _empty(fig, "no clicks or conversions yet: nothing to nowcast")
     return _layout(fig, f"Last {RECENT_DAYS} days: what is known now vs what will arrive", 400)
 
 
@@ -453,6 +467,8 @@ def fig_timeline(c: dict[str, Any]) -> go.Figure:
             shown.add(actor)
     fig.update_xaxes(type="date")
     fig.update_layout(barmode="overlay")
+    if not c["entities"]:
+        _empty(fig, "no ad sets in the spend data yet (adset_id), so no learning phase")
     height = 120 + 28 * max(len(c["entities"]), 1)
     return _layout(fig, "Learning phase per ad set: edits that reset learning, by actor", height)
 
@@ -491,6 +507,8 @@ def fig_fatigue(c: dict[str, Any]) -> go.Figure:
     fig.add_hline(y=FATIGUE_RATIO, line_dash="dash", annotation_text="fatigue threshold")
     fig.update_xaxes(title="days since launch")
     fig.update_yaxes(title="CTR relative to launch")
+    if not c["creatives"]:
+        _empty(fig, "no live creative with delivery (creative_id in the spend data) yet")
     return _layout(
         fig, "Creative fatigue: live creatives' CTR decay (dots daily, lines fitted)", 440
     )
@@ -528,6 +546,8 @@ def fig_allocation(c: dict[str, Any]) -> go.Figure:
         row=1,
         col=2,
     )
+    if not arms:
+        _empty(fig, "no budget to allocate: no spend in the last 7 days and no [run] budget")
     title = f"Tomorrow's budget: {c.get('budget', 0):,.2f} split by {c.get('policy', '-')}"
     return _layout(fig, title, 400)
 

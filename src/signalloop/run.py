@@ -21,6 +21,7 @@ Everything is one JSON-ready dict (``report.json``); the CLI only formats it.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -87,6 +88,23 @@ def inbox_kind(path: Path, inbox: Path) -> str | None:
     return None
 
 
+def name_date(path: Path) -> date | None:
+    """The ISO date in a file's name, if it has exactly one.
+
+    >>> name_date(Path("spend_meta_2017-08-30.csv"))
+    datetime.date(2017, 8, 30)
+    >>> name_date(Path("spend.csv")) is None
+    True
+    """
+    found = re.findall(r"(?<!\d)(\d{4}-\d{2}-\d{2})(?!\d)", path.name)
+    if len(found) != 1:
+        return None
+    try:
+        return date.fromisoformat(found[0])
+    except ValueError:
+        return None
+
+
 def scan_inbox(inbox: Path) -> tuple[list[tuple[str, Path]], list[dict[str, Any]]]:
     """Files to ingest as ``(kind, path)`` in kind order, and the files that were not taken."""
     if not inbox.is_dir():
@@ -127,7 +145,20 @@ def ingest_inbox(
     for kind, path in take:
         profile = settings.run.profiles.get(kind, "canonical")
         try:
-            files.append(ingest_file(ws, kind, path, profile=profile, progress=progress).to_dict())
+            try:
+                res = ingest_file(ws, kind, path, profile=profile, progress=progress)
+            except InputError as exc:
+                # a one-period export without a date column: the date in its name, if any
+                day = name_date(path)
+                if not (exc.column == "date" and exc.line == 1 and day):
+                    raise
+                res = ingest_file(
+                    ws, kind, path, profile=profile, report_date=day, progress=progress
+                )
+                res.message = "; ".join(
+                    x for x in (res.message, f"reporting date {day} from the file name") if x
+                )
+            files.append(res.to_dict())
         except InputError as exc:
             errors.append(
                 {
@@ -288,9 +319,9 @@ def model_evidence(
 
 
 def _snapshot(checks: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    env = {k: v["score"] for k, v in checks["signal_environment"].items()}
+    env = {k: (v or {}).get("score") for k, v in checks["signal_environment"].items()}
     per = {
-        c["campaign_id"]: {k: v["score"] for k, v in c["signal_environment"].items()}
+        c["campaign_id"]: {k: (v or {}).get("score") for k, v in c["signal_environment"].items()}
         for c in checks["campaigns"]
     }
     gates = [{"campaign_id": c["campaign_id"], "gate": c["gate"]} for c in checks["campaigns"]]
@@ -437,8 +468,15 @@ def run(
     lap("ingest")
     as_of = as_of or default_as_of(ws)
     if as_of is None:
+        refused = (ingested or {}).get("errors", [])
         raise UsageError(
-            f"workspace {ws.path} holds no data yet: ingest something first or set [run] inbox"
+            f"workspace {ws.path} holds no data yet: "
+            + (
+                f"{len(refused)} inbox file(s) could not be ingested (first: "
+                f"{refused[0]['message']})"
+                if refused
+                else "ingest something first or set [run] inbox"
+            )
         )
     report("checking the signals", None)
     checks = run_checks(ws, as_of=as_of, settings=settings).to_dict()

@@ -251,7 +251,10 @@ def missing_columns_error(
         f"have (profile {profile.name}); the header has: {', '.join(headers)}"
     )
     if missing == ["date"] or "date" in missing:
-        msg += ". If the export covers one reporting period, pass --date YYYY-MM-DD"
+        msg += (
+            ". If the export covers one reporting period, pass --date YYYY-MM-DD (for the "
+            "inbox of signalloop run: put the date in the file name)"
+        )
     for other in PROFILES.values():
         if other.name == profile.name:
             continue
@@ -259,4 +262,5 @@ def missing_columns_error(
         if all(c in p2.sources or c in p2.constants or c == "date" for c in kind.required):
             msg += f". It looks like a {other.name} export: try --profile {other.name}"
             break
-    return InputError(msg, file=path, line=1 if headers else None)
+    column = "date" if missing == ["date"] else None  # what `--date` (or a file name) supplies
+    return InputError(msg, file=path, line=1 if headers else None, column=column)
