@@ -952,7 +952,7 @@ def run_loop(
         Path | None,
         typer.Option(
             "--out",
-            help="Folder for report.html and report.json \\[default: [run] out, else "
+            help="Folder for report.html and report.json \\[default: \\[run] out, else "
             "signalloop-report].",
             show_default=False,
         ),
@@ -961,7 +961,7 @@ def run_loop(
         Path | None,
         typer.Option(
             "--inbox",
-            help="Folder of new exports to ingest first \\[default: [run] inbox].",
+            help="Folder of new exports to ingest first \\[default: \\[run] inbox].",
             show_default=False,
         ),
     ] = None,
@@ -969,7 +969,7 @@ def run_loop(
         float | None,
         typer.Option(
             "--budget",
-            help="Daily budget to allocate \\[default: [run] budget, else the last 7 days' "
+            help="Daily budget to allocate \\[default: \\[run] budget, else the last 7 days' "
             "mean spend].",
             show_default=False,
         ),
@@ -978,8 +978,11 @@ def run_loop(
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """The whole loop: ingest the inbox, check, estimate, refresh models, allocate, diagnose,
-    read the lens; writes report.html and report.json."""
+    """The whole loop, ingest to lens, writing report.html and report.json.
+
+    In order: ingest new files from the inbox, check the signals, nowcast, learning phase,
+    creative fatigue, refresh the models that are due, allocate, diagnose, read the lens.
+    """
     from signalloop.config import load_settings
     from signalloop.run import run
     from signalloop.store import Workspace
