@@ -870,7 +870,7 @@ def diagnose(
     settings = load_settings(config)
     day = _parse_date(as_of, "--as-of")
     with Workspace(db) as ws, err.status("diagnosing", spinner="dots"):
-        doc = run_diagnose(ws, day, settings=settings, models=model_evidence(ws, day))
+        doc = run_diagnose(ws, day, settings=settings, models=model_evidence(ws))
     if as_json:
         emit_json(doc)
         return

@@ -374,7 +374,7 @@ def _cold_start_plan(
     )
 
 
-def _recommended_cadence(folder: Path) -> float | None:
+def recommended_cadence(folder: Path) -> float | None:
     """``cadence.recommended`` (days) from the card's metrics or a ``backtest.json`` beside it."""
     from signalloop.models.card import read_card
 
@@ -391,7 +391,7 @@ def _recommended_cadence(folder: Path) -> float | None:
 
 def _retraining_cadence(settings: Settings, models: Mapping[str, Path]) -> dict[str, Any]:
     declared = settings.lens.retrain_every_days
-    recommended = {o: _recommended_cadence(p) for o, p in models.items()}
+    recommended = {o: recommended_cadence(p) for o, p in models.items()}
     known = {o: r for o, r in recommended.items() if r is not None}
     if declared is None:
         passed, message = False, "no cadence declared: set [lens] retrain_every_days"

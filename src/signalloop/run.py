@@ -24,7 +24,6 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import replace
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -195,21 +194,14 @@ def default_outcomes(ws: Workspace) -> tuple[str, ...]:
 
 def model_due(folder: Path, outcome: str, as_of: date, settings: Settings) -> tuple[bool, str]:
     """Whether the model in ``folder`` needs refitting as of ``as_of``, and why."""
-    from signalloop.lens import _recommended_cadence
-    from signalloop.models.card import CARD_FILE, _hash, config_of, read_card
-    from signalloop.models.estimator import ConversionModel
-    from signalloop.models.features import horizon_for
+    from signalloop.lens import recommended_cadence
+    from signalloop.models.api import model_config
+    from signalloop.models.card import CARD_FILE, content_hash, read_card
 
     if not (folder / CARD_FILE).exists():
         return True, "no model saved yet"
     card = read_card(folder)
-    config = config_of(
-        outcome,
-        horizon_for(outcome, settings, None),
-        settings.funnel,
-        ConversionModel(random_state=0).get_params(),
-    )
-    if card.get("config_hash") != _hash(config):
+    if card.get("config_hash") != content_hash(model_config(outcome, settings)):
         return True, "its settings changed (horizon, funnel or parameters)"
     trained = str(card.get("data", {}).get("as_of") or str(card.get("created", ""))[:10])
     try:
@@ -217,7 +209,7 @@ def model_due(folder: Path, outcome: str, as_of: date, settings: Settings) -> tu
     except ValueError:
         return True, "its card does not say when it was trained"
     declared = settings.lens.retrain_every_days
-    recommended = _recommended_cadence(folder)
+    recommended = recommended_cadence(folder)
     every = declared or (int(recommended) if recommended else DEFAULT_RETRAIN_DAYS)
     basis = "declared" if declared else ("recommended" if recommended else "default")
     age = (as_of - trained_on).days
@@ -297,12 +289,11 @@ def saved_backtests(entries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def model_evidence(
-    ws: Workspace, as_of: date | None, entries: Iterable[dict[str, Any]] | None = None
+    ws: Workspace, entries: Iterable[dict[str, Any]] | None = None
 ) -> dict[str, Any]:
     """Diagnose's model evidence: the backtests saved beside the models (``entries`` as
-    :func:`refresh_models` returns them; default the workspace's model folders) and who
-    converts (:func:`signalloop.audience.audience`)."""
-    from signalloop.audience import audience
+    :func:`refresh_models` returns them; default the workspace's model folders). Who converts
+    (``audience``) diagnose measures itself."""
     from signalloop.lens import OUTCOMES
     from signalloop.models.api import default_model_dir
 
@@ -312,7 +303,7 @@ def model_evidence(
             if ws.path == ":memory:"
             else [{"outcome": o, "model_dir": str(default_model_dir(ws.path, o))} for o in OUTCOMES]
         )
-    return {"backtests": saved_backtests(entries), "audience": audience(ws, as_of)}
+    return {"backtests": saved_backtests(entries)}
 
 
 # -- 6. history ---------------------------------------------------------------------------------
@@ -447,7 +438,6 @@ def run(
     from signalloop.diagnose import diagnose
     from signalloop.fatigue import fatigue
     from signalloop.lens import lens
-    from signalloop.models.depth import feedback_depth
     from signalloop.nowcast import nowcast
     from signalloop.phase import phase
     from signalloop.report import write_report
@@ -510,14 +500,13 @@ def run(
     report("allocating tomorrow's budget", 1.0)
     lap("allocate")
     report("diagnosing", None)
-    depth = feedback_depth(ws, as_of=as_of, settings=settings)
     diagnosis = diagnose(
         ws,
         as_of,
         settings=settings,
         checks=checks,
-        state={**state, "depth": depth},
-        models=model_evidence(ws, as_of, models),
+        state=state,
+        models=model_evidence(ws, models),
     )
     model_dirs = {m["outcome"]: m["model_dir"] for m in models if m["status"] != "skipped"}
     verdict = lens(
@@ -527,7 +516,7 @@ def run(
         checks=checks,
         nowcast=state["nowcast"],
         phase=state["phase"],
-        model_dirs=model_dirs if ws.path != ":memory:" else {},
+        model_dirs=model_dirs,
     )
     report("diagnosing", 1.0)
     lap("diagnose_lens")
@@ -554,8 +543,3 @@ def run(
     report("writing the report", 1.0)
     lap("report")
     return doc
-
-
-def settings_with_inbox(settings: Settings, inbox: str | Path) -> Settings:
-    """``settings`` with ``[run] inbox`` replaced."""
-    return replace(settings, run=replace(settings.run, inbox=str(inbox)))

@@ -34,6 +34,14 @@ def default_model_dir(db: str, outcome: str) -> Path:
     return p.with_name(p.stem + ".models") / outcome
 
 
+def model_config(
+    outcome: str, settings: Settings, horizon_days: int | None = None, random_state: int = 0
+) -> dict[str, Any]:
+    """The config a model fitted now would carry (what its card's ``config_hash`` hashes)."""
+    params = ConversionModel(random_state=random_state).get_params()
+    return config_of(outcome, horizon_for(outcome, settings, horizon_days), settings.funnel, params)
+
+
 def _clock_days(tf: TrainingFrame) -> np.ndarray:
     ts = tf.frame[tf.time]
     out: np.ndarray = ((ts - ts.min()).dt.total_seconds() / 86400.0).to_numpy(dtype=float)
@@ -89,8 +97,7 @@ def fit_workspace(
     holdout: dict[str, Any] = dict(scores(y[cut:], p))
     holdout["reliability"] = reliability_table(y[cut:], p)
     model = ConversionModel(**template.get_params()).fit(X, y)
-    horizon = horizon_for(outcome, settings, horizon_days)
-    config = config_of(outcome, horizon, settings.funnel, template.get_params())
+    config = model_config(outcome, settings, horizon_days, random_state)
     info = _frame_info(tf)
     info["as_of"] = str(as_of) if as_of else None
     feedback = _feedback(ws, outcome, as_of, tf)

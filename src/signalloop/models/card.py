@@ -33,7 +33,8 @@ MODEL_FILE = "model.joblib"
 CARD_FILE = "card.json"
 
 
-def _hash(doc: Any) -> str:
+def content_hash(doc: Any) -> str:
+    """A short, stable hash of a JSON-able document (a card's config and schema hashes)."""
     text = json.dumps(doc, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -76,9 +77,9 @@ def save_model(
         "signalloop_version": __version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "config": dict(config),
-        "config_hash": _hash(config),
+        "config_hash": content_hash(config),
         "schema": schema,
-        "schema_hash": _hash(schema),
+        "schema_hash": content_hash(schema),
         "data": dict(data),
         "calibration": model.calibration_method_,
         "calibration_scores": model.calibration_scores_,
@@ -123,12 +124,12 @@ def load_model(
     """
     card = read_card(folder)
     problems = []
-    if config is not None and _hash(config) != card["config_hash"]:
+    if config is not None and content_hash(config) != card["config_hash"]:
         saved = card["config"]
         for k in sorted(set(saved) | set(config)):
             if saved.get(k) != config.get(k):
                 problems.append(f"{k}: model has {saved.get(k)!r}, now {config.get(k)!r}")
-    if schema is not None and _hash(schema) != card["schema_hash"]:
+    if schema is not None and content_hash(schema) != card["schema_hash"]:
         have = {s["name"]: s["kind"] for s in card["schema"]}
         now = {s["name"]: s["kind"] for s in schema}
         gone = [n for n in have if n not in now]
