@@ -493,6 +493,8 @@ def run(
             as_of=as_of,
             settings=settings,
             policy=settings.run.policy,
+            checks=checks,
+            phase_doc=state["phase"],
         )
         if daily > 0
         else None

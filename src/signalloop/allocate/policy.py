@@ -15,7 +15,7 @@ others are baselines for the benchmarks.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any, Protocol, TypeVar
@@ -497,7 +497,13 @@ class GuardedBayes:
 
 
 def arms_from_workspace(
-    ws: Workspace, as_of: date, *, settings: Settings | None = None, window: int = 28
+    ws: Workspace,
+    as_of: date,
+    *,
+    settings: Settings | None = None,
+    window: int = 28,
+    checks: Mapping[str, Any] | None = None,
+    phase_doc: Mapping[str, Any] | None = None,
 ) -> tuple[list[ArmState], dict[str, Any]]:
     """Build every campaign's :class:`ArmState` from the workspace as of a day.
 
@@ -505,21 +511,26 @@ def arms_from_workspace(
     click day), the checks' gates and exclusion windows, and the learning phase of the ad
     sets (a campaign is as fragile as its most fragile ad set). ``current`` is the mean daily
     spend of the last 7 days. Campaigns with no spend in the window are left out. Returns the
-    arms and a dict of what was read (``checks``, ``exclusions``).
+    arms and a dict of what was read (``checks``, ``exclusions``). ``checks`` and
+    ``phase_doc`` (the ``to_dict()`` of :func:`~signalloop.checks.run_checks` and
+    :func:`~signalloop.phase.phase` as of the same day) are computed when not given.
     """
     from signalloop.checks import run_checks
     from signalloop.nowcast import NowcastOptions, nowcast
     from signalloop.phase import phase
 
     settings = settings or Settings()
-    report = run_checks(ws, as_of=as_of, settings=settings)
-    gates = {c["campaign_id"]: c for c in report.campaigns}
+    if checks is None:
+        checks = run_checks(ws, as_of=as_of, settings=settings).to_dict()
+    if phase_doc is None:
+        phase_doc = phase(ws, as_of, settings=settings).to_dict()
+    gates = {c["campaign_id"]: c for c in checks["campaigns"]}
     nc = nowcast(ws, as_of, settings=settings, options=NowcastOptions(draws=200, crm=False))
     cohorts = {(r["campaign_id"], r["date"]): r for r in nc.cohorts}
     states: dict[str, str] = {}
-    for e in phase(ws, as_of, settings=settings).entities:
-        prev = states.get(e.campaign_id, "stable")
-        states[e.campaign_id] = min(prev, e.state, key=lambda s: LEARNING_RANK.get(s, 2))
+    for e in phase_doc["entities"]:
+        prev = states.get(e["campaign_id"], "stable")
+        states[e["campaign_id"]] = min(prev, e["state"], key=lambda s: LEARNING_RANK.get(s, 2))
     first = as_of - timedelta(days=window - 1)
     sp = ws.table("spend")
     sp = sp.filter(sp.campaign_id.notnull() & (sp.date >= first) & (sp.date <= as_of))
@@ -528,7 +539,7 @@ def arms_from_workspace(
     for r in rows.to_pylist():
         spend.setdefault(str(r["campaign_id"]), {})[r["date"]] = float(r["s"] or 0.0)
     windows = [
-        (w["campaign_id"], date.fromisoformat(w["start"]), w["end"]) for w in report.exclusions
+        (w["campaign_id"], date.fromisoformat(w["start"]), w["end"]) for w in checks["exclusions"]
     ]
     arms = []
     for cid in sorted(spend):
@@ -563,7 +574,7 @@ def arms_from_workspace(
                 tuple(gate["reasons"]),
             )
         )
-    return arms, {"checks": report, "exclusions": report.exclusions}
+    return arms, {"checks": checks, "exclusions": checks["exclusions"]}
 
 
 def allocate(
@@ -577,6 +588,8 @@ def allocate(
     policy: str = "guarded_bayes",
     random_state: int = 0,
     window: int = 28,
+    checks: Mapping[str, Any] | None = None,
+    phase_doc: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Recommend tomorrow's daily budget per campaign from the workspace.
 
@@ -600,6 +613,9 @@ def allocate(
         Seed of the Thompson draws.
     window
         Days of history per campaign.
+    checks, phase_doc
+        The day's check and learning-phase reports (``to_dict()``) if already computed, as
+        ``signalloop run`` has them; computed here otherwise.
 
     Returns
     -------
@@ -625,7 +641,9 @@ def allocate(
             f"workspace {ws.path} holds no spend, touchpoints or conversions yet: "
             "ingest something first (signalloop ingest KIND FILE)"
         )
-    arms, _ = arms_from_workspace(ws, day, settings=settings, window=window)
+    arms, _ = arms_from_workspace(
+        ws, day, settings=settings, window=window, checks=checks, phase_doc=phase_doc
+    )
     if not arms:
         raise UsageError(f"no campaign spent anything in the {window} days up to {day}")
     rng = np.random.default_rng(random_state)
