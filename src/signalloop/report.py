@@ -67,19 +67,29 @@ def _environment(doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _by_date(
+    cohorts: list[dict[str, Any]], fields: tuple[str, ...], skip_excluded: bool = True
+) -> dict[str, list[float]]:
+    """Per cohort date, the sum over campaigns of each of ``fields`` (missing counts 0)."""
+    out: dict[str, list[float]] = defaultdict(lambda: [0.0] * len(fields))
+    for c in cohorts:
+        if skip_excluded and c.get("excluded"):
+            continue
+        row = out[c["date"]]
+        for i, f in enumerate(fields):
+            row[i] += c[f] or 0.0
+    return out
+
+
 def _conversions(doc: dict[str, Any]) -> dict[str, Any]:
     cohorts = doc["state"]["nowcast"].get("cohorts", [])
     by: dict[str, dict[str, Any]] = defaultdict(lambda: {"dates": [], "observed": []})
-    total: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0])
     for c in cohorts:
-        s = by[c["campaign_id"]]
-        s["dates"].append(c["date"])
-        s["observed"].append(c["observed_conversions"])
-        t = total[c["date"]]
-        t[0] += c["observed_conversions"]
-        t[1] += c["expected_conversions"]
-        t[2] += c["lower"]
-        t[3] += c["upper"]
+        by[c["campaign_id"]]["dates"].append(c["date"])
+        by[c["campaign_id"]]["observed"].append(c["observed_conversions"])
+    total = _by_date(
+        cohorts, ("observed_conversions", "expected_conversions", "lower", "upper"), False
+    )
     days = sorted(total)[-CONVERSION_DAYS:]
     windows = [
         {
@@ -128,28 +138,15 @@ def _conversions(doc: dict[str, Any]) -> dict[str, Any]:
 def _cpa_roas(doc: dict[str, Any]) -> dict[str, Any]:
     click = doc["state"]["nowcast"].get("cohorts", [])
     crm = (doc["state"]["nowcast"].get("crm") or {}).get("cohorts", [])
-    sums: dict[str, list[float]] = defaultdict(lambda: [0.0] * 5)
-    for c in click:
-        if c.get("excluded"):
-            continue
-        s = sums[c["date"]]
-        s[0] += c["spend"] or 0.0
-        s[1] += c["observed_conversions"]
-        s[2] += c["expected_conversions"]
-        s[3] += c["lower"]
-        s[4] += c["upper"]
+    sums = _by_date(
+        click, ("spend", "observed_conversions", "expected_conversions", "lower", "upper")
+    )
     days = sorted(sums)[-RECENT_DAYS:]
-    value: dict[str, list[float]] = defaultdict(lambda: [0.0] * 5)
     value_from = "crm" if crm else "click"
-    for c in crm or click:
-        if c.get("excluded"):
-            continue
-        v = value[c["date"]]
-        v[0] += c["spend"] or 0.0
-        v[1] += c["observed_value"] or 0.0
-        v[2] += c["expected_value"] or 0.0
-        v[3] += c["value_lower"] or 0.0
-        v[4] += c["value_upper"] or 0.0
+    value = _by_date(
+        crm or click,
+        ("spend", "observed_value", "expected_value", "value_lower", "value_upper"),
+    )
     vdays = sorted(value)[-RECENT_DAYS:]
     return {
         "dates": days,
