@@ -321,6 +321,47 @@ def print_summary(summary: dict[str, Any]) -> None:
         )
     else:
         out.print("no conversion events in the workspace yet", highlight=False)
+    print_learnable(summary["learnable"])
+
+
+def print_learnable(doc: dict[str, Any], *, compact: bool = False) -> None:
+    """Render :func:`signalloop.shapes.learnable`: the shape, then what each capability uses
+    (``compact``: only the capabilities that leave something out)."""
+    if not doc["campaigns"]:
+        out.print("no campaign with spend yet: nothing to learn from", highlight=False)
+        return
+    acct = doc["account"]
+    shapes = ", ".join(f"{n} {s}" for s, n in acct["by_shape"].items())
+    t = Table(
+        title=f"what this workspace can learn from (data shape {acct['shape']}: {shapes})",
+        title_justify="left",
+    )
+    t.add_column("capability")
+    t.add_column("status")
+    t.add_column("uses")
+    t.add_column("left out")
+    style = {"full": "green", "partial": "yellow", "mixed": "yellow", "unavailable": "red"}
+    caps = [c for c in doc["capabilities"] if not compact or c["status"] != "full"]
+    if not caps:
+        out.print(f"every capability has the data it needs (data shape {acct['shape']})")
+        return
+    for cap in caps:
+        uses = "\n".join(
+            b["uses"] + (f" ({b['campaigns']})" if len(cap["bases"]) > 1 else "")
+            for b in cap["bases"]
+        )
+        missing = ", ".join(cap["missing"]) if cap["status"] != "full" else ""
+        t.add_row(
+            cap["name"],
+            f"[{style[cap['status']]}]{cap['status']}[/]",
+            escape(uses),
+            escape(missing),
+        )
+    out.print(t)
+    for u in doc["unlock"]:
+        out.print(f"to unlock {', '.join(u['unlocks'])}: send {u['export']}", highlight=False)
+    for note in acct["notes"]:
+        out.print(f"note: {note}", highlight=False)
 
 
 ConfigOption = Annotated[
@@ -407,7 +448,10 @@ def print_check(doc: dict[str, Any], min_severity: str = "info") -> None:
         t.add_row(
             c["campaign_id"],
             "[bold red]hold[/]" if c["gate"] == "hold" else "[green]open[/]",
-            *[f"{env[k]['score']:.2f}" if env.get(k) else "-" for k in ENVIRONMENT],
+            *[
+                f"{env[k]['score']:.2f}" if (env.get(k) or {}).get("score") is not None else "-"
+                for k in ENVIRONMENT
+            ],
             ", ".join(c["reasons"]),
         )
     acct = doc["signal_environment"]
@@ -1016,7 +1060,7 @@ def run_loop(
 
 def run_summary(doc: dict[str, Any]) -> dict[str, Any]:
     """What ``run --json`` prints: the run without its chart data (all of it is report.json)."""
-    keep = ("as_of", "workspace", "inbox", "models", "allocation", "diagnosis", "lens")
+    keep = ("as_of", "workspace", "inbox", "learnable", "models", "allocation", "diagnosis", "lens")
     summary = {k: doc[k] for k in keep}
     summary["gates"] = [
         {"campaign_id": c["campaign_id"], "gate": c["gate"], "reasons": c["reasons"]}
@@ -1037,6 +1081,8 @@ def print_run(doc: dict[str, Any], *, inbox: bool = True) -> None:
             err.print(f"[yellow]not taken[/] {escape(x['file'])}: {x['reason']}", highlight=False)
         for x in box["errors"]:
             err.print(f"[bold red]not ingested[/] {escape(x['message'])}", highlight=False)
+    if doc.get("learnable"):
+        print_learnable(doc["learnable"], compact=True)
     for m in doc["models"]:
         style = {"refreshed": "green", "fresh": "dim", "skipped": "yellow"}[m["status"]]
         out.print(

@@ -713,6 +713,50 @@ def _inbox(inbox: dict[str, Any] | None) -> str:
     return f"<p>Inbox {_e(inbox['inbox'])}</p><ul>{''.join(items) or '<li>empty</li>'}</ul>"
 
 
+def _learnable_table(doc: dict[str, Any] | None) -> str:
+    """What the workspace can learn from (:func:`signalloop.shapes.learnable`)."""
+    if not doc or not doc.get("campaigns"):
+        return "<p class='muted'>No campaign with spend yet: nothing to learn from.</p>"
+    acct = doc["account"]
+    shapes = ", ".join(f"{n} {_e(s)}" for s, n in acct["by_shape"].items())
+    rows = []
+    for cap in doc["capabilities"]:
+        uses = "<br>".join(
+            f"{_e(b['uses'])}"
+            + (
+                f" <span class='muted'>({b['campaigns']} campaigns)</span>"
+                if len(cap["bases"]) > 1
+                else ""
+            )
+            for b in cap["bases"]
+        )
+        used = cap.get("used") or {}
+        if used:
+            counts: dict[str, int] = {}
+            for v in used.values():
+                counts[v] = counts.get(v, 0) + 1
+            uses += (
+                "<br><span class='muted'>this run: "
+                + _e(", ".join(f"{k} {n}" for k, n in sorted(counts.items())))
+                + "</span>"
+            )
+        unlock = _e(", ".join(cap["missing"])) if cap["status"] != "full" else ""
+        rows.append(
+            f"<tr class='cap-{_e(cap['status'])}'><td>{_e(cap['name'])}</td>"
+            f"<td>{_e(cap['status'])}</td><td>{uses}</td><td>{unlock}</td></tr>"
+        )
+    notes = "".join(
+        f"<li>to unlock {_e(', '.join(u['unlocks']))}: send {_e(u['export'])}</li>"
+        for u in doc.get("unlock", [])
+    ) + "".join(f"<li>{_e(n)}</li>" for n in acct["notes"])
+    return (
+        f"<p>Data shape <b>{_e(acct['shape'])}</b> ({shapes} campaigns). Each capability uses "
+        "the best data present; what it leaves out, and the export that would unlock it:</p>"
+        "<table id='learnable'><tr><th>capability</th><th>status</th><th>uses</th>"
+        f"<th>left out</th></tr>{''.join(rows)}</table>" + (f"<ul>{notes}</ul>" if notes else "")
+    )
+
+
 def _kpis(doc: dict[str, Any]) -> str:
     diag = doc["diagnosis"]["diagnoses"]
     crit = sum(1 for d in diag if d["severity"] == "critical")
@@ -767,6 +811,8 @@ def render_html(doc: dict[str, Any]) -> str:
 {_kpis(doc)}
 <section id="sec-lens"><h2>Decision lens: scale spend, or keep it scoped?</h2>
 {_lens_table(doc["lens"])}</section>
+<section id="sec-learnable"><h2>What this workspace can learn from</h2>
+{_learnable_table(doc.get("learnable"))}</section>
 <section id="sec-diagnosis"><h2>Diagnoses, most severe first</h2>
 {_diagnosis_table(doc["diagnosis"])}</section>
 {charts_html}

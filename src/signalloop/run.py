@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -385,6 +385,30 @@ def signal_history(
 # -- the loop -----------------------------------------------------------------------------------
 
 
+def steps_used(
+    state: Mapping[str, Any], allocation: Mapping[str, Any] | None
+) -> dict[str, dict[str, str]]:
+    """What the run's steps actually used per campaign, for :func:`signalloop.shapes.learnable`.
+
+    ``nowcast``: each campaign's ``basis``; ``allocation``: each arm's ``outcome_source``;
+    ``learning_phase``: the ``conversions_source`` of a campaign's ad sets (the first seen).
+    A step that does not report its source leaves its capability out.
+    """
+    used: dict[str, dict[str, str]] = {}
+    for c in (state.get("nowcast") or {}).get("campaigns", []):
+        if c.get("basis"):
+            used.setdefault("nowcast", {})[str(c["campaign_id"])] = str(c["basis"])
+    for a in (allocation or {}).get("arms", []):
+        if a.get("outcome_source"):
+            used.setdefault("allocation", {})[str(a["campaign_id"])] = str(a["outcome_source"])
+    for e in (state.get("phase") or {}).get("entities", []):
+        if e.get("conversions_source"):
+            used.setdefault("learning_phase", {}).setdefault(
+                str(e["campaign_id"]), str(e["conversions_source"])
+            )
+    return used
+
+
 def recent_budget(ws: Workspace, as_of: date, days: int = 7) -> float:
     """Mean daily spend over the ``days`` days up to ``as_of``."""
     spend = ws.table("spend")
@@ -424,8 +448,9 @@ def run(
     Returns
     -------
     dict
-        ``as_of``, ``workspace``, ``inbox``, ``checks``, ``state`` (``nowcast``, ``phase``,
-        ``fatigue``), ``models``, ``allocation``, ``diagnosis``, ``lens``, ``history``,
+        ``as_of``, ``workspace``, ``inbox``, ``learnable`` (the data shape and what each
+        capability used, :func:`~signalloop.shapes.learnable`), ``checks``, ``state``
+        (``nowcast``, ``phase``, ``fatigue``), ``models``, ``allocation``, ``diagnosis``, ``lens``, ``history``,
         ``timings``, and ``report`` (the paths written). Also written as ``report.json``.
 
     Raises
@@ -441,6 +466,7 @@ def run(
     from signalloop.nowcast import nowcast
     from signalloop.phase import phase
     from signalloop.report import write_report
+    from signalloop.shapes import learnable
 
     settings = settings or Settings()
     report = progress or _quiet
@@ -524,12 +550,15 @@ def run(
     lap("diagnose_lens")
     history = signal_history(ws, as_of, settings, checks, report)
     lap("history")
+    shape = learnable(ws, as_of, used=steps_used(state, allocation))
+    lap("learnable")
     doc: dict[str, Any] = {
         "signalloop_version": __version__,
         "as_of": as_of.isoformat(),
         "workspace": str(ws.path),
         "config": settings.path,
         "inbox": ingested,
+        "learnable": shape,
         "checks": checks,
         "state": state,
         "models": models,

@@ -9,6 +9,7 @@ from typing import Any
 
 from signalloop.attribution import attribution_counts, campaign_summary
 from signalloop.contract import KINDS
+from signalloop.shapes import learnable
 from signalloop.store import Workspace
 
 
@@ -17,8 +18,10 @@ def workspace_summary(ws: Workspace) -> dict[str, Any]:
 
     Keys: ``db``, ``kinds`` (per kind: ``rows`` in store, ``quarantined``, ``folded``
     duplicate copies), ``quarantine_by_reason`` (kind, code, rows), ``ingests``,
-    ``campaigns`` (see :func:`~signalloop.attribution.campaign_summary`) and ``attribution``
-    (conversions per attribution rule).
+    ``campaigns`` (see :func:`~signalloop.attribution.campaign_summary`), ``attribution``
+    (conversions per attribution rule) and ``learnable`` (what the workspace can learn from:
+    its data shape per campaign and each capability's basis, see
+    :func:`~signalloop.shapes.learnable`).
     """
     q = ws.table("quarantine")
     d = ws.table("duplicates")
@@ -50,4 +53,5 @@ def workspace_summary(ws: Workspace) -> dict[str, Any]:
         "ingests": int(log.count().execute()),
         "campaigns": campaign_summary(ws),
         "attribution": attribution_counts(ws),
+        "learnable": learnable(ws),
     }
