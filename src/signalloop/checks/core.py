@@ -18,7 +18,10 @@ The semantics are those of the anchor implementations the benchmark compares aga
 * :func:`delay_quantiles`: per group, quantiles (linear interpolation) of ``ts - click_ts`` in
   seconds, over the rows whose ``click_ts`` is not NULL.
 * :func:`stage_regressions`: the number of distinct entities having an event, ordered by time
-  then stage rank, whose rank is lower than the previous event's.
+  then stage rank, whose rank is lower than the previous event's (equivalently, lower than
+  the highest before it: the rule of :func:`stage_flags`, which counts per entity the events
+  that went backwards or were overwritten, for the ``stage_regression`` check and lead
+  routing).
 
 >>> import ibis
 >>> t = ibis.memtable({"id": ["a", "a", "b", None], "src": ["fb", "google", None, "fb"]})
@@ -43,8 +46,10 @@ __all__ = [
     "delay_quantiles",
     "duplicate_count",
     "duplicate_counts_by",
+    "funnel_ranks",
     "null_rates",
     "outside_taxonomy",
+    "stage_flags",
     "stage_regressions",
 ]
 
@@ -327,13 +332,91 @@ def delay_quantiles(
     return out
 
 
+def funnel_ranks(funnel: Sequence[str]) -> dict[str, int]:
+    """Stage -> its position in the funnel (the first one when a stage is listed twice).
+
+    >>> funnel_ranks(["lead", "mql", "sql"])
+    {'lead': 0, 'mql': 1, 'sql': 2}
+    """
+    ranks: dict[str, int] = {}
+    for i, s in enumerate(funnel):
+        ranks.setdefault(s, i)
+    return ranks
+
+
+def stage_flags(t: Any, entity: str, stage: str, ts: str, ranks: Mapping[str, int]) -> Any:
+    """Per entity, how often its lifecycle stage went backwards or was overwritten.
+
+    The one stage-regression rule (the ``stage_regression`` check, lead routing's guardrail
+    and :func:`stage_regressions` all use it). The events of each entity whose ``stage`` is
+    one of ``ranks`` (and whose ``entity`` is not NULL) are ordered by ``ts`` (NULLs last),
+    then stage rank, so events at the same time never count as going backwards. An event
+    went *backwards* when its rank is below the highest rank the entity reached before it;
+    it *overwrote* the event before it when both have the same (non-NULL) time.
+
+    Parameters
+    ----------
+    t
+        An ibis table expression.
+    entity
+        The entity column (user, CRM record).
+    stage
+        The stage column (compared as is: normalise it first if it needs it).
+    ts
+        The event time column.
+    ranks
+        Stage -> rank in the funnel (higher = later); stages not listed are ignored.
+
+    Returns
+    -------
+    ibis table
+        ``(entity, backwards, overwritten, last_bad)``: one row per entity with an event of a
+        listed stage, the entity column under its own name, the counts of backwards and
+        overwriting events, and the time of the last of them (NULL when there is none).
+
+    Examples
+    --------
+    >>> import ibis
+    >>> t = ibis.memtable({
+    ...     "u": ["a", "a", "a", "b", "b"],
+    ...     "stage": ["sql", "lead", "mql", "lead", "mql"],
+    ...     "ts": [1, 2, 3, 1, 1],
+    ... })
+    >>> f = stage_flags(t, "u", "stage", "ts", {"lead": 1, "mql": 2, "sql": 3})
+    >>> f.order_by("u").to_pyarrow().to_pylist()  # doctest: +NORMALIZE_WHITESPACE
+    [{'u': 'a', 'backwards': 2, 'overwritten': 0, 'last_bad': 3},
+     {'u': 'b', 'backwards': 0, 'overwritten': 1, 'last_bad': 1}]
+    """
+    if not ranks:
+        raise ValueError("no stage ranks: the funnel is empty")
+    s = t.filter(t[stage].isin(list(ranks)) & t[entity].notnull()).select(
+        e=t[entity], ts=t[ts], r=t[stage].cases(*ranks.items())
+    )
+    order = [s.ts.asc(nulls_first=False), s.r]
+    w = ibis.window(group_by="e", order_by=order)
+    s = s.mutate(
+        highest=s.r.max().over(ibis.cumulative_window(group_by="e", order_by=order)),
+        prev_ts=s.ts.lag().over(w),
+    )
+    s = s.mutate(prev_highest=s.highest.lag().over(w))
+    s = s.mutate(
+        backwards=s.prev_highest.notnull() & (s.r < s.prev_highest),
+        overwritten=s.prev_ts.notnull() & (s.ts == s.prev_ts),
+    )
+    bad = s.backwards | s.overwritten
+    return s.group_by(s.e.name(entity)).aggregate(
+        backwards=s.backwards.sum(),
+        overwritten=s.overwritten.sum(),
+        last_bad=s.ts.max(where=bad),
+    )
+
+
 def stage_regressions(t: Any, entity: str, stage: str, ts: str, ranks: Mapping[str, int]) -> int:
     """The number of entities whose lifecycle stage went backwards at least once.
 
-    The events of each entity whose ``stage`` is one of ``ranks`` (and whose ``entity`` is not
-    NULL) are ordered by ``ts``, then stage rank (so events at the same time never count as
-    going backwards); an entity regressed when some event has a lower rank than the event
-    before it. Events with a NULL ``ts`` sort last.
+    The rule of :func:`stage_flags`: an entity regressed when some event (ordered by time,
+    NULLs last, then rank) ranks below the highest stage reached before it, which is the same
+    as below the event just before it somewhere in its history.
 
     Parameters
     ----------
@@ -366,9 +449,5 @@ def stage_regressions(t: Any, entity: str, stage: str, ts: str, ranks: Mapping[s
     """
     if len(set(ranks.values())) < 2:
         return 0
-    s = t.filter(t[stage].isin(list(ranks)) & t[entity].notnull()).select(
-        e=t[entity], ts=t[ts], r=t[stage].cases(*ranks.items())
-    )
-    w = ibis.window(group_by="e", order_by=[s.ts.asc(nulls_first=False), "r"])
-    s = s.mutate(prev=s.r.lag().over(w))
-    return int(_scalar(s.filter(s.r < s.prev).e.nunique()))
+    f = stage_flags(t, entity, stage, ts, ranks)
+    return int(_scalar(f.filter(f.backwards > 0).count()))

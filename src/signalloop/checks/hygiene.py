@@ -16,6 +16,7 @@ from ibis import _
 
 from signalloop.attribution import crm_record_campaigns
 from signalloop.checks.base import CheckContext, Finding, register, to_date
+from signalloop.checks.core import funnel_ranks, stage_flags
 
 _d = to_date
 
@@ -436,28 +437,8 @@ def _feedback_depth(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding]:
     min_records=1,
 )
 def stage_regression(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding]:
-    crm = ctx.table("crm")
-    funnel = list(ctx.settings.funnel)
-    rank = ibis.cases(*[(crm.stage == s, i) for i, s in enumerate(funnel)], else_=ibis.null())
-    t = crm.filter(crm.stage.isin(funnel)).mutate(rank=rank)
-    w = ibis.window(group_by="record_id", order_by=["ts", "rank"])
-    t = t.mutate(
-        running_max=t.rank.max().over(
-            ibis.cumulative_window(group_by="record_id", order_by=["ts", "rank"])
-        ),
-        prev_ts=t.ts.lag().over(w),
-    )
-    t = t.mutate(prev_max=t.running_max.lag().over(w))
-    t = t.mutate(
-        backwards=t.prev_max.notnull() & (t.rank < t.prev_max),
-        same_time=t.prev_ts.notnull() & (t.ts == t.prev_ts),
-    )
-    per_rec = t.group_by("record_id").aggregate(
-        backwards=t.backwards.sum(),
-        overwritten=t.same_time.sum(),
-        first=t.ts.min(),
-        last_bad=t.ts.max(where=t.backwards | t.same_time),
-    )
+    ranks = funnel_ranks(ctx.settings.funnel)
+    per_rec = stage_flags(ctx.table("crm"), "record_id", "stage", "ts", ranks)
     per_rec = per_rec.filter((per_rec.backwards > 0) | (per_rec.overwritten > 0))
     rec = crm_record_campaigns(ctx.ws, ctx.cutoff)
     j = per_rec.left_join(rec, per_rec.record_id == rec.record_id)

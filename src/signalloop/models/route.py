@@ -47,6 +47,7 @@ import ibis
 import numpy as np
 import pandas as pd
 
+from signalloop.checks import core
 from signalloop.config import Settings
 from signalloop.contract import KINDS
 from signalloop.errors import UsageError
@@ -83,9 +84,8 @@ def default_threshold(base_rate: float | None) -> float:
 def stage_flags(crm: Any, funnel: Sequence[str]) -> Any:
     """Per CRM record, how often its stage went backwards or was overwritten.
 
-    The expression of the ``stage_regression`` check, per record: events of a funnel stage
-    ordered by time then rank; *backwards* when a stage ranks below the highest stage reached
-    before it, *overwritten* when it has the same time as the event before it.
+    The ``stage_regression`` check's rule (:func:`signalloop.checks.core.stage_flags`) per
+    record, on stages trimmed and lower-cased, in the order of ``funnel``.
 
     Parameters
     ----------
@@ -99,24 +99,9 @@ def stage_flags(crm: Any, funnel: Sequence[str]) -> Any:
     ibis table
         ``(record_id, backwards, overwritten)``, one row per record with funnel stages.
     """
-    stage = crm.stage.strip().lower()
-    rank = ibis.cases(*[(stage == s, i) for i, s in enumerate(funnel)], else_=ibis.null())
-    t = crm.filter(stage.isin(list(funnel))).mutate(rank=rank)
-    w = ibis.window(group_by="record_id", order_by=["ts", "rank"])
-    t = t.mutate(
-        running_max=t.rank.max().over(
-            ibis.cumulative_window(group_by="record_id", order_by=["ts", "rank"])
-        ),
-        prev_ts=t.ts.lag().over(w),
-    )
-    t = t.mutate(prev_max=t.running_max.lag().over(w))
-    t = t.mutate(
-        backwards=t.prev_max.notnull() & (t.rank < t.prev_max),
-        same_time=t.prev_ts.notnull() & (t.ts == t.prev_ts),
-    )
-    return t.group_by("record_id").aggregate(
-        backwards=t.backwards.sum(), overwritten=t.same_time.sum()
-    )
+    t = crm.mutate(stage=crm.stage.strip().lower())
+    flags = core.stage_flags(t, "record_id", "stage", "ts", core.funnel_ranks(funnel))
+    return flags.drop("last_bad")
 
 
 def _record_facts(
