@@ -6,6 +6,12 @@ value in units of the account's mean value per conversion), ``s_d`` its spend, `
 the diminishing return shared by the account. Given ``beta`` a ``Gamma(a, b)`` prior on
 ``theta`` is conjugate: the posterior is ``Gamma(a + sum y, b + sum s ** beta)``.
 
+Outcomes come from the best source a campaign has (:data:`OUTCOME_SOURCES`): the nowcast's
+cohorts, first-party conversions by conversion day, or the ad platform's own counts. The
+platform's counts are discounted (:func:`evidence_weight`): a platform over-counts by a factor
+that differs from campaign to campaign, so no number of them pins a campaign's rate closer
+than that factor's spread (:data:`PLATFORM_BIAS_CV`), and the posterior stays that wide.
+
 The prior is **pooled from the account** (empirical Bayes): the method of moments across the
 arms' ``theta_hat = sum y / sum s ** beta``, with the Poisson noise of each estimate taken
 out of their spread, so an arm with little history starts at the account's typical rate with
@@ -35,6 +41,20 @@ DEFAULT_BETA = 0.8
 """Prior centre of the spend exponent (the simulator's impressions ~ spend^b, b in 0.70-0.85)."""
 BETA_BOUNDS = (0.5, 0.95)
 OBJECTIVES = ("conversions", "value")
+OUTCOME_SOURCES = ("nowcast", "observed", "platform_reported", "none")
+"""Where an arm's outcomes come from, best first: the nowcast's cohorts (first-party
+conversions by click day, completed for the delay), first-party conversions by conversion day,
+the ad platform's own counts (``spend.platform_conversions``), nothing."""
+PLATFORM_BIAS_CV = 0.2
+"""Spread (coefficient of variation) between campaigns of the ratio of true to
+platform-reported conversions: the floor of how well a campaign's platform counts pin its rate.
+
+Measured on the one real export that carries both a platform count and a confirmed one (the
+KAG Meta export: ``Total_Conversion``, the platform's, and ``Approved_Conversion``, the
+advertiser's): over the 37 ad sets with at least 20 platform conversions the approved share
+(0.34 overall) varies between ad sets with a CV of 0.18 beyond its binomial noise (0.08
+between its 3 campaigns, 0.18 between its 37 interest groups). Rounded up to 0.2, a platform
+count is worth at most ``1 / 0.2 ** 2 = 25`` first-party conversions of evidence."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +90,10 @@ class ArmState:
         ad sets).
     gate_reasons
         The checks that hold it.
+    outcome_source
+        Where the history's outcomes come from (:data:`OUTCOME_SOURCES`): ``"nowcast"`` and
+        ``"observed"`` are first-party and count in full; ``"platform_reported"`` counts are
+        discounted (:func:`evidence_weight`); ``"none"``: no source has outcomes for it.
     """
 
     campaign_id: str
@@ -78,6 +102,7 @@ class ArmState:
     gate: str = "open"
     learning_state: str = "stable"
     gate_reasons: tuple[str, ...] = ()
+    outcome_source: str = "nowcast"
 
 
 def arm_data(arm: ArmState, objective: str = "conversions") -> tuple[FloatArray, FloatArray]:
@@ -87,6 +112,33 @@ def arm_data(arm: ArmState, objective: str = "conversions") -> tuple[FloatArray,
     spend = np.array([d.spend for d in rows], dtype=float)
     y = np.array([max(float(getattr(d, key)), 0.0) for d in rows], dtype=float)
     return spend, y
+
+
+def evidence_weight(arm: ArmState, bias_cv: float = PLATFORM_BIAS_CV) -> float:
+    """The weight of each of the arm's outcomes in its posterior (1 for first-party ones).
+
+    Platform-reported conversions are ``n`` counts of a rate scaled by an unknown
+    campaign-specific over-count factor of spread ``bias_cv``: the relative variance of the
+    rate they imply is ``1 / n + bias_cv ** 2``, that of ``n_eff = n / (1 + n * bias_cv ** 2)``
+    Poisson counts. Every outcome and unit of exposure is weighted by ``n_eff / n`` (a power
+    likelihood: the posterior mean stays the platform's rate, its spread widens to that of
+    ``n_eff`` conversions): 2,669 platform conversions weigh as 25, 58 as 17. An arm with no
+    outcome source (``"none"``) weighs 0: its spend without outcomes is missing data, not
+    zero conversions, so its posterior is the pooled prior.
+
+    >>> days = (Day(date(2026, 1, 1), 100.0, 58, 58.0),)
+    >>> reported = ArmState("c01", 100.0, days, outcome_source="platform_reported")
+    >>> round(evidence_weight(reported) * 58, 1)
+    17.5
+    >>> evidence_weight(ArmState("c01", 100.0, days))
+    1.0
+    """
+    if arm.outcome_source == "none":
+        return 0.0
+    if arm.outcome_source != "platform_reported":
+        return 1.0
+    n = float(arm_data(arm)[1].sum())
+    return 1.0 / (1.0 + n * bias_cv**2)
 
 
 def fit_beta(
@@ -139,6 +191,8 @@ class GammaPoissonArms:
     min_prior_shape, max_prior_shape
         Bounds of the pooled prior's shape (its weight in pseudo-conversions): at most 10,
         so a cold arm's prior never outweighs two weeks of its own data.
+    platform_bias_cv
+        Spread of the platform's over-count between campaigns (:func:`evidence_weight`).
 
     Attributes
     ----------
@@ -149,7 +203,10 @@ class GammaPoissonArms:
     shape_, rate_ : ndarray
         Each arm's posterior.
     outcome_, exposure_ : ndarray
-        Each arm's ``sum y`` (in model units) and ``sum spend ** beta``.
+        Each arm's ``sum y`` (in model units) and ``sum spend ** beta``, both times its
+        evidence weight.
+    weight_ : ndarray
+        Each arm's evidence weight (:func:`evidence_weight`; 1 for first-party outcomes).
     scale_ : float
         Outcome units per model unit (1 for conversions; mean value per conversion).
     has_data_ : bool
@@ -163,11 +220,13 @@ class GammaPoissonArms:
         objective: str = "conversions",
         min_prior_shape: float = 0.5,
         max_prior_shape: float = 10.0,
+        platform_bias_cv: float = PLATFORM_BIAS_CV,
     ) -> None:
         self.beta = beta
         self.objective = objective
         self.min_prior_shape = min_prior_shape
         self.max_prior_shape = max_prior_shape
+        self.platform_bias_cv = platform_bias_cv
 
     def fit(self, history: Sequence[ArmState]) -> GammaPoissonArms:
         """Fit ``beta`` (unless fixed), the pooled prior and every arm's posterior."""
@@ -183,11 +242,12 @@ class GammaPoissonArms:
         k = len(history)
         self.outcome_ = np.zeros(k)
         self.exposure_ = np.zeros(k)
+        self.weight_ = np.array([evidence_weight(a, self.platform_bias_cv) for a in history])
         days = np.zeros(k, dtype=int)
         for i, arm in enumerate(history):
             s, y = arm_data(arm, self.objective)
-            self.outcome_[i] = y.sum() / self.scale_
-            self.exposure_[i] = (s**self.beta_).sum()
+            self.outcome_[i] = self.weight_[i] * y.sum() / self.scale_
+            self.exposure_[i] = self.weight_[i] * (s**self.beta_).sum()
             days[i] = len(s)
         # spend with no outcome anywhere says nothing about which arm returns more
         self.has_data_ = bool((self.exposure_ > 0).any() and self.outcome_.sum() > 0)
