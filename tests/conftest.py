@@ -57,8 +57,10 @@ def simulated_workspace(
     healthy: tuple[str, ...] = (),
     db: str | Path | None = None,
     now: datetime | None = None,
+    shape: str = "full",
+    click_ts: bool = True,
 ) -> tuple[Workspace, sim.Simulation, dict[str, Path]]:
-    """Simulate a seeded account, write its exports and ingest every kind into a workspace.
+    """Simulate a seeded account, write its exports and ingest them into a workspace.
 
     Parameters
     ----------
@@ -78,12 +80,16 @@ def simulated_workspace(
     now
         The ingest clock passed to :func:`~signalloop.ingest.ingest_file` (its default,
         the current time, when ``None``).
+    shape, click_ts
+        The data shape to write (``SimulationConfig.shape``, one of
+        :data:`~signalloop.simulate.SHAPES`) and whether conversions carry ``click_ts``.
 
     Returns
     -------
     tuple
         ``(workspace, simulation, paths)``: the workspace, still open (close it, or use it as
-        a context manager), with every kind ingested once in ``KINDS`` order; the
+        a context manager), with every kind of the shape (all five for ``full``) ingested
+        once in ``KINDS`` order; the
         :class:`~signalloop.simulate.Simulation`; and the paths
         :func:`~signalloop.simulate.write` returned (``kind`` -> CSV, ``"truth"`` -> JSON).
     """
@@ -94,14 +100,21 @@ def simulated_workspace(
     ids = sim.campaign_ids(campaigns)
     parsed = tuple(sim.parse_fault(f, days=days, campaign_ids=ids) for f in faults)
     config = sim.SimulationConfig(
-        days=days, campaigns=campaigns, seed=seed, faults=parsed, healthy=healthy
+        days=days,
+        campaigns=campaigns,
+        seed=seed,
+        faults=parsed,
+        healthy=healthy,
+        shape=shape,
+        click_ts=click_ts,
     )
     result = sim.simulate(config)
     paths = sim.write(result, folder / "data")
     ws = Workspace(folder / "ws.duckdb" if db is None else db)
     try:
         for kind in KINDS:
-            ingest_file(ws, kind, paths[kind], now=now)
+            if kind in paths:  # the kinds of the shape
+                ingest_file(ws, kind, paths[kind], now=now)
     except BaseException:
         ws.close()
         raise

@@ -728,6 +728,22 @@ def simulate(
             "CAMPAIGN is an id like c02, a number, or *.",
         ),
     ] = None,
+    shape: Annotated[
+        str,
+        typer.Option(
+            "--shape",
+            help="Data shape to write: spend (spend.csv only, with platform-reported "
+            "conversions), spend_conversions (+ conversions with campaign_id and click_ts), "
+            "crm (+ crm) or full (all five kinds). Same world for every shape.",
+        ),
+    ] = "full",
+    no_click_ts: Annotated[
+        bool,
+        typer.Option(
+            "--no-click-ts",
+            help="Write the conversions without their click_ts column.",
+        ),
+    ] = False,
     policy: Annotated[
         str | None,
         typer.Option(
@@ -750,7 +766,7 @@ def simulate(
     ] = 7,
     as_json: JsonOption = False,
 ) -> None:
-    """Simulate an ad account (five canonical CSVs and truth.json), with injectable faults.
+    """Simulate an ad account (canonical CSVs of a data shape and truth.json), with faults.
 
     With --policy, run the policy's time loop instead (allocate, deliver, observe with real
     delays, repeat) and print its totals against the oracle.
@@ -761,8 +777,18 @@ def simulate(
     assert day0 is not None
     ids = sim.campaign_ids(campaigns)
     faults = tuple(sim.parse_fault(f, days=days, campaign_ids=ids) for f in (fault or []))
+    if shape not in sim.SHAPES:
+        raise UsageError(f"--shape expects one of {', '.join(sim.SHAPES)}, got {shape!r}")
+    if policy is not None and (shape != "full" or no_click_ts):
+        raise UsageError("--shape and --no-click-ts shape the written files, not --policy")
     config = sim.SimulationConfig(
-        days=days, campaigns=campaigns, seed=seed, start=day0, faults=faults
+        days=days,
+        campaigns=campaigns,
+        seed=seed,
+        start=day0,
+        faults=faults,
+        shape=shape,
+        click_ts=not no_click_ts,
     )
     if policy is not None:
         from signalloop.allocate.loop import run_policy

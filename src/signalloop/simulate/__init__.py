@@ -1,11 +1,31 @@
-"""A seeded generative model of an ad account that writes the five canonical kinds.
+"""A seeded generative model of an ad account that writes the canonical kinds of a data shape.
 
 :class:`Account` (campaigns, ad sets, ads, creatives, a user pool, a budget plan and edit log)
 is built from a :class:`SimulationConfig` and delivered one day at a time by
 :meth:`Account.step`; :func:`simulate` runs every day at the account's own plan, right-censors
 what has not happened by the end of the last day, applies the observation faults and returns
-the five tables plus a complete ``truth`` dictionary (and the per-click ``oracle``);
-:func:`write` writes them as CSV + JSON.
+the tables of the config's data shape plus a complete ``truth`` dictionary (and the per-click
+``oracle``); :func:`write` writes them as CSV + JSON.
+
+Data shapes
+-----------
+Real accounts export partial data. ``SimulationConfig.shape`` (:data:`SHAPES`; the CLI's
+``signalloop simulate --shape``) picks the kinds written (:data:`SHAPE_KINDS`):
+
+* ``spend`` -- ``spend.csv`` only, with the platform-reported ``platform_conversions`` and
+  ``platform_conversion_value`` (a platform export alone);
+* ``spend_conversions`` -- spend and ``conversions.csv`` (orders or deals: every row carries
+  the ``campaign_id`` of its click's UTM tags, the ``click_ts`` the site stored, ``user_id``
+  and ``click_id``; the sql / opportunity / deal rows of lead campaigns are in it too);
+* ``crm`` -- spend, conversions (as above) and ``crm.csv``;
+* ``full`` (the default) -- all five kinds: spend, touchpoints, conversions (campaign_id on
+  the pixel's rows only; the others join a touchpoint by click_id), crm and changes.
+
+The world is the same for every shape: same seed, same delivery, conversions, platform
+counts, faults and truth (``truth["config"]`` records ``shape``, ``kinds`` and
+``click_ts``); only what is observed differs, so ``spend.csv`` is byte-identical across
+shapes. ``SimulationConfig(click_ts=False)`` (``--no-click-ts``) leaves the ``click_ts``
+column out of the conversions, in any shape: an export that never stored the click time.
 
 Generative story
 ----------------
@@ -32,8 +52,14 @@ Generative story
   ~24 h (x exp(N(0, 0.2)) per campaign) and sigma ~ U(0.9, 1.2); purchase values LogNormal
   (mean 40-160 USD per campaign, sigma 0.6). 75-90% of conversions come from the ``pixel``
   (with campaign_id, adset_id, creative_id), the rest from ``server`` (click_id only).
-  ``spend.platform_conversions`` is the platform's count, on the click day, of the recorded
-  pixel/server conversions plus ~12% over-count.
+  ``spend.platform_conversions`` is the platform's own count, noisy and over-counting as
+  platforms' are: the tracked pixel/server conversions on their click day and ad plus an
+  excess (view-through and modelled conversions, and conversions another platform's click
+  also claims) of ``floor(tracked * (m - 1) * e + u)``, with an over-count factor ``m ~
+  U(1.10, 1.40)`` per campaign, ``e ~ LogNormal(-s^2/2, s)``, ``s = 0.3``, per campaign and
+  day, ``u ~ U(0, 1)``; ``platform_conversion_value`` scales the tracked value alike. Its
+  own stream per campaign; ``truth["campaigns"][id]["platform_conversions"]`` has
+  ``overcount`` (``m``), ``day_sigma``, ``tracked`` and ``reported``.
 * **CRM** (lead campaigns): each lead becomes a record with a ``lead`` row minutes after the
   conversion, then mql / sql / opportunity / won with rates ~(0.5, 0.5, 0.6, 0.3) and
   LogNormal lags (medians 1.5, 4, 7, 21 days, sigma 0.8): lead-to-won ~5 weeks, tail to months.
@@ -84,17 +110,24 @@ shares and the scale applied.
 Faults (:data:`FAULT_NAMES`): ``creative_starvation``, ``override_storm``, ``low_volume`` and
 ``audience_bias`` (in its window ~85% of the campaign's converting clicks go to users who had
 converted a day or more before; counts unchanged) change the world; the others only what is
-observed, and ``export_glitches`` only the written
-CSV text (a few rows per file corrupted, each with its quarantine reason code; the tables stay
-clean, see :mod:`~signalloop.simulate.glitches`). Each campaign draws from its own random
-streams, so a fault on one campaign leaves the others' rows unchanged. ``truth["faults"]``
-records each fault's window (day indexes and dates), row counts (``rows``: removed / changed /
-added per table) and affected ids.
+observed: ``tracking_outage`` (pixel / server conversions lost), ``crm_sync_dropout`` (CRM
+rows and offline conversions lost), ``utm_mess`` (messy utm_source / utm_medium),
+``duplicate_events``, ``stage_overwrite``, ``late_offline_conversions``, ``click_id_loss``
+(from its start day, ``LOSS_SHARE`` = 70% of the campaign's clicks are never tied to their
+click id: their conversions arrive with ``user_id`` only, no click_id, click_ts or
+campaign_id, so attribution falls back to the user's last touchpoint; the touchpoints and
+the platform's counts are unchanged; see :func:`~signalloop.simulate.faults.lose_click_ids`),
+and ``export_glitches`` only the written CSV text (a few rows per file corrupted, each with
+its quarantine reason code; the tables stay clean, see :mod:`~signalloop.simulate.glitches`).
+Each campaign draws from its own random streams, so a fault on one campaign leaves the
+others' rows unchanged. ``truth["faults"]`` records each fault's window (day indexes and
+dates), row counts (``rows``: removed / changed / added per table) and affected ids.
 
 Where things live
 -----------------
 * :mod:`~signalloop.simulate.config` -- :class:`SimulationConfig`, :class:`Fault`,
-  :func:`parse_fault`, :func:`campaign_ids`, :data:`FAULT_NAMES`.
+  :func:`parse_fault`, :func:`campaign_ids`, :data:`FAULT_NAMES`, :data:`SHAPES`,
+  :data:`SHAPE_KINDS`.
 * :mod:`~signalloop.simulate.params` -- the model's fixed parameters.
 * :mod:`~signalloop.simulate.entities` -- campaigns, ad sets, ads, creatives, edits,
   :class:`DayEvents` and the event column arrays.
@@ -112,6 +145,8 @@ Where things live
 from signalloop.simulate.account import Account
 from signalloop.simulate.config import (
     FAULT_NAMES,
+    SHAPE_KINDS,
+    SHAPES,
     Fault,
     SimulationConfig,
     campaign_ids,
@@ -123,6 +158,8 @@ from signalloop.simulate.simulation import Simulation, simulate
 
 __all__ = [
     "FAULT_NAMES",
+    "SHAPES",
+    "SHAPE_KINDS",
     "Account",
     "Change",
     "DayEvents",

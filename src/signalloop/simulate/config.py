@@ -15,7 +15,8 @@ from signalloop.errors import UsageError
 
 #: Every fault the simulator can inject. ``creative_starvation``, ``override_storm``,
 #: ``low_volume`` and ``audience_bias`` change the world; the others only what is observed
-#: (``export_glitches`` only the written CSV text).
+#: (``export_glitches`` only the written CSV text; ``click_id_loss`` only the conversions
+#: table: the click id, click time and campaign of a share of the campaign's conversions).
 FAULT_NAMES: tuple[str, ...] = (
     "tracking_outage",
     "crm_sync_dropout",
@@ -28,7 +29,22 @@ FAULT_NAMES: tuple[str, ...] = (
     "low_volume",
     "audience_bias",
     "export_glitches",
+    "click_id_loss",
 )
+
+#: Data shape -> the kinds the simulator writes for it, from the least data to the most: a
+#: platform export alone (``spend``, with the platform-reported conversions), spend and the
+#: first-party conversions (``spend_conversions``: an order or deal export whose campaign came
+#: from the UTM and whose click time the site stored), the same with the CRM
+#: (``crm``) and every kind with click-level touchpoints and the edit log (``full``).
+SHAPE_KINDS: dict[str, tuple[str, ...]] = {
+    "spend": ("spend",),
+    "spend_conversions": ("spend", "conversions"),
+    "crm": ("spend", "conversions", "crm"),
+    "full": ("spend", "touchpoints", "conversions", "crm", "changes"),
+}
+#: The data shapes (:data:`SHAPE_KINDS`), from the least data to the most.
+SHAPES: tuple[str, ...] = tuple(SHAPE_KINDS)
 
 
 @dataclass(frozen=True)
@@ -51,7 +67,7 @@ class Fault:
 
 @dataclass(frozen=True)
 class SimulationConfig:
-    """What to simulate: length, number of campaigns, seed, first day, faults, healthy campaigns.
+    """What to simulate: length, campaigns, seed, first day, faults, healthy campaigns, shape.
 
     ``healthy`` names campaigns (ids, or ``"*"`` for every campaign) that the account runs
     well: a budget large enough for every ad set to clear the learning threshold with a
@@ -61,6 +77,23 @@ class SimulationConfig:
     :meth:`~signalloop.simulate.account.Account.make_healthy`). Faults still apply on top.
     The default (none) leaves the simulation exactly as without the option; naming a
     campaign changes only that campaign's rows.
+
+    ``shape`` (one of :data:`SHAPES`, default ``"full"``) is what the account exports: the
+    kinds :data:`SHAPE_KINDS` names. The world is the same for every shape (same seed, same
+    delivery, conversions, platform counts and truth); only what is observed differs. In the
+    partial shapes (every shape but ``full``) every conversion carries the campaign_id its
+    click's UTM tags named (in ``full`` only the pixel's do; the others join a touchpoint by
+    click_id), besides its click_ts, user_id and click_id.
+
+    ``click_ts`` False leaves the click_ts column out of the conversions table (a conversion
+    export that never stored the click time), in any shape; the default True writes it.
+
+    >>> SimulationConfig(shape="spend").kinds
+    ('spend',)
+    >>> SimulationConfig(shape="touchpoints")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    signalloop.errors.UsageError: unknown shape 'touchpoints'; expected one of spend, ...
     """
 
     days: int = 90
@@ -69,6 +102,17 @@ class SimulationConfig:
     start: dt.date = dt.date(2026, 1, 1)
     faults: tuple[Fault, ...] = ()
     healthy: tuple[str, ...] = ()
+    shape: str = "full"
+    click_ts: bool = True
+
+    def __post_init__(self) -> None:
+        if self.shape not in SHAPE_KINDS:
+            raise UsageError(f"unknown shape {self.shape!r}; expected one of {', '.join(SHAPES)}")
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The kinds the :attr:`shape` writes (:data:`SHAPE_KINDS`)."""
+        return SHAPE_KINDS[self.shape]
 
     def is_healthy(self, campaign: str) -> bool:
         """Whether ``campaign`` is one of the :attr:`healthy` campaigns."""

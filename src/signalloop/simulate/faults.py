@@ -8,9 +8,12 @@ in the order :func:`~signalloop.simulate.simulation.simulate` applies them:
 1. :func:`delay_offline` (``late_offline_conversions``), before right-censoring;
 2. :func:`drop_untracked` (``tracking_outage``, ``crm_sync_dropout``), before the platform
    counts its conversions;
-3. :func:`add_copies` (``duplicate_events``, ``stage_overwrite``);
-4. :func:`utm_pairs` (``utm_mess``) while the touchpoints table is built;
-5. ``export_glitches`` last, on the finished tables (:mod:`~signalloop.simulate.glitches`).
+3. :func:`lose_click_ids` (``click_id_loss``), after the platform counted its conversions
+   (the platform models the conversions it cannot tie to a click, so its count is unchanged);
+4. :func:`add_copies` (``duplicate_events``, ``stage_overwrite``), so a copy of a conversion
+   that lost its click id lost it too;
+5. :func:`utm_pairs` (``utm_mess``) while the touchpoints table is built;
+6. ``export_glitches`` last, on the finished tables (:mod:`~signalloop.simulate.glitches`).
 
 Every fault draws from its own random stream, so a fault on one campaign leaves the others'
 rows unchanged; each fills its note (``truth["faults"][i]``) with row counts and ids.
@@ -269,3 +272,81 @@ def bias_audience(acct: Account, world: dict[str, dict[str, Arr]], notes: Notes)
             count(notes[i], "changed", "touchpoints" if table == "clicks" else table, hit.sum())
         notes[i]["clicks_reassigned"] = len(tn)
         notes[i]["known_user_share"] = round(len(tn) / len(idx), 4) if len(idx) else None
+
+
+#: Under ``click_id_loss``, the share of the covered campaign's clicks in the window whose click
+#: id is never captured (a consent banner or a redirect that strips gclid / fbclid).
+LOSS_SHARE = 0.7
+#: the random stream of ``click_id_loss``: ``default_rng([seed, LOSS_STREAM, fault, campaign])``
+LOSS_STREAM = 12
+
+
+def lose_click_ids(
+    acct: Account, clicks: dict[str, Arr], conv: dict[str, Arr], notes: Notes
+) -> tuple[dict[str, Arr], dict[int, Arr]]:
+    """``click_id_loss``: a share of a campaign's clicks lose their click id from day N.
+
+    Of the covered campaign's clicks in the window (by click time), :data:`LOSS_SHARE` (drawn
+    per click, from a stream of its own per fault and campaign) are never tied to their click
+    id by the site: every conversion of such a click (the purchase or lead, and the sql,
+    opportunity and deal rows of its CRM record, whose form field held no click id) arrives
+    with ``user_id`` only: no ``click_id``, no ``click_ts`` and no ``campaign_id``, ad set or
+    creative (the pixel, without the click id, cannot tie it to the ad). Attribution then has
+    to fall back to the user's last touchpoint. The touchpoints (the site's click log) keep
+    their click ids, and the platform still counts the conversions (it models them).
+
+    Returns
+    -------
+    tuple
+        ``conv`` with a boolean column ``lost`` (True on the rows that lost their click id),
+        and per fault index the click numbers it took the click id from, for
+        :func:`note_click_id_loss` to count once the table is final. The notes get ``share``
+        and ``clicks_affected``.
+    """
+    lost = np.zeros(len(conv["tn"]), dtype=bool)
+    by_fault: dict[int, Arr] = {}
+    ids = acct.ids
+    for i, f in enumerate(acct.config.faults):
+        if f.name != "click_id_loss":
+            continue
+        inside = window(f, clicks["ts"], clicks["camp"], ids)
+        affected: list[Arr] = []
+        for c in acct.campaigns:
+            if not f.covers(c.id):
+                continue
+            tn = np.sort(clicks["tn"][inside & (clicks["camp"] == c.idx)])
+            rng = np.random.default_rng([acct.config.seed, LOSS_STREAM, i, c.idx])
+            affected.append(tn[rng.random(len(tn)) < LOSS_SHARE])
+        tns = np.concatenate(affected) if affected else np.empty(0, np.int64)
+        lost |= np.isin(conv["tn"], tns)
+        notes[i]["share"] = LOSS_SHARE
+        notes[i]["clicks_affected"] = len(tns)
+        by_fault[i] = tns
+    return conv | {"lost": lost}, by_fault
+
+
+def note_click_id_loss(
+    acct: Account, conv: dict[str, Arr], lost: dict[int, Arr], notes: Notes
+) -> None:
+    """Count what each ``click_id_loss`` fault did to the final conversions (table order).
+
+    Each note gets ``conversions_affected`` (rows that lost the click id, copies included),
+    ``affected_by_kind``, ``conversion_ids`` (their ids, sorted, each once), and
+    ``conversions_in_window`` with ``kept_share``: of the covered campaigns' conversions
+    whose click was in the window, how many there are and the share that still carries a
+    click id (every conversion outside the fault carries one).
+    """
+    for i, tns in lost.items():
+        f = acct.config.faults[i]
+        mine = np.isin(conv["tn"], tns)
+        inside = window(f, conv["click_ts"], conv["camp"], acct.ids)
+        count(notes[i], "changed", "conversions", mine.sum())
+        notes[i]["conversions_affected"] = int(mine.sum())
+        kinds = np.bincount(conv["kind"][mine], minlength=len(KIND_NAMES))
+        notes[i]["affected_by_kind"] = {
+            KIND_NAMES[k]: int(kinds[k]) for k in range(len(KIND_NAMES)) if kinds[k]
+        }
+        notes[i]["conversion_ids"] = sorted(set(conversion_ids(take(conv, mine)).tolist()))
+        notes[i]["conversions_in_window"] = int(inside.sum())
+        kept = 1 - mine.sum() / inside.sum() if inside.sum() else None
+        notes[i]["kept_share"] = None if kept is None else round(float(kept), 4)

@@ -175,7 +175,7 @@ def plan_glitches(
     acct
         The account.
     tables
-        The finished (clean) tables.
+        The finished (clean) tables of the data shape's kinds (the others get no glitch).
     where
         Per kind, each row's campaign index and time in seconds since the start of day 0
         (a spend row's day start).
@@ -195,6 +195,8 @@ def plan_glitches(
             continue
         mine: list[Glitch] = []
         for ki, kind in enumerate(KINDS):
+            if kind not in tables:  # not exported in this data shape
+                continue
             table, (camp, secs) = tables[kind], where[kind]
             inside = (secs >= f.start * DAY) & (secs < (f.end + 1) * DAY) & _unique_key(kind, table)
             ok = [_ok(code, table) for _, code in GLITCHES[kind]]
@@ -208,7 +210,7 @@ def plan_glitches(
                     taken[kind].add(row)
                     mine.append(_make(kind, row, c.id, g, table, rng))
         mine.sort(key=lambda g: (list(KINDS).index(g.kind), g.row))
-        for kind in KINDS:
+        for kind in tables:
             count(notes[i], "changed", kind, sum(g.kind == kind for g in mine))
         notes[i]["share"] = SHARE
         notes[i]["glitches"] = [g.to_truth(_fields(tables[g.kind], g.row)) for g in mine]

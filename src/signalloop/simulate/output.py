@@ -1,4 +1,4 @@
-"""Write a simulation as the five canonical CSV files and ``truth.json``.
+"""Write a simulation as canonical CSV files (the kinds of its data shape) and ``truth.json``.
 
 The CSV text is deterministic: timestamps ``YYYY-MM-DDTHH:MM:SSZ``, dates ``YYYY-MM-DD``,
 floats with exactly two decimals, one line per row (no value holds a line break), so the same
@@ -25,7 +25,10 @@ from signalloop.simulate.tables import csv_text
 
 
 def write(sim: Simulation, out_dir: Path, *, oracle: bool = False) -> dict[str, Path]:
-    """Write the five tables as canonical CSVs and ``truth.json`` into ``out_dir``.
+    """Write the tables of the data shape as canonical CSVs and ``truth.json`` into ``out_dir``.
+
+    Only the kinds of ``sim.config.shape`` are written (all five for ``full``, see
+    :data:`~signalloop.simulate.config.SHAPE_KINDS`); ``truth.json`` records the shape.
 
     Timestamps are written ``YYYY-MM-DDTHH:MM:SSZ``, dates ``YYYY-MM-DD``, money and other
     floats with two decimals, so the same simulation always gives byte-identical files. The
@@ -45,13 +48,15 @@ def write(sim: Simulation, out_dir: Path, *, oracle: bool = False) -> dict[str, 
     Returns
     -------
     dict
-        ``spend``, ``touchpoints``, ``conversions``, ``crm``, ``changes``, ``truth`` (and
-        ``oracle`` if asked) -> path.
+        Each kind written (``spend``, ``touchpoints``, ``conversions``, ``crm``, ``changes``,
+        as the shape has them), ``truth`` (and ``oracle`` if asked) -> path.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     for kind in KINDS:
+        if kind not in sim.tables:  # not in this data shape
+            continue
         table = sim.tables[kind]
         text = csv_text(table)
         special = any(

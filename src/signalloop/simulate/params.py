@@ -43,6 +43,15 @@ FATIGUE_ONSET, REPLACE_AT = 0.7, 0.6
 #: creative at least every HEALTHY_CADENCE_DAYS days (the stalest one's successor)
 HEALTHY_VOLUME, HEALTHY_REFRESH_AT, HEALTHY_BATCH_AT = 2.0, 0.75, 0.85
 HEALTHY_CADENCE_DAYS = 14
+#: platform-reported conversions (``spend.platform_conversions``): the platform counts the
+#: tracked (pixel / server) conversions on their click day and ad, x a per-campaign over-count
+#: factor ~ U(PLATFORM_OVERCOUNT) (view-through and modelled conversions, and conversions that
+#: another platform's click also claims inside the attribution windows) with a per
+#: campaign-day LogNormal(-s^2 / 2, s) factor on the excess, s = PLATFORM_DAY_SIGMA; drawn
+#: from ``default_rng([seed, PLATFORM_STREAM, campaign index])``
+PLATFORM_OVERCOUNT = (1.10, 1.40)
+PLATFORM_DAY_SIGMA = 0.3
+PLATFORM_STREAM = 5
 #: conversion kinds (the ``kind`` column) and sources (``source``); kind indexes 2-4 are the
 #: offline / CRM conversions of lead campaigns: a won deal and the sql and opportunity stages
 KIND_NAMES = ("purchase", "lead", "deal", "sql", "opportunity")

@@ -1,7 +1,7 @@
 """Run the account, right-censor what has not happened yet, observe it through the faults.
 
-:func:`simulate` is the one entry point; it returns a :class:`Simulation` with the five
-canonical tables (clean, typed data) and the complete truth.
+:func:`simulate` is the one entry point; it returns a :class:`Simulation` with the canonical
+tables of the config's data shape (clean, typed data) and the complete truth.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from signalloop.simulate.faults import (
     delay_offline,
     drop_untracked,
     fault_notes,
+    lose_click_ids,
+    note_click_id_loss,
     utm_pairs,
 )
 from signalloop.simulate.glitches import Glitch, change_campaigns, plan_glitches
@@ -44,9 +46,10 @@ from signalloop.simulate.truth import build_truth
 
 @dataclass
 class Simulation:
-    """A simulated account: its config, the five canonical tables and the ground truth.
+    """A simulated account: its config, the canonical tables of its shape and the ground truth.
 
-    ``tables`` hold the clean, typed data as observed through the faults, except
+    ``tables`` hold the kinds of ``config.shape`` (all five for ``full``), the clean, typed
+    data as observed through the faults, except
     ``export_glitches``: its corrupted rows (``glitches``, also in the fault's truth note)
     exist only in the CSV text :func:`~signalloop.simulate.output.write` writes.
 
@@ -83,8 +86,10 @@ def simulate(config: SimulationConfig) -> Simulation:
     Returns
     -------
     Simulation
-        ``tables`` keyed by kind, with canonical column names, and a JSON-serialisable
-        ``truth``.
+        ``tables`` keyed by kind (the kinds of ``config.shape``), with canonical column
+        names, and a JSON-serialisable ``truth``. Every shape simulates the same world and
+        the same truth; the shape only picks the tables, and in the partial shapes every
+        conversion carries its campaign_id.
     """
     acct = Account(config)
     events = [acct.step(d, acct.plan_budgets(d)) for d in range(config.days)]
@@ -102,20 +107,26 @@ def simulate(config: SimulationConfig) -> Simulation:
     conv, crm = take(conv, conv["ts"] < end), take(crm, crm["ts"] < end)
     conv, crm = drop_untracked(acct, conv, crm, notes)
     platform = platform_conversions(acct, world["spend"], conv)
+    conv, lost = lose_click_ids(acct, world["clicks"], conv, notes)
     conv, crm = add_copies(acct, conv, crm, world["spend"], notes)
     touches = take(world["clicks"], touch_order(world["clicks"]))
     traits, oracle, trait_truth = draw_traits(acct, touches, world["conversions"])
     utm, pairs = utm_pairs(acct, touches, notes)
     conv = take(conv, conversion_order(conv))
+    note_click_id_loss(acct, conv, lost, notes)
     crm = take(crm, crm_order(crm))
     changes = changes_order([ch for e in events for ch in e.changes])
-    tables = {
-        "spend": spend_table(acct, world["spend"], platform),
+    partial = config.shape != "full"
+    every: dict[str, pa.Table] = {
+        "spend": spend_table(acct, world["spend"], platform[:2]),
         "touchpoints": _with_columns(touch_table(acct, touches, utm, pairs), traits),
-        "conversions": conversion_table(acct, conv),
+        "conversions": conversion_table(acct, conv, utm_campaign=partial, click_ts=config.click_ts),
         "crm": crm_table(acct, crm),
         "changes": changes_table(acct, changes),
     }
+    tables = {k: every[k] for k in config.kinds}
+    for cid, note in platform[2].items():
+        truth["campaigns"][cid]["platform_conversions"] = note
     for i, f in enumerate(config.faults):
         if f.name == "override_storm":
             count(notes[i], "added", "changes", sum(notes[i]["edits"].values()))
@@ -131,7 +142,7 @@ def simulate(config: SimulationConfig) -> Simulation:
                 np.array([ch.ts for ch in changes], dtype=np.int64),
             ),
         }
-        glitches = plan_glitches(acct, tables, where, notes)
+        glitches = plan_glitches(acct, tables, {k: where[k] for k in tables}, notes)
     truth["faults"] = notes
     truth["traits"] = trait_truth
     return Simulation(config, tables, truth, glitches, oracle)

@@ -9,7 +9,7 @@ the contract order of :data:`signalloop.contract.KINDS`; entity indexes become i
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote_plus
 
 import numpy as np
@@ -23,6 +23,9 @@ from signalloop.simulate.params import (
     KIND_NAMES,
     KIND_PREFIXES,
     OWNERS,
+    PLATFORM_DAY_SIGMA,
+    PLATFORM_OVERCOUNT,
+    PLATFORM_STREAM,
     PLATFORMS,
     SOURCE_NAMES,
     STAGES,
@@ -126,22 +129,55 @@ def _click_ids(acct: Account, c: dict[str, Arr]) -> pa.Array:
 
 def platform_conversions(
     acct: Account, spend: dict[str, Arr], conv: dict[str, Arr]
-) -> tuple[Arr, Arr]:
-    """Platform-reported conversions and value per spend row.
+) -> tuple[Arr, Arr, dict[str, dict[str, Any]]]:
+    """Platform-reported conversions and value per spend row, noisy and over-counting.
 
-    The platform counts the recorded pixel/server conversions on their click day, x ~1.12.
+    The platform counts the tracked (pixel / server) conversions on their click day and ad
+    (what a tracking outage loses, it loses too), then adds what platforms add: view-through
+    and modelled conversions, and conversions another platform's click also claims. Per
+    campaign an over-count factor ``m ~ U(PLATFORM_OVERCOUNT)`` and per campaign-day a
+    factor ``e ~ LogNormal(-s^2 / 2, s)`` (``s = PLATFORM_DAY_SIGMA``, mean 1) give the
+    row's excess ``floor(tracked * (m - 1) * e + u)``, ``u ~ U(0, 1)`` per day and ad, so
+    the reported count is never below the tracked one and its expectation is ``m`` x it.
+    The value is the tracked value scaled the same way. Each campaign draws from
+    ``default_rng([seed, PLATFORM_STREAM, campaign index])`` (see
+    :mod:`~signalloop.simulate.params`), which nothing else draws from.
+
+    Returns
+    -------
+    tuple
+        Reported count and value per spend row, and per campaign id its truth:
+        ``overcount`` (``m``), ``day_sigma``, ``tracked`` and ``reported`` (totals).
     """
-    n_ads, size = len(acct.ads), acct.days * len(acct.ads)
+    n_ads, days = len(acct.ads), acct.days
     px = conv["source"] <= 1
     key = (conv["click_ts"][px] // DAY) * n_ads + conv["ad"][px]
-    count = np.bincount(key, minlength=size)
-    value = np.bincount(key, weights=np.nan_to_num(conv["value"][px]), minlength=size)
+    count = np.bincount(key, minlength=days * n_ads)
+    value = np.bincount(key, weights=np.nan_to_num(conv["value"][px]), minlength=days * n_ads)
     row = spend["day"] * n_ads + spend["ad"]
     obs, val = count[row].astype(float), value[row]
-    reported = obs + np.floor(
-        obs * 0.12 + np.random.default_rng([acct.config.seed, 5]).random(size)[row]
-    )
-    return reported, np.round(np.where(obs > 0, val * reported / np.maximum(obs, 1), 0.0), 2)
+    ad_camp = np.array([acct.adsets[a.adset].campaign for a in acct.ads], dtype=np.int64)
+    reported = obs.copy()
+    truth: dict[str, dict[str, Any]] = {}
+    lo, hi = PLATFORM_OVERCOUNT
+    sd = PLATFORM_DAY_SIGMA
+    for c in acct.campaigns:
+        rng = np.random.default_rng([acct.config.seed, PLATFORM_STREAM, c.idx])
+        ads = np.flatnonzero(ad_camp == c.idx)
+        m = float(rng.uniform(lo, hi))
+        e = rng.lognormal(-(sd**2) / 2, sd, days)
+        u = rng.random((days, len(ads)))
+        mine = np.flatnonzero(spend["camp"] == c.idx)
+        d, a = spend["day"][mine], np.searchsorted(ads, spend["ad"][mine])
+        reported[mine] += np.floor(obs[mine] * (m - 1) * e[d] + u[d, a])
+        truth[c.id] = {
+            "overcount": round(m, 4),
+            "day_sigma": sd,
+            "tracked": int(obs[mine].sum()),
+            "reported": int(reported[mine].sum()),
+        }
+    scaled = np.round(np.where(obs > 0, val * reported / np.maximum(obs, 1), 0.0), 2)
+    return reported, scaled, truth
 
 
 def spend_table(acct: Account, s: dict[str, Arr], platform: tuple[Arr, Arr]) -> pa.Table:
@@ -203,22 +239,37 @@ def conversion_ids(conv: dict[str, Arr]) -> Arr:
     return np.char.add(np.asarray(KIND_PREFIXES)[conv["kind"]], conv["tn"].astype(str))
 
 
-def conversion_table(acct: Account, c: dict[str, Arr]) -> pa.Table:
+def conversion_table(
+    acct: Account, c: dict[str, Arr], *, utm_campaign: bool = False, click_ts: bool = True
+) -> pa.Table:
     """Conversions (in :func:`conversion_order`).
 
-    Only pixel rows carry campaign, ad set and creative; the others have the click id.
+    Only pixel rows carry campaign, ad set and creative; the others have the click id. With
+    ``utm_campaign`` every row carries its campaign_id (an order or deal export whose
+    campaign came from the UTM tags of the click; the partial data shapes). Rows marked
+    ``lost`` (``click_id_loss``, :func:`~signalloop.simulate.faults.lose_click_ids`) carry
+    neither click id, click time nor campaign, ad set or creative: only the user. Without
+    ``click_ts`` the table has no click_ts column.
     """
-    hide = {k: np.where(c["source"] == 0, c[k], -1) for k in ("camp", "adset", "creative")}
+    lost = c["lost"] if "lost" in c else np.zeros(len(c["tn"]), dtype=bool)
+    tied = (c["source"] == 0) & ~lost
+    hide = {k: np.where(tied, c[k], -1) for k in ("adset", "creative")}
+    hide["camp"] = np.where((tied | utm_campaign) & ~lost, c["camp"], -1)
     ids = pa.array(conversion_ids(c))
     source = strings(SOURCE_NAMES, c["source"])
-    return _table(
+    missing, n = pa.array(lost), len(lost)
+    click_id = pc.if_else(missing, pa.nulls(n, pa.string()), _click_ids(acct, c))
+    click_time = timestamps(acct, c["click_ts"])
+    table = _table(
         acct,
         "conversions",
         c | hide,
         conversion_id=ids,
-        click_id=_click_ids(acct, c),
+        click_id=click_id,
         source=source,
+        click_ts=pc.if_else(missing, pa.nulls(n, click_time.type), click_time),
     )
+    return table if click_ts else table.drop_columns(["click_ts"])
 
 
 def crm_table(acct: Account, r: dict[str, Arr]) -> pa.Table:

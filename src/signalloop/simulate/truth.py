@@ -23,6 +23,8 @@ from signalloop.simulate.params import (
     LEARNING_WINDOW,
     OFFLINE_KINDS,
     PHASE_CVR,
+    PLATFORM_DAY_SIGMA,
+    PLATFORM_OVERCOUNT,
     PLATFORMS,
     REPLACE_AT,
     SIGNIFICANT,
@@ -58,7 +60,8 @@ def build_truth(acct: Account, world: dict[str, dict[str, Arr]]) -> dict[str, An
     Returns
     -------
     dict
-        ``config``, ``model``, ``campaigns``, ``daily``, ``creatives``, ``learning``. With
+        ``config`` (with the data ``shape``, the ``kinds`` it writes and ``click_ts``),
+        ``model``, ``campaigns``, ``daily``, ``creatives``, ``learning``. With
         ``SimulationConfig.healthy`` set, ``config["healthy"]`` lists it and each healthy
         campaign has ``healthy``: its ``drawn_budget`` and the ``budget_scale`` applied.
         ``daily[campaign]`` holds per-day lists: ``budget``, ``spend``, ``impressions``,
@@ -136,6 +139,9 @@ def build_truth(acct: Account, world: dict[str, dict[str, Arr]]) -> dict[str, An
         "start": cfg.start.isoformat(),
         "end": acct.date(days - 1),
         "faults": faults,
+        "shape": cfg.shape,
+        "kinds": list(cfg.kinds),
+        "click_ts": cfg.click_ts,
     }
     if cfg.healthy:  # only when asked, so the default truth is as it always was
         config["healthy"] = list(cfg.healthy)
@@ -160,6 +166,10 @@ def build_truth(acct: Account, world: dict[str, dict[str, Arr]]) -> dict[str, An
             "(sql), opN (opportunity), dlN (won deal) share the click number N",
             "offline_conversions": "a CRM record reaching sql, opportunity or won is a "
             "conversion of kind sql, opportunity or deal at that stage's time",
+            "platform_conversions": "per spend row: tracked pixel/server conversions on the "
+            "click day + floor(tracked * (overcount - 1) * e + u); overcount ~ "
+            f"U{PLATFORM_OVERCOUNT} per campaign, e ~ LogNormal(-s^2/2, s) per campaign-day "
+            f"(s = {PLATFORM_DAY_SIGMA}), u ~ U(0, 1)",
         },
         "campaigns": campaigns,
         "daily": daily,
