@@ -119,21 +119,45 @@ def attribution_counts(ws: Workspace) -> dict[str, int]:
     return {(r["attributed_by"] or "unattributed"): int(r["n"]) for r in res}
 
 
-def crm_record_campaigns(ws: Workspace, cutoff: Any = None) -> Any:
+def crm_record_campaigns(
+    ws: Workspace,
+    cutoff: Any = None,
+    *,
+    crm: Any = None,
+    conversions: Any = None,
+    touchpoints: Any = None,
+) -> Any:
     """Each CRM record's campaign.
 
     The campaign of the user's latest attributed conversion up to an hour after the record
     began (the lead that created it), else the user's last touchpoint before it. Returns an
     ibis table ``(record_id, campaign_id, first_ts)``; a record none of these reach has a
     null campaign.
+
+    Parameters
+    ----------
+    ws
+        The workspace.
+    cutoff
+        Only rows before this time (applied to the tables read here, not to those given).
+    crm, conversions, touchpoints
+        Tables to use instead of the workspace's: CRM rows (``record_id``, ``stage``, ``ts``,
+        ``user_id``); conversions already attributed (``user_id``, ``ts``,
+        ``attributed_campaign_id``: the nowcast passes the conversions it linked, so they are
+        not attributed twice); touchpoints (``user_id``, ``ts``, ``campaign_id``).
     """
-    crm = ws.table("crm")
-    tp = ws.table("touchpoints")
-    conv = attributed_conversions(ws)
-    if cutoff is not None:
-        crm = crm.filter(crm.ts < cutoff)
-        tp = tp.filter(tp.ts < cutoff)
-        conv = conv.filter(conv.ts < cutoff)
+    if crm is None:
+        crm = ws.table("crm")
+        crm = crm.filter(crm.ts < cutoff) if cutoff is not None else crm
+    if touchpoints is None:
+        touchpoints = ws.table("touchpoints")
+        if cutoff is not None:
+            touchpoints = touchpoints.filter(touchpoints.ts < cutoff)
+    if conversions is None:
+        conversions = attributed_conversions(ws)
+        if cutoff is not None:
+            conversions = conversions.filter(conversions.ts < cutoff)
+    tp, conv = touchpoints, conversions
     rec = crm.group_by("record_id").aggregate(
         user_id=crm.user_id.arbitrary(), first_ts=crm.ts.min()
     )
@@ -145,7 +169,7 @@ def crm_record_campaigns(ws: Workspace, cutoff: Any = None) -> Any:
             leads,
             (rec.user_id == leads.c_user) & (leads.c_ts <= rec.first_ts + ibis.interval(hours=1)),
         )
-        .group_by("record_id")
+        .group_by(l_record_id="record_id")
         .aggregate(lead_campaign=leads.c_campaign.argmax(leads.c_ts))
     )
     touches = tp.filter(tp.user_id.notnull() & tp.campaign_id.notnull()).select(
@@ -153,14 +177,14 @@ def crm_record_campaigns(ws: Workspace, cutoff: Any = None) -> Any:
     )
     by_touch = (
         rec.join(touches, (rec.user_id == touches.t_user) & (touches.t_ts <= rec.first_ts))
-        .group_by("record_id")
+        .group_by(t_record_id="record_id")
         .aggregate(touch_campaign=touches.t_campaign.argmax(touches.t_ts))
     )
-    j = rec.left_join(by_lead, rec.record_id == by_lead.record_id).left_join(
-        by_touch, rec.record_id == by_touch.record_id
+    j = rec.left_join(by_lead, rec.record_id == by_lead.l_record_id).left_join(
+        by_touch, rec.record_id == by_touch.t_record_id
     )
     return j.select(
-        record_id=rec.record_id,
+        record_id=j.record_id,
         campaign_id=ibis.coalesce(j.lead_campaign, j.touch_campaign),
-        first_ts=rec.first_ts,
+        first_ts=j.first_ts,
     )

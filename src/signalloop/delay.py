@@ -70,6 +70,7 @@ prior of ``prior_strength`` pseudo-subjects at the account's hazard.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 from abc import ABC, abstractmethod
@@ -371,6 +372,56 @@ class DelayModel(ABC):
     ) -> FloatArray:
         """P(converts eventually), shape ``(max(n_draws, 1),)``."""
         return self._curves(self.group_index(group), np.zeros(1), n_draws, rng)[2]
+
+    def daily_cdf(
+        self,
+        group: Group,
+        days: int,
+        *,
+        hours: Any = None,
+        n_draws: int = 0,
+        rng: np.random.Generator | None = None,
+    ) -> FloatArray:
+        """Share of a converter's delay over by each day's end, for a click at an unknown hour.
+
+        For clicks made on day 0 with ``hours`` the share in each hour of the day (24
+        weights, uniform when ``None``), column ``m`` (``0 .. days``) is the probability that
+        a click which converts eventually has converted within ``m`` day boundaries, i.e. by
+        the end of day ``m - 1``: the cdf normalised by the eventual probability, averaged
+        over the click hours (``sum_h hours_h F(24 m - h - 1/2)``; 0 for ``m = 0``).
+        ``daily_cdf[:, k + 1] - daily_cdf[:, k]`` is the share converting on day ``k`` after
+        the click day. Needs a model in hours or days.
+
+        >>> m = LogNormalCure()
+        >>> m.theta_, m.cov_, m.groups_, m.unit_ = np.array([[0.0, np.log(24.0), 0.5]]), \\
+        ...     np.zeros((1, 3, 3)), ("a",), "hours"
+        >>> g = m.daily_cdf("a", 3)
+        >>> [round(float(x), 3) for x in g[0]]
+        [0.0, 0.307, 0.592, 0.709]
+
+        Returns
+        -------
+        ndarray of shape (max(n_draws, 1), days + 1)
+        """
+        per_hour = {"hours": 1.0, "days": 1 / 24}.get(self.unit_)
+        if per_hour is None:
+            raise ValueError(f"daily_cdf needs a model in hours or days, not {self.unit_!r}")
+        t = (np.arange(24 * days) + 0.5) * per_hour
+        inc, _, eventual = self.curves(group, t, n_draws=n_draws, rng=rng)
+        f = inc / np.maximum(eventual, 1e-300)[:, None]
+        w = np.full(24, 1 / 24) if hours is None else _f64(hours) / float(np.sum(hours))
+        # hour q of each block of 24 is the elapsed time of a click made at hour 23 - q
+        by_day = (f.reshape(len(f), days, 24) * w[::-1]).sum(axis=2)
+        return _f64(np.concatenate([np.zeros((len(f), 1)), by_day], axis=1))
+
+    @abstractmethod
+    def new_group(self, name: str = "(new)") -> Self:
+        """A fitted copy with one group ``name``: the prediction for a group with no data.
+
+        For a campaign whose own delays are never observed (its conversions carry no click
+        time): the account's fit, with the uncertainty of a group drawn from the account
+        (the between-group spread) in its parameter draws.
+        """
 
     @abstractmethod
     def quantile(self, group: Group, q: float) -> float:
@@ -749,6 +800,32 @@ class LogNormalCure(DelayModel):
             fut = p * (1 - f) / np.maximum(1 - inc, 1e-300)
         return _f64(inc), _f64(fut), _f64(p[:, 0])
 
+    def new_group(self, name: str = "(new)") -> Self:
+        """The account's parameters, with covariance ``cov(theta0) + T^2`` (a new group).
+
+        ``T`` is :attr:`between_scale_` (0 with complete pooling): a group drawn from the
+        account differs from it by that spread, on top of the account's own uncertainty.
+
+        >>> rng = np.random.default_rng(0)
+        >>> d = simulate_delays(p=0.1, mu=3.0, sigma=1.0, n=5000, horizon=(0, 200), rng=rng)
+        >>> m = LogNormalCure().fit(d).new_group("x")
+        >>> m.groups_, round(float(m.mu_[0]), 1), bool(m.cov_[0, 1, 1] > m.account_cov_[1, 1])
+        (('x',), 3.0, True)
+        """
+        out = copy.copy(self)
+        scale = np.nan_to_num(_f64(self.between_scale_), nan=0.0)
+        out.theta_ = _f64(self.account_theta_)[None, :].copy()
+        out.cov_ = (_f64(self.account_cov_) + np.diag(scale**2))[None, :, :]
+        th = out.theta_
+        out.p_ = _f64(_sigmoid(th[:, 0]))
+        out.mu_, out.sigma_ = th[:, 1].copy(), np.exp(th[:, 2])
+        out.shift_ = np.exp(th[:, 3]) if self.shift else np.zeros(1)
+        out.pooling_weight_ = np.zeros((1, th.shape[1]))
+        out.n_events_, out.n_censored_, out.n_competing_ = np.zeros(1), np.zeros(1), np.zeros(1)
+        out.converged_ = np.ones(1, dtype=bool)
+        out.groups_ = (name,)
+        return out
+
     def quantile(self, group: Group, q: float) -> float:
         """The ``q`` quantile of converters' delay: ``shift + exp(mu + sigma * Phi^-1(q))``.
 
@@ -909,6 +986,19 @@ class DiscreteHazard(DelayModel):
         eventual = cif[:, -1]
         fut = np.clip((eventual[:, None] - inc) / np.maximum(s_t, 1e-12), 0.0, 1.0)
         return _f64(inc), _f64(fut), _f64(eventual)
+
+    def new_group(self, name: str = "(new)") -> Self:
+        """The account's hazards, held by only the prior's pseudo-subjects (a new group)."""
+        out = copy.copy(self)
+        ev, co, risk = (
+            x.sum(axis=0) for x in (self.events_, self.competing_events_, self.at_risk_)
+        )
+        out.hazard_ = np.divide(ev, risk, out=np.zeros_like(ev), where=risk > 0)[None, :]
+        out.competing_hazard_ = np.divide(co, risk, out=np.zeros_like(co), where=risk > 0)[None, :]
+        out.events_, out.competing_events_ = np.zeros_like(ev)[None, :], np.zeros_like(co)[None, :]
+        out.at_risk_ = np.zeros_like(risk)[None, :]
+        out.groups_ = (name,)
+        return out
 
     def quantile(self, group: Group, q: float) -> float:
         """The ``q`` quantile of converters' delay (linear within a bucket)."""

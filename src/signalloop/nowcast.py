@@ -65,7 +65,7 @@ import json
 import math
 import time
 from calendar import timegm
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -75,6 +75,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from signalloop.attribution import crm_record_campaigns
 from signalloop.checks.base import default_as_of
 from signalloop.checks.engine import load_exclusions, without_exclusions
 from signalloop.config import Settings
@@ -90,6 +91,10 @@ HOUR, DAY = 3600, 86_400
 CRM_MIN_SCALE: tuple[float, float, float] = (0.3, 0.15, 0.1)
 #: CRM kinds that are not a click's own conversion (besides the funnel stages after the first)
 DOWNSTREAM_KINDS: tuple[str, ...] = ("deal", "lost")
+#: Click days at least this old count as converted for the hour-of-day profile of clicks
+MATURE_DAYS = 7
+#: Pseudo-clicks of the account's hour-of-day profile in a campaign's own (see _hour_profiles)
+HOUR_PRIOR = 240.0
 
 
 @dataclass(frozen=True)
@@ -131,6 +136,10 @@ class NowcastOptions:
         Trailing windows (days) of the per-campaign CPA and ROAS.
     crm
         Also nowcast the CRM path (lead to won deal).
+    rate_days
+        Conversion-day path (campaigns with neither touchpoints nor click times): the
+        trailing conversion days whose conversions estimate a campaign's current conversions
+        per click.
     """
 
     model: str = "lognormal_cure"
@@ -147,6 +156,7 @@ class NowcastOptions:
     cohort_days: int | None = None
     windows: tuple[int, ...] = (7, 28)
     crm: bool = True
+    rate_days: int = 28
 
 
 @dataclass
@@ -188,9 +198,16 @@ class NowcastReport:
         """A plain-text summary: per campaign the last ``days`` days, observed vs nowcast."""
         lines = [f"nowcast as of {self.as_of} ({round(self.level * 100)}% intervals)"]
         for c in self.campaigns:
+            if c.get("basis") == "none":
+                lines.append(
+                    f"  {c['campaign_id']}: not nowcast, missing {c['missing']}; "
+                    f"would unlock: {c['unlock']}"
+                )
+                continue
             w = c["windows"].get(f"{days}d", c)
+            via = f" (from {c['basis']})" if c.get("basis", "touchpoints") != "touchpoints" else ""
             lines.append(
-                f"  {c['campaign_id']}: last {days}d conversions {w['observed_conversions']}"
+                f"  {c['campaign_id']}{via}: last {days}d conversions {w['observed_conversions']}"
                 f" observed, {w['expected_conversions']} nowcast [{w['lower']}, {w['upper']}];"
                 f" CPA {w['observed_cpa']} -> {w['nowcast_cpa']};"
                 f" ROAS {w['observed_roas']} -> {w['nowcast_roas']}"
@@ -360,6 +377,9 @@ class _Path:
     extra: dict[str, Any] = field(default_factory=dict)
     #: campaign -> exclusion windows as (start, end) in the path's unit before the cut
     gaps: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    #: intervals start at the observed count (false when ``observed`` counts something else
+    #: than the cohort's own conversions: the conversion-day path)
+    floor: bool = True
 
 
 def _value_stats(groups: list[str], df: pd.DataFrame) -> tuple[FloatArray, FloatArray]:
@@ -400,8 +420,8 @@ def _link_clicks(src: _Source, conv: Any) -> Any:
     ``click_id``, else that of the user's last touchpoint at or before it (as
     :func:`~signalloop.attribution.attributed_conversions`); the click time is ``click_ts``,
     else that touchpoint's time. The user join runs only for the conversions the first two
-    rules leave open. Returns ``(key, campaign_id, click, ts, value, user_id)``; ``key``
-    identifies the click (``click_id``, else the conversion).
+    rules leave open. Returns ``(key, campaign_id, click, ts, value, user_id, conversion_id,
+    kind)``; ``key`` identifies the click (``click_id``, else the conversion).
     """
     tp = src.table("touchpoints")
     clicks = (
@@ -418,6 +438,7 @@ def _link_clicks(src: _Source, conv: Any) -> Any:
         click=ibis.coalesce(j.click_ts, j.t_click),
         ts=j.ts,
         value=j.value,
+        kind=j.kind,
     )
     done = j.filter(j.campaign_id.notnull() & j.click.notnull())
     rest = j.filter(j.campaign_id.isnull() | j.click.isnull())
@@ -437,12 +458,25 @@ def _link_clicks(src: _Source, conv: Any) -> Any:
         ts=r.ts,
         value=r.value,
         user_id=r.user_id,
+        conversion_id=r.conversion_id,
+        kind=r.kind,
     )
-    return done.select("key", "campaign_id", "click", "ts", "value", "user_id").union(r)
+    cols = ("key", "campaign_id", "click", "ts", "value", "user_id", "conversion_id", "kind")
+    return done.select(*cols).union(r)
 
 
-def _click_path(src: _Source, settings: Settings, opts: NowcastOptions) -> tuple[_Path, Any]:
-    """The click path's cohorts, buckets and fitting data; also the linked conversions."""
+def _click_path(
+    src: _Source, settings: Settings, opts: NowcastOptions, spend: pd.DataFrame
+) -> tuple[_Path, Any]:
+    """The click path's cohorts, buckets and fitting data; also the linked conversions.
+
+    Campaigns with touchpoints count their clicks from them; a campaign without touchpoints
+    whose conversions carry a click time counts its clicks from the spend table (see
+    :func:`_spread_clicks`). ``path.extra`` holds ``touchpoints`` and ``click_ts`` (the
+    campaigns of each basis), ``unlinked``, ``unattributed`` and ``conversion_day`` (per
+    campaign without either and conversion day: conversions with a campaign but no click
+    time, ``n``, ``vs``, ``vss``).
+    """
     tp = src.table("touchpoints")
     tp = tp.filter(tp.campaign_id.notnull())
     clicks = _fetch(
@@ -457,7 +491,13 @@ def _click_path(src: _Source, settings: Settings, opts: NowcastOptions) -> tuple
         conv = conv.filter(~conv.kind.isin(list(_downstream_kinds(settings))))
     linked = src.cache(_link_clicks(src, conv))
     nolink = linked.filter(linked.campaign_id.isnull() | linked.click.isnull())
-    unlinked = _fetch(nolink.group_by("campaign_id").aggregate(n=nolink.count()))
+    by_day = _fetch(
+        nolink.group_by("campaign_id", date=nolink.ts.date()).aggregate(
+            n=nolink.count(),
+            vs=nolink.value.sum(),
+            vss=(nolink.value * nolink.value).sum(),
+        )
+    )
     j = linked.filter(linked.campaign_id.notnull() & linked.click.notnull())
     j = j.filter(j.click < src.cutoff)
     first = j.group_by("key").aggregate(
@@ -487,84 +527,181 @@ def _click_path(src: _Source, settings: Settings, opts: NowcastOptions) -> tuple
             vss=(fit.value * fit.value).sum(),
         )
     )
-    # a campaign without touchpoints has no clicks to put its conversions on (every "click"
-    # would have converted): its conversions are counted as unlinked, not nowcast
-    unlinked_n = {
-        str(c): int(n)
-        for c, n in zip(unlinked.campaign_id, unlinked.n, strict=True)
-        if isinstance(c, str)
-    }
-    unattributed = int(unlinked[unlinked.campaign_id.isna()].n.sum())
-    known = set(clicks.campaign_id)
-    for cid, n in (
-        conv_b[~conv_b.campaign_id.isin(known)].groupby("campaign_id").n_obs.sum().items()
-    ):
+    touched = set(clicks.campaign_id)
+    # a campaign without touchpoints whose conversions carry click_ts: its clicks are the
+    # spend table's (a campaign with neither has no clicks to put its conversions on: every
+    # "click" would have converted; its conversions are counted as unlinked, not nowcast)
+    with_clicks = set(spend.campaign_id[spend.clicks > 0]) if not spend.empty else set()
+    by_ts = sorted((set(conv_b.campaign_id) - touched) & with_clicks)
+    hours, profiles = _hour_profiles(clicks, conv_b, by_ts, src.as_of)
+    spread = _spread_clicks(
+        spend[spend.campaign_id.isin(by_ts)],
+        conv_b[conv_b.campaign_id.isin(by_ts)],
+        src.as_of,
+        profiles,
+    )
+    known = touched | set(by_ts)
+    # conversions with a campaign but no click time, of a campaign with neither touchpoints
+    # nor click times: the conversion-day path (when it has spend clicks)
+    named = by_day[by_day.campaign_id.notna()]
+    day_only = named[~named.campaign_id.isin(known) & named.campaign_id.isin(with_clicks)]
+    rest = named[~named.campaign_id.isin(day_only.campaign_id)]
+    unlinked_n = {str(c): int(n) for c, n in rest.groupby("campaign_id").n.sum().items()}
+    unattributed = int(by_day[by_day.campaign_id.isna()].n.sum())
+    lost = conv_b[~conv_b.campaign_id.isin(known)].groupby("campaign_id").n_obs.sum()
+    for cid, n in zip(lost.index, lost.to_numpy(float), strict=True):
         unlinked_n[str(cid)] = unlinked_n.get(str(cid), 0) + int(n)
+    subjects = pd.concat([clicks, spread], ignore_index=True) if len(spread) else clicks
     path = _assemble(
         src.ws,
         unit="hours",
-        subjects=clicks,
+        subjects=subjects,
         events=conv_b[conv_b.campaign_id.isin(known)],
         fit_events=fit_ev[fit_ev.campaign_id.isin(known)],
         fit_competing=None,
         guard=opts.guard_days,
-        extra={"unlinked": unlinked_n, "unattributed": unattributed},
+        extra={
+            "unlinked": dict(sorted(unlinked_n.items())),
+            "unattributed": unattributed,
+            "touchpoints": sorted(touched),
+            "click_ts": by_ts,
+            "conversion_day": day_only.reset_index(drop=True),
+            "hours": hours,
+        },
     )
     return path, linked
 
 
-def _record_campaigns(src: _Source, crm: Any, linked: Any) -> Any:
-    """Each CRM record's campaign and start (the rule of :func:`crm_record_campaigns`).
+def _hour_of_day(df: pd.DataFrame, n: str, as_of: date) -> FloatArray:
+    """Counts ``n`` of ``(date, eh)`` buckets by the hour of the day (0-23) of the click."""
+    if df.empty:
+        return np.zeros(24)
+    age = np.array([(as_of - d).days for d in df.date], dtype=np.int64)
+    hour = 23 - (df.eh.to_numpy(np.int64) - age * 24)
+    ok = (hour >= 0) & (hour < 24)
+    return _f(np.bincount(hour[ok], df[n].to_numpy(float)[ok], 24))
 
-    The campaign of the user's latest linked conversion up to an hour after the record began,
-    else the user's last touchpoint before it; computed from the conversions already linked
-    for the click path (the same attribution rule, without attributing every conversion
-    again). Returns ``(record_id, campaign_id, first_ts)``. See
-    :func:`signalloop.attribution.crm_record_campaigns`.
+
+def _f(x: Any) -> FloatArray:
+    return np.asarray(x, dtype=np.float64)
+
+
+def _hour_profiles(
+    clicks: pd.DataFrame, events: pd.DataFrame, campaigns: list[str], as_of: date
+) -> tuple[FloatArray, dict[str, FloatArray]]:
+    """The share of a day's clicks in each hour (UTC): the account's and each campaign's.
+
+    Clicks are not spread evenly over the day (evenings bring more than nights), and which
+    hours a day's clicks came in matters for the youngest day: a click at 23:00 has had an
+    hour to convert, one at 01:00 a day. The account's profile counts the touchpoints' clicks
+    by hour and the converted clicks (``click_ts``) of click days at least
+    :data:`MATURE_DAYS` old (by then most conversions are in, so converted clicks are spread
+    over the hours as the clicks were), plus one click an hour. A campaign of ``campaigns``
+    (spend clicks and ``click_ts``) gets its own converted clicks' profile shrunk toward the
+    account's with :data:`HOUR_PRIOR` pseudo-clicks.
+
+    A campaign whose 24 mature converted clicks all came at 23:00 (elapsed 216 hours at the
+    cut of a day 9 days later), with no touchpoints in the account:
+
+    >>> ev = pd.DataFrame({"campaign_id": ["a"], "date": [date(2026, 1, 1)], "eh": [216],
+    ...                    "n_obs": [24.0]})
+    >>> acct, own = _hour_profiles(ev.iloc[:0], ev, ["a"], date(2026, 1, 10))
+    >>> round(float(acct[23] * 24), 2), round(float(own["a"][23] * 24), 2)
+    (12.5, 13.55)
     """
-    rec = crm.group_by("record_id").aggregate(
-        user_id=crm.user_id.arbitrary(), first_ts=crm.ts.min()
-    )
-    leads = linked.filter(linked.user_id.notnull() & linked.campaign_id.notnull()).select(
-        c_user=linked.user_id, c_ts=linked.ts, c_campaign=linked.campaign_id
-    )
-    by_lead = (
-        rec.join(
-            leads,
-            (rec.user_id == leads.c_user) & (leads.c_ts <= rec.first_ts + ibis.interval(hours=1)),
-        )
-        .group_by(l_record_id="record_id")
-        .aggregate(lead_campaign=leads.c_campaign.argmax(leads.c_ts))
-    )
-    tp = src.table("touchpoints")
-    touches = tp.filter(tp.user_id.notnull() & tp.campaign_id.notnull()).select(
-        t_user=tp.user_id, t_ts=tp.ts, t_campaign=tp.campaign_id
-    )
-    by_touch = (
-        rec.join(touches, (rec.user_id == touches.t_user) & (touches.t_ts <= rec.first_ts))
-        .group_by(t_record_id="record_id")
-        .aggregate(touch_campaign=touches.t_campaign.argmax(touches.t_ts))
-    )
-    j = rec.left_join(by_lead, rec.record_id == by_lead.l_record_id).left_join(
-        by_touch, rec.record_id == by_touch.t_record_id
-    )
-    return j.select(
-        record_id=j.record_id,
-        campaign_id=ibis.coalesce(j.lead_campaign, j.touch_campaign),
-        first_ts=j.first_ts,
-    )
+    old = events[[d <= as_of - timedelta(days=MATURE_DAYS) for d in events.date]]
+    old = old[old.campaign_id.isin(campaigns)] if len(old) else old
+    n = _hour_of_day(clicks, "n_all", as_of) + _hour_of_day(old, "n_obs", as_of)
+    acct = (n + 1.0) / (n.sum() + 24.0)
+    own: dict[str, FloatArray] = {}
+    for cid in campaigns:
+        k = _hour_of_day(old[old.campaign_id == cid], "n_obs", as_of)
+        own[cid] = (k + HOUR_PRIOR * acct) / (k.sum() + HOUR_PRIOR)
+    return acct, own
 
 
-def _crm_path(src: _Source, settings: Settings, opts: NowcastOptions, linked: Any) -> _Path:
-    """The CRM path (lead to won deal, ``lost`` competing) by lead day and age in days."""
+def _spread_clicks(
+    spend: pd.DataFrame,
+    events: pd.DataFrame,
+    as_of: date,
+    profiles: Mapping[str, FloatArray] | None = None,
+) -> pd.DataFrame:
+    """Hourly click buckets ``(campaign_id, date, eh, n_all)`` from daily spend clicks.
+
+    The spend table gives a day's clicks, not their times. The converted ones are known to
+    the hour (``events``: their ``click_ts``); the day's other clicks are spread over its 24
+    hours in proportion to what each hour has left of its expected share, ``clicks x
+    profile_h`` (the campaign's hour-of-day profile, :func:`_hour_profiles`; uniform when
+    not given), once its converted clicks are taken out: the unconverted skew to the hours
+    whose clicks had less time to convert, and the day's total is ``max(clicks,
+    converted)`` (a platform that counts fewer clicks than converted is clipped up, as
+    :func:`_assemble` clips buckets).
+
+    >>> sp = pd.DataFrame({"campaign_id": ["a"], "date": [date(2026, 1, 2)], "clicks": [48]})
+    >>> ev = pd.DataFrame({"campaign_id": ["a"], "date": [date(2026, 1, 2)], "eh": [23],
+    ...                    "n_obs": [3]})
+    >>> b = _spread_clicks(sp, ev, date(2026, 1, 2))
+    >>> [round(float(b[b.eh == e].n_all.iloc[0]), 3) for e in (23, 22, 0)], float(b.n_all.sum())
+    ([3.0, 1.957, 1.957], 48.0)
+    """
+    cols = ["campaign_id", "date", "eh", "n_all"]
+    per_day = spend.groupby(["campaign_id", "date"], sort=True).clicks.sum().reset_index()
+    per_day = per_day[per_day.clicks > 0].reset_index(drop=True)
+    if per_day.empty:
+        return pd.DataFrame(columns=cols)
+    age = np.array([(as_of - d).days for d in per_day.date], dtype=np.int64)
+    hours = np.arange(24)
+    eh = age[:, None] * 24 + 23 - hours[None, :]  # hour h of the day: elapsed at the cut
+    obs = np.zeros((len(per_day), 24))
+    if not events.empty:
+        keys = zip(per_day.campaign_id, per_day.date, strict=True)
+        row = {(c, d): i for i, (c, d) in enumerate(keys)}
+        ev = events.groupby(["campaign_id", "date", "eh"]).n_obs.sum().reset_index()
+        for c, d, e, n in zip(ev.campaign_id, ev.date, ev.eh, ev.n_obs, strict=True):
+            i = row.get((c, d))
+            h = 23 - (int(e) - int(age[i]) * 24) if i is not None else -1
+            if i is not None and 0 <= h < 24:
+                obs[i, h] += float(n)
+    uniform = np.full(24, 1 / 24)
+    prof = np.array([(profiles or {}).get(c, uniform) for c in per_day.campaign_id])
+    n = per_day.clicks.to_numpy(float)
+    room = np.maximum(n[:, None] * prof - obs, 0.0)
+    left = np.maximum(n - obs.sum(axis=1), 0.0)
+    tot = room.sum(axis=1)
+    share = np.where(tot[:, None] > 0, room / np.where(tot > 0, tot, 1.0)[:, None], prof)
+    n_all = obs + share * left[:, None]
+    out = pd.DataFrame(
+        {
+            "campaign_id": np.repeat(per_day.campaign_id.to_numpy(), 24),
+            "date": np.repeat(per_day.date.to_numpy(), 24),
+            "eh": eh.ravel(),
+            "n_all": n_all.ravel(),
+        }
+    )
+    return out[out.n_all > 0].reset_index(drop=True)
+
+
+def _crm_path(
+    src: _Source,
+    settings: Settings,
+    opts: NowcastOptions,
+    crm: Any,
+    camp: Any,
+    extra: dict[str, Any] | None = None,
+) -> _Path:
+    """The CRM path (lead to won deal, ``lost`` competing) by lead day and age in days.
+
+    ``crm`` holds stage rows ``(record_id, stage, ts, amount)`` and ``camp`` each record's
+    ``(record_id, campaign_id, first_ts)``: the ``crm`` table and
+    :func:`~signalloop.attribution.crm_record_campaigns`, or what
+    :func:`_crm_from_conversions` builds.
+    """
     won_stage = settings.funnel[-1]
-    crm = src.table("crm")
     rec = crm.group_by(s_record_id=crm.record_id).aggregate(
         won_ts=crm.ts.min(where=crm.stage == won_stage),
         lost_ts=crm.ts.min(where=crm.stage == "lost"),
         amount=crm.amount.max(where=crm.stage == won_stage),
     )
-    camp = _record_campaigns(src, crm, linked)
     r = camp.join(rec, camp.record_id == rec.s_record_id)
     status = ibis.cases((r.won_ts.notnull(), "won"), (r.lost_ts.notnull(), "lost"), else_="open")
     end = ibis.coalesce(r.won_ts, r.lost_ts)
@@ -607,8 +744,102 @@ def _crm_path(src: _Source, settings: Settings, opts: NowcastOptions, linked: An
         fit_events=fit_b[fit_b.status == "won"],
         fit_competing=fit_b[fit_b.status == "lost"],
         guard=opts.crm_guard_days,
-        extra={"unattributed_records": unattributed},
+        extra={"unattributed_records": unattributed, **(extra or {})},
     )
+
+
+def _crm_from_conversions(
+    src: _Source, settings: Settings, opts: NowcastOptions, linked: Any
+) -> tuple[Any, Any, dict[str, int], dict[str, int]]:
+    """CRM stage rows and record campaigns built from conversions (no ``crm`` table).
+
+    Every conversion of the funnel's first kind (``lead``) is a record, starting at its time,
+    of its campaign (the contract's attribution rule), keyed by its click (``click_id``, else
+    the conversion). A conversion of a CRM kind (``mql`` ... ``won``, ``deal`` as the won
+    stage, ``lost``) is that record reaching the stage: the lead with the same click, else
+    its user's latest lead at or before it; with neither, a record of its own starting at its
+    ``click_ts`` (of its campaign by the same rule). One with none of these cannot be placed.
+
+    Returns
+    -------
+    tuple
+        ``(rows, campaigns, used, unplaced)``: stage rows ``(record_id, stage, ts, user_id,
+        amount)``, records ``(record_id, campaign_id, first_ts)``, and the CRM-kind
+        conversions used and left out, by kind.
+    """
+    lead_kind, won_stage = settings.funnel[0], settings.funnel[-1]
+    conv = src.table("conversions")
+    if opts.conversion_kinds is not None and lead_kind not in opts.conversion_kinds:
+        linked = _link_clicks(src, conv.filter(conv.kind == lead_kind))
+    ld = linked.filter(linked.kind == lead_kind)
+    leads = ld.group_by(r_key=ld.key).aggregate(
+        r_user=ld.user_id.argmin(ld.ts),
+        r_first=ld.ts.min(),
+        r_campaign=ld.campaign_id.argmin(ld.ts),
+    )
+    leads = src.cache(leads)
+    st = _link_clicks(src, conv.filter(conv.kind.isin(list(_downstream_kinds(settings)))))
+    st = st.mutate(s_row=ibis.row_number())
+    by_key = leads.select(k_key=leads.r_key)
+    k = st.left_join(by_key, st.key == by_key.k_key)
+    k = src.cache(k)
+    users = leads.view()
+    u = (
+        k.filter(k.k_key.isnull() & k.user_id.notnull())
+        .join(users, (k.user_id == users.r_user) & (users.r_first <= k.ts))
+        .group_by(u_row="s_row")
+        .aggregate(u_key=users.r_key.argmax(users.r_first))
+    )
+    m = k.left_join(u, k.s_row == u.u_row)
+    own = m.k_key.isnull() & m.u_key.isnull() & m.click.notnull()
+    record = ibis.coalesce(
+        m.k_key, m.u_key, ibis.cases((own, ibis.literal("click:").concat(m.key)), else_=None)
+    )
+    stage = ibis.cases((m.kind.isin(["deal", won_stage]), won_stage), else_=m.kind)
+    m = m.mutate(record_id=record, stage=stage, own=own)
+    m = src.cache(m)
+    counts = _fetch(m.group_by("kind", placed=m.record_id.notnull()).aggregate(n=m.count()))
+    tally = zip(
+        counts.kind.astype(str), counts.placed.astype(bool), counts.n.astype(int), strict=True
+    )
+    used: dict[str, int] = {}
+    unplaced: dict[str, int] = {}
+    for kind, placed_, n in tally:
+        (used if placed_ else unplaced)[kind] = int(n)
+    placed = m.filter(m.record_id.notnull())
+    null_amount = ibis.null().cast("float64")
+    stage_rows = placed.select(
+        record_id=placed.record_id,
+        stage=placed.stage,
+        ts=placed.ts,
+        user_id=placed.user_id,
+        amount=placed.value.cast("float64"),
+    )
+    mine = placed.filter(placed.own)
+    own_rec = mine.group_by(record_id="record_id").aggregate(
+        ts=mine.click.min(),
+        user_id=mine.user_id.argmin(mine.click),
+        campaign_id=mine.campaign_id.argmin(mine.click),
+    )
+    lead_rows = leads.select(
+        record_id=leads.r_key,
+        stage=ibis.literal(lead_kind),
+        ts=leads.r_first,
+        user_id=leads.r_user,
+        amount=null_amount,
+    )
+    own_rows = own_rec.select(
+        "record_id", stage=ibis.literal(lead_kind), ts="ts", user_id="user_id", amount=null_amount
+    )
+    rows = lead_rows.union(own_rows).union(stage_rows)
+    starts = rows.group_by(f_record_id="record_id").aggregate(first_ts=rows.ts.min())
+    who = leads.select(w_record_id=leads.r_key, campaign_id=leads.r_campaign).union(
+        own_rec.select(w_record_id=own_rec.record_id, campaign_id=own_rec.campaign_id)
+    )
+    camp = starts.left_join(who, starts.f_record_id == who.w_record_id).select(
+        record_id="f_record_id", campaign_id="campaign_id", first_ts="first_ts"
+    )
+    return rows, camp, used, unplaced
 
 
 def _assemble(
@@ -811,13 +1042,206 @@ def _curves_with_gaps(
     return inc[:, :n], fut[:, :n], np.maximum(unseen, 0.0)
 
 
+# ---- the conversion-day path ----------------------------------------------------------------
+
+
+def _conversion_day(
+    data: pd.DataFrame,
+    spend: pd.DataFrame,
+    pooled: DelayModel | None,
+    hours: FloatArray,
+    phi: float,
+    windows: list[dict[str, Any]],
+    as_of: date,
+    opts: NowcastOptions,
+) -> tuple[_Path, _Prediction, dict[str, dict[str, Any]]]:
+    """Nowcast campaigns whose conversions have a day but no click time (see :func:`nowcast`).
+
+    ``data`` holds conversions by (campaign, conversion day): ``n``, ``vs``, ``vss``;
+    ``spend`` the daily clicks. With the pooled delay's share ``f_k`` of converters
+    converting ``k`` days after their click day (:meth:`~signalloop.delay.DelayModel.daily_cdf`),
+    day ``j`` expects ``r * den_j`` conversions, ``den_j = sum_i clicks_i f_(j - i)``, ``r``
+    the conversions per click. ``r = sum_J y_j / sum_J den_j`` over the last ``rate_days``
+    conversion days outside exclusion windows. Each day's conversions are spread back over
+    the click days that could have made them in proportion to ``clicks_i f_(j - i)``
+    (``k_i``, what click day ``i`` has shown so far), and click day ``i`` still expects
+    ``B_i = clicks_i r (1 - F_i)`` (``F_i`` its share due by the cut), scaled by the cohort
+    variation as in the click path: ``k_i + B_i (1/phi + k_i) / (1/phi + clicks_i r F_i)``.
+    Draws: ``F`` from the pooled delay's posterior, ``r ~ Gamma(K + 1/2, 1 / sum_J den_j)``,
+    the cohort factor from its posterior and the remainder Poisson. Without a pooled delay
+    nothing is corrected: expected = observed by conversion day.
+    """
+    cols = ["campaign_id", "date", "subjects", "observed", "observed_value"]
+    draws = max(int(opts.draws), 1)
+    rng = np.random.default_rng([opts.random_state, 2])
+    parts: list[pd.DataFrame] = []
+    exp_l: list[FloatArray] = []
+    expv_l: list[FloatArray] = []
+    samp_l: list[FloatArray] = []
+    vsamp_l: list[FloatArray] = []
+    info: dict[str, dict[str, Any]] = {}
+    for cid in sorted(set(data.campaign_id)):
+        mine = data[data.campaign_id == cid]
+        sp = spend[(spend.campaign_id == cid) & (spend.clicks > 0)]
+        start = min([*mine.date, *sp.date])
+        n_days = (as_of - start).days + 1
+        idx_y = np.array([(d - start).days for d in mine.date], dtype=np.int64)
+        idx_c = np.array([(d - start).days for d in sp.date], dtype=np.int64)
+        keep_y, keep_c = (idx_y >= 0) & (idx_y < n_days), (idx_c >= 0) & (idx_c < n_days)
+        y = _f(np.bincount(idx_y[keep_y], mine.n.to_numpy(float)[keep_y], n_days))
+        v = _f(np.bincount(idx_y[keep_y], mine.vs.fillna(0).to_numpy(float)[keep_y], n_days))
+        vss = float(mine.vss.fillna(0).sum())
+        clicks = _f(np.bincount(idx_c[keep_c], sp.clicks.to_numpy(float)[keep_c], n_days))
+        days = [start + timedelta(days=k) for k in range(n_days)]
+        out = np.array(
+            [
+                any(
+                    w["campaign_id"] in (cid, None)
+                    and date.fromisoformat(w["start"]) <= d
+                    and (w["end"] is None or d <= date.fromisoformat(w["end"]))
+                    for w in windows
+                )
+                for d in days
+            ],
+            dtype=bool,
+        )
+        n_conv = float(y.sum())
+        vm = float(v.sum() / n_conv) if n_conv > 0 else 0.0
+        vsd = math.sqrt(max(vss / n_conv - vm * vm, 0.0)) if n_conv > 0 else 0.0
+        meta: dict[str, Any] = {"delay_source": "pooled" if pooled is not None else None}
+        if pooled is None:
+            k, k_v, expected = y, v, y.copy()
+            samples = np.repeat(y[None, :], draws, axis=0)
+            vsamples = np.repeat(v[None, :], draws, axis=0)
+            meta |= {"conversions_per_click": None, "unplaced_conversions": 0}
+        else:
+            g0 = pooled.daily_cdf(0, n_days, hours=hours)[0]
+            f0 = np.diff(g0)
+            den0 = np.convolve(clicks, f0)[:n_days]
+            ok = den0 > 1e-12
+            alloc = np.where(ok, y / np.where(ok, den0, 1.0), 0.0)
+            alloc_v = np.where(ok, v / np.where(ok, den0, 1.0), 0.0)
+            back = n_days - 1
+            k = clicks * np.correlate(alloc, f0, "full")[back : back + n_days]
+            k_v = clicks * np.correlate(alloc_v, f0, "full")[back : back + n_days]
+            recent = (np.arange(n_days) >= n_days - opts.rate_days) & ~out
+            big_k, big_e = float(y[recent].sum()), float(den0[recent].sum())
+            rate = big_k / big_e if big_e > 0 else 0.0
+            due = g0[n_days - np.arange(n_days)]  # F_i: click day i's share due by the cut
+            gs = pooled.daily_cdf(0, n_days, hours=hours, n_draws=draws, rng=rng)
+            den_s = np.array([np.convolve(clicks, np.diff(row))[:n_days] for row in gs])
+            e_s = den_s[:, recent].sum(axis=1)
+            r_s = np.where(e_s > 0, rng.gamma(big_k + 0.5, 1.0 / np.maximum(e_s, 1e-12)), 0.0)
+            due_s = gs[:, n_days - np.arange(n_days)]
+            a0, b0 = clicks * rate * due, clicks * rate * (1 - due)
+            a_s = clicks * r_s[:, None] * due_s
+            b_s = clicks * r_s[:, None] * (1 - due_s)
+            k_s, kv_s = _allocate_back(y, v, clicks, np.diff(gs, axis=1), rng)
+            if phi > 0:
+                point = b0 * (1 / phi + k) / (1 / phi + a0)
+                mult = rng.gamma(1 / phi + k_s, 1.0 / (1 / phi + a_s))
+            else:
+                point, mult = b0, np.ones_like(a_s)
+            add = rng.poisson(np.maximum(mult * b_s, 0.0)).astype(float)
+            expected = k + point
+            samples = k_s + add
+            noise = rng.standard_normal(add.shape) * np.sqrt(add) * vsd
+            vsamples = kv_s + np.maximum(add * vm + noise, 0.0)
+            meta |= {
+                "conversions_per_click": _r(rate, 5),
+                "rate_conversions": round(big_k),
+                "rate_days": opts.rate_days,
+                "unplaced_conversions": round(float(y[~ok].sum())),
+            }
+        k_v_exp = k_v + (expected - k) * vm
+        show = (clicks > 0) | (y > 0) | (expected > 1e-9)
+        parts.append(
+            pd.DataFrame(
+                {
+                    "campaign_id": cid,
+                    "date": np.array(days, dtype=object)[show],
+                    "subjects": clicks[show],
+                    "observed": y[show],
+                    "observed_value": v[show],
+                }
+            )
+        )
+        exp_l.append(expected[show])
+        expv_l.append(k_v_exp[show])
+        samp_l.append(samples[:, show])
+        vsamp_l.append(vsamples[:, show])
+        info[cid] = meta
+    cohorts = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
+    empty = DelayData.build([], (*[[]] * 4,), (*[[]] * 3,), unit="days")  # type: ignore[arg-type]
+    groups = sorted(info)
+    path = _Path(
+        "days",
+        groups,
+        cohorts,
+        pd.DataFrame(),
+        empty,
+        np.zeros(len(groups)),
+        np.zeros(len(groups)),
+        np.ones(len(cohorts), dtype=bool),
+        floor=False,
+    )
+    _flags(path, windows, as_of)
+
+    def cat(xs: list[FloatArray], axis: int, rows: int = 0) -> FloatArray:
+        return np.concatenate(xs, axis=axis) if xs else np.zeros((rows, 0) if axis else 0)
+
+    pred = _Prediction(
+        cat(exp_l, 0),
+        cat(expv_l, 0),
+        cat(samp_l, 1, draws),
+        cat(vsamp_l, 1, draws),
+        phi,
+    )
+    return path, pred, info
+
+
+def _allocate_back(
+    y: FloatArray, v: FloatArray, clicks: FloatArray, f: FloatArray, rng: np.random.Generator
+) -> tuple[FloatArray, FloatArray]:
+    """Draws of which click day each day's conversions came from.
+
+    Conversion day ``j``'s ``y_j`` conversions are split over the click days ``j - l`` in
+    proportion to ``clicks_(j - l) f_l`` (multinomial), with one row of ``f`` (the share
+    converting ``l`` days after the click day) per draw; their value goes along at the day's
+    mean. Lags past the delay's 99.9% are left out. Returns the conversions and value per
+    click day, shape ``(draws, days)``; conversions no click day can have made stay out.
+    """
+    n_draws, n_days = f.shape
+    cum = np.cumsum(f.mean(axis=0))
+    span = int(np.searchsorted(cum, 0.999 * cum[-1])) + 1 if cum[-1] > 0 else 1
+    k = np.zeros((n_draws, n_days))
+    kv = np.zeros((n_draws, n_days))
+    for j in np.nonzero(y > 0)[0]:
+        lags = np.arange(min(int(j) + 1, span))
+        w = clicks[j - lags][None, :] * f[:, lags]
+        tot = w.sum(axis=1, keepdims=True)
+        if not np.any(tot > 0):
+            continue
+        p = np.where(tot > 0, w / np.where(tot > 0, tot, 1.0), 0.0)
+        p[:, 0] += np.where(tot[:, 0] > 0, 0.0, 1.0)  # a draw with no weight: all on day j
+        p /= p.sum(axis=1, keepdims=True)
+        n = rng.multinomial(round(float(y[j])), p).astype(float)
+        k[:, j - lags] += n
+        kv[:, j - lags] += n * (v[j] / y[j])
+    return k, kv
+
+
 # ---- the report -----------------------------------------------------------------------------
 
 
 def _spend(src: _Source) -> pd.DataFrame:
     s = src.table("spend")
     s = s.filter(s.campaign_id.notnull())
-    df = _fetch(s.group_by("campaign_id", "date").aggregate(spend=s.spend.sum()))
+    df = _fetch(
+        s.group_by("campaign_id", "date").aggregate(
+            spend=s.spend.sum(), clicks=s.clicks.fill_null(0).sum()
+        )
+    )
     if not df.empty:
         df["date"] = pd.to_datetime(df["date"]).dt.date
     return df
@@ -869,10 +1293,12 @@ def _stats(
     obs_v = float(c.observed_value.to_numpy(float)[sel].sum())
     exp_n = float(pred.expected[sel].sum())
     exp_v = float(pred.expected_value[sel].sum())
-    lo, hi = count_interval(pred.samples[:, sel].sum(axis=1)[:, None], level, rng, np.r_[obs])
+    floor = np.r_[obs] if path.floor else None
+    lo, hi = count_interval(pred.samples[:, sel].sum(axis=1)[:, None], level, rng, floor)
     vlo, vhi = shortest_interval(pred.value_samples[:, sel].sum(axis=1)[:, None], level)
+    v_floor = obs_v if path.floor else 0.0
     return {
-        "subjects": int(c.subjects.to_numpy(float)[sel].sum()),
+        "subjects": round(float(c.subjects.to_numpy(float)[sel].sum())),
         "spend": _r(spend),
         "observed_conversions": round(obs),
         "expected_conversions": _r(exp_n),
@@ -880,8 +1306,8 @@ def _stats(
         "upper": int(hi[0]),
         "observed_value": _r(obs_v),
         "expected_value": _r(exp_v),
-        "value_lower": _r(max(float(vlo[0]), obs_v)),
-        "value_upper": _r(max(float(vhi[0]), obs_v)),
+        "value_lower": _r(max(float(vlo[0]), v_floor)),
+        "value_upper": _r(max(float(vhi[0]), v_floor)),
         "observed_cpa": _ratio(spend, obs),
         "nowcast_cpa": _ratio(spend, exp_n),
         "observed_roas": _ratio(obs_v, spend, 3),
@@ -901,15 +1327,21 @@ def _render(
     opts: NowcastOptions,
     names: dict[str, str],
     extra_cols: dict[str, str] | None = None,
+    campaigns: Iterable[str] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Cohort rows and campaign rows (all days and trailing windows) of one path."""
+    """Cohort rows and campaign rows (all days and trailing windows) of one path.
+
+    Campaign rows for ``campaigns`` (default: the path's groups), in sorted order; they share
+    one random stream for the intervals' randomisation, so the list fixes the draws.
+    """
     rng = np.random.default_rng([opts.random_state, 1])
     c = path.cohorts
     sp = c.merge(spend, on=["campaign_id", "date"], how="left").spend.fillna(0.0).to_numpy(float)
     obs_all = c.observed.to_numpy(float)
     obs_v_all = c.observed_value.to_numpy(float)
-    lo, hi = count_interval(pred.samples, opts.level, rng, obs_all)
+    lo, hi = count_interval(pred.samples, opts.level, rng, obs_all if path.floor else None)
     vlo, vhi = shortest_interval(pred.value_samples, opts.level)
+    v_floor = obs_v_all if path.floor else np.zeros(len(c))
     first = as_of - timedelta(days=opts.cohort_days - 1) if opts.cohort_days else date.min
     rows: list[dict[str, Any]] = []
     cids: list[str] = [str(x) for x in c.campaign_id]
@@ -926,16 +1358,16 @@ def _render(
         row = {
             "campaign_id": cids[i],
             "date": day.isoformat(),
-            "subjects": int(subjects[i]),
+            "subjects": round(float(subjects[i])),
             "observed_conversions": round(obs),
             "expected_conversions": _r(exp_n),
             "lower": int(lo[i]),
             "upper": int(hi[i]),
             "observed_value": _r(obs_v),
             "expected_value": _r(exp_v),
-            "value_lower": _r(max(float(vlo[i]), obs_v)),
-            "value_upper": _r(max(float(vhi[i]), obs_v)),
-            "completeness": _ratio(obs, exp_n, 3),
+            "value_lower": _r(max(float(vlo[i]), float(v_floor[i]))),
+            "value_upper": _r(max(float(vhi[i]), float(v_floor[i]))),
+            "completeness": _ratio(obs, exp_n, 3) if path.floor else None,
             "spend": _r(float(sp[i])),
             "observed_cpa": _ratio(float(sp[i]), obs),
             "nowcast_cpa": _ratio(float(sp[i]), exp_n),
@@ -946,11 +1378,10 @@ def _render(
         }
         row |= {k: int(v[i]) for k, v in extras.items()}
         rows.append(_rename(row, names))
-    campaigns: list[dict[str, Any]] = []
+    out_rows: list[dict[str, Any]] = []
     spent = spend.groupby("campaign_id") if not spend.empty else None
-    names_all = set(path.groups) | (set(spend.campaign_id) if not spend.empty else set())
     days = c.date.to_numpy()
-    for name in sorted(names_all):
+    for name in sorted(path.groups if campaigns is None else campaigns):
         mine = (c.campaign_id == name).to_numpy()
         own = spent.get_group(name) if spent is not None and name in spent.groups else None
 
@@ -965,8 +1396,8 @@ def _render(
             stats = _stats(mine & (days >= since), path, pred, cost(since), opts.level, rng)
             windows[f"{w}d"] = _rename(stats, names)
         out["windows"] = windows
-        campaigns.append(_rename(out, names))
-    return rows, campaigns
+        out_rows.append(_rename(out, names))
+    return rows, out_rows
 
 
 _CLICK_NAMES = {"subjects": "clicks"}
@@ -1031,13 +1462,14 @@ def nowcast(
     report.exclusions = load_exclusions(ws)
     try:
         spend = _spend(src)
-        click, linked = _click_path(src, settings, opts)
+        click, linked = _click_path(src, settings, opts, spend)
         timings["click_data"] = time.perf_counter() - t0
         t1 = time.perf_counter()
-        crm = _crm_path(src, settings, opts, linked) if opts.crm else None
+        crm, crm_doc = _crm_inputs(src, settings, opts, linked) if opts.crm else (None, {})
         timings["crm_data"] = time.perf_counter() - t1
     finally:
         src.release()
+    phi, pooled = 0.0, None
     if click.groups:
         t1 = time.perf_counter()
         model, pred = _run_path(click, opts, report.exclusions, as_of, competing=False)
@@ -1046,18 +1478,50 @@ def nowcast(
             row["unlinked_conversions"] = int(click.extra["unlinked"].get(row["campaign_id"], 0))
         report.delay = _delay_json(model, click)
         report.account["click"] = _account_json(model, pred.phi)
+        phi = pred.phi
         timings["click_model"] = time.perf_counter() - t1
     report.account.setdefault("click", {})
     report.account["click"]["unattributed_conversions"] = click.extra["unattributed"]
     report.account["click"]["unlinked_conversions"] = click.extra["unlinked"]
+    by_day: pd.DataFrame = click.extra["conversion_day"]
+    if not by_day.empty:
+        t1 = time.perf_counter()
+        if click.groups and float(click.data.event_n.sum()) > 0:
+            pooled = model.new_group("(account)")
+            report.account["click"]["pooled_delay"] = pooled.describe(0)
+        path, dpred, info = _conversion_day(
+            by_day, spend, pooled, click.extra["hours"], phi, report.exclusions, as_of, opts
+        )
+        cohorts, campaigns = _render(path, dpred, spend, as_of, opts, _CLICK_NAMES)
+        for row in campaigns:
+            row |= info[row["campaign_id"]] | {"observed_by": "conversion_day"}
+            row["unlinked_conversions"] = 0
+        report.cohorts += cohorts
+        report.campaigns += campaigns
+        timings["conversion_day_model"] = time.perf_counter() - t1
+    report.campaigns += _without_basis(click, spend, {r["campaign_id"] for r in report.campaigns})
+    basis = _bases(report.campaigns, click)
+    report.campaigns.sort(key=lambda r: str(r["campaign_id"]))
+    report.cohorts.sort(key=lambda r: (str(r["campaign_id"]), r["date"]))
+    report.account["basis"] = basis
     if crm is not None:
         t1 = time.perf_counter()
-        report.crm = {"unit": "days", "delay": {}, "cohorts": [], "campaigns": []}
+        report.crm = {"unit": "days", "delay": {}, "cohorts": [], "campaigns": [], **crm_doc}
         report.crm["unattributed_records"] = crm.extra["unattributed_records"]
         if crm.groups:
             cmodel, cpred = _run_path(crm, opts, report.exclusions, as_of, competing=True)
+            # every spend campaign gets a row, then only the CRM ones are kept: the list
+            # fixes the intervals' random draws, and this one keeps them as they were
+            spent = set(spend.campaign_id) if not spend.empty else set()
             cohorts, campaigns = _render(
-                crm, cpred, spend, as_of, opts, _CRM_NAMES, {"closed": "lost"}
+                crm,
+                cpred,
+                spend,
+                as_of,
+                opts,
+                _CRM_NAMES,
+                {"closed": "lost"},
+                spent | set(crm.groups),
             )
             report.crm |= {
                 "delay": _delay_json(cmodel, crm),
@@ -1066,9 +1530,188 @@ def nowcast(
             }
             report.account["crm"] = _account_json(cmodel, cpred.phi)
         timings["crm_model"] = time.perf_counter() - t1
+    elif opts.crm:
+        report.crm = {"unit": "days", "delay": {}, "cohorts": [], "campaigns": [], **crm_doc}
     timings["total"] = time.perf_counter() - t0
     report.timings = timings
     return report
+
+
+#: What each basis lacks and which export would add it (campaign rows' ``missing``, ``unlock``)
+_BASIS_GAPS: dict[str, tuple[str | None, str | None]] = {
+    "touchpoints": (None, None),
+    "click_ts": (
+        "click times of the clicks that did not convert (the spend table's daily clicks are "
+        "spread over each day's hours)",
+        "touchpoints (touch_id, ts, user_id, campaign_id, click_id)",
+    ),
+    "conversion_day": (
+        "click times: conversions carry campaign_id but no click_ts, so each day's "
+        "conversions are spread back over the click days with the delay of the campaigns "
+        "that have click times",
+        "conversions with click_ts, or touchpoints with click_id",
+    ),
+}
+
+
+def _bases(campaigns: list[dict[str, Any]], click: _Path) -> dict[str, list[str]]:
+    """Set each campaign row's ``basis``, ``missing``, ``unlock``; the account's summary."""
+    by_ts = set(click.extra["click_ts"])
+    out: dict[str, list[str]] = {k: [] for k in ("touchpoints", "click_ts", "conversion_day")}
+    out["none"] = []
+    for row in campaigns:
+        cid = row["campaign_id"]
+        if "basis" not in row:
+            row["basis"] = (
+                "conversion_day"
+                if row.get("observed_by") == "conversion_day"
+                else ("click_ts" if cid in by_ts else "touchpoints")
+            )
+        if row["basis"] in _BASIS_GAPS:
+            missing, unlock = _BASIS_GAPS[row["basis"]]
+            if row["basis"] == "conversion_day" and row.get("delay_source") is None:
+                missing = (
+                    "click times everywhere: no campaign has click_ts or touchpoints, so the "
+                    "delay from click to conversion is unknown and recent days are not corrected"
+                )
+            row.setdefault("missing", missing)
+            row.setdefault("unlock", unlock)
+        if row["basis"] in ("touchpoints", "click_ts"):
+            row.setdefault("delay_source", "own")
+        out[row["basis"]].append(str(cid))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def _without_basis(click: _Path, spend: pd.DataFrame, done: set[str]) -> list[dict[str, Any]]:
+    """Rows of campaigns nothing can nowcast: spend without conversions, or the reverse."""
+    unlinked: dict[str, int] = click.extra["unlinked"]
+    names = (set(spend.campaign_id) if not spend.empty else set()) | set(unlinked)
+    rows = []
+    for cid in sorted(names - done):
+        own = spend[spend.campaign_id == cid] if not spend.empty else spend
+        clicks = float(own.clicks.sum()) if len(own) else 0.0
+        n = int(unlinked.get(cid, 0))
+        if clicks <= 0 and n == 0:
+            missing = "clicks and conversions: its spend rows report no clicks"
+            unlock = "spend rows with clicks, and conversions with campaign_id and click_ts"
+        elif clicks <= 0:
+            missing = (
+                "clicks: its conversions have no spend rows with clicks and no touchpoints "
+                "to count the clicks that did not convert"
+            )
+            unlock = "spend (date, campaign_id, clicks, spend) or touchpoints"
+        elif n == 0:
+            missing = (
+                "conversions: none carries its campaign_id, and it has no touchpoints to "
+                "attribute conversions by click_id or user_id"
+            )
+            unlock = "conversions with campaign_id and click_ts, or touchpoints with click_id"
+        else:
+            missing = "click times of its conversions"
+            unlock = "conversions with click_ts, or touchpoints with click_id"
+        spent = float(own.spend.sum()) if len(own) else 0.0
+        base: dict[str, Any] = {
+            "clicks": round(clicks),
+            "spend": _r(spent),
+            "observed_conversions": n,
+            "expected_conversions": None,
+            "lower": None,
+            "upper": None,
+            "observed_value": None,
+            "expected_value": None,
+            "observed_cpa": _ratio(spent, n),
+            "nowcast_cpa": None,
+            "observed_roas": None,
+            "nowcast_roas": None,
+        }
+        rows.append(
+            {"campaign_id": cid}
+            | base
+            | {
+                "windows": {},
+                "unlinked_conversions": n,
+                "basis": "none",
+                "delay_source": None,
+                "missing": missing,
+                "unlock": unlock,
+            }
+        )
+    return rows
+
+
+def _crm_inputs(
+    src: _Source, settings: Settings, opts: NowcastOptions, linked: Any
+) -> tuple[_Path | None, dict[str, Any]]:
+    """The CRM path from the ``crm`` table, else from CRM-kind conversions; what it used.
+
+    Returns the path (``None`` when there is nothing to nowcast) and the keys the report's
+    ``crm`` gets: ``source`` (``crm``, ``conversions`` or ``None``), ``warnings`` and, without
+    a source, ``missing`` and ``unlock``.
+    """
+    crm = src.table("crm")
+    doc: dict[str, Any] = {"warnings": []}
+    if int(crm.count().to_pyarrow().as_py()) > 0:
+        conv = linked.select(
+            user_id=linked.user_id, ts=linked.ts, attributed_campaign_id=linked.campaign_id
+        )
+        camp = crm_record_campaigns(
+            src.ws, crm=crm, conversions=conv, touchpoints=src.table("touchpoints")
+        )
+        return _crm_path(src, settings, opts, crm, camp), doc | {"source": "crm"}
+    rows, camp, used, unplaced = _crm_from_conversions(src, settings, opts, linked)
+    send = "send them as crm rows (record_id, stage, ts, user_id, amount)"
+    lead_kind = settings.funnel[0]
+    if unplaced:
+        doc["warnings"].append(
+            {
+                "kinds": unplaced,
+                "message": (
+                    f"{_kinds_text(unplaced)} conversions are CRM stages but have no "
+                    f"{lead_kind} conversion of the same click or user and no click_ts to "
+                    f"start a record at: left out of the CRM path; {send}"
+                ),
+            }
+        )
+    if not used:
+        doc |= {
+            "source": None,
+            "missing": "CRM stages: no crm rows, and no conversions of a CRM kind "
+            f"({', '.join(_downstream_kinds(settings))}) that can be placed on a lead",
+            "unlock": "crm (record_id, stage, ts, user_id), or conversions of kind deal / "
+            f"won with click_ts or the user_id of their {lead_kind} conversion",
+        }
+        return None, doc
+    doc["source"] = "conversions"
+    doc["warnings"].append(
+        {
+            "kinds": used,
+            "message": (
+                f"no crm rows: {_kinds_text(used)} conversions were used as CRM stages, each "
+                f"{lead_kind} conversion a record (deal = won); the leads lost are unknown, so "
+                f"a lead counts as open until it wins; {send} for exact records"
+            ),
+        }
+    )
+    return _crm_path(src, settings, opts, rows, camp, {"records_from": "conversions"}), doc
+
+
+def _kinds_text(counts: Mapping[str, int]) -> str:
+    """``{"deal": 3, "sql": 10}`` as ``"10 sql, 3 deal"``."""
+    return ", ".join(f"{n} {k}" for k, n in sorted(counts.items(), key=lambda x: (-x[1], x[0])))
+
+
+def _make_model(opts: NowcastOptions, *, competing: bool) -> DelayModel:
+    """The path's delay model, unfitted, from the options."""
+    name = opts.crm_model if competing else opts.model
+    params: dict[str, Any] = {"random_state": opts.random_state}
+    if competing:
+        given = opts.crm_model_params
+        if given is None:
+            given = {"min_scale": CRM_MIN_SCALE} if name == LogNormalCure.name else {}
+        params |= {**given, "competing": True}
+    else:
+        params |= opts.model_params
+    return make_delay_model(name, **params)
 
 
 def _run_path(
@@ -1081,16 +1724,7 @@ def _run_path(
 ) -> tuple[DelayModel, _Prediction]:
     """Flag exclusions, fit the path's delay model, predict every cohort."""
     _flags(path, windows, as_of)
-    name = opts.crm_model if competing else opts.model
-    params: dict[str, Any] = {"random_state": opts.random_state}
-    if competing:
-        given = opts.crm_model_params
-        if given is None:
-            given = {"min_scale": CRM_MIN_SCALE} if name == LogNormalCure.name else {}
-        params |= {**given, "competing": True}
-    else:
-        params |= opts.model_params
-    model = make_delay_model(name, **params).fit(path.data)
+    model = _make_model(opts, competing=competing).fit(path.data)
     return model, _predict(model, path, opts)
 
 
