@@ -51,7 +51,9 @@ KEYS = {
     "expected_recovery_days",
     "severity",
     "confidence",
+    "impact",
 }
+IMPACT = {"spend_per_day", "conversions_per_week", "share_of_account_spend", "conversions_source"}
 RANK = {"info": 0, "warn": 1, "critical": 2}
 
 
@@ -101,10 +103,18 @@ def test_json_contract(report: dict[str, Any]) -> None:
         assert d["root_cause"] and d["recovery_action"]
         days = d["expected_recovery_days"]
         assert days is None or (isinstance(days, int) and days >= 0)
+        assert set(d["impact"]) == IMPACT
+        assert d["impact"]["spend_per_day"] >= 0.0
+        assert 0.0 <= d["impact"]["share_of_account_spend"] <= 1.0
 
 
-def test_ordered_most_severe_then_most_confident(report: dict[str, Any]) -> None:
-    keys = [(-RANK[d["severity"]], -d["confidence"]) for d in report["diagnoses"]]
+def test_ordered_most_severe_then_spend_at_stake_then_most_confident(
+    report: dict[str, Any],
+) -> None:
+    keys = [
+        (-RANK[d["severity"]], -d["impact"]["spend_per_day"], -d["confidence"])
+        for d in report["diagnoses"]
+    ]
     assert keys == sorted(keys)
     assert report["diagnoses"][0]["severity"] == "critical"
 

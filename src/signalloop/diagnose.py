@@ -9,8 +9,21 @@ holds one function from the gathered :class:`Evidence` to zero or more diagnoses
 
 Each diagnosis has ``campaign_id`` (``None`` for account-wide), ``failure_type``,
 ``root_cause``, ``evidence`` (numbers, and ``source``: the checks or estimates they came from),
-``recovery_action``, ``expected_recovery_days``, ``severity`` (info / warn / critical) and
-``confidence`` (0-1). They come ordered most severe first, then most confident.
+``recovery_action``, ``expected_recovery_days``, ``severity`` (info / warn / critical),
+``confidence`` (0-1) and ``impact``: the money at stake, ``{"spend_per_day",
+"conversions_per_week", "share_of_account_spend", "conversions_source"}``. For a campaign's
+diagnosis that is the campaign's mean daily spend over the last 7 days, its conversions in
+those 7 days (first-party, else platform-reported: ``conversions_source`` says which, ``None``
+with no conversions of any kind) and its share of the account's spend; an account-wide
+diagnosis touches the share of the account its findings' events are (1 duplicate among 10,000
+conversions touches 0.01% of the spend), or all of it (a model, a finding without counts); its
+``conversions_source`` is the account's (``"mixed"`` when campaigns differ).
+The values are ``None`` when the evidence carries no spend (:attr:`Evidence.spend`). They come
+ordered most severe first, then by spend at stake, then most confident.
+
+One diagnosis per root cause: findings are grouped per campaign and per check (and per kind
+of ``attribution_match`` finding: click-id match, click-id loss, platform disagreement), each
+group with its one recovery action.
 
 Severity and confidence per failure type (thresholds are the module constants below):
 
@@ -19,9 +32,13 @@ Severity and confidence per failure type (thresholds are the module constants be
   else 0.8); info once closed (the window is excluded from learning already); a delivery stop
   is info (confidence 0.5: confirm it was intended).
 * ``attribution_error`` -- ``duplicates``, ``attribution_match``, ``utm_hygiene`` and
-  ``timestamps`` findings of severity warn or above, one diagnosis per campaign (and one for
-  the account's UTM taxonomy). Severity: the worst finding's; confidence 0.9 (critical) or
-  0.7 (warn), plus 0.05 per further finding, at most 0.95.
+  ``timestamps`` findings of severity warn or above, one diagnosis per campaign and root cause
+  (and for the account's own ones). Severity: the worst finding's, lowered to info when the
+  findings count fewer than :data:`MIN_AFFECTED_EVENTS` affected events (a handful of
+  duplicates is not worth a warning); confidence 0.9 (critical) or 0.7 (warn), plus 0.05 per
+  further finding, at most 0.95. A campaign's click-id loss (``attribution_match`` kind
+  ``click_id_loss``: its match share fell against its own history) has confidence 0.5 plus
+  the fall in share (at most 0.95) and the action "fix click-id capture".
 * ``label_quality`` -- ``stage_regression``, ``late_offline_conversions`` and
   ``label_completeness`` findings (warn or above; feedback-depth findings excluded, they feed
   ``feedback_loop_broken``). Our own type rather than ``attribution_error``: the labels the
@@ -33,12 +50,17 @@ Severity and confidence per failure type (thresholds are the module constants be
 * ``signal_gap`` -- ad sets below the threshold while the campaign's pooled volume (the larger
   of the ad sets' projections and the nowcast's expected last-7-day conversions) is at least
   :data:`MANUAL_SHARE` of it: info (a setup change fixes it); confidence 0.5 plus up to 0.4 by
-  how far below the threshold the pool is.
+  how far below the threshold the pool is. Also, info with confidence 0.3, a campaign with no
+  conversions of any kind (its phase entities' ``conversions_source`` is ``None``): the
+  volume is unknown, and the evidence says what is missing and which export unlocks it.
 * ``low_volume_manual`` -- pooled volume under :data:`MANUAL_SHARE` of the threshold: warn;
   confidence 0.6 plus up to 0.3 by how far below.
   Both volume types skip campaigns with an open outage (their counts are not measured) and
   have their confidence multiplied by :data:`FATIGUE_DISCOUNT` where the campaign is starving
-  of creatives (the fatigue explains part of the shortfall).
+  of creatives (the fatigue explains part of the shortfall). Their evidence names the
+  ``volume_source``: ``first_party``, or ``platform_reported`` when the campaign has no
+  first-party conversions and the phase counted the platform's own (confidence then times
+  :data:`PLATFORM_DISCOUNT`: platforms over-count).
 * ``creative_fatigue`` -- warn on creative starvation or a ``creative_freshness`` finding;
   info when at least :data:`FATIGUED_SHARE_INFO` of the last 7 days' live spend went to
   fatigued creatives; confidence 0.5 + 0.45 x that share (+0.05 once nothing new has launched
@@ -65,7 +87,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 from signalloop.checks.base import SEVERITY_RANK, default_as_of
@@ -73,6 +95,12 @@ from signalloop.config import Settings
 from signalloop.errors import UsageError
 from signalloop.store import Workspace
 
+#: Findings about fewer affected events than this are info, whatever the check said.
+MIN_AFFECTED_EVENTS = 10
+#: Confidence multiplier for volume diagnoses read from platform-reported conversions.
+PLATFORM_DISCOUNT = 0.8
+#: Days over which the spend at stake is averaged.
+IMPACT_DAYS = 7
 #: Checks whose findings mean the link from click to conversion is broken.
 ATTRIBUTION_CHECKS: tuple[str, ...] = (
     "duplicates",
@@ -147,6 +175,12 @@ class Evidence:
         Rows of :func:`~signalloop.models.depth.feedback_depth`.
     models
         Optional model evidence (``backtests``, ``audience``); see the module docstring.
+    spend
+        The spend at stake, :func:`spend_at_stake`'s dict: ``account`` (``spend_per_day``,
+        ``conversions_per_week``, and the totals ``conversions``, ``touchpoints``,
+        ``crm_records`` account-wide shares are taken of) and ``campaigns`` (campaign id ->
+        ``spend_per_day``, ``conversions_per_week``, ``conversions_source``). Empty: every
+        impact is ``None``.
     """
 
     as_of: date
@@ -157,6 +191,7 @@ class Evidence:
     nowcast: Mapping[str, Any] | None
     depth: list[Mapping[str, Any]]
     models: Mapping[str, Any] = field(default_factory=dict)
+    spend: Mapping[str, Any] = field(default_factory=dict)
 
     def findings(self, *checks: str) -> list[Mapping[str, Any]]:
         """The check findings of these checks."""
@@ -215,7 +250,10 @@ def _dx(
     days: int | None,
     severity: str,
     confidence: float,
+    touches: float | None = None,
 ) -> dict[str, Any]:
+    """A diagnosis; ``touches`` is the share of the account an account-wide one is about
+    (``None``: all of it), turned into ``impact`` by :func:`diagnose_evidence`."""
     return {
         "campaign_id": campaign_id,
         "failure_type": failure_type,
@@ -225,6 +263,7 @@ def _dx(
         "expected_recovery_days": days,
         "severity": severity,
         "confidence": round(min(0.99, max(0.05, confidence)), 2),
+        "_touches": touches,
     }
 
 
@@ -308,6 +347,11 @@ _ATTRIBUTION_ACTIONS = {
     "duplicates": "deduplicate the conversion events (one event id shared by pixel and server)",
     "attribution_match": "fix pixel and click-id capture (gclid / fbclid / li_fat_id kept "
     "through redirects and forms)",
+    "attribution_match.click_id_loss": "fix click-id capture: find what strips gclid / fbclid "
+    "/ li_fat_id since the week it broke (a consent banner, a redirect, a form or landing-page "
+    "change) and keep the click id from the landing page to the conversion event",
+    "attribution_match.platform_disagreement": "reconcile the platform's conversion count with "
+    "yours: the same conversion event, attribution window and deduplication on both sides",
     "utm_hygiene": "enforce one UTM naming convention and map the variants to it",
     "timestamps": "fix the event clocks and time zones at the source",
 }
@@ -318,6 +362,53 @@ _LABEL_ACTIONS = {
     "window to cover the delay",
     "label_completeness": "fill the missing conversion kinds, values and CRM stages at the source",
 }
+#: Evidence keys that count a finding's affected events, most specific first.
+_AFFECTED_KEYS = (
+    "copies",
+    "unmatched_after",
+    "unmatched",
+    "unattributed",
+    "missing_value",
+    "late",
+    "conversion_before_click",
+    "records",
+    "rows",
+)
+#: What the events of a check's findings are counted among (for an account-wide share).
+_AFFECTED_BASE = {"utm_hygiene": "touchpoints", "stage_regression": "crm_records"}
+
+
+def _root_key(f: Mapping[str, Any], actions: Mapping[str, str]) -> str:
+    """The root cause of a finding: ``check.kind`` where that has its own action, else
+    ``check``."""
+    key = f"{f['check']}.{f['evidence'].get('kind')}"
+    return key if key in actions else str(f["check"])
+
+
+def _affected(f: Mapping[str, Any]) -> int | None:
+    """The number of events a finding is about, when its evidence counts them."""
+    e = f["evidence"]
+    for k in _AFFECTED_KEYS:
+        v = e.get(k)
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            return int(v)
+    v = e.get("before_first_spend")
+    if isinstance(v, Mapping) and v:
+        return int(sum(int(x) for x in v.values()))
+    variants, proposed = e.get("variants"), e.get("proposed")
+    if isinstance(variants, Mapping) and isinstance(proposed, str):  # spellings of one value
+        return int(sum(int(n) for k, n in variants.items() if k != proposed))
+    return None
+
+
+def _affected_base(f: Mapping[str, Any]) -> str:
+    """What a finding's events are counted among: touchpoints, CRM records or conversions."""
+    kind = f["evidence"].get("kind")
+    if kind == "touchpoints":
+        return "touchpoints"
+    if kind == "crm":
+        return "crm_records"
+    return _AFFECTED_BASE.get(str(f["check"]), "conversions")
 
 
 def _grouped(
@@ -328,31 +419,53 @@ def _grouped(
     days: int,
     keep: Callable[[Mapping[str, Any]], bool] = lambda f: True,
 ) -> list[dict[str, Any]]:
-    by: dict[str | None, list[Mapping[str, Any]]] = {}
+    """One diagnosis per campaign and root cause (see :func:`_root_key`)."""
+    by: dict[tuple[str | None, str], list[Mapping[str, Any]]] = {}
     for f in ev.findings(*checks):
         if SEVERITY_RANK[f["severity"]] >= SEVERITY_RANK["warn"] and keep(f):
-            by.setdefault(f["campaign_id"], []).append(f)
+            by.setdefault((f["campaign_id"], _root_key(f, actions)), []).append(f)
+    totals = (ev.spend or {}).get("account", {})
     out = []
-    for cid, fs in by.items():
+    for (cid, key), fs in by.items():
         fs = sorted(fs, key=lambda f: -SEVERITY_RANK[f["severity"]])
         top = fs[0]
-        names = list(dict.fromkeys(f["check"] for f in fs))
         evidence: dict[str, Any] = {"findings": len(fs)}
         for f in fs:
             for k, v in _numbers(f["evidence"], f"{f['check']}.").items():
                 evidence.setdefault(k, v)
-        evidence["source"] = "+".join(f"check:{n}" for n in names)
-        base = 0.9 if top["severity"] == "critical" else 0.7
+        counts = [_affected(f) for f in fs]
+        affected = None if None in counts else sum(n for n in counts if n is not None)
+        if affected is not None:
+            evidence["affected_events"] = affected
+        evidence["source"] = f"check:{top['check']}"
+        severity = str(top["severity"])
+        cause = f"{top['check']}: {top['message']}"
+        if affected is not None and affected < MIN_AFFECTED_EVENTS:
+            if severity != "info":
+                cause += f" (only {affected} event(s) affected: info, not {severity})"
+            severity = "info"
+        if key == "attribution_match.click_id_loss":
+            e = top["evidence"]
+            fall = float(e.get("share_before", 0.0)) - float(e.get("share_after", 0.0))
+            confidence = min(0.95, 0.5 + fall)
+        else:
+            base = 0.9 if top["severity"] == "critical" else 0.7
+            confidence = min(0.95, base + 0.05 * (len(fs) - 1))
+        touches = None
+        if cid is None and affected is not None:
+            among = totals.get(_affected_base(top))
+            touches = min(1.0, affected / among) if among else None
         out.append(
             _dx(
                 cid,
                 failure_type,
-                f"{top['check']}: {top['message']}",
+                cause,
                 evidence,
-                "; ".join(actions[n] for n in names if n in actions),
+                actions[key],
                 days,
-                str(top["severity"]),
-                min(0.95, base + 0.05 * (len(fs) - 1)),
+                severity,
+                confidence,
+                touches,
             )
         )
     return out
@@ -413,10 +526,20 @@ def _learning_variance(ev: Evidence) -> list[dict[str, Any]]:
     return out
 
 
+def _source(e: Mapping[str, Any]) -> str | None:
+    """Where a phase entity's conversions come from (older phase dicts: first-party)."""
+    return e.get("conversions_source", "first_party")  # type: ignore[no-any-return]
+
+
 def _volume(ev: Evidence, cid: str, ents: list[Mapping[str, Any]]) -> tuple[float, dict[str, Any]]:
-    pooled = sum(float(e["projected_conversions_7d"]) for e in ents)
+    pooled = sum(float(e["projected_conversions_7d"] or 0.0) for e in ents)
     now = ev.nowcast_7d(cid)
     vol = max(pooled, now or 0.0)
+    source = (
+        "platform_reported"
+        if any(_source(e) == "platform_reported" for e in ents)
+        else ("first_party")
+    )
     check = next((f for f in ev.findings("conversion_volume") if f["campaign_id"] == cid), None)
     evidence: dict[str, Any] = {
         "pooled_projected_conversions_7d": round(pooled, 1),
@@ -426,10 +549,13 @@ def _volume(ev: Evidence, cid: str, ents: list[Mapping[str, Any]]) -> tuple[floa
         "adsets_below": sum(
             1
             for e in ents
-            if e["projected_conversions_7d"] < ev.threshold and e["state"] != "stable"
+            if (e["projected_conversions_7d"] or 0.0) < ev.threshold and e["state"] != "stable"
         ),
+        "volume_source": source,
     }
-    if check is not None:
+    if source == "platform_reported":
+        evidence["history_days"] = min(int(e.get("history_days") or 0) for e in ents)
+    if check is not None and check["evidence"].get("volume_source", "first_party") == source:
         evidence["conversions_7d"] = check["evidence"].get("conversions_7d")
     sources = ["estimate:phase", "estimate:nowcast" if now is not None else None]
     if check is not None:
@@ -438,15 +564,58 @@ def _volume(ev: Evidence, cid: str, ents: list[Mapping[str, Any]]) -> tuple[floa
     return vol, evidence
 
 
+def _what(evidence: Mapping[str, Any]) -> str:
+    """How the volume was counted, in words, for a root cause."""
+    if evidence.get("volume_source") != "platform_reported":
+        return "conversions per 7 days"
+    days = int(evidence.get("history_days") or 0)
+    return (
+        "platform-reported conversions per 7 days (no first-party conversions for this "
+        "campaign; platforms over-count"
+        + (
+            f"; the spend rows cover {days} day(s), so this is their total, not a 7-day rate)"
+            if days < 7
+            else ")"
+        )
+    )
+
+
+def _unknown_volume(cid: str, ents: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """A campaign with no conversions of any kind: its volume cannot be judged."""
+    unlock = next((e.get("unlock") for e in ents if e.get("unlock")), None)
+    return _dx(
+        cid,
+        "signal_gap",
+        "conversion volume unknown: the workspace holds no conversions of any kind for this "
+        "campaign (no first-party conversions, no platform-reported counts in its spend rows), "
+        "so neither the learning state nor a bidding strategy can be judged",
+        {
+            "adsets": len(ents),
+            "volume_source": None,
+            "missing": "conversions",
+            "unlock": unlock,
+            "source": "estimate:phase",
+        },
+        f"send {unlock}" if unlock else "send the campaign's conversions",
+        None,
+        "info",
+        0.3,
+    )
+
+
 def _volume_rules(ev: Evidence, manual: bool) -> list[dict[str, Any]]:
     out = []
     for cid, ents in ev.entities().items():
         if ev.open_outage(cid):
             continue
+        if all(_source(e) is None for e in ents):
+            if not manual:
+                out.append(_unknown_volume(cid, ents))
+            continue
         below = [
             e
             for e in ents
-            if e["projected_conversions_7d"] < ev.threshold and e["state"] != "stable"
+            if (e["projected_conversions_7d"] or 0.0) < ev.threshold and e["state"] != "stable"
         ]
         if not below:
             continue
@@ -457,12 +626,14 @@ def _volume_rules(ev: Evidence, manual: bool) -> list[dict[str, Any]]:
             continue
         discount = FATIGUE_DISCOUNT if ev.starving(cid) else 1.0
         note = " (creative starvation explains part of it)" if discount < 1.0 else ""
+        if evidence["volume_source"] == "platform_reported":
+            discount *= PLATFORM_DISCOUNT
         if manual:
             out.append(
                 _dx(
                     cid,
                     "low_volume_manual",
-                    f"{vol:.0f} conversions per 7 days across the campaign against a threshold "
+                    f"{vol:.0f} {_what(evidence)} across the campaign against a threshold "
                     f"of {ev.threshold}: even a higher-funnel event cannot feed a bidding "
                     f"model{note}",
                     evidence,
@@ -489,8 +660,8 @@ def _volume_rules(ev: Evidence, manual: bool) -> list[dict[str, Any]]:
             _dx(
                 cid,
                 "signal_gap",
-                f"{len(below)} of {len(ents)} ad set(s) below {ev.threshold} conversions per "
-                f"7 days ({vol:.0f} pooled): too few events to leave learning{note}",
+                f"{len(below)} of {len(ents)} ad set(s) below {ev.threshold} "
+                f"{_what(evidence)} ({vol:.0f} pooled): too few events to leave learning{note}",
                 evidence,
                 action,
                 SIGNAL_GAP_RECOVERY_DAYS,
@@ -722,13 +893,119 @@ RULES: tuple[Rule, ...] = (
 FAILURE_TYPES: tuple[str, ...] = tuple(r.failure_type for r in RULES)
 
 
-def _order(d: Mapping[str, Any]) -> tuple[int, float, str, str]:
+def _order(d: Mapping[str, Any]) -> tuple[int, float, float, str, str]:
     return (
         -SEVERITY_RANK[d["severity"]],
+        -float(d["impact"]["spend_per_day"] or 0.0),
         -float(d["confidence"]),
         d["campaign_id"] or "",
         d["failure_type"],
     )
+
+
+def _impact(ev: Evidence, d: Mapping[str, Any]) -> dict[str, Any]:
+    """The money at stake of a diagnosis (see the module docstring)."""
+    acct = (ev.spend or {}).get("account")
+    if not acct:
+        return {
+            "spend_per_day": None,
+            "conversions_per_week": None,
+            "share_of_account_spend": None,
+            "conversions_source": None,
+        }
+    total = float(acct.get("spend_per_day") or 0.0)
+    if d["campaign_id"] is not None:
+        c = (ev.spend.get("campaigns") or {}).get(d["campaign_id"], {})
+        spend = float(c.get("spend_per_day") or 0.0)
+        conv = c.get("conversions_per_week")
+        source = c.get("conversions_source")
+    else:
+        touches = d.get("_touches")
+        share = 1.0 if touches is None else float(touches)
+        spend = share * total
+        acct_conv = acct.get("conversions_per_week")
+        conv = share * float(acct_conv) if acct_conv is not None else None
+        source = acct.get("conversions_source")
+    return {
+        "spend_per_day": round(spend, 2),
+        "conversions_per_week": round(float(conv), 1) if conv is not None else None,
+        "share_of_account_spend": round(spend / total, 4) if total else None,
+        "conversions_source": source,
+    }
+
+
+def spend_at_stake(ws: Workspace, as_of: date, days: int = IMPACT_DAYS) -> dict[str, Any]:
+    """Spend and conversions per campaign over the last ``days`` days, for :class:`Evidence`.
+
+    Returns ``{"account": {...}, "campaigns": {campaign id: {...}}}``: per campaign
+    ``spend_per_day`` (the window's spend / ``days``), ``conversions_per_week`` (its tracked
+    first-party conversions in the window, scaled to 7 days; when it has no first-party
+    conversion at all, the platform-reported ones of its spend rows; ``None`` with neither)
+    and ``conversions_source`` (``first_party``, ``platform_reported`` or ``None``); the
+    account the same summed, and its history totals ``conversions`` (every conversion,
+    attributed or not), ``touchpoints`` and ``crm_records``.
+    """
+    from signalloop.checks.base import CheckContext
+
+    ctx = CheckContext(ws, as_of, Settings())
+    start = as_of - timedelta(days=days - 1)
+    sp = ctx.table("spend")
+    sp = sp.filter(sp.campaign_id.notnull())
+    recent = sp.filter(sp.date >= start)
+    spend = {
+        str(r["campaign_id"]): (float(r["s"] or 0.0), r["p"])
+        for r in recent.group_by("campaign_id")
+        .aggregate(s=recent.spend.sum(), p=recent.platform_conversions.sum())
+        .to_pyarrow()
+        .to_pylist()
+    }
+    ever_reported = {
+        str(r["campaign_id"])
+        for r in sp.group_by("campaign_id")
+        .aggregate(p=sp.platform_conversions.sum())
+        .to_pyarrow()
+        .to_pylist()
+        if (r["p"] or 0) > 0
+    }
+    c = ctx.conversions
+    tracked = c.filter(c.source.isin(["pixel", "server"]) | c.source.isnull())
+    tracked = tracked.filter(tracked.attributed_campaign_id.notnull())
+    conv = {
+        str(r["campaign_id"]): (int(r["n"]), int(r["recent"] or 0))
+        for r in tracked.group_by(campaign_id=tracked.attributed_campaign_id)
+        .aggregate(n=tracked.count(), recent=(tracked.ts.date() >= start).sum())
+        .to_pyarrow()
+        .to_pylist()
+    }
+    scale = 7.0 / days
+    campaigns: dict[str, dict[str, Any]] = {}
+    for cid in sorted(set(spend) | set(conv)):
+        s, reported = spend.get(cid, (0.0, None))
+        if cid in conv:
+            n: float | None = conv[cid][1] * scale
+            source: str | None = "first_party"
+        elif cid in ever_reported:
+            n, source = float(reported or 0.0) * scale, "platform_reported"
+        else:
+            n, source = None, None
+        campaigns[cid] = {
+            "spend_per_day": s / days,
+            "conversions_per_week": n,
+            "conversions_source": source,
+        }
+    known = [v["conversions_per_week"] for v in campaigns.values()]
+    sources = {v["conversions_source"] for v in campaigns.values()} - {None}
+    account = {
+        "spend_per_day": sum(v["spend_per_day"] for v in campaigns.values()),
+        "conversions_per_week": sum(n for n in known if n is not None) if sources else None,
+        "conversions_source": (
+            sources.pop() if len(sources) == 1 else "mixed" if sources else None
+        ),
+        "conversions": int(c.count().execute()),
+        "touchpoints": int(ctx.table("touchpoints").count().execute()),
+        "crm_records": int(ctx.table("crm").record_id.nunique().execute()),
+    }
+    return {"account": account, "campaigns": campaigns}
 
 
 def diagnose(
@@ -756,8 +1033,8 @@ def diagnose(
         computed (storing its exclusions, as a run does) when ``None``.
     state
         Precomputed estimates by name: ``phase``, ``fatigue``, ``nowcast`` (the reports'
-        dicts) and ``depth`` (rows of :func:`~signalloop.models.depth.feedback_depth`); the
-        missing ones are computed.
+        dicts), ``depth`` (rows of :func:`~signalloop.models.depth.feedback_depth`) and
+        ``spend`` (:func:`spend_at_stake`); the missing ones are computed.
     models
         Model evidence: ``backtests`` (a list of :func:`~signalloop.models.backtest.backtest`
         dicts, each optionally with ``campaign_id`` and ``name``) for ``overfitting``, which
@@ -773,8 +1050,10 @@ def diagnose(
         ``{"as_of": "YYYY-MM-DD", "diagnoses": [...]}``, each diagnosis with
         ``campaign_id`` (``None`` = account-wide), ``failure_type``, ``root_cause``,
         ``evidence`` (numbers plus ``source``), ``recovery_action``,
-        ``expected_recovery_days``, ``severity`` and ``confidence``, most severe first, then
-        most confident.
+        ``expected_recovery_days``, ``severity``, ``confidence`` and ``impact``
+        (``spend_per_day``, ``conversions_per_week``, ``share_of_account_spend``,
+        ``conversions_source``), most severe first, then most spend at stake, then most
+        confident.
 
     Raises
     ------
@@ -818,6 +1097,7 @@ def diagnose(
         nowcast=state["nowcast"],
         depth=list(state["depth"]),
         models=models,
+        spend=state.get("spend") or spend_at_stake(ws, as_of),
     )
     return diagnose_evidence(ev, rules)
 
@@ -846,6 +1126,9 @@ def diagnose_evidence(ev: Evidence, rules: tuple[Rule, ...] = RULES) -> dict[str
     ['audience_bias']
     """
     found = [d for rule in rules for d in rule.fn(ev)]
+    for d in found:
+        d["impact"] = _impact(ev, d)
+        d.pop("_touches", None)
     found.sort(key=_order)
     return {"as_of": ev.as_of.isoformat(), "diagnoses": found}
 
@@ -857,4 +1140,5 @@ __all__ = [
     "Rule",
     "diagnose",
     "diagnose_evidence",
+    "spend_at_stake",
 ]

@@ -11,6 +11,25 @@ human ones cost, when an evaluation becomes meaningful (28 days after the last r
 threshold reached), and a recommendation. Days inside exclusion windows pause the clock:
 nothing that happens there counts.
 
+**Which conversions.** Per campaign, the optimisation events are its first-party tracked
+conversions (pixel / server) when the workspace holds any for it (``conversions_source``
+``"first_party"``; conversions that name no ad set, directly or through their click, are
+spread over the campaign's ad sets by each ad set's share of that day's clicks, and
+``split_by_clicks_share`` says how much of the campaign's volume that was); else the
+platform-reported conversions of its spend rows (``"platform_reported"``: platforms count
+view-through and modelled conversions, so this over-counts); else nothing
+(``conversions_source`` ``None``).
+
+**State vocabulary.** ``learning``, ``learning_limited`` and ``stable`` as above, and
+``unknown`` when the rule cannot be replayed: no conversions of any kind for the campaign, or
+only platform-reported counts over fewer than :data:`MIN_DAILY_DAYS` days of spend (an export
+of one total per ad stamped with one date is not a daily history). An ``unknown`` entity says
+``missing`` (what is not there) and ``unlock`` (the export that would provide it); its
+``conversions_7d`` and ``projected_conversions_7d`` are what exists (the platform's counts
+dated in the last 7 days, never extrapolated from fewer than 7 days), ``None`` when nothing
+does. Readers that gate on learning (``allocate``, ``lens``) treat ``unknown`` as not known
+to be learning.
+
 Heavy work (edits joined to entities, daily conversions per ad set) is ibis; the per-ad-set
 daily replay is small and done in Python.
 """
@@ -33,6 +52,19 @@ BUDGET_THRESHOLD = 0.2
 PAUSE_DAYS = 7
 WINDOW = 7
 EVALUATION_DAYS = 28
+#: Days of spend rows the platform-reported path needs to replay the rule (a one-period
+#: export stamped with one date has 1).
+MIN_DAILY_DAYS = 7
+#: Every state an entity can be in.
+STATES = ("learning", "learning_limited", "stable", "unknown")
+#: What unlocks the learning state when it is unknown, by what is missing.
+UNLOCK = {
+    "conversions": "first-party conversions (conversions: conversion_id, ts, kind, with "
+    "campaign_id or click_id), or the platform's conversion counts in the spend export "
+    "(platform_conversions)",
+    "daily history": "a daily breakdown of the spend export (one row per ad set and day, "
+    f"at least {MIN_DAILY_DAYS} days) with platform_conversions, or first-party conversions",
+}
 
 
 @dataclass
@@ -61,12 +93,20 @@ class EntityPhase:
     entity_id: str
     campaign_id: str
     state: str
-    conversions_7d: int
+    conversions_7d: int | None
     resets: list[Reset] = field(default_factory=list)
     states: dict[str, str] = field(default_factory=dict)
     evaluation_ready_on: date | None = None
     recommendation: str = ""
-    projected_7d: float = 0.0
+    projected_7d: float | None = 0.0
+    #: ``"first_party"``, ``"platform_reported"`` or ``None`` (no conversions of any kind)
+    conversions_source: str | None = "first_party"
+    #: days of history the counts cover (ad set's first day to the as-of date)
+    history_days: int = 0
+    #: share of the campaign's first-party volume placed on ad sets by their clicks
+    split_by_clicks_share: float = 0.0
+    #: why the state is ``unknown`` and which export would tell it
+    missing: str | None = None
 
     @property
     def human_resets(self) -> int:
@@ -88,7 +128,12 @@ class EntityPhase:
             "campaign_id": self.campaign_id,
             "state": self.state,
             "conversions_7d": self.conversions_7d,
-            "projected_conversions_7d": round(self.projected_7d, 1),
+            "projected_conversions_7d": (
+                round(self.projected_7d, 1) if self.projected_7d is not None else None
+            ),
+            "conversions_source": self.conversions_source,
+            "history_days": self.history_days,
+            "split_by_clicks_share": round(self.split_by_clicks_share, 3),
             "last_significant_edit": last.to_dict() if last else None,
             "resets": [r.to_dict() for r in self.resets],
             "human_resets": self.human_resets,
@@ -97,6 +142,11 @@ class EntityPhase:
                 self.evaluation_ready_on.isoformat() if self.evaluation_ready_on else None
             ),
             "recommendation": self.recommendation,
+            **(
+                {"missing": self.missing, "unlock": UNLOCK.get(self.missing)}
+                if self.missing
+                else {}
+            ),
         }
 
 
@@ -127,7 +177,11 @@ def _num(v: Any) -> float | None:
 def phase(
     ws: Workspace, as_of: date | None = None, *, settings: Settings | None = None
 ) -> PhaseReport:
-    """Replay the learning phase of every ad set up to ``as_of`` (default: last day of data)."""
+    """Replay the learning phase of every ad set up to ``as_of`` (default: last day of data).
+
+    A campaign whose spend rows name no ad set is one entity of level ``"campaign"`` (its
+    id the campaign's), so no campaign with spend is left out.
+    """
     settings = settings or Settings()
     threshold = settings.learning_threshold
     as_of = as_of or default_as_of(ws)
@@ -135,15 +189,37 @@ def phase(
         raise UsageError(f"workspace {ws.path} holds no data yet: ingest something first")
     ctx = CheckContext(ws, as_of, settings)
     spend = ctx.table("spend")
-    # the ad sets, their campaign, first day and ads (from delivery)
-    sets = (
-        spend.filter(spend.adset_id.notnull())
+    spend = spend.filter(spend.campaign_id.notnull())
+    # the ad sets, their campaign, first day and ads (from delivery); campaigns without ad-set
+    # rows are their own entity
+    sets = [
+        {**r, "level": "adset", "entity": r["adset_id"]}
+        for r in spend.filter(spend.adset_id.notnull())
         .group_by(["campaign_id", "adset_id"])
         .aggregate(first=spend.date.min(), last=spend.date.max())
         .order_by(["campaign_id", "adset_id"])
         .to_pyarrow()
         .to_pylist()
+    ]
+    with_sets = {s["campaign_id"] for s in sets}
+    campaigns = (
+        spend.group_by("campaign_id")
+        .aggregate(
+            first=spend.date.min(),
+            days=spend.date.nunique(),
+            reported=spend.platform_conversions.sum(),
+        )
+        .order_by("campaign_id")
+        .to_pyarrow()
+        .to_pylist()
     )
+    sets += [
+        {**r, "level": "campaign", "entity": r["campaign_id"], "adset_id": None}
+        for r in campaigns
+        if r["campaign_id"] not in with_sets
+    ]
+    spend_days = {r["campaign_id"]: int(r["days"]) for r in campaigns}
+    reported = {r["campaign_id"] for r in campaigns if (r["reported"] or 0) > 0}
     ads = {
         r["ad_id"]: r["adset_id"]
         for r in spend.filter(spend.ad_id.notnull() & spend.adset_id.notnull())
@@ -152,35 +228,158 @@ def phase(
         .to_pyarrow()
         .to_pylist()
     }
-    daily = _adset_daily_conversions(ctx)
-    edits = _edits(ctx, ads, {s["adset_id"]: s["campaign_id"] for s in sets})
+    owner = {s["entity"]: s["campaign_id"] for s in sets}
+    daily, first_party, split = _first_party_daily(ctx, sets)
+    platform = _platform_daily(ctx, sets, reported - first_party)
+    edits = _edits(ctx, ads, owner)
     excluded = _excluded_days(ws)
     entities = []
     for s in sets:
+        cid = s["campaign_id"]
+        source = (
+            "first_party"
+            if cid in first_party
+            else "platform_reported"
+            if cid in reported
+            else None
+        )
+        events = daily if source == "first_party" else platform
         ent = _replay(
-            s["adset_id"],
-            s["campaign_id"],
+            s["entity"],
+            cid,
             to_date(s["first"]) or as_of,
             as_of,
-            daily.get(s["adset_id"], {}),
-            edits.get(s["adset_id"], []),
-            excluded.get(s["campaign_id"], set()),
+            events.get(s["entity"], {}),
+            edits.get(s["entity"], []),
+            excluded.get(cid, set()),
             threshold,
+            extrapolate=source == "first_party",
         )
-        siblings = [x for x in sets if x["campaign_id"] == s["campaign_id"]]
+        ent.level = s["level"]
+        ent.conversions_source = source
+        ent.split_by_clicks_share = split.get(cid, 0.0)
+        if source is None:
+            _unknown(ent, "conversions")
+        elif source == "platform_reported" and spend_days.get(cid, 0) < MIN_DAILY_DAYS:
+            _unknown(ent, "daily history")
+        siblings = [x for x in sets if x["campaign_id"] == cid]
         ent.recommendation = _recommend(ent, len(siblings), threshold, as_of)
         entities.append(ent)
     return PhaseReport(as_of, threshold, entities)
 
 
-def _adset_daily_conversions(ctx: CheckContext) -> dict[str, dict[date, int]]:
-    """Optimisation events (tracked conversions) per ad set and event day."""
+def _unknown(ent: EntityPhase, missing: str) -> None:
+    """Mark an entity whose learning rule cannot be replayed (says what is missing)."""
+    ent.state, ent.missing, ent.evaluation_ready_on = "unknown", missing, None
+    ent.states = {d: "unknown" for d in ent.states}
+    if missing == "conversions":
+        ent.conversions_7d, ent.projected_7d = None, None
+
+
+def _first_party_daily(
+    ctx: CheckContext, sets: list[dict[str, Any]]
+) -> tuple[dict[str, dict[date, float]], set[str], dict[str, float]]:
+    """Optimisation events (tracked conversions) per entity and event day.
+
+    Returns the daily counts per entity, the campaigns with any first-party event, and per
+    campaign the share of its events that named no ad set (directly or through their click)
+    and were spread over its ad sets by their share of that day's clicks (of the whole
+    history's clicks on a day without any).
+    """
     c = ctx.tracked_conversions
-    rows = c.group_by(["adset", "day"]).aggregate(n=c.count()).to_pyarrow().to_pylist()
-    out: dict[str, dict[date, int]] = {}
+    rows = (
+        c.group_by(campaign_id=c.attributed_campaign_id, adset=c.adset, day=c.day)
+        .aggregate(n=c.count())
+        .to_pyarrow()
+        .to_pylist()
+    )
+    level = {s["entity"]: s["level"] for s in sets}
+    adset_owner = {s["entity"]: s["campaign_id"] for s in sets if s["level"] == "adset"}
+    out: dict[str, dict[date, float]] = {}
+    unplaced: dict[str, dict[date, float]] = {}
+    total: dict[str, float] = {}
+    campaigns: set[str] = set()
     for r in rows:
-        if r["adset"] is not None:
-            out.setdefault(r["adset"], {})[r["day"]] = int(r["n"])
+        adset, n = r["adset"], float(r["n"])
+        cid = r["campaign_id"] or adset_owner.get(adset)
+        if cid is None:
+            continue
+        campaigns.add(cid)
+        total[cid] = total.get(cid, 0.0) + n
+        if adset is not None and level.get(adset) == "adset":
+            key: str | None = adset
+        elif level.get(cid) == "campaign":
+            key = cid
+        else:
+            key = None
+        if key is None:
+            d = unplaced.setdefault(cid, {})
+            d[r["day"]] = d.get(r["day"], 0.0) + n
+            continue
+        d = out.setdefault(key, {})
+        d[r["day"]] = d.get(r["day"], 0.0) + n
+    split: dict[str, float] = {}
+    if unplaced:
+        clicks = _adset_clicks(ctx, set(unplaced))
+        for cid, days in unplaced.items():
+            by_day = clicks.get(cid, {})
+            overall: dict[str, float] = {}
+            for per in by_day.values():
+                for a, k in per.items():
+                    overall[a] = overall.get(a, 0.0) + k
+            if not overall:  # no clicks at all: an even split would be made up, keep them out
+                continue
+            for day, n in days.items():
+                weights = by_day.get(day) or overall
+                w_sum = sum(weights.values()) or 1.0
+                for a, k in weights.items():
+                    d = out.setdefault(a, {})
+                    d[day] = d.get(day, 0.0) + n * k / w_sum
+            split[cid] = sum(days.values()) / total[cid]
+    return out, campaigns, split
+
+
+def _adset_clicks(
+    ctx: CheckContext, campaigns: set[str]
+) -> dict[str, dict[date, dict[str, float]]]:
+    """Clicks per campaign, day and ad set, from the spend rows (small)."""
+    sp = ctx.table("spend")
+    sp = sp.filter(sp.adset_id.notnull() & sp.campaign_id.isin(sorted(campaigns)))
+    out: dict[str, dict[date, dict[str, float]]] = {}
+    for r in (
+        sp.group_by(["campaign_id", "adset_id", "date"])
+        .aggregate(k=sp.clicks.sum())
+        .to_pyarrow()
+        .to_pylist()
+    ):
+        if r["k"]:
+            out.setdefault(r["campaign_id"], {}).setdefault(r["date"], {})[r["adset_id"]] = float(
+                r["k"]
+            )
+    return out
+
+
+def _platform_daily(
+    ctx: CheckContext, sets: list[dict[str, Any]], campaigns: set[str]
+) -> dict[str, dict[date, float]]:
+    """Platform-reported conversions per entity and spend day, for these campaigns."""
+    out: dict[str, dict[date, float]] = {}
+    if not campaigns:
+        return out
+    level = {s["entity"]: s["level"] for s in sets}
+    sp = ctx.table("spend")
+    sp = sp.filter(sp.campaign_id.isin(sorted(campaigns)) & sp.platform_conversions.notnull())
+    for r in (
+        sp.group_by(["campaign_id", "adset_id", "date"])
+        .aggregate(n=sp.platform_conversions.sum())
+        .to_pyarrow()
+        .to_pylist()
+    ):
+        key = r["adset_id"] if level.get(r["adset_id"]) == "adset" else r["campaign_id"]
+        if level.get(key) is None:
+            continue
+        d = out.setdefault(key, {})
+        d[r["date"]] = d.get(r["date"], 0.0) + float(r["n"] or 0.0)
     return out
 
 
@@ -255,15 +454,22 @@ def _replay(
     campaign: str,
     first: date,
     as_of: date,
-    daily: dict[date, int],
+    daily: dict[date, float],
     resets: list[Reset],
     excluded: set[date],
     threshold: int,
+    *,
+    extrapolate: bool = True,
 ) -> EntityPhase:
-    """Run the platform's learning rule over the ad set's days."""
+    """Run the platform's learning rule over the ad set's days.
+
+    The projected 7-day volume is the mean of the last 14 counted days times 7; with
+    ``extrapolate`` false and fewer than 7 days counted it is their sum (a count that may be
+    one total for a whole period is not a daily rate).
+    """
     by_day = {r.day: r for r in resets}
-    state, since, counted_days = "learning", 0, 0
-    history: list[int] = []
+    state, since, counted_days = "learning", 0.0, 0
+    history: list[float] = []
     states: dict[str, str] = {}
     current: Reset | None = None
     d = first
@@ -272,12 +478,12 @@ def _replay(
         if r is not None:
             if current is not None and current.days_in_learning == 0:
                 current.days_in_learning = counted_days
-            state, since, counted_days, current = "learning", 0, 0, r
+            state, since, counted_days, current = "learning", 0.0, 0, r
         if d in excluded:
             states[d.isoformat()] = state
             d += timedelta(days=1)
             continue
-        n = daily.get(d, 0)
+        n = daily.get(d, 0.0)
         history.append(n)
         since += n
         if state == "learning":
@@ -298,14 +504,25 @@ def _replay(
         d += timedelta(days=1)
     if current is not None and current.days_in_learning == 0:
         current.days_in_learning = counted_days  # still not stable at the as-of date
-    last7 = sum(history[-WINDOW:])
+    last7 = round(sum(history[-WINDOW:]))
     recent = history[-14:]
-    rate = sum(recent) / len(recent) if recent else 0.0
+    if extrapolate or len(recent) >= WINDOW:
+        projected = sum(recent) / len(recent) * WINDOW if recent else 0.0
+    else:
+        projected = float(sum(recent))
     ent = EntityPhase(
-        "adset", adset, campaign, state, last7, resets, states, projected_7d=rate * WINDOW
+        "adset",
+        adset,
+        campaign,
+        state,
+        last7,
+        resets,
+        states,
+        projected_7d=projected,
+        history_days=len(history),
     )
     last_reset = resets[-1].day if resets else first
-    if rate * WINDOW >= threshold:
+    if projected >= threshold:
         ready = last_reset + timedelta(days=EVALUATION_DAYS)
         ent.evaluation_ready_on = max(ready, as_of) if state == "stable" else ready
     return ent
@@ -322,6 +539,19 @@ def _recommend(ent: EntityPhase, siblings: int, threshold: int, as_of: date) -> 
             f"stop manual edits: {len(recent_human)} human resets in 28 days cost "
             f"{ent.days_lost} days of learning; hold the calibration window"
         )
+    if ent.state == "unknown":
+        if ent.missing == "conversions":
+            return (
+                "learning state unknown: no conversions of any kind for this campaign; send "
+                + UNLOCK["conversions"]
+            )
+        return (
+            f"learning state unknown: {ent.projected_7d or 0:.0f} platform-reported conversions "
+            f"over {ent.history_days} day(s) of spend rows, not a daily history; send "
+            + UNLOCK["daily history"]
+        )
+    if ent.projected_7d is None:  # only an unknown state has no volume
+        return ""
     if ent.state == "stable":
         if ent.evaluation_ready_on and ent.evaluation_ready_on > as_of:
             return f"stable; hold edits, evaluate on or after {ent.evaluation_ready_on}"

@@ -613,12 +613,33 @@ DIAGNOSIS_HEAD = (
     "severity",
     "campaign",
     "failure",
+    "at stake",
     "root cause",
     "evidence",
     "recovery action",
     "days",
     "conf.",
 )
+
+
+def _impact(impact: dict[str, Any]) -> str:
+    """A diagnosis' money at stake: spend a day and its share, conversions a week."""
+    spend = impact.get("spend_per_day")
+    if spend is None:
+        return "-"
+    share = impact.get("share_of_account_spend")
+    conv = impact.get("conversions_per_week")
+    lines = [f"<div>{_e(f'{spend:,.2f}')} a day</div>"]
+    if share is not None:
+        lines.append(f"<div>{_e(f'{share:.1%}')} of spend</div>")
+    if conv is not None:
+        what = (
+            "platform-reported conversions"
+            if impact.get("conversions_source") == "platform_reported"
+            else "conversions"
+        )
+        lines.append(f"<div>{_e(f'{conv:,.0f}')} {what} a week</div>")
+    return "".join(lines)
 
 
 def _diagnosis_rows(diagnoses: list[dict[str, Any]]) -> str:
@@ -631,6 +652,7 @@ def _diagnosis_rows(diagnoses: list[dict[str, Any]]) -> str:
             f"<td class='sev' style='color:{colour}'>{_e(d['severity'])}</td>"
             f"<td>{_e(d['campaign_id'] or 'account')}</td>"
             f"<td>{_e(d['failure_type'].replace('_', ' '))}</td>"
+            f"<td class='ev'>{_impact(d.get('impact') or {})}</td>"
             f"<td>{_e(d['root_cause'])}</td>"
             f"<td class='ev'>{_evidence(d['evidence'])}</td>"
             f"<td>{_e(d['recovery_action'])}</td>"

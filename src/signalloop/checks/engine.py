@@ -196,14 +196,20 @@ def _environment(ctx: CheckContext, campaigns: list[dict[str, Any]]) -> dict[str
         num = den = 0.0
         for c in campaigns:
             comp = c["signal_environment"].get(k)
-            if comp is None:
+            if comp is None or comp.get("score") is None:  # not measurable there (says why)
                 continue
             w = weights.get(c["campaign_id"], 0.0) or 1e-9
             num += w * comp["score"]
             den += w
         env[k] = {
             "score": round(num / den, 3) if den else None,
-            "evidence": {"campaigns": sum(1 for c in campaigns if c["signal_environment"].get(k))},
+            "evidence": {
+                "campaigns": sum(
+                    1
+                    for c in campaigns
+                    if (c["signal_environment"].get(k) or {}).get("score") is not None
+                )
+            },
         }
     return env
 

@@ -211,6 +211,16 @@ def integration_dropout(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Findi
             )
         findings.extend(_delivery_stops(cid, c, days, opt))
         last28 = down[-28:]
+        measured = any(cid in series for series in observed.values()) or cid in activity
+        if not measured:  # no events of its own arrive: uptime cannot be told, not 100%
+            ctx.environment.setdefault(cid, {})["integration_uptime"] = {
+                "score": None,
+                "missing": "first-party conversions",
+                "unlock": "first-party conversions (conversions: conversion_id, ts, kind, with "
+                "campaign_id or click_id) or CRM records linked to the campaign",
+                "evidence": {},
+            }
+            continue
         uptime[cid] = 1.0 - float(last28.mean()) if len(last28) else 1.0
         ctx.environment.setdefault(cid, {})["integration_uptime"] = {
             "score": round(uptime[cid], 3),
@@ -285,30 +295,73 @@ def _delivery_stops(
     "attribution_match",
     scope="campaign",
     severity="warn",
-    description="share of conversions joined to a click by click_id, per platform and week; "
-    "platform-reported against observed conversions",
+    description="share of conversions joined to a click by click_id, per platform, and week by "
+    "week per campaign against the campaign's own history: a fall (a consent banner or a "
+    "redirect stripping gclid / fbclid) is click-id loss, named with the week it broke and "
+    "the share before and after; platform-reported against observed conversions. Only "
+    "campaigns whose touchpoints carry click ids are judged (elsewhere the score is "
+    "unavailable, not 0); the platform comparison needs first-party conversions",
     min_match_share=0.8,
     max_ratio=2.0,
     min_ratio=0.5,
     min_conversions=20,
+    loss_min_week_conversions=10,
+    loss_baseline_weeks=2,
+    loss_weeks=2,
+    loss_margin=0.25,
+    loss_max_share=0.6,
 )
 def attribution_match(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding]:
     conv = ctx.conversions
     tp = ctx.table("touchpoints")
-    clicks = tp.filter(tp.click_id.notnull()).select("click_id").distinct()
+    with_ids = tp.filter(tp.click_id.notnull())
+    clicks = with_ids.select("click_id").distinct()
+    matchable = {
+        str(r["campaign_id"]): int(r["n"])
+        for r in with_ids.filter(with_ids.campaign_id.notnull())
+        .group_by("campaign_id")
+        .aggregate(n=_.count())
+        .to_pyarrow()
+        .to_pylist()
+    }
     spend = ctx.table("spend")
     platforms = spend.group_by("campaign_id").aggregate(platform=spend.platform.arbitrary())
     c = conv.mutate(matched=conv.click_id.isin(clicks.click_id))
     c = c.left_join(platforms, c.attributed_campaign_id == platforms.campaign_id)
     c = c.mutate(week=c.ts.date().truncate("W"))
     findings: list[Finding] = []
+    # judged: conversions of campaigns whose touchpoints carry click ids (and the unattributed
+    # ones, once the account has any such touchpoints); the rest have nothing to match
+    judged = c.filter(
+        c.attributed_campaign_id.isin(list(matchable)) | c.attributed_campaign_id.isnull()
+    )
     by_platform = (
-        c.group_by(platform=c.platform.fill_null("unknown"))
-        .aggregate(n=c.count(), with_click=c.click_id.notnull().sum(), matched=c.matched.sum())
+        judged.group_by(platform=judged.platform.fill_null("unknown"))
+        .aggregate(n=judged.count(), matched=judged.matched.sum())
         .order_by("platform")
         .to_pyarrow()
         .to_pylist()
+        if matchable
+        else []
     )
+    for p in by_platform:
+        share = p["matched"] / p["n"] if p["n"] else 1.0
+        if p["n"] >= opt["min_conversions"] and share < opt["min_match_share"]:
+            findings.append(
+                Finding(
+                    "attribution_match",
+                    "warn",
+                    None,
+                    f"only {share:.0%} of {p['platform']} conversions join a click by click_id",
+                    {
+                        "kind": "click_id_match",
+                        "platform": p["platform"],
+                        "conversions": int(p["n"]),
+                        "unmatched": int(p["n"] - p["matched"]),
+                        "matched_share": round(share, 4),
+                    },
+                )
+            )
     weekly = (
         c.group_by(campaign_id=c.attributed_campaign_id, week=c.week)
         .aggregate(n=c.count(), matched=c.matched.sum())
@@ -320,23 +373,134 @@ def attribution_match(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding
     for r in weekly:
         if r["campaign_id"] is not None:
             per_campaign.setdefault(r["campaign_id"], []).append(r)
-    for p in by_platform:
-        share = p["matched"] / p["n"] if p["n"] else 1.0
-        if p["n"] >= opt["min_conversions"] and share < opt["min_match_share"]:
+    off = _platform_disagreement(ctx, c, opt)
+    last4 = ctx.as_of - timedelta(days=ctx.as_of.weekday() + 21)  # Monday, 3 weeks back
+    for cid in ctx.campaigns:
+        rows = per_campaign.get(cid, [])
+        env = ctx.environment.setdefault(cid, {})
+        if cid not in matchable:
+            env["attribution_accuracy"] = {
+                "score": None,
+                "missing": "touchpoints with click_id",
+                "unlock": "export clicks (touchpoints: touch_id, ts, user_id, campaign_id, "
+                "click_id) so conversions can be matched to them by click_id",
+                "evidence": {"conversions": sum(int(r["n"]) for r in rows)},
+            }
+        else:
+            recent = [r for r in rows if r["week"] >= last4]
+            n = sum(int(r["n"]) for r in recent)
+            matched = sum(int(r["matched"]) for r in recent)
+            evidence = {"conversions_last_4_weeks": n, "matched_by_click_id": matched}
+            env["attribution_accuracy"] = (
+                {"score": round(matched / n, 3), "evidence": evidence}
+                if n
+                else {
+                    "score": None,
+                    "missing": "conversions in the last 4 weeks",
+                    "unlock": "conversions (conversion_id, ts, kind) carrying click_id",
+                    "evidence": evidence,
+                }
+            )
+            loss = click_id_loss([(r["week"], int(r["n"]), int(r["matched"])) for r in rows], opt)
+            if loss is not None:
+                findings.append(
+                    Finding(
+                        "attribution_match",
+                        "warn",
+                        cid,
+                        f"click-id match share fell from {loss['share_before']:.0%} to "
+                        f"{loss['share_after']:.0%} from the week of {loss['break_week']} "
+                        f"({loss['weeks_low']} week(s), {loss['unmatched_after']:,} of "
+                        f"{loss['conversions_after']:,} conversions without a click id that "
+                        "joins a click): click ids are being lost between the ad click and "
+                        "the conversion",
+                        {"kind": "click_id_loss", **loss},
+                        active=True,
+                        window=(date.fromisoformat(loss["break_week"]), None),
+                    )
+                )
+        if cid in off:
             findings.append(
                 Finding(
                     "attribution_match",
                     "warn",
-                    None,
-                    f"only {share:.0%} of {p['platform']} conversions join a click by click_id",
-                    {
-                        "platform": p["platform"],
-                        "conversions": int(p["n"]),
-                        "matched_share": round(share, 4),
-                    },
+                    cid,
+                    "platform-reported conversions disagree with observed ones in "
+                    f"{len(off[cid])} week(s) (ratio outside "
+                    f"{opt['min_ratio']}-{opt['max_ratio']})",
+                    {"kind": "platform_disagreement", "weeks": off[cid]},
                 )
             )
-    # platform-reported against observed, per campaign and week (by click week)
+    return findings
+
+
+def click_id_loss(
+    weeks: list[tuple[date, int, int]], opt: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """A campaign's click-id match share falling against its own history, or ``None``.
+
+    ``weeks`` are ``(week start, conversions, matched by click_id)`` in time order. Weeks
+    with fewer than ``loss_min_week_conversions`` conversions are not judged. The last
+    ``loss_weeks`` judged weeks (at least) must each be under ``loss_max_share`` and under
+    the baseline (the median share of the judged weeks before them, at least
+    ``loss_baseline_weeks`` of them) minus ``loss_margin``; the run of low weeks extends back
+    over earlier weeks under the baseline minus half the margin (a week the loss began in
+    the middle of), and its first week is the week it broke.
+
+    >>> opt = {"loss_min_week_conversions": 10, "loss_baseline_weeks": 2, "loss_weeks": 2,
+    ...        "loss_margin": 0.25, "loss_max_share": 0.6}
+    >>> w = [date(2026, 1, 5) + timedelta(weeks=i) for i in range(6)]
+    >>> rows = list(zip(w, [40] * 6, [38, 39, 38, 31, 12, 11]))
+    >>> loss = click_id_loss(rows, opt)
+    >>> loss["break_week"], loss["share_before"], loss["share_after"], loss["weeks_low"]
+    ('2026-01-26', 0.95, 0.45, 3)
+    >>> click_id_loss(list(zip(w, [40] * 6, [38] * 6)), opt) is None
+    True
+    """
+    used = [(w, n, m) for w, n, m in weeks if n >= opt["loss_min_week_conversions"]]
+    shares = [m / n for _w, n, m in used]
+    k = len(used)
+    start = k
+    while start > 0 and shares[start - 1] < opt["loss_max_share"]:
+        start -= 1
+    if k - start < opt["loss_weeks"] or start < opt["loss_baseline_weeks"]:
+        return None
+    baseline = float(np.median(shares[:start]))
+    if any(s >= baseline - opt["loss_margin"] for s in shares[start:]):
+        return None
+    # a week the loss began in the middle of: under the baseline minus half the margin
+    while (
+        start - 1 >= opt["loss_baseline_weeks"]
+        and shares[start - 1] < baseline - opt["loss_margin"] / 2
+    ):
+        start -= 1
+        baseline = float(np.median(shares[:start]))
+    low = used[start:]
+    n_after = sum(n for _w, n, _m in low)
+    m_after = sum(m for _w, _n, m in low)
+    n_before = sum(n for _w, n, _m in used[:start])
+    return {
+        "break_week": used[start][0].isoformat(),
+        "share_before": round(baseline, 3),
+        "share_after": round(m_after / n_after, 3),
+        "weeks_low": len(low),
+        "conversions_before": n_before,
+        "conversions_after": n_after,
+        "unmatched_after": n_after - m_after,
+        "weekly": [
+            {"week": w.isoformat(), "conversions": n, "matched_share": round(m / n, 3)}
+            for w, n, m in used
+        ],
+    }
+
+
+def _platform_disagreement(
+    ctx: CheckContext, c: Any, opt: Mapping[str, Any]
+) -> dict[str, list[dict[str, Any]]]:
+    """Weeks (by click week) where the platform's conversion count and the observed one
+    disagree, per campaign; only campaigns with first-party conversions are compared (with
+    none, the platform's count is all there is, not a disagreement)."""
+    spend = ctx.table("spend")
     s = spend.mutate(week=spend.date.truncate("W"))
     rep = (
         s.group_by(["campaign_id", "week"])
@@ -354,9 +518,10 @@ def attribution_match(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding
         .to_pyarrow()
         .to_pylist()
     }
+    observed = {cid for cid, _w in obs}
     off: dict[str, list[dict[str, Any]]] = {}
     for r in rep:
-        if r["reported"] is None:
+        if r["reported"] is None or r["campaign_id"] not in observed:
             continue
         o = obs.get((r["campaign_id"], r["week"]), 0)
         if max(o, r["reported"]) < opt["min_conversions"]:
@@ -366,28 +531,7 @@ def attribution_match(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding
             off.setdefault(r["campaign_id"], []).append(
                 {"week": str(r["week"]), "reported": r["reported"], "observed": o}
             )
-    for cid in ctx.campaigns:
-        rows = per_campaign.get(cid, [])
-        n = sum(r["n"] for r in rows[-4:])
-        matched = sum(r["matched"] for r in rows[-4:])
-        score = matched / n if n else 1.0
-        ctx.environment.setdefault(cid, {})["attribution_accuracy"] = {
-            "score": round(score, 3),
-            "evidence": {"conversions_last_4_weeks": n, "matched_by_click_id": matched},
-        }
-        if cid in off:
-            findings.append(
-                Finding(
-                    "attribution_match",
-                    "warn",
-                    cid,
-                    "platform-reported conversions disagree with observed ones in "
-                    f"{len(off[cid])} week(s) (ratio outside "
-                    f"{opt['min_ratio']}-{opt['max_ratio']})",
-                    {"weeks": off[cid]},
-                )
-            )
-    return findings
+    return off
 
 
 @register(
@@ -482,7 +626,9 @@ def creative_freshness(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Findin
     scope="adset",
     severity="warn",
     description="conversions in the trailing 7 days per ad set and campaign against the "
-    "learning threshold",
+    "learning threshold: first-party tracked conversions, else the platform-reported ones of "
+    "the spend rows (labelled volume_source platform_reported); with neither the volume is "
+    "unavailable (score None, what is missing and which export unlocks it), not 0",
 )
 def conversion_volume(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding]:
     threshold = ctx.settings.learning_threshold
@@ -503,24 +649,58 @@ def conversion_volume(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding
         .to_pyarrow()
         .to_pylist()
     )
-    adset_counts: dict[str, dict[str, int]] = {}
+    # the platform's own counts, for campaigns without any first-party conversion
+    sp = ctx.table("spend")
+    sp = sp.filter(sp.platform_conversions.notnull())
+    reported = _daily(
+        sp.group_by(campaign_id=sp.campaign_id, day=sp.date)
+        .aggregate(n=sp.platform_conversions.sum())
+        .to_pyarrow()
+        .to_pylist(),
+        days,
+    )
+    sp7 = sp.filter(sp.date >= start)
+    per_adset += [
+        {**r, "platform": True}
+        for r in sp7.group_by(campaign_id=sp7.campaign_id, adset_id=sp7.adset_id)
+        .aggregate(n=sp7.platform_conversions.sum())
+        .to_pyarrow()
+        .to_pylist()
+    ]
+    adset_counts: dict[tuple[str, bool], dict[str, int]] = {}
     for r in per_adset:
         if r["campaign_id"] is not None:
-            adset_counts.setdefault(r["campaign_id"], {})[r["adset_id"] or "(none)"] = int(r["n"])
+            key = (r["campaign_id"], bool(r.get("platform")))
+            adset_counts.setdefault(key, {})[r["adset_id"] or "(none)"] = round(float(r["n"] or 0))
     findings: list[Finding] = []
     for cid in ctx.campaigns:
-        series = daily.get(cid, np.zeros(len(days)))
-        n7 = int(series[-7:].sum())
+        env = ctx.environment.setdefault(cid, {})
+        if cid in daily and daily[cid].sum() > 0:
+            source, series = "first_party", daily[cid]
+        elif cid in reported and reported[cid].sum() > 0:
+            source, series = "platform_reported", reported[cid]
+        else:
+            env["conversion_volume"] = {
+                "score": None,
+                "missing": "conversions",
+                "unlock": "first-party conversions (conversions: conversion_id, ts, kind, with "
+                "campaign_id or click_id), or the platform's conversion counts in the spend "
+                "export (platform_conversions)",
+                "evidence": {"threshold": threshold},
+            }
+            continue
+        n7 = round(float(series[-7:].sum()))
         rolling = np.convolve(series, np.ones(7))[: len(series)]
         below = rolling[6:] < threshold if len(series) >= 7 else np.array([], dtype=bool)
         weeks_below = []
         for s, e in _runs(below):
             weeks_below.append({"start": days[s].isoformat(), "end": days[e + 6].isoformat()})
-        ctx.environment.setdefault(cid, {})["conversion_volume"] = {
+        what = "conversions" if source == "first_party" else "platform-reported conversions"
+        env["conversion_volume"] = {
             "score": round(min(1.0, n7 / threshold), 3),
-            "evidence": {"conversions_7d": n7, "threshold": threshold},
+            "evidence": {"conversions_7d": n7, "threshold": threshold, "volume_source": source},
         }
-        sets = adset_counts.get(cid, {})
+        sets = adset_counts.get((cid, source == "platform_reported"), {})
         limited = sorted(a for a, n in sets.items() if n < threshold)
         if n7 < threshold or limited or weeks_below:
             findings.append(
@@ -528,17 +708,24 @@ def conversion_volume(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding
                     "conversion_volume",
                     "warn" if n7 < threshold else "info",
                     cid,
-                    f"{n7} conversions in the last 7 days against a learning threshold of "
+                    f"{n7} {what} in the last 7 days against a learning threshold of "
                     f"{threshold}"
                     + (f"; {len(limited)} ad set(s) below it" if limited else "")
                     + (
                         f"; below it over {len(weeks_below)} stretch(es) of the history"
                         if weeks_below
                         else ""
+                    )
+                    + (
+                        " (no first-party conversions for this campaign: the platform's own "
+                        "count, which over-counts)"
+                        if source == "platform_reported"
+                        else ""
                     ),
                     {
                         "conversions_7d": n7,
                         "threshold": threshold,
+                        "volume_source": source,
                         "adsets_7d": sets,
                         "below_threshold_periods": weeks_below,
                     },
