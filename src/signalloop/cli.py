@@ -557,14 +557,14 @@ def phase(
         "evaluate from",
     ):
         t.add_column(col, no_wrap=True)
-    colour = {"stable": "green", "learning": "yellow", "learning_limited": "red"}
+    colour = {"stable": "green", "learning": "yellow", "learning_limited": "red", "unknown": "dim"}
     for e in doc["entities"]:
         last = e["last_significant_edit"]
         t.add_row(
             e["campaign_id"],
             e["entity_id"],
             f"[{colour[e['state']]}]{e['state']}[/]",
-            str(e["conversions_7d"]),
+            "-" if e["conversions_7d"] is None else str(e["conversions_7d"]),
             f"{len(e['resets'])} ({e['human_resets']})",
             str(e["days_lost"]),
             f"{last['date']} {last['field']} ({last['actor']})" if last else "-",
@@ -953,7 +953,16 @@ SEVERITY_ORDER = {"info": 0, "warn": 1, "critical": 2}
 def print_diagnoses(doc: dict[str, Any], min_severity: str = "info") -> None:
     """The diagnosis table, most severe first, from ``min_severity`` up."""
     t = Table(title=f"diagnoses as of {doc['as_of']}", title_justify="left")
-    for col in ("severity", "campaign", "failure", "root cause", "do this", "days", "conf."):
+    for col in (
+        "severity",
+        "campaign",
+        "failure",
+        "at stake",
+        "root cause",
+        "do this",
+        "days",
+        "conf.",
+    ):
         t.add_column(col)
     colour = {"critical": "red", "warn": "yellow", "info": "dim"}
     for d in doc["diagnoses"]:
@@ -963,12 +972,36 @@ def print_diagnoses(doc: dict[str, Any], min_severity: str = "info") -> None:
             f"[{colour[d['severity']]}]{d['severity']}[/]",
             d["campaign_id"] or "account",
             d["failure_type"],
+            escape(impact_text(d.get("impact") or {})),
             escape(d["root_cause"]),
             escape(d["recovery_action"]),
             "-" if d["expected_recovery_days"] is None else f"{d['expected_recovery_days']:g}",
             f"{d['confidence']:.2f}",
         )
     out.print(t)
+
+
+def impact_text(impact: dict[str, Any]) -> str:
+    """A diagnosis' money at stake in one short line: spend a day, share, conversions a week.
+
+    >>> impact_text({"spend_per_day": 265.85, "share_of_account_spend": 0.164,
+    ...              "conversions_per_week": 97.0, "conversions_source": "first_party"})
+    '265.85/day (16% of spend), 97 conv./week'
+    >>> impact_text({"spend_per_day": None})
+    '-'
+    """
+    spend = impact.get("spend_per_day")
+    if spend is None:
+        return "-"
+    text = f"{spend:,.2f}/day"
+    share = impact.get("share_of_account_spend")
+    if share is not None:
+        text += f" ({share:.0%} of spend)" if share >= 0.01 or share == 0 else " (<1% of spend)"
+    conv = impact.get("conversions_per_week")
+    if conv is not None:
+        platform = impact.get("conversions_source") == "platform_reported"
+        text += f", {conv:,.0f} {'platform ' if platform else ''}conv./week"
+    return text
 
 
 @app.command()
