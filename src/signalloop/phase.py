@@ -316,6 +316,7 @@ def _first_party_daily(
             d = unplaced.setdefault(cid, {})
             d[r["day"]] = d.get(r["day"], 0.0) + n
             continue
+        campaigns.add(adset_owner.get(key, cid))  # the ad set's own campaign counts it
         d = out.setdefault(key, {})
         d[r["day"]] = d.get(r["day"], 0.0) + n
     split: dict[str, float] = {}

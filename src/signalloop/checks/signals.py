@@ -701,7 +701,8 @@ def conversion_volume(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding
             "evidence": {"conversions_7d": n7, "threshold": threshold, "volume_source": source},
         }
         sets = adset_counts.get((cid, source == "platform_reported"), {})
-        limited = sorted(a for a, n in sets.items() if n < threshold)
+        # conversions naming no ad set ("(none)") are not an ad set below the threshold
+        limited = sorted(a for a, n in sets.items() if a != "(none)" and n < threshold)
         if n7 < threshold or limited or weeks_below:
             findings.append(
                 Finding(
