@@ -16,11 +16,13 @@ How
    for fitting, by (campaign, delay hour). A conversion's campaign and click time follow the
    contract's attribution rule (its ``campaign_id`` and ``click_ts``, else the touchpoint with
    its ``click_id``, else the user's last touchpoint before it; as
-   :func:`~signalloop.attribution.attributed_conversions`). Conversions with no click time, or
-   of a campaign without touchpoints, are counted as ``unlinked_conversions``, not nowcast.
-   Unconverted clicks per bucket = clicks - converted clicks. The CRM path counts records
-   (campaign as :func:`~signalloop.attribution.crm_record_campaigns`) by (campaign, lead day,
-   age in days) and their ``won`` / ``lost`` delays.
+   :func:`~signalloop.attribution.attributed_conversions`). A campaign without touchpoints
+   takes its clicks from the spend table (basis ``click_ts``, below); conversions with no
+   click time of a campaign that has touchpoints or click times, or of a campaign with no
+   clicks at all, are counted as ``unlinked_conversions``, not nowcast. Unconverted clicks
+   per bucket = clicks - converted clicks. The CRM path counts records (campaign as
+   :func:`~signalloop.attribution.crm_record_campaigns`) by (campaign, lead day, age in
+   days) and their ``won`` / ``lost`` delays.
 2. **Exclusions.** Cohort days inside a stored exclusion window of their campaign
    (:func:`~signalloop.checks.engine.without_exclusions`), and the ``guard_days`` before it
    (clicks whose conversions were due inside the outage), are left out of fitting. Cohorts in
@@ -53,6 +55,60 @@ How
    per conversion (its draws add the per-conversion spread). **CPA** = spend / conversions
    and **ROAS** = value / spend, each observed and nowcast, per cohort (spend of that day) and
    per campaign (all days and the last 7 and 28 days).
+
+Partial data: the basis of each campaign
+-----------------------------------------
+Real accounts rarely export click-level touchpoints. Every campaign row says what its nowcast
+rests on (``basis``), what that leaves out (``missing``) and which export would add it
+(``unlock``); ``account["basis"]`` lists the campaigns of each.
+
+``touchpoints``
+    The steps above, unchanged.
+``click_ts``
+    No touchpoints, but the campaign's conversions carry ``campaign_id`` and ``click_ts``.
+    The delay is fitted from ``click_ts -> ts`` exactly as above, in the same model (pooled
+    with the other campaigns); the cohorts' clicks are the spend table's daily clicks. The
+    converted clicks are known to the hour; a day's other clicks are spread over its hours
+    by the campaign's hour-of-day profile of clicks (:func:`_hour_profiles`: its converted
+    clicks of days a week old or more, shrunk toward the account's, which also counts any
+    touchpoints), what each hour has left once its converted clicks are taken out
+    (:func:`_spread_clicks`). A day whose platform counts fewer clicks than converted is
+    clipped up to the converted. On simulated accounts the last 7 and 28 days' totals come
+    within 0.1% of the touchpoint path's (BENCHMARKS.md).
+``conversion_day``
+    Conversions carry ``campaign_id`` but no click time: only the conversion day is known.
+    The delay is the account's, for a campaign it has no data on
+    (:meth:`~signalloop.delay.DelayModel.new_group`: the account's fit, its uncertainty
+    widened by the spread between campaigns), as a share ``f_k`` of converters converting
+    ``k`` days after their click day (:meth:`~signalloop.delay.DelayModel.daily_cdf`, clicks
+    over the day by the account's hour profile). Day ``j`` expects ``r den_j`` conversions,
+    ``den_j = sum_i clicks_i f_(j-i)``; the rate per click is ``r = sum_J y_j / sum_J den_j``
+    over the last ``rate_days`` conversion days outside exclusion windows. Each day's
+    conversions are spread back over the click days that could have made them in proportion
+    to ``clicks_i f_(j-i)``, which gives ``k_i``, what click day ``i`` has shown so far, and
+    the day still expects ``B_i = clicks_i r (1 - F_i)`` (``F_i`` its share due by the cut)
+    scaled by the cohort variation of step 5 (``phi`` of the click path, 0 without one). The
+    draws add the delay's uncertainty, ``r ~ Gamma(K + 1/2, 1/sum_J den_j)``, the
+    multinomial spread of each day's conversions over click days, the cohort factor and a
+    Poisson remainder. Such rows have ``observed_by: "conversion_day"``: their
+    ``observed_conversions`` are the conversions *on* that day (what the export shows),
+    while ``expected_conversions`` are the eventual conversions *of that day's clicks*, so
+    the interval is not bounded by the observed count. With no campaign that has click
+    times, nothing can be corrected: ``delay_source`` is ``None`` and expected = observed
+    by conversion day, and ``missing`` says so.
+``none``
+    Spend without conversions (or conversions without clicks): no nowcast, and
+    ``expected_conversions`` is ``None``, never 0; spend, clicks and the platform's own
+    ``platform_conversions`` are there.
+
+**CRM stages sent as conversions.** Conversions of a CRM kind (``mql`` ... ``won``,
+``deal``, ``lost``) are never click conversions. When the ``crm`` table is empty they become
+the CRM path's records (:func:`_crm_from_conversions`): each ``lead`` conversion a record, the
+stage conversions of the same click (else the user's latest lead before them) its stages,
+``deal`` the won stage; a stage conversion with neither starts a record of its own at its
+``click_ts``. ``crm["source"]`` is ``"crm"``, ``"conversions"`` or ``None`` (then with
+``missing`` and ``unlock``), and ``crm["warnings"]`` names, by kind and count, what was used
+this way and what could not be placed, and says to send them as ``crm`` rows.
 
 >>> from signalloop.store import Workspace
 >>> nowcast(Workspace(":memory:")).to_dict()["cohorts"]
@@ -750,7 +806,7 @@ def _crm_path(
 
 def _crm_from_conversions(
     src: _Source, settings: Settings, opts: NowcastOptions, linked: Any
-) -> tuple[Any, Any, dict[str, int], dict[str, int]]:
+) -> tuple[Any, Any, dict[str, dict[str, int]]]:
     """CRM stage rows and record campaigns built from conversions (no ``crm`` table).
 
     Every conversion of the funnel's first kind (``lead``) is a record, starting at its time,
@@ -760,12 +816,15 @@ def _crm_from_conversions(
     its user's latest lead at or before it; with neither, a record of its own starting at its
     ``click_ts`` (of its campaign by the same rule). One with none of these cannot be placed.
 
+    A record of its own whose only stage is the won deal is left out too: it is known only
+    because it won, and with such records every record would be a win.
+
     Returns
     -------
     tuple
-        ``(rows, campaigns, used, unplaced)``: stage rows ``(record_id, stage, ts, user_id,
-        amount)``, records ``(record_id, campaign_id, first_ts)``, and the CRM-kind
-        conversions used and left out, by kind.
+        ``(rows, campaigns, tally)``: stage rows ``(record_id, stage, ts, user_id, amount)``,
+        records ``(record_id, campaign_id, first_ts)``, and the CRM-kind conversions by
+        ``used`` / ``unplaced`` / ``won_only`` and kind.
     """
     lead_kind, won_stage = settings.funnel[0], settings.funnel[-1]
     conv = src.table("conversions")
@@ -797,15 +856,24 @@ def _crm_from_conversions(
     )
     stage = ibis.cases((m.kind.isin(["deal", won_stage]), won_stage), else_=m.kind)
     m = m.mutate(record_id=record, stage=stage, own=own)
-    m = src.cache(m)
-    counts = _fetch(m.group_by("kind", placed=m.record_id.notnull()).aggregate(n=m.count()))
-    tally = zip(
-        counts.kind.astype(str), counts.placed.astype(bool), counts.n.astype(int), strict=True
+    # a record of its own known only through its won deal is there because it won: with
+    # such records every record would be a win (no lead still open), so they are left out
+    solo = m.filter(m.own)
+    solo = solo.group_by(x_record_id="record_id").aggregate(
+        won_only=(solo.stage == won_stage).all()
     )
-    used: dict[str, int] = {}
-    unplaced: dict[str, int] = {}
-    for kind, placed_, n in tally:
-        (used if placed_ else unplaced)[kind] = int(n)
+    m = m.left_join(solo, m.record_id == solo.x_record_id)
+    won_only = m.won_only.fill_null(False)
+    status = ibis.cases((won_only, "won_only"), (m.record_id.notnull(), "used"), else_="unplaced")
+    m = m.mutate(
+        record_id=ibis.cases((won_only, ibis.null().cast("string")), else_=m.record_id),
+        status=status,
+    )
+    m = src.cache(m)
+    counts = _fetch(m.group_by("kind", "status").aggregate(n=m.count()))
+    tally: dict[str, dict[str, int]] = {"used": {}, "unplaced": {}, "won_only": {}}
+    for kind, st_, n in zip(counts.kind, counts.status, counts.n, strict=True):
+        tally[str(st_)][str(kind)] = int(n)
     placed = m.filter(m.record_id.notnull())
     null_amount = ibis.null().cast("float64")
     stage_rows = placed.select(
@@ -839,7 +907,7 @@ def _crm_from_conversions(
     camp = starts.left_join(who, starts.f_record_id == who.w_record_id).select(
         record_id="f_record_id", campaign_id="campaign_id", first_ts="first_ts"
     )
-    return rows, camp, used, unplaced
+    return rows, camp, tally
 
 
 def _assemble(
@@ -1239,7 +1307,9 @@ def _spend(src: _Source) -> pd.DataFrame:
     s = s.filter(s.campaign_id.notnull())
     df = _fetch(
         s.group_by("campaign_id", "date").aggregate(
-            spend=s.spend.sum(), clicks=s.clicks.fill_null(0).sum()
+            spend=s.spend.sum(),
+            clicks=s.clicks.fill_null(0).sum(),
+            platform_conversions=s.platform_conversions.sum(),
         )
     )
     if not df.empty:
@@ -1442,10 +1512,13 @@ def nowcast(
         x click day: ``clicks``, ``observed_conversions``, ``expected_conversions``, ``lower``,
         ``upper``, ``observed_value``, ``expected_value``, value interval, ``spend``, observed
         and nowcast ``cpa`` and ``roas``, ``excluded``, ``exclusion_overlap``); ``campaigns``
-        (the same over all days, with ``windows`` ``7d`` and ``28d``); ``crm`` (``delay`` in
-        days, ``cohorts`` by lead day with ``leads``, ``observed_deals``, ``expected_deals``,
-        ``lower``, ``upper``, values, cost per deal and ROAS; ``campaigns``); ``account``
-        (the pooled fits and the cohort variation ``phi``); ``exclusions``; ``timings``.
+        (the same over all days, with ``windows`` ``7d`` and ``28d``; ``basis``,
+        ``missing``, ``unlock``, ``delay_source`` and ``unlinked_conversions``, see the
+        module docstring); ``crm`` (``delay`` in days, ``cohorts`` by lead day with
+        ``leads``, ``observed_deals``, ``expected_deals``, ``lower``, ``upper``, values, cost
+        per deal and ROAS; ``campaigns``; ``source``, ``warnings``); ``account`` (the pooled
+        fits, the cohort variation ``phi``, ``basis``: campaigns per basis); ``exclusions``;
+        ``timings``.
     """
     settings = settings or Settings()
     opts = options or NowcastOptions()
@@ -1499,7 +1572,8 @@ def nowcast(
         report.cohorts += cohorts
         report.campaigns += campaigns
         timings["conversion_day_model"] = time.perf_counter() - t1
-    report.campaigns += _without_basis(click, spend, {r["campaign_id"] for r in report.campaigns})
+    done = {r["campaign_id"] for r in report.campaigns}
+    report.campaigns += _without_basis(click, spend, done, as_of, opts.windows)
     basis = _bases(report.campaigns, click)
     report.campaigns.sort(key=lambda r: str(r["campaign_id"]))
     report.cohorts.sort(key=lambda r: (str(r["campaign_id"]), r["date"]))
@@ -1582,11 +1656,29 @@ def _bases(campaigns: list[dict[str, Any]], click: _Path) -> dict[str, list[str]
     return {k: sorted(v) for k, v in out.items()}
 
 
-def _without_basis(click: _Path, spend: pd.DataFrame, done: set[str]) -> list[dict[str, Any]]:
-    """Rows of campaigns nothing can nowcast: spend without conversions, or the reverse."""
+def _without_basis(
+    click: _Path, spend: pd.DataFrame, done: set[str], as_of: date, windows: tuple[int, ...]
+) -> list[dict[str, Any]]:
+    """Rows of campaigns nothing can nowcast: spend without conversions, or the reverse.
+
+    ``expected_conversions`` and the intervals are ``None`` (not 0); ``missing`` and
+    ``unlock`` say why; spend, clicks, the conversions seen (unlinked) and the platform's own
+    count (``platform_conversions``, ``None`` when the export has none) are there, over all
+    days and per trailing window.
+    """
     unlinked: dict[str, int] = click.extra["unlinked"]
     names = (set(spend.campaign_id) if not spend.empty else set()) | set(unlinked)
     rows = []
+
+    def sums(own: pd.DataFrame) -> dict[str, Any]:
+        platform = own.platform_conversions.to_numpy(float) if len(own) else np.zeros(0)
+        platform = platform[~np.isnan(platform)]
+        return {
+            "clicks": round(float(own.clicks.sum())) if len(own) else 0,
+            "spend": _r(float(own.spend.sum())) if len(own) else 0.0,
+            "platform_conversions": round(float(platform.sum())) if len(platform) else None,
+        }
+
     for cid in sorted(names - done):
         own = spend[spend.campaign_id == cid] if not spend.empty else spend
         clicks = float(own.clicks.sum()) if len(own) else 0.0
@@ -1610,9 +1702,7 @@ def _without_basis(click: _Path, spend: pd.DataFrame, done: set[str]) -> list[di
             missing = "click times of its conversions"
             unlock = "conversions with click_ts, or touchpoints with click_id"
         spent = float(own.spend.sum()) if len(own) else 0.0
-        base: dict[str, Any] = {
-            "clicks": round(clicks),
-            "spend": _r(spent),
+        base: dict[str, Any] = sums(own) | {
             "observed_conversions": n,
             "expected_conversions": None,
             "lower": None,
@@ -1624,11 +1714,16 @@ def _without_basis(click: _Path, spend: pd.DataFrame, done: set[str]) -> list[di
             "observed_roas": None,
             "nowcast_roas": None,
         }
+        per_window = {
+            f"{w}d": sums(own[own.date >= as_of - timedelta(days=w - 1)] if len(own) else own)
+            | {"expected_conversions": None, "lower": None, "upper": None}
+            for w in windows
+        }
         rows.append(
             {"campaign_id": cid}
             | base
             | {
-                "windows": {},
+                "windows": per_window,
                 "unlinked_conversions": n,
                 "basis": "none",
                 "delay_source": None,
@@ -1658,17 +1753,30 @@ def _crm_inputs(
             src.ws, crm=crm, conversions=conv, touchpoints=src.table("touchpoints")
         )
         return _crm_path(src, settings, opts, crm, camp), doc | {"source": "crm"}
-    rows, camp, used, unplaced = _crm_from_conversions(src, settings, opts, linked)
+    rows, camp, tally = _crm_from_conversions(src, settings, opts, linked)
+    used = tally["used"]
     send = "send them as crm rows (record_id, stage, ts, user_id, amount)"
     lead_kind = settings.funnel[0]
-    if unplaced:
+    if tally["unplaced"]:
         doc["warnings"].append(
             {
-                "kinds": unplaced,
+                "kinds": tally["unplaced"],
                 "message": (
-                    f"{_kinds_text(unplaced)} conversions are CRM stages but have no "
+                    f"{_kinds_text(tally['unplaced'])} conversions are CRM stages but have no "
                     f"{lead_kind} conversion of the same click or user and no click_ts to "
                     f"start a record at: left out of the CRM path; {send}"
+                ),
+            }
+        )
+    if tally["won_only"]:
+        doc["warnings"].append(
+            {
+                "kinds": tally["won_only"],
+                "message": (
+                    f"{_kinds_text(tally['won_only'])} conversions are won deals with no "
+                    f"{lead_kind} or earlier-stage conversion of the same click or user: the "
+                    "leads they came from, and those still open, are unknown, so they are "
+                    f"left out of the CRM path; {send}, or send the {lead_kind} conversions"
                 ),
             }
         )
@@ -1686,9 +1794,10 @@ def _crm_inputs(
         {
             "kinds": used,
             "message": (
-                f"no crm rows: {_kinds_text(used)} conversions were used as CRM stages, each "
-                f"{lead_kind} conversion a record (deal = won); the leads lost are unknown, so "
-                f"a lead counts as open until it wins; {send} for exact records"
+                f"no crm rows: {_kinds_text(used)} conversions were used as CRM stages (deal "
+                f"= won), each {lead_kind} conversion a record (else each click reaching a "
+                "stage, from its click_ts); the leads lost are unknown, so a record counts "
+                f"as open until it wins; {send} for exact records"
             ),
         }
     )
