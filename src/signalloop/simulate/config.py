@@ -80,7 +80,8 @@ class SimulationConfig:
 
     ``shape`` (one of :data:`SHAPES`, default ``"full"``) is what the account exports: the
     kinds :data:`SHAPE_KINDS` names. The world is the same for every shape (same seed, same
-    delivery, conversions, platform counts and truth); only what is observed differs. In the
+    delivery, conversions, platform counts and truth, but for ``truth["config"]``'s
+    ``shape`` and ``kinds``); only what is observed differs. In the
     partial shapes (every shape but ``full``) every conversion carries the campaign_id its
     click's UTM tags named (in ``full`` only the pixel's do; the others join a touchpoint by
     click_id), besides its click_ts, user_id and click_id.
