@@ -9,6 +9,12 @@ realised conversions; and whether the issue's targets for the guarded policy are
 
 Run: ``.venv/bin/python benchmarks/allocate_quality.py [--seeds 20] [--workers 2]``
 (writes BENCHMARKS.md unless ``--no-write``).
+
+``--shapes`` runs the allocation per data shape instead (:func:`shape_rows`, also called by
+``shapes_quality.py``): the guarded policy seeing only what each shape shows (the loop's
+``SimulationConfig.shape`` / ``click_ts``, :func:`signalloop.allocate.loop.observed_source`)
+against an even split, as regret, the share of the full-data gain over an even split and
+guardrail breaches.
 """
 
 from __future__ import annotations
@@ -23,7 +29,14 @@ from typing import Any
 
 from _report import log, machine, write_section
 
-from signalloop.allocate.loop import RUN_DAYS, SCENARIO_WARMUP, SCENARIOS, run_scenario
+from signalloop.allocate.loop import (
+    RUN_DAYS,
+    SCENARIO_WARMUP,
+    SCENARIOS,
+    observed_source,
+    run_scenario,
+    scenario_config,
+)
 from signalloop.allocate.policy import POLICIES
 
 PACKAGES = ("numpy",)
@@ -166,12 +179,174 @@ def markdown(
     return "\n".join(lines)
 
 
+# ---- per data shape ----------------------------------------------------------------------
+
+SHAPES_BEGIN, SHAPES_END = "<!-- allocate-shapes:begin -->", "<!-- allocate-shapes:end -->"
+#: (label, shape, click_ts): what the guarded policy sees, from the least data to the most
+SHAPE_VARIANTS: tuple[tuple[str, str, bool], ...] = (
+    (NO_OUTCOMES := "spend, no conversion counts", "spend", True),
+    ("spend (platform-reported only)", "spend", True),
+    ("spend_conversions, no click_ts", "spend_conversions", False),
+    ("spend_conversions", "spend_conversions", True),
+    ("full", "full", True),
+)
+EVEN = "even_split"
+#: targets of issue 11: share of the full-data gain over an even split, per shape
+SHARE_TARGETS = {"spend": 0.5, "spend_conversions": 0.8}
+
+
+def run_shapes_seed(seed: int) -> list[dict[str, Any]]:
+    """Every scenario on one seed: the even split, and the guarded policy on every shape."""
+    rows = []
+    for scenario in SCENARIOS:
+        res = run_scenario(scenario, EVEN, seed, campaigns=CAMPAIGNS)
+        rows.append({"seed": seed, "scenario": scenario, "variant": EVEN, **res.totals})
+        for label, shape, click_ts in SHAPE_VARIANTS:
+            res = run_scenario(
+                scenario,
+                GUARDED,
+                seed,
+                campaigns=CAMPAIGNS,
+                shape=shape,
+                click_ts=click_ts,
+                source="none" if label == NO_OUTCOMES else None,
+            )
+            rows.append({"seed": seed, "scenario": scenario, "variant": label, **res.totals})
+    return rows
+
+
+def summarise_shapes(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per scenario (and ``all``) and variant: mean regret, breaches, unallocated, shares.
+
+    ``share`` = (regret of the even split - regret of the variant) / (regret of the even
+    split - regret on the full shape), on the means over the seeds; ``data_share`` the same
+    against the guarded policy that sees no outcome (an even split within the guardrails),
+    i.e. the share of what the full data adds beyond the guardrails.
+    """
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for sc in [*SCENARIOS, "all"]:
+        mine = [r for r in rows if sc in ("all", r["scenario"])]
+        by: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in mine:
+            by[r["variant"]].append(r)
+        stats = {
+            v: {
+                "n": len(rs),
+                "regret_mean": statistics.fmean(r["regret_pct"] for r in rs),
+                "breaches": sum(r["breaches"] for r in rs),
+                "resets": sum(r["resets_caused"] for r in rs),
+                "unallocated_mean": statistics.fmean(r["unallocated"] for r in rs),
+            }
+            for v, rs in by.items()
+        }
+        even, full = stats[EVEN]["regret_mean"], stats["full"]["regret_mean"]
+        blind = stats[NO_OUTCOMES]["regret_mean"]
+        for v in stats:
+            gain, data_gain = even - full, blind - full
+            reg = stats[v]["regret_mean"]
+            stats[v]["share"] = (even - reg) / gain if gain > 0 else 1.0
+            stats[v]["data_share"] = (blind - reg) / data_gain if data_gain > 0 else float("nan")
+        out[sc] = stats
+    return out
+
+
+def shape_rows(seeds: int, workers: int) -> list[str]:
+    """Markdown lines of the allocation per data shape (the table, then the targets)."""
+    t0 = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for i, part in enumerate(pool.map(run_shapes_seed, range(1, seeds + 1)), 1):
+            rows += part
+            log(f"allocation per shape: seed {i}/{seeds} done ({time.perf_counter() - t0:.0f} s)")
+    summary = summarise_shapes(rows)
+    seconds = time.perf_counter() - t0
+    sources = {
+        label: observed_source(scenario_config("cold_start", 1, shape=shape, click_ts=cts))
+        for label, shape, cts in SHAPE_VARIANTS
+    }
+    sources[NO_OUTCOMES] = "none"
+    lines = [
+        f"Command: `.venv/bin/python benchmarks/allocate_quality.py --shapes --seeds {seeds}`; "
+        f"{seeds} seeds x {len(SCENARIOS)} scenarios ({', '.join(SCENARIOS)}) on a "
+        f"{CAMPAIGNS}-campaign account, {RUN_DAYS} policy days each, {seconds:.0f} s with "
+        f"{workers} processes. The time loop of `bench-allocate`, with the guarded policy "
+        "seeing only what the shape shows (outcome source in brackets): `spend` the "
+        "platform's reported conversions by click day (over-counting by a campaign factor "
+        "1.10-1.40 and a daily noise, uncorrected for delay, no gate); `spend_conversions` "
+        "without click_ts the first-party conversions on their arrival day; with click_ts, "
+        "and `full`, click-day cohorts completed for the delay (the loop already reads "
+        "conversions by their campaign and click_ts against the spend export's clicks, so "
+        "these two see the same). Share = (regret of an even split - regret of the shape) "
+        "/ (regret of an even split - regret on `full`), on the mean regrets. Breaches: "
+        "campaign-days on which a campaign that spent moved more than 18%, or a held or "
+        "learning one moved at all. Share beyond the guardrails: the same share against the "
+        f"guarded policy that sees no outcome (`{NO_OUTCOMES}`: an even split within the "
+        "guardrails) instead of the raw even split, i.e. how much of what the full data adds "
+        "on top of the guardrails the shape keeps.",
+        "",
+        "| scenario | data shape (outcome source) | regret (mean) | share of the full-data "
+        "gain | share beyond the guardrails | guardrail breaches | resets caused | "
+        "unallocated a run (mean) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for sc in [*SCENARIOS, "all"]:
+        st = summary[sc]
+        lines.append(
+            f"| {sc} | even split (raw) | {st[EVEN]['regret_mean']:.1f}% | 0% | - | "
+            f"{st[EVEN]['breaches']:.0f} | {st[EVEN]['resets']:.0f} | - |"
+        )
+        for label, _, _ in SHAPE_VARIANTS:
+            v = st[label]
+            lines.append(
+                f"| {sc} | {label} ({sources[label]}) | {v['regret_mean']:.1f}% | "
+                f"{100 * v['share']:.0f}% | {100 * v['data_share']:.0f}% | "
+                f"{v['breaches']:.0f} | {v['resets']:.0f} | "
+                f"{v['unallocated_mean']:,.2f} |"
+            )
+    allst = summary["all"]
+    checks = []
+    for label, shape, cts in SHAPE_VARIANTS:
+        target = SHARE_TARGETS.get(shape)
+        if target is None or not cts or label == NO_OUTCOMES:
+            continue
+        got = allst[label]["share"]
+        checks.append(
+            f"{label} >= {target:.0%}: **{'met' if got >= target else 'NOT met'}** "
+            f"({got:.0%}; {allst[label]['data_share']:.0%} beyond the guardrails)"
+        )
+    breaches = sum(allst[label]["breaches"] for label, _, _ in SHAPE_VARIANTS)
+    lines += [
+        "",
+        f"Targets (issue 11, all scenarios): {'; '.join(checks)}; guardrail breaches 0 on "
+        f"every shape: **{'met' if breaches == 0 else 'NOT met'}** ({breaches:.0f}).",
+    ]
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seeds", type=int, default=20)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--shapes", action="store_true", help="the allocation per data shape")
     args = ap.parse_args()
+    if args.shapes:
+        lines = shape_rows(args.seeds, args.workers)
+        block = "\n".join(
+            [
+                SHAPES_BEGIN,
+                "## Budget allocation per data shape",
+                "",
+                f"Measured {datetime.now(UTC):%Y-%m-%d} on {machine(PACKAGES)}.",
+                "",
+                *lines,
+                SHAPES_END,
+            ]
+        )
+        print(block)
+        if not args.no_write:
+            write_section(block, SHAPES_BEGIN, SHAPES_END)
+        return
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
     seeds = list(range(1, args.seeds + 1))

@@ -19,6 +19,21 @@ the policy sees only what is observable by the end of day ``d - 1``:
   that lost more than 20% of their conversions to flagged days are ``excluded`` from learning;
 * the learning state of its ad sets (the most fragile one, :attr:`DayEvents.learning`).
 
+That is what the ``full`` data shape shows, and ``spend_conversions`` and ``crm`` too (the
+loop already counts conversions on the spend export's clicks by their ``click_ts``, which
+those shapes carry). The config's data shape (``config.shape``, ``config.click_ts``) changes
+what the policy sees, as :func:`~signalloop.allocate.policy.arms_from_workspace` would read
+that shape (:func:`observed_source`):
+
+* ``click_ts=False`` (conversions without their click time): the arrived conversions counted
+  on their arrival day, no delay correction (outcome source ``observed``); the days the gate
+  flags are excluded;
+* ``spend`` (the platform export alone): the platform's reported conversions by click day,
+  as many as have arrived, never corrected (``platform_reported``: the tracked ones times the
+  platform's over-count of that campaign and day,
+  :func:`~signalloop.simulate.tables.platform_conversions`); no first-party events, so no
+  gate and no exclusions.
+
 The first ``warmup_days`` run at the account's own plan; from then on the policy splits
 ``budget`` over the campaigns. Counted per day and in total (policy days only):
 
@@ -34,6 +49,9 @@ The first ``warmup_days`` run at the account's own plan; from then on the policy
 * ``resets_caused``: ad-set learning resets from the policy's budget edits (a change of more
   than 20%, or a restart after 7 or more days at zero);
 * ``spend_moved_held``: ``|budget - yesterday's budget|`` over the campaign-days the gate held;
+* ``breaches``: guardrail breaches, campaign-days on which a campaign that spent the day before
+  moved more than :data:`MAX_CHANGE`, or a held or learning campaign's budget moved at all;
+* ``unallocated``: the budget minus the day's budgets (what a guarded policy left unplaced);
 * ``realised``: the conversions the day's clicks actually produced (eventually, unobserved
   faults aside).
 
@@ -52,11 +70,12 @@ from typing import Any
 import numpy as np
 
 from signalloop.allocate.policy import LEARNING_RANK, Policy, make_policy
-from signalloop.allocate.posterior import ArmState, Day, FloatArray
+from signalloop.allocate.posterior import OUTCOME_SOURCES, ArmState, Day, FloatArray
 from signalloop.errors import UsageError
 from signalloop.simulate import Account, Fault, SimulationConfig, campaign_ids, parse_fault
-from signalloop.simulate.entities import Campaign, DayEvents
+from signalloop.simulate.entities import Campaign, DayEvents, take
 from signalloop.simulate.params import DAY, PHASE_CVR, SOURCE_NAMES
+from signalloop.simulate.tables import platform_conversions
 
 SCENARIOS = ("cold_start", "tracking_outage", "fatigue")
 """The benchmark scenarios of :func:`scenario_config`."""
@@ -74,6 +93,8 @@ HOLD_SHARE, HOLD_MIN_EXPECTED, HOLD_DAYS = 0.2, 3.0, 2
 on this many report days in a row hold a campaign."""
 EXCLUDE_LOST = 0.2
 """A click day that lost more than this share of its conversions to flagged days is excluded."""
+MAX_CHANGE = 0.18
+"""The daily change limit counted as a guardrail breach (:class:`GuardedBayes`' default)."""
 _OFFLINE = SOURCE_NAMES.index("offline")
 
 
@@ -187,6 +208,7 @@ class _Observer:
         self.conv = np.zeros((k, n, n))  # campaign, click day, arrival day
         self.value = np.zeros((k, n, n))
         self.realised = np.zeros((k, n))
+        self.platform = np.ones((k, n))  # reported / tracked conversions per click day
         self.flagged = np.zeros((k, n), dtype=bool)  # arrival days flagged as an outage
         self.excluded = np.zeros((k, n), dtype=bool)  # click days left out of learning
         self.prior = _prior_cdf(MAX_AGE)
@@ -217,6 +239,12 @@ class _Observer:
         idx = (camp[seen], click_day[seen], arrive[seen])
         np.add.at(self.conv, idx, 1.0)
         np.add.at(self.value, idx, value[seen])
+        tracked = seen | (arrive >= self.acct.days)  # what the platform's pixel records
+        reported = platform_conversions(self.acct, s, take(cv, np.flatnonzero(keep)[tracked]))[0]
+        k = len(self.acct.campaigns)
+        rep = np.bincount(s["camp"], weights=reported, minlength=k)
+        trk = np.bincount(camp[tracked], minlength=k).astype(float)
+        self.platform[:, ev.day] = np.where(trk > 0, rep / np.maximum(trk, 1.0), 1.0)
 
     def _fit_cdf(self, d: int) -> None:
         """Chain-ladder delay distribution from the conversions arrived before day ``d``."""
@@ -254,8 +282,14 @@ class _Observer:
                 lost[cs] += inc[r - cs]
             self.excluded[k, :d] |= lost > EXCLUDE_LOST
 
-    def observe(self, d: int) -> tuple[list[tuple[Day, ...]], list[bool]]:
-        """History per campaign (last :data:`HISTORY` days) and gate hold, as of day ``d``."""
+    def observe(self, d: int, source: str = "nowcast") -> tuple[list[tuple[Day, ...]], list[bool]]:
+        """History per campaign (last :data:`HISTORY` days) and gate hold, as of day ``d``.
+
+        ``source`` (:func:`observed_source`): ``nowcast`` counts the arrived conversions on
+        their click day and completes them for the delay; ``observed`` on their arrival day;
+        ``platform_reported`` the platform's counts on their click day, uncorrected, with no
+        gate; ``none`` shows no outcome at all (spend only, no conversion counts).
+        """
         self._fit_cdf(d)
         done = self.complete(d)
         obs = self.conv[:, :d, :d].sum(axis=2)
@@ -280,6 +314,15 @@ class _Observer:
             for k in range(obs.shape[0])
         ]
         vals = self.value[:, :d, :d].sum(axis=2)
+        excluded = self.excluded[:, :d]
+        if source == "observed":  # by arrival day: complete, the flagged days left out
+            obs, vals = self.conv[:, :d, :d].sum(axis=1), self.value[:, :d, :d].sum(axis=1)
+            done, excluded = np.ones(d), self.flagged[:, :d]
+        elif source in ("platform_reported", "none"):  # the platform's counts so far, no gate
+            keep = 1.0 if source == "platform_reported" else 0.0
+            obs, vals = obs * self.platform[:, :d] * keep, vals * self.platform[:, :d] * keep
+            done, excluded = np.ones(d), np.zeros_like(excluded)
+            hold = [False] * len(hold)
         start = self.acct.config.start
         hist = []
         for k in range(obs.shape[0]):
@@ -291,12 +334,27 @@ class _Observer:
                     float(obs[k, c] / done[c]),
                     float(vals[k, c]),
                     float(vals[k, c] / done[c]),
-                    bool(self.excluded[k, c]),
+                    bool(excluded[k, c]),
                 )
                 for c in range(max(0, d - HISTORY), d)
             )
             hist.append(days)
         return hist, hold
+
+
+def observed_source(config: SimulationConfig) -> str:
+    """The outcome source a policy has on the config's data shape (what the loop shows it).
+
+    >>> observed_source(SimulationConfig(shape="spend"))
+    'platform_reported'
+    >>> observed_source(SimulationConfig(shape="spend_conversions", click_ts=False))
+    'observed'
+    >>> observed_source(SimulationConfig())
+    'nowcast'
+    """
+    if config.shape == "spend":
+        return "platform_reported"
+    return "nowcast" if config.click_ts else "observed"
 
 
 # ---- the loop ----------------------------------------------------------------------------
@@ -318,6 +376,10 @@ class DayRow:
     spend_moved_held: float
     #: ``expected`` as if every ad set were stable (what a reset costs is left out)
     expected_ignoring_learning: float = 0.0
+    #: campaigns that moved past the change limit, or held or learning ones that moved
+    breaches: int = 0
+    #: the budget minus the day's budgets
+    unallocated: float = 0.0
 
 
 @dataclass
@@ -338,7 +400,8 @@ class LoopResult:
         One :class:`DayRow` per policy day.
     totals
         ``days``, ``expected``, ``oracle``, ``regret``, ``regret_pct`` (of the oracle),
-        ``realised``, ``resets_caused``, ``spend_moved_held``, ``held_days``.
+        ``realised``, ``resets_caused``, ``spend_moved_held``, ``held_days``, ``breaches``,
+        ``unallocated`` (summed over the days) and ``outcome_source`` (what the policy saw).
     """
 
     policy: str
@@ -380,6 +443,16 @@ def _resets(acct: Account, day: int) -> int:
     )
 
 
+def _breaches(applied: dict[str, float], last: dict[str, float], fixed: list[str]) -> int:
+    """Campaigns past the change limit (those that spent), or fixed ones that moved at all."""
+    out = 0
+    for c, b in applied.items():
+        moved = abs(b - last[c])
+        if moved > 0.005 and (c in fixed or (last[c] > 0 and moved > MAX_CHANGE * last[c] + 0.005)):
+            out += 1
+    return out
+
+
 def run_policy(
     policy: str | Policy,
     config: SimulationConfig,
@@ -388,6 +461,7 @@ def run_policy(
     warmup_days: int = 7,
     random_state: int = 0,
     policy_params: dict[str, Any] | None = None,
+    source: str | None = None,
 ) -> LoopResult:
     """Run ``policy`` against the simulated account of ``config``, one day at a time.
 
@@ -407,6 +481,9 @@ def run_policy(
         Seed of the policy's random draws (the account has its own, ``config.seed``).
     policy_params
         Keyword arguments for :func:`~signalloop.allocate.policy.make_policy`.
+    source
+        What the policy sees, overriding the config's shape (:func:`observed_source`):
+        ``"none"`` is a spend export without the platform's conversion counts.
 
     Returns
     -------
@@ -420,6 +497,9 @@ def run_policy(
     chosen = make_policy(policy, **(policy_params or {})) if isinstance(policy, str) else policy
     acct = Account(config)
     seen = _Observer(acct)
+    source = source or observed_source(config)
+    if source not in OUTCOME_SOURCES:
+        raise UsageError(f"unknown outcome source {source!r}: one of {', '.join(OUTCOME_SOURCES)}")
     rng = np.random.default_rng([random_state, 61])
     if budget is None:
         budget = float(sum(acct.plan_budgets(warmup_days - 1).values()))
@@ -436,6 +516,8 @@ def run_policy(
             "seed": config.seed,
             "start": config.start.isoformat(),
             "faults": [f"{f.name}@{f.campaign}:{f.start}-{f.end}" for f in config.faults],
+            "shape": config.shape,
+            "click_ts": config.click_ts,
         },
         budget,
         warmup_days,
@@ -444,12 +526,13 @@ def run_policy(
     ev: DayEvents | None = None
     last: dict[str, float] = {}
     for d in range(config.days):
+        fixed: list[str] = []
         if d < warmup_days:
             budgets = acct.plan_budgets(d)
             held: list[str] = []
         else:
             assert ev is not None
-            hist, hold = seen.observe(d)
+            hist, hold = seen.observe(d, source)
             arms = []
             for k, c in enumerate(acct.campaigns):
                 states = [ev.learning[acct.adsets[i].id] for i in c.adsets]
@@ -461,11 +544,15 @@ def run_policy(
                         "hold" if hold[k] else "open",
                         min(states, key=lambda s: LEARNING_RANK.get(s, 0)),
                         ("tracking outage: conversions stopped arriving",) if hold[k] else (),
+                        source,
                     )
                 )
             raw = chosen.allocate(arms, budget, rng)
             budgets = {c: max(float(raw.get(c, 0.0)), 0.0) for c in ids}
             held = [c for c, h in zip(ids, hold, strict=True) if h]
+            fixed = [
+                a.campaign_id for a in arms if a.gate == "hold" or a.learning_state == "learning"
+            ]
         ev = acct.step(d, budgets)
         seen.add(ev)
         applied = {c: round(budgets.get(c, 0.0), 2) for c in ids}
@@ -485,6 +572,8 @@ def run_policy(
                     _resets(acct, d),
                     float(sum(abs(applied[c] - last[c]) for c in held)),
                     exp_free,
+                    _breaches(applied, last, fixed),
+                    budget - sum(budgets.values()),
                 )
             )
         last = applied
@@ -508,6 +597,9 @@ def run_policy(
         "resets_caused": sum(r.resets_caused for r in res.rows),
         "spend_moved_held": sum(r.spend_moved_held for r in res.rows),
         "held_days": sum(len(r.held) for r in res.rows),
+        "breaches": sum(r.breaches for r in res.rows),
+        "unallocated": sum(r.unallocated for r in res.rows),
+        "outcome_source": source,
     }
     return res
 
@@ -522,7 +614,13 @@ def _biggest(seed: int, campaigns: int) -> str:
 
 
 def scenario_config(
-    name: str, seed: int, days: int | None = None, campaigns: int = 6
+    name: str,
+    seed: int,
+    days: int | None = None,
+    campaigns: int = 6,
+    *,
+    shape: str = "full",
+    click_ts: bool = True,
 ) -> SimulationConfig:
     """The simulated account of a benchmark scenario.
 
@@ -541,6 +639,8 @@ def scenario_config(
         Length of the run; default ``RUN_DAYS`` (56) + the scenario's warm-up.
     campaigns
         Number of campaigns.
+    shape, click_ts
+        The data shape the policy sees (:func:`observed_source`); the account is the same.
 
     Returns
     -------
@@ -560,7 +660,9 @@ def scenario_config(
     elif name == "fatigue":
         spec = f"creative_starvation@{_biggest(seed, campaigns)}"
         faults = (parse_fault(spec, days=n, campaign_ids=ids),)
-    return SimulationConfig(days=n, campaigns=campaigns, seed=seed, faults=faults)
+    return SimulationConfig(
+        days=n, campaigns=campaigns, seed=seed, faults=faults, shape=shape, click_ts=click_ts
+    )
 
 
 def run_scenario(
@@ -571,11 +673,16 @@ def run_scenario(
     days: int | None = None,
     campaigns: int = 6,
     random_state: int | None = None,
+    shape: str = "full",
+    click_ts: bool = True,
+    source: str | None = None,
 ) -> LoopResult:
     """:func:`run_policy` on :func:`scenario_config` with the scenario's warm-up."""
-    config = scenario_config(name, seed, days, campaigns)
+    config = scenario_config(name, seed, days, campaigns, shape=shape, click_ts=click_ts)
     rs = seed if random_state is None else random_state
-    return run_policy(policy, config, warmup_days=SCENARIO_WARMUP[name], random_state=rs)
+    return run_policy(
+        policy, config, warmup_days=SCENARIO_WARMUP[name], random_state=rs, source=source
+    )
 
 
 __all__ = [
@@ -585,6 +692,7 @@ __all__ = [
     "DayRow",
     "LoopResult",
     "expected_conversions",
+    "observed_source",
     "oracle_allocation",
     "run_policy",
     "run_scenario",

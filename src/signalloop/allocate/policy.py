@@ -630,7 +630,12 @@ class GuardedBayes:
         if not free:
             every = (
                 f"every campaign keeps its budget (held at the gate, in learning or stopped): "
-                f"they take {taken:,.2f} of the {budget:,.2f} budget"
+                f"they take {taken:,.2f} of the {budget:,.2f} budget; "
+                + (
+                    f"{rest:,.2f} is left unallocated"
+                    if rest > 0
+                    else f"over-allocated by {-rest:,.2f}"
+                )
             )
             for c in fixed:
                 if abs(rest) >= 0.005:
@@ -717,10 +722,39 @@ class GuardedBayes:
         return x, note
 
 
+def guarded_plan(
+    policy: Policy,
+    arms: Sequence[ArmState],
+    budget: float,
+    rng: np.random.Generator,
+    guard: GuardedBayes | None = None,
+) -> Plan:
+    """What :func:`allocate` recommends with ``policy``: every policy within the guardrails.
+
+    :class:`GuardedBayes` plans itself; any other policy's budgets go through ``guard``'s
+    guardrails (:meth:`GuardedBayes.plan` with ``target``; default ``GuardedBayes()``), the
+    reasons naming the policy.
+    """
+    if isinstance(policy, GuardedBayes):
+        return policy.plan(arms, budget, rng)
+    guard = guard or GuardedBayes()
+    plan = guard.plan(arms, budget, rng, target=policy.allocate(arms, budget, rng))
+    for d in plan.decisions:
+        d.reasons.insert(0, f"budget from the {policy.name} policy, within the guardrails")
+    return plan
+
+
 # ---- the workspace -----------------------------------------------------------------------
 
 #: Fewest conversions on each side before platform counts are scaled to first-party ones.
 CALIBRATE_MIN = 20.0
+#: The reason an arm carries when its nowcast rests on less than touchpoints.
+NOWCAST_BASIS = {
+    "click_ts": "outcomes nowcast from the spend export's daily clicks and the conversions' "
+    "click_ts (no touchpoints)",
+    "conversion_day": "outcomes nowcast from conversion days with the account's pooled delay "
+    "(no click time)",
+}
 
 
 def _window_rows(expr: Any) -> list[dict[str, Any]]:
@@ -836,8 +870,9 @@ def arms_from_workspace(
     Returns
     -------
     tuple
-        The arms and a dict of what was read: ``checks``, ``exclusions`` and
-        ``platform_scale`` (the factor applied to platform counts, ``None`` when unscaled).
+        The arms and a dict of what was read: ``checks``, ``exclusions``,
+        ``platform_scale`` (the factor applied to platform counts, ``None`` when unscaled)
+        and ``nowcast_basis`` (the nowcast's ``basis`` of the campaigns it supplies).
     """
     from signalloop.checks import run_checks
     from signalloop.nowcast import NowcastOptions, nowcast
@@ -937,10 +972,16 @@ def arms_from_workspace(
                 source[cid],
             )
         )
+    basis = {
+        str(c["campaign_id"]): str(c["basis"])
+        for c in nowcast_doc.get("campaigns", [])
+        if c.get("basis") and source.get(str(c["campaign_id"])) == "nowcast"
+    }
     return arms, {
         "checks": checks,
         "exclusions": checks["exclusions"],
         "platform_scale": None if scale is None else round(scale, 4),
+        "nowcast_basis": basis,
     }
 
 
@@ -1033,14 +1074,18 @@ def allocate(
         raise UsageError(f"no campaign spent anything in the {window} days up to {day}")
     rng = np.random.default_rng(random_state)
     guarded = chosen if isinstance(chosen, GuardedBayes) else GuardedBayes(objective, cpa_cap)
-    if isinstance(chosen, GuardedBayes):
-        plan = chosen.plan(arms, budget, rng)
-    else:
-        raw = chosen.allocate(arms, budget, rng)
-        plan = guarded.plan(arms, budget, rng, target=raw)
-        for d in plan.decisions:
-            d.reasons.insert(0, f"budget from the {policy} policy, within the guardrails")
+    plan = guarded_plan(chosen, arms, budget, rng, guarded)
     conv, _ = guarded.fit(arms)
+    scale = read["platform_scale"]
+    for d in plan.decisions:
+        via = NOWCAST_BASIS.get(read["nowcast_basis"].get(d.campaign_id, ""))
+        if via and d.outcome_source == "nowcast":
+            d.reasons.insert(0, via)
+        if scale is not None and d.outcome_source == "platform_reported":
+            d.reasons.append(
+                f"its platform-reported conversions scaled by {scale:.2f}: first-party over "
+                "platform-reported conversions on the campaigns that have both"
+            )
     rows = [d.to_dict() for d in plan.decisions]
     sources: dict[str, int] = {}
     for r in rows:
@@ -1083,6 +1128,7 @@ __all__ = [
     "allocate",
     "arms_from_workspace",
     "guard_bounds",
+    "guarded_plan",
     "make_policy",
     "project",
     "register",
