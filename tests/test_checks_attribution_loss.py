@@ -33,6 +33,8 @@ OPT = {
     "loss_weeks": 2,
     "loss_margin": 0.25,
     "loss_max_share": 0.6,
+    "loss_onset_z": 3.0,
+    "loss_onset_min": 0.02,
 }
 
 
@@ -136,5 +138,13 @@ def test_rule_edges() -> None:
     assert loss is not None
     assert loss["break_week"] == "2026-01-26" and loss["weeks_low"] == 2
     assert loss["conversions_after"] == 80 and loss["unmatched_after"] == 61
+    # the week before the run: within noise of a 90% baseline it stays out, well under it is
+    # the week the loss began in
+    base = [(40, 36), (40, 37), (40, 35)]
+    noisy = click_id_loss(_weeks([*base, (40, 34), (40, 8), (40, 9)]), OPT)
+    onset = click_id_loss(_weeks([*base, (40, 26), (40, 8), (40, 9)]), OPT)
+    assert noisy is not None and onset is not None
+    assert (noisy["break_week"], noisy["weeks_low"]) == ("2026-02-02", 2)
+    assert (onset["break_week"], onset["weeks_low"]) == ("2026-01-26", 3)
     # a week back to normal at the end: the loss is over
     assert click_id_loss(_weeks([(40, 38)] * 3 + [(40, 8), (40, 8), (40, 38)]), OPT) is None

@@ -310,6 +310,8 @@ def _delivery_stops(
     loss_weeks=2,
     loss_margin=0.25,
     loss_max_share=0.6,
+    loss_onset_z=3.0,
+    loss_onset_min=0.02,
 )
 def attribution_match(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding]:
     conv = ctx.conversions
@@ -326,7 +328,8 @@ def attribution_match(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding
     }
     spend = ctx.table("spend")
     platforms = spend.group_by("campaign_id").aggregate(platform=spend.platform.arbitrary())
-    c = conv.mutate(matched=conv.click_id.isin(clicks.click_id))
+    # never null: a conversion without a click id is not matched (sums stay numbers)
+    c = conv.mutate(matched=conv.click_id.notnull() & conv.click_id.isin(clicks.click_id))
     c = c.left_join(platforms, c.attributed_campaign_id == platforms.campaign_id)
     c = c.mutate(week=c.ts.date().truncate("W"))
     findings: list[Finding] = []
@@ -345,7 +348,7 @@ def attribution_match(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding
         else []
     )
     for p in by_platform:
-        share = p["matched"] / p["n"] if p["n"] else 1.0
+        share = (p["matched"] or 0) / p["n"] if p["n"] else 1.0
         if p["n"] >= opt["min_conversions"] and share < opt["min_match_share"]:
             findings.append(
                 Finding(
@@ -357,7 +360,7 @@ def attribution_match(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding
                         "kind": "click_id_match",
                         "platform": p["platform"],
                         "conversions": int(p["n"]),
-                        "unmatched": int(p["n"] - p["matched"]),
+                        "unmatched": int(p["n"] - (p["matched"] or 0)),
                         "matched_share": round(share, 4),
                     },
                 )
@@ -389,7 +392,7 @@ def attribution_match(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding
         else:
             recent = [r for r in rows if r["week"] >= last4]
             n = sum(int(r["n"]) for r in recent)
-            matched = sum(int(r["matched"]) for r in recent)
+            matched = sum(int(r["matched"] or 0) for r in recent)
             evidence = {"conversions_last_4_weeks": n, "matched_by_click_id": matched}
             env["attribution_accuracy"] = (
                 {"score": round(matched / n, 3), "evidence": evidence}
@@ -401,7 +404,9 @@ def attribution_match(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding
                     "evidence": evidence,
                 }
             )
-            loss = click_id_loss([(r["week"], int(r["n"]), int(r["matched"])) for r in rows], opt)
+            loss = click_id_loss(
+                [(r["week"], int(r["n"]), int(r["matched"] or 0)) for r in rows], opt
+            )
             if loss is not None:
                 findings.append(
                     Finding(
@@ -443,12 +448,15 @@ def click_id_loss(
     with fewer than ``loss_min_week_conversions`` conversions are not judged. The last
     ``loss_weeks`` judged weeks (at least) must each be under ``loss_max_share`` and under
     the baseline (the median share of the judged weeks before them, at least
-    ``loss_baseline_weeks`` of them) minus ``loss_margin``; the run of low weeks extends back
-    over earlier weeks under the baseline minus half the margin (a week the loss began in
-    the middle of), and its first week is the week it broke.
+    ``loss_baseline_weeks`` of them) minus ``loss_margin``. The run of low weeks extends back
+    over an earlier week whose share is significantly under the baseline (by more than
+    ``loss_onset_z`` binomial standard errors at that week's count and at least
+    ``loss_onset_min``): the week the loss began in the middle of. Its first week is the
+    week it broke.
 
     >>> opt = {"loss_min_week_conversions": 10, "loss_baseline_weeks": 2, "loss_weeks": 2,
-    ...        "loss_margin": 0.25, "loss_max_share": 0.6}
+    ...        "loss_margin": 0.25, "loss_max_share": 0.6, "loss_onset_z": 3.0,
+    ...        "loss_onset_min": 0.02}
     >>> w = [date(2026, 1, 5) + timedelta(weeks=i) for i in range(6)]
     >>> rows = list(zip(w, [40] * 6, [38, 39, 38, 31, 12, 11]))
     >>> loss = click_id_loss(rows, opt)
@@ -468,11 +476,12 @@ def click_id_loss(
     baseline = float(np.median(shares[:start]))
     if any(s >= baseline - opt["loss_margin"] for s in shares[start:]):
         return None
-    # a week the loss began in the middle of: under the baseline minus half the margin
-    while (
-        start - 1 >= opt["loss_baseline_weeks"]
-        and shares[start - 1] < baseline - opt["loss_margin"] / 2
-    ):
+    # a week the loss began in the middle of: significantly under the baseline
+    while start - 1 >= opt["loss_baseline_weeks"]:
+        n_prev = used[start - 1][1]
+        se = math.sqrt(baseline * (1.0 - baseline) / n_prev)
+        if shares[start - 1] >= baseline - max(opt["loss_onset_z"] * se, opt["loss_onset_min"]):
+            break
         start -= 1
         baseline = float(np.median(shares[:start]))
     low = used[start:]
