@@ -679,6 +679,7 @@ def print_allocation(doc: dict[str, Any]) -> None:
         "recommended",
         "change",
         "automation",
+        "outcomes",
         "CPA (90%)",
         "P(best)",
     ):
@@ -698,13 +699,19 @@ def print_allocation(doc: dict[str, Any]) -> None:
             f"{a['recommended']:,.2f}",
             change,
             f"[{colour[a['automation']]}]{a['automation']}[/]",
+            str(a.get("outcome_source", "-")).replace("_", " "),
             cpa,
             f"{a['p_best']:.2f}",
         )
     out.print(t)
+    left, why = doc.get("unallocated") or 0.0, doc.get("unallocated_reason")
+    if left:
+        what = "left unallocated" if left > 0 else "over-allocated"
+        out.print(f"  {abs(left):,.2f} {what}: {why}", highlight=False)
     for a in doc["arms"]:
-        if a["reasons"]:
-            out.print(f"  {a['campaign_id']}: {'; '.join(a['reasons'])}", highlight=False)
+        own = [r for r in a["reasons"] if r != why]
+        if own:
+            out.print(f"  {a['campaign_id']}: {'; '.join(own)}", highlight=False)
 
 
 @app.command()
