@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install browser demo test lint typecheck pytest bench bench-ingest bench-checks bench-speed bench-state bench-models bench-allocate bench-ope bench-diagnose bench-run clean lock
+.PHONY: install browser demo test lint typecheck pytest bench bench-ingest bench-checks bench-speed bench-state bench-models bench-allocate bench-ope bench-diagnose bench-run bench-shapes clean lock
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,7 +39,7 @@ pytest: $(STAMP) browser
 
 test: lint typecheck pytest
 
-bench: bench-ingest bench-checks bench-speed bench-state bench-models bench-allocate bench-ope bench-diagnose bench-run
+bench: bench-ingest bench-checks bench-speed bench-state bench-models bench-allocate bench-ope bench-diagnose bench-run bench-shapes
 
 bench-state: $(STAMP)
 	$(BIN)/python benchmarks/phase_quality.py --seeds 20
@@ -60,6 +60,10 @@ bench-diagnose: $(STAMP)
 
 bench-run: $(STAMP)
 	$(BIN)/python benchmarks/run_loop.py
+
+bench-shapes: $(STAMP)
+	$(BIN)/python benchmarks/shapes_quality.py --seeds 20 --workers 2
+	$(BIN)/python benchmarks/allocate_quality.py --shapes --seeds 20 --workers 2
 
 bench-ingest: $(STAMP)
 	$(BIN)/python benchmarks/run.py

@@ -358,8 +358,15 @@ def print_learnable(doc: dict[str, Any], *, compact: bool = False) -> None:
             escape(missing),
         )
     out.print(t)
-    for u in doc["unlock"]:
+    shown = doc["unlock"][:3] if compact else doc["unlock"]
+    for u in shown:
         out.print(f"to unlock {', '.join(u['unlocks'])}: send {u['export']}", highlight=False)
+    if len(shown) < len(doc["unlock"]):
+        out.print(
+            f"({len(doc['unlock']) - len(shown)} more exports would unlock more: "
+            "signalloop status lists them)",
+            highlight=False,
+        )
     for note in acct["notes"]:
         out.print(f"note: {note}", highlight=False)
 

@@ -79,6 +79,7 @@ def lens(
     nowcast: Mapping[str, Any] | None = None,
     phase: Mapping[str, Any] | None = None,
     model_dirs: Mapping[str, str | Path] | None = None,
+    learnable: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Answer the seven questions before scaling spend.
 
@@ -96,6 +97,10 @@ def lens(
     model_dirs
         Saved models by outcome; default: the workspace's default model folders
         (:func:`~signalloop.models.api.default_model_dir`) that hold a card.
+    learnable
+        :func:`signalloop.shapes.learnable` as of the same day, if already computed: when a
+        question cannot be answered from this data (no model can be trained, no delay can be
+        measured) the evidence says which export would unlock it. Computed when needed.
 
     Returns
     -------
@@ -123,13 +128,18 @@ def lens(
         nowcast = run_nowcast(ws, as_of, settings=settings).to_dict()
     models = _models(ws, model_dirs)
     campaigns = [str(c["campaign_id"]) for c in checks.get("campaigns", [])]
+    delay_known = any(d.get("p50") is not None for d in nowcast.get("delay", {}).values())
+    if learnable is None and (not models or not delay_known):
+        from signalloop.shapes import learnable as shapes_learnable
+
+        learnable = shapes_learnable(ws, as_of)
     results = [
         _data_completeness(ws, as_of, settings, checks),
         _label_quality(checks),
-        _context_fit(ws, as_of, settings, nowcast, models),
+        _context_fit(ws, as_of, settings, nowcast, models, learnable),
         _cold_start_plan(ws, as_of, settings, phase),
         _retraining_cadence(settings, models),
-        _feedback_latency(settings, nowcast),
+        _feedback_latency(settings, nowcast, learnable),
         _owner_accountability(settings, campaigns, models),
     ]
     weakest = next((r["name"] for r in results if not r["passed"]), None)
@@ -299,17 +309,21 @@ def _context_fit(
     settings: Settings,
     nowcast: Mapping[str, Any],
     models: Mapping[str, Path],
+    learnable: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     if not models:
-        return _result(
-            "context_fit",
-            False,
-            {
-                "models": {},
-                "message": "no model is saved, so there is nothing the data can be compared "
-                "with: run signalloop model fit",
-            },
-        )
+        cap = _capability(learnable, "conversion_model")
+        if cap is not None and cap["status"] == "unavailable":
+            message = (
+                "no model can be trained on this data (it learns from click-level signals; "
+                f"missing: {', '.join(cap['missing'])}): send {'; '.join(cap['unlock'])}"
+            )
+        else:
+            message = (
+                "no model is saved, so there is nothing the data can be compared "
+                "with: run signalloop model fit"
+            )
+        return _result("context_fit", False, {"models": {}, "message": message})
     fits = {o: _model_fit(ws, as_of, settings, nowcast, o, p) for o, p in models.items()}
     bad = {o: f["problems"] for o, f in fits.items() if f["problems"]}
     message = (
@@ -413,7 +427,15 @@ def _retraining_cadence(settings: Settings, models: Mapping[str, Path]) -> dict[
     )
 
 
-def _feedback_latency(settings: Settings, nowcast: Mapping[str, Any]) -> dict[str, Any]:
+def _capability(learnable: Mapping[str, Any] | None, name: str) -> Mapping[str, Any] | None:
+    """One capability's entry of :func:`signalloop.shapes.learnable`, if given."""
+    caps = (learnable or {}).get("capabilities", [])
+    return next((c for c in caps if c["name"] == name), None)
+
+
+def _feedback_latency(
+    settings: Settings, nowcast: Mapping[str, Any], learnable: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     every = settings.lens.decision_every_days
     hours = every * 24
     delay = {
@@ -423,7 +445,13 @@ def _feedback_latency(settings: Settings, nowcast: Mapping[str, Any]) -> dict[st
     }
     late = sorted(c for c, d in delay.items() if d["p50_hours"] > hours)
     tail = sorted(c for c, d in delay.items() if (d["p90_hours"] or 0) > hours)
-    if not delay:
+    cap = _capability(learnable, "nowcast")
+    if not delay and cap is not None and cap["status"] == "unavailable":
+        message = (
+            "no measured delay: nothing to learn it from (missing: "
+            f"{', '.join(cap['missing'])}): send {'; '.join(cap['unlock'][:2])}"
+        )
+    elif not delay:
         message = "no measured delay: the nowcast has no conversions to learn it from"
     elif late:
         message = f"most conversions arrive after the {every}-day decision in " + ", ".join(

@@ -450,8 +450,9 @@ def run(
     dict
         ``as_of``, ``workspace``, ``inbox``, ``learnable`` (the data shape and what each
         capability used, :func:`~signalloop.shapes.learnable`), ``checks``, ``state``
-        (``nowcast``, ``phase``, ``fatigue``), ``models``, ``allocation``, ``diagnosis``, ``lens``, ``history``,
-        ``timings``, and ``report`` (the paths written). Also written as ``report.json``.
+        (``nowcast``, ``phase``, ``fatigue``), ``models``, ``allocation``, ``diagnosis``,
+        ``lens``, ``history``, ``timings``, and ``report`` (the paths written). Also written
+        as ``report.json``.
 
     Raises
     ------
@@ -521,12 +522,15 @@ def run(
             policy=settings.run.policy,
             checks=checks,
             phase_doc=state["phase"],
+            nowcast_doc=state["nowcast"],
         )
         if daily > 0
         else None
     )
     report("allocating tomorrow's budget", 1.0)
     lap("allocate")
+    shape = learnable(ws, as_of, used=steps_used(state, allocation))
+    lap("learnable")
     report("diagnosing", None)
     diagnosis = diagnose(
         ws,
@@ -545,13 +549,12 @@ def run(
         nowcast=state["nowcast"],
         phase=state["phase"],
         model_dirs=model_dirs,
+        learnable=shape,
     )
     report("diagnosing", 1.0)
     lap("diagnose_lens")
     history = signal_history(ws, as_of, settings, checks, report)
     lap("history")
-    shape = learnable(ws, as_of, used=steps_used(state, allocation))
-    lap("learnable")
     doc: dict[str, Any] = {
         "signalloop_version": __version__,
         "as_of": as_of.isoformat(),
