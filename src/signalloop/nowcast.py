@@ -74,7 +74,7 @@ rests on (``basis``), what that leaves out (``missing``) and which export would 
     touchpoints), what each hour has left once its converted clicks are taken out
     (:func:`_spread_clicks`). A day whose platform counts fewer clicks than converted is
     clipped up to the converted. On simulated accounts the last 7 and 28 days' totals come
-    within 0.1% of the touchpoint path's (BENCHMARKS.md).
+    within 0.2% and 0.0% of the touchpoint path's on average, 1.1% at most (BENCHMARKS.md).
 ``conversion_day``
     Conversions carry ``campaign_id`` but no click time: only the conversion day is known.
     The delay is the account's, for a campaign it has no data on
