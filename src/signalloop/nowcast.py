@@ -1716,6 +1716,8 @@ def _without_basis(
         }
         per_window = {
             f"{w}d": sums(own[own.date >= as_of - timedelta(days=w - 1)] if len(own) else own)
+            # the conversions seen per window are known only when there are none at all
+            | {"observed_conversions": 0 if n == 0 else None}
             | {"expected_conversions": None, "lower": None, "upper": None}
             for w in windows
         }
