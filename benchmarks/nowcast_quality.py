@@ -637,7 +637,10 @@ def markdown(summary: dict[str, Any], command: str) -> str:
         "already shown) and the binomial count of what is still to come, by Monte Carlo. They "
         "are whole numbers taken from the randomised quantiles of the count "
         "(`signalloop.nowcast.count_interval`): a plain quantile interval of a count covers "
-        "more than asked, and on nearly complete cohorts almost always.",
+        "more than asked, and on nearly complete cohorts almost always. Each also holds its "
+        "nowcast (the whole numbers next to it), so a nearly complete cohort with a mean of "
+        "k + 0.1 gets [k, k + 1]: single cohorts cover a few points more than 90% for it, "
+        "sums over days are unchanged.",
         f"* **CRM path**: biased low, {-crm60['bias']:.0%} on 60-day sums and "
         f"{-crm['bias']:.0%} on the last 14 lead days, which is what keeps the 14-day sums "
         "under 85% coverage. Lead to won is a sum of four stage lags (in the simulator), not "

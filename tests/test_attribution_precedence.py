@@ -3,7 +3,9 @@
 The contract: ``campaign_id`` first, else ``click_id`` (the earliest touchpoint with that click),
 else ``user_id`` (the user's last touchpoint at or before the conversion). In the tiny account
 below the three rules disagree on purpose; :func:`~signalloop.attribution.attributed_conversions`
-and the nowcast's click linking must pick the same winner.
+and the nowcast's click linking must pick the same winner. The nowcast's click time then comes
+from a touch on the winning campaign only (never another campaign's touch), and two conversions
+of one click at the same instant go to the lowest campaign id whatever the row order.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ TOUCHPOINTS = [
     ["t5", "2026-01-01T10:30:00Z", "u3", "k3", "cB"],
     ["t3", "2026-01-01T11:00:00Z", "u2", "k4", "cC"],  # k4 again, later, on another campaign
     ["t4", "2026-01-01T14:00:00Z", "u1", "k2", "cC"],
+    ["t6", "2026-01-01T12:00:00Z", "u4", "k6", "cB"],  # k6 on two campaigns
+    ["t7", "2026-01-01T12:30:00Z", "u4", "k6", "cC"],
 ]
 #: conversion_id, ts, user_id, click_id, campaign_id, and the winner (campaign, rule).
 CONVERSIONS = [
@@ -49,29 +53,42 @@ CONVERSIONS = [
     ("x7", "2026-01-01T12:00:00Z", "u1", "", "", ("cB", "user_id")),
     # a touch at the conversion's own instant counts
     ("x8", "2026-01-01T14:00:00Z", "u1", "", "", ("cC", "user_id")),
+    # own campaign cC; click k4's touch on cC (t3), not its earliest (t1, cA)
+    ("x9", "2026-01-01T16:00:00Z", "u2", "k4", "cC", ("cC", "campaign_id")),
+    # own campaign cB, no click: u1's last touch on cB (t2), not the later t4 (cC)
+    ("x10", "2026-01-01T15:00:00Z", "u1", "", "cB", ("cB", "campaign_id")),
+    # one click (k6), one instant, two campaigns: a tie the lowest campaign id (cB) wins
+    ("x11", "2026-01-01T16:00:00Z", "u4", "k6", "cC", ("cC", "campaign_id")),
+    ("x12", "2026-01-01T16:00:00Z", "u4", "k6", "cB", ("cB", "campaign_id")),
 ]
 WINNERS = {c[0]: c[5] for c in CONVERSIONS}
 
 
-@pytest.fixture
-def account(ws: Workspace, tmp_path: Path) -> Iterator[Workspace]:
+def ingest_account(ws: Workspace, folder: Path, conversions: list[tuple[Any, ...]]) -> Workspace:
     write_csv(
-        tmp_path / "spend.csv",
+        folder / "spend.csv",
         ["date", "platform", "campaign_id", "impressions", "clicks", "spend"],
         [[DAY.isoformat(), "meta", c, 1000, 3, 30.0] for c in ("cA", "cB", "cC")],
     )
     write_csv(
-        tmp_path / "tp.csv", ["touch_id", "ts", "user_id", "click_id", "campaign_id"], TOUCHPOINTS
+        folder / "tp.csv", ["touch_id", "ts", "user_id", "click_id", "campaign_id"], TOUCHPOINTS
     )
     write_csv(
-        tmp_path / "conv.csv",
+        folder / "conv.csv",
         ["conversion_id", "ts", "kind", "user_id", "click_id", "campaign_id"],
-        [[cid, ts, "purchase", u, k, c] for cid, ts, u, k, c, _ in CONVERSIONS],
+        [[cid, ts, "purchase", u, k, c] for cid, ts, u, k, c, _ in conversions],
     )
     for kind, name in (("spend", "spend"), ("touchpoints", "tp"), ("conversions", "conv")):
-        r = ingest_file(ws, kind, tmp_path / f"{name}.csv")
+        r = ingest_file(ws, kind, folder / f"{name}.csv")
         assert r.rows_quarantined == 0, r
-    yield ws
+    return ws
+
+
+@pytest.fixture(params=["as_written", "reversed"])
+def account(ws: Workspace, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Workspace]:
+    """The account, its conversions ingested as written or in reverse (ties must not care)."""
+    rows = CONVERSIONS if request.param == "as_written" else CONVERSIONS[::-1]
+    yield ingest_account(ws, tmp_path, rows)
 
 
 def candidates(conversion: tuple[Any, ...]) -> tuple[str | None, str | None, str | None]:
@@ -104,32 +121,76 @@ def test_attributed_conversions_campaign_then_click_then_user(account: Workspace
         for r in attributed_conversions(account).to_pyarrow().to_pylist()
     }
     assert got == WINNERS
-    assert attribution_counts(account) == {"campaign_id": 2, "click_id": 2, "user_id": 4}
+    assert attribution_counts(account) == {"campaign_id": 6, "click_id": 2, "user_id": 4}
 
 
-def test_nowcast_links_each_conversion_to_the_same_campaign(account: Workspace) -> None:
-    src = _Source(account, DAY)
+def linked_rows(ws: Workspace) -> dict[str, dict[str, Any]]:
+    src = _Source(ws, DAY)
     try:
         rows = _link_clicks(src, src.table("conversions")).to_pyarrow().to_pylist()
     finally:
         src.release()
-    linked = {r["conversion_id"]: r for r in rows}
+    return {r["conversion_id"]: r for r in rows}
+
+
+def test_nowcast_links_each_conversion_to_the_same_campaign(account: Workspace) -> None:
+    linked = linked_rows(account)
     assert {k: r["campaign_id"] for k, r in linked.items()} == {k: w[0] for k, w in WINNERS.items()}
-    # where the click decided (or the user's touch did), the click time is that touchpoint's
-    clicks = {k: linked[k]["click"] for k in ("x2", "x3", "x4", "x6", "x7", "x8")}
+    # the click time is a touch on the campaign the rules chose, or none
+    clicks = {k: r["click"] for k, r in linked.items()}
     assert clicks == {
+        "x1": None,  # cA: its click k1 touched cB, and u1 never touched cA
         "x2": datetime(2026, 1, 1, 10, 30),  # k3's touch
         "x3": datetime(2026, 1, 1, 14, 0),  # u1's last touch
         "x4": datetime(2026, 1, 1, 14, 0),
+        "x5": None,  # cA: u1's last touch (14:00) is on cC, never on cA
         "x6": datetime(2026, 1, 1, 9, 0),  # k4's earliest touch
         "x7": datetime(2026, 1, 1, 10, 0),  # u1's last touch by 12:00
         "x8": datetime(2026, 1, 1, 14, 0),
+        "x9": datetime(2026, 1, 1, 11, 0),  # k4's touch on cC, not its earliest (cA)
+        "x10": datetime(2026, 1, 1, 10, 0),  # u1's last touch on cB, not the later on cC
+        "x11": datetime(2026, 1, 1, 12, 30),  # k6's touch on cC
+        "x12": datetime(2026, 1, 1, 12, 0),  # k6's touch on cB
     }
+    # the attribution's own candidates agree: a touch on the winner's campaign
+    for k, r in linked.items():
+        if r["click"] is None:
+            continue
+        at = r["click"].strftime("%Y-%m-%dT%H:%M:%SZ")
+        assert any(t[1] == at and t[4] == r["campaign_id"] for t in TOUCHPOINTS), k
+
+
+def test_a_tie_on_one_click_goes_to_the_lowest_campaign_id(account: Workspace) -> None:
+    """x11 (cC) and x12 (cB) convert click k6 at the same instant: cB's, with cB's click
+    time (12:00), whatever order the rows came in (the fixture runs both)."""
+    doc = nowcast(account, DAY).to_dict()
+    k6 = [c for c in doc["cohorts"] if c["campaign_id"] in ("cB", "cC")]
+    got = {c["campaign_id"]: c["observed_conversions"] for c in k6}
+    assert got == {"cB": 4, "cC": 3}  # cB: x2, x7, x10, x12; cC: x3, x4, x8 (x9, x11 second)
+    src = _Source(account, DAY)
+    try:
+        from signalloop.nowcast import _first_of_click
+
+        linked = _link_clicks(src, src.table("conversions"))
+        linked = linked.filter(linked.click.notnull())
+        first = {r["key"]: r for r in _first_of_click(linked).to_pyarrow().to_pylist()}
+    finally:
+        src.release()
+    assert (first["k6"]["campaign_id"], first["k6"]["click"]) == ("cB", datetime(2026, 1, 1, 12))
+    assert (first["k4"]["campaign_id"], first["k4"]["click"]) == ("cA", datetime(2026, 1, 1, 9))
 
 
 def test_nowcast_counts_each_campaign_what_attribution_gives_it(account: Workspace) -> None:
-    """Every conversion here has its own click, so the nowcast's observed counts are the
-    attribution's per campaign: cA 3 (x1, x5, x6), cB 2 (x2, x7), cC 3 (x3, x4, x8)."""
+    """The nowcast counts each click's first conversion, on a click time of its own campaign.
+
+    Attribution gives cA 3 (x1, x5, x6), cB 4 (x2, x7, x10, x12), cC 5 (x3, x4, x8, x9, x11).
+    The nowcast observes cA 1: x1 and x5 have no touch on cA to time their click, so they are
+    cA's unlinked conversions; cC 3: x9 and x11 are the second conversions of clicks k4 and
+    k6, whose first went to cA and cB.
+    """
     doc = nowcast(account, DAY).to_dict()
     got = {c["campaign_id"]: c["observed_conversions"] for c in doc["campaigns"]}
-    assert got == {"cA": 3, "cB": 2, "cC": 3}
+    assert got == {"cA": 1, "cB": 4, "cC": 3}
+    unlinked = {c["campaign_id"]: c["unlinked_conversions"] for c in doc["campaigns"]}
+    assert unlinked == {"cA": 2, "cB": 0, "cC": 0}
+    assert doc["account"]["click"]["unlinked_conversions"] == {"cA": 2}

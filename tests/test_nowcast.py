@@ -65,7 +65,7 @@ def test_beats_the_naive_observed_so_far_on_the_last_14_days(
     assert np.abs(exp - t).sum() < 0.6 * np.abs(obs - t).sum()
     assert abs(exp.sum() - t.sum()) < 0.05 * t.sum() < (t.sum() - obs.sum())
     assert 0.75 <= np.mean((lo <= t) & (t <= hi)) <= 1.0
-    assert np.all((obs <= lo) & (lo <= hi))
+    assert np.all((obs <= lo) & (lo <= exp) & (exp <= hi))  # the point inside its interval
     # campaign totals over the same 14 days: much closer than the naive ones
     for c in report.campaigns:
         w = c["windows"]["28d"]

@@ -2,8 +2,8 @@
 
 One seeded world (35 days, 4 campaigns: c01 and c04 lead campaigns with a CRM, c02 and c03
 purchase) is written in several shapes (:class:`~signalloop.simulate.SimulationConfig`
-``shape``), some then edited as a user's export would be, and ingested into in-memory
-workspaces.
+``shape``), some then edited as a user's export would be (no click times, deals as
+conversions, a crm table missing c04's records), and ingested into in-memory workspaces.
 """
 
 from __future__ import annotations
@@ -92,6 +92,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     no_deals = fc.filter(pc.not_equal(fc.column("kind"), "deal"))
     with_deals = pa.concat_tables([no_deals, deals])
     kinds = ("spend", "touchpoints", "changes")
+    # c04's CRM records missing from the crm table: its stages arrive only as conversions
+    # (a record recN began at the click of touch tN)
+    tp = full.tables["touchpoints"]
+    c04_touches = pc.filter(tp.column("touch_id"), pc.equal(tp.column("campaign_id"), "c04"))
+    c04_records = pc.binary_join_element_wise("rec", pc.utf8_slice_codeunits(c04_touches, 1), "")
+    crm_c01 = crm.filter(pc.invert(pc.is_in(crm.column("record_id"), c04_records)))
     workspaces = {
         "full": ingest(tmp / "full", dict(full.tables)),
         "spend_conversions": ingest(tmp / "sc", {"spend": spend, "conversions": conv}),
@@ -101,6 +107,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         ),
         "deals": ingest(
             tmp / "deals", {k: full.tables[k] for k in kinds} | {"conversions": with_deals}
+        ),
+        "crm_mixed": ingest(
+            tmp / "crm_mixed", dict(full.tables) | {"crm": crm_c01.cast(crm.schema)}
         ),
     }
     done = {k: nowcast(ws, options=OPTS) for k, ws in workspaces.items()}
@@ -224,6 +233,87 @@ def test_crm_kinds_without_leads_warn_instead_of_zero(
     assert crm["warnings"][0]["kinds"] == {"deal": n_deals}
     assert "send them as crm rows" in crm["warnings"][0]["message"]
     assert "unlock" in crm and "crm (record_id, stage, ts" in crm["unlock"]
+
+
+def test_crm_stages_sent_only_as_conversions_warn_by_campaign(world: dict[str, Any]) -> None:
+    """A crm table without c04's records, while c04's sql / opportunity / deal conversions
+    arrive: the CRM path (which reads only the crm table) leaves c04 out, and says so by
+    campaign, kind and count (recounted here from the tables: conversions of those kinds
+    whose click is a c04 touch, up to the cut)."""
+    full = world["result"]
+    tp = full.tables["touchpoints"].to_pandas()
+    conv = full.tables["conversions"].to_pandas()
+    c04_clicks = set(tp.click_id[tp.campaign_id == "c04"])
+    cut = pd.Timestamp(AS_OF + timedelta(days=1), tz="UTC")
+    stages = conv[conv.kind.isin(["sql", "opportunity", "deal"]) & (conv.ts < cut)]
+    own = stages[stages.click_id.isin(c04_clicks)]
+    expected = {str(k): int(n) for k, n in own.kind.value_counts().items()}
+    assert set(expected) == {"sql", "opportunity", "deal"} and expected["deal"] > 0
+    crm = world["reports"]["crm_mixed"]["crm"]
+    assert crm["source"] == "crm"
+    assert [c["campaign_id"] for c in crm["campaigns"]] == ["c01"]
+    assert len(crm["warnings"]) == 1
+    w = crm["warnings"][0]
+    assert w["campaigns"] == {"c04": expected} and w["kinds"] == dict(sorted(expected.items()))
+    assert "c04: " in w["message"] and f"{expected['deal']} deal" in w["message"]
+    assert "send them as crm rows (record_id, stage, ts" in w["message"]
+    # every CRM campaign in the crm table: no warning
+    assert world["reports"]["full"]["crm"]["warnings"] == []
+
+
+def test_every_point_lies_in_its_interval_on_every_shape(world: dict[str, Any]) -> None:
+    """Cohorts, campaigns, windows, CRM rows and the account's totals by date, on every shape
+    (the conversion-day path's too, whose interval has no observed floor)."""
+    checked = 0
+    for name, rep in world["reports"].items():
+        by = rep["account"]["by_date"]
+        windows = [w for c in rep["campaigns"] for w in c["windows"].values()]
+        rows = [*rep["cohorts"], *rep["campaigns"], *windows, *by["click"]]
+        rows += by["click_with_excluded"]
+        crm = rep["crm"]
+        crm_windows = [w for c in crm["campaigns"] for w in c["windows"].values()]
+        deals = [*crm["cohorts"], *crm["campaigns"], *crm_windows, *by["crm"]]
+        for r in rows:
+            if r["expected_conversions"] is None:  # basis none: nothing to hold
+                assert r["lower"] is None and r["upper"] is None, (name, r)
+                continue
+            assert r["lower"] <= r["expected_conversions"] <= r["upper"], (name, r)
+            assert r["value_lower"] <= r["expected_value"] <= r["value_upper"], (name, r)
+            checked += 1
+        for r in deals:
+            assert r["observed_deals"] <= r["lower"] <= r["expected_deals"] <= r["upper"], r
+            assert r["value_lower"] <= r["expected_value"] <= r["value_upper"], (name, r)
+            checked += 1
+    assert checked == 1884  # rows of six reports
+
+
+def test_account_totals_by_date_on_mixed_bases(world: dict[str, Any]) -> None:
+    """c01, c02 by click_ts, c03 by conversion day, c04 not nowcast: the totals per date hold
+    the three nowcast campaigns, c03's count by conversion day apart, c04's spend nowhere."""
+    rep = world["reports"]["mixed"]
+    by = rep["account"]["by_date"]
+    assert by["not_nowcast"] == ["c04"]
+    cohorts = rep["cohorts"]
+    assert {c["campaign_id"] for c in cohorts} == {"c01", "c02", "c03"}
+    rows = {r["date"]: r for r in by["click"]}
+    assert sorted(rows) == sorted({c["date"] for c in cohorts})
+    for d, r in rows.items():
+        mine = [c for c in cohorts if c["date"] == d]
+        assert r["campaigns"] == len(mine)
+        assert r["observed_conversions"] == sum(c["observed_conversions"] for c in mine)
+        c03 = [c["observed_conversions"] for c in mine if c["campaign_id"] == "c03"]
+        assert r["observed_by_conversion_day"] == sum(c03)
+        assert r["spend"] == pytest.approx(sum(c["spend"] for c in mine), abs=0.02)
+        exp = sum(c["expected_conversions"] for c in mine)
+        assert r["expected_conversions"] == pytest.approx(exp, abs=0.02)
+        # the floor is the click-day campaigns' observed count only
+        click_day = r["observed_conversions"] - r["observed_by_conversion_day"]
+        assert click_day <= r["lower"] <= r["expected_conversions"] <= r["upper"]
+    assert sum(r["observed_by_conversion_day"] for r in rows.values()) > 0
+    # the full shape has none of it
+    full = world["reports"]["full"]["account"]["by_date"]
+    assert all(r["observed_by_conversion_day"] == 0 for r in full["click"])
+    assert full["not_nowcast"] == [] and len(full["crm"]) == DAYS
 
 
 def test_spend_clicks_spread_over_the_day_clip_to_the_converted() -> None:

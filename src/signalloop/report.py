@@ -49,8 +49,8 @@ SEVERITY_COLOURS = {"critical": "#b00020", "warn": "#b26a00", "info": "#5f6368"}
 # -- chart data ---------------------------------------------------------------------------------
 
 
-def _safe_ratio(num: float, den: float) -> float | None:
-    return round(num / den, 4) if den else None
+def _safe_ratio(num: float | None, den: float | None) -> float | None:
+    return round(num / den, 4) if den and num is not None else None
 
 
 def _environment(doc: dict[str, Any]) -> dict[str, Any]:
@@ -67,18 +67,15 @@ def _environment(doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _by_date(
-    cohorts: list[dict[str, Any]], fields: tuple[str, ...], skip_excluded: bool = True
-) -> dict[str, list[float]]:
-    """Per cohort date, the sum over campaigns of each of ``fields`` (missing counts 0)."""
-    out: dict[str, list[float]] = defaultdict(lambda: [0.0] * len(fields))
-    for c in cohorts:
-        if skip_excluded and c.get("excluded"):
-            continue
-        row = out[c["date"]]
-        for i, f in enumerate(fields):
-            row[i] += c[f] or 0.0
-    return out
+def _account_by_date(doc: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    """The nowcast's account totals per cohort date (``account.by_date[key]``).
+
+    Their intervals come from the campaigns' draws added per date, so they are the total's own
+    90% intervals (adding the campaigns' bounds would give a wider band than the label says).
+    """
+    nc = doc["state"]["nowcast"]
+    rows: list[dict[str, Any]] = ((nc.get("account") or {}).get("by_date") or {}).get(key) or []
+    return rows
 
 
 def _conversions(doc: dict[str, Any]) -> dict[str, Any]:
@@ -87,10 +84,9 @@ def _conversions(doc: dict[str, Any]) -> dict[str, Any]:
     for c in cohorts:
         by[c["campaign_id"]]["dates"].append(c["date"])
         by[c["campaign_id"]]["observed"].append(c["observed_conversions"])
-    total = _by_date(
-        cohorts, ("observed_conversions", "expected_conversions", "lower", "upper"), False
-    )
-    days = sorted(total)[-CONVERSION_DAYS:]
+    # every cohort, those in an outage window too: the chart shows the hole the shading explains
+    total = _account_by_date(doc, "click_with_excluded")[-CONVERSION_DAYS:]
+    days = [r["date"] for r in total]
     windows = [
         {
             "campaign_id": e["campaign_id"],
@@ -126,40 +122,33 @@ def _conversions(doc: dict[str, Any]) -> dict[str, Any]:
         else {},
         "account": {
             "dates": days,
-            "observed": [total[d][0] for d in days],
-            "expected": [round(total[d][1], 2) for d in days],
-            "lower": [total[d][2] for d in days],
-            "upper": [total[d][3] for d in days],
+            "observed": [r["observed_conversions"] for r in total],
+            "expected": [r["expected_conversions"] for r in total],
+            "lower": [r["lower"] for r in total],
+            "upper": [r["upper"] for r in total],
         },
         "outages": windows,
     }
 
 
 def _cpa_roas(doc: dict[str, Any]) -> dict[str, Any]:
-    click = doc["state"]["nowcast"].get("cohorts", [])
-    crm = (doc["state"]["nowcast"].get("crm") or {}).get("cohorts", [])
-    sums = _by_date(
-        click, ("spend", "observed_conversions", "expected_conversions", "lower", "upper")
-    )
-    days = sorted(sums)[-RECENT_DAYS:]
+    # cohorts in an outage window are left out: their spend bought no data
+    click = _account_by_date(doc, "click")[-RECENT_DAYS:]
+    crm = _account_by_date(doc, "crm")
     value_from = "crm" if crm else "click"
-    value = _by_date(
-        crm or click,
-        ("spend", "observed_value", "expected_value", "value_lower", "value_upper"),
-    )
-    vdays = sorted(value)[-RECENT_DAYS:]
+    value = (crm or _account_by_date(doc, "click"))[-RECENT_DAYS:]
     return {
-        "dates": days,
-        "observed_cpa": [_safe_ratio(sums[d][0], sums[d][1]) for d in days],
-        "nowcast_cpa": [_safe_ratio(sums[d][0], sums[d][2]) for d in days],
-        "cpa_low": [_safe_ratio(sums[d][0], sums[d][4]) for d in days],
-        "cpa_high": [_safe_ratio(sums[d][0], sums[d][3]) for d in days],
+        "dates": [r["date"] for r in click],
+        "observed_cpa": [_safe_ratio(r["spend"], r["observed_conversions"]) for r in click],
+        "nowcast_cpa": [_safe_ratio(r["spend"], r["expected_conversions"]) for r in click],
+        "cpa_low": [_safe_ratio(r["spend"], r["upper"]) for r in click],
+        "cpa_high": [_safe_ratio(r["spend"], r["lower"]) for r in click],
         "roas_from": value_from,
-        "roas_dates": vdays,
-        "observed_roas": [_safe_ratio(value[d][1], value[d][0]) for d in vdays],
-        "nowcast_roas": [_safe_ratio(value[d][2], value[d][0]) for d in vdays],
-        "roas_low": [_safe_ratio(value[d][3], value[d][0]) for d in vdays],
-        "roas_high": [_safe_ratio(value[d][4], value[d][0]) for d in vdays],
+        "roas_dates": [r["date"] for r in value],
+        "observed_roas": [_safe_ratio(r["observed_value"], r["spend"]) for r in value],
+        "nowcast_roas": [_safe_ratio(r["expected_value"], r["spend"]) for r in value],
+        "roas_low": [_safe_ratio(r["value_lower"], r["spend"]) for r in value],
+        "roas_high": [_safe_ratio(r["value_upper"], r["spend"]) for r in value],
     }
 
 

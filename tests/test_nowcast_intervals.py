@@ -1,0 +1,183 @@
+"""The nowcast's intervals: each holds its point, and an account total has its own interval.
+
+Two things a reader of the report relies on. A point shown with its 90% interval lies inside
+it (a nowcast CPA line outside its own band reads as a bug), which for a count's whole-number
+interval and a mean means holding the whole numbers next to the mean
+(:func:`~signalloop.nowcast.count_interval`). And the account's band per date is a 90%
+interval of the total, from the campaigns' draws added draw by draw
+(``account.by_date``), not the campaigns' 90% bounds added up, which hold the total far more
+often than the label says.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import date, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from signalloop.delay import DelayData
+from signalloop.nowcast import (
+    _CLICK_NAMES,
+    NowcastOptions,
+    _by_date,
+    _Path,
+    _Prediction,
+    count_interval,
+    shortest_interval,
+)
+
+
+def test_a_nearly_complete_cohort_holds_its_mean() -> None:
+    """7 observed, 0.1 still to come on average (93% of the draws: none): the plain interval
+    is [7, 7], below the mean 7.1; holding the point makes it [7, 8]."""
+    draws = np.repeat([[7.0], [8.0], [9.0]], [930, 60, 10], axis=0)
+    point = draws.mean(axis=0)
+    assert point[0] == pytest.approx(7.08)
+    lo, hi = count_interval(draws, 0.9, np.random.default_rng(0), np.r_[7.0])
+    assert (lo[0], hi[0]) == (7.0, 7.0)
+    lo, hi = count_interval(draws, 0.9, np.random.default_rng(0), np.r_[7.0], point)
+    assert (lo[0], hi[0]) == (7.0, 8.0)
+    # a whole-number point needs nothing more
+    lo, hi = count_interval(draws, 0.9, np.random.default_rng(0), np.r_[7.0], np.r_[7.0])
+    assert (lo[0], hi[0]) == (7.0, 7.0)
+
+
+def test_holding_the_point_changes_only_the_intervals_that_miss_it() -> None:
+    """Over 2000 Poisson counts of every size, the interval with the point is the plain one
+    wherever the plain one holds the whole numbers next to the mean; elsewhere it is the plain
+    one stretched to them, one bound moved, never by more than what reaches the point."""
+    rng = np.random.default_rng(1)
+    means = rng.choice([0.05, 0.1, 0.2, 0.5, 1.0, 3.0, 10.0, 40.0], 2000)
+    draws = rng.poisson(means, (1000, 2000)).astype(float)
+    point = np.round(draws.mean(axis=0) + rng.normal(0, 0.05, 2000).clip(0), 2)
+    plain = count_interval(draws, 0.9, np.random.default_rng(2))
+    held = count_interval(draws, 0.9, np.random.default_rng(2), None, point)
+    lo, hi = held
+    assert np.all((lo <= point) & (point <= hi))
+    inside = (plain[0] <= np.floor(point)) & (np.ceil(point) <= plain[1])
+    assert np.all(lo[inside] == plain[0][inside]) and np.all(hi[inside] == plain[1][inside])
+    missed = ~inside
+    assert 200 < missed.sum() < 1500  # the small means: plain [0, 0] under a mean of 0.1
+    assert np.all(hi[missed] <= np.maximum(plain[1][missed], np.ceil(point[missed])))
+    assert np.all(lo[missed] >= np.minimum(plain[0][missed], np.floor(point[missed])))
+    # the stretch costs coverage only where it binds: there the interval holds more than 90%
+    truth = rng.poisson(means).astype(float)
+    cov_plain = np.mean((plain[0] <= truth) & (truth <= plain[1]))
+    cov_held = np.mean((lo <= truth) & (truth <= hi))
+    assert 0.87 <= cov_plain <= 0.93 and cov_plain < cov_held <= 0.99
+
+
+def test_a_continuous_interval_holds_its_point() -> None:
+    """The value interval: 95% of the draws at 120 (no more sales), the mean 121.5; the
+    shortest 90% interval is [120, 120]; holding the point, [120, 121.5], and otherwise as
+    short as it can be."""
+    draws = np.r_[np.full(950, 120.0), np.linspace(140, 160, 50)][:, None]
+    point = draws.mean(axis=0)
+    assert point[0] == pytest.approx(121.5)
+    assert [float(x[0]) for x in shortest_interval(draws, 0.9)] == [120.0, 120.0]
+    assert [float(x[0]) for x in shortest_interval(draws, 0.9, (point, point))] == [120.0, 121.5]
+    uniform = np.arange(1000.0)[:, None]
+    lo, hi = shortest_interval(uniform, 0.9, (np.r_[950.0], np.r_[950.0]))
+    assert (lo[0], hi[0]) == (51.0, 950.0)  # the first 90% window reaching 950: not stretched
+
+
+def synthetic(
+    means: list[float], days: int, observed: float, rng: np.random.Generator
+) -> tuple[_Path, _Prediction, pd.DataFrame, np.ndarray]:
+    """Cohorts of ``len(means)`` campaigns x ``days`` days: ``observed`` seen, Poisson(mean)
+    still to come; 1000 draws of that, and one more (the truth) per cohort."""
+    start = date(2026, 1, 1)
+    cids = [f"c{i + 1:02d}" for i in range(len(means))]
+    rows = [(cid, start + timedelta(days=d)) for cid in cids for d in range(days)]
+    m = np.array([means[cids.index(c)] for c, _ in rows])
+    cohorts = pd.DataFrame(
+        {
+            "campaign_id": [c for c, _ in rows],
+            "date": [d for _, d in rows],
+            "subjects": 100.0,
+            "observed": observed,
+            "observed_value": observed * 10.0,
+            "in_window": False,
+        }
+    )
+    samples = observed + rng.poisson(m, (1000, len(rows))).astype(float)
+    truth = observed + rng.poisson(m).astype(float)
+    empty = DelayData.build([], (*[[]] * 4,), (*[[]] * 3,), unit="days")  # type: ignore[arg-type]
+    n = len(cids)
+    path = _Path(
+        "days", cids, cohorts, pd.DataFrame(), empty, np.zeros(n), np.zeros(n), np.ones(n, bool)
+    )
+    pred = _Prediction(observed + m, (observed + m) * 10.0, samples, samples * 10.0, 0.0)
+    spend = cohorts[["campaign_id", "date"]].assign(spend=50.0)
+    return path, pred, spend, truth
+
+
+def test_the_account_interval_covers_the_total_at_its_level() -> None:
+    """Four campaigns, 600 days, each cohort with Poisson(0.5 / 1.5 / 3 / 6) conversions still
+    to come. The account's interval per date, from the draws added up, holds the total 90% of
+    the time (within the binomial noise of 600 days); the campaigns' bounds added up hold it
+    nearly always, a band far wider than its "90%" label."""
+    rng = np.random.default_rng(5)
+    days = 600
+    path, pred, spend, truth = synthetic([0.5, 1.5, 3.0, 6.0], days, 4.0, rng)
+    opts = NowcastOptions()
+    rows = _by_date(
+        [(path, pred)],
+        spend,
+        date(2026, 1, 1) + timedelta(days=days - 1),
+        opts,
+        _CLICK_NAMES,
+        np.random.default_rng(6),
+        with_excluded=False,
+    )
+    assert len(rows) == days and all(r["campaigns"] == 4 for r in rows)
+    total = truth.reshape(4, days).sum(axis=0)
+    lo = np.array([r["lower"] for r in rows])
+    hi = np.array([r["upper"] for r in rows])
+    exp = np.array([r["expected_conversions"] for r in rows])
+    assert np.all(exp == 16 + 11.0) and np.all((lo <= exp) & (exp <= hi))
+    assert np.all(lo >= 16)  # the observed floor
+    covered = float(np.mean((lo <= total) & (total <= hi)))
+    assert 0.87 <= covered <= 0.93, covered
+    # the campaigns' own 90% intervals, added up per date
+    c_lo, c_hi = count_interval(pred.samples, 0.9, np.random.default_rng(7), None, pred.expected)
+    s_lo, s_hi = c_lo.reshape(4, days).sum(axis=0), c_hi.reshape(4, days).sum(axis=0)
+    summed = float(np.mean((s_lo <= total) & (total <= s_hi)))
+    assert summed >= 0.98, summed
+    assert np.mean(hi - lo) < 0.75 * np.mean(s_hi - s_lo)
+    # spend, CPA and value come along
+    r = rows[0]
+    assert r["spend"] == 200.0 and r["nowcast_cpa"] == round(200.0 / 27.0, 2)
+    assert r["value_lower"] <= r["expected_value"] == 270.0 <= r["value_upper"]
+    assert math.isclose(r["observed_value"], 160.0)
+
+
+def test_excluded_cohorts_are_left_out_or_counted_and_always_named() -> None:
+    rng = np.random.default_rng(8)
+    path, pred, spend, _ = synthetic([1.0, 2.0], 3, 5.0, rng)
+    path.cohorts.loc[
+        (path.cohorts.campaign_id == "c02") & (path.cohorts.date == date(2026, 1, 2)), "in_window"
+    ] = True
+    as_of = date(2026, 1, 3)
+    kw = {"spend": spend, "as_of": as_of, "opts": NowcastOptions(), "names": _CLICK_NAMES}
+    out = _by_date([(path, pred)], rng=np.random.default_rng(0), with_excluded=False, **kw)  # type: ignore[arg-type]
+    every = _by_date([(path, pred)], rng=np.random.default_rng(0), with_excluded=True, **kw)  # type: ignore[arg-type]
+    assert [r["campaigns"] for r in out] == [2, 1, 2]
+    assert [r["campaigns"] for r in every] == [2, 2, 2]
+    assert [r["excluded"] for r in out] == [[], ["c02"], []] == [r["excluded"] for r in every]
+    assert out[1]["expected_conversions"] == 6.0 and every[1]["expected_conversions"] == 13.0
+    assert out[1]["spend"] == 50.0 and every[1]["spend"] == 100.0
+    # cohort_days: only the days the cohort rows show
+    short = _by_date(
+        [(path, pred)],
+        spend,
+        as_of,
+        NowcastOptions(cohort_days=2),
+        _CLICK_NAMES,
+        np.random.default_rng(0),
+        with_excluded=True,
+    )
+    assert [r["date"] for r in short] == ["2026-01-02", "2026-01-03"]
