@@ -183,18 +183,19 @@ CAPABILITIES: tuple[Capability, ...] = (
         (
             Basis(
                 "ad_sets_with_edits",
-                ("adset", "daily", "conversions", "changes"),
+                ("adset", "conversions", "changes"),
                 "first-party conversions per ad set and the edit log",
             ),
             Basis(
                 "first_party",
-                ("daily", "conversions"),
+                ("conversions",),
                 "first-party conversions (resets not counted without the edit log)",
             ),
             Basis(
                 "platform_reported",
                 ("daily", "platform_conversions"),
-                "platform-reported conversions (resets not counted without the edit log)",
+                "platform-reported conversions over at least 7 days of spend (resets not "
+                "counted without the edit log)",
             ),
         ),
         "the learning state is unknown (see what is left out)",
