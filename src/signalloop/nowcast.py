@@ -1604,8 +1604,12 @@ def _by_date(
         for cid, d in zip(out.campaign_id, out.date, strict=True):
             excluded.setdefault(d, set()).add(str(cid))
         idx = np.array([at[d] for d in c.date[keep]], dtype=np.int64)
-        onehot = np.zeros((len(idx), n_d))
-        onehot[np.arange(len(idx)), idx] = 1.0
+        if not len(idx):
+            continue
+
+        def per_date(x: FloatArray, idx: npt.NDArray[np.int64] = idx) -> FloatArray:
+            return _f(np.bincount(idx, x, n_d))
+
         seen = c.observed.to_numpy(float)[keep]
         seen_v = c.observed_value.to_numpy(float)[keep]
         for k, v in (
@@ -1616,15 +1620,19 @@ def _by_date(
             ("exp", pred.expected[keep]),
             ("exp_v", pred.expected_value[keep]),
         ):
-            tot[k] += v @ onehot
+            tot[k] += per_date(v)
         if path.floor:
-            floor += seen @ onehot
-            floor_v += seen_v @ onehot
+            floor += per_date(seen)
+            floor_v += per_date(seen_v)
         else:
-            by_day += seen @ onehot
+            by_day += per_date(seen)
         count += np.bincount(idx, minlength=n_d)
-        samples += pred.samples[:, keep] @ onehot
-        vsamples += pred.value_samples[:, keep] @ onehot
+        # draws added per date: cohorts sorted by date, summed in runs (no dense date matrix)
+        order = np.argsort(idx, kind="stable")
+        days_, starts = np.unique(idx[order], return_index=True)
+        cols = np.nonzero(keep)[0][order]
+        samples[:, days_] += np.add.reduceat(pred.samples[:, cols], starts, axis=1)
+        vsamples[:, days_] += np.add.reduceat(pred.value_samples[:, cols], starts, axis=1)
     point, v_point = _shown(tot["exp"]), _shown(tot["exp_v"])
     lo, hi = count_interval(samples, opts.level, rng, floor, point)
     vlo, vhi = shortest_interval(vsamples, opts.level, (v_point, v_point))
