@@ -47,7 +47,9 @@ Severity and confidence per failure type (thresholds are the module constants be
 * ``learning_variance`` -- ad sets in learning whose projected 7-day volume reaches the
   threshold: info (calibration noise, not failure); confidence 0.6 rising to 0.9 as the
   projection clears the threshold; recovery = days until ``evaluation_ready_on``.
-* ``signal_gap`` -- ad sets below the threshold while the campaign's pooled volume (the larger
+* ``signal_gap`` -- ad sets below the threshold (not ``stable``; any state when the
+  workspace has no edit log, since then no reset is seen and ``stable`` only means an ad set
+  left learning once) while the campaign's pooled volume (the larger
   of the ad sets' projections and the nowcast's expected last-7-day conversions) is at least
   :data:`MANUAL_SHARE` of it: info (a setup change fixes it); confidence 0.5 plus up to 0.4 by
   how far below the threshold the pool is. Also, info with confidence 0.3, a campaign with no
@@ -531,6 +533,14 @@ def _source(e: Mapping[str, Any]) -> str | None:
     return e.get("conversions_source", "first_party")  # type: ignore[no-any-return]
 
 
+def _below(ev: Evidence, e: Mapping[str, Any]) -> bool:
+    """An ad set below the threshold that is not ``stable`` (any state when the workspace has
+    no edit log: then no reset is seen, and ``stable`` only means it left learning once)."""
+    blind = not ev.phase.get("edit_log", True)
+    low = (e["projected_conversions_7d"] or 0.0) < ev.threshold
+    return bool(low and (e["state"] != "stable" or blind))
+
+
 def _volume(ev: Evidence, cid: str, ents: list[Mapping[str, Any]]) -> tuple[float, dict[str, Any]]:
     pooled = sum(float(e["projected_conversions_7d"] or 0.0) for e in ents)
     now = ev.nowcast_7d(cid)
@@ -546,11 +556,7 @@ def _volume(ev: Evidence, cid: str, ents: list[Mapping[str, Any]]) -> tuple[floa
         "nowcast_expected_conversions_7d": now,
         "threshold": ev.threshold,
         "adsets": len(ents),
-        "adsets_below": sum(
-            1
-            for e in ents
-            if (e["projected_conversions_7d"] or 0.0) < ev.threshold and e["state"] != "stable"
-        ),
+        "adsets_below": sum(1 for e in ents if _below(ev, e)),
         "volume_source": source,
     }
     if source == "platform_reported":
@@ -612,11 +618,7 @@ def _volume_rules(ev: Evidence, manual: bool) -> list[dict[str, Any]]:
             if not manual:
                 out.append(_unknown_volume(cid, ents))
             continue
-        below = [
-            e
-            for e in ents
-            if (e["projected_conversions_7d"] or 0.0) < ev.threshold and e["state"] != "stable"
-        ]
+        below = [e for e in ents if _below(ev, e)]
         if not below:
             continue
         vol, evidence = _volume(ev, cid, ents)

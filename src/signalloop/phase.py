@@ -155,11 +155,15 @@ class PhaseReport:
     as_of: date
     threshold: int
     entities: list[EntityPhase]
+    #: whether the workspace holds an edit log up to ``as_of``: without one no reset is seen,
+    #: so an ad set that once left learning reads ``stable`` whatever its volume since
+    edit_log: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "as_of": self.as_of.isoformat(),
             "threshold": self.threshold,
+            "edit_log": self.edit_log,
             "entities": [e.to_dict() for e in self.entities],
         }
 
@@ -265,7 +269,8 @@ def phase(
         siblings = [x for x in sets if x["campaign_id"] == cid]
         ent.recommendation = _recommend(ent, len(siblings), threshold, as_of)
         entities.append(ent)
-    return PhaseReport(as_of, threshold, entities)
+    has_log = bool(ctx.table("changes").count().execute())
+    return PhaseReport(as_of, threshold, entities, edit_log=has_log)
 
 
 def _unknown(ent: EntityPhase, missing: str) -> None:

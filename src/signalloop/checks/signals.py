@@ -106,8 +106,9 @@ def _days(ctx: CheckContext) -> list[date]:
     scope="campaign",
     severity="critical",
     description="days far below what the trailing history and the campaign's own clicks "
-    "predict (tracking outages, CRM sync dropouts), told apart from delivery stops and from "
-    "conversions that have not arrived yet",
+    "(the click log, else the spend export's daily clicks) predict (tracking outages, CRM "
+    "sync dropouts), told apart from delivery stops and from conversions that have not "
+    "arrived yet",
     holds=True,
     low_ratio=0.25,
     min_expected=6.0,
@@ -129,6 +130,21 @@ def integration_dropout(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Findi
         .to_pylist(),
         days,
     )
+    # a campaign without a click log: its daily clicks from the spend export instead
+    sp = ctx.table("spend")
+    sp = sp.filter(sp.campaign_id.notnull())
+    spend_clicks = _daily(
+        sp.group_by(campaign_id=sp.campaign_id, day=sp.date)
+        .aggregate(n=sp.clicks.sum())
+        .to_pyarrow()
+        .to_pylist(),
+        days,
+    )
+    clicks_source: dict[str, str] = {}
+    for cid, from_spend in spend_clicks.items():
+        if cid not in clicks or clicks[cid].sum() == 0:
+            clicks[cid] = from_spend
+            clicks_source[cid] = "spend"
     conv = ctx.conversions
     tracked = conv.filter(conv.source.isin(TRACKED) | conv.source.isnull())
     observed = {
@@ -203,6 +219,7 @@ def integration_dropout(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Findi
                         "observed": int(o_sum),
                         "expected": round(e_sum, 1),
                         "clicks": int(c[start : end + 1].sum()),
+                        "clicks_source": clicks_source.get(cid, "touchpoints"),
                         "days": end - start + 1,
                     },
                     active=active,
