@@ -9,7 +9,8 @@ creatives before their fatigue onset and launches something new at least every 1
 the other campaigns' world is exactly as without it). The files are ingested into a fresh
 workspace and diagnosed as of the last day. A fault is *found* when one of its expected
 failure types is among the top two diagnoses of the affected campaign (in
-:func:`~signalloop.diagnose.diagnose`'s order: most severe first, then most confident). A
+:func:`~signalloop.diagnose.diagnose`'s order: most severe first, then most money at stake,
+then most confident). A
 *false alarm* is a warn or critical diagnosis on a campaign without any fault; the report
 says what the truth says about each one.
 
@@ -355,7 +356,8 @@ def markdown(summary: dict[str, Any], command: str, wall: float, workers: int) -
         "offline delays, duplicate copies and UTM variants, fall differently on the faulted "
         "campaign's rows), diagnosed as of the last day. A fault is found when one of its "
         "expected types is among the top two diagnoses of the affected campaign (diagnose's "
-        f"order: most severe, then most confident). Target: >= {TARGET:.0%} of seeds per fault.",
+        "order: most severe, then most money at stake, then most confident). "
+        f"Target: >= {TARGET:.0%} of seeds per fault.",
         "",
         "| fault | expected failure type | found (top two) | target | window still open "
         f"| ended <= {RECENT_DAYS} d before as-of | ended > {RECENT_DAYS} d before |",
