@@ -181,8 +181,16 @@ def test_cli_shape(tmp_path: Path) -> None:
     assert_no_traceback(p)
     assert "--shape expects one of spend, spend_conversions, crm, full, got 'clicks'" in p.stderr
     assert not (tmp_path / "b").exists()
-    p = run("simulate", "--policy", "even_split", "--shape", "spend")
-    assert p.returncode == 2 and "--shape and --no-click-ts" in p.stderr
+    # the policy's time loop sees only what the shape exports: the platform's own counts
+    p = run(
+        "simulate", "--policy", "guarded_bayes", "--shape", "spend", "--days", "21",
+        "--campaigns", "3", "--json",
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    loop = json.loads(p.stdout)
+    assert loop["config"]["shape"] == "spend"
+    assert loop["totals"]["outcome_source"] == "platform_reported"
+    assert loop["totals"]["breaches"] == 0
 
 
 # ---- platform-reported conversions ----------------------------------------------------------

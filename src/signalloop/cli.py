@@ -764,7 +764,8 @@ def simulate(
             "--policy",
             help="Run this budget policy in a daily loop against the simulated account "
             "(guarded_bayes, even_split, greedy_cpa, epsilon_greedy, thompson) and print "
-            "regret, learning resets caused and spend moved in held campaigns.",
+            "regret, learning resets caused and spend moved in held campaigns; the policy "
+            "sees only what --shape (and --no-click-ts) would export.",
         ),
     ] = None,
     budget: Annotated[
@@ -793,8 +794,6 @@ def simulate(
     faults = tuple(sim.parse_fault(f, days=days, campaign_ids=ids) for f in (fault or []))
     if shape not in sim.SHAPES:
         raise UsageError(f"--shape expects one of {', '.join(sim.SHAPES)}, got {shape!r}")
-    if policy is not None and (shape != "full" or no_click_ts):
-        raise UsageError("--shape and --no-click-ts shape the written files, not --policy")
     config = sim.SimulationConfig(
         days=days,
         campaigns=campaigns,
@@ -851,6 +850,11 @@ def print_loop(doc: dict[str, Any]) -> None:
     t.add_row("learning resets caused (ad sets)", f"{tot['resets_caused']}")
     t.add_row("spend moved in held campaigns", f"{tot['spend_moved_held']:,.2f}")
     t.add_row("held campaign-days", f"{tot['held_days']}")
+    if "outcome_source" in tot:
+        shape = doc["config"].get("shape", "full")
+        t.add_row("outcomes the policy saw", f"{tot['outcome_source']} ({shape} shape)")
+    if "breaches" in tot:
+        t.add_row("guardrail breaches", f"{tot['breaches']}")
     out.print(t)
     out.print(
         "expected conversions are noise-free, at 80% of peak CTR and each ad set's learning-"
