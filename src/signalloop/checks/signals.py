@@ -82,6 +82,19 @@ def _daily(
     return out
 
 
+def _spend_daily(ctx: CheckContext, column: str, days: list[date]) -> dict[str, np.ndarray]:
+    """Per campaign, the spend export's daily sum of ``column`` (rows where it is set)."""
+    sp = ctx.table("spend")
+    sp = sp.filter(sp.campaign_id.notnull() & sp[column].notnull())
+    rows = (
+        sp.group_by(campaign_id=sp.campaign_id, day=sp.date)
+        .aggregate(n=sp[column].sum())
+        .to_pyarrow()
+        .to_pylist()
+    )
+    return _daily(rows, days)
+
+
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     runs, start = [], None
     for i, m in enumerate(mask):
@@ -131,15 +144,7 @@ def integration_dropout(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Findi
         days,
     )
     # a campaign without a click log: its daily clicks from the spend export instead
-    sp = ctx.table("spend")
-    sp = sp.filter(sp.campaign_id.notnull())
-    spend_clicks = _daily(
-        sp.group_by(campaign_id=sp.campaign_id, day=sp.date)
-        .aggregate(n=sp.clicks.sum())
-        .to_pyarrow()
-        .to_pylist(),
-        days,
-    )
+    spend_clicks = _spend_daily(ctx, "clicks", days)
     clicks_source: dict[str, str] = {}
     for cid, from_spend in spend_clicks.items():
         if cid not in clicks or clicks[cid].sum() == 0:
@@ -676,15 +681,9 @@ def conversion_volume(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding
         .to_pylist()
     )
     # the platform's own counts, for campaigns without any first-party conversion
+    reported = _spend_daily(ctx, "platform_conversions", days)
     sp = ctx.table("spend")
     sp = sp.filter(sp.platform_conversions.notnull())
-    reported = _daily(
-        sp.group_by(campaign_id=sp.campaign_id, day=sp.date)
-        .aggregate(n=sp.platform_conversions.sum())
-        .to_pyarrow()
-        .to_pylist(),
-        days,
-    )
     sp7 = sp.filter(sp.date >= start)
     per_adset += [
         {**r, "platform": True}
