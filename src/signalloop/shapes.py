@@ -348,8 +348,11 @@ def _rows(expr: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _layer_counts(ws: Workspace, as_of: date) -> dict[str, dict[str, int]]:
-    """Per campaign, the row counts behind each layer (small results, computed with ibis)."""
+def _layer_counts(
+    ws: Workspace, as_of: date, kinds: Mapping[str, int]
+) -> dict[str, dict[str, int]]:
+    """Per campaign, the row counts behind each layer (small results, computed with ibis);
+    ``kinds`` the workspace's rows per kind (a kind with none is not queried)."""
     from signalloop.attribution import attributed_conversions, crm_record_campaigns
 
     cutoff = datetime.combine(as_of + timedelta(days=1), datetime.min.time())
@@ -385,7 +388,7 @@ def _layer_counts(ws: Workspace, as_of: date) -> dict[str, dict[str, int]]:
         put(r.pop("campaign_id"), **r)
     conv = attributed_conversions(ws)
     conv = conv.filter(conv.ts < cutoff)
-    if ws.counts().get("conversions", 0):
+    if kinds.get("conversions", 0):
         clicks = tp.filter(tp.click_id.notnull()).select(t_click=tp.click_id).distinct()
         c = conv.left_join(clicks, conv.click_id == clicks.t_click)
         timed = c.click_ts.notnull() | c.t_click.notnull()
@@ -404,18 +407,14 @@ def _layer_counts(ws: Workspace, as_of: date) -> dict[str, dict[str, int]]:
                 put("\0unattributed", conversions=r["conversions"])
             else:
                 put(cid, **r)
-    if ws.counts().get("crm", 0):
+    if kinds.get("crm", 0):
         rec = crm_record_campaigns(ws, cutoff)
         for r in _rows(rec.group_by("campaign_id").aggregate(crm=rec.count())):
             put(r["campaign_id"] if r["campaign_id"] is not None else "\0unlinked", crm=r["crm"])
     ch = ws.table("changes")
     ch = ch.filter(ch.ts < cutoff)
-    if ws.counts().get("changes", 0):
-        ents = (
-            sp.select(e_campaign=sp.campaign_id, e_adset=sp.adset_id, e_ad=sp.ad_id)
-            .distinct()
-            .cache()
-        )
+    if kinds.get("changes", 0):
+        ents = sp.select(e_campaign=sp.campaign_id, e_adset=sp.adset_id, e_ad=sp.ad_id)
         by_campaign = ch.filter(ch.level == "campaign").select(cid=ch.entity_id)
         by_adset = (
             ch.filter(ch.level == "adset")
@@ -492,7 +491,7 @@ def learnable(
             "capabilities": [],
             "unlock": [],
         }
-    counts = _layer_counts(ws, as_of)
+    counts = _layer_counts(ws, as_of, kinds)
     notes: list[str] = []
     orphan = counts.pop("\0unattributed", {}).get("conversions", 0)
     if orphan:
