@@ -518,11 +518,13 @@ def learnable(
     for c in campaigns:
         by_shape[c["shape"]] = by_shape.get(c["shape"], 0) + 1
     shape = max(by_shape, key=SHAPES.index) if by_shape else None
-    caps = [_capability(cap, campaigns, (used or {}).get(cap.name)) for cap in CAPABILITIES]
+    caps: list[dict[str, Any]] = []
     gains: dict[str, list[str]] = {}
-    for cap in caps:
-        for layer in cap.pop("_missing"):
-            gains.setdefault(layer, []).append(cap["name"])
+    for spec in CAPABILITIES:
+        cap, missing = _capability(spec, campaigns, (used or {}).get(spec.name))
+        caps.append(cap)
+        for layer in missing:
+            gains.setdefault(layer, []).append(spec.name)
     unlock = [
         {"layer": layer, "missing": LAYER_NAMES[layer], "export": UNLOCK[layer], "unlocks": names}
         for layer, names in sorted(gains.items(), key=lambda kv: (-len(kv[1]), kv[0]))
@@ -543,7 +545,8 @@ def learnable(
 
 def _capability(
     cap: Capability, campaigns: Sequence[Mapping[str, Any]], used: Mapping[str, str] | None
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], list[str]]:
+    """One capability's entry of :func:`learnable`, and the layers its campaigns miss."""
     bases: dict[str | None, dict[str, Any]] = {}
     missing: list[str] = []
     statuses: set[str] = set()
@@ -570,32 +573,10 @@ def _capability(
         ],
         "missing": [LAYER_NAMES[m] for m in missing],
         "unlock": [UNLOCK[m] for m in missing],
-        "_missing": missing,
     }
     if used:
         out["used"] = dict(sorted(used.items()))
-    return out
-
-
-def to_text(doc: Mapping[str, Any], *, width: int = 100) -> str:
-    """A plain-text rendering: the shape, then one line per capability with what unlocks it."""
-    acct = doc["account"]
-    if not doc["campaigns"]:
-        return "no campaign with spend yet: nothing to learn from"
-    shapes = ", ".join(f"{n} {s}" for s, n in acct["by_shape"].items())
-    lines = [f"data shape: {acct['shape']} ({shapes} campaign(s))"]
-    for cap in doc["capabilities"]:
-        uses = "; ".join(
-            f"{b['uses']} ({b['campaigns']})" if len(cap["bases"]) > 1 else b["uses"]
-            for b in cap["bases"]
-        )
-        lines.append(f"  {cap['name']} [{cap['status']}]: {uses}")
-        if cap["status"] != "full" and cap["missing"]:
-            lines.append(f"      missing: {', '.join(cap['missing'])}")
-    for u in doc["unlock"]:
-        lines.append(f"  send {u['export']}: improves {', '.join(u['unlocks'])}")
-    lines.extend(f"  note: {n}" for n in acct["notes"])
-    return "\n".join(lines)
+    return out, missing
 
 
 __all__ = [
@@ -609,5 +590,4 @@ __all__ = [
     "learnable",
     "resolve",
     "shape_of",
-    "to_text",
 ]
