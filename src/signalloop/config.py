@@ -41,6 +41,9 @@ exists. Everything has a default; a file only overrides what it names::
     [run.profiles]                     # export profile per kind (default canonical)
     spend = "meta_ads"
 
+    [push]                             # validated outcomes to Meta and Google
+    live = false                       # (signalloop.push.settings has every key)
+
 >>> s = Settings()
 >>> s.learning_threshold, s.canonical_utm("  FB ")
 (50, 'facebook')
@@ -56,6 +59,7 @@ from typing import Any
 
 from signalloop.contract import FUNNEL, KINDS
 from signalloop.errors import ConfigError
+from signalloop.push.settings import PushSettings, push_from
 
 ENV_CONFIG = "SIGNALLOOP_CONFIG"
 DEFAULT_CONFIG = "signalloop.toml"
@@ -129,6 +133,7 @@ _TOP_KEYS = {
     "lens",
     "owners",
     "run",
+    "push",
 }
 #: Outcomes a ``[models] horizon_days`` table may name.
 _MODEL_OUTCOMES = ("conversion", "sql", "won", "value")
@@ -194,6 +199,8 @@ class Settings:
     owners: dict[str, str] = field(default_factory=dict)
     #: ``[run]``: the daily loop's inbox, report folder, budget and models.
     run: RunSettings = field(default_factory=RunSettings)
+    #: ``[push]``: sending validated outcomes to Meta and Google (:mod:`signalloop.push`).
+    push: PushSettings = field(default_factory=PushSettings)
     path: str | None = None
 
     def canonical_utm(self, value: str) -> str:
@@ -295,6 +302,7 @@ def settings_from_dict(doc: dict[str, Any], source: str = "<dict>") -> Settings:
         lens=_lens_from(doc.get("lens", {}), source),
         owners=_owners_from(doc.get("owners", {}), source),
         run=_run_from(doc.get("run", {}), source),
+        push=push_from(doc["push"], source) if "push" in doc else PushSettings(),
     )
 
 

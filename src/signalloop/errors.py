@@ -63,3 +63,10 @@ class InputError(SignalloopError):
         if self.column:
             where.append(f"column {self.column!r}")
         return f"{', '.join(where)}: {self.message}" if where else self.message
+
+
+class CredentialError(ConfigError):
+    """A platform credential is missing, invalid or expired (the message names the fix).
+
+    The message never contains the credential itself.
+    """

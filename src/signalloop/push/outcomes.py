@@ -1,0 +1,354 @@
+"""Which CRM outcomes may leave: one candidate per record and stage, or the reason it may not.
+
+A candidate is the first time a CRM record reached a funnel stage (as of a date), with the
+record's campaign and platform, its identities (Meta lead id, email, phone, gclid and the
+click's time) and the stage's amount. It is **validated** when none of these hold, checked in
+this order (the first that applies is the reason given):
+
+``gate_held``
+    the record's campaign is held by the gate (a critical, active check: an open outage, a
+    broken tracking setup): its outcomes are not trustworthy now;
+``stage_regression``
+    the record's stages went backwards or were overwritten (the ``stage_regression`` rule of
+    :func:`signalloop.checks.core.stage_flags`): which stage it "reached" is not known;
+``duplicate``
+    another, earlier record belongs to the same person (same Meta lead id, email or phone):
+    sending both would count one lead twice;
+``crm_dropout``
+    the stage change falls inside a CRM-sync dropout window of its campaign (stored by the
+    ``integration_dropout`` check): the CRM's record of that window is incomplete;
+``unattributed``
+    no conversion or touchpoint ties the record to a campaign, so no gate can vouch for it.
+
+Identities come from the CRM rows' attributes; which attribute holds which identity is
+configurable (``[push.fields]``, defaults matching HubSpot and Salesforce exports). A Google
+campaign's gclid comes from a ``gclid`` attribute, else from the person's last click on a Google
+campaign before the record began (the touchpoint's ``click_id``), else from their conversion's
+``click_id``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import ibis
+
+from signalloop.attribution import attributed_conversions, crm_record_campaigns
+from signalloop.checks.core import funnel_ranks, stage_flags
+from signalloop.config import Settings
+from signalloop.push.meta import lead_id as meta_lead_id
+from signalloop.push.meta import normalize
+from signalloop.push.settings import GOOGLE_PLATFORMS, META_PLATFORMS, field_key
+from signalloop.store import Workspace
+
+#: Skip reasons, in the order they are tested.
+REASONS = ("gate_held", "stage_regression", "duplicate", "crm_dropout", "unattributed")
+
+
+@dataclass
+class Outcomes:
+    """Validated candidates and the skipped ones, as of a date."""
+
+    as_of: date
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    #: campaign -> the checks holding its gate.
+    held: dict[str, list[str]] = field(default_factory=dict)
+    #: identity -> the attribute it was read from (``None``: no such attribute in the CRM).
+    fields: dict[str, str | None] = field(default_factory=dict)
+    #: What is missing for a push at all (no CRM rows), with the export that fixes it.
+    missing: str | None = None
+
+    def for_platform(self, platform: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Candidates and skipped items of one platform (``meta`` or ``google``)."""
+        return (
+            [c for c in self.candidates if c["platform"] == platform],
+            [s for s in self.skipped if s["platform"] == platform],
+        )
+
+
+def platform_of(raw: str | None) -> str | None:
+    """``meta``, ``google`` or ``None`` for a campaign's platform value.
+
+    >>> platform_of("Facebook"), platform_of("google"), platform_of("linkedin")
+    ('meta', 'google', None)
+    """
+    if raw is None:
+        return None
+    v = raw.strip().lower()
+    if v in META_PLATFORMS:
+        return "meta"
+    if v in GOOGLE_PLATFORMS:
+        return "google"
+    return None
+
+
+def _campaign_platforms(ws: Workspace) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in ("touchpoints", "spend"):  # spend wins: it is the platform's own export
+        t = ws.table(name)
+        t = t.filter(t.campaign_id.notnull() & t.platform.notnull())
+        for r in t.group_by("campaign_id").aggregate(p=t.platform.mode()).to_pyarrow().to_pylist():
+            out[r["campaign_id"]] = platform_of(r["p"])
+    return out
+
+
+def _attr_keys(crm: Any, fields_: Mapping[str, Sequence[str]]) -> dict[str, str | None]:
+    """identity -> the attribute key present in the CRM rows that holds it."""
+    with_attrs = crm.filter(crm.attrs.notnull())
+    keys = with_attrs.select(k=with_attrs.attrs.map.keys().unnest()).distinct()
+    present = [str(k) for k in keys.to_pyarrow().column("k").to_pylist() if k is not None]
+    by_norm: dict[str, str] = {}
+    for k in sorted(present):
+        by_norm.setdefault(field_key(k), k)
+    out: dict[str, str | None] = {}
+    for identity, names in fields_.items():
+        out[identity] = next(
+            (by_norm[field_key(n)] for n in names if field_key(n) in by_norm), None
+        )
+    return out
+
+
+def _attr_text(t: Any, key: str) -> Any:
+    v = t.attrs.map[key]
+    return ibis.coalesce(v.str, v.int.cast("string"), v.float.cast("string"))
+
+
+def _clicks(ws: Workspace, rec: Any, cutoff: datetime, google: Sequence[str]) -> Any:
+    """``(record_id, gclid, click_ts)``: the person's last Google click before the record."""
+    tp = ws.table("touchpoints")
+    tp = tp.filter(
+        (tp.ts < cutoff)
+        & tp.click_id.notnull()
+        & tp.user_id.notnull()
+        & tp.campaign_id.isin(list(google))
+    ).select(t_user=tp.user_id, t_ts=tp.ts, t_click=tp.click_id)
+    by_touch = (
+        rec.join(tp, (rec.user_id == tp.t_user) & (tp.t_ts <= rec.first_ts))
+        .group_by(tk_record="record_id")
+        .aggregate(tk_gclid=tp.t_click.argmax(tp.t_ts), tk_ts=tp.t_ts.max())
+    )
+    conv = ws.table("conversions")
+    conv = conv.filter(
+        (conv.ts < cutoff)
+        & conv.click_id.notnull()
+        & conv.user_id.notnull()
+        & conv.campaign_id.isin(list(google))
+    )
+    cts = conv.click_ts if "click_ts" in conv.columns else ibis.null("timestamp")
+    conv = conv.select(c_user=conv.user_id, c_ts=conv.ts, c_click=conv.click_id, c_cts=cts)
+    by_conv = (
+        rec.join(
+            conv,
+            (rec.user_id == conv.c_user) & (conv.c_ts <= rec.first_ts + ibis.interval(hours=1)),
+        )
+        .group_by(cv_record="record_id")
+        .aggregate(cv_gclid=conv.c_click.argmax(conv.c_ts), cv_ts=conv.c_cts.argmax(conv.c_ts))
+    )
+    j = (
+        rec.select("record_id")
+        .left_join(by_touch, rec.record_id == by_touch.tk_record)
+        .left_join(by_conv, rec.record_id == by_conv.cv_record)
+    )
+    return j.select(
+        c_record=j.record_id,
+        click_gclid=ibis.coalesce(j.tk_gclid, j.cv_gclid),
+        click_ts=ibis.cases((j.tk_gclid.notnull(), j.tk_ts), else_=j.cv_ts),
+    )
+
+
+def _identity_key(c: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The strongest identity of a record for duplicate detection."""
+    lid = meta_lead_id(c.get("lead_id"))
+    if lid is not None:
+        return ("lead_id", str(lid))
+    for name, f in (("email", "em"), ("phone", "ph")):
+        n = normalize(f, c.get(name))
+        if n is not None:
+            return (name, hashlib.sha256(n.encode()).hexdigest())
+    return None
+
+
+def _dropouts(ws: Workspace) -> dict[str, list[tuple[date, date]]]:
+    from signalloop.checks.engine import load_exclusions
+
+    out: dict[str, list[tuple[date, date]]] = {}
+    for e in load_exclusions(ws):
+        if str(e["reason"]).startswith("crm_sync_dropout"):
+            end = date.fromisoformat(e["end"]) if e["end"] else date.max
+            out.setdefault(e["campaign_id"], []).append((date.fromisoformat(e["start"]), end))
+    return out
+
+
+def validated_outcomes(
+    ws: Workspace,
+    *,
+    as_of: date,
+    settings: Settings | None = None,
+    held: Mapping[str, Sequence[str]] | None = None,
+    stages: Sequence[str] | None = None,
+) -> Outcomes:
+    """The CRM outcomes that may be sent as of ``as_of``, and those that may not, with why.
+
+    Parameters
+    ----------
+    ws
+        The workspace.
+    as_of
+        Stage changes up to the end of this day count.
+    settings
+        Funnel order and ``[push.fields]``.
+    held
+        Campaign -> checks holding its gate (a run passes its own); ``None`` runs the checks.
+    stages
+        Stages to consider (default: the funnel's; ``lost`` is never an outcome to send).
+    """
+    settings = settings or Settings()
+    cutoff = datetime.combine(as_of + timedelta(days=1), datetime.min.time())
+    out = Outcomes(as_of)
+    crm = ws.table("crm")
+    crm = crm.filter(crm.ts < cutoff)
+    if crm.count().execute() == 0:
+        out.missing = (
+            "no CRM stage changes: export the CRM's lifecycle stage history as the crm kind "
+            "(record_id, stage, ts, user_id, with email / phone / lead id columns) and ingest it"
+        )
+        return out
+    if held is None:
+        from signalloop.checks import run_checks
+
+        report = run_checks(ws, as_of=as_of, settings=settings)
+        held = {c["campaign_id"]: c["reasons"] for c in report.campaigns if c["gate"] == "hold"}
+    out.held = {k: list(v) for k, v in held.items()}
+    funnel = list(settings.funnel)
+    wanted = [s for s in (stages or funnel) if s in funnel]
+    out.fields = _attr_keys(crm, settings.push.fields)
+
+    # one row per record: its person, start, campaign and identities
+    ident = {
+        name: _attr_text(crm, key).max() if key else ibis.null("string")
+        for name, key in out.fields.items()
+    }
+    per_rec = crm.group_by("record_id").aggregate(
+        r_user=crm.user_id.arbitrary(), r_first=crm.ts.min(), **ident
+    )
+    rec_campaign = crm_record_campaigns(ws, cutoff, conversions=_conversions(ws, cutoff))
+    platforms = _campaign_platforms(ws)
+    google = [c for c, p in platforms.items() if p == "google"]
+    base = crm.group_by("record_id").aggregate(
+        user_id=crm.user_id.arbitrary(), first_ts=crm.ts.min()
+    )
+    clicks = _clicks(ws, base, cutoff, google) if google else None
+
+    ev = crm.filter(crm.stage.isin(wanted))
+    ev = ev.group_by(["record_id", "stage"]).aggregate(
+        ts=ev.ts.min(), amount=ev.amount.argmin(ev.ts)
+    )
+    j = ev.join(per_rec, "record_id").left_join(
+        rec_campaign.select(rc_record="record_id", campaign_id="campaign_id"),
+        ev.record_id == rec_campaign.record_id,
+    )
+    if clicks is not None:
+        j = j.left_join(clicks, j.record_id == clicks.c_record)
+    rows = j.to_pyarrow().to_pylist()
+
+    flags = stage_flags(crm, "record_id", "stage", "ts", funnel_ranks(funnel))
+    bad = {
+        r["record_id"]: r
+        for r in flags.filter((flags.backwards > 0) | (flags.overwritten > 0))
+        .to_pyarrow()
+        .to_pylist()
+    }
+    dropouts = _dropouts(ws)
+
+    # duplicates: records of the same person after the first one (by start)
+    firsts: dict[tuple[str, str], tuple[datetime, str]] = {}
+    first_of: dict[str, tuple[str, str]] = {}
+    seen_rec: set[str] = set()
+    for r in sorted(rows, key=lambda x: (x["r_first"], x["record_id"])):
+        if r["record_id"] in seen_rec:
+            continue
+        seen_rec.add(r["record_id"])
+        key = _identity_key(r)
+        if key is None:
+            continue
+        if key in firsts:
+            first_of[r["record_id"]] = (firsts[key][1], key[0])
+        else:
+            firsts[key] = (r["r_first"], r["record_id"])
+
+    order = {s: i for i, s in enumerate(funnel)}
+    for r in sorted(rows, key=lambda x: (x["record_id"], order.get(x["stage"], 99))):
+        cid = r["campaign_id"]
+        platform = platforms.get(cid) if cid else None
+        if platform is None and cid is None and meta_lead_id(r.get("lead_id")) is not None:
+            platform = "meta"  # a Lead Ads id says where the lead came from
+        gclid = r.get("gclid") or r.get("click_gclid")
+        item = {
+            "record_id": r["record_id"],
+            "stage": r["stage"],
+            "ts": r["ts"].replace(tzinfo=UTC),
+            "campaign_id": cid,
+            "platform": platform,
+            "user_id": r["r_user"],
+            "value": None if r["amount"] is None else float(r["amount"]),
+            "email": r.get("email"),
+            "phone": r.get("phone"),
+            "lead_id": r.get("lead_id"),
+            "gclid": gclid,
+            "click_ts": (
+                r["click_ts"].replace(tzinfo=UTC)
+                if gclid and not r.get("gclid") and r.get("click_ts")
+                else None
+            ),
+        }
+        reason, detail = _why(item, out.held, bad, first_of, dropouts)
+        if reason is None:
+            out.candidates.append(item)
+        else:
+            out.skipped.append(
+                {k: item[k] for k in ("record_id", "stage", "campaign_id", "platform")}
+                | {"ts": item["ts"].isoformat(), "reason": reason, "detail": detail}
+            )
+    return out
+
+
+def _conversions(ws: Workspace, cutoff: datetime) -> Any:
+    conv = attributed_conversions(ws)
+    return conv.filter(conv.ts < cutoff)
+
+
+def _why(
+    item: Mapping[str, Any],
+    held: Mapping[str, Sequence[str]],
+    bad: Mapping[str, Mapping[str, Any]],
+    first_of: Mapping[str, tuple[str, str]],
+    dropouts: Mapping[str, list[tuple[date, date]]],
+) -> tuple[str | None, str | None]:
+    cid, rid = item["campaign_id"], item["record_id"]
+    if cid is not None and cid in held:
+        return "gate_held", f"campaign {cid} is held by {', '.join(held[cid]) or 'the gate'}"
+    if rid in bad:
+        b = bad[rid]
+        return "stage_regression", (
+            f"stages went backwards {b['backwards']} time(s), overwritten {b['overwritten']} "
+            f"time(s), last at {b['last_bad']}"
+        )
+    if rid in first_of:
+        orig, how = first_of[rid]
+        return "duplicate", f"same {how} as record {orig}, which came first"
+    day = item["ts"].date()
+    for start, end in dropouts.get(cid or "", []):
+        if start <= day <= end:
+            shown = "open" if end == date.max else end.isoformat()
+            return "crm_dropout", f"inside the CRM sync dropout {start.isoformat()}..{shown}"
+    if cid is None:
+        return "unattributed", (
+            "no conversion or touchpoint ties this record to a campaign: ingest the clicks "
+            "(touchpoints with user_id) or conversions with user_id"
+        )
+    return None, None
