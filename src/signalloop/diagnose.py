@@ -193,6 +193,8 @@ class Evidence:
     nowcast: Mapping[str, Any] | None
     depth: list[Mapping[str, Any]]
     models: Mapping[str, Any] = field(default_factory=dict)
+    #: campaign -> ``meta``, ``google`` or ``None`` (which push command closes its loop).
+    platforms: Mapping[str, str | None] = field(default_factory=dict)
     spend: Mapping[str, Any] = field(default_factory=dict)
 
     def findings(self, *checks: str) -> list[Mapping[str, Any]]:
@@ -769,6 +771,28 @@ def _override_churn(ev: Evidence) -> list[dict[str, Any]]:
     return out
 
 
+def push_command(platform: str | None) -> str:
+    """The command that sends a campaign's validated CRM outcomes to its platform.
+
+    >>> push_command("google")[:40]
+    'signalloop push google (with [push.googl'
+    """
+    if platform == "meta":
+        return (
+            "signalloop push meta (with [push.meta] pixel_id in signalloop.toml) sends the "
+            "validated CRM stages to Meta's Conversions API"
+        )
+    if platform == "google":
+        return (
+            "signalloop push google (with [push.google] customer_id and conversion_actions) "
+            "uploads the validated CRM stages as offline conversions"
+        )
+    return (
+        "import the validated CRM stages as offline conversions (signalloop pushes to Meta "
+        "and Google)"
+    )
+
+
 def _feedback_loop_broken(ev: Evidence) -> list[dict[str, Any]]:
     out = []
     for row in ev.depth:
@@ -789,8 +813,8 @@ def _feedback_loop_broken(ev: Evidence) -> list[dict[str, Any]]:
                     f"feedback stops at {what}: the platform optimises for them, not for "
                     "pipeline or revenue",
                     evidence,
-                    "connect CRM outcomes (sql, won, deal value) as offline conversions and "
-                    "train on them",
+                    "connect CRM outcomes (sql, won, deal value) and train on them: "
+                    + push_command(ev.platforms.get(str(row["campaign_id"]))),
                     FEEDBACK_RECOVERY_DAYS,
                     "warn",
                     0.8 if depth == "click" else 0.7,
@@ -804,8 +828,8 @@ def _feedback_loop_broken(ev: Evidence) -> list[dict[str, Any]]:
                     f"only {float(known):.0%} of the leads old enough to have closed have a "
                     "known CRM outcome: won / lost are not flowing back",
                     evidence,
-                    "connect CRM outcomes: sync won / lost stages back and import them as "
-                    "offline conversions",
+                    "connect CRM outcomes: sync won / lost stages back, then "
+                    + push_command(ev.platforms.get(str(row["campaign_id"]))),
                     FEEDBACK_RECOVERY_DAYS,
                     "warn",
                     0.7,
@@ -1085,6 +1109,8 @@ def diagnose(
         state["nowcast"] = nowcast(ws, as_of, settings=settings).to_dict()
     if state.get("depth") is None:
         state["depth"] = feedback_depth(ws, as_of=as_of, settings=settings)
+    from signalloop.push.outcomes import campaign_platforms
+
     models = dict(models or {})
     if models.get("audience") is None:
         from signalloop.audience import audience
@@ -1100,6 +1126,7 @@ def diagnose(
         depth=list(state["depth"]),
         models=models,
         spend=state.get("spend") or spend_at_stake(ws, as_of),
+        platforms=campaign_platforms(ws),
     )
     return diagnose_evidence(ev, rules)
 

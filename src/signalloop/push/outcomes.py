@@ -87,7 +87,8 @@ def platform_of(raw: str | None) -> str | None:
     return None
 
 
-def _campaign_platforms(ws: Workspace) -> dict[str, str | None]:
+def campaign_platforms(ws: Workspace) -> dict[str, str | None]:
+    """Campaign -> ``meta``, ``google`` or ``None``, from the spend export (else the clicks)."""
     out: dict[str, str | None] = {}
     for name in ("touchpoints", "spend"):  # spend wins: it is the platform's own export
         t = ws.table(name)
@@ -237,7 +238,7 @@ def validated_outcomes(
         r_user=crm.user_id.arbitrary(), r_first=crm.ts.min(), **ident
     )
     rec_campaign = crm_record_campaigns(ws, cutoff, conversions=_conversions(ws, cutoff))
-    platforms = _campaign_platforms(ws)
+    platforms = campaign_platforms(ws)
     google = [c for c, p in platforms.items() if p == "google"]
     base = crm.group_by("record_id").aggregate(
         user_id=crm.user_id.arbitrary(), first_ts=crm.ts.min()
