@@ -768,6 +768,50 @@ def _learnable_table(doc: dict[str, Any] | None) -> str:
     )
 
 
+def _push_table(push: dict[str, Any] | None) -> str:
+    """What was sent back to the platforms (or, in a dry run, would be)."""
+    if not push:
+        return (
+            "<p class='muted'>Nothing is sent back to the platforms: add a [push] table to "
+            "signalloop.toml (Meta pixel id, Google customer id and conversion actions) to send "
+            "validated CRM outcomes and outage exclusions.</p>"
+        )
+    what = {
+        "meta": "Meta CRM events",
+        "google": "Google click conversions",
+        "exclusions": "Google data exclusions",
+    }
+    rows = []
+    for name, t in push["targets"].items():
+        if "counts" not in t:
+            rows.append(
+                f"<tr><td>{_e(what[name])}</td><td>{_e(t['status'])}</td>"
+                f"<td colspan='5'>{_e(t['message'])}</td></tr>"
+            )
+            continue
+        c = t["counts"]
+        moved = c.get("sent", c.get("planned", 0))
+
+        def reasons(d: dict[str, int]) -> str:
+            return ", ".join(f"{n:,} {k}" for k, n in sorted(d.items(), key=lambda x: -x[1]))
+
+        rows.append(
+            f"<tr><td>{_e(what[name])}</td><td>{_e(t['status'])}</td><td>{moved:,}</td>"
+            f"<td>{c['already_sent']:,}</td><td>{_e(reasons(t['skipped_by_reason']))}</td>"
+            f"<td>{_e(reasons(t['left_out_by_reason']))}</td>"
+            f"<td>{_e(reasons(t['rejected_by_code']))}</td></tr>"
+        )
+    mode = "live" if push["live"] else "dry run: request bodies written, nothing sent"
+    return (
+        f"<p>{_e(mode)} ({_e(push['out'])}). Only validated outcomes leave: nothing from a "
+        "campaign the gate holds, a record whose stages went backwards, a duplicate person or "
+        "a CRM sync dropout.</p><table id='push'><tr><th>what</th><th>status</th>"
+        f"<th>{'sent' if push['live'] else 'would send'}</th><th>already sent</th>"
+        "<th>skipped (validation)</th><th>left out (platform rules)</th><th>rejected</th>"
+        f"</tr>{''.join(rows)}</table>"
+    )
+
+
 def _kpis(doc: dict[str, Any]) -> str:
     diag = doc["diagnosis"]["diagnoses"]
     crit = sum(1 for d in diag if d["severity"] == "critical")
@@ -828,6 +872,7 @@ def render_html(doc: dict[str, Any]) -> str:
 {_diagnosis_table(doc["diagnosis"])}</section>
 {charts_html}
 <section id="sec-models"><h2>Models</h2>{_models_table(doc["models"])}</section>
+<section id="sec-push"><h2>Sent back to the platforms</h2>{_push_table(doc.get("push"))}</section>
 <section id="sec-inbox"><h2>This run's input</h2>{_inbox(doc["inbox"])}</section>
 </main></body></html>
 """

@@ -24,7 +24,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -428,6 +428,7 @@ def run(
     inbox: str | Path | None = None,
     budget: float | None = None,
     progress: Progress | None = None,
+    push_now: datetime | None = None,
 ) -> dict[str, Any]:
     """Run the whole loop on ``ws`` and write ``report.html`` and ``report.json``.
 
@@ -444,6 +445,9 @@ def run(
         Override ``[run] out``, ``[run] inbox`` and ``[run] budget``.
     progress
         ``(label, fraction)`` callback for long steps.
+    push_now
+        The send clock of the pushes ``[push]`` configures (default the wall clock; a replay
+        of an old account, such as the demo, passes the time it replays).
 
     Returns
     -------
@@ -451,7 +455,8 @@ def run(
         ``as_of``, ``workspace``, ``inbox``, ``learnable`` (the data shape and what each
         capability used, :func:`~signalloop.shapes.learnable`), ``checks``, ``state``
         (``nowcast``, ``phase``, ``fatigue``), ``models``, ``allocation``, ``diagnosis``,
-        ``lens``, ``history``, ``timings``, and ``report`` (the paths written). Also written
+        ``lens``, ``history``, ``push`` (:func:`~signalloop.push.send.run_pushes`, ``None``
+        without a ``[push]`` table), ``timings``, and ``report`` (the paths written). Also written
         as ``report.json``.
 
     Raises
@@ -555,6 +560,24 @@ def run(
     lap("diagnose_lens")
     history = signal_history(ws, as_of, settings, checks, report)
     lap("history")
+    out = Path(out_dir if out_dir is not None else settings.run.out)
+    pushed = None
+    if settings.push.configured:
+        from signalloop.push.send import run_pushes
+
+        report("pushing validated outcomes", None)
+        held = {c["campaign_id"]: c["reasons"] for c in checks["campaigns"] if c["gate"] == "hold"}
+        pushed = run_pushes(
+            ws,
+            as_of=as_of,
+            settings=settings,
+            held=held,
+            out=settings.push.out or out / "push",
+            now=push_now,
+            progress=report,
+        )
+        report("pushing validated outcomes", 1.0)
+        lap("push")
     doc: dict[str, Any] = {
         "signalloop_version": __version__,
         "as_of": as_of.isoformat(),
@@ -569,9 +592,9 @@ def run(
         "diagnosis": diagnosis,
         "lens": verdict,
         "history": history,
+        "push": pushed,
         "timings": timings,
     }
-    out = Path(out_dir if out_dir is not None else settings.run.out)
     report("writing the report", None)
     doc["report"] = write_report(ws, doc, out)
     report("writing the report", 1.0)

@@ -1,0 +1,860 @@
+"""Push validated outcomes and outage exclusions: plan, write, send, record.
+
+Three jobs, one shape. Each takes the workspace, the settings, the as-of date and the send
+clock ``now``; builds the platform's request bodies from
+:func:`~signalloop.push.outcomes.validated_outcomes` (or the stored exclusion windows); leaves
+out, with the reason, everything the ledger says is done and everything the platform's rules
+would reject; writes the bodies to ``out`` (one JSON document per request, plus Google's upload
+file) and, unless ``dry_run``, sends them, writing the ledger after every acknowledged request.
+
+* :func:`push_meta`: CRM stages to Meta's Conversions API (``POST /{pixel_id}/events``);
+* :func:`push_google`: click conversions (or enhanced conversions for leads) to Google Ads
+  (``customers/{cid}:uploadClickConversions``);
+* :func:`push_exclusions`: outage windows to Google Ads bidding data exclusions
+  (``customers/{cid}/biddingDataExclusions:mutate``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+
+from signalloop.config import Settings
+from signalloop.errors import CredentialError, UsageError
+from signalloop.push import google as g
+from signalloop.push import ledger
+from signalloop.push import meta as m
+from signalloop.push.client import Client, Reply
+from signalloop.push.outcomes import Outcomes, validated_outcomes
+from signalloop.store import Workspace
+
+Progress = Callable[[str, float | None], None]
+
+
+@dataclass
+class PushResult:
+    """What one push did (or, dry, would do)."""
+
+    platform: str
+    item: str
+    as_of: date
+    now: datetime
+    dry_run: bool
+    test: bool = False
+    #: Validated candidates for this platform before the ledger and the platform's rules.
+    candidates: int = 0
+    already_sent: int = 0
+    sent: int = 0
+    #: Items the gate, stage regression, duplicate or dropout rules stopped.
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    #: Items the platform's rules would reject (too old, no identity, ...), not sent.
+    left_out: list[dict[str, Any]] = field(default_factory=list)
+    #: Items the platform turned away (per row or with their whole request).
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    #: Requests that got no answer after the retries (nothing recorded as sent).
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary with every listed item."""
+        return {
+            "platform": self.platform,
+            "item": self.item,
+            "as_of": self.as_of.isoformat(),
+            "now": self.now.isoformat(),
+            "dry_run": self.dry_run,
+            "test": self.test,
+            "counts": self.counts(),
+            "skipped_by_reason": dict(Counter(s["reason"] for s in self.skipped)),
+            "left_out_by_reason": dict(Counter(x["reason"] for x in self.left_out)),
+            "rejected_by_code": dict(Counter(str(x.get("code")) for x in self.rejected)),
+            "requests": self.requests,
+            "files": self.files,
+            "notes": self.notes,
+            "skipped": self.skipped,
+            "left_out": self.left_out,
+            "rejected": self.rejected,
+            "failed": self.failed,
+        }
+
+    def counts(self) -> dict[str, int]:
+        """Numbers per outcome of the push."""
+        planned = sum(r["items"] for r in self.requests)
+        return {
+            "candidates": self.candidates,
+            "already_sent": self.already_sent,
+            "planned" if self.dry_run else "sent": planned if self.dry_run else self.sent,
+            "skipped": len(self.skipped),
+            "left_out": len(self.left_out),
+            "rejected": len(self.rejected),
+            "failed_requests": len(self.failed),
+        }
+
+
+def _now(now: datetime | None) -> datetime:
+    if now is None:
+        return datetime.now(UTC)
+    return now if now.tzinfo else now.replace(tzinfo=UTC)
+
+
+def _write(out: Path | None, name: str, doc: Any) -> str | None:
+    if out is None:
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / name
+    text = doc if isinstance(doc, str) else json.dumps(doc, indent=1, sort_keys=True)
+    path.write_text(text + ("" if text.endswith("\n") else "\n"), encoding="utf-8")
+    return str(path)
+
+
+def _credential(settings: Settings, platform: str, name: str, what: str) -> str:
+    value = settings.push.credential(platform, name)
+    if not value:
+        where = settings.push.env_name(platform, name)
+        extra = f" or [{platform}] {name} in the secrets file" if settings.push.secrets else ""
+        raise CredentialError(
+            f"no {what}: set the environment variable {where}{extra} "
+            "(signalloop never stores credentials in the workspace or signalloop.toml)"
+        )
+    return value
+
+
+def _outcomes(
+    ws: Workspace, as_of: date, settings: Settings, outcomes: Outcomes | None
+) -> Outcomes:
+    return (
+        outcomes if outcomes is not None else validated_outcomes(ws, as_of=as_of, settings=settings)
+    )
+
+
+# ---- Meta ----------------------------------------------------------------------------------
+
+
+def push_meta(
+    ws: Workspace,
+    *,
+    as_of: date,
+    settings: Settings | None = None,
+    dry_run: bool = True,
+    out: str | Path | None = None,
+    now: datetime | None = None,
+    outcomes: Outcomes | None = None,
+    client: Client | None = None,
+    progress: Progress | None = None,
+) -> PushResult:
+    """CRM stages to Meta's Conversions API; see the module docstring."""
+    settings = settings or Settings()
+    cfg = settings.push.meta
+    now = _now(now)
+    test = bool(cfg.test_event_code)
+    res = PushResult("meta", "event", as_of, now, dry_run, test=test)
+    if not dry_run and not cfg.pixel_id:
+        raise UsageError(
+            "[push.meta] pixel_id is not set: name the dataset (pixel) the CRM events go to "
+            "in signalloop.toml"
+        )
+    oc = _outcomes(ws, as_of, settings, outcomes)
+    if oc.missing:
+        res.notes.append(oc.missing)
+        return res
+    cands, skipped = oc.for_platform("meta")
+    stages = set(cfg.stages or settings.funnel)
+    res.skipped = [s for s in skipped if s["stage"] in stages]
+    cands = [c for c in cands if c["stage"] in stages]
+    res.candidates = len(cands)
+    done = ledger.done_keys(ws, "meta", "event", test=test)
+    events: list[dict[str, Any]] = []
+    by_id: dict[str, dict[str, Any]] = {}
+    for c in cands:
+        e = m.build_event(
+            c["record_id"],
+            c["stage"],
+            c["ts"],
+            event_name=cfg.event_name(c["stage"]),
+            crm_name=settings.push.crm_name,
+            lead=c["lead_id"],
+            email=c["email"],
+            phone=c["phone"],
+        )
+        if e is None:
+            res.left_out.append(_item(c, "no_identity", "no Meta lead id, valid email or phone"))
+            continue
+        if e["event_id"] in done:
+            res.already_sent += 1
+            continue
+        events.append(e)
+        by_id[e["event_id"]] = c
+    plan = m.plan_requests(events, now)
+    for x in plan.left_out:
+        c = by_id[x["event"]["event_id"]]
+        reason = "too_old" if any("days old" in r for r in x["reasons"]) else "invalid"
+        res.left_out.append(_item(c, reason, "; ".join(x["reasons"])))
+    if not oc.fields.get("email") and not oc.fields.get("lead_id"):
+        res.notes.append(
+            "the CRM rows carry no email or Meta lead id attribute: add the contact's email "
+            "(or the Lead Ads id) to the CRM export, or name its column in [push.fields]"
+        )
+    url = f"{cfg.base_url}/{cfg.api_version}/{cfg.pixel_id or '{pixel_id}'}/events"
+    token = None if dry_run else _credential(settings, "meta", "access_token", "Meta access token")
+    folder = Path(out) if out is not None else None
+    for i, batch in enumerate(plan.requests, start=1):
+        body = m.request_body(batch, cfg.test_event_code)
+        path = _write(folder, f"meta-events-{i:04d}.json", body)
+        req: dict[str, Any] = {"url": url, "items": len(batch), "file": path}
+        res.requests.append(req)
+        if path:
+            res.files.append(path)
+        if dry_run:
+            continue
+        assert client is not None and token is not None
+        if progress:
+            progress("sending events to Meta", (i - 1) / len(plan.requests))
+        reply = client.post(url, json_body=body, headers={"Authorization": f"Bearer {token}"})
+        req.update(status=reply.status, attempts=reply.attempts)
+        keys = [(e["event_id"], by_id[e["event_id"]]) for e in batch]
+        if not _record(ws, res, "meta", "event", keys, reply, test):
+            break
+    return res
+
+
+def _item(c: Mapping[str, Any], reason: str, detail: str) -> dict[str, Any]:
+    return {
+        "record_id": c["record_id"],
+        "stage": c["stage"],
+        "campaign_id": c["campaign_id"],
+        "ts": c["ts"].isoformat(),
+        "reason": reason,
+        "detail": detail,
+    }
+
+
+def _auth_fix(platform: str) -> str:
+    if platform == "meta":
+        return (
+            "Meta refused the access token (expired, revoked or lacking ads_management): "
+            "create a new system-user token in Business Settings and set "
+            "SIGNALLOOP_META_ACCESS_TOKEN"
+        )
+    return (
+        "Google Ads refused the credentials: check SIGNALLOOP_GOOGLE_DEVELOPER_TOKEN and the "
+        "OAuth refresh token (SIGNALLOOP_GOOGLE_REFRESH_TOKEN, CLIENT_ID, CLIENT_SECRET), and "
+        "that login_customer_id names the manager account when there is one"
+    )
+
+
+def _record(
+    ws: Workspace,
+    res: PushResult,
+    platform: str,
+    item: str,
+    keys: Sequence[tuple[str, Mapping[str, Any]]],
+    reply: Reply,
+    test: bool,
+    row_errors: Sequence[Mapping[str, Any] | None] | None = None,
+) -> bool:
+    """Write one request's outcome to the ledger; ``False`` when the push must stop."""
+    rid = ledger.new_request_id()
+    ctx: dict[str, Any] = {"platform": platform, "item": item, "request_id": rid, "test": test}
+
+    def meta(c: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: c.get(k) for k in ("record_id", "stage", "campaign_id")}
+
+    if reply.status in (401, 403):
+        ledger.write(
+            ws,
+            [
+                ledger.entry(
+                    key=k,
+                    status="rejected",
+                    message=reply.error,
+                    http_status=reply.status,
+                    response=reply.body,
+                    **meta(c),
+                    **ctx,
+                )
+                for k, c in keys
+            ],
+        )
+        raise CredentialError(_auth_fix(platform))
+    if not reply.acknowledged:
+        res.failed.append(
+            {
+                "items": len(keys),
+                "status": reply.status,
+                "error": reply.error,
+                "attempts": reply.attempts,
+            }
+        )
+        ledger.write(
+            ws,
+            [
+                ledger.entry(
+                    key=k,
+                    status="failed",
+                    message=reply.error,
+                    http_status=reply.status,
+                    **meta(c),
+                    **ctx,
+                )
+                for k, c in keys
+            ],
+        )
+        return False
+    rows = []
+    for i, (k, c) in enumerate(keys):
+        err = row_errors[i] if row_errors is not None else None
+        if reply.ok and err is None:
+            rows.append(
+                ledger.entry(
+                    key=k,
+                    status="sent",
+                    http_status=reply.status,
+                    response=reply.body if i == 0 else None,
+                    **meta(c),
+                    **ctx,
+                )
+            )
+            res.sent += 1
+            continue
+        code = str(err["code"]) if err else None
+        if code == "CLICK_CONVERSION_ALREADY_EXISTS":  # the platform has it: done
+            rows.append(
+                ledger.entry(
+                    key=k,
+                    status="sent",
+                    code=code,
+                    message=str(err.get("message")) if err else None,
+                    http_status=reply.status,
+                    **meta(c),
+                    **ctx,
+                )
+            )
+            res.already_sent += 1
+            continue
+        final = bool(err) and code not in g.RETRYABLE_ROW_ERRORS
+        message = (err or {}).get("message") or reply.error
+        rows.append(
+            ledger.entry(
+                key=k,
+                status="rejected",
+                final=final,
+                code=code,
+                message=message,
+                http_status=reply.status,
+                response=reply.body if i == 0 else None,
+                **meta(c),
+                **ctx,
+            )
+        )
+        res.rejected.append({**meta(c), "key": k, "code": code, "message": message, "final": final})
+    ledger.write(ws, rows)
+    return True
+
+
+# ---- Google click conversions ----------------------------------------------------------------
+
+
+def _google_token(settings: Settings, client: Client) -> dict[str, str]:
+    """Headers for Google Ads: developer token, OAuth access token (refreshed if need be)."""
+    cfg = settings.push.google
+    dev = _credential(settings, "google", "developer_token", "Google Ads developer token")
+    access = settings.push.credential("google", "access_token")
+    if not access:
+        refresh = _credential(settings, "google", "refresh_token", "Google OAuth refresh token")
+        cid = _credential(settings, "google", "client_id", "Google OAuth client id")
+        secret = _credential(settings, "google", "client_secret", "Google OAuth client secret")
+        reply = client.post(
+            cfg.token_url,
+            form={
+                "grant_type": "refresh_token",
+                "refresh_token": refresh,
+                "client_id": cid,
+                "client_secret": secret,
+            },
+        )
+        access = reply.body.get("access_token") if reply.ok else None
+        if not access:
+            raise CredentialError(
+                "Google's token endpoint refused the refresh token "
+                f"({reply.error or reply.status}): "
+                "create a new OAuth refresh token for the Google Ads API scope and set "
+                "SIGNALLOOP_GOOGLE_REFRESH_TOKEN"
+            )
+    headers = {"Authorization": f"Bearer {access}", "developer-token": dev}
+    if cfg.login_customer_id:
+        headers["login-customer-id"] = cfg.login_customer_id
+    return headers
+
+
+def push_google(
+    ws: Workspace,
+    *,
+    as_of: date,
+    settings: Settings | None = None,
+    dry_run: bool = True,
+    out: str | Path | None = None,
+    now: datetime | None = None,
+    outcomes: Outcomes | None = None,
+    client: Client | None = None,
+    progress: Progress | None = None,
+) -> PushResult:
+    """Click conversions (or enhanced conversions for leads) to Google Ads."""
+    settings = settings or Settings()
+    cfg = settings.push.google
+    now = _now(now)
+    res = PushResult("google", "click_conversion", as_of, now, dry_run)
+    if not cfg.customer_id:
+        raise UsageError(
+            "[push.google] customer_id is not set: name the Google Ads account (10 digits) "
+            "the conversions go to in signalloop.toml"
+        )
+    if not cfg.conversion_actions:
+        raise UsageError(
+            "[push.google.conversion_actions] is empty: map each CRM stage to upload to the id "
+            'of a conversion action set up for imports, e.g. sql = "987654321"'
+        )
+    actions = {
+        stage: g.conversion_action_resource(cfg.customer_id, a)
+        for stage, a in cfg.conversion_actions.items()
+    }
+    oc = _outcomes(ws, as_of, settings, outcomes)
+    if oc.missing:
+        res.notes.append(oc.missing)
+        return res
+    cands, skipped = oc.for_platform("google")
+    res.skipped = [s for s in skipped if s["stage"] in actions]
+    cands = [c for c in cands if c["stage"] in actions]
+    res.candidates = len(cands)
+    done = ledger.done_keys(ws, "google", "click_conversion")
+    convs: list[dict[str, Any]] = []
+    by_id: dict[str, dict[str, Any]] = {}
+    clicks: dict[str, datetime] = {}
+    for c in cands:
+        conv = g.build_click_conversion(
+            c["record_id"],
+            c["stage"],
+            c["ts"],
+            conversion_action=actions[c["stage"]],
+            tz=cfg.time_zone,
+            gclid=c["gclid"],
+            email=c["email"] if cfg.enhanced else None,
+            phone=c["phone"] if cfg.enhanced else None,
+            value=c["value"],
+            currency=cfg.currency if c["value"] is not None else None,
+        )
+        if conv is None:
+            res.left_out.append(
+                _item(c, "no_identity", "no gclid" + (", email or phone" if cfg.enhanced else ""))
+            )
+            continue
+        if conv["orderId"] in done:
+            res.already_sent += 1
+            continue
+        convs.append(conv)
+        by_id[conv["orderId"]] = c
+        if c["click_ts"] is not None:
+            clicks[conv["orderId"]] = c["click_ts"]
+    plan = g.plan_requests(convs, now, click_ts=clicks, click_window_days=cfg.click_window_days)
+    for x in plan.left_out:
+        c = by_id[x["event"]["orderId"]]
+        res.left_out.append(_item(c, _google_reason(x["reasons"]), "; ".join(x["reasons"])))
+    folder = Path(out) if out is not None else None
+    base = f"{cfg.base_url}/{cfg.api_version}/customers/{cfg.customer_id}"
+    url = f"{base}:uploadClickConversions"
+    headers = None if dry_run else _google_token(settings, _need(client))
+    for i, batch in enumerate(plan.requests, start=1):
+        body = g.request_body(batch, partial_failure=True)
+        path = _write(folder, f"google-click-conversions-{i:04d}.json", body)
+        req: dict[str, Any] = {"url": url, "items": len(batch), "file": path}
+        res.requests.append(req)
+        if path:
+            res.files.append(path)
+        if dry_run:
+            continue
+        if progress:
+            progress("uploading conversions to Google Ads", (i - 1) / len(plan.requests))
+        reply = _need(client).post(url, json_body=body, headers=headers)
+        req.update(status=reply.status, attempts=reply.attempts)
+        errs = g.row_errors(reply.body, len(batch)) if reply.ok else None
+        keys = [(cv["orderId"], by_id[cv["orderId"]]) for cv in batch]
+        if not _record(ws, res, "google", "click_conversion", keys, reply, False, errs):
+            break
+    gclid_rows = [cv for r in plan.requests for cv in r if cv.get("gclid")]
+    if folder is not None and gclid_rows:
+        path = _write(
+            folder,
+            "google-upload.csv",
+            g.upload_csv(gclid_rows, cfg.time_zone, names=cfg.action_names),
+        )
+        if path:
+            res.files.append(path)
+    return res
+
+
+def _need(client: Client | None) -> Client:
+    if client is None:
+        raise UsageError("a live push needs a client")
+    return client
+
+
+def _google_reason(reasons: Sequence[str]) -> str:
+    text = " ".join(reasons)
+    for code, reason in (
+        ("EXPIRED_EVENT", "click_too_old"),
+        ("TOO_RECENT_EVENT", "click_too_recent"),
+        ("CONVERSION_PRECEDES_EVENT", "conversion_before_click"),
+    ):
+        if code in text:
+            return reason
+    return "invalid"
+
+
+# ---- Google data exclusions --------------------------------------------------------------------
+
+
+def median_delays(ws: Workspace, cutoff: datetime) -> dict[str, timedelta]:
+    """Measured median click-to-conversion delay per campaign (conversions with a click time)."""
+    conv = ws.table("conversions")
+    if "click_ts" not in conv.columns:
+        return {}
+    conv = conv.filter(conv.click_ts.notnull() & conv.campaign_id.notnull() & (conv.ts < cutoff))
+    secs = conv.ts.epoch_seconds() - conv.click_ts.epoch_seconds()
+    conv = conv.mutate(secs=secs).filter(lambda t: t.secs >= 0)
+    rows = (
+        conv.group_by("campaign_id")
+        .aggregate(med=conv.secs.median(), n=conv.count())
+        .to_pyarrow()
+        .to_pylist()
+    )
+    return {r["campaign_id"]: timedelta(seconds=float(r["med"])) for r in rows if r["n"] >= 5}
+
+
+def push_exclusions(
+    ws: Workspace,
+    *,
+    as_of: date,
+    settings: Settings | None = None,
+    dry_run: bool = True,
+    out: str | Path | None = None,
+    now: datetime | None = None,
+    client: Client | None = None,
+    platforms: Mapping[str, str | None] | None = None,
+) -> PushResult:
+    """Stored outage windows to Google Ads bidding data exclusions (idempotent)."""
+    from signalloop.checks.engine import load_exclusions
+    from signalloop.push.outcomes import campaign_platforms
+
+    settings = settings or Settings()
+    cfg = settings.push.google
+    now = _now(now)
+    res = PushResult("google", "exclusion", as_of, now, dry_run)
+    if not cfg.customer_id:
+        raise UsageError(
+            "[push.google] customer_id is not set: name the Google Ads account (10 digits) "
+            "the exclusions go to in signalloop.toml"
+        )
+    plat = platforms if platforms is not None else campaign_platforms(ws)
+    windows = load_exclusions(ws)
+    if not windows:
+        res.notes.append(
+            "no outage windows are stored: signalloop check (or run) stores the windows the "
+            "integration_dropout check finds"
+        )
+    cutoff = datetime.combine(as_of + timedelta(days=1), time.min)
+    delays = median_delays(ws, cutoff)
+    account = sorted(delays.values())
+    fallback = account[len(account) // 2] if account else None
+    sent = ledger.sent_exclusions(ws)
+    ops: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+    for w in windows:
+        cid = w["campaign_id"]
+        info = {"record_id": None, "stage": None, "campaign_id": cid}
+        if plat.get(cid) != "google":
+            res.skipped.append(
+                {
+                    **info,
+                    "reason": "not_google",
+                    "detail": f"{cid} is not a Google Ads campaign",
+                    "window": [w["start"], w["end"]],
+                }
+            )
+            continue
+        gid = cfg.campaign_id(cid)
+        if gid is None:
+            res.skipped.append(
+                {
+                    **info,
+                    "reason": "no_google_id",
+                    "detail": f"no Google campaign id for {cid}: add "
+                    f'[push.google.campaigns] {cid} = "<id>"',
+                    "window": [w["start"], w["end"]],
+                }
+            )
+            continue
+        start = datetime.combine(date.fromisoformat(w["start"]), time.min)
+        end_day = date.fromisoformat(w["end"]) if w["end"] else as_of
+        end = datetime.combine(end_day, time(23, 59, 59))
+        delay = delays.get(cid, fallback)
+        if delay is None:
+            res.notes.append(
+                f"{cid}: no measured click-to-conversion delay; its window starts unshifted"
+            )
+        shifted = g.shift_start(start, delay)
+        for k, (s, e) in enumerate(g.exclusion_windows(shifted, end, tz=cfg.time_zone)):
+            key = g.exclusion_key(cid, w["start"], k)
+            body = g.build_exclusion(
+                cfg.customer_id,
+                gid,
+                s,
+                e,
+                tz=cfg.time_zone,
+                name=f"signalloop {key}",
+                description=f"{w['reason']} (start moved back {delay or timedelta(0)} "
+                "for the conversion delay)",
+            )
+            prev = sent.get(key)
+            detail = {
+                "start": body["startDateTime"],
+                "end": body["endDateTime"],
+                "window": [w["start"], w["end"]],
+            }
+            if prev and prev.get("start") == detail["start"] and prev.get("end") == detail["end"]:
+                res.already_sent += 1
+                continue
+            op: dict[str, Any]
+            if prev:
+                op = {
+                    "update": {**body, "resourceName": prev["resource"]},
+                    "updateMask": "startDateTime,endDateTime,description",
+                }
+            else:
+                op = {"create": body}
+            res.candidates += 1
+            ops.append((key, op, {**info, "detail": detail}))
+    local_now = g.conversion_date_time(now, cfg.time_zone)[:19]  # the account's wall clock
+    active = sum(1 for v in sent.values() if str(v.get("end", "")) >= local_now)
+    room = max(0, g.MAX_ACTIVE_EXCLUSIONS - active)
+    creates = [o for o in ops if "create" in o[1]]
+    if len(creates) > room:
+        dropped = {
+            id(o)
+            for o in sorted(creates, key=lambda o: o[1]["create"]["startDateTime"])[
+                : len(creates) - room
+            ]
+        }
+        for o in creates:
+            if id(o) in dropped:
+                res.left_out.append(
+                    {
+                        **o[2],
+                        "key": o[0],
+                        "reason": "account_limit",
+                        "detail": f"{g.MAX_ACTIVE_EXCLUSIONS} active exclusions is Google's limit",
+                    }
+                )
+        ops = [o for o in ops if id(o) not in dropped]
+    folder = Path(out) if out is not None else None
+    url = (
+        f"{cfg.base_url}/{cfg.api_version}/customers/{cfg.customer_id}/biddingDataExclusions:mutate"
+    )
+    headers = None if dry_run else _google_token(settings, _need(client))
+    for i, (key, op, info) in enumerate(ops, start=1):
+        body = {"operations": [op], "partialFailure": False}
+        problems = g.exclusion_problems(op.get("create") or op["update"])
+        if problems:
+            res.left_out.append(
+                {**info, "key": key, "reason": "invalid", "detail": "; ".join(problems)}
+            )
+            continue
+        path = _write(folder, f"google-exclusion-{i:04d}.json", body)
+        req: dict[str, Any] = {
+            "url": url,
+            "items": 1,
+            "file": path,
+            "key": key,
+            "op": next(iter(op)),
+        }
+        res.requests.append(req)
+        if path:
+            res.files.append(path)
+        if dry_run:
+            continue
+        reply = _need(client).post(url, json_body=body, headers=headers)
+        req.update(status=reply.status, attempts=reply.attempts)
+        if reply.ok:
+            results = reply.body.get("results") or [{}]
+            resource = results[0].get("resourceName") or (op.get("update") or {}).get(
+                "resourceName"
+            )
+            ledger.write(
+                ws,
+                [
+                    ledger.entry(
+                        "google",
+                        "exclusion",
+                        key,
+                        status="sent",
+                        request_id=ledger.new_request_id(),
+                        campaign_id=info["campaign_id"],
+                        resource=resource,
+                        detail=info["detail"],
+                        http_status=reply.status,
+                        response=reply.body,
+                    )
+                ],
+            )
+            res.sent += 1
+        elif not _record(ws, res, "google", "exclusion", [(key, info)], reply, False):
+            break
+    return res
+
+
+TARGETS = ("meta", "google", "exclusions")
+
+
+def push(
+    ws: Workspace,
+    target: str,
+    *,
+    as_of: date | None = None,
+    settings: Settings | None = None,
+    dry_run: bool = True,
+    out: str | Path | None = None,
+    now: datetime | None = None,
+    outcomes: Outcomes | None = None,
+    client: Client | None = None,
+    progress: Progress | None = None,
+) -> PushResult:
+    """Run one push job by name (``meta``, ``google`` or ``exclusions``).
+
+    ``as_of`` defaults to the last day with data; ``now`` (the send clock the platforms judge
+    ages against) to the wall clock, and may only be moved for a dry run, since a platform
+    judges a live send by its own clock. A live push makes its own :class:`Client` unless one
+    is given.
+    """
+    from signalloop.checks.base import default_as_of
+
+    if target not in TARGETS:
+        raise UsageError(f"unknown push target {target!r}: expected {', '.join(TARGETS)}")
+    if now is not None and not dry_run and client is None:
+        raise UsageError(
+            "--now moves the send clock, which only a dry run can do: the platforms judge a "
+            "live send's age by their own clock"
+        )
+    settings = settings or Settings()
+    if as_of is None:
+        as_of = default_as_of(ws)
+        if as_of is None:
+            raise UsageError(f"workspace {ws.path} holds no data yet: ingest something first")
+    own = client is None and not dry_run
+    live_client = Client() if own else client
+    try:
+        if target == "meta":
+            return push_meta(
+                ws,
+                as_of=as_of,
+                settings=settings,
+                dry_run=dry_run,
+                out=out,
+                now=now,
+                outcomes=outcomes,
+                client=live_client,
+                progress=progress,
+            )
+        if target == "google":
+            return push_google(
+                ws,
+                as_of=as_of,
+                settings=settings,
+                dry_run=dry_run,
+                out=out,
+                now=now,
+                outcomes=outcomes,
+                client=live_client,
+                progress=progress,
+            )
+        return push_exclusions(
+            ws,
+            as_of=as_of,
+            settings=settings,
+            dry_run=dry_run,
+            out=out,
+            now=now,
+            client=live_client,
+        )
+    finally:
+        if own and live_client is not None:
+            live_client.close()
+
+
+def run_pushes(
+    ws: Workspace,
+    *,
+    as_of: date,
+    settings: Settings,
+    held: Mapping[str, Sequence[str]],
+    out: str | Path,
+    now: datetime | None = None,
+    client: Client | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """The pushes ``[push]`` configures, for :func:`signalloop.run.run`.
+
+    Dry runs (bodies written to ``out``) unless ``[push] live = true``. A platform whose
+    section lacks its ids is listed with what to set; a failed push (credentials, a platform
+    that does not answer) is recorded with its message and does not stop the run. Lists are
+    cut to their first 50 items (the counts are whole).
+    """
+    cfg = settings.push
+    dry = not cfg.live
+    targets: list[tuple[str, str | None]] = [
+        ("meta", None if cfg.meta.pixel_id else "set [push.meta] pixel_id"),
+        (
+            "google",
+            None
+            if cfg.google.customer_id and cfg.google.conversion_actions
+            else "set [push.google] customer_id and conversion_actions",
+        ),
+        ("exclusions", None if cfg.google.customer_id else "set [push.google] customer_id"),
+    ]
+    oc = validated_outcomes(ws, as_of=as_of, settings=settings, held=held)
+    own = client is None and not dry
+    live_client = Client() if own else client
+    done: dict[str, Any] = {}
+    try:
+        for target, missing in targets:
+            if missing:
+                done[target] = {"status": "not configured", "message": missing}
+                continue
+            try:
+                res = push(
+                    ws,
+                    target,
+                    as_of=as_of,
+                    settings=settings,
+                    dry_run=dry,
+                    out=Path(out) / target,
+                    now=now,
+                    outcomes=oc,
+                    client=live_client,
+                    progress=progress,
+                )
+            except (UsageError, CredentialError) as exc:
+                done[target] = {"status": "error", "message": str(exc)}
+                continue
+            d = res.to_dict()
+            for key in ("skipped", "left_out", "rejected", "failed"):
+                d[key] = d[key][:50]
+            d["status"] = "dry run" if dry else ("problems" if res.rejected or res.failed else "ok")
+            done[target] = d
+    finally:
+        if own and live_client is not None:
+            live_client.close()
+    return {"live": not dry, "out": str(out), "targets": done}
