@@ -15,6 +15,7 @@ import pytest
 from signalloop import simulate as sim
 from signalloop.contract import FUNNEL, KINDS
 from signalloop.errors import UsageError
+from signalloop.simulate.identities import IDENTITY_COLUMNS
 from signalloop.simulate.traits import TRAIT_COLUMNS
 
 DAYS, CAMPAIGNS, SEED = 56, 4, 11
@@ -105,8 +106,9 @@ def test_written_files_follow_the_contract(tmp_path: Path) -> None:
     for kind in FRAMES:
         df = pd.read_csv(paths[kind], dtype=str, keep_default_na=False)
         spec = KINDS[kind]
-        # contract columns in contract order; touchpoints then carry the simulated traits
-        extra = list(TRAIT_COLUMNS) if kind == "touchpoints" else []
+        # contract columns in contract order; touchpoints then carry the simulated traits,
+        # the CRM the contacts' identities
+        extra = {"touchpoints": list(TRAIT_COLUMNS), "crm": list(IDENTITY_COLUMNS)}.get(kind, [])
         assert list(df.columns) == [c for c in spec.names if c in df.columns] + extra
         assert set(spec.required) <= set(df.columns), kind
         for col in spec.required:

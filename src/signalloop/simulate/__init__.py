@@ -71,6 +71,17 @@ Generative story
   conversions per lead (sql 0.25, opportunity 0.15, deal 0.045). Ids share the click's
   number ``N``: touch ``tN``, conversion ``cvN``, CRM record ``recN``, and the record's
   offline conversions ``sqN``, ``opN``, ``dlN``.
+* **Identities** (appended to the CRM rows after the contract columns, as HubSpot and
+  Salesforce exports carry them): ``email`` and ``phone`` per person (``user_id``), the
+  same text on all of that person's rows, typed as people do (case, spaces around, phone
+  formats with and without the country code; 2% of persons give no email, 70% a phone);
+  ``lead_id`` (Meta's 15-16 digit Lead Ads id) on 60% of the records of meta campaigns;
+  ``gclid`` (the record's Google click id, as the touchpoint's ``click_id``) on 80% of the
+  records of google campaigns whose click kept its id. Distinct persons have distinct
+  emails and phones. Every value is a function of the seed and the person's or record's
+  number only: nothing else draws differently and a fault that removes rows leaves the
+  others' identities as they were. ``truth["identities"]`` has the design and the counts;
+  see :mod:`~signalloop.simulate.identities`.
 * **Edits**: per campaign a human budget edit every ~21 days (ratio LogNormal(0, 0.22), so some
   exceed 20%) and an automation budget rule every ~7 days (< 15%); per ad set human targeting
   (~1/120 days) and bid (~1/150) edits, rare bid_strategy / optimization_event edits; platform
@@ -102,7 +113,8 @@ campaign launches a new creative (the stalest one's successor) whenever nothing 
 launched for ``HEALTHY_CADENCE_DAYS`` (14) days. Nothing extra is drawn: the other campaigns'
 world (delivery, conversions, CRM, edits, users) is exactly as without the option; only the
 observation faults that draw over every row at once (``late_offline_conversions`` delays,
-``duplicate_events`` copies, ``utm_mess`` variants) draw differently, as with any change of
+``duplicate_events`` copies, ``utm_mess`` variants, ``crm_duplicates`` over several
+campaigns) draw differently, as with any change of
 another campaign's volume. Faults still apply to a healthy campaign (``creative_starvation``
 blocks its pipeline). ``truth["campaigns"][id]["healthy"]`` records the drawn budget and
 shares and the scale applied.
@@ -112,7 +124,11 @@ Faults (:data:`FAULT_NAMES`): ``creative_starvation``, ``override_storm``, ``low
 converted a day or more before; counts unchanged) change the world; the others only what is
 observed: ``tracking_outage`` (pixel / server conversions lost), ``crm_sync_dropout`` (CRM
 rows and offline conversions lost), ``utm_mess`` (messy utm_source / utm_medium),
-``duplicate_events``, ``stage_overwrite``, ``late_offline_conversions``, ``click_id_loss``
+``duplicate_events``, ``stage_overwrite``, ``crm_duplicates`` (~30% of the records created in
+the window entered a second time under a new record id: same person and identity, every stage
+row copied minutes to hours later; the note maps each duplicate to its original, see
+:func:`~signalloop.simulate.faults.duplicate_records`), ``late_offline_conversions``,
+``click_id_loss``
 (from its start day, ``LOSS_SHARE`` = 70% of the campaign's clicks are never tied to their
 click id: their conversions arrive with ``user_id`` only, no click_id, click_ts or
 campaign_id, so attribution falls back to the user's last touchpoint; the touchpoints and
@@ -139,6 +155,7 @@ Where things live
   :mod:`~signalloop.simulate.tables`, the truth in :mod:`~signalloop.simulate.truth`.
 * :mod:`~signalloop.simulate.glitches` -- ``export_glitches``: which rows, how corrupted.
 * :mod:`~signalloop.simulate.traits` -- the clicks' traits and the oracle.
+* :mod:`~signalloop.simulate.identities` -- the contacts' identities on the CRM rows.
 * :mod:`~signalloop.simulate.output` -- :func:`write`.
 """
 

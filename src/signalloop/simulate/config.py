@@ -16,7 +16,9 @@ from signalloop.errors import UsageError
 #: Every fault the simulator can inject. ``creative_starvation``, ``override_storm``,
 #: ``low_volume`` and ``audience_bias`` change the world; the others only what is observed
 #: (``export_glitches`` only the written CSV text; ``click_id_loss`` only the conversions
-#: table: the click id, click time and campaign of a share of the campaign's conversions).
+#: table: the click id, click time and campaign of a share of the campaign's conversions;
+#: ``crm_duplicates`` only the CRM: records of the window entered a second time under a new
+#: record id, same person and identity, stage rows copied minutes to hours later).
 FAULT_NAMES: tuple[str, ...] = (
     "tracking_outage",
     "crm_sync_dropout",
@@ -30,6 +32,7 @@ FAULT_NAMES: tuple[str, ...] = (
     "audience_bias",
     "export_glitches",
     "click_id_loss",
+    "crm_duplicates",
 )
 
 #: Data shape -> the kinds the simulator writes for it, from the least data to the most: a
@@ -163,6 +166,8 @@ def parse_fault(spec: str, *, days: int, campaign_ids: Sequence[str]) -> Fault:
     Fault(name='low_volume', campaign='c01', start=0, end=89)
     >>> parse_fault("utm_mess@*:30-", days=90, campaign_ids=["c01"]).end
     89
+    >>> parse_fault("crm_duplicates@c01:20-40", days=90, campaign_ids=["c01"])
+    Fault(name='crm_duplicates', campaign='c01', start=20, end=40)
     """
     form = "NAME@CAMPAIGN[:START-END] (e.g. tracking_outage@c02:60-66)"
     if "@" not in spec:

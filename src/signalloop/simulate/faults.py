@@ -6,14 +6,16 @@ delivered rows first (:func:`bias_audience`); the others here change only the ob
 in the order :func:`~signalloop.simulate.simulation.simulate` applies them:
 
 1. :func:`delay_offline` (``late_offline_conversions``), before right-censoring;
-2. :func:`drop_untracked` (``tracking_outage``, ``crm_sync_dropout``), before the platform
-   counts its conversions;
-3. :func:`lose_click_ids` (``click_id_loss``), after the platform counted its conversions
+2. :func:`duplicate_records` (``crm_duplicates``), after right-censoring (a duplicate exists
+   only once entered);
+3. :func:`drop_untracked` (``tracking_outage``, ``crm_sync_dropout``), before the platform
+   counts its conversions (a dropout loses duplicates' rows as it loses any);
+4. :func:`lose_click_ids` (``click_id_loss``), after the platform counted its conversions
    (the platform models the conversions it cannot tie to a click, so its count is unchanged);
-4. :func:`add_copies` (``duplicate_events``, ``stage_overwrite``), so a copy of a conversion
+5. :func:`add_copies` (``duplicate_events``, ``stage_overwrite``), so a copy of a conversion
    that lost its click id lost it too;
-5. :func:`utm_pairs` (``utm_mess``) while the touchpoints table is built;
-6. ``export_glitches`` last, on the finished tables (:mod:`~signalloop.simulate.glitches`).
+6. :func:`utm_pairs` (``utm_mess``) while the touchpoints table is built;
+7. ``export_glitches`` last, on the finished tables (:mod:`~signalloop.simulate.glitches`).
 
 Every fault draws from its own random stream, so a fault on one campaign leaves the others'
 rows unchanged; each fills its note (``truth["faults"][i]``) with row counts and ids.
@@ -132,6 +134,85 @@ def drop_untracked(
             notes[i]["conversion_ids"] = conversion_ids(take(conv, m)).tolist()
             conv = take(conv, ~m)
     return conv, crm
+
+
+#: Under ``crm_duplicates``, the share of the covered campaign's records created in the window
+#: that are entered a second time.
+DUPLICATE_SHARE = 0.3
+#: the random stream of ``crm_duplicates``: ``default_rng([seed, DUPLICATE_STREAM, fault])``
+DUPLICATE_STREAM = 14
+#: how much later a duplicate's rows are stamped than the original's, in seconds: log-uniform
+#: from two minutes (a form sent twice) to twelve hours (a sync re-creating the contact)
+DUPLICATE_SHIFT = (120, 12 * H)
+
+
+def duplicate_numbers(acct: Account) -> int:
+    """The first record number of a duplicate: past every click number of the account.
+
+    Click (and record) numbers of campaign ``i`` are ``((i + 1) * 10_000 + day) * 10**6 + n``,
+    so the block of a campaign ``K + 1`` is free.
+
+    >>> from signalloop.simulate.account import Account
+    >>> from signalloop.simulate.config import SimulationConfig
+    >>> duplicate_numbers(Account(SimulationConfig(days=2, campaigns=3)))
+    40000000000
+    """
+    return (len(acct.campaigns) + 1) * 10_000 * 1_000_000
+
+
+def duplicate_records(acct: Account, crm: dict[str, Arr], notes: Notes) -> dict[str, Arr]:
+    """``crm_duplicates``: records entered twice in the CRM under a new record id.
+
+    Of the covered campaign's records whose first row (the lead row) is in the window,
+    :data:`DUPLICATE_SHARE` (drawn per record, in record order, from the fault's own stream)
+    are entered a second time, as when a form is submitted twice or a sync re-creates a
+    contact: a new record (numbered on from :func:`duplicate_numbers`, in order of creation)
+    of the same person, with a copy of every stage row the original has, each stamped the same
+    ``shift`` later (log-uniform in :data:`DUPLICATE_SHIFT`), amount and owner as they were;
+    copies stamped after the last day are not there yet. The arrays get an ``origin`` column
+    (the record whose identity each row carries: its own, or the original's for a
+    duplicate), which :mod:`~signalloop.simulate.identities` reads. Conversions are
+    unchanged. The note gets ``share``, ``records_in_window`` (the originals that could be
+    duplicated), ``record_ids`` (the duplicates, sorted), ``duplicate_of`` (duplicate ->
+    original record id) and ``shift_seconds`` (duplicate -> shift).
+    """
+    end, ids, nxt = acct.days * DAY, acct.ids, duplicate_numbers(acct)
+    for i, f in enumerate(acct.config.faults):
+        if f.name != "crm_duplicates":
+            continue
+        if "origin" not in crm:
+            crm = crm | {"origin": crm["record"].copy()}
+        rng = np.random.default_rng([acct.config.seed, DUPLICATE_STREAM, i])
+        order = np.lexsort((crm["ts"], crm["record"]))
+        records, first = np.unique(crm["record"][order], return_index=True)
+        created, camp = crm["ts"][order][first], crm["camp"][order][first]
+        chosen = window(f, created, camp, ids) & (records < duplicate_numbers(acct))
+        pick = records[chosen]
+        pick = pick[rng.random(len(pick)) < DUPLICATE_SHARE]
+        lo, hi = np.log(DUPLICATE_SHIFT[0]), np.log(DUPLICATE_SHIFT[1])
+        shift = np.exp(rng.uniform(lo, hi, len(pick))).astype(np.int64)
+        born = created[np.searchsorted(records, pick)] + shift
+        live = born < end
+        pick, shift, born = pick[live], shift[live], born[live]
+        number = np.empty(len(pick), dtype=np.int64)
+        number[np.lexsort((pick, born))] = nxt + np.arange(len(pick))
+        nxt += len(pick)
+        rows = take(crm, np.isin(crm["record"], pick))
+        at = np.searchsorted(pick, rows["record"])
+        rows["ts"] = rows["ts"] + shift[at]
+        rows["record"] = number[at]
+        rows = take(rows, rows["ts"] < end)
+        crm = {k: np.concatenate([crm[k], rows[k]]) for k in crm}
+        count(notes[i], "added", "crm", len(rows["ts"]))
+        notes[i]["share"] = DUPLICATE_SHARE
+        notes[i]["records_in_window"] = int(chosen.sum())
+        dup = [f"rec{n}" for n in number.tolist()]
+        notes[i]["record_ids"] = sorted(dup)
+        notes[i]["duplicate_of"] = {
+            d: f"rec{o}" for d, o in sorted(zip(dup, pick.tolist(), strict=True))
+        }
+        notes[i]["shift_seconds"] = {d: s for d, s in sorted(zip(dup, shift.tolist(), strict=True))}
+    return crm
 
 
 def add_copies(

@@ -21,13 +21,15 @@ from signalloop.simulate.faults import (
     count,
     delay_offline,
     drop_untracked,
+    duplicate_records,
     fault_notes,
     lose_click_ids,
     note_click_id_loss,
     utm_pairs,
 )
 from signalloop.simulate.glitches import Glitch, change_campaigns, plan_glitches
-from signalloop.simulate.params import DAY
+from signalloop.simulate.identities import identity_columns
+from signalloop.simulate.params import DAY, KIND_NAMES
 from signalloop.simulate.tables import (
     changes_order,
     changes_table,
@@ -105,6 +107,7 @@ def simulate(config: SimulationConfig) -> Simulation:
         "crm": int((crm["ts"] >= end).sum()),
     }
     conv, crm = take(conv, conv["ts"] < end), take(crm, crm["ts"] < end)
+    crm = duplicate_records(acct, crm, notes)
     conv, crm = drop_untracked(acct, conv, crm, notes)
     platform = platform_conversions(acct, world["spend"], conv)
     conv, lost = lose_click_ids(acct, world["clicks"], conv, notes)
@@ -115,13 +118,19 @@ def simulate(config: SimulationConfig) -> Simulation:
     conv = take(conv, conversion_order(conv))
     note_click_id_loss(acct, conv, lost, notes)
     crm = take(crm, crm_order(crm))
+    leads = take(world["conversions"], world["conversions"]["kind"] == KIND_NAMES.index("lead"))
+    leads = take(leads, np.argsort(leads["tn"]))
+    lost_tns = np.concatenate([np.empty(0, np.int64), *lost.values()])
+    identities, identity_truth = identity_columns(
+        acct, crm, (leads["tn"], leads["token"]), lost_tns
+    )
     changes = changes_order([ch for e in events for ch in e.changes])
     partial = config.shape != "full"
     every: dict[str, pa.Table] = {
         "spend": spend_table(acct, world["spend"], platform[:2]),
         "touchpoints": _with_columns(touch_table(acct, touches, utm, pairs), traits),
         "conversions": conversion_table(acct, conv, utm_campaign=partial, click_ts=config.click_ts),
-        "crm": crm_table(acct, crm),
+        "crm": _with_columns(crm_table(acct, crm), identities),
         "changes": changes_table(acct, changes),
     }
     tables = {k: every[k] for k in config.kinds}
@@ -143,6 +152,7 @@ def simulate(config: SimulationConfig) -> Simulation:
             ),
         }
         glitches = plan_glitches(acct, tables, {k: where[k] for k in tables}, notes)
+    truth["identities"] = identity_truth
     truth["faults"] = notes
     truth["traits"] = trait_truth
     return Simulation(config, tables, truth, glitches, oracle)
