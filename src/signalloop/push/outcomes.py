@@ -12,8 +12,9 @@ this order (the first that applies is the reason given):
     the record's stages went backwards or were overwritten (the ``stage_regression`` rule of
     :func:`signalloop.checks.core.stage_flags`): which stage it "reached" is not known;
 ``duplicate``
-    another, earlier record belongs to the same person (same Meta lead id, email or phone):
-    sending both would count one lead twice;
+    an earlier record has the same Meta lead id, or the same email, phone, person (user_id)
+    or click (gclid) and began at most :data:`DUPLICATE_WINDOW` before it (a double
+    submission, a sync re-creating the contact): sending both would count one lead twice;
 ``crm_dropout``
     the stage change falls inside a CRM-sync dropout window of its campaign (stored by the
     ``integration_dropout`` check): the CRM's record of that window is incomplete;
@@ -45,6 +46,10 @@ from signalloop.push.meta import normalize
 from signalloop.push.settings import GOOGLE_PLATFORMS, META_PLATFORMS, field_key
 from signalloop.store import Workspace
 
+#: How close in time two records of the same email or phone must begin to be one lead twice
+#: (a double submission, a sync re-creating a contact); a person who comes back later is a new
+#: lead. The same Lead Ads id is one submission whenever it appears.
+DUPLICATE_WINDOW = timedelta(hours=24)
 #: Skip reasons, in the order they are tested.
 REASONS = ("gate_held", "stage_regression", "duplicate", "crm_dropout", "unattributed")
 
@@ -162,16 +167,22 @@ def _clicks(ws: Workspace, rec: Any, cutoff: datetime, google: Sequence[str]) ->
     )
 
 
-def _identity_key(c: Mapping[str, Any]) -> tuple[str, str] | None:
-    """The strongest identity of a record for duplicate detection."""
+def _identity_keys(c: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Every identity of a record usable to spot the same person twice."""
+    keys: list[tuple[str, str]] = []
     lid = meta_lead_id(c.get("lead_id"))
     if lid is not None:
-        return ("lead_id", str(lid))
+        keys.append(("lead_id", str(lid)))
     for name, f in (("email", "em"), ("phone", "ph")):
         n = normalize(f, c.get(name))
         if n is not None:
-            return (name, hashlib.sha256(n.encode()).hexdigest())
-    return None
+            keys.append((name, hashlib.sha256(n.encode()).hexdigest()))
+    if c.get("r_user"):
+        keys.append(("user_id", str(c["r_user"])))
+    gclid = c.get("gclid") or c.get("click_gclid")
+    if gclid:
+        keys.append(("gclid", str(gclid)))
+    return keys
 
 
 def _dropouts(ws: Workspace) -> dict[str, list[tuple[date, date]]]:
@@ -266,21 +277,25 @@ def validated_outcomes(
     }
     dropouts = _dropouts(ws)
 
-    # duplicates: records of the same person after the first one (by start)
-    firsts: dict[tuple[str, str], tuple[datetime, str]] = {}
+    # duplicates: a record whose Lead Ads id an earlier record has, or whose email or phone an
+    # earlier record has that began at most DUPLICATE_WINDOW before it
+    latest: dict[tuple[str, str], tuple[datetime, str]] = {}
     first_of: dict[str, tuple[str, str]] = {}
     seen_rec: set[str] = set()
     for r in sorted(rows, key=lambda x: (x["r_first"], x["record_id"])):
         if r["record_id"] in seen_rec:
             continue
         seen_rec.add(r["record_id"])
-        key = _identity_key(r)
-        if key is None:
-            continue
-        if key in firsts:
-            first_of[r["record_id"]] = (firsts[key][1], key[0])
-        else:
-            firsts[key] = (r["r_first"], r["record_id"])
+        keys = _identity_keys(r)
+        for key in keys:
+            prev = latest.get(key)
+            if prev is not None and (
+                key[0] == "lead_id" or r["r_first"] - prev[0] <= DUPLICATE_WINDOW
+            ):
+                first_of[r["record_id"]] = (prev[1], key[0])
+                break
+        for key in keys:
+            latest[key] = (r["r_first"], r["record_id"])
 
     order = {s: i for i, s in enumerate(funnel)}
     for r in sorted(rows, key=lambda x: (x["record_id"], order.get(x["stage"], 99))):
