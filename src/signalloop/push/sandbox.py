@@ -75,16 +75,18 @@ Google Ads (whole-request errors ``{"error": {"code": <HTTP status>, "message", 
   (not 64 hex), ``UNSUPPORTED_USER_IDENTIFIER`` (not hashed email / phone), ``DUPLICATE_ORDER_ID``
   (in the request) / ``ORDER_ID_ALREADY_IN_USE`` (stored), ``DUPLICATE_CLICK_CONVERSION_IN_REQUEST``
   / ``CLICK_CONVERSION_ALREADY_EXISTS``, and with known clicks ``EVENT_NOT_FOUND`` (an unknown
-  click id: in v22 ``CLICK_NOT_FOUND`` means an email or phone that matches no click, which the
-  sandbox answers for user-identifier rows when ``known_user_identifiers`` is given),
-  ``CONVERSION_PRECEDES_EVENT``, ``EXPIRED_EVENT`` (click before the click-through window, 90 days
-  by default, of the conversion or of the server clock), ``TOO_RECENT_EVENT`` (click under 6 hours
-  before the server clock): all confirmed. Chosen codes: no click id and no user identifier ->
-  ``fieldError: REQUIRED``; a gclid together with a gbraid/wbraid -> ``fieldError:
-  VALUE_MUST_BE_UNSET``; more than 5 user identifiers -> ``collectionSizeError: TOO_MANY``; a
-  negative value -> ``rangeError: TOO_LOW``; a currency that is not 3 upper-case letters ->
-  ``currencyCodeError: UNSUPPORTED``. A gclid sent together with user identifiers is accepted
-  (enhanced conversions for leads take both). ``validateOnly`` checks and stores nothing;
+  click id), ``CONVERSION_PRECEDES_EVENT``, ``EXPIRED_EVENT`` (click before the click-through
+  window, 90 days by default, of the conversion or of the server clock), ``TOO_RECENT_EVENT``
+  (click under 6 hours before the server clock): all confirmed. Chosen codes: no click id and
+  no user identifier -> ``fieldError: REQUIRED``; a gclid together with a gbraid/wbraid ->
+  ``fieldError: VALUE_MUST_BE_UNSET``; more than 5 user identifiers -> ``collectionSizeError:
+  TOO_MANY``; a negative value -> ``rangeError: TOO_LOW``; a currency that is not 3 upper-case
+  letters -> ``currencyCodeError: UNSUPPORTED``. A gclid sent together with user identifiers is
+  accepted (enhanced conversions for leads take both). ``CLICK_NOT_FOUND`` (an email or phone that
+  matches no click) is never answered: Google removed ``debug_enabled``, the only way to get
+  it, in v21 and stopped returning the code in every version from 2025-08-06 (Google Ads
+  Developer Blog, 2025-06-26), so ``debugEnabled`` is an unknown field from v21 on and ignored
+  before. ``validateOnly`` checks and stores nothing;
 * ``biddingDataExclusions:mutate`` (create / update with ``updateMask`` / remove, atomic unless
   ``partialFailure``): scope ``CAMPAIGN`` with 1-2,000 campaigns of this customer and no channel
   types, or ``CHANNEL`` with ``DISPLAY`` / ``SEARCH`` / ``SHOPPING`` and no campaigns;
@@ -114,6 +116,7 @@ import asyncio
 import copy
 import json
 import logging
+import math
 import re
 import secrets
 import socket
@@ -648,7 +651,8 @@ async def _send_json(
 
 
 def _retry_after(seconds: float) -> str:
-    return str(int(seconds)) if float(seconds).is_integer() else f"{seconds:g}"
+    # RFC 9110: delay-seconds is a non-negative integer (a fraction rounds up)
+    return str(max(0, math.ceil(seconds)))
 
 
 def _redacted_query(raw: bytes) -> dict[str, str]:
@@ -965,9 +969,6 @@ class Sandbox:
         click id answers ``EVENT_NOT_FOUND`` and the click time drives
         ``CONVERSION_PRECEDES_EVENT`` / ``EXPIRED_EVENT`` / ``TOO_RECENT_EVENT``; ``None``: format
         checks only.
-    known_user_identifiers
-        Hashed emails / phones that match a click; when given, a row with only user
-        identifiers and none of them known answers ``CLICK_NOT_FOUND``.
     click_through_window
         The conversion actions' click-through window (90 days, Google's default).
     google_time_zone
@@ -999,7 +1000,6 @@ class Sandbox:
         customer_ids: Iterable[str] | None = None,
         conversion_actions: Mapping[str, datetime | None] | Iterable[str] | None = None,
         clicks: Mapping[str, datetime] | None = None,
-        known_user_identifiers: Iterable[str] | None = None,
         click_through_window: timedelta = GOOGLE_CLICK_WINDOW,
         google_time_zone: str | tzinfo = "UTC",
         search_page_size: int = 10_000,
@@ -1030,11 +1030,6 @@ class Sandbox:
                     raise ValueError(f"not a conversion action resource name: {name!r}")
                 self._actions[m.group(2)] = None if created is None else _as_utc(created)
         self._clicks = None if clicks is None else {k: _as_utc(v) for k, v in clicks.items()}
-        self._known_ids = (
-            None
-            if known_user_identifiers is None
-            else frozenset(h.lower() for h in known_user_identifiers)
-        )
         self.click_through_window = click_through_window
         self.google_time_zone = (
             ZoneInfo(google_time_zone) if isinstance(google_time_zone, str) else google_time_zone
@@ -1167,8 +1162,9 @@ class Sandbox:
         """Answer the next ``times`` matching requests with ``status`` and the platform's error.
 
         ``target`` is a platform (``"meta"``, ``"google"``, ``"oauth"``) or a substring of the
-        path (``":uploadClickConversions"``). The request is not acted on. ``retry_after`` (seconds)
-        adds a ``Retry-After`` header. Faults queue in call order.
+        path (``":uploadClickConversions"``). The request is not acted on. ``retry_after``
+        (seconds) adds a ``Retry-After`` header (whole seconds, a fraction rounded up). Faults
+        queue in call order.
         """
         if not 400 <= status <= 599:
             raise ValueError(f"status must be a 4xx or 5xx, got {status}")
@@ -1510,7 +1506,10 @@ class Sandbox:
     # ---- uploadClickConversions ------------------------------------------------------------
 
     def _upload(self, version: str, cid: str, payload: Any) -> Payload:
-        req = _normalised(payload, _UPLOAD_FIELDS, "")
+        fields = dict(_UPLOAD_FIELDS)
+        if int(version[1:]) < 21:  # present, and ignored, until v21 removed it
+            fields["debugEnabled"] = bool
+        req = _normalised(payload, fields, "")
         rows_raw = req.get("conversions") or []
         rows = [
             _normalised(r, _CLICK_CONVERSION_FIELDS, f"conversions[{i}]")
@@ -1825,13 +1824,6 @@ class Sandbox:
                     "less than 6 hours ago. Retry after 6 hours have passed.",
                     None,
                 )
-        if not click_id and self._known_ids is not None and not set(hashes) & self._known_ids:
-            return (
-                "conversionUploadError",
-                "CLICK_NOT_FOUND",
-                "The email address or phone number for this event can't be matched to a click.",
-                "user_identifiers",
-            )
         return None
 
     # ---- biddingDataExclusions:mutate ------------------------------------------------------
