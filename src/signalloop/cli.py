@@ -1170,9 +1170,32 @@ def print_run(doc: dict[str, Any], *, inbox: bool = True) -> None:
         print_allocation(doc["allocation"])
     print_diagnoses(doc["diagnosis"], min_severity="warn")
     print_lens(doc["lens"])
+    if doc.get("push"):
+        print_pushes(doc["push"])
     out.print(
         f"\nreport: {doc['report']['html']}\n(data: {doc['report']['json']})", highlight=False
     )
+
+
+def print_pushes(push: dict[str, Any]) -> None:
+    """One line per push target of a run."""
+    mode = "live" if push["live"] else f"dry run, bodies in {push['out']}"
+    out.print(f"[bold]sent back to the platforms[/] ({escape(mode)})", highlight=False)
+    for name, t in push["targets"].items():
+        if "counts" not in t:
+            out.print(f"  {name}: {t['status']}: {escape(t['message'])}", highlight=False)
+            continue
+        c = t["counts"]
+        moved = c.get("sent", c.get("planned", 0))
+        why = ", ".join(f"{n:,} {k}" for k, n in t["skipped_by_reason"].items())
+        left = ", ".join(f"{n:,} {k}" for k, n in t["left_out_by_reason"].items())
+        out.print(
+            f"  {name}: {moved:,} {'sent' if push['live'] else 'would be sent'}, "
+            f"{c['already_sent']:,} already sent"
+            + (f"; stopped by validation: {why}" if why else "")
+            + (f"; left out by the platform's rules: {left}" if left else ""),
+            highlight=False,
+        )
 
 
 # ---------------------------------------------------------------------------- signalloop model

@@ -5,10 +5,13 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from datetime import time as dtime
 from pathlib import Path
 from typing import Any
 
 from signalloop import simulate as sim
+from signalloop.config import Settings, settings_from_dict
 from signalloop.run import run
 from signalloop.store import Workspace
 from signalloop.summary import workspace_summary
@@ -25,6 +28,33 @@ DEMO_FAULTS = (
     "override_storm@c05:40-55",  # people's edits resetting learning
     "export_glitches@*:0-89",  # bad rows in every export: ingest quarantines them
 )
+
+
+def demo_settings(campaigns: dict[str, str]) -> Settings:
+    """The demo's ``signalloop.toml``: pushes configured with example ids, dry run.
+
+    ``campaigns`` maps campaign id -> platform; each Google campaign gets an example Google id
+    (``90000000NN``). Nothing is sent: ``live`` stays false, so the run writes the request
+    bodies under ``report/push``.
+    """
+    google = {c: f"90000000{c[1:].zfill(2)}" for c, p in campaigns.items() if p == "google"}
+    return settings_from_dict(
+        {
+            "push": {
+                "live": False,
+                "crm_name": "HubSpot",
+                "meta": {"pixel_id": "1234567890"},
+                "google": {
+                    "customer_id": "123-456-7890",
+                    "time_zone": "America/New_York",
+                    "currency": "USD",
+                    "conversion_actions": {"sql": "111", "won": "222"},
+                    "campaigns": google,
+                },
+            }
+        },
+        source="<demo>",
+    )
 
 
 def run_demo(
@@ -62,10 +92,21 @@ def run_demo(
         days=DEMO_DAYS, campaigns=DEMO_CAMPAIGNS, seed=seed, faults=faults
     )
     report("simulating the account", None)
-    sim.write(sim.simulate(config), data_dir)
+    simulation = sim.simulate(config)
+    sim.write(simulation, data_dir)
     report("simulating the account", 1.0)
+    platforms = {c: str(t["platform"]) for c, t in simulation.truth["campaigns"].items()}
+    # the replay is sent the morning after its last day, as a daily run would be
+    send_clock = datetime.combine(config.start + timedelta(days=DEMO_DAYS), dtime(6), UTC)
     with Workspace(db) as ws:
-        doc = run(ws, inbox=data_dir, out_dir=out / "report", progress=progress)
+        doc = run(
+            ws,
+            inbox=data_dir,
+            out_dir=out / "report",
+            progress=progress,
+            settings=demo_settings(platforms),
+            push_now=send_clock,
+        )
         summary = workspace_summary(ws)
     inbox = doc["inbox"] or {}
     summary.update(
@@ -76,6 +117,7 @@ def run_demo(
         lens=doc["lens"],
         models=doc["models"],
         report=doc["report"],
+        push=doc["push"],
         timings=doc["timings"],
         data_dir=str(data_dir),
         faults=list(DEMO_FAULTS),
