@@ -4,7 +4,7 @@ then a live push of the demo workspace to them sends each item exactly once acro
 import json
 import os
 import pathlib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import httpx
 
@@ -16,7 +16,6 @@ from signalloop.store import Workspace
 
 root = pathlib.Path("signalloop-demo")
 doc = json.loads((root / "report" / "report.json").read_text())
-from datetime import timedelta
 
 now = datetime.fromisoformat(doc["as_of"]).replace(tzinfo=UTC) + timedelta(days=1, hours=6)
 os.environ.update(
