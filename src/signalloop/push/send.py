@@ -196,6 +196,14 @@ def push_meta(
         c = by_id[x["event"]["event_id"]]
         reason = "too_old" if any("days old" in r for r in x["reasons"]) else "invalid"
         res.left_out.append(_item(c, reason, "; ".join(x["reasons"])))
+    too_old = [x for x in res.left_out if x["reason"] == "too_old"]
+    if too_old and not plan.requests:
+        newest = max(x["ts"] for x in too_old)
+        res.notes.append(
+            f"every unsent event is older than Meta's 7 days (the newest, {newest[:16]}, as of "
+            f"the send clock {now.isoformat()[:16]}): push at least daily; to preview an old "
+            "account, --dry-run --now <the morning after its last day>"
+        )
     if not oc.fields.get("email") and not oc.fields.get("lead_id"):
         res.notes.append(
             "the CRM rows carry no email or Meta lead id attribute: add the contact's email "
