@@ -399,3 +399,18 @@ def test_cli_dry_run_json_and_no_secret_anywhere(
     with Workspace(db) as ws:
         texts.append(json.dumps(ledger.recent(ws, 10_000), default=str))
     assert not any(SECRET in t or DEV in t or ACCESS in t for t in texts)
+
+
+def test_test_events_are_kept_apart_from_live_ones(db: Path, sandbox: Sandbox) -> None:
+    test = settings_for(sandbox.base_url, test_event_code="TEST123")
+    with Workspace(db) as ws:
+        t = push(
+            ws, "meta", as_of=AS_OF, settings=test, dry_run=False, now=NOW, client=fast_client()
+        )
+        assert t.test and t.sent == len(sandbox.meta_test_events) > 0
+        assert sandbox.meta_events == []
+        live = settings_for(sandbox.base_url)
+        r = push(
+            ws, "meta", as_of=AS_OF, settings=live, dry_run=False, now=NOW, client=fast_client()
+        )
+    assert r.sent == t.sent == len(sandbox.meta_events)  # a test send is not a send
