@@ -414,3 +414,49 @@ def test_test_events_are_kept_apart_from_live_ones(db: Path, sandbox: Sandbox) -
             ws, "meta", as_of=AS_OF, settings=live, dry_run=False, now=NOW, client=fast_client()
         )
     assert r.sent == t.sent == len(sandbox.meta_events)  # a test send is not a send
+
+
+def test_run_pushes_what_is_configured_and_survives_a_failing_platform(
+    db: Path, sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataclasses import replace
+
+    from signalloop.push.send import run_pushes
+    from signalloop.report import _push_table
+
+    only_meta = settings_from_dict(
+        {"push": {"live": True, "meta": {"pixel_id": "1", "base_url": sandbox.base_url}}}
+    )
+    monkeypatch.delenv("SIGNALLOOP_GOOGLE_DEVELOPER_TOKEN")
+    with Workspace(db) as ws:
+        doc = run_pushes(
+            ws,
+            as_of=AS_OF,
+            settings=only_meta,
+            held={},
+            out=tmp_path / "p",
+            now=NOW,
+            client=fast_client(),
+        )
+        assert doc["live"] and doc["targets"]["meta"]["status"] == "ok"
+        assert doc["targets"]["meta"]["counts"]["sent"] == len(sandbox.meta_events) > 0
+        assert doc["targets"]["google"]["status"] == "not configured"
+        assert "customer_id" in doc["targets"]["exclusions"]["message"]
+        # Google configured, its credentials missing: recorded, the run goes on
+        full = settings_for(sandbox.base_url)
+        full = replace(full, push=replace(full.push, live=True))
+        doc2 = run_pushes(
+            ws,
+            as_of=AS_OF,
+            settings=full,
+            held={},
+            out=tmp_path / "p2",
+            now=NOW,
+            client=fast_client(),
+        )
+    assert doc2["targets"]["google"]["status"] == "error"
+    assert "SIGNALLOOP_GOOGLE_DEVELOPER_TOKEN" in doc2["targets"]["google"]["message"]
+    assert doc2["targets"]["meta"]["counts"]["already_sent"] == len(sandbox.meta_events)
+    html = _push_table(doc2)
+    assert "Meta CRM events" in html and "SIGNALLOOP_GOOGLE_DEVELOPER_TOKEN" in html
+    assert SECRET not in json.dumps(doc2) and SECRET not in html
