@@ -20,7 +20,7 @@ import json
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -98,13 +98,13 @@ class PushResult:
         }
 
 
-def _now(now: datetime | None) -> datetime:
+def send_clock(now: datetime | None) -> datetime:
     if now is None:
         return datetime.now(UTC)
     return now if now.tzinfo else now.replace(tzinfo=UTC)
 
 
-def _write(out: Path | None, name: str, doc: Any) -> str | None:
+def write_body(out: Path | None, name: str, doc: Any) -> str | None:
     if out is None:
         return None
     out.mkdir(parents=True, exist_ok=True)
@@ -152,7 +152,7 @@ def push_meta(
     """CRM stages to Meta's Conversions API; see the module docstring."""
     settings = settings or Settings()
     cfg = settings.push.meta
-    now = _now(now)
+    now = send_clock(now)
     test = bool(cfg.test_event_code)
     res = PushResult("meta", "event", as_of, now, dry_run, test=test)
     if not dry_run and not cfg.pixel_id:
@@ -214,7 +214,7 @@ def push_meta(
     folder = Path(out) if out is not None else None
     for i, batch in enumerate(plan.requests, start=1):
         body = m.request_body(batch, cfg.test_event_code)
-        path = _write(folder, f"meta-events-{i:04d}.json", body)
+        path = write_body(folder, f"meta-events-{i:04d}.json", body)
         req: dict[str, Any] = {"url": url, "items": len(batch), "file": path}
         res.requests.append(req)
         if path:
@@ -227,7 +227,7 @@ def push_meta(
         reply = client.post(url, json_body=body, headers={"Authorization": f"Bearer {token}"})
         req.update(status=reply.status, attempts=reply.attempts)
         keys = [(e["event_id"], by_id[e["event_id"]]) for e in batch]
-        if not _record(ws, res, "meta", "event", keys, reply, test):
+        if not record_reply(ws, res, "meta", "event", keys, reply, test):
             break
     return res
 
@@ -257,7 +257,7 @@ def _auth_fix(platform: str) -> str:
     )
 
 
-def _record(
+def record_reply(
     ws: Workspace,
     res: PushResult,
     platform: str,
@@ -369,7 +369,7 @@ def _record(
 # ---- Google click conversions ----------------------------------------------------------------
 
 
-def _google_token(settings: Settings, client: Client) -> dict[str, str]:
+def google_headers(settings: Settings, client: Client) -> dict[str, str]:
     """Headers for Google Ads: developer token, OAuth access token (refreshed if need be)."""
     cfg = settings.push.google
     dev = _credential(settings, "google", "developer_token", "Google Ads developer token")
@@ -416,7 +416,7 @@ def push_google(
     """Click conversions (or enhanced conversions for leads) to Google Ads."""
     settings = settings or Settings()
     cfg = settings.push.google
-    now = _now(now)
+    now = send_clock(now)
     res = PushResult("google", "click_conversion", as_of, now, dry_run)
     if not cfg.customer_id:
         raise UsageError(
@@ -476,10 +476,10 @@ def push_google(
     folder = Path(out) if out is not None else None
     base = f"{cfg.base_url}/{cfg.api_version}/customers/{cfg.customer_id}"
     url = f"{base}:uploadClickConversions"
-    headers = None if dry_run else _google_token(settings, _need(client))
+    headers = None if dry_run else google_headers(settings, need_client(client))
     for i, batch in enumerate(plan.requests, start=1):
         body = g.request_body(batch, partial_failure=True)
-        path = _write(folder, f"google-click-conversions-{i:04d}.json", body)
+        path = write_body(folder, f"google-click-conversions-{i:04d}.json", body)
         req: dict[str, Any] = {"url": url, "items": len(batch), "file": path}
         res.requests.append(req)
         if path:
@@ -488,15 +488,15 @@ def push_google(
             continue
         if progress:
             progress("uploading conversions to Google Ads", (i - 1) / len(plan.requests))
-        reply = _need(client).post(url, json_body=body, headers=headers)
+        reply = need_client(client).post(url, json_body=body, headers=headers)
         req.update(status=reply.status, attempts=reply.attempts)
         errs = g.row_errors(reply.body, len(batch)) if reply.ok else None
         keys = [(cv["orderId"], by_id[cv["orderId"]]) for cv in batch]
-        if not _record(ws, res, "google", "click_conversion", keys, reply, False, errs):
+        if not record_reply(ws, res, "google", "click_conversion", keys, reply, False, errs):
             break
     gclid_rows = [cv for r in plan.requests for cv in r if cv.get("gclid")]
     if folder is not None and gclid_rows:
-        path = _write(
+        path = write_body(
             folder,
             "google-upload.csv",
             g.upload_csv(gclid_rows, cfg.time_zone, names=cfg.action_names),
@@ -506,7 +506,7 @@ def push_google(
     return res
 
 
-def _need(client: Client | None) -> Client:
+def need_client(client: Client | None) -> Client:
     if client is None:
         raise UsageError("a live push needs a client")
     return client
@@ -522,206 +522,6 @@ def _google_reason(reasons: Sequence[str]) -> str:
         if code in text:
             return reason
     return "invalid"
-
-
-# ---- Google data exclusions --------------------------------------------------------------------
-
-
-def median_delays(ws: Workspace, cutoff: datetime) -> dict[str, timedelta]:
-    """Measured median click-to-conversion delay per campaign (conversions with a click time)."""
-    conv = ws.table("conversions")
-    if "click_ts" not in conv.columns:
-        return {}
-    conv = conv.filter(conv.click_ts.notnull() & conv.campaign_id.notnull() & (conv.ts < cutoff))
-    secs = conv.ts.epoch_seconds() - conv.click_ts.epoch_seconds()
-    conv = conv.mutate(secs=secs).filter(lambda t: t.secs >= 0)
-    rows = (
-        conv.group_by("campaign_id")
-        .aggregate(med=conv.secs.median(), n=conv.count())
-        .to_pyarrow()
-        .to_pylist()
-    )
-    return {r["campaign_id"]: timedelta(seconds=float(r["med"])) for r in rows if r["n"] >= 5}
-
-
-def push_exclusions(
-    ws: Workspace,
-    *,
-    as_of: date,
-    settings: Settings | None = None,
-    dry_run: bool = True,
-    out: str | Path | None = None,
-    now: datetime | None = None,
-    client: Client | None = None,
-    platforms: Mapping[str, str | None] | None = None,
-) -> PushResult:
-    """Stored outage windows to Google Ads bidding data exclusions (idempotent)."""
-    from signalloop.checks.engine import load_exclusions
-    from signalloop.push.outcomes import campaign_platforms
-
-    settings = settings or Settings()
-    cfg = settings.push.google
-    now = _now(now)
-    res = PushResult("google", "exclusion", as_of, now, dry_run)
-    if not cfg.customer_id:
-        raise UsageError(
-            "[push.google] customer_id is not set: name the Google Ads account (10 digits) "
-            "the exclusions go to in signalloop.toml"
-        )
-    plat = platforms if platforms is not None else campaign_platforms(ws)
-    windows = load_exclusions(ws)
-    if not windows:
-        res.notes.append(
-            "no outage windows are stored: signalloop check (or run) stores the windows the "
-            "integration_dropout check finds"
-        )
-    cutoff = datetime.combine(as_of + timedelta(days=1), time.min)
-    delays = median_delays(ws, cutoff)
-    account = sorted(delays.values())
-    fallback = account[len(account) // 2] if account else None
-    sent = ledger.sent_exclusions(ws)
-    ops: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
-    for w in windows:
-        cid = w["campaign_id"]
-        info = {"record_id": None, "stage": None, "campaign_id": cid}
-        if plat.get(cid) != "google":
-            res.skipped.append(
-                {
-                    **info,
-                    "reason": "not_google",
-                    "detail": f"{cid} is not a Google Ads campaign",
-                    "window": [w["start"], w["end"]],
-                }
-            )
-            continue
-        gid = cfg.campaign_id(cid)
-        if gid is None:
-            res.skipped.append(
-                {
-                    **info,
-                    "reason": "no_google_id",
-                    "detail": f"no Google campaign id for {cid}: add "
-                    f'[push.google.campaigns] {cid} = "<id>"',
-                    "window": [w["start"], w["end"]],
-                }
-            )
-            continue
-        start = datetime.combine(date.fromisoformat(w["start"]), time.min)
-        end_day = date.fromisoformat(w["end"]) if w["end"] else as_of
-        end = datetime.combine(end_day, time(23, 59, 59))
-        delay = delays.get(cid, fallback)
-        if delay is None:
-            res.notes.append(
-                f"{cid}: no measured click-to-conversion delay; its window starts unshifted"
-            )
-        shifted = g.shift_start(start, delay)
-        for k, (s, e) in enumerate(g.exclusion_windows(shifted, end, tz=cfg.time_zone)):
-            key = g.exclusion_key(cid, w["start"], k)
-            body = g.build_exclusion(
-                cfg.customer_id,
-                gid,
-                s,
-                e,
-                tz=cfg.time_zone,
-                name=f"signalloop {key}",
-                description=f"{w['reason']} (start moved back {delay or timedelta(0)} "
-                "for the conversion delay)",
-            )
-            prev = sent.get(key)
-            detail = {
-                "start": body["startDateTime"],
-                "end": body["endDateTime"],
-                "window": [w["start"], w["end"]],
-            }
-            if prev and prev.get("start") == detail["start"] and prev.get("end") == detail["end"]:
-                res.already_sent += 1
-                continue
-            op: dict[str, Any]
-            if prev:
-                op = {
-                    "update": {**body, "resourceName": prev["resource"]},
-                    "updateMask": "startDateTime,endDateTime,description",
-                }
-            else:
-                op = {"create": body}
-            res.candidates += 1
-            ops.append((key, op, {**info, "detail": detail}))
-    local_now = g.conversion_date_time(now, cfg.time_zone)[:19]  # the account's wall clock
-    active = sum(1 for v in sent.values() if str(v.get("end", "")) >= local_now)
-    room = max(0, g.MAX_ACTIVE_EXCLUSIONS - active)
-    creates = [o for o in ops if "create" in o[1]]
-    if len(creates) > room:
-        dropped = {
-            id(o)
-            for o in sorted(creates, key=lambda o: o[1]["create"]["startDateTime"])[
-                : len(creates) - room
-            ]
-        }
-        for o in creates:
-            if id(o) in dropped:
-                res.left_out.append(
-                    {
-                        **o[2],
-                        "key": o[0],
-                        "reason": "account_limit",
-                        "detail": f"{g.MAX_ACTIVE_EXCLUSIONS} active exclusions is Google's limit",
-                    }
-                )
-        ops = [o for o in ops if id(o) not in dropped]
-    folder = Path(out) if out is not None else None
-    url = (
-        f"{cfg.base_url}/{cfg.api_version}/customers/{cfg.customer_id}/biddingDataExclusions:mutate"
-    )
-    headers = None if dry_run else _google_token(settings, _need(client))
-    for i, (key, op, info) in enumerate(ops, start=1):
-        body = {"operations": [op], "partialFailure": False}
-        problems = g.exclusion_problems(op.get("create") or op["update"])
-        if problems:
-            res.left_out.append(
-                {**info, "key": key, "reason": "invalid", "detail": "; ".join(problems)}
-            )
-            continue
-        path = _write(folder, f"google-exclusion-{i:04d}.json", body)
-        req: dict[str, Any] = {
-            "url": url,
-            "items": 1,
-            "file": path,
-            "key": key,
-            "op": next(iter(op)),
-        }
-        res.requests.append(req)
-        if path:
-            res.files.append(path)
-        if dry_run:
-            continue
-        reply = _need(client).post(url, json_body=body, headers=headers)
-        req.update(status=reply.status, attempts=reply.attempts)
-        if reply.ok:
-            results = reply.body.get("results") or [{}]
-            resource = results[0].get("resourceName") or (op.get("update") or {}).get(
-                "resourceName"
-            )
-            ledger.write(
-                ws,
-                [
-                    ledger.entry(
-                        "google",
-                        "exclusion",
-                        key,
-                        status="sent",
-                        request_id=ledger.new_request_id(),
-                        campaign_id=info["campaign_id"],
-                        resource=resource,
-                        detail=info["detail"],
-                        http_status=reply.status,
-                        response=reply.body,
-                    )
-                ],
-            )
-            res.sent += 1
-        elif not _record(ws, res, "google", "exclusion", [(key, info)], reply, False):
-            break
-    return res
 
 
 TARGETS = ("meta", "google", "exclusions")
@@ -788,6 +588,8 @@ def push(
                 client=live_client,
                 progress=progress,
             )
+        from signalloop.push.exclusions import push_exclusions
+
         return push_exclusions(
             ws,
             as_of=as_of,
