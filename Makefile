@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install browser demo test lint typecheck pytest bench bench-ingest bench-checks bench-speed bench-state bench-models bench-allocate bench-ope bench-diagnose bench-run bench-shapes clean lock
+.PHONY: install browser demo test lint typecheck pytest bench bench-ingest bench-checks bench-speed bench-state bench-models bench-allocate bench-ope bench-diagnose bench-run bench-shapes bench-push clean lock
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,7 +39,7 @@ pytest: $(STAMP) browser
 
 test: lint typecheck pytest
 
-bench: bench-ingest bench-checks bench-speed bench-state bench-models bench-allocate bench-ope bench-diagnose bench-run bench-shapes
+bench: bench-ingest bench-checks bench-speed bench-state bench-models bench-allocate bench-ope bench-diagnose bench-run bench-shapes bench-push
 
 bench-state: $(STAMP)
 	$(BIN)/python benchmarks/phase_quality.py --seeds 20
@@ -64,6 +64,9 @@ bench-run: $(STAMP)
 bench-shapes: $(STAMP)
 	$(BIN)/python benchmarks/shapes_quality.py --seeds 20 --workers 2
 	$(BIN)/python benchmarks/allocate_quality.py --shapes --seeds 20 --workers 2
+
+bench-push: $(STAMP)
+	$(BIN)/python benchmarks/push_speed.py
 
 bench-ingest: $(STAMP)
 	$(BIN)/python benchmarks/run.py
