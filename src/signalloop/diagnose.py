@@ -193,9 +193,9 @@ class Evidence:
     nowcast: Mapping[str, Any] | None
     depth: list[Mapping[str, Any]]
     models: Mapping[str, Any] = field(default_factory=dict)
+    spend: Mapping[str, Any] = field(default_factory=dict)
     #: campaign -> ``meta``, ``google`` or ``None`` (which push command closes its loop).
     platforms: Mapping[str, str | None] = field(default_factory=dict)
-    spend: Mapping[str, Any] = field(default_factory=dict)
 
     def findings(self, *checks: str) -> list[Mapping[str, Any]]:
         """The check findings of these checks."""
