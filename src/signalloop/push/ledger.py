@@ -55,6 +55,18 @@ _COLUMNS = (
     "http_status",
     "response",
 )
+def _arrow_types() -> dict[str, object]:
+    import pyarrow as pa
+
+    text = pa.string()
+    types: dict[str, object] = dict.fromkeys(_COLUMNS, text)
+    types.update(
+        sent_at=pa.timestamp("us"), final=pa.bool_(), test=pa.bool_(), http_status=pa.int32()
+    )
+    return types
+
+
+_TYPES = _arrow_types()
 #: Statuses a ledger row can have.
 STATUSES = ("sent", "rejected", "failed")
 
@@ -115,13 +127,24 @@ def ensure(ws: Workspace) -> None:
 
 def write(ws: Workspace, rows: Iterable[Mapping[str, Any]]) -> int:
     """Append rows in one transaction; returns how many."""
-    batch = [[r[c] for c in _COLUMNS] for r in rows]
+    import pyarrow as pa
+
+    batch = list(rows)
     if not batch:
         return 0
     ensure(ws)
-    marks = ", ".join("?" for _ in _COLUMNS)
+    # one INSERT ... SELECT from an Arrow table: executemany is ~30x slower per row
+    table = pa.table({c: pa.array([r[c] for r in batch], _TYPES[c]) for c in _COLUMNS})
+    view = f"_ledger_batch_{uuid.uuid4().hex[:8]}"
     with ws.transaction() as con:
-        con.executemany(f"INSERT INTO push_ledger ({', '.join(_COLUMNS)}) VALUES ({marks})", batch)
+        con.register(view, table)
+        try:
+            con.execute(
+                f"INSERT INTO push_ledger ({', '.join(_COLUMNS)}) "
+                f"SELECT {', '.join(_COLUMNS)} FROM {view}"
+            )
+        finally:
+            con.unregister(view)
     return len(batch)
 
 

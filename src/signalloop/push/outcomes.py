@@ -277,8 +277,9 @@ def validated_outcomes(
     }
     dropouts = _dropouts(ws)
 
-    # duplicates: a record whose Lead Ads id an earlier record has, or whose email or phone an
-    # earlier record has that began at most DUPLICATE_WINDOW before it
+    # duplicates: a record whose Lead Ads id an earlier record has, or whose email, phone,
+    # person or click the latest earlier record of them has, begun at most DUPLICATE_WINDOW
+    # before it
     latest: dict[tuple[str, str], tuple[datetime, str]] = {}
     first_of: dict[str, tuple[str, str]] = {}
     seen_rec: set[str] = set()
@@ -294,7 +295,7 @@ def validated_outcomes(
             ):
                 first_of[r["record_id"]] = (prev[1], key[0])
                 break
-        for key in keys:
+        for key in keys:  # a series of copies, each within the window of the last, is one lead
             latest[key] = (r["r_first"], r["record_id"])
 
     order = {s: i for i, s in enumerate(funnel)}

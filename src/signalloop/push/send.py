@@ -20,7 +20,7 @@ import json
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,8 @@ from signalloop.push.outcomes import Outcomes, validated_outcomes
 from signalloop.store import Workspace
 
 Progress = Callable[[str, float | None], None]
+#: Safety margin on Meta's 7-day age limit (events are judged as if sent this much later).
+AGE_MARGIN = timedelta(hours=1)
 
 
 @dataclass
@@ -191,7 +193,9 @@ def push_meta(
             continue
         events.append(e)
         by_id[e["event_id"]] = c
-    plan = m.plan_requests(events, now)
+    # planned as if sent AGE_MARGIN later: a long push must not carry an event past Meta's
+    # 7 days before its request goes (one such event rejects the whole request)
+    plan = m.plan_requests(events, now + AGE_MARGIN)
     for x in plan.left_out:
         c = by_id[x["event"]["event_id"]]
         reason = "too_old" if any("days old" in r for r in x["reasons"]) else "invalid"
