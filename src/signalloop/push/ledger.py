@@ -55,6 +55,8 @@ _COLUMNS = (
     "http_status",
     "response",
 )
+
+
 def _arrow_types() -> dict[str, object]:
     import pyarrow as pa
 
