@@ -354,9 +354,20 @@ def test_exclusions_grow_by_update_not_by_copy(db: Path, sandbox: Sandbox) -> No
             now=NOW,
             client=fast_client(),
         )
+        # the fix is confirmed and the window closes where it was: the extra pieces go
+        save_exclusions(ws, stored, AS_OF)
+        r3 = push(
+            ws, "exclusions", as_of=AS_OF, settings=s, dry_run=False, now=NOW, client=fast_client()
+        )
+        r4 = push(
+            ws, "exclusions", as_of=AS_OF, settings=s, dry_run=False, now=NOW, client=fast_client()
+        )
     ops = Counter(x["op"] for x in r2.requests)
     assert ops["update"] >= 1
-    assert len(sandbox.exclusions) == r.sent + ops["create"]
+    ops3 = Counter(x["op"] for x in r3.requests)
+    assert ops3["remove"] == ops["create"] >= 1
+    live = [e for e in sandbox.exclusions.values() if e.get("status") != "REMOVED"]
+    assert len(live) == r.sent and r4.requests == []
 
 
 def test_cli_dry_run_json_and_no_secret_anywhere(

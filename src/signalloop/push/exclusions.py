@@ -7,7 +7,8 @@ account's when the campaign has too few measured delays; unmoved, and said, when
 none), so the clicks whose conversions were lost are covered; split into pieces of at most 14
 days on the account's clock; keyed by the window's campaign, stored start and piece, so a
 re-run sends nothing twice and an outage still open when the next run comes is extended by an
-``update`` of the same exclusion, never a second copy; at most 500 active per account.
+``update`` of the same exclusion, never a second copy (and a window later cut into fewer pieces
+has the pieces beyond removed); at most 500 active per account.
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ def push_exclusions(
                 f"{cid}: no measured click-to-conversion delay; its window starts unshifted"
             )
         shifted = g.shift_start(start, delay)
-        for k, (s, e) in enumerate(g.exclusion_windows(shifted, end, tz=cfg.time_zone)):
+        pieces = g.exclusion_windows(shifted, end, tz=cfg.time_zone)
+        for k, (s, e) in enumerate(pieces):
             key = g.exclusion_key(cid, w["start"], k)
             body = g.build_exclusion(
                 cfg.customer_id,
@@ -134,6 +136,8 @@ def push_exclusions(
                 "for the conversion delay)",
             )
             prev = sent.get(key)
+            if prev and prev.get("removed"):
+                prev = None
             detail = {
                 "start": body["startDateTime"],
                 "end": body["endDateTime"],
@@ -152,8 +156,19 @@ def push_exclusions(
                 op = {"create": body}
             res.candidates += 1
             ops.append((key, op, {**info, "detail": detail}))
+        # a window now cut into fewer pieces (a shorter outage, a shorter delay): the pieces
+        # beyond are removed, not left behind
+        k = len(pieces)
+        while (key := g.exclusion_key(cid, w["start"], k)) in sent:
+            if not sent[key].get("removed"):
+                res.candidates += 1
+                gone = {"removed": True, "window": [w["start"], w["end"]]}
+                ops.append((key, {"remove": sent[key]["resource"]}, {**info, "detail": gone}))
+            k += 1
     local_now = g.conversion_date_time(now, cfg.time_zone)[:19]  # the account's wall clock
-    active = sum(1 for v in sent.values() if str(v.get("end", "")) >= local_now)
+    active = sum(
+        1 for v in sent.values() if not v.get("removed") and str(v.get("end", "")) >= local_now
+    )
     room = max(0, g.MAX_ACTIVE_EXCLUSIONS - active)
     creates = [o for o in ops if "create" in o[1]]
     if len(creates) > room:
@@ -181,7 +196,7 @@ def push_exclusions(
     headers = None if dry_run else google_headers(settings, need_client(client))
     for i, (key, op, info) in enumerate(ops, start=1):
         body = {"operations": [op], "partialFailure": False}
-        problems = g.exclusion_problems(op.get("create") or op["update"])
+        problems = [] if "remove" in op else g.exclusion_problems(op.get("create") or op["update"])
         if problems:
             res.left_out.append(
                 {**info, "key": key, "reason": "invalid", "detail": "; ".join(problems)}
@@ -204,8 +219,10 @@ def push_exclusions(
         req.update(status=reply.status, attempts=reply.attempts)
         if reply.ok:
             results = reply.body.get("results") or [{}]
-            resource = results[0].get("resourceName") or (op.get("update") or {}).get(
-                "resourceName"
+            resource = (
+                results[0].get("resourceName")
+                or (op.get("update") or {}).get("resourceName")
+                or op.get("remove")
             )
             ledger.write(
                 ws,
