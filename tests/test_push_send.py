@@ -471,3 +471,22 @@ def test_run_pushes_what_is_configured_and_survives_a_failing_platform(
     html = _push_table(doc2)
     assert "Meta CRM events" in html and "SIGNALLOOP_GOOGLE_DEVELOPER_TOKEN" in html
     assert SECRET not in json.dumps(doc2) and SECRET not in html
+
+
+def test_an_exclusion_whose_answer_was_lost_is_found_not_created_twice(
+    db: Path, sandbox: Sandbox
+) -> None:
+    s = settings_for(sandbox.base_url)
+    sandbox.drop_next("biddingDataExclusions:mutate")  # Google creates it, the answer is lost
+    with Workspace(db) as ws:
+        r = push(
+            ws, "exclusions", as_of=AS_OF, settings=s, dry_run=False, now=NOW, client=fast_client()
+        )
+        assert r.failed and r.sent == 0
+        assert r.requests[0]["attempts"] == 1  # a create is not blindly re-sent
+        again = push(
+            ws, "exclusions", as_of=AS_OF, settings=s, dry_run=False, now=NOW, client=fast_client()
+        )
+        adopted = [x for x in ledger.recent(ws, 100) if x["code"] == "ADOPTED"]
+    assert len(adopted) == 1
+    assert len(sandbox.exclusions) == again.sent + 1 == r.requests[0]["items"] + again.sent

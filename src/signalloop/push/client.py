@@ -121,8 +121,14 @@ class Client:
         json_body: Mapping[str, Any] | None = None,
         form: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
+        retry_network: bool = True,
     ) -> Reply:
-        """POST and retry what is worth retrying; never raises for an HTTP or network failure."""
+        """POST and retry what is worth retrying; never raises for an HTTP or network failure.
+
+        ``retry_network=False`` for a request the platform does not deduplicate (creating a
+        resource): an answer lost on the way back may mean it was done, and the caller
+        reconciles instead of sending it twice.
+        """
         attempt = 0
         while True:
             try:
@@ -147,6 +153,8 @@ class Client:
                     reply.error = error_message(body) or f"HTTP {r.status_code}"
                 retry_after = r.headers.get("retry-after")
             if reply.status not in RETRY_STATUSES and reply.status != 0:
+                return reply
+            if reply.status == 0 and not retry_network:
                 return reply
             if attempt >= self.retries:
                 return reply

@@ -86,6 +86,9 @@ def push_exclusions(
     delays = median_delays(ws, cutoff)
     account = sorted(delays.values())
     fallback = account[len(account) // 2] if account else None
+    headers = None if dry_run else google_headers(settings, need_client(client))
+    if headers is not None:  # what the account already holds of ours (a lost answer, ledger)
+        adopt_existing(ws, need_client(client), headers, settings)
     sent = ledger.sent_exclusions(ws)
     ops: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
     for w in windows:
@@ -193,7 +196,6 @@ def push_exclusions(
     url = (
         f"{cfg.base_url}/{cfg.api_version}/customers/{cfg.customer_id}/biddingDataExclusions:mutate"
     )
-    headers = None if dry_run else google_headers(settings, need_client(client))
     for i, (key, op, info) in enumerate(ops, start=1):
         body = {"operations": [op], "partialFailure": False}
         problems = [] if "remove" in op else g.exclusion_problems(op.get("create") or op["update"])
@@ -215,7 +217,9 @@ def push_exclusions(
             res.files.append(path)
         if dry_run:
             continue
-        reply = need_client(client).post(url, json_body=body, headers=headers)
+        reply = need_client(client).post(
+            url, json_body=body, headers=headers, retry_network="create" not in op
+        )
         req.update(status=reply.status, attempts=reply.attempts)
         if reply.ok:
             results = reply.body.get("results") or [{}]
@@ -245,3 +249,61 @@ def push_exclusions(
         elif not record_reply(ws, res, "google", "exclusion", [(key, info)], reply, False):
             break
     return res
+
+
+#: Exclusions signalloop made are named ``signalloop <key>``.
+NAME_PREFIX = "signalloop sl-excl-"
+
+
+def adopt_existing(
+    ws: Workspace, client: Client, headers: Mapping[str, str], settings: Settings
+) -> int:
+    """Record in the ledger the exclusions of ours the account holds that it does not know.
+
+    A create whose answer was lost (the connection dropped after Google acted), or a ledger
+    that was lost with its workspace, would otherwise send a second copy. One
+    ``googleAds:search`` (paged) lists the account's exclusions named ``signalloop sl-excl-...``;
+    each one the ledger lacks is written as sent. Returns how many were adopted.
+    """
+    cfg = settings.push.google
+    url = f"{cfg.base_url}/{cfg.api_version}/customers/{cfg.customer_id}/googleAds:search"
+    query = (
+        "SELECT bidding_data_exclusion.resource_name, bidding_data_exclusion.name, "
+        "bidding_data_exclusion.start_date_time, bidding_data_exclusion.end_date_time, "
+        "bidding_data_exclusion.status FROM bidding_data_exclusion "
+        f"WHERE bidding_data_exclusion.name LIKE '{NAME_PREFIX}%'"
+    )
+    known = ledger.sent_exclusions(ws)
+    adopted, token = [], None
+    while True:
+        body: dict[str, Any] = {"query": query}
+        if token:
+            body["pageToken"] = token
+        reply = client.post(url, json_body=body, headers=headers)
+        if not reply.ok:
+            return 0  # the account cannot be listed now: the ledger alone decides
+        for row in reply.body.get("results", []):
+            x = row.get("biddingDataExclusion", {})
+            key = str(x.get("name", ""))[len("signalloop ") :]
+            if x.get("status") == "REMOVED" or not key:
+                continue
+            mine = known.get(key)
+            if mine and mine.get("resource") == x.get("resourceName") and not mine.get("removed"):
+                continue
+            adopted.append(
+                ledger.entry(
+                    "google",
+                    "exclusion",
+                    key,
+                    status="sent",
+                    request_id=ledger.new_request_id(),
+                    resource=x.get("resourceName"),
+                    code="ADOPTED",
+                    message="found in the account, not in the ledger",
+                    detail={"start": x.get("startDateTime"), "end": x.get("endDateTime")},
+                )
+            )
+        token = reply.body.get("nextPageToken")
+        if not token:
+            break
+    return ledger.write(ws, adopted)
