@@ -183,6 +183,9 @@ class Evidence:
         ``crm_records`` account-wide shares are taken of) and ``campaigns`` (campaign id ->
         ``spend_per_day``, ``conversions_per_week``, ``conversions_source``). Empty: every
         impact is ``None``.
+    platforms
+        Campaign id -> ``meta``, ``google`` or ``None``: which push command a
+        ``feedback_loop_broken`` recommends.
     """
 
     as_of: date
