@@ -494,6 +494,7 @@ def _quality_table(rows: list[dict[str, Any]]) -> list[str]:
 def section(
     runs: list[dict[str, Any]],
     qual: list[dict[str, Any]],
+    scaled: list[dict[str, Any]],
     seeds: int,
     seconds: float,
     load: float,
@@ -564,9 +565,83 @@ def section(
         "exporters alike.",
         "",
         *_quality_table(qual),
+        "",
+        "**Cost with campaigns and history.** Simulated accounts (seed 3, no fault), as of "
+        "their last day: the checks (run once by `signalloop run` anyway), "
+        "`validated_outcomes` (the CRM's first reaches, identities, the click log joined per "
+        "person, the stage-regression rule) and the two dry-run pushes given its outcomes "
+        "(building, hashing and planning what is recent enough; no bodies written).",
+        "",
+        *_scale_table(scaled),
         END,
     ]
     return "\n".join(lines)
+
+
+#: (campaigns, days) of the accounts the cost-growth table simulates.
+SCALE = ((6, 90), (30, 90), (30, 180))
+
+
+def scale(campaigns: int, days: int, folder: Path) -> dict[str, Any]:
+    """validated_outcomes and the dry-run pushes on a simulated account of this size."""
+    from signalloop import simulate as sim
+    from signalloop.checks import run_checks
+    from signalloop.contract import KINDS
+    from signalloop.demo import demo_settings
+    from signalloop.ingest import ingest_file
+    from signalloop.push.outcomes import validated_outcomes
+
+    config = sim.SimulationConfig(days=days, campaigns=campaigns, seed=3)
+    result = sim.simulate(config)
+    paths = sim.write(result, folder / f"scale-{campaigns}-{days}")
+    with Workspace(folder / f"scale-{campaigns}-{days}.duckdb") as ws:
+        for kind in KINDS:
+            if kind in paths:
+                ingest_file(ws, kind, paths[kind])
+        as_of = config.start + timedelta(days=days - 1)
+        now = datetime.combine(as_of + timedelta(days=1), datetime.min.time(), UTC)
+        now += timedelta(hours=6)
+        touch = int(ws.con.execute("SELECT count(*) FROM touchpoints").fetchone()[0])  # type: ignore[index]
+        crm = int(ws.con.execute("SELECT count(*) FROM crm").fetchone()[0])  # type: ignore[index]
+        t0 = time.perf_counter()
+        report = run_checks(ws, as_of=as_of)
+        checks = time.perf_counter() - t0
+        held = {c["campaign_id"]: c["reasons"] for c in report.campaigns if c["gate"] == "hold"}
+        t0 = time.perf_counter()
+        oc = validated_outcomes(ws, as_of=as_of, held=held)
+        t_oc = time.perf_counter() - t0
+        platforms = {c: str(t["platform"]) for c, t in result.truth["campaigns"].items()}
+        settings = demo_settings(platforms)
+        pushes: dict[str, float] = {}
+        for target in ("meta", "google"):
+            t0 = time.perf_counter()
+            push(ws, target, as_of=as_of, settings=settings, now=now, outcomes=oc)
+            pushes[target] = time.perf_counter() - t0
+    return {
+        "campaigns": campaigns,
+        "days": days,
+        "touchpoints": touch,
+        "crm_rows": crm,
+        "candidates": len(oc.candidates),
+        "checks": checks,
+        "validated_outcomes": t_oc,
+        **pushes,
+    }
+
+
+def _scale_table(rows: list[dict[str, Any]]) -> list[str]:
+    out = [
+        "| campaigns | days | touchpoints | CRM rows | candidates | checks s | "
+        "validated_outcomes s | push meta (dry) s | push google (dry) s |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r['campaigns']} | {r['days']} | {r['touchpoints']:,} | {r['crm_rows']:,} | "
+            f"{r['candidates']:,} | {r['checks']:.2f} | {r['validated_outcomes']:.2f} | "
+            f"{r['meta']:.2f} | {r['google']:.2f} |"
+        )
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -595,7 +670,12 @@ def main(argv: list[str] | None = None) -> int:
             log(f"  {fault} seed {seed}: naive {q['naive']}, sent {q['sent']}, {q['stopped']}")
             qual.append(q)
     load = max(load, os.getloadavg()[1])
-    block = section(runs, qual, args.seeds, time.perf_counter() - t0, load)
+    scaled = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for campaigns, days in SCALE:
+            scaled.append(scale(campaigns, days, Path(tmp)))
+            log(f"  scale {campaigns} x {days}: {scaled[-1]}")
+    block = section(runs, qual, scaled, args.seeds, time.perf_counter() - t0, load)
     print(block)
     if not args.no_write:
         write_section(block, BEGIN, END)
