@@ -1,0 +1,137 @@
+"""What every command group shares: the two consoles, error handling, JSON output, the
+progress display, date parsing and the common options.
+
+Messages and progress go to ``err`` (stderr); tables and ``--json`` documents go to stdout.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    Progress,
+    SpinnerColumn,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from signalloop.errors import InputError, SignalloopError, UsageError
+
+# Messages never wrap mid-line (a long path must not split "1,143 loaded" across lines); piped
+# output (CI logs, files) gets room for the tables instead of Rich's 80-column default.
+err = Console(stderr=True, soft_wrap=True)
+out = Console(width=None if sys.stdout.isatty() else 120, soft_wrap=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DbOption = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        help="Workspace DuckDB file (default: $SIGNALLOOP_DB, else ./signalloop.duckdb).",
+        show_default=False,
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+
+
+def handle_errors(fn: F) -> F:
+    """Turn signalloop's errors into a one-line message on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (InputError, UsageError) as exc:
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except SignalloopError as exc:  # pragma: no cover - every raise site is one of the above
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def emit_json(doc: Any) -> None:
+    """Write one JSON document to stdout."""
+    sys.stdout.write(json.dumps(doc, indent=2, default=str, allow_nan=False) + "\n")
+
+
+@contextmanager
+def progress_bar(enabled: bool = True) -> Iterator[Callable[[str, float | None], None]]:
+    """A Rich progress display on stderr, yielded as a ``(label, fraction)`` callback."""
+    if not enabled:
+        yield lambda label, frac: None
+        return
+    bar = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    )
+    tasks: dict[str, Any] = {}
+    current: list[Any] = []
+
+    def update(label: str, frac: float | None) -> None:
+        stem = label.split(" ", 1)[-1]
+        if stem not in tasks:
+            tasks[stem] = bar.add_task(label, total=1.0)
+        task = tasks[stem]
+        current[:] = [task]
+        bar.update(task, description=label, completed=frac if frac is not None else 0.0)
+
+    with bar:
+        yield update
+
+
+def _parse_date(value: str | None, option: str) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise UsageError(f"{option} expects a date as YYYY-MM-DD, got {value!r}") from None
+
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="Settings file (default: $SIGNALLOOP_CONFIG, else ./signalloop.toml if present).",
+        show_default=False,
+    ),
+]
+AsOfOption = Annotated[
+    str | None,
+    typer.Option(
+        "--as-of", help="Evaluate as of this day (YYYY-MM-DD) \\[default: last day with data]."
+    ),
+]
+
+
+def _estimate(
+    fn: Callable[..., Any], as_of: str | None, db: str | None, config: Path | None
+) -> Any:
+    """Run one campaign-state estimate (``fn(ws, day, settings=...)``) on a read-only workspace."""
+    from signalloop.config import load_settings
+    from signalloop.store import Workspace
+
+    settings = load_settings(config)
+    day = _parse_date(as_of, "--as-of")
+    with Workspace(db, read_only=True) as ws:
+        return fn(ws, day, settings=settings)

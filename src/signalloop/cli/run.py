@@ -1,0 +1,161 @@
+"""``signalloop run``: the whole loop, and how a run reads on the terminal (library:
+:mod:`signalloop.run`).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from signalloop.cli.allocate import print_allocation
+from signalloop.cli.common import (
+    AsOfOption,
+    ConfigOption,
+    DbOption,
+    JsonOption,
+    _parse_date,
+    emit_json,
+    err,
+    handle_errors,
+    out,
+    progress_bar,
+)
+from signalloop.cli.diagnose import print_diagnoses, print_lens
+from signalloop.cli.ingest import _print_ingest, print_learnable
+from signalloop.errors import InputError, UsageError
+
+
+@handle_errors
+def run_loop(
+    as_of: AsOfOption = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Folder for report.html and report.json \\[default: \\[run] out, else "
+            "signalloop-report].",
+            show_default=False,
+        ),
+    ] = None,
+    inbox: Annotated[
+        Path | None,
+        typer.Option(
+            "--inbox",
+            help="Folder of new exports to ingest first \\[default: \\[run] inbox].",
+            show_default=False,
+        ),
+    ] = None,
+    budget: Annotated[
+        float | None,
+        typer.Option(
+            "--budget",
+            help="Daily budget to allocate \\[default: \\[run] budget, else the last 7 days' "
+            "mean spend].",
+            show_default=False,
+        ),
+    ] = None,
+    db: DbOption = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The whole loop, ingest to lens, writing report.html and report.json.
+
+    In order: ingest new files from the inbox, check the signals, nowcast, learning phase,
+    creative fatigue, refresh the models that are due, allocate, diagnose, read the lens.
+    """
+    from signalloop.config import load_settings
+    from signalloop.run import run
+    from signalloop.store import Workspace
+
+    settings = load_settings(config)
+    day = _parse_date(as_of, "--as-of")
+    if budget is not None and budget <= 0:
+        raise UsageError(f"--budget must be a positive daily amount, got {budget:g}")
+    with Workspace(db) as ws, progress_bar(not as_json or sys.stderr.isatty()) as progress:
+        doc = run(
+            ws,
+            as_of=day,
+            settings=settings,
+            out_dir=out_dir,
+            inbox=inbox,
+            budget=budget,
+            progress=progress,
+        )
+    if as_json:
+        emit_json(run_summary(doc))
+    else:
+        print_run(doc)
+    errors = (doc["inbox"] or {}).get("errors", [])
+    if errors:
+        first = errors[0]
+        raise InputError(
+            f"{len(errors)} inbox file(s) could not be ingested; the loop ran without them "
+            f"(first: {first['message']})"
+        )
+
+
+def run_summary(doc: dict[str, Any]) -> dict[str, Any]:
+    """What ``run --json`` prints: the run without its chart data (all of it is report.json)."""
+    keep = ("as_of", "workspace", "inbox", "learnable", "models", "allocation", "diagnosis", "lens")
+    summary = {k: doc[k] for k in keep}
+    summary["gates"] = [
+        {"campaign_id": c["campaign_id"], "gate": c["gate"], "reasons": c["reasons"]}
+        for c in doc["checks"]["campaigns"]
+    ]
+    summary["timings"] = doc["timings"]
+    summary["report"] = doc["report"]
+    return summary
+
+
+def print_run(doc: dict[str, Any], *, inbox: bool = True) -> None:
+    """A run on the terminal: inbox, models, allocation, warn+ diagnoses, lens, report path."""
+    box = doc.get("inbox") if inbox else None
+    if box is not None:
+        for f in box["files"]:
+            _print_ingest(f)
+        for x in box["not_taken"]:
+            err.print(f"[yellow]not taken[/] {escape(x['file'])}: {x['reason']}", highlight=False)
+        for x in box["errors"]:
+            err.print(f"[bold red]not ingested[/] {escape(x['message'])}", highlight=False)
+    if doc.get("learnable"):
+        print_learnable(doc["learnable"], compact=True)
+    for m in doc["models"]:
+        style = {"refreshed": "green", "fresh": "dim", "skipped": "yellow"}[m["status"]]
+        out.print(
+            f"model {m['outcome']}: [{style}]{m['status']}[/] ({escape(m.get('reason', ''))})",
+            highlight=False,
+        )
+    if doc["allocation"] is not None:
+        print_allocation(doc["allocation"])
+    print_diagnoses(doc["diagnosis"], min_severity="warn")
+    print_lens(doc["lens"])
+    if doc.get("push"):
+        print_pushes(doc["push"])
+    out.print(
+        f"\nreport: {doc['report']['html']}\n(data: {doc['report']['json']})", highlight=False
+    )
+
+
+def print_pushes(push: dict[str, Any]) -> None:
+    """One line per push target of a run."""
+    mode = "live" if push["live"] else f"dry run, bodies in {push['out']}"
+    out.print(f"[bold]sent back to the platforms[/] ({escape(mode)})", highlight=False)
+    for name, t in push["targets"].items():
+        if "counts" not in t:
+            out.print(f"  {name}: {t['status']}: {escape(t['message'])}", highlight=False)
+            continue
+        c = t["counts"]
+        moved = c.get("sent", c.get("planned", 0))
+        why = ", ".join(f"{n:,} {k}" for k, n in t["skipped_by_reason"].items())
+        left = ", ".join(f"{n:,} {k}" for k, n in t["left_out_by_reason"].items())
+        out.print(
+            f"  {name}: {moved:,} {'sent' if push['live'] else 'would be sent'}, "
+            f"{c['already_sent']:,} already sent"
+            + (f"; stopped by validation: {why}" if why else "")
+            + (f"; left out by the platform's rules: {left}" if left else ""),
+            highlight=False,
+        )
