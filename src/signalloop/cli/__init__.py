@@ -16,7 +16,8 @@ One module per command group, beside the library module it faces:
 - ``diagnose``: ``diagnose``, ``lens``;
 - ``run``: ``run``;
 - ``model``: the ``model`` sub-app (``fit``, ``score``, ``backtest``, ``route``);
-- ``push``: the ``push`` sub-app (``meta``, ``google``, ``exclusions``, ``ledger``).
+- ``push``: the ``push`` sub-app (``meta``, ``google``, ``exclusions``, ``ledger``);
+- ``keys``: the ``keys`` sub-app (``create``, ``list``, ``revoke``) for ``serve``.
 
 This module holds the Typer ``app``, registers every command on it in the order
 ``signalloop --help`` lists them, and :func:`main`, the console script.
@@ -30,7 +31,18 @@ from typing import Annotated
 import typer
 
 from signalloop import __version__
-from signalloop.cli import allocate, check, diagnose, ingest, model, push, run, simulate, state
+from signalloop.cli import (
+    allocate,
+    check,
+    diagnose,
+    ingest,
+    keys,
+    model,
+    push,
+    run,
+    simulate,
+    state,
+)
 from signalloop.cli.common import err, out
 
 __all__ = ["app", "main"]
@@ -69,6 +81,7 @@ app.command()(diagnose.lens)
 app.command("run")(run.run_loop)
 app.add_typer(model.model_app, name="model")
 app.add_typer(push.push_app, name="push")
+app.add_typer(keys.keys_app, name="keys")
 
 
 def main() -> None:
