@@ -214,26 +214,62 @@ def push_meta(
             "(or the Lead Ads id) to the CRM export, or name its column in [push.fields]"
         )
     url = f"{cfg.base_url}/{cfg.api_version}/{cfg.pixel_id or '{pixel_id}'}/events"
-    token = None if dry_run else _credential(settings, "meta", "access_token", "Meta access token")
-    folder = Path(out) if out is not None else None
-    for i, batch in enumerate(plan.requests, start=1):
-        body = m.request_body(batch, cfg.test_event_code)
-        path = write_body(folder, f"meta-events-{i:04d}.json", body)
-        req: dict[str, Any] = {"url": url, "items": len(batch), "file": path}
+    headers = None
+    if not dry_run:
+        token = _credential(settings, "meta", "access_token", "Meta access token")
+        headers = {"Authorization": f"Bearer {token}"}
+    send_batches(
+        ws,
+        res,
+        client,
+        url=url,
+        headers=headers,
+        bodies=[m.request_body(batch, cfg.test_event_code) for batch in plan.requests],
+        keys=[[(e["event_id"], by_id[e["event_id"]]) for e in batch] for batch in plan.requests],
+        folder=Path(out) if out is not None else None,
+        name="meta-events",
+        label="sending events to Meta",
+        progress=progress,
+    )
+    return res
+
+
+def send_batches(
+    ws: Workspace,
+    res: PushResult,
+    client: Client | None,
+    *,
+    url: str,
+    headers: Mapping[str, str] | None,
+    bodies: Sequence[Mapping[str, Any]],
+    keys: Sequence[Sequence[tuple[str, Mapping[str, Any]]]],
+    folder: Path | None,
+    name: str,
+    label: str,
+    progress: Progress | None,
+    row_errors: Callable[[dict[str, Any], int], list[dict[str, Any] | None]] | None = None,
+) -> None:
+    """Write each request body to ``folder``; unless ``res.dry_run``, send and record it.
+
+    ``keys[i]`` are the ledger keys (with their candidate) of ``bodies[i]``; ``row_errors``
+    parses a 2xx answer's per-row errors (Google's partial failure). Stops at the first
+    request that got no answer after the retries.
+    """
+    for i, (body, batch_keys) in enumerate(zip(bodies, keys, strict=True), start=1):
+        path = write_body(folder, f"{name}-{i:04d}.json", body)
+        req: dict[str, Any] = {"url": url, "items": len(batch_keys), "file": path}
         res.requests.append(req)
         if path:
             res.files.append(path)
-        if dry_run:
+        if res.dry_run:
             continue
-        assert client is not None and token is not None
         if progress:
-            progress("sending events to Meta", (i - 1) / len(plan.requests))
-        reply = client.post(url, json_body=body, headers={"Authorization": f"Bearer {token}"})
+            progress(label, (i - 1) / len(bodies))
+        reply = need_client(client).post(url, json_body=body, headers=headers)
         req.update(status=reply.status, attempts=reply.attempts)
-        keys = [(e["event_id"], by_id[e["event_id"]]) for e in batch]
-        if not record_reply(ws, res, "meta", "event", keys, reply, test):
+        errs = row_errors(reply.body, len(batch_keys)) if row_errors and reply.ok else None
+        if not record_reply(ws, res, res.platform, res.item, batch_keys, reply, res.test, errs):
             break
-    return res
 
 
 def _item(c: Mapping[str, Any], reason: str, detail: str) -> dict[str, Any]:
@@ -479,25 +515,20 @@ def push_google(
         res.left_out.append(_item(c, _google_reason(x["reasons"]), "; ".join(x["reasons"])))
     folder = Path(out) if out is not None else None
     base = f"{cfg.base_url}/{cfg.api_version}/customers/{cfg.customer_id}"
-    url = f"{base}:uploadClickConversions"
-    headers = None if dry_run else google_headers(settings, need_client(client))
-    for i, batch in enumerate(plan.requests, start=1):
-        body = g.request_body(batch, partial_failure=True)
-        path = write_body(folder, f"google-click-conversions-{i:04d}.json", body)
-        req: dict[str, Any] = {"url": url, "items": len(batch), "file": path}
-        res.requests.append(req)
-        if path:
-            res.files.append(path)
-        if dry_run:
-            continue
-        if progress:
-            progress("uploading conversions to Google Ads", (i - 1) / len(plan.requests))
-        reply = need_client(client).post(url, json_body=body, headers=headers)
-        req.update(status=reply.status, attempts=reply.attempts)
-        errs = g.row_errors(reply.body, len(batch)) if reply.ok else None
-        keys = [(cv["orderId"], by_id[cv["orderId"]]) for cv in batch]
-        if not record_reply(ws, res, "google", "click_conversion", keys, reply, False, errs):
-            break
+    send_batches(
+        ws,
+        res,
+        client,
+        url=f"{base}:uploadClickConversions",
+        headers=None if dry_run else google_headers(settings, need_client(client)),
+        bodies=[g.request_body(batch, partial_failure=True) for batch in plan.requests],
+        keys=[[(cv["orderId"], by_id[cv["orderId"]]) for cv in batch] for batch in plan.requests],
+        folder=folder,
+        name="google-click-conversions",
+        label="uploading conversions to Google Ads",
+        progress=progress,
+        row_errors=g.row_errors,
+    )
     gclid_rows = [cv for r in plan.requests for cv in r if cv.get("gclid")]
     if folder is not None and gclid_rows:
         path = write_body(
@@ -567,42 +598,21 @@ def push(
             raise UsageError(f"workspace {ws.path} holds no data yet: ingest something first")
     own = client is None and not dry_run
     live_client = Client() if own else client
+    common: dict[str, Any] = {
+        "as_of": as_of,
+        "settings": settings,
+        "dry_run": dry_run,
+        "out": out,
+        "now": now,
+        "client": live_client,
+    }
     try:
-        if target == "meta":
-            return push_meta(
-                ws,
-                as_of=as_of,
-                settings=settings,
-                dry_run=dry_run,
-                out=out,
-                now=now,
-                outcomes=outcomes,
-                client=live_client,
-                progress=progress,
-            )
-        if target == "google":
-            return push_google(
-                ws,
-                as_of=as_of,
-                settings=settings,
-                dry_run=dry_run,
-                out=out,
-                now=now,
-                outcomes=outcomes,
-                client=live_client,
-                progress=progress,
-            )
-        from signalloop.push.exclusions import push_exclusions
+        if target == "exclusions":
+            from signalloop.push.exclusions import push_exclusions
 
-        return push_exclusions(
-            ws,
-            as_of=as_of,
-            settings=settings,
-            dry_run=dry_run,
-            out=out,
-            now=now,
-            client=live_client,
-        )
+            return push_exclusions(ws, **common)
+        job = push_meta if target == "meta" else push_google
+        return job(ws, outcomes=outcomes, progress=progress, **common)
     finally:
         if own and live_client is not None:
             live_client.close()
