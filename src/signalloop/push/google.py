@@ -537,7 +537,6 @@ def plan_requests(
         raise ValueError(f"size must be 1-{MAX_CONVERSIONS}, got {size}")
     clicks = click_ts or {}
     plan = Plan()
-    current: list[dict[str, Any]] = []
     orders: set[str] = set()
     pairs: set[tuple[str, str, str]] = set()
     for conv in convs:
@@ -564,12 +563,7 @@ def plan_requests(
             orders.add(order)
         if click is not None:
             pairs.add((click, pair[1], pair[2]))
-        current.append(dict(conv))
-        if len(current) == size:
-            plan.requests.append(current)
-            current = []
-    if current:
-        plan.requests.append(current)
+        plan.take(conv, size)
     return plan
 
 

@@ -203,6 +203,12 @@ class Plan:
         """Events in the requests."""
         return sum(len(r) for r in self.requests)
 
+    def take(self, item: Mapping[str, Any], size: int) -> None:
+        """Add a valid item to the last request, or to a new one when that holds ``size``."""
+        if not self.requests or len(self.requests[-1]) >= size:
+            self.requests.append([])
+        self.requests[-1].append(dict(item))
+
 
 def plan_requests(
     events: Iterable[Mapping[str, Any]], now: datetime, *, size: int = MAX_BATCH
@@ -221,18 +227,12 @@ def plan_requests(
     if not 1 <= size <= MAX_BATCH:
         raise ValueError(f"size must be 1-{MAX_BATCH}, got {size}")
     plan = Plan()
-    current: list[dict[str, Any]] = []
     for e in events:
         why = problems(e, now)
         if why:
             plan.left_out.append({"event": dict(e), "reasons": why})
             continue
-        current.append(dict(e))
-        if len(current) == size:
-            plan.requests.append(current)
-            current = []
-    if current:
-        plan.requests.append(current)
+        plan.take(e, size)
     return plan
 
 
