@@ -38,7 +38,7 @@ from typing import Any
 
 import ibis
 
-from signalloop.attribution import attributed_conversions, crm_record_campaigns
+from signalloop.attribution import crm_record_campaigns
 from signalloop.checks.core import funnel_ranks, stage_flags
 from signalloop.config import Settings
 from signalloop.push.meta import lead_id as meta_lead_id
@@ -248,12 +248,10 @@ def validated_outcomes(
     per_rec = crm.group_by("record_id").aggregate(
         r_user=crm.user_id.arbitrary(), r_first=crm.ts.min(), **ident
     )
-    rec_campaign = crm_record_campaigns(ws, cutoff, conversions=_conversions(ws, cutoff))
+    rec_campaign = crm_record_campaigns(ws, cutoff)
     platforms = campaign_platforms(ws)
     google = [c for c, p in platforms.items() if p == "google"]
-    base = crm.group_by("record_id").aggregate(
-        user_id=crm.user_id.arbitrary(), first_ts=crm.ts.min()
-    )
+    base = per_rec.select("record_id", user_id="r_user", first_ts="r_first")
     clicks = _clicks(ws, base, cutoff, google) if google else None
 
     ev = crm.filter(crm.stage.isin(wanted))
@@ -332,11 +330,6 @@ def validated_outcomes(
                 | {"ts": item["ts"].isoformat(), "reason": reason, "detail": detail}
             )
     return out
-
-
-def _conversions(ws: Workspace, cutoff: datetime) -> Any:
-    conv = attributed_conversions(ws)
-    return conv.filter(conv.ts < cutoff)
 
 
 def _why(
