@@ -134,6 +134,7 @@ _TOP_KEYS = {
     "owners",
     "run",
     "push",
+    "serve",
 }
 #: Outcomes a ``[models] horizon_days`` table may name.
 _MODEL_OUTCOMES = ("conversion", "sql", "won", "value")
@@ -182,6 +183,19 @@ class RunSettings:
 
 
 @dataclass(frozen=True)
+class ServeSettings:
+    """``[serve]``: the web app (:mod:`signalloop.web`)."""
+
+    #: Local time ("HH:MM", the server's clock) of the daily run inside the server; ``None`` =
+    #: no scheduled run.
+    run_at: str | None = None
+    #: Largest ingest body accepted, in megabytes (decompressed); larger gets 413.
+    max_body_mb: float = 50.0
+    #: How long a browser login lasts.
+    session_hours: float = 12.0
+
+
+@dataclass(frozen=True)
 class Settings:
     """Project settings; every field has a working default."""
 
@@ -201,6 +215,8 @@ class Settings:
     run: RunSettings = field(default_factory=RunSettings)
     #: ``[push]``: sending validated outcomes to Meta and Google (:mod:`signalloop.push`).
     push: PushSettings = field(default_factory=PushSettings)
+    #: ``[serve]``: the web app's schedule and limits.
+    serve: ServeSettings = field(default_factory=ServeSettings)
     path: str | None = None
 
     def canonical_utm(self, value: str) -> str:
@@ -303,7 +319,25 @@ def settings_from_dict(doc: dict[str, Any], source: str = "<dict>") -> Settings:
         owners=_owners_from(doc.get("owners", {}), source),
         run=_run_from(doc.get("run", {}), source),
         push=push_from(doc["push"], source) if "push" in doc else PushSettings(),
+        serve=_serve_from(doc.get("serve", {}), source),
     )
+
+
+def _serve_from(serve: Any, source: str) -> ServeSettings:
+    _check_table(serve, "serve", ServeSettings, source)
+    run_at = serve.get("run_at")
+    if run_at is not None:
+        ok = isinstance(run_at, str) and len(run_at) == 5 and run_at[2] == ":"
+        hh, mm = (run_at[:2], run_at[3:]) if ok else ("", "")
+        if not (hh.isdigit() and mm.isdigit() and int(hh) < 24 and int(mm) < 60):
+            raise ConfigError(f'{source}: [serve] run_at must be "HH:MM" (24 h), got {run_at!r}')
+    numbers = {}
+    for name in ("max_body_mb", "session_hours"):
+        v = serve.get(name, getattr(ServeSettings, name))
+        if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
+            raise ConfigError(f"{source}: [serve] {name} must be a positive number, got {v!r}")
+        numbers[name] = float(v)
+    return ServeSettings(run_at=run_at, **numbers)
 
 
 def _check_table(table: Any, name: str, cls: type, source: str) -> None:

@@ -137,6 +137,49 @@ def revoke(ws: Workspace, key_id: str) -> Key:
     return next(k for k in list_keys(ws) if k.key_id == key_id)
 
 
+def parse_token(token: str | None) -> tuple[str, str] | None:
+    """``(key id, secret)`` of a well-formed token, else ``None`` (nothing is looked up).
+
+    >>> parse_token("sl_abcdefghij_" + "x" * 43)[0]
+    'abcdefghij'
+    >>> parse_token("Bearer nonsense") is None
+    True
+    """
+    m = _TOKEN.match(token or "")
+    return (m.group(1), m.group(2)) if m else None
+
+
+@dataclass(frozen=True)
+class StoredKey:
+    """A key's row as the server caches it: enough to verify a token without a query."""
+
+    key: Key
+    secret_sha256: str
+
+    def verify(self, secret: str, scope: str) -> bool:
+        """Whether ``secret`` is this key's (constant-time), it is live and holds ``scope``."""
+        if scope not in SCOPES:
+            raise UsageError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+        same = hmac.compare_digest(self.secret_sha256, _digest(secret))
+        return same and self.key.revoked_at is None and scope in self.key.scopes
+
+
+def stored_keys(ws: Workspace) -> dict[str, StoredKey]:
+    """Every key of the workspace by id, with its digest (for a server's cache)."""
+    ws.con.execute(KEYS_DDL)
+    rows = ws.con.execute(
+        "SELECT key_id, name, scopes, created_at, revoked_at, last_used_at, secret_sha256 "
+        "FROM api_keys"
+    ).fetchall()
+    return {r[0]: StoredKey(Key(r[0], r[1], tuple(r[2]), r[3], r[4], r[5]), r[6]) for r in rows}
+
+
+def touch(ws: Workspace, key_id: str, when: datetime | None = None) -> None:
+    """Record a use of the key in ``last_used_at``."""
+    when = when or datetime.now(UTC).replace(tzinfo=None)
+    ws.con.execute("UPDATE api_keys SET last_used_at = ? WHERE key_id = ?", [when, key_id])
+
+
 def check(ws: Workspace, token: str | None, scope: str) -> Key | None:
     """The key a token belongs to when it is valid, not revoked and has ``scope``; else None.
 
@@ -144,18 +187,13 @@ def check(ws: Workspace, token: str | None, scope: str) -> Key | None:
     """
     if scope not in SCOPES:
         raise UsageError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
-    m = _TOKEN.match(token or "")
-    if m is None:
+    parsed = parse_token(token)
+    if parsed is None:
         return None
-    ws.con.execute(KEYS_DDL)
-    row = ws.con.execute(
-        "SELECT name, scopes, secret_sha256, created_at, revoked_at FROM api_keys WHERE key_id = ?",
-        [m.group(1)],
-    ).fetchone()
-    if row is None or row[4] is not None:
-        return None
-    if not hmac.compare_digest(row[2], _digest(m.group(2))) or scope not in row[1]:
+    found = stored_keys(ws).get(parsed[0])
+    if found is None or not found.verify(parsed[1], scope):
         return None
     now = datetime.now(UTC).replace(tzinfo=None)
-    ws.con.execute("UPDATE api_keys SET last_used_at = ? WHERE key_id = ?", [now, m.group(1)])
-    return Key(m.group(1), row[0], tuple(row[1]), row[3], None, now)
+    touch(ws, parsed[0], now)
+    k = found.key
+    return Key(k.key_id, k.name, k.scopes, k.created_at, None, now)

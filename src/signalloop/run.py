@@ -429,6 +429,7 @@ def run(
     budget: float | None = None,
     progress: Progress | None = None,
     push_now: datetime | None = None,
+    run_id: str | None = None,
 ) -> dict[str, Any]:
     """Run the whole loop on ``ws`` and write ``report.html`` and ``report.json``.
 
@@ -448,6 +449,8 @@ def run(
     push_now
         The send clock of the pushes ``[push]`` configures (default the wall clock; a replay
         of an old account, such as the demo, passes the time it replays).
+    run_id
+        The id :mod:`signalloop.runs` recorded this run under; written into the report.
 
     Returns
     -------
@@ -580,6 +583,7 @@ def run(
         lap("push")
     doc: dict[str, Any] = {
         "signalloop_version": __version__,
+        "run_id": run_id,
         "as_of": as_of.isoformat(),
         "workspace": str(ws.path),
         "config": settings.path,

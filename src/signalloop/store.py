@@ -138,6 +138,23 @@ class Workspace:
         return {name: int(self.table(name).count().execute()) for name in KINDS}
 
     # -- lifecycle --------------------------------------------------------------------------
+    def cursor(self) -> Workspace:
+        """Another handle on the same open database, for another thread (``con.cursor()``).
+
+        DuckDB lets one process open a file once; threads (the web server's requests, its
+        daily run) each take a cursor, with their own transactions and temporary tables.
+
+        >>> ws = Workspace(":memory:")
+        >>> with ws.cursor() as other:
+        ...     other.table("spend").count().execute()
+        0
+        """
+        other = Workspace.__new__(Workspace)
+        other.path, other.read_only = self.path, self.read_only
+        other.con = self.con.cursor()
+        other.con.execute("SET TimeZone = 'UTC'")
+        return other
+
     def close(self) -> None:
         self.con.close()
 

@@ -17,6 +17,7 @@ One module per command group, beside the library module it faces:
 - ``run``: ``run``;
 - ``model``: the ``model`` sub-app (``fit``, ``score``, ``backtest``, ``route``);
 - ``push``: the ``push`` sub-app (``meta``, ``google``, ``exclusions``, ``ledger``);
+- ``serve``: ``serve`` (the web app, :mod:`signalloop.web`);
 - ``keys``: the ``keys`` sub-app (``create``, ``list``, ``revoke``) for ``serve``.
 
 This module holds the Typer ``app``, registers every command on it in the order
@@ -40,6 +41,7 @@ from signalloop.cli import (
     model,
     push,
     run,
+    serve,
     simulate,
     state,
 )
@@ -81,6 +83,7 @@ app.command()(diagnose.lens)
 app.command("run")(run.run_loop)
 app.add_typer(model.model_app, name="model")
 app.add_typer(push.push_app, name="push")
+app.command()(serve.serve)
 app.add_typer(keys.keys_app, name="keys")
 
 

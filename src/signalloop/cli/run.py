@@ -68,7 +68,7 @@ def run_loop(
     creative fatigue, refresh the models that are due, allocate, diagnose, read the lens.
     """
     from signalloop.config import load_settings
-    from signalloop.run import run
+    from signalloop.runs import execute
     from signalloop.store import Workspace
 
     settings = load_settings(config)
@@ -76,11 +76,13 @@ def run_loop(
     if budget is not None and budget <= 0:
         raise UsageError(f"--budget must be a positive daily amount, got {budget:g}")
     with Workspace(db) as ws, progress_bar(not as_json or sys.stderr.isatty()) as progress:
-        doc = run(
+        doc = execute(
             ws,
+            trigger="cli",
+            actor=None,
             as_of=day,
             settings=settings,
-            out_dir=out_dir,
+            out_dir=out_dir if out_dir is not None else settings.run.out,
             inbox=inbox,
             budget=budget,
             progress=progress,

@@ -197,3 +197,9 @@ def demo(
         "| phase | fatigue | allocate --budget X | model backtest (each takes --json)",
         highlight=False,
     )
+    serve = summary["serve"]
+    out.print(
+        f"\nthe web app: {serve['command']}  then open {serve['url']} and log in with the "
+        f"key in {serve['key_file']} (readable by you only)",
+        highlight=False,
+    )
