@@ -14,6 +14,7 @@ kept to the loader (:mod:`signalloop.ingest`) and to schema management here.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cached_property
@@ -101,6 +102,14 @@ class Workspace:
         try:
             self.con = duckdb.connect(self.path, read_only=read_only)
         except duckdb.Error as exc:
+            if "lock" in str(exc).lower():
+                pid = re.search(r"PID (\d+)", str(exc))
+                raise UsageError(
+                    f"workspace {self.path} is open in another process"
+                    + (f" (PID {pid.group(1)}, e.g. signalloop serve)" if pid else "")
+                    + ": DuckDB lets one process write a file; stop it, or do this through "
+                    "that process (the web app's pages and ingest API)"
+                ) from None
             raise InputError(f"cannot open as a DuckDB workspace: {exc}", file=self.path) from exc
         self.con.execute("SET TimeZone = 'UTC'")
         if not read_only:

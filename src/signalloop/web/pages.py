@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -103,16 +104,21 @@ def respond(
     data: dict[str, Any],
     p: Principal,
     *,
-    figures: list[tuple[str, go.Figure]] | None = None,
+    figures: Callable[[], list[tuple[str, go.Figure]]] | None = None,
+    cache: tuple[WorkspaceHandle, str] | None = None,
     title: str = "",
     nav: str = "",
 ) -> Response:
-    """The page, or its JSON twin (``data`` as is)."""
+    """The page, or its JSON twin (``data`` as is).
+
+    ``figures`` makes the page's Plotly figures (only for HTML); with ``cache`` (the workspace
+    and a key naming the run and page) their JSON is made once per run.
+    """
     from signalloop.web.app import wants_json
 
     if wants_json(request):
         return JSONResponse(json.loads(json.dumps(data, default=str)))
-    figs = [(name, fig.to_json()) for name, fig in (figures or [])]
+    figs = _figures(figures, cache)
     return templates.TemplateResponse(
         request,
         template,
@@ -130,6 +136,23 @@ def respond(
             + (f"?{request.url.query}" if request.url.query else ""),
         },
     )
+
+
+def _figures(
+    make: Callable[[], list[tuple[str, go.Figure]]] | None,
+    cache: tuple[WorkspaceHandle, str] | None,
+) -> list[tuple[str, str]]:
+    if make is None:
+        return []
+    if cache is None:
+        return [(name, fig.to_json()) for name, fig in make()]
+    h, key = cache
+    store: dict[str, list[tuple[str, str]]] = h.extras.setdefault("figures", {})
+    if key not in store:
+        if len(store) > 64:
+            store.clear()
+        store[key] = [(name, fig.to_json()) for name, fig in make()]
+    return store[key]
 
 
 def render_error(request: Request, status: int, message: str) -> Response:
@@ -219,13 +242,25 @@ def overview_page(request: Request, ws: str, p: Principal = READ) -> Response:
     found = current(h)
     run, doc = found if found else (None, None)
     data = views.overview(doc, run, h.runs.state(), _next_run(h)) | {"workspace": h.name}
-    figures = []
-    if doc is not None and data.get("environment_history"):
-        figures.append(("environment", rpt.fig_environment(data["environment_history"])))
-    if doc is not None and (doc.get("charts") or {}).get("conversions"):
-        figures.append(("conversions", rpt.fig_conversions(doc["charts"]["conversions"])))
+
+    def figures() -> list[tuple[str, go.Figure]]:
+        charts = (doc or {}).get("charts") or {}
+        out = []
+        if charts.get("signal_environment"):
+            out.append(("environment", rpt.fig_environment(charts["signal_environment"])))
+        if charts.get("conversions"):
+            out.append(("conversions", rpt.fig_conversions(charts["conversions"])))
+        return out
+
     return respond(
-        request, "overview.html", data, p, figures=figures, title="Overview", nav="overview"
+        request,
+        "overview.html",
+        data,
+        p,
+        figures=figures,
+        cache=(h, f"{run['run_id']}:overview") if run else None,
+        title="Overview",
+        nav="overview",
     )
 
 
@@ -289,7 +324,8 @@ def campaign_page(request: Request, ws: str, cid: str, p: Principal = READ) -> R
         "campaign.html",
         data,
         p,
-        figures=campaign_figures(data),
+        figures=lambda: campaign_figures(data),
+        cache=(h, f"{run['run_id']}:campaign:{cid}"),
         title=f"Campaign {cid}",
         nav="overview",
     )
@@ -393,11 +429,20 @@ def allocation_page(request: Request, ws: str, p: Principal = READ) -> Response:
         "workspace": h.name,
         "can_approve": "approve" in p.scopes,
     }
-    figures = []
-    if (doc.get("charts") or {}).get("allocation", {}).get("arms"):
-        figures.append(("allocation", rpt.fig_allocation(doc["charts"]["allocation"])))
+
+    def figures() -> list[tuple[str, go.Figure]]:
+        chart = (doc.get("charts") or {}).get("allocation") or {}
+        return [("allocation", rpt.fig_allocation(chart))] if chart.get("arms") else []
+
     return respond(
-        request, "allocation.html", data, p, figures=figures, title="Allocation", nav="allocation"
+        request,
+        "allocation.html",
+        data,
+        p,
+        figures=figures,
+        cache=(h, f"{run['run_id']}:allocation"),
+        title="Allocation",
+        nav="allocation",
     )
 
 
