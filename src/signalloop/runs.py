@@ -19,7 +19,7 @@ import secrets
 import threading
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
@@ -280,6 +280,7 @@ class RunManager:
 
     def _work(self, run_id: str, trigger: str, actor: str | None, kwargs: dict[str, Any]) -> None:
         error = None
+        _lower_priority()
         try:
             settings = self.settings()
             with self.open_workspace() as ws:
@@ -303,6 +304,18 @@ class RunManager:
         finally:
             with self._lock:
                 self._state = RunState(last_error=error, last_run_id=run_id)
+
+
+def _lower_priority(niceness: int = 10) -> None:
+    """Make the calling thread (and the model threads it starts) yield the CPU to requests.
+
+    Linux schedules threads as tasks, so this lowers only the run's thread; elsewhere it is a
+    no-op.
+    """
+    import os
+
+    with suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
 
 
 def iter_due(

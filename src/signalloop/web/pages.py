@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ READ = Depends(require("read"))
 APPROVE = Depends(require("approve"))
 #: Report documents kept parsed per workspace (the newest runs).
 DOC_CACHE = 4
+#: Seconds the newest run is trusted without looking at the runs table again.
+CURRENT_SECONDS = 5.0
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -77,15 +80,28 @@ def load_doc(h: WorkspaceHandle, run: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def current(h: WorkspaceHandle) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """``(run row, report)`` of the newest successful run (cached parse)."""
+    """``(run row, report)`` of the newest successful run.
+
+    Kept for :data:`CURRENT_SECONDS` and dropped when a run of this server ends, so readers of
+    a busy server do not query the runs table on every page view.
+    """
+    now = time.monotonic()
+    cached = h.extras.get("current")
+    ended = h.runs.state()["last_run_id"]
+    if cached is not None and now - cached[0] < CURRENT_SECONDS and cached[1] == ended:
+        found: tuple[dict[str, Any], dict[str, Any]] | None = cached[2]
+        return found
     with h.open() as ws:
         rows = list_runs(ws, limit=50)
+    found = None
     for r in rows:
         if r["status"] == "ok":
             doc = load_doc(h, r)
             if doc is not None:
-                return r, doc
-    return None
+                found = (r, doc)
+                break
+    h.extras["current"] = (now, ended, found)
+    return found
 
 
 def _next_run(h: WorkspaceHandle) -> str | None:

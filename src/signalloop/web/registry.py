@@ -110,7 +110,10 @@ class WorkspaceHandle:
     def key(self, key_id: str) -> StoredKey | None:
         """The stored key ``key_id`` (cached for :data:`KEY_CACHE_SECONDS`; re-read on a miss)."""
         now = time.monotonic()
-        if now - self._keys_at > KEY_CACHE_SECONDS or key_id not in self._keys:
+        age = now - self._keys_at
+        # a miss re-reads the table (a key just created), but at most once a second, so a
+        # stream of made-up key ids cannot turn every request into a query
+        if age > KEY_CACHE_SECONDS or (key_id not in self._keys and age > 1.0):
             with self.open() as ws:
                 self._keys = stored_keys(ws)
             self._keys_at = now
