@@ -476,6 +476,8 @@ def _parse_jsonl(data: bytes, digest: str, spec: Kind, prof: Profile) -> Body:
         lines.append(n)
     if not objects:
         raise UnreadableBody("the body holds no JSON objects", line=1)
+    if not columns:
+        raise UnreadableBody("the JSON objects have no keys: expected the kind's columns")
     names = list(columns)
     buf = io.StringIO()
     # "\r\n" as terminator makes the writer quote a value holding a lone "\r"; each record
@@ -747,7 +749,7 @@ def _ingest_alone(
                     "UPDATE ingest_log SET file = ? WHERE file = ? AND status = 'failed'",
                     [batch.label, str(staged)],
                 )
-                return _failed(batch, exc)
+                return _failed(batch, exc, staged)
             assert res.ingest_id is not None
             if res.status == "skipped":
                 held.begin()
@@ -773,8 +775,12 @@ def _ingest_alone(
         staged.unlink(missing_ok=True)
 
 
-def _failed(batch: Batch, exc: InputError) -> dict[str, Any]:
-    """The answer for a body ingest cannot read, its line mapped into the body as sent."""
+def _failed(batch: Batch, exc: InputError, staged: Path) -> dict[str, Any]:
+    """The answer for a body ingest cannot read, its line mapped into the body as sent.
+
+    The message names the request, never the staging file, and keeps its first line (a
+    DuckDB error may go on with the SQL it ran).
+    """
     line = exc.line
     body = batch.body
     if line is not None and body.header is not None:
@@ -785,7 +791,7 @@ def _failed(batch: Batch, exc: InputError) -> dict[str, Any]:
     return {
         "request_id": batch.request_id,
         "status": "failed",
-        "error": exc.message,
+        "error": exc.message.replace(str(staged), batch.label).split("\n")[0].strip(),
         "line": line,
         "column": exc.column,
     }
