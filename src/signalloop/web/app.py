@@ -145,15 +145,11 @@ def create_app(registry: Registry, *, schedule: bool = True) -> FastAPI:
         """Liveness: no key needed, says nothing about the data."""
         return {"ok": True, "version": __version__}
 
+    from signalloop.web.api import router as api_router
     from signalloop.web.pages import router as pages_router
 
     app.include_router(pages_router)
-    try:
-        from signalloop.web.api import router as api_router
-    except ImportError:  # pragma: no cover - the ingest API module is optional while it lands
-        api_router = None
-    if api_router is not None:
-        app.include_router(api_router)
+    app.include_router(api_router)
 
     def error(request: Request, status: int, message: str, **extra: Any) -> Response:
         if wants_json(request):
