@@ -234,6 +234,8 @@ class RunManager:
         self.open_workspace = open_workspace
         self.settings = settings
         self.before = before
+        #: Called (in the run's thread) after a run that ended well, e.g. to warm caches.
+        self.on_done: Callable[[], None] | None = None
         self._lock = threading.Lock()
         self._state = RunState()
         self._thread: threading.Thread | None = None
@@ -304,6 +306,10 @@ class RunManager:
         finally:
             with self._lock:
                 self._state = RunState(last_error=error, last_run_id=run_id)
+        if error is None and self.on_done is not None:
+            # a cache that could not be warmed is made on the first page view instead
+            with suppress(Exception):
+                self.on_done()
 
 
 def _lower_priority(niceness: int = 10) -> None:

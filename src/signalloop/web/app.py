@@ -13,6 +13,7 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import date, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -113,8 +114,15 @@ def create_app(registry: Registry, *, schedule: bool = True) -> FastAPI:
     """
     scheduler = Scheduler(registry) if schedule else None
 
+    from signalloop.web.pages import warm
+
+    for h in registry.handles.values():
+        h.runs.on_done = partial(warm, h)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for h in registry.handles.values():
+            threading.Thread(target=warm, args=(h,), name=f"warm-{h.name}", daemon=True).start()
         if scheduler is not None:
             scheduler.start()
         yield

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +37,7 @@ from signalloop.web.auth import (
 )
 from signalloop.web.registry import WorkspaceHandle
 
+log = logging.getLogger("signalloop.web")
 router = APIRouter()
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 READ = Depends(require("read"))
@@ -102,6 +104,16 @@ def current(h: WorkspaceHandle) -> tuple[dict[str, Any], dict[str, Any]] | None:
                 break
     h.extras["current"] = (now, ended, found)
     return found
+
+
+def warm(h: WorkspaceHandle) -> None:
+    """Read the newest run and route its open leads ahead of the first page view."""
+    try:
+        found = current(h)
+        if found is not None:
+            _routing(h, found[1])
+    except Exception:  # warming is best effort: a page view does the same and reports errors
+        log.exception("warming the caches of workspace %s", h.name)
 
 
 def _next_run(h: WorkspaceHandle) -> str | None:
