@@ -338,6 +338,21 @@ def test_group_split_is_exactly_each_body_alone(tmp_path: Path, seed: int) -> No
     ref.close()
 
 
+def test_group_split_when_every_good_row_is_new(tmp_path: Path) -> None:
+    """No copies, nothing already stored: the split needs no keys, only the quarantine."""
+    bodies = _random_bodies(random.Random(11), 4, pool=1_000_000)
+    ref, results, labels = _alone(tmp_path, bodies, None)
+    assert all(r.rows_existing == r.rows_folded == 0 for r in results)
+    with Workspace(tmp_path / "group.duckdb") as ws:
+        answers = ingest_group(ws, "touchpoints", [batch(b, f"r{i}") for i, b in enumerate(bodies)])
+        assert [a["group_size"] for a in answers] == [4] * 4
+        got = [(a["rows_loaded"], a["rows_quarantined"]) for a in answers]
+        assert got == [(r.rows_loaded, r.rows_quarantined) for r in results]
+        assert sum(a["rows_quarantined"] for a in answers) > 0
+        assert _snapshot(ws, {}) == _snapshot(ref, labels)
+    ref.close()
+
+
 def test_group_split_with_a_typed_composite_key(tmp_path: Path) -> None:
     """CRM's key (record_id, stage, ts): timestamps written two ways are one key."""
     header = ["record_id", "stage", "ts", "amount"]

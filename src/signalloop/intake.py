@@ -45,6 +45,7 @@ import secrets
 import shutil
 import tempfile
 import threading
+import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -71,6 +72,8 @@ from signalloop.validate import _text_expr, _typed
 DEFAULT_MAX_BODY_BYTES = 50 * 1024 * 1024
 #: A writer groups requests up to this many rows into one ingest.
 GROUP_MAX_ROWS = 50_000
+#: How long a writer that wakes up waits for as many requests as its last commit took.
+LINGER_SECONDS = 0.015
 #: Bodies larger than this (decompressed) are ingested alone, as sent, without a Python parse.
 GROUP_MAX_BODY_BYTES = 8 * 1024 * 1024
 #: How many quarantined rows an answer lists (the counts by reason cover all of them).
@@ -387,6 +390,9 @@ def _parse_csv(data: bytes, digest: str, spec: Kind, prof: Profile) -> Body:
         return as_sent  # ingest names the line
     if text.startswith("\ufeff"):
         text = text[1:]
+    simple = _parse_csv_lines(text, len(data), digest, spec, prof)
+    if simple is not None:
+        return simple
     physical = _NEWLINES.findall(text)
     if not physical:
         return as_sent
@@ -422,6 +428,49 @@ def _parse_csv(data: bytes, digest: str, spec: Kind, prof: Profile) -> Body:
         header=header,
         records="".join(records),
         lines=lines,
+        keys=keys,
+        groupable=True,
+    )
+
+
+def _parse_csv_lines(text: str, size: int, digest: str, spec: Kind, prof: Profile) -> Body | None:
+    """The common case fast: every record on one line, no blank line (else ``None``).
+
+    ``"\r\n"`` endings become ``"\n"``: safe here, since no quoted value spans lines.
+    """
+    if "\r" in text:
+        text = text.replace("\r\n", "\n")
+        if "\r" in text:
+            return None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if len(lines) < 1:
+        return None
+    reader = csv.reader(lines, delimiter=csv_delimiter(lines[0]), strict=True)
+    keys: list[tuple[str | None, ...] | None] = []
+    try:
+        columns = next(reader)
+        sources = _key_sources(spec, prof, columns)
+        if reader.line_num != 1 or sources is None:
+            return None
+        width = len(columns)
+        for n, row in enumerate(reader, start=2):
+            if reader.line_num != n or not row:
+                return None  # a record over several lines, or a blank line
+            keys.append(tuple(_null(row[i]) for i in sources) if len(row) == width else None)
+    except csv.Error:
+        return None
+    header, _, records = text.partition("\n")
+    if records and not records.endswith("\n"):
+        records += "\n"
+    return Body(
+        "csv",
+        size,
+        digest,
+        header=header,
+        records=records,
+        lines=list(range(2, len(keys) + 2)),
         keys=keys,
         groupable=True,
     )
@@ -702,17 +751,26 @@ def _register_records(con: duckdb.DuckDBPyConnection, batches: Sequence[Batch]) 
 
 
 def _relabel(
-    con: duckdb.DuckDBPyConnection, ingest_id: int, staged: Path, batches: Sequence[Batch]
+    con: duckdb.DuckDBPyConnection,
+    ingest_id: int,
+    staged: Path,
+    batches: Sequence[Batch],
+    *,
+    quarantine: bool,
+    duplicates: bool,
 ) -> None:
-    """Give this ingest's quarantine and duplicates rows the requests' labels and lines."""
+    """Give this ingest's quarantine and duplicates rows the requests' labels and lines
+    (``_sl_recs`` maps them for a parsed body); only the tables that got rows are touched."""
     path = str(staged)
     mapped = batches[0].body.header is not None
-    if mapped:
+    tables = [t for t, has in (("quarantine", quarantine), ("duplicates", duplicates)) if has]
+    if mapped and quarantine:
         con.execute(
             "UPDATE quarantine SET file = r.file, line = r.line FROM _sl_recs r "
             "WHERE quarantine.ingest_id = ? AND quarantine.file = ? AND quarantine.line = r.g",
             [ingest_id, path],
         )
+    if mapped and duplicates:
         con.execute(
             "UPDATE duplicates SET file = r.file, first_line = r.line FROM _sl_recs r "
             "WHERE duplicates.ingest_id = ? AND duplicates.file = ? "
@@ -720,7 +778,7 @@ def _relabel(
             [ingest_id, path],
         )
     label = batches[0].label  # whatever did not map (a single body only)
-    for table in ("quarantine", "duplicates"):
+    for table in tables:
         con.execute(
             f"UPDATE {table} SET file = ? WHERE ingest_id = ? AND file = ?",
             [label, ingest_id, path],
@@ -755,9 +813,10 @@ def _ingest_alone(
                 held.begin()
                 answer = _skipped(con, kind, batch, res.ingest_id, res.message)
             else:
-                if batch.body.header is not None:
+                bad, folded = res.rows_quarantined > 0, res.rows_folded > 0
+                if batch.body.header is not None and (bad or folded):
                     _register_records(con, [batch])
-                _relabel(con, res.ingest_id, staged, [batch])
+                _relabel(con, res.ingest_id, staged, [batch], quarantine=bad, duplicates=folded)
                 counts = {
                     "received": res.rows_read,
                     "loaded": res.rows_loaded,
@@ -861,13 +920,18 @@ def _answers(
 ) -> list[dict[str, Any]]:
     """Each request's answer, its quarantine reasons and first rows read back by label."""
     reasons: dict[str, dict[str, int]] = {}
+    samples: dict[str, list[dict[str, Any]]] = {}
+    if not any(c.get("quarantined") for c in counts):
+        return [
+            _answer(b, kind, ingest_id, "ok", c, {}, [], len(batches))
+            for b, c in zip(batches, counts, strict=True)
+        ]
     for file, code, n in con.execute(
         "SELECT file, code, count(*) FROM quarantine WHERE ingest_id = ? "
         "GROUP BY ALL ORDER BY 1, 3 DESC, 2",
         [ingest_id],
     ).fetchall():
         reasons.setdefault(str(file), {})[str(code)] = int(n)
-    samples: dict[str, list[dict[str, Any]]] = {}
     for file, line, column, code, reason in con.execute(
         'SELECT file, line, "column", code, reason FROM quarantine WHERE ingest_id = ? '
         f"QUALIFY row_number() OVER (PARTITION BY file ORDER BY line) <= {SAMPLE_ROWS} "
@@ -953,11 +1017,18 @@ def _ingest_together(
             total = sum(len(b.body.lines) for b in batches)
             if res.rows_read != total:
                 raise _Mismatch(f"ingest read {res.rows_read} rows, the bodies hold {total}")
-            _register_records(con, batches)
-            prof = get_profile(profile)
-            _register_keys(con, spec, prof, batches)
-            key, campaign = _key_sql(spec, prof, _header_columns(batches))
-            counts = _split(con, spec, key, campaign, ingest_id, len(batches), res.rows_quarantined)
+            clean = res.rows_existing == 0 and res.rows_folded == 0
+            if res.rows_quarantined or not clean:
+                _register_records(con, batches)
+            if clean:  # every good record is new and its key's only one: all loaded
+                counts = _split_clean(con, ingest_id, batches, res.rows_quarantined)
+            else:
+                prof = get_profile(profile)
+                _register_keys(con, spec, prof, batches)
+                key, campaign = _key_sql(spec, prof, _header_columns(batches))
+                counts = _split(
+                    con, spec, key, campaign, ingest_id, len(batches), res.rows_quarantined
+                )
             if (
                 sum(c["loaded"] for c in counts) != res.rows_loaded
                 or sum(c["quarantined"] for c in counts) != res.rows_quarantined
@@ -965,8 +1036,16 @@ def _ingest_together(
                 raise _Mismatch("the per-request counts do not add up to the ingest's")
             for b, c in zip(batches, counts, strict=True):
                 c["received"] = len(b.body.lines)
-            _per_request_duplicates(con, spec, ingest_id, staged)
-            _relabel(con, ingest_id, staged, batches)
+            if not clean:
+                _per_request_duplicates(con, spec, ingest_id, staged)
+            _relabel(
+                con,
+                ingest_id,
+                staged,
+                batches,
+                quarantine=res.rows_quarantined > 0,
+                duplicates=False,  # rewritten per request above
+            )
             answers = _answers(con, kind, ingest_id, batches, counts)
             _store(con, batches, answers)
             held.commit()
@@ -1052,13 +1131,7 @@ def _split(
     loaded; folded when an earlier record of the same request has its key: what ingesting
     the requests one by one, in order, would have counted.
     """
-    q_lines = con.execute(
-        "SELECT count(*), count(r.g) FROM quarantine q LEFT JOIN _sl_recs r ON r.g = q.line "
-        "WHERE q.ingest_id = ?",
-        [ingest_id],
-    ).fetchone()
-    if q_lines is None or int(q_lines[0]) != quarantined or int(q_lines[1]) != quarantined:
-        raise _Mismatch("quarantined lines outside the staged records")
+    per = _quarantined_per_request(con, ingest_id, n, quarantined)
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE _sl_good AS SELECT _sl_g AS g, _sl_req AS req, {key} "
         f"AS key, {campaign} AS campaign FROM _sl_keys WHERE _sl_g NOT IN "
@@ -1066,15 +1139,12 @@ def _split(
         [ingest_id],
     )
     target = quote_ident(spec.name)
-    landed = con.execute(
-        f"SELECT count(*), count(DISTINCT k) FROM (SELECT {_stored_key_sql(spec)} AS k "
-        f"FROM {target} WHERE _ingest_id = ?)",
-        [ingest_id],
-    ).fetchone()
     rows = con.execute(
         f"""
-        WITH landed AS (
-            SELECT DISTINCT {_stored_key_sql(spec)} AS key FROM {target} WHERE _ingest_id = ?
+        WITH landed_rows AS (
+            SELECT {_stored_key_sql(spec)} AS key FROM {target} WHERE _ingest_id = ?
+        ), landed AS (
+            SELECT DISTINCT key FROM landed_rows
         ), ranked AS (
             SELECT req, key,
                 row_number() OVER (PARTITION BY key ORDER BY g) AS in_group,
@@ -1084,26 +1154,57 @@ def _split(
         SELECT req,
             count(*) FILTER (WHERE in_group = 1 AND key IN (SELECT key FROM landed)),
             count(*) FILTER (WHERE in_req > 1),
-            count(*)
+            count(*),
+            (SELECT count(*) FROM landed_rows),
+            (SELECT count(*) FROM landed)
         FROM ranked GROUP BY req
         """,
         [ingest_id],
     ).fetchall()
-    q_rows = con.execute(
+    counts = [{"loaded": 0, "quarantined": bad, "existing": 0, "folded": 0} for bad in per]
+    landed = (0, 0)
+    for req, loaded, folded, good, landed_rows, landed_keys in rows:
+        c = counts[int(req)]
+        c.update(loaded=int(loaded), folded=int(folded), existing=int(good - loaded - folded))
+        landed = (int(landed_rows), int(landed_keys))
+    total = sum(c["loaded"] for c in counts)
+    if landed != (total, total):
+        raise _Mismatch("the landed rows do not match the records' keys")
+    return counts
+
+
+def _quarantined_per_request(
+    con: duckdb.DuckDBPyConnection, ingest_id: int, n: int, quarantined: int
+) -> list[int]:
+    """Quarantined records per request, by staged line; every line must map to a record."""
+    per = [0] * n
+    if not quarantined:
+        return per
+    row = con.execute(
+        "SELECT count(*), count(r.g) FROM quarantine q LEFT JOIN _sl_recs r ON r.g = q.line "
+        "WHERE q.ingest_id = ?",
+        [ingest_id],
+    ).fetchone()
+    if row is None or int(row[0]) != quarantined or int(row[1]) != quarantined:
+        raise _Mismatch("quarantined lines outside the staged records")
+    for req, bad in con.execute(
         "SELECT r.req, count(*) FROM quarantine q JOIN _sl_recs r ON r.g = q.line "
         "WHERE q.ingest_id = ? GROUP BY 1",
         [ingest_id],
-    ).fetchall()
-    counts = [{"loaded": 0, "quarantined": 0, "existing": 0, "folded": 0} for _ in range(n)]
-    for req, loaded, folded, good in rows:
-        c = counts[int(req)]
-        c.update(loaded=int(loaded), folded=int(folded), existing=int(good - loaded - folded))
-    for req, bad in q_rows:
-        counts[int(req)]["quarantined"] = int(bad)
-    loaded_total = sum(c["loaded"] for c in counts)
-    if landed is None or int(landed[0]) != loaded_total or int(landed[1]) != loaded_total:
-        raise _Mismatch("the landed rows do not match the records' keys")
-    return counts
+    ).fetchall():
+        per[int(req)] = int(bad)
+    return per
+
+
+def _split_clean(
+    con: duckdb.DuckDBPyConnection, ingest_id: int, batches: Sequence[Batch], quarantined: int
+) -> list[dict[str, int]]:
+    """The split when the group landed every good record (nothing existing, nothing folded)."""
+    per = _quarantined_per_request(con, ingest_id, len(batches), quarantined)
+    return [
+        {"loaded": len(b.body.lines) - bad, "quarantined": bad, "existing": 0, "folded": 0}
+        for b, bad in zip(batches, per, strict=True)
+    ]
 
 
 def _per_request_duplicates(
@@ -1208,6 +1309,9 @@ class Intake:
         Body size limit, compressed and decompressed.
     group_rows
         A group is closed when the next request would take it past this many rows.
+    linger
+        Seconds a writer that wakes up waits for as many requests as its last commit took
+        (clients answered together tend to come back together).
     staging_dir
         Where group files are written (removed after each ingest); a private temporary
         folder when ``None``.
@@ -1233,6 +1337,7 @@ class Intake:
         *,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         group_rows: int = GROUP_MAX_ROWS,
+        linger: float = LINGER_SECONDS,
         staging_dir: str | Path | None = None,
         now: datetime | None = None,
     ) -> None:
@@ -1250,6 +1355,9 @@ class Intake:
         self._thread: threading.Thread | None = None
         self._closed = False
         self.groups = 0  # ingests run (for the benchmark's report)
+        self.linger = linger
+        self._last = 0  # requests the last round took
+        self._inflight = 0  # requests between submit() and their answer
 
     @classmethod
     def for_workspace(cls, ws: Workspace, **options: Any) -> Intake:
@@ -1299,6 +1407,34 @@ class Intake:
             :class:`UnreadableBody` (also when ingest cannot read the body, with the line
             and column), :class:`IdempotencyConflict`.
         """
+        with self._cond:
+            self._inflight += 1
+        try:
+            return self._submit(
+                kind,
+                body,
+                content_type,
+                content_encoding,
+                idempotency_key,
+                principal_key_id,
+                profile,
+                request_id,
+            )
+        finally:
+            with self._cond:
+                self._inflight -= 1
+
+    def _submit(
+        self,
+        kind: str,
+        body: bytes,
+        content_type: str | None,
+        content_encoding: str | None,
+        idempotency_key: str | None,
+        principal_key_id: str | None,
+        profile: str,
+        request_id: str | None,
+    ) -> dict[str, Any]:
         if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):
             raise UnreadableBody(
                 "an Idempotency-Key is 1 to 255 visible ASCII characters, got "
@@ -1358,8 +1494,17 @@ class Intake:
                     self._cond.wait()
                 if not self._queue:
                     return
+                # Requests still being parsed, and the clients answered by the last commit
+                # (usually on their way back), are worth a short wait: one commit for all.
+                deadline = time.monotonic() + self.linger
+                while len(self._queue) < max(self._last, self._inflight) and not self._closed:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
                 jobs = list(self._queue)
                 self._queue.clear()
+                self._last = len(jobs)
             groups, later = self._plan(jobs)
             if later:
                 with self._cond:

@@ -1,0 +1,347 @@
+"""``signalloop serve`` speed: the ingest API's throughput and latency over loopback.
+
+**Ingest.** ``signalloop serve`` runs as a subprocess (uvicorn, one process) on 127.0.0.1 over
+a fresh workspace file with one ``ingest`` key. Touchpoints from the simulator (a 60-day,
+8-campaign account; the rows are reused with a pass suffix on ``touch_id`` when more are
+needed, so every row is new) are cut into CSV bodies of 1,000 events, built before the clock
+starts. ``C`` client threads (``httpx``, one connection each) POST them back to back to
+``/api/v1/touchpoints``, each request answered once its rows are committed; events/s = events
+acknowledged / wall time of the measured phase (after a warm-up), latency per request from
+send to answer. The anchor, in the same run, is what the API would do without group commit:
+one :func:`~signalloop.ingest.ingest_file` per 1,000-event file, serially, in-process (no HTTP
+at all) on a fresh workspace file.
+
+**Overview under a run.** :func:`overview_under_run` is the hook for the page half of the
+issue's item 7 (the overview's p99 with 20 concurrent readers while a run is going on).
+
+Run: ``make bench-serve`` or ``.venv/bin/python benchmarks/serve_speed.py`` (writes
+BENCHMARKS.md unless ``--no-write``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from _report import log, machine, write_section
+
+from signalloop import simulate as sim
+from signalloop.ingest import ingest_file
+from signalloop.keys import create_key
+from signalloop.store import Workspace
+
+BEGIN, END = "<!-- serve-speed:begin -->", "<!-- serve-speed:end -->"
+PACKAGES = ("duckdb", "fastapi", "uvicorn", "httpx")
+BATCH = 1_000
+TARGET_EVENTS = 20_000
+TARGET_P99_MS = 250.0
+DB = "signalloop.duckdb"
+
+
+# -- data -----------------------------------------------------------------------------------------
+
+
+def touchpoint_rows(folder: Path) -> tuple[list[str], list[list[str]]]:
+    """The simulator's touchpoints export (header, rows)."""
+    result = sim.simulate(sim.SimulationConfig(days=60, campaigns=8, seed=11))
+    paths = sim.write(result, folder / "sim")
+    with Path(paths["touchpoints"]).open(newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh)
+        header = next(reader)
+        return header, list(reader)
+
+
+def bodies(header: list[str], rows: list[list[str]], n: int, tag: str) -> list[bytes]:
+    """``n`` CSV bodies of :data:`BATCH` rows; ``touch_id`` made unique per pass and ``tag``."""
+    out = []
+    idx = header.index("touch_id")
+    for b in range(n):
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(header)
+        for i in range(BATCH):
+            k = b * BATCH + i
+            row = list(rows[k % len(rows)])
+            row[idx] = f"{row[idx]}-{tag}{k // len(rows)}"
+            w.writerow(row)
+        out.append(buf.getvalue().encode())
+    return out
+
+
+# -- the server -----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """``signalloop serve --db folder`` on a free port (its log in ``folder/serve.log``)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = (folder / "serve.log").open("wb")
+        cmd = [sys.executable, "-m", "signalloop", "serve", "--db", str(folder)]
+        cmd += ["--port", str(self.port), "--no-schedule"]
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"serve exited ({self.proc.returncode}): see {self._log.name}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError("serve did not answer within 60 s")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self._log.close()
+
+
+def workspace_with_key(folder: Path, scopes: str = "ingest") -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    with Workspace(folder / DB) as ws:
+        token = create_key(ws, "bench", scopes).token
+    assert token is not None
+    return token
+
+
+# -- ingest ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Load:
+    """One measured phase: clients, events acknowledged, wall time, latencies."""
+
+    clients: int
+    events: int = 0
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    groups: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+    def pct(self, q: float) -> float:
+        s = sorted(self.latencies)
+        return s[min(len(s) - 1, int(q * len(s)))] * 1000 if s else float("nan")
+
+
+def stream(url: str, token: str, work: list[bytes], clients: int) -> Load:
+    """POST ``work`` from ``clients`` threads, back to back; the phase's events/s and latency."""
+    load = Load(clients)
+    lock = threading.Lock()
+    queue = list(reversed(work))
+    group_sizes: list[int] = []
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "text/csv"}
+
+    def client() -> None:
+        with httpx.Client(timeout=120) as http:
+            while True:
+                with lock:
+                    if not queue:
+                        return
+                    body = queue.pop()
+                t = time.perf_counter()
+                r = http.post(f"{url}/api/v1/touchpoints", content=body, headers=headers)
+                dt = time.perf_counter() - t
+                with lock:
+                    if r.status_code == 200:
+                        doc = r.json()
+                        load.events += int(doc["rows_received"])
+                        load.latencies.append(dt)
+                        group_sizes.append(int(doc["group_size"]))
+                    else:
+                        load.errors += 1
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    t0 = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    load.seconds = time.perf_counter() - t0
+    load.groups = statistics.mean(group_sizes) if group_sizes else 0.0
+    return load
+
+
+def ingest_api(
+    folder: Path, header: list[str], rows: list[list[str]], clients: list[int], per_client: int
+) -> list[Load]:
+    """The API's throughput at each client count (one server, one workspace, all phases)."""
+    token = workspace_with_key(folder)
+    server = Server(folder)
+    try:
+        stream(server.url, token, bodies(header, rows, 8, "w"), 4)  # warm-up
+        loads = []
+        for c in clients:
+            work = bodies(header, rows, c * per_client, f"c{c}p")
+            load = stream(server.url, token, work, c)
+            log(
+                f"  {c} clients: {load.rate:,.0f} events/s, p50 {load.pct(0.5):.0f} ms, "
+                f"p99 {load.pct(0.99):.0f} ms, {load.groups:.1f} requests a commit, "
+                f"{load.errors} errors"
+            )
+            loads.append(load)
+        return loads
+    finally:
+        server.stop()
+
+
+def anchor(folder: Path, header: list[str], rows: list[list[str]], n: int) -> Load:
+    """One ``ingest_file`` per 1,000-event file, serially, in-process (no HTTP)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i, body in enumerate(bodies(header, rows, n, "a")):
+        p = folder / f"batch{i}.csv"
+        p.write_bytes(body)
+        files.append(p)
+    load = Load(1)
+    with Workspace(folder / DB) as ws:
+        t0 = time.perf_counter()
+        for p in files:
+            t = time.perf_counter()
+            r = ingest_file(ws, "touchpoints", p)
+            load.latencies.append(time.perf_counter() - t)
+            load.events += r.rows_read
+        load.seconds = time.perf_counter() - t0
+    log(f"  anchor: {load.rate:,.0f} events/s, p50 {load.pct(0.5):.0f} ms")
+    return load
+
+
+# -- the overview under a run (hook) --------------------------------------------------------------
+
+
+def overview_under_run(folder: Path) -> dict[str, Any] | None:
+    """The overview's p99 with 20 concurrent readers while a run is in progress.
+
+    The hook for the second half of item 7: serve a workspace that has run once, start a
+    run (``POST /w/{ws}/runs``) and, while it goes, have 20 readers ``GET /w/{ws}.json``;
+    return ``{"readers", "p50_ms", "p99_ms", "requests", "run_seconds"}``, or ``None`` when
+    not measured (the section then says so).
+    """
+    return None
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+
+def section(
+    loads: list[Load], base: Load, overview: dict[str, Any] | None, seconds: float, load: float
+) -> str:
+    best = max(loads, key=lambda x: x.rate)
+    met = [x for x in loads if x.rate >= TARGET_EVENTS and x.pct(0.99) < TARGET_P99_MS]
+    verdict = (
+        f"**Best: {best.rate:,.0f} events/s with {best.clients} clients (p50 "
+        f"{best.pct(0.5):.0f} ms, p99 {best.pct(0.99):.0f} ms), {best.rate / base.rate:.1f}x "
+        f"the anchor's {base.rate:,.0f}.** Target (>= {TARGET_EVENTS:,} events/s with p99 < "
+        f"{TARGET_P99_MS:.0f} ms): "
+        + (
+            "met with " + ", ".join(f"{x.clients} clients" for x in met)
+            if met
+            else "NOT met at any client count measured"
+        )
+        + "."
+    )
+    lines = [
+        BEGIN,
+        "## Serve: the ingest API over loopback",
+        "",
+        "`make bench-serve` (`.venv/bin/python benchmarks/serve_speed.py`), "
+        f"{datetime.now(UTC):%Y-%m-%d}, {machine(PACKAGES)}; whole script {seconds:.0f} s; "
+        f"load average {load:.1f} (server, clients and anchor share the 2 cores).",
+        "",
+        "`signalloop serve` in its own process (uvicorn, 127.0.0.1) on a fresh workspace file; "
+        f"simulator touchpoints (60 days, 8 campaigns; `touch_id` made unique per pass) as CSV "
+        f"bodies of {BATCH:,} events, built before the clock; C client threads (`httpx`, one "
+        "connection each, in the benchmark's process) POST them back to back to "
+        "`/api/v1/touchpoints`, each answered once its rows are committed (group commit: the "
+        "workspace's writer ingests every request waiting at that moment as one file). "
+        "Events/s = events acknowledged / wall time; latency from send to answer. The anchor "
+        f"is one `ingest_file` per {BATCH:,}-event file, serially, in-process (no HTTP): what "
+        "the API would sustain without group commit.",
+        "",
+        verdict,
+        "",
+        "| clients | requests | events/s | p50 latency | p99 latency | requests a commit "
+        "| vs anchor |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for x in loads:
+        lines.append(
+            f"| {x.clients} | {len(x.latencies)} | {x.rate:,.0f} | {x.pct(0.5):.0f} ms | "
+            f"{x.pct(0.99):.0f} ms | {x.groups:.1f} | {x.rate / base.rate:.1f}x |"
+        )
+    lines.append(
+        f"| anchor: `ingest_file` per batch, serial | {len(base.latencies)} | {base.rate:,.0f} | "
+        f"{base.pct(0.5):.0f} ms | {base.pct(0.99):.0f} ms | 1 | 1.0x |"
+    )
+    lines += ["", "**Overview under a run.** "]
+    if overview is None:
+        lines[-1] += "Not measured yet (`overview_under_run` is the hook)."
+    else:
+        lines[-1] += (
+            f"{overview['readers']} readers on `GET /w/{{ws}}.json` while a run is going on: "
+            f"p50 {overview['p50_ms']:.0f} ms, p99 {overview['p99_ms']:.0f} ms over "
+            f"{overview['requests']} requests (target p99 < 300 ms)."
+        )
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and write its BENCHMARKS.md section."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    ap.add_argument("--clients", default="1,4,8,16", help="client counts to measure")
+    ap.add_argument("--per-client", type=int, default=25, help="batches each client sends")
+    ap.add_argument("--anchor-batches", type=int, default=40)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args(argv)
+    load = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        log("simulating touchpoints")
+        header, rows = touchpoint_rows(root)
+        log(f"  {len(rows):,} rows; ingest API")
+        clients = [int(c) for c in args.clients.split(",") if c]
+        loads = ingest_api(root / "api", header, rows, clients, args.per_client)
+        log("anchor")
+        base = anchor(root / "anchor", header, rows, args.anchor_batches)
+        overview = overview_under_run(root / "overview")
+    load = max(load, os.getloadavg()[1])
+    block = section(loads, base, overview, time.perf_counter() - t0, load)
+    print(block)
+    if not args.no_write:
+        write_section(block, BEGIN, END)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
