@@ -520,6 +520,8 @@ def test_idempotency_key_replays_the_stored_answer(ws: Workspace) -> None:
         other = it.submit("touchpoints", body, "text/csv", None, "k-1", "key_b")  # another key
         assert not other["replayed"] and other["request_id"] != first["request_id"]
         assert other["status"] == "skipped"  # not a replay: the same content, skipped by ingest
+        with pytest.raises(IdempotencyConflict, match="kind"):  # same body, another kind
+            it.submit("conversions", body, "text/csv", None, "k-1", "key_a")
         with pytest.raises(UnreadableBody, match="Idempotency-Key"):
             it.submit("touchpoints", body, "text/csv", None, "has space", "key_a")
         logs = ws.con.execute("SELECT count(*) FROM ingest_log").fetchone()

@@ -46,6 +46,7 @@ import shutil
 import tempfile
 import threading
 import time
+import weakref
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -92,7 +93,7 @@ CONTENT_ENCODINGS = ("gzip", "x-gzip")
 API_REQUESTS_DDL = """
 CREATE TABLE IF NOT EXISTS api_requests (
     request_id VARCHAR PRIMARY KEY, key_id VARCHAR, idempotency_key VARCHAR,
-    body_sha256 VARCHAR, kind VARCHAR, ingest_id BIGINT, status VARCHAR,
+    request_sha256 VARCHAR, kind VARCHAR, ingest_id BIGINT, status VARCHAR,
     received_at TIMESTAMP, answered_at TIMESTAMP, response JSON
 )"""
 
@@ -825,7 +826,7 @@ def _ingest_alone(
                     "folded": res.rows_folded,
                 }
                 (answer,) = _answers(con, kind, res.ingest_id, [batch], [counts])
-            _store(con, [batch], [answer])
+            _store(con, [batch], [answer], profile)
             held.commit()
             return answer
     finally:
@@ -956,34 +957,31 @@ def _answers(
     ]
 
 
+def request_digest(kind: str, profile: str, body_sha256: str) -> str:
+    """What an ``Idempotency-Key`` replay must match: the kind, the profile and the body.
+
+    >>> request_digest("crm", "canonical", "ab") == request_digest("spend", "canonical", "ab")
+    False
+    """
+    return hashlib.sha256(f"{kind}\n{profile}\n{body_sha256}".encode()).hexdigest()
+
+
 def _store(
-    con: duckdb.DuckDBPyConnection, batches: Sequence[Batch], answers: Sequence[dict[str, Any]]
+    con: duckdb.DuckDBPyConnection,
+    batches: Sequence[Batch],
+    answers: Sequence[dict[str, Any]],
+    profile: str,
 ) -> None:
     """One ``api_requests`` row per answered request (inside the caller's transaction)."""
     answered = datetime.now(UTC).replace(tzinfo=None)
-    table = pa.table(
-        {
-            "request_id": [b.request_id for b in batches],
-            "key_id": pa.array([b.key_id for b in batches], pa.string()),
-            "idempotency_key": pa.array([b.idempotency_key for b in batches], pa.string()),
-            "body_sha256": [b.body.sha256 for b in batches],
-            "kind": [a["kind"] for a in answers],
-            "ingest_id": pa.array([a["ingest_id"] for a in answers], pa.int64()),
-            "status": [a["status"] for a in answers],
-            "received_at": pa.array([b.received_at for b in batches], pa.timestamp("us")),
-            "answered_at": pa.array([answered] * len(batches), pa.timestamp("us")),
-            "response": [json.dumps(a, ensure_ascii=False) for a in answers],
-        }
-    )
-    con.register("_sl_answers", table)
-    try:
-        con.execute(
-            "INSERT INTO api_requests SELECT request_id, key_id, idempotency_key, body_sha256, "
-            "kind, ingest_id, status, received_at, answered_at, CAST(response AS JSON) "
-            "FROM _sl_answers"
-        )
-    finally:
-        con.unregister("_sl_answers")
+    params: list[Any] = []
+    for b, a in zip(batches, answers, strict=True):
+        digest = request_digest(a["kind"], profile, b.body.sha256)
+        params += [b.request_id, b.key_id, b.idempotency_key, digest, a["kind"]]
+        params += [a["ingest_id"], a["status"], b.received_at, answered]
+        params.append(json.dumps(a, ensure_ascii=False))
+    row = "(?, ?, ?, ?, ?, ?, ?, ?, ?, CAST(? AS JSON))"
+    con.execute(f"INSERT INTO api_requests VALUES {', '.join([row] * len(batches))}", params)
 
 
 def _ingest_together(
@@ -1047,7 +1045,7 @@ def _ingest_together(
                 duplicates=False,  # rewritten per request above
             )
             answers = _answers(con, kind, ingest_id, batches, counts)
-            _store(con, batches, answers)
+            _store(con, batches, answers, profile)
             held.commit()
             return answers
     finally:
@@ -1244,7 +1242,8 @@ def find_request(
     Returns
     -------
     tuple or None
-        ``(body_sha256, answer)``, or ``None`` when there is none (or no table yet).
+        ``(request_sha256, answer)`` (see :func:`request_digest`), or ``None`` when there
+        is none (or no table yet).
     """
     exists = ws.con.execute(
         "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'api_requests' AND NOT temporary"
@@ -1253,11 +1252,11 @@ def find_request(
         return None
     if request_id is not None:
         row = ws.con.execute(
-            "SELECT body_sha256, response FROM api_requests WHERE request_id = ?", [request_id]
+            "SELECT request_sha256, response FROM api_requests WHERE request_id = ?", [request_id]
         ).fetchone()
     else:
         row = ws.con.execute(
-            "SELECT body_sha256, response FROM api_requests WHERE key_id IS NOT DISTINCT FROM ? "
+            "SELECT request_sha256, response FROM api_requests WHERE key_id IS NOT DISTINCT FROM ? "
             "AND idempotency_key = ? ORDER BY received_at LIMIT 1",
             [key_id, idempotency_key],
         ).fetchone()
@@ -1266,11 +1265,12 @@ def find_request(
     return str(row[0]), json.loads(row[1])
 
 
-def _replay(found: tuple[str, dict[str, Any]], sha256: str, idempotency_key: str) -> dict[str, Any]:
-    digest, answer = found
-    if digest != sha256:
+def _replay(found: tuple[str, dict[str, Any]], digest: str, idempotency_key: str) -> dict[str, Any]:
+    stored, answer = found
+    if stored != digest:
         raise IdempotencyConflict(
-            f"Idempotency-Key {idempotency_key!r} was already used with a different body "
+            f"Idempotency-Key {idempotency_key!r} was already used with a different body, kind "
+            "or profile "
             f"(request {answer.get('request_id')}); use a new key for new data"
         )
     return {**answer, "replayed": True}
@@ -1349,6 +1349,8 @@ class Intake:
         self.staging_dir = Path(
             staging_dir if staging_dir is not None else tempfile.mkdtemp(prefix="sl-intake-")
         )
+        if self._own_staging:  # removed at exit too, when nobody calls close()
+            weakref.finalize(self, shutil.rmtree, self.staging_dir, ignore_errors=True)
         self.now = now
         self._queue: deque[_Job] = deque()
         self._cond = threading.Condition()
@@ -1452,7 +1454,8 @@ class Intake:
             with self._open() as ws:
                 found = find_request(ws, key_id=principal_key_id, idempotency_key=idempotency_key)
             if found is not None:
-                return _replay(found, parsed.sha256, idempotency_key)
+                digest = request_digest(kind, profile, parsed.sha256)
+                return _replay(found, digest, idempotency_key)
         batch = Batch(parsed, request_id or new_request_id(), principal_key_id, idempotency_key)
         job = _Job(kind, profile, batch)
         with self._cond:
@@ -1561,7 +1564,8 @@ class Intake:
                         continue
                     assert b.idempotency_key is not None
                     try:
-                        job.future.set_result(_replay(found, b.body.sha256, b.idempotency_key))
+                        digest = request_digest(job.kind, job.profile, b.body.sha256)
+                        job.future.set_result(_replay(found, digest, b.idempotency_key))
                     except IdempotencyConflict as exc:
                         job.future.set_exception(exc)
                 if fresh:
