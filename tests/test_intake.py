@@ -249,7 +249,8 @@ def _random_bodies(rng: random.Random, n: int, pool: int) -> list[bytes]:
         for _ in range(rng.randint(0, 12)):
             tid = f"t{rng.randrange(pool)}"
             row: list[object] = [tid, f"2026-01-0{rng.randint(1, 9)}T10:00:00Z", "u1"]
-            row += [rng.choice(["c1", "c2", ""]), "https://x.example/?a=1"]
+            url = rng.choice(["https://x.example/?a=1", 'https://x.example/?a=1,b="2"'])
+            row += [rng.choice(["c1", "c2", ""]), url]  # the second is quoted in the CSV
             fault = rng.random()
             if fault < 0.1:
                 row[1] = "yesterday"

@@ -448,8 +448,21 @@ def _parse_csv_lines(text: str, size: int, digest: str, spec: Kind, prof: Profil
         lines.pop()
     if len(lines) < 1:
         return None
-    reader = csv.reader(lines, delimiter=csv_delimiter(lines[0]), strict=True)
+    delim = csv_delimiter(lines[0])
     keys: list[tuple[str | None, ...] | None] = []
+    if '"' not in text:  # no quoting at all: a field is what lies between delimiters
+        columns = lines[0].split(delim)
+        sources = _key_sources(spec, prof, columns)
+        if sources is None:
+            return None
+        width = len(columns)
+        for line in lines[1:]:
+            if not line:
+                return None  # a blank line
+            row = line.split(delim)
+            keys.append(tuple(_null(row[i]) for i in sources) if len(row) == width else None)
+        return _lines_body(text, size, digest, keys)
+    reader = csv.reader(lines, delimiter=delim, strict=True)
     try:
         columns = next(reader)
         sources = _key_sources(spec, prof, columns)
@@ -462,6 +475,12 @@ def _parse_csv_lines(text: str, size: int, digest: str, spec: Kind, prof: Profil
             keys.append(tuple(_null(row[i]) for i in sources) if len(row) == width else None)
     except csv.Error:
         return None
+    return _lines_body(text, size, digest, keys)
+
+
+def _lines_body(
+    text: str, size: int, digest: str, keys: list[tuple[str | None, ...] | None]
+) -> Body:
     header, _, records = text.partition("\n")
     if records and not records.endswith("\n"):
         records += "\n"
