@@ -150,7 +150,11 @@ async def ingest(
         ),
     ] = None,
     profile: Annotated[
-        str, Query(description="Profile the body is read with (see `signalloop profiles`)")
+        str,
+        Query(
+            description="Profile the body is read with: canonical, meta_ads, google_ads or "
+            "hubspot (as `signalloop ingest --profile`); only canonical bodies share commits"
+        ),
     ] = "canonical",
 ) -> JSONResponse:
     """Validate, quarantine and land the rows of one body; answers once they are committed.
