@@ -10,7 +10,7 @@ import json
 import re
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -645,8 +645,9 @@ def test_a_run_cut_short_by_a_shutdown_is_not_left_running(
     def slow(ws: Any, **kwargs: Any) -> Any:  # a loop still going when the server stops
         inside.set()
         go_on.wait(60)
-        ws.con.execute("SELECT 1").fetchall()
-        raise AssertionError("the database should be closed by now")
+        with suppress(Exception):  # closed under it, or not (a shutdown that waits)
+            ws.con.execute("SELECT 1").fetchall()
+        raise RuntimeError("cut short by the test")
 
     monkeypatch.setattr(signalloop.run, "run", slow)
     first = serve(w, log_lines)

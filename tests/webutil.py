@@ -203,8 +203,8 @@ JSON = {"Accept": "application/json"}
 
 def settle(names: Iterable[str]) -> None:
     """Wait for the app's start-up cache warming of the workspaces ``names`` to end: the app's
-    shutdown closes the database under a warming read, which then logs a crash
-    (``bad_weak_ptr``; reported with issue 13's tests)."""
+    shutdown closes the database under a warming read, which then fails (``bad_weak_ptr``) or
+    crashes the process (a segfault in DuckDB; reported with issue 13's tests)."""
     wanted = {f"warm-{n}" for n in names}
     for t in threading.enumerate():
         if t.name in wanted:
