@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install browser demo test lint typecheck pytest bench bench-ingest bench-checks bench-speed bench-state bench-models bench-allocate bench-ope bench-diagnose bench-run bench-shapes bench-push clean lock
+.PHONY: install browser demo test lint typecheck pytest bench bench-ingest bench-checks bench-speed bench-state bench-models bench-allocate bench-ope bench-diagnose bench-run bench-shapes bench-push bench-serve clean lock
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,7 +39,7 @@ pytest: $(STAMP) browser
 
 test: lint typecheck pytest
 
-bench: bench-ingest bench-checks bench-speed bench-state bench-models bench-allocate bench-ope bench-diagnose bench-run bench-shapes bench-push
+bench: bench-ingest bench-checks bench-speed bench-state bench-models bench-allocate bench-ope bench-diagnose bench-run bench-shapes bench-push bench-serve
 
 bench-state: $(STAMP)
 	$(BIN)/python benchmarks/phase_quality.py --seeds 20
@@ -67,6 +67,9 @@ bench-shapes: $(STAMP)
 
 bench-push: $(STAMP)
 	$(BIN)/python benchmarks/push_speed.py
+
+bench-serve: $(STAMP)
+	$(BIN)/python benchmarks/serve_speed.py
 
 bench-ingest: $(STAMP)
 	$(BIN)/python benchmarks/run.py

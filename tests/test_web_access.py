@@ -212,11 +212,6 @@ def test_no_key_no_entry_on_every_private_route(served: Served) -> None:
     assert seen >= 5 * 12
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: app._quote keeps '&' unescaped in next=, so /login?next=/w/a/data?kind=x"
-    "&code=y loses code=y (the login lands on a less filtered page)",
-)
 def test_the_login_redirect_keeps_every_query_parameter(served: Served) -> None:
     page = "/w/a/data?kind=spend&code=negative"
     r = served.call("GET", page, HTML)

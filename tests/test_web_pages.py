@@ -384,11 +384,6 @@ def test_session_form_posts_need_the_csrf_token(fresh: Site) -> None:
     assert site.registry.get(NAME).runs.state()["running"] is False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: allocation.html and campaign.html print the decision + 'd', so a rejected "
-    "line reads 'rejectd by maria'",
-)
 def test_a_rejected_line_reads_rejected(site: Site) -> None:
     cid = unchanged_lines(site.doc)[-1]
     r = site.client.post(
@@ -425,11 +420,6 @@ def test_rejecting_writes_no_edit_and_all_decides_the_open_lines(fresh: Site) ->
     assert bad.status_code == 422
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: a bearer-key POST gets JSON on success but an HTML error page on 4xx "
-    "unless it sends Accept: application/json (web/app.py wants_json)",
-)
 def test_a_key_caller_gets_json_errors_without_asking(site: Site) -> None:
     url, auth = f"/w/{NAME}/allocation", site.w.bearer("maria")
     bad = site.client.post(url, data={"decision": "approve", "campaign": "c99"}, headers=auth)
@@ -553,22 +543,12 @@ def config(site: Site, text: str) -> Iterator[None]:
         site.client.cookies.clear()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: POST /login reads [serve] session_hours unguarded, so a broken "
-    "signalloop.toml answers 400 and nobody can log in to see the failed run",
-)
 def test_people_can_log_in_while_the_config_is_broken(site: Site) -> None:
     with config(site, "[run\n"):
         login(site)
         assert site.client.get(f"/w/{NAME}/runs", headers=HTML).status_code == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: the session cookie is signed to expire after a fixed 12 hours "
-    "(login_post passes hours=12.0 to auth.login), whatever [serve] session_hours says",
-)
 def test_a_session_lasts_what_serve_session_hours_says(site: Site) -> None:
     import base64
     import time
@@ -628,12 +608,6 @@ def test_run_now_runs_in_the_background_one_at_a_time(
     assert site.db_rows("SELECT count(*) FROM quarantine")[0][0] == quarantined
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: a run cut short by the server's shutdown stays 'running' in the runs "
-    "table for ever (Registry.close closes the database under it, and nothing closes the row "
-    "when the server starts again)",
-)
 def test_a_run_cut_short_by_a_shutdown_is_not_left_running(
     web_template: Path, tmp_path: Path, log_lines: LogSecrets, monkeypatch: pytest.MonkeyPatch
 ) -> None:

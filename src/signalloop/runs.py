@@ -87,6 +87,25 @@ def end_record(
     )
 
 
+#: The error of a run that was still going when its server stopped.
+INTERRUPTED = "interrupted: the server stopped before the run ended"
+
+
+def close_interrupted(ws: Workspace) -> list[str]:
+    """Close the rows a stopped server left ``running`` (``failed``, :data:`INTERRUPTED`).
+
+    Call it when a process opens the workspace before it starts any run: one process holds a
+    DuckDB file, so no run of another is going on. Returns the run ids closed.
+    """
+    ws.con.execute(RUNS_DDL)
+    rows = ws.con.execute(
+        "UPDATE runs SET status = 'failed', finished_at = ?, error = ? "
+        "WHERE status = 'running' RETURNING run_id",
+        [_now(), INTERRUPTED],
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
 def list_runs(ws: Workspace, limit: int = 200) -> list[dict[str, Any]]:
     """The workspace's runs, newest first, JSON-ready."""
     ws.con.execute(RUNS_DDL)

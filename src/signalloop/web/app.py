@@ -8,6 +8,7 @@ library and format what it returns. Everything the browser loads comes from this
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -42,6 +43,13 @@ def wants_json(request: Request) -> bool:
         return True
     accept = request.headers.get("accept", "")
     return "application/json" in accept and "text/html" not in accept
+
+
+def api_caller(request: Request) -> bool:
+    """A bearer-key caller that did not ask for HTML: a script, which gets its errors as JSON
+    as it gets its answers (a browser never sends a bearer key)."""
+    bearer = request.headers.get("authorization", "").lower().startswith("bearer ")
+    return bearer and "text/html" not in request.headers.get("accept", "")
 
 
 def plotly_js() -> Path:
@@ -121,13 +129,19 @@ def create_app(registry: Registry, *, schedule: bool = True) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        for h in registry.handles.values():
-            threading.Thread(target=warm, args=(h,), name=f"warm-{h.name}", daemon=True).start()
+        warming = [
+            threading.Thread(target=warm, args=(h,), name=f"warm-{h.name}", daemon=True)
+            for h in registry.handles.values()
+        ]
+        for t in warming:
+            t.start()
         if scheduler is not None:
             scheduler.start()
         yield
         if scheduler is not None:
             scheduler.stop()
+        for t in warming:  # closing the database under a warming read crashes it
+            await asyncio.to_thread(t.join, 60)
         registry.close()
 
     app = FastAPI(
@@ -160,7 +174,7 @@ def create_app(registry: Registry, *, schedule: bool = True) -> FastAPI:
     app.include_router(api_router)
 
     def error(request: Request, status: int, message: str, **extra: Any) -> Response:
-        if wants_json(request):
+        if wants_json(request) or api_caller(request):
             return JSONResponse({"error": message, **extra}, status_code=status)
         from signalloop.web.pages import render_error
 
@@ -231,4 +245,4 @@ def create_app(registry: Registry, *, schedule: bool = True) -> FastAPI:
 def _quote(path: str) -> str:
     from urllib.parse import quote
 
-    return quote(path, safe="/?=&")
+    return quote(path, safe="/")

@@ -22,8 +22,10 @@ from typing import Any
 
 from fastapi import HTTPException, Request
 
+from signalloop.config import ServeSettings
+from signalloop.errors import SignalloopError
 from signalloop.keys import SCOPES, parse_token
-from signalloop.web.registry import Registry
+from signalloop.web.registry import Registry, WorkspaceHandle
 
 SESSION_COOKIE = "signalloop_session"
 CSRF_FIELD = "csrf"
@@ -95,10 +97,22 @@ def csrf_for(secret: bytes, session_value: str) -> str:
     return _b64(hmac.new(secret, b"csrf:" + session_value.encode(), hashlib.sha256).digest())[:32]
 
 
-def login(registry: Registry, token: str, hours: float) -> tuple[Principal, str] | None:
+def session_hours(handle: WorkspaceHandle) -> float:
+    """``[serve] session_hours`` of a workspace; the default while its config is unreadable
+    (a broken ``signalloop.toml`` must not lock people out of the pages that show it)."""
+    try:
+        return handle.settings().serve.session_hours
+    except SignalloopError:
+        return ServeSettings().session_hours
+
+
+def login(
+    registry: Registry, token: str, hours: float | None = None
+) -> tuple[Principal, str] | None:
     """Check a key typed into the login form; ``(principal, cookie value)`` or ``None``.
 
-    A login needs the ``read`` scope (an ingest-only pipeline key cannot open pages).
+    The session lasts ``hours``, by default the workspace's ``[serve] session_hours``. A login
+    needs the ``read`` scope (an ingest-only pipeline key cannot open pages).
     """
     parsed = parse_token(token.strip())
     if parsed is None:
@@ -109,6 +123,7 @@ def login(registry: Registry, token: str, hours: float) -> tuple[Principal, str]
     handle, stored = found
     if not stored.verify(parsed[1], "read"):
         return None
+    hours = session_hours(handle) if hours is None else hours
     value = sign(
         registry.secret,
         {"w": handle.name, "k": stored.key.key_id, "exp": int(time.time() + hours * 3600)},

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +35,7 @@ from signalloop.web.auth import (
     get_registry,
     login,
     require,
+    session_hours,
 )
 from signalloop.web.registry import WorkspaceHandle
 
@@ -225,8 +227,7 @@ def login_form(request: Request, next: str | None = None) -> Response:
 @router.post("/login", include_in_schema=False)
 def login_post(request: Request, key: str = Form(""), next: str = Form("")) -> Response:
     registry = get_registry(request)
-    hours = 12.0
-    found = login(registry, key, hours)
+    found = login(registry, key)
     if found is None:
         return templates.TemplateResponse(
             request,
@@ -241,7 +242,7 @@ def login_post(request: Request, key: str = Form(""), next: str = Form("")) -> R
             status_code=401,
         )
     p, value = found
-    hours = registry.get(p.workspace).settings().serve.session_hours
+    hours = session_hours(registry.get(p.workspace))
     resp = RedirectResponse(_safe_next(next, f"/w/{p.workspace}"), status_code=303)
     resp.set_cookie(
         SESSION_COOKIE,
@@ -547,12 +548,22 @@ def quarantine_csv(
     writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(q["rows"])
-    name = "quarantine" + "".join(f"-{v}" for v in (kind, code) if v) + ".csv"
+    # the filter values go into a header: only characters that are safe there
+    name = "quarantine" + "".join(f"-{_slug(v)}" for v in (kind, code) if v) + ".csv"
     return Response(
         buf.getvalue(),
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )
+
+
+def _slug(value: str) -> str:
+    """``value`` reduced to letters, digits, ``.``, ``-`` and ``_`` (a download's file name).
+
+    >>> _slug("bad_value"), _slug('Ā"x\\r\\ny')
+    ('bad_value', '_x_y')
+    """
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", value)[:60]
 
 
 # -- runs -----------------------------------------------------------------------------------------

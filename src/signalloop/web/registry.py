@@ -8,6 +8,7 @@ the ingest API and a daily run go on side by side in one process.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import secrets
@@ -22,13 +23,16 @@ from typing import Any
 from signalloop.config import Settings, load_settings
 from signalloop.errors import UsageError
 from signalloop.keys import StoredKey, stored_keys, touch
-from signalloop.runs import RunManager
+from signalloop.runs import RunManager, close_interrupted
 from signalloop.store import DEFAULT_DB, Workspace
 
 #: Seconds a server trusts its cached copy of a workspace's keys (a revoked key stops within it).
 KEY_CACHE_SECONDS = 5.0
+#: Seconds a shutdown waits for a workspace's run to end before leaving it behind.
+CLOSE_WAIT = 10.0
 #: A key's ``last_used_at`` is written at most this often (seconds).
 TOUCH_EVERY = 60.0
+log = logging.getLogger("signalloop.web")
 _NAME = re.compile(r"^[A-Za-z0-9][\w.-]{0,63}$")
 SECRET_FILE = ".signalloop-serve-secret"
 
@@ -65,6 +69,7 @@ class WorkspaceHandle:
         with self._open_lock:
             if self._base is None:
                 self._base = Workspace(self.db_path)
+                close_interrupted(self._base)  # runs the last server was stopped in
             return self._base
 
     @contextmanager
@@ -77,6 +82,12 @@ class WorkspaceHandle:
             ws.close()
 
     def close(self) -> None:
+        # the ingest writer first: it answers what is queued, then stops (no thread left
+        # holding a cursor on a closed database)
+        for extra in list(self.extras.values()):
+            stop = getattr(extra, "close", None)
+            if callable(stop):
+                stop()
         with self._open_lock:
             if self._base is not None:
                 self._base.close()
@@ -194,7 +205,12 @@ class Registry:
 
     def close(self) -> None:
         for h in self.handles.values():
-            h.runs.join(timeout=0)
+            h.runs.join(timeout=CLOSE_WAIT)
+            if h.runs.state()["running"]:
+                # closing DuckDB under a running query can crash the process: leave it to the
+                # process exit; the run's row is closed as interrupted at the next start
+                log.warning("workspace %s: a run is still going; not closing its database", h.name)
+                continue
             h.close()
 
 
