@@ -562,3 +562,29 @@ def test_a_reingested_identical_body_is_skipped(ws: Workspace) -> None:
         assert (again["rows_loaded"], again["rows_already_present"]) == (0, 1)
     finally:
         it.close()
+
+
+def test_writer_checkpoints_off_the_request_path(tmp_path: Path, monkeypatch: Any) -> None:
+    """DuckDB's own checkpoint (inside a commit) is pushed out; the writer folds the WAL into
+    the database once nothing is waiting, so no request pays for it."""
+    import time as _time
+
+    from signalloop import intake as mod
+
+    monkeypatch.setattr(mod, "CHECKPOINT_MIN_BYTES", 0)
+    monkeypatch.setattr(mod, "IDLE_SECONDS", 0.05)
+    ws = Workspace(tmp_path / "w.duckdb")
+    it = mod.Intake.for_workspace(ws)
+    body = b"touch_id,ts,user_id\nt1,2026-01-01T10:00:00Z,u1\nt2,2026-01-01T11:00:00Z,u2\n"
+    assert it.submit("touchpoints", body, "text/csv")["rows_loaded"] == 2
+    threshold = ws.con.execute("SELECT current_setting('checkpoint_threshold')").fetchone()
+    assert threshold == ("976.5 MiB",)  # WAL_CAP_BYTES, 1024 MB
+    wal = tmp_path / "w.duckdb.wal"
+    for _ in range(100):
+        if not wal.exists() or wal.stat().st_size == 0:
+            break
+        _time.sleep(0.05)
+    assert not wal.exists() or wal.stat().st_size == 0, "the idle writer did not checkpoint"
+    it.close()
+    assert ws.con.execute("SELECT count(*) FROM touchpoints").fetchone() == (2,)
+    ws.close()
