@@ -30,7 +30,7 @@ is the first failed check.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -80,6 +80,7 @@ def lens(
     phase: Mapping[str, Any] | None = None,
     model_dirs: Mapping[str, str | Path] | None = None,
     learnable: Mapping[str, Any] | None = None,
+    depth: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Answer the seven questions before scaling spend.
 
@@ -101,6 +102,9 @@ def lens(
         :func:`signalloop.shapes.learnable` as of the same day, if already computed: when a
         question cannot be answered from this data (no model can be trained, no delay can be
         measured) the evidence says which export would unlock it. Computed when needed.
+    depth
+        :func:`~signalloop.models.depth.feedback_depth` as of the same day, if already
+        computed (the run computes it once for diagnose and the lens).
 
     Returns
     -------
@@ -136,7 +140,7 @@ def lens(
     results = [
         _data_completeness(ws, as_of, settings, checks),
         _label_quality(checks),
-        _context_fit(ws, as_of, settings, nowcast, models, learnable),
+        _context_fit(ws, as_of, settings, nowcast, models, learnable, depth),
         _cold_start_plan(ws, as_of, settings, phase),
         _retraining_cadence(settings, models),
         _feedback_latency(settings, nowcast, learnable),
@@ -243,10 +247,11 @@ def _model_fit(
     nowcast: Mapping[str, Any],
     outcome: str,
     folder: Path,
+    depth: Sequence[Mapping[str, Any]],
 ) -> dict[str, Any]:
     """One model's card against the data now: volume, cycle length, funnel depth."""
     from signalloop.models.card import read_card
-    from signalloop.models.depth import OUTCOME_LEVEL, feedback_depth
+    from signalloop.models.depth import OUTCOME_LEVEL
     from signalloop.models.features import build_frame
 
     card = read_card(folder)
@@ -285,7 +290,6 @@ def _model_fit(
             f"delay p90 {p90_days} days is longer than the model's {horizon}-day label horizon"
         )
     level = OUTCOME_LEVEL[outcome]
-    depth = feedback_depth(ws, as_of=as_of, settings=settings)
     with_labels = [d["campaign_id"] for d in depth if d["counts"].get(level, 0) > 0]
     if not with_labels:
         problems.append(f"no campaign has {level} labels now; the model learned from them")
@@ -310,6 +314,7 @@ def _context_fit(
     nowcast: Mapping[str, Any],
     models: Mapping[str, Path],
     learnable: Mapping[str, Any] | None = None,
+    depth: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     if not models:
         cap = _capability(learnable, "conversion_model")
@@ -324,7 +329,11 @@ def _context_fit(
                 "with: run signalloop model fit"
             )
         return _result("context_fit", False, {"models": {}, "message": message})
-    fits = {o: _model_fit(ws, as_of, settings, nowcast, o, p) for o, p in models.items()}
+    if depth is None:  # one read for every model
+        from signalloop.models.depth import feedback_depth
+
+        depth = feedback_depth(ws, as_of=as_of, settings=settings)
+    fits = {o: _model_fit(ws, as_of, settings, nowcast, o, p, depth) for o, p in models.items()}
     bad = {o: f["problems"] for o, f in fits.items() if f["problems"]}
     message = (
         "the data looks like what every saved model learned from"

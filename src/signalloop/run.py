@@ -540,12 +540,16 @@ def run(
     shape = learnable(ws, as_of, used=steps_used(state, allocation))
     lap("learnable")
     report("diagnosing", None)
+    from signalloop.models.depth import feedback_depth
+
+    # read once for both: diagnose's feedback-loop rule and the lens's context fit
+    depth = feedback_depth(ws, as_of=as_of, settings=settings)
     diagnosis = diagnose(
         ws,
         as_of,
         settings=settings,
         checks=checks,
-        state=state,
+        state={**state, "depth": depth},
         models=model_evidence(ws, models),
     )
     model_dirs = {m["outcome"]: m["model_dir"] for m in models if m["status"] != "skipped"}
@@ -558,6 +562,7 @@ def run(
         phase=state["phase"],
         model_dirs=model_dirs,
         learnable=shape,
+        depth=depth,
     )
     report("diagnosing", 1.0)
     lap("diagnose_lens")
