@@ -106,13 +106,12 @@ def close_interrupted(ws: Workspace) -> list[str]:
     return [str(r[0]) for r in rows]
 
 
-def list_runs(ws: Workspace, limit: int = 200) -> list[dict[str, Any]]:
-    """The workspace's runs, newest first, JSON-ready."""
+def _select(ws: Workspace, where: str, params: list[Any], limit: int) -> list[dict[str, Any]]:
     ws.con.execute(RUNS_DDL)
     cur = ws.con.execute(
         "SELECT run_id, started_at, finished_at, status, trigger, actor, as_of, report_dir, "
-        "error, timings FROM runs ORDER BY started_at DESC, run_id DESC LIMIT ?",
-        [limit],
+        f"error, timings FROM runs {where} ORDER BY started_at DESC, run_id DESC LIMIT ?",
+        [*params, limit],
     )
     cols = [d[0] for d in cur.description]
     out = []
@@ -133,12 +132,28 @@ def list_runs(ws: Workspace, limit: int = 200) -> list[dict[str, Any]]:
     return out
 
 
-def run_report(ws: Workspace, run_id: str) -> dict[str, Any] | None:
-    """The report document (``report.json``) a run wrote, when it is still its own."""
-    found = [r for r in list_runs(ws, limit=10_000) if r["run_id"] == run_id]
-    if not found or not found[0]["report_dir"]:
+def list_runs(ws: Workspace, limit: int = 200) -> list[dict[str, Any]]:
+    """The workspace's runs, newest first, JSON-ready."""
+    return _select(ws, "", [], limit)
+
+
+def get_run(ws: Workspace, run_id: str) -> dict[str, Any] | None:
+    """One run's row (as :func:`list_runs` gives it), ``None`` when there is no such run."""
+    found = _select(ws, "WHERE run_id = ?", [run_id], 1)
+    return found[0] if found else None
+
+
+def run_report(
+    ws: Workspace, run_id: str, run: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """The report document (``report.json``) a run wrote, when it is still its own.
+
+    ``run`` is the run's row when the caller already read it (:func:`get_run`).
+    """
+    run = run if run is not None else get_run(ws, run_id)
+    if run is None or not run["report_dir"]:
         return None
-    path = Path(found[0]["report_dir"]) / "report.json"
+    path = Path(run["report_dir"]) / "report.json"
     if not path.is_file():
         return None
     doc: dict[str, Any] = json.loads(path.read_text())

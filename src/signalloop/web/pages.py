@@ -26,7 +26,7 @@ from fastapi.templating import Jinja2Templates
 from signalloop import approvals, views
 from signalloop import report as rpt
 from signalloop.errors import SignalloopError, UsageError
-from signalloop.runs import list_runs, next_run, run_report
+from signalloop.runs import get_run, list_runs, next_run, run_report
 from signalloop.web.auth import (
     CSRF_FIELD,
     SESSION_COOKIE,
@@ -74,7 +74,7 @@ def load_doc(h: WorkspaceHandle, run: dict[str, Any]) -> dict[str, Any] | None:
     rid = run["run_id"]
     if rid not in cache:
         with h.open() as ws:
-            doc = run_report(ws, rid)
+            doc = run_report(ws, rid, run)
         if doc is None:
             return None
         cache[rid] = doc
@@ -596,11 +596,11 @@ def run_now(request: Request, ws: str, p: Principal = APPROVE) -> Response:
 def run_report_html(request: Request, ws: str, run_id: str, p: Principal = READ) -> Response:
     h = handle_of(request, p)
     with h.open() as w:
-        found = [r for r in list_runs(w, limit=10_000) if r["run_id"] == run_id]
-        doc = run_report(w, run_id) if found else None
-    if doc is None:
+        run = get_run(w, run_id)
+        doc = run_report(w, run_id, run) if run else None
+    if run is None or doc is None:
         raise HTTPException(404, f"no readable report for run {run_id!r}")
-    path = Path(found[0]["report_dir"]) / "report.html"
+    path = Path(run["report_dir"]) / "report.html"
     if not path.is_file():
         raise HTTPException(404, f"the report of run {run_id} is gone from {path.parent}")
     return HTMLResponse(path.read_text(encoding="utf-8"))
