@@ -145,3 +145,27 @@ def loop_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     with Workspace(db) as w:
         doc = run(w, inbox=inbox, out_dir=out)
     return {"doc": doc, "db": db, "inbox": inbox, "out": out, "truth": result.truth}
+
+
+#: Debian's chromium (``make test`` installs it); Playwright never downloads a browser here.
+CHROMIUM = os.environ.get("SIGNALLOOP_CHROMIUM", "/usr/bin/chromium")
+#: Flags that keep Chromium off the (closed) network and work as root in a container.
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def chromium() -> str:
+    """Debian's Chromium for Playwright: skipped without it, a failure in CI."""
+    if Path(CHROMIUM).exists():
+        return CHROMIUM
+    if os.environ.get("CI"):
+        pytest.fail(f"{CHROMIUM} is missing in CI: `make test` installs Debian's chromium")
+    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or make test)")

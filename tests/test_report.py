@@ -2,37 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.conftest import CHROMIUM_ARGS, chromium
 
 from signalloop.report import FIGURES
-
-#: Debian's chromium (``make test`` installs it); Playwright never downloads a browser here.
-CHROMIUM = os.environ.get("SIGNALLOOP_CHROMIUM", "/usr/bin/chromium")
-#: Flags that keep Chromium off the (closed) network and work as root in a container.
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def chromium() -> str:
-    if Path(CHROMIUM).exists():
-        return CHROMIUM
-    if os.environ.get("CI"):
-        pytest.fail(f"{CHROMIUM} is missing in CI: `make test` installs Debian's chromium")
-    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or make test)")
 
 
 def test_html_is_self_contained(loop_run: dict[str, Any]) -> None:

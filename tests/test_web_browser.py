@@ -7,12 +7,12 @@ the test, and no page or response header may carry the key."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from tests.conftest import CHROMIUM_ARGS, chromium
 from tests.webutil import (
     LiveServer,
     LogSecrets,
@@ -31,30 +31,9 @@ from signalloop.web.registry import Registry
 
 __all__ = ["log_lines", "web_template"]  # fixtures used by name
 
-#: Debian's chromium (``make test`` installs it); Playwright never downloads a browser here.
-CHROMIUM = os.environ.get("SIGNALLOOP_CHROMIUM", "/usr/bin/chromium")
-#: Flags that keep Chromium off the (closed) network and work as root in a container.
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 NAME = "acme"
 TIMEOUT = 30_000  # ms, per wait: generous for 2 busy cores
-
-
-def chromium() -> str:
-    if Path(CHROMIUM).exists():
-        return CHROMIUM
-    if os.environ.get("CI"):
-        pytest.fail(f"{CHROMIUM} is missing in CI: `make test` installs Debian's chromium")
-    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or make test)")
 
 
 def test_a_team_member_logs_in_follows_a_diagnosis_approves_and_filters(
