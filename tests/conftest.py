@@ -169,3 +169,45 @@ def chromium() -> str:
     if os.environ.get("CI"):
         pytest.fail(f"{CHROMIUM} is missing in CI: `make test` installs Debian's chromium")
     pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or make test)")
+
+
+#: The event-time column of each kind (what :func:`split_by_day` splits on).
+TIME_COLUMN = {
+    "spend": "date",
+    "touchpoints": "ts",
+    "conversions": "ts",
+    "crm": "ts",
+    "changes": "ts",
+}
+
+
+def split_by_day(
+    paths: dict[str, Path], folder: Path, cuts: Sequence[str]
+) -> list[dict[str, Path]]:
+    """The exports in ``paths`` cut into consecutive daily drops, as later exports arrive.
+
+    ``cuts`` are ISO dates: drop ``i`` holds the rows whose event day is before ``cuts[i]``
+    and not in an earlier drop; the last drop holds the rest. Each line is copied as written
+    (glitched rows included); a line whose event day cannot be read goes to the first drop.
+    Returns one ``kind -> CSV`` dict per drop.
+    """
+    edges = sorted(cuts)
+    drops: list[dict[str, Path]] = [{} for _ in range(len(edges) + 1)]
+    for kind, path in paths.items():
+        if kind not in TIME_COLUMN:
+            continue
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        header, body = lines[0], lines[1:]
+        col = next(csv.reader([header])).index(TIME_COLUMN[kind])
+        parts: list[list[str]] = [[] for _ in drops]
+        for line in body:
+            fields = next(csv.reader([line]), [])
+            day = fields[col][:10] if len(fields) > col else ""
+            valid = len(day) == 10 and day[4] == "-" and day[7] == "-"
+            parts[sum(day >= e for e in edges) if valid else 0].append(line)
+        for i, rows in enumerate(parts):
+            out = folder / f"drop{i}" / f"{kind}.csv"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(header + "".join(rows), encoding="utf-8")
+            drops[i][kind] = out
+    return drops

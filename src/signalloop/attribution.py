@@ -8,31 +8,78 @@ touchpoint at or before the conversion. Conversions none of these reach stay una
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import duckdb
 import ibis
 
 from signalloop.store import Workspace
+
+#: The stored attribution: one row per conversion (``conversion_id``, ``attributed_campaign_id``,
+#: ``attributed_by``), kept current by :func:`refresh_attribution`.
+ATTRIBUTION_TABLE = "conversion_attribution"
+#: Bumped when the rule changes, so every stored attribution is rebuilt once.
+ATTRIBUTION_VERSION = 2
+_STATE_KEY = "attribution_state"
+#: The stored columns (:func:`attribute`'s, per ``conversion_id``).
+STORED = (
+    "conversion_id",
+    "attributed_campaign_id",
+    "attributed_by",
+    "click_first_ts",
+    "click_adset_id",
+)
+_READS = ("conversions", "touchpoints")
 
 
 def attributed_conversions(ws: Workspace) -> Any:
     """Every conversion with ``attributed_campaign_id`` and ``attributed_by``.
 
     ``attributed_by`` is ``campaign_id``, ``click_id``, ``user_id`` or null (unattributed).
+    The attribution is read from the workspace's :data:`ATTRIBUTION_TABLE`, brought up to date
+    first (:func:`refresh_attribution`, which only attributes what new rows touch); a read-only
+    workspace whose table is not current attributes every conversion on the fly instead, with
+    the same result.
     """
     conv = ws.table("conversions")
+    if not refresh_attribution(ws):
+        return attribute(ws, conv)
+    a = ws.table(ATTRIBUTION_TABLE)
+    j = conv.left_join(a, conv.conversion_id == a.conversion_id)
+    return j.select(*[j[c] for c in conv.columns], *[a[c] for c in STORED[1:]])
+
+
+def attribute(ws: Workspace, conv: Any, *, narrow: bool = False) -> Any:
+    """``conv`` (conversions rows) with ``attributed_campaign_id`` and ``attributed_by``,
+    computed from the touchpoints: the contract's rule, as one ibis expression.
+
+    Also what the conversion's click id finds in the touchpoints (null without a match):
+    ``click_first_ts``, the click's first touchpoint time, and ``click_adset_id``, the ad set
+    of its first touchpoint that has one. A check cut at an as-of date counts the click as
+    known when ``click_first_ts`` is before its cutoff.
+
+    ``narrow`` reads only the touchpoints of ``conv``'s click ids and users (a semi-join
+    first), which pays when ``conv`` is a few new rows against a long history.
+    """
     tp = ws.table("touchpoints")
-    clicks = (
-        tp.filter(tp.click_id.notnull() & tp.campaign_id.notnull())
-        .group_by(tp.click_id)
-        .aggregate(click_campaign=tp.campaign_id.argmin(tp.ts))
+    tp_click = tp.filter(tp.click_id.notnull())
+    tp_user = tp.filter(tp.user_id.notnull() & tp.campaign_id.notnull())
+    if narrow:
+        tp_click = tp_click.filter(tp_click.click_id.isin(conv.click_id))
+        tp_user = tp_user.filter(tp_user.user_id.isin(conv.user_id))
+    t = tp_click
+    clicks = t.group_by(t.click_id).aggregate(
+        click_campaign=t.campaign_id.argmin(t.ts, where=t.campaign_id.notnull()),
+        click_first_ts=t.ts.min(),
+        click_adset_id=t.adset_id.argmin(t.ts, where=t.adset_id.notnull()),
     )
-    touches = tp.filter(tp.user_id.notnull() & tp.campaign_id.notnull()).select(
-        touch_user=tp.user_id, touch_ts=tp.ts, touch_campaign=tp.campaign_id
+    touches = tp_user.select(
+        touch_user=tp_user.user_id, touch_ts=tp_user.ts, touch_campaign=tp_user.campaign_id
     )
     c = conv.mutate(_row=ibis.row_number())
     by_click = c.left_join(clicks, c.click_id == clicks.click_id).select(
-        c._row, clicks.click_campaign
+        c._row, clicks.click_campaign, clicks.click_first_ts, clicks.click_adset_id
     )
     last_touch = (
         c.select(c._row, c.user_id, c.ts)
@@ -56,6 +103,121 @@ def attributed_conversions(ws: Workspace) -> Any:
     return out.mutate(attributed_campaign_id=campaign, attributed_by=by).drop(
         "_row", "click_campaign", "user_campaign"
     )
+
+
+def _state(ws: Workspace) -> dict[str, list[int]]:
+    out = {}
+    for kind in _READS:
+        row = ws.con.execute(
+            f"SELECT count(*), coalesce(max(_ingest_id), -1) FROM {kind}"
+        ).fetchone()
+        out[kind] = [int(row[0]), int(row[1])] if row else [0, -1]
+    return out
+
+
+def _appended(ws: Workspace, saved: dict[str, list[int]], now: dict[str, list[int]]) -> bool:
+    """Whether every row since ``saved`` came by a later ingest (and none went away)."""
+    for kind in _READS:
+        (n0, hi0), (n1, _) = saved[kind], now[kind]
+        row = ws.con.execute(f"SELECT count(*) FROM {kind} WHERE _ingest_id > ?", [hi0]).fetchone()
+        if row is None or n0 + int(row[0]) != n1:
+            return False
+    return True
+
+
+def refresh_attribution(ws: Workspace) -> bool:
+    """Bring :data:`ATTRIBUTION_TABLE` up to date; whether it is current (and may be read).
+
+    The first call attributes every conversion. Later calls attribute only what rows
+    ingested since could change: new conversions, and stored ones without a ``campaign_id``
+    whose click id a new touchpoint carries or whose user has a new touchpoint at or before
+    them. Anything else (rows not from an ingest, rows gone, a new rule version) attributes
+    everything again, so the table always equals :func:`attribute` over all conversions
+    (``tests/test_attribution_incremental.py`` checks it on every simulator shape and fault).
+
+    A read-only workspace, conversion ids that are not unique, or a write that conflicts with
+    another thread's leave the table as it is and answer ``False``: callers then attribute on
+    the fly.
+    """
+    con = ws.con
+    found = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND NOT temporary",
+        [ATTRIBUTION_TABLE],
+    ).fetchone()
+    have = bool(found and found[0])
+    row = con.execute("SELECT value FROM meta WHERE key = ?", [_STATE_KEY]).fetchone()
+    saved = json.loads(row[0]) if row else {}
+    now = _state(ws)
+    if have and saved.get("version") == ATTRIBUTION_VERSION and saved.get("tables") == now:
+        return bool(saved.get("unique"))
+    if ws.read_only:
+        return False
+    dup = con.execute(
+        "SELECT count(*) <> count(DISTINCT conversion_id) FROM conversions"
+    ).fetchone()
+    unique = not (dup and dup[0])
+    full = not (
+        have
+        and unique
+        and saved.get("unique")
+        and saved.get("version") == ATTRIBUTION_VERSION
+        and _appended(ws, saved["tables"], now)
+    )
+    try:
+        with ws.transaction():
+            if not unique:
+                con.execute(f"DROP TABLE IF EXISTS {ATTRIBUTION_TABLE}")
+            elif full:
+                expr = attribute(ws, ws.table("conversions")).select(*STORED)
+                con.execute(
+                    f"CREATE OR REPLACE TABLE {ATTRIBUTION_TABLE} AS {ws.ibis.compile(expr)}"
+                )
+            else:
+                touched = _touched(
+                    ws, saved["tables"]["conversions"][1], saved["tables"]["touchpoints"][1]
+                )
+                conv = ws.table("conversions")
+                redo = attribute(ws, conv.filter(conv.conversion_id.isin(touched)), narrow=True)
+                redo = redo.select(*STORED)
+                con.execute(
+                    f"DELETE FROM {ATTRIBUTION_TABLE} WHERE conversion_id IN "
+                    f"({ws.ibis.compile(touched)})"
+                )
+                con.execute(f"INSERT INTO {ATTRIBUTION_TABLE} {ws.ibis.compile(redo)}")
+            state = {
+                "version": ATTRIBUTION_VERSION,
+                "tables": now,
+                "unique": unique,
+                "refresh": "full" if full else "incremental",
+            }
+            con.execute(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)", [_STATE_KEY, json.dumps(state)]
+            )
+    except duckdb.TransactionException:
+        return False
+    return unique
+
+
+def _touched(ws: Workspace, conv_seen: int, tp_seen: int) -> Any:
+    """The ``conversion_id`` of every conversion rows ingested after the given ids may
+    re-attribute (an ibis column expression)."""
+    conv = ws.table("conversions")
+    tp = ws.table("touchpoints")
+    new_tp = tp.filter((tp._ingest_id > tp_seen) & tp.campaign_id.notnull())
+    new_conv = conv.filter(conv._ingest_id > conv_seen).select("conversion_id")
+    open_ = conv.filter(conv.campaign_id.isnull())
+    # a new touch of a known click can change its first time and ad set for any conversion
+    new_clicks = tp.filter((tp._ingest_id > tp_seen) & tp.click_id.notnull()).click_id
+    by_click = conv.filter(conv.click_id.isin(new_clicks)).select("conversion_id")
+    users = (
+        new_tp.filter(new_tp.user_id.notnull())
+        .group_by(u=new_tp.user_id)
+        .aggregate(first=new_tp.ts.min())
+    )
+    by_user = open_.join(users, (open_.user_id == users.u) & (open_.ts >= users.first)).select(
+        "conversion_id"
+    )
+    return new_conv.union(by_click).union(by_user).conversion_id
 
 
 def campaign_summary(ws: Workspace) -> list[dict[str, Any]]:

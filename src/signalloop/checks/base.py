@@ -138,7 +138,8 @@ class CheckContext:
 
     @cached_property
     def conversions(self) -> Any:
-        """Conversions up to the as-of date, with their attributed campaign and click time."""
+        """Conversions up to the as-of date, with their attributed campaign and what their
+        click id finds in the touchpoints (:func:`~signalloop.attribution.attribute`)."""
         from signalloop.attribution import attributed_conversions
 
         conv = attributed_conversions(self.ws)
@@ -167,15 +168,10 @@ class CheckContext:
         """Pixel and server conversions (the optimisation events), with ``adset`` (their own
         ad set, else their click's) and ``day`` (their event date)."""
         conv = self.conversions
-        conv = conv.filter(conv.source.isin(["pixel", "server"]) | conv.source.isnull())
-        tp = self.table("touchpoints")
-        clicks = (
-            tp.filter(tp.click_id.notnull())
-            .group_by("click_id")
-            .aggregate(t_adset=tp.adset_id.arbitrary())
-        )
-        c = conv.left_join(clicks, conv.click_id == clicks.click_id)
-        return c.mutate(adset=ibis.coalesce(c.adset_id, c.t_adset), day=c.ts.date())
+        c = conv.filter(conv.source.isin(["pixel", "server"]) | conv.source.isnull())
+        # the click's ad set, when its touchpoint is known by the as-of date
+        t_adset = ibis.ifelse(c.click_first_ts < self.cutoff, c.click_adset_id, ibis.null())
+        return c.mutate(adset=ibis.coalesce(c.adset_id, t_adset), day=c.ts.date())
 
 
 def to_date(v: Any) -> date | None:

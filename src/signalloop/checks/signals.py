@@ -50,10 +50,10 @@ def delay_pmf(ctx: CheckContext, max_days: int = 21) -> np.ndarray:
     conv = ctx.conversions.filter(
         ctx.conversions.source.isin(TRACKED) | ctx.conversions.source.isnull()
     )
-    tp = ctx.table("touchpoints")
-    clicks = tp.filter(tp.click_id.notnull()).group_by("click_id").aggregate(t_click=tp.ts.min())
-    c = conv.left_join(clicks, conv.click_id == clicks.click_id)
-    click_ts = ibis.coalesce(c.click_ts, c.t_click)
+    c = conv
+    # the stored click time, else the click's first touchpoint (after the limit either way
+    # when that touchpoint is after the as-of date)
+    click_ts = ibis.coalesce(c.click_ts, c.click_first_ts)
     limit = ibis.literal(ctx.cutoff - timedelta(days=max_days))
     c = c.filter(click_ts.notnull() & (click_ts < limit))
     lag = ((c.ts.date() - click_ts.date()).cast("int32")).clip(0, max_days)
@@ -339,7 +339,6 @@ def attribution_match(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding
     conv = ctx.conversions
     tp = ctx.table("touchpoints")
     with_ids = tp.filter(tp.click_id.notnull())
-    clicks = with_ids.select("click_id").distinct()
     matchable = {
         str(r["campaign_id"]): int(r["n"])
         for r in with_ids.filter(with_ids.campaign_id.notnull())
@@ -351,7 +350,11 @@ def attribution_match(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding
     spend = ctx.table("spend")
     platforms = spend.group_by("campaign_id").aggregate(platform=spend.platform.arbitrary())
     # never null: a conversion without a click id is not matched (sums stay numbers)
-    c = conv.mutate(matched=conv.click_id.notnull() & conv.click_id.isin(clicks.click_id))
+    c = conv.mutate(
+        matched=conv.click_id.notnull()
+        & conv.click_first_ts.notnull()
+        & (conv.click_first_ts < ctx.cutoff)
+    )
     c = c.left_join(platforms, c.attributed_campaign_id == platforms.campaign_id)
     c = c.mutate(week=c.ts.date().truncate("W"))
     findings: list[Finding] = []

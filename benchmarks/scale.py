@@ -1,0 +1,295 @@
+"""``signalloop run`` as accounts grow: first run and next day, step by step, with peak memory.
+
+For each account size the simulator writes 90 days of ``SimulationConfig(days=90, campaigns=N,
+seed=3)`` (full shape). The rows are split by their day into the **history** (days 1-89) and
+the **new day** (day 90, what a daily export drop brings), each a folder of canonical CSVs.
+
+* **first run**: ``signalloop run --inbox history --as-of <day 89>`` on a fresh workspace
+  (ingest, checks, state, both models fitted and backtested, allocation, diagnose, lens,
+  the signal history backfilled, the report);
+* **next day**: ``signalloop run --inbox new-day --as-of <day 90>`` on the same workspace.
+
+Each run is its own process (the CLI, as a user runs it), so its peak RSS is its own
+(``wait4``'s ``ru_maxrss``). The anchor is a **plain scan of the new day's rows**: DuckDB
+reading the new day's CSVs and summing every numeric column, timed in the same session; the
+issue's target is a next day costing at most 2x that plus a fixed part, independent of history.
+
+Accounts larger than ``--shard`` campaigns are simulated as independent shards of at most
+``--shard`` campaigns (seeds 3, 4, ...), their campaign, ad set, ad, creative, user and row
+ids prefixed per shard, because one simulation holds its whole account in memory.
+
+Run: ``.venv/bin/python benchmarks/scale.py --campaigns 10,100`` (``make bench-scale``);
+simulated accounts are cached in ``--cache`` (default ``/tmp/signalloop-scale``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+from _report import log, machine, write_section
+
+BEGIN, END = "<!-- scale:begin -->", "<!-- scale:end -->"
+PACKAGES = ("duckdb", "ibis-framework", "lightgbm", "scikit-learn")
+STEPS = ("ingest", "checks", "state", "models", "allocate", "learnable", "diagnose_lens", "history")
+KIND_TIME = {
+    "spend": "date",
+    "touchpoints": "ts",
+    "conversions": "ts",
+    "crm": "ts",
+    "changes": "ts",
+}
+#: Columns holding ids that a shard prefixes so shards never collide.
+ID_COLUMNS = (
+    "campaign_id",
+    "adset_id",
+    "ad_id",
+    "creative_id",
+    "user_id",
+    "touch_id",
+    "click_id",
+    "conversion_id",
+    "record_id",
+    "entity_id",
+    "utm_campaign",
+)
+START = date(2026, 1, 1)
+
+
+def simulate(n: int, days: int, seed: int, shard: int, folder: Path) -> dict[str, Any]:
+    """Write the account's canonical CSVs into ``folder/all`` (once; cached)."""
+    done = folder / "all" / ".done"
+    if done.exists():
+        return dict(json.loads(done.read_text()), cached=True)
+    from signalloop import simulate as sim
+
+    t0 = time.perf_counter()
+    if folder.exists():
+        shutil.rmtree(folder)
+    parts = []
+    for i, lo in enumerate(range(0, n, shard)):
+        k = min(shard, n - lo)
+        log(f"simulating {k} campaigns (shard {i + 1} of {-(-n // shard)})")
+        out = folder / f"shard{i}"
+        sim.write(sim.simulate(sim.SimulationConfig(days=days, campaigns=k, seed=seed + i)), out)
+        parts.append(out)
+    (folder / "all").mkdir(parents=True)
+    con = duckdb.connect()
+    rows: dict[str, int] = {}
+    for kind in KIND_TIME:
+        files = [p / f"{kind}.csv" for p in parts if (p / f"{kind}.csv").exists()]
+        selects = []
+        for i, f in enumerate(files):
+            cols = [
+                r[0]
+                for r in con.execute(
+                    f"DESCRIBE SELECT * FROM read_csv('{f}', all_varchar=true)"
+                ).fetchall()
+            ]
+            exprs = [
+                (f"CASE WHEN {c} IS NULL OR {c} = '' THEN {c} ELSE 's{i}-' || {c} END AS {c}")
+                if len(files) > 1 and c in ID_COLUMNS
+                else c
+                for c in cols
+            ]
+            selects.append(f"SELECT {', '.join(exprs)} FROM read_csv('{f}', all_varchar=true)")
+        con.execute(
+            f"COPY ({' UNION ALL BY NAME '.join(selects)}) TO '{folder / 'all' / kind}.csv' "
+            "(HEADER, DELIMITER ',')"
+        )
+        rows[kind] = con.execute(
+            f"SELECT count(*) FROM read_csv('{folder / 'all' / kind}.csv')"
+        ).fetchone()[0]  # type: ignore[index]
+    for p in parts:
+        shutil.rmtree(p)
+    info = {"rows": rows, "simulate_seconds": time.perf_counter() - t0}
+    done.write_text(json.dumps(info))
+    return dict(info, cached=False)
+
+
+def split(folder: Path, last: date) -> tuple[Path, Path, dict[str, int]]:
+    """The history (before ``last``) and the new day (``last``) as two inbox folders."""
+    hist, new = folder / "history", folder / "new-day"
+    new_rows: dict[str, int] = {}
+    con = duckdb.connect()
+    for sub in (hist, new):
+        if sub.exists():
+            shutil.rmtree(sub)
+        sub.mkdir()
+    for kind, col in KIND_TIME.items():
+        src = folder / "all" / f"{kind}.csv"
+        if not src.exists():
+            continue
+        rel = f"read_csv('{src}', all_varchar=true)"
+        day = f"substr({col}, 1, 10)"
+        con.execute(
+            f"COPY (SELECT * FROM {rel} WHERE {day} < '{last}') TO '{hist / kind}.csv' (HEADER)"
+        )
+        con.execute(
+            f"COPY (SELECT * FROM {rel} WHERE {day} = '{last}') TO '{new / kind}.csv' (HEADER)"
+        )
+        found = con.execute(f"SELECT count(*) FROM {rel} WHERE {day} = '{last}'").fetchone()
+        new_rows[kind] = int(found[0]) if found else 0
+    return hist, new, new_rows
+
+
+def plain_scan(new: Path) -> float:
+    """Seconds for DuckDB to read the new day's CSVs and sum every numeric column."""
+    con = duckdb.connect()
+    t0 = time.perf_counter()
+    for f in sorted(new.glob("*.csv")):
+        rel = con.sql(f"SELECT * FROM read_csv('{f}')")
+        sums = [
+            f"sum(TRY_CAST({c} AS DOUBLE))"
+            for c, t in zip(rel.columns, rel.types, strict=True)
+            if str(t) in ("BIGINT", "DOUBLE", "INTEGER")
+        ]
+        con.execute(f"SELECT count(*){''.join(', ' + s for s in sums)} FROM read_csv('{f}')")
+    return time.perf_counter() - t0
+
+
+def run_once(ws: Path, inbox: Path, as_of: date, out: Path) -> dict[str, Any]:
+    """``signalloop run`` in its own process: wall seconds, peak RSS, the run's timings."""
+    cmd = [
+        str(Path(sys.executable).parent / "signalloop"),
+        "run",
+        "--db",
+        str(ws),
+        "--inbox",
+        str(inbox),
+        "--as-of",
+        as_of.isoformat(),
+        "--out",
+        str(out),
+        "--json",
+    ]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t0
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    code = os.waitstatus_to_exitcode(status)
+    if code not in (0, 1):
+        raise SystemExit(f"{' '.join(cmd)} exited {code}:\n{err[-3000:]}")
+    doc = json.loads((out / "report.json").read_text())
+    return {
+        "seconds": seconds,
+        "peak_gib": usage.ru_maxrss / 1024**2,
+        "timings": doc["timings"],
+        "loaded": (doc.get("inbox") or {}).get("loaded", 0),
+        "models": [f"{m['outcome']} {m['status']}" for m in doc["models"]],
+    }
+
+
+def measure(n: int, days: int, seed: int, shard: int, cache: Path) -> dict[str, Any]:
+    folder = cache / f"c{n}-d{days}-s{seed}"
+    info = simulate(n, days, seed, shard, folder)
+    last = START + timedelta(days=days - 1)
+    hist, new, new_rows = split(folder, last)
+    ws = folder / "ws.duckdb"
+    for p in (ws, Path(f"{ws}.wal")):
+        p.unlink(missing_ok=True)
+    shutil.rmtree(folder / "reports", ignore_errors=True)
+    log(f"{n} campaigns: first run as of {last - timedelta(days=1)}")
+    first = run_once(ws, hist, last - timedelta(days=1), folder / "reports" / "first")
+    log(f"{n} campaigns: next day as of {last}")
+    nxt = run_once(ws, new, last, folder / "reports" / "next")
+    scan = min(plain_scan(new) for _ in range(3))
+    return {
+        "campaigns": n,
+        "rows": info["rows"],
+        "new_rows": new_rows,
+        "first": first,
+        "next": nxt,
+        "scan": scan,
+        "workspace_mb": ws.stat().st_size / 1e6,
+    }
+
+
+def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d")
+    cols = [(r, lab) for r in results for lab in ("first", "next")]
+    head = "| step | " + " | ".join(
+        f"{r['campaigns']:,} campaigns, {'first run' if lab == 'first' else 'next day'}"
+        for r, lab in cols
+    )
+    lines = [
+        BEGIN,
+        "## Scale: `signalloop run` at growing account sizes",
+        "",
+        f"Command: `make bench-scale` (benchmarks/scale.py --campaigns "
+        f"{','.join(str(r['campaigns']) for r in results)} --days {args.days} --seed "
+        f"{args.seed}). Measured {stamp} on {machine(PACKAGES)}.",
+        "",
+        "Each account is the simulator's full shape, 90 days; the first run ingests days 1-89 "
+        "into a fresh workspace and runs as of day 89; the next day ingests day 90's rows and "
+        "runs as of day 90. Each run is the CLI in its own process; peak memory is that "
+        "process's maximum RSS. The anchor is a plain DuckDB scan of the new day's CSVs "
+        "(count and sum of every numeric column), in the same session.",
+        "",
+        head + " |",
+        "|---|" + "---:|" * len(cols),
+    ]
+    for step in STEPS:
+        cells = [f"{r[lab]['timings'].get(step, 0.0):.1f} s" for r, lab in cols]
+        lines.append(f"| {step.replace('_', ' + ')} | " + " | ".join(cells) + " |")
+    lines += [
+        "| the rest (start-up, report) | "
+        + " | ".join(
+            f"{r[lab]['seconds'] - sum(r[lab]['timings'].get(s, 0.0) for s in STEPS):.1f} s"
+            for r, lab in cols
+        )
+        + " |",
+        "| **whole run** (process) | "
+        + " | ".join(f"**{r[lab]['seconds']:.1f} s**" for r, lab in cols)
+        + " |",
+        "| peak memory | " + " | ".join(f"{r[lab]['peak_gib']:.2f} GiB" for r, lab in cols) + " |",
+        "| rows ingested | " + " | ".join(f"{r[lab]['loaded']:,}" for r, lab in cols) + " |",
+        "| models | " + " | ".join(", ".join(r[lab]["models"]) for r, lab in cols) + " |",
+        "",
+        "| campaigns | touchpoints | new day's rows | plain scan of them | next day | "
+        "next day / scan | workspace |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['campaigns']:,} | {r['rows'].get('touchpoints', 0):,} | "
+            f"{sum(r['new_rows'].values()):,} | {r['scan']:.3f} s | "
+            f"{r['next']['seconds']:.1f} s | {r['next']['seconds'] / r['scan']:,.0f}x | "
+            f"{r['workspace_mb']:,.0f} MB |"
+        )
+    lines += ["", END]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--campaigns", default="10,100", help="comma-separated account sizes")
+    ap.add_argument("--days", type=int, default=90)
+    ap.add_argument("--seed", type=int, default=3)
+    ap.add_argument("--shard", type=int, default=100, help="campaigns per simulated shard")
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/signalloop-scale"))
+    ap.add_argument("--no-write", action="store_true", help="print, do not touch BENCHMARKS.md")
+    args = ap.parse_args()
+    results = [
+        measure(int(n), args.days, args.seed, args.shard, args.cache)
+        for n in args.campaigns.split(",")
+    ]
+    block = render(results, args)
+    if not args.no_write:
+        write_section(block, BEGIN, END)
+    print(block)
+    print(json.dumps(results, default=str), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
