@@ -8,7 +8,8 @@ PosixPath('marketing.models/sql')
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -17,13 +18,16 @@ import numpy as np
 
 from signalloop.config import Settings
 from signalloop.errors import UsageError
-from signalloop.models.backtest import HOLDOUT, Progress, backtest
+from signalloop.models.backtest import HOLDOUT, MAX_EVAL_ROWS, Progress, backtest
 from signalloop.models.card import config_of, load_model, save_model, schema_of
 from signalloop.models.estimator import ConversionModel
 from signalloop.models.features import TrainingFrame, build_frame, horizon_for
 from signalloop.models.metrics import reliability_table, scores
 from signalloop.models.table import read_table, table_frame
 from signalloop.store import Workspace
+
+#: The backtest saved beside a model by :func:`refresh_workspace` (what diagnose reads).
+BACKTEST_FILE = "backtest.json"
 
 
 def default_model_dir(db: str, outcome: str) -> Path:
@@ -97,10 +101,27 @@ def fit_workspace(
     holdout: dict[str, Any] = dict(scores(y[cut:], p))
     holdout["reliability"] = reliability_table(y[cut:], p)
     model = ConversionModel(**template.get_params()).fit(X, y)
-    config = model_config(outcome, settings, horizon_days, random_state)
+    return _save_fit(ws, outcome, tf, model, holdout, folder, as_of, settings, horizon_days)
+
+
+def _save_fit(
+    ws: Workspace,
+    outcome: str,
+    tf: TrainingFrame,
+    model: ConversionModel,
+    holdout: dict[str, Any],
+    folder: str | Path,
+    as_of: date | None,
+    settings: Settings,
+    horizon_days: int | None,
+    feedback: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Save ``model`` with its card (``holdout``: the time-split check) and describe it."""
+    horizon = horizon_for(outcome, settings, horizon_days)
+    config = config_of(outcome, horizon, settings.funnel, model.get_params())
     info = _frame_info(tf)
     info["as_of"] = str(as_of) if as_of else None
-    feedback = _feedback(ws, outcome, as_of, tf)
+    feedback = feedback or _feedback(ws, outcome, as_of, tf)
     card = save_model(
         folder,
         model,
@@ -121,6 +142,55 @@ def fit_workspace(
         "config_hash": card["config_hash"],
         "schema_hash": card["schema_hash"],
     }
+
+
+def refresh_workspace(
+    ws: Workspace,
+    outcome: str,
+    *,
+    folder: str | Path,
+    as_of: date | None = None,
+    settings: Settings | None = None,
+    horizon_days: int | None = None,
+    random_state: int = 0,
+    workers: int | None = None,
+    cadences: Sequence[float] | None = None,
+    progress: Progress | None = None,
+    model: ConversionModel | None = None,
+    max_eval_rows: int | None = MAX_EVAL_ROWS,
+) -> dict[str, Any]:
+    """Fit, backtest and save the ``outcome`` model from one frame: what a run does per outcome.
+
+    One :func:`~signalloop.models.features.build_frame`, and one pass of
+    :func:`~signalloop.models.backtest.backtest` whose fits (random split, time split, the
+    cadence refits and the final model on every unit) share its worker processes. The time
+    split doubles as the card's 70/30 check: it is the same model on the same rows as
+    :func:`fit_workspace`'s. The model and its card are saved in ``folder``, the backtest
+    beside them as ``backtest.json``. ``model`` (an unfitted template, default
+    :class:`ConversionModel` with ``random_state``) and ``max_eval_rows`` are passed to the
+    backtest; the card's config carries the template's parameters.
+
+    Returns
+    -------
+    dict
+        What :func:`fit_workspace` returns (``time_split`` is the backtest's), plus
+        ``backtest``: the document saved as ``backtest.json``.
+    """
+    settings = settings or Settings()
+    tf = build_frame(ws, outcome, as_of=as_of, settings=settings, horizon_days=horizon_days)
+    kept: list[ConversionModel] = []
+    template = model or ConversionModel(random_state=random_state)
+    doc = _backtest_frame(
+        ws, outcome, tf, as_of, template, workers, cadences, progress, max_eval_rows, kept.append
+    )
+    holdout = {k: v for k, v in doc["time_split"].items() if k != "calibration"}
+    out = _save_fit(
+        ws, outcome, tf, kept[0], holdout, folder, as_of, settings, horizon_days, doc["feedback"]
+    )
+    text = json.dumps(doc, indent=2, default=str, allow_nan=False)
+    (Path(folder) / BACKTEST_FILE).write_text(text + "\n")
+    out["backtest"] = doc
+    return out
 
 
 def score_workspace(
@@ -210,16 +280,36 @@ def backtest_workspace(
     ``cadences``, default :func:`~signalloop.models.backtest.candidate_cadences`) is in days.
     """
     tf = build_frame(ws, outcome, as_of=as_of, settings=settings, horizon_days=horizon_days)
+    template = ConversionModel(random_state=random_state)
+    return _backtest_frame(ws, outcome, tf, as_of, template, workers, cadences, progress)
+
+
+def _backtest_frame(
+    ws: Workspace,
+    outcome: str,
+    tf: TrainingFrame,
+    as_of: date | None,
+    template: ConversionModel,
+    workers: int | None,
+    cadences: Sequence[float] | None,
+    progress: Progress | None,
+    max_eval_rows: int | None = MAX_EVAL_ROWS,
+    final: Callable[[ConversionModel], None] | None = None,
+) -> dict[str, Any]:
+    """The backtest document of a workspace frame (``final`` as in :func:`backtest`)."""
     doc = backtest(
         tf.frame[tf.features],
         tf.frame[tf.target].to_numpy(dtype=int),
         clock=_clock_days(tf),
         unit="days",
         target=outcome,
-        random_state=random_state,
+        model=template,
+        random_state=template.random_state,
         workers=workers,
         cadences=cadences,
         progress=progress,
+        max_eval_rows=max_eval_rows,
+        final=final,
     )
     doc["source"] = "workspace"
     info = _frame_info(tf)
