@@ -10,6 +10,7 @@ simulator fault is covered, and touchpoints arriving after their conversions.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -19,8 +20,10 @@ from signalloop import simulate as sim
 from signalloop.attribution import (
     ATTRIBUTION_TABLE,
     STORED,
+    _record_campaigns,
     attribute,
     attributed_conversions,
+    crm_record_campaigns,
     refresh_attribution,
 )
 from signalloop.contract import KINDS
@@ -48,11 +51,31 @@ def _refresh_kind(ws: Workspace) -> str:
     return str(json.loads(row[0])["refresh"]) if row else ""
 
 
+def _records(expr: object) -> pd.DataFrame:
+    df = expr.to_pandas()  # type: ignore[attr-defined]
+    df = df[["record_id", "campaign_id", "first_ts"]].sort_values("record_id")
+    return df.reset_index(drop=True)
+
+
 def _assert_current(ws: Workspace) -> None:
     assert refresh_attribution(ws)
     stored = _frame(attributed_conversions(ws))
     fresh = _frame(attribute(ws, ws.table("conversions")))
     pd.testing.assert_frame_equal(stored, fresh)
+    # the CRM records' campaigns, stored and as of earlier cutoffs (some inside a record's
+    # first hour), against deriving them from the rows
+    pd.testing.assert_frame_equal(
+        _records(crm_record_campaigns(ws)), _records(_record_campaigns(ws))
+    )
+    first = ws.con.execute("SELECT min(ts), max(ts) FROM crm").fetchone()
+    if first and first[0] is not None:
+        lo, hi = first
+        for k in (1, 2, 3):
+            cut = lo + (hi - lo) * k / 4
+            for at in (cut, cut.replace(minute=0, second=0, microsecond=0)):
+                pd.testing.assert_frame_equal(
+                    _records(crm_record_campaigns(ws, at)), _records(_record_campaigns(ws, at))
+                )
 
 
 def _drops(tmp_path: Path, shape: str, faults: tuple[str, ...]) -> list[dict[str, Path]]:
@@ -140,3 +163,29 @@ def test_non_unique_ids_and_read_only_attribute_on_the_fly(tmp_path: Path) -> No
         assert not refresh_attribution(ws)
         n = ws.table("conversions").count().execute()
         assert len(attributed_conversions(ws).to_pandas()) == n
+
+
+def test_a_record_begun_just_before_the_cutoff_is_derived_again(tmp_path: Path) -> None:
+    """The lead that created a record may come up to an hour after it: cut between the two,
+    the record's campaign is its last touch's, as the rows before the cut say."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "touchpoints.csv").write_text(
+        "touch_id,ts,user_id,campaign_id\nt1,2026-01-05T08:00:00Z,u1,cA\n"
+    )
+    (folder / "crm.csv").write_text("record_id,stage,ts,user_id\nr1,lead,2026-01-05T10:00:00Z,u1\n")
+    (folder / "conversions.csv").write_text(
+        "conversion_id,ts,kind,user_id,campaign_id\nk1,2026-01-05T10:30:00Z,lead,u1,cB\n"
+    )
+    with Workspace(tmp_path / "ws.duckdb") as ws:
+        for kind in ("touchpoints", "crm", "conversions"):
+            ingest_file(ws, kind, folder / f"{kind}.csv")
+        assert refresh_attribution(ws)
+
+        def campaign(cutoff: datetime | None) -> list[object]:
+            return list(crm_record_campaigns(ws, cutoff).to_pandas().campaign_id)
+
+        assert campaign(None) == ["cB"]
+        assert campaign(datetime(2026, 1, 5, 10, 10)) == ["cA"]  # the lead is after the cut
+        assert campaign(datetime(2026, 1, 5, 10, 40)) == ["cB"]
+        assert campaign(datetime(2026, 1, 5, 9, 0)) == []  # the record has not begun

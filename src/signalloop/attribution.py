@@ -20,7 +20,7 @@ from signalloop.store import Workspace
 #: ``attributed_by``), kept current by :func:`refresh_attribution`.
 ATTRIBUTION_TABLE = "conversion_attribution"
 #: Bumped when the rule changes, so every stored attribution is rebuilt once.
-ATTRIBUTION_VERSION = 2
+ATTRIBUTION_VERSION = 3
 _STATE_KEY = "attribution_state"
 #: The stored columns (:func:`attribute`'s, per ``conversion_id``).
 STORED = (
@@ -30,7 +30,10 @@ STORED = (
     "click_first_ts",
     "click_adset_id",
 )
-_READS = ("conversions", "touchpoints")
+#: The stored campaign of each CRM record (:func:`crm_record_campaigns` without a cutoff):
+#: ``record_id``, ``campaign_id``, ``first_ts``; refreshed with the attribution.
+RECORDS_TABLE = "crm_record_campaign"
+_READS = ("conversions", "touchpoints", "crm")
 
 
 def attributed_conversions(ws: Workspace) -> Any:
@@ -42,9 +45,13 @@ def attributed_conversions(ws: Workspace) -> Any:
     workspace whose table is not current attributes every conversion on the fly instead, with
     the same result.
     """
-    conv = ws.table("conversions")
     if not refresh_attribution(ws):
-        return attribute(ws, conv)
+        return attribute(ws, ws.table("conversions"))
+    return _stored_conversions(ws)
+
+
+def _stored_conversions(ws: Workspace) -> Any:
+    conv = ws.table("conversions")
     a = ws.table(ATTRIBUTION_TABLE)
     j = conv.left_join(a, conv.conversion_id == a.conversion_id)
     return j.select(*[j[c] for c in conv.columns], *[a[c] for c in STORED[1:]])
@@ -167,11 +174,14 @@ def refresh_attribution(ws: Workspace) -> bool:
         with ws.transaction():
             if not unique:
                 con.execute(f"DROP TABLE IF EXISTS {ATTRIBUTION_TABLE}")
+                con.execute(f"DROP TABLE IF EXISTS {RECORDS_TABLE}")
             elif full:
                 expr = attribute(ws, ws.table("conversions")).select(*STORED)
                 con.execute(
                     f"CREATE OR REPLACE TABLE {ATTRIBUTION_TABLE} AS {ws.ibis.compile(expr)}"
                 )
+                recs = _record_campaigns(ws, conversions=_stored_conversions(ws))
+                con.execute(f"CREATE OR REPLACE TABLE {RECORDS_TABLE} AS {ws.ibis.compile(recs)}")
             else:
                 touched = _touched(
                     ws, saved["tables"]["conversions"][1], saved["tables"]["touchpoints"][1]
@@ -184,6 +194,7 @@ def refresh_attribution(ws: Workspace) -> bool:
                     f"({ws.ibis.compile(touched)})"
                 )
                 con.execute(f"INSERT INTO {ATTRIBUTION_TABLE} {ws.ibis.compile(redo)}")
+                _refresh_records(ws, saved["tables"], touched)
             state = {
                 "version": ATTRIBUTION_VERSION,
                 "tables": now,
@@ -218,6 +229,33 @@ def _touched(ws: Workspace, conv_seen: int, tp_seen: int) -> Any:
         "conversion_id"
     )
     return new_conv.union(by_click).union(by_user).conversion_id
+
+
+def _refresh_records(ws: Workspace, seen: dict[str, list[int]], touched: Any) -> None:
+    """Re-derive the stored campaign of every CRM record that new rows could change: records
+    with new stage rows, and records of users with a new touchpoint or a re-attributed
+    conversion (the lead that created a record, or its last touch, may have moved)."""
+    crm, tp = ws.table("crm"), ws.table("touchpoints")
+    conv = ws.table("conversions")
+    users = (
+        tp.filter((tp._ingest_id > seen["touchpoints"][1]) & tp.campaign_id.notnull())
+        .select(u=tp.user_id)
+        .union(conv.filter(conv.conversion_id.isin(touched)).select(u=conv.user_id))
+    )
+    users = users.filter(users.u.notnull())
+    records = (
+        crm.filter((crm._ingest_id > seen["crm"][1]) | crm.user_id.isin(users.u))
+        .select("record_id")
+        .distinct()
+    )
+    redo = _record_campaigns(
+        ws,
+        crm=crm.filter(crm.record_id.isin(records.record_id)),
+        conversions=_stored_conversions(ws),
+        narrow=True,
+    )
+    ws.con.execute(f"DELETE FROM {RECORDS_TABLE} WHERE record_id IN ({ws.ibis.compile(records)})")
+    ws.con.execute(f"INSERT INTO {RECORDS_TABLE} {ws.ibis.compile(redo)}")
 
 
 def campaign_summary(ws: Workspace) -> list[dict[str, Any]]:
@@ -307,7 +345,36 @@ def crm_record_campaigns(
         ``user_id``); conversions already attributed (``user_id``, ``ts``,
         ``attributed_campaign_id``: the nowcast passes the conversions it linked, so they are
         not attributed twice); touchpoints (``user_id``, ``ts``, ``campaign_id``).
+
+    Without ``crm``, ``conversions`` and ``touchpoints`` the stored campaigns are read
+    (:data:`RECORDS_TABLE`, kept current with the attribution): a record that began more than
+    an hour before ``cutoff`` has the same campaign with or without it, and the few that began
+    within that hour (their lead may fall after the cutoff) are derived again.
     """
+    if crm is None and conversions is None and touchpoints is None and refresh_attribution(ws):
+        stored = ws.table(RECORDS_TABLE).select("record_id", "campaign_id", "first_ts")
+        if cutoff is None:
+            return stored
+        edge = ibis.literal(cutoff) - ibis.interval(hours=1)
+        recent = stored.filter((stored.first_ts >= edge) & (stored.first_ts < cutoff))
+        rows = ws.table("crm")
+        rows = rows.filter((rows.ts < cutoff) & rows.record_id.isin(recent.record_id))
+        live = _record_campaigns(ws, cutoff, crm=rows, narrow=True)
+        return stored.filter(stored.first_ts < edge).union(live)
+    return _record_campaigns(ws, cutoff, crm=crm, conversions=conversions, touchpoints=touchpoints)
+
+
+def _record_campaigns(
+    ws: Workspace,
+    cutoff: Any = None,
+    *,
+    crm: Any = None,
+    conversions: Any = None,
+    touchpoints: Any = None,
+    narrow: bool = False,
+) -> Any:
+    """:func:`crm_record_campaigns` from the rows (``narrow``: only the touchpoints and
+    conversions of the records' users are read)."""
     if crm is None:
         crm = ws.table("crm")
         crm = crm.filter(crm.ts < cutoff) if cutoff is not None else crm
@@ -323,6 +390,9 @@ def crm_record_campaigns(
     rec = crm.group_by("record_id").aggregate(
         user_id=crm.user_id.arbitrary(), first_ts=crm.ts.min()
     )
+    if narrow:
+        tp = tp.filter(tp.user_id.isin(rec.user_id))
+        conv = conv.filter(conv.user_id.isin(rec.user_id))
     leads = conv.filter(conv.user_id.notnull() & conv.attributed_campaign_id.notnull()).select(
         c_user=conv.user_id, c_ts=conv.ts, c_campaign=conv.attributed_campaign_id
     )
