@@ -20,7 +20,7 @@ from signalloop.store import Workspace
 #: ``attributed_by``), kept current by :func:`refresh_attribution`.
 ATTRIBUTION_TABLE = "conversion_attribution"
 #: Bumped when the rule changes, so every stored attribution is rebuilt once.
-ATTRIBUTION_VERSION = 3
+ATTRIBUTION_VERSION = 4
 _STATE_KEY = "attribution_state"
 #: The stored columns (:func:`attribute`'s, per ``conversion_id``).
 STORED = (
@@ -29,6 +29,7 @@ STORED = (
     "attributed_by",
     "click_first_ts",
     "click_adset_id",
+    "click_creative_id",
 )
 #: The stored campaign of each CRM record (:func:`crm_record_campaigns` without a cutoff):
 #: ``record_id``, ``campaign_id``, ``first_ts``; refreshed with the attribution.
@@ -62,9 +63,10 @@ def attribute(ws: Workspace, conv: Any, *, narrow: bool = False) -> Any:
     computed from the touchpoints: the contract's rule, as one ibis expression.
 
     Also what the conversion's click id finds in the touchpoints (null without a match):
-    ``click_first_ts``, the click's first touchpoint time, and ``click_adset_id``, the ad set
-    of its first touchpoint that has one. A check cut at an as-of date counts the click as
-    known when ``click_first_ts`` is before its cutoff.
+    ``click_first_ts``, the click's first touchpoint time, and ``click_adset_id`` and
+    ``click_creative_id``, the ad set and creative of its first touchpoint that has one. A
+    check cut at an as-of date counts the click as known when ``click_first_ts`` is before
+    its cutoff (:func:`click_time`).
 
     ``narrow`` reads only the touchpoints of ``conv``'s click ids and users (a semi-join
     first), which pays when ``conv`` is a few new rows against a long history.
@@ -80,13 +82,18 @@ def attribute(ws: Workspace, conv: Any, *, narrow: bool = False) -> Any:
         click_campaign=t.campaign_id.argmin(t.ts, where=t.campaign_id.notnull()),
         click_first_ts=t.ts.min(),
         click_adset_id=t.adset_id.argmin(t.ts, where=t.adset_id.notnull()),
+        click_creative_id=t.creative_id.argmin(t.ts, where=t.creative_id.notnull()),
     )
     touches = tp_user.select(
         touch_user=tp_user.user_id, touch_ts=tp_user.ts, touch_campaign=tp_user.campaign_id
     )
     c = conv.mutate(_row=ibis.row_number())
     by_click = c.left_join(clicks, c.click_id == clicks.click_id).select(
-        c._row, clicks.click_campaign, clicks.click_first_ts, clicks.click_adset_id
+        c._row,
+        clicks.click_campaign,
+        clicks.click_first_ts,
+        clicks.click_adset_id,
+        clicks.click_creative_id,
     )
     last_touch = (
         c.select(c._row, c.user_id, c.ts)
@@ -110,6 +117,13 @@ def attribute(ws: Workspace, conv: Any, *, narrow: bool = False) -> Any:
     return out.mutate(attributed_campaign_id=campaign, attributed_by=by).drop(
         "_row", "click_campaign", "user_campaign"
     )
+
+
+def click_time(conv: Any, cutoff: Any) -> Any:
+    """The first touchpoint time of each conversion's click, as known before ``cutoff``
+    (null when the click has no touchpoint yet): what joining the touchpoints cut at
+    ``cutoff`` by ``click_id`` and taking the earliest gives."""
+    return ibis.ifelse(conv.click_first_ts < cutoff, conv.click_first_ts, ibis.null())
 
 
 def _state(ws: Workspace) -> dict[str, list[int]]:

@@ -17,6 +17,7 @@ from typing import Any
 
 import ibis
 
+from signalloop.attribution import attributed_conversions
 from signalloop.checks.base import default_as_of
 from signalloop.errors import UsageError
 from signalloop.store import Workspace
@@ -69,16 +70,15 @@ def audience(
         .group_by("user_id")
         .aggregate(first_seen=lambda t: t.first_seen.min())
     )
-    tp = ws.table("touchpoints")
-    clicks = (
-        tp.filter(tp.click_id.notnull())
-        .group_by("click_id")
-        .aggregate(t_campaign=tp.campaign_id.arbitrary())
-    )
-    recent = conv.filter(conv.ts.date() >= start)
-    recent = recent.left_join(clicks, recent.click_id == clicks.click_id)
+    # the conversion's own campaign, else its click's (the user's last touch does not count)
+    att = attributed_conversions(ws)
+    recent = att.filter(att.user_id.notnull() & (att.ts.date() <= as_of) & (att.ts.date() >= start))
     recent = recent.mutate(
-        campaign=ibis.coalesce(recent.campaign_id, recent.t_campaign),
+        campaign=ibis.ifelse(
+            recent.attributed_by.isin(["campaign_id", "click_id"]),
+            recent.attributed_campaign_id,
+            ibis.null(),
+        ),
         clicked=ibis.coalesce(recent.click_ts, recent.ts),
     )
     recent = recent.filter(recent.campaign.notnull())

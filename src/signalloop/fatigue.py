@@ -27,6 +27,7 @@ from typing import Any
 import ibis
 import numpy as np
 
+from signalloop.attribution import click_time
 from signalloop.checks.base import CheckContext, default_as_of, to_date
 from signalloop.checks.engine import without_exclusions
 from signalloop.config import Settings
@@ -180,16 +181,14 @@ def fatigue(
 def _conversions_by_creative(ctx: CheckContext) -> dict[str, dict[date, int]]:
     conv = ctx.conversions
     conv = conv.filter(conv.source.isin(["pixel", "server"]) | conv.source.isnull())
-    tp = ctx.table("touchpoints")
-    clicks = (
-        tp.filter(tp.click_id.notnull())
-        .group_by("click_id")
-        .aggregate(t_creative=tp.creative_id.arbitrary(), t_day=tp.ts.min().date())
-    )
-    c = conv.left_join(clicks, conv.click_id == clicks.click_id)
+    # the click's creative and day, when its touchpoint is known by the as-of date
+    c = conv
+    known = click_time(c, ctx.cutoff)
     c = c.mutate(
-        creative=ibis.coalesce(c.creative_id, c.t_creative),
-        day=ibis.coalesce(c.click_ts.date(), c.t_day, c.ts.date()),
+        creative=ibis.coalesce(
+            c.creative_id, ibis.ifelse(known.notnull(), c.click_creative_id, ibis.null())
+        ),
+        day=ibis.coalesce(c.click_ts.date(), known.date(), c.ts.date()),
     )
     rows = c.group_by(["creative", "day"]).aggregate(n=c.count()).to_pyarrow().to_pylist()
     out: dict[str, dict[date, int]] = {}

@@ -14,7 +14,7 @@ from typing import Any
 import ibis
 from ibis import _
 
-from signalloop.attribution import crm_record_campaigns
+from signalloop.attribution import click_time, crm_record_campaigns
 from signalloop.checks.base import CheckContext, Finding, register, to_date
 from signalloop.checks.core import funnel_ranks, stage_flags
 
@@ -263,9 +263,8 @@ def timestamps(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding]:
                 )
             )
     # conversion before its click: the row's click_ts, else the clicked touchpoint's time
-    clicks = tp.filter(tp.click_id.notnull()).group_by("click_id").aggregate(t_click=tp.ts.min())
-    c2 = conv.left_join(clicks, conv.click_id == clicks.click_id)
-    click_ts = ibis.coalesce(c2.click_ts, c2.t_click)
+    c2 = conv
+    click_ts = ibis.coalesce(c2.click_ts, click_time(c2, ctx.cutoff))
     bad = c2.filter(click_ts.notnull() & (c2.ts < click_ts))
     rows = (
         bad.group_by(campaign_id=bad.attributed_campaign_id)
@@ -522,10 +521,8 @@ def binomial_sf(k: int, n: int, p: float) -> float:
 )
 def late_offline_conversions(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding]:
     conv = ctx.conversions.filter(ctx.conversions.source.isin(["offline", "crm"]))
-    tp = ctx.table("touchpoints")
-    clicks = tp.filter(tp.click_id.notnull()).group_by("click_id").aggregate(t_click=tp.ts.min())
-    c = conv.left_join(clicks, conv.click_id == clicks.click_id)
-    click_ts = ibis.coalesce(c.click_ts, c.t_click)
+    c = conv
+    click_ts = ibis.coalesce(c.click_ts, click_time(c, ctx.cutoff))
     c = c.filter(click_ts.notnull() & c.attributed_campaign_id.notnull()).mutate(
         lag=((c.ts.epoch_seconds() - click_ts.epoch_seconds()) / 86400.0).floor().cast("int64")
     )
