@@ -171,3 +171,24 @@ def test_refresh_builds_one_frame_and_matches_fit_and_backtest(tmp_path: Path) -
     X = tf.frame[tf.features]
     np.testing.assert_array_equal(model.predict(X), ref_model.predict(X))
     assert card["data"]["rows"] == ref["rows"]
+
+
+def test_refresh_fits_and_saves_when_the_frame_is_too_small_to_backtest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Too small to backtest but not to fit: saved as fit_workspace saves it, no backtest."""
+    import signalloop.models.api as api
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise UsageError("too little to backtest: 150 rows with 12 positive")
+
+    monkeypatch.setattr(api, "backtest", refuse)
+    ws, _, _ = simulated_workspace(tmp_path, days=30, campaigns=2, seed=6)
+    folder = tmp_path / "m" / "conversion"
+    with ws:
+        out = refresh_workspace(ws, "conversion", folder=folder, workers=1)
+        ref = fit_workspace(ws, "conversion", folder=tmp_path / "ref")
+    assert out["backtest"] is None and "too little to backtest" in out["backtest_error"]
+    assert not (folder / "backtest.json").exists()
+    assert out["time_split"] == ref["time_split"] and out["config_hash"] == ref["config_hash"]
+    assert read_card(folder)["metrics"]["time_split"] == ref["time_split"]

@@ -93,8 +93,22 @@ def fit_workspace(
     """
     settings = settings or Settings()
     tf = build_frame(ws, outcome, as_of=as_of, settings=settings, horizon_days=horizon_days)
-    X, y = tf.frame[tf.features], tf.frame[tf.target].to_numpy(dtype=int)
     template = ConversionModel(random_state=random_state)
+    return _fit_frame(ws, outcome, tf, template, folder, as_of, settings, horizon_days)
+
+
+def _fit_frame(
+    ws: Workspace,
+    outcome: str,
+    tf: TrainingFrame,
+    template: ConversionModel,
+    folder: str | Path,
+    as_of: date | None,
+    settings: Settings,
+    horizon_days: int | None,
+) -> dict[str, Any]:
+    """:func:`fit_workspace` on a frame already built: the 70/30 check, the full fit, saved."""
+    X, y = tf.frame[tf.features], tf.frame[tf.target].to_numpy(dtype=int)
     cut = round(len(y) * (1 - HOLDOUT))
     check = ConversionModel(**template.get_params()).fit(X.iloc[:cut], y[:cut])
     p = check.predict(X.iloc[cut:])
@@ -174,15 +188,31 @@ def refresh_workspace(
     -------
     dict
         What :func:`fit_workspace` returns (``time_split`` is the backtest's), plus
-        ``backtest``: the document saved as ``backtest.json``.
+        ``backtest``: the document saved as ``backtest.json``. When the frame is too small to
+        backtest (fewer than 200 units or 20 of either outcome) but not to fit, the model is
+        fitted and saved as :func:`fit_workspace` does it, from the same frame, ``backtest``
+        is ``None``, ``backtest_error`` says why, and ``backtest.json`` is left as it was.
     """
     settings = settings or Settings()
     tf = build_frame(ws, outcome, as_of=as_of, settings=settings, horizon_days=horizon_days)
     kept: list[ConversionModel] = []
     template = model or ConversionModel(random_state=random_state)
-    doc = _backtest_frame(
-        ws, outcome, tf, as_of, template, workers, cadences, progress, max_eval_rows, kept.append
-    )
+    try:
+        doc = _backtest_frame(
+            ws,
+            outcome,
+            tf,
+            as_of,
+            template,
+            workers,
+            cadences,
+            progress,
+            max_eval_rows,
+            kept.append,
+        )
+    except UsageError as exc:
+        out = _fit_frame(ws, outcome, tf, template, folder, as_of, settings, horizon_days)
+        return {**out, "backtest": None, "backtest_error": str(exc)}
     holdout = {k: v for k, v in doc["time_split"].items() if k != "calibration"}
     out = _save_fit(
         ws, outcome, tf, kept[0], holdout, folder, as_of, settings, horizon_days, doc["feedback"]
