@@ -211,3 +211,54 @@ def split_by_day(
             out.write_text(header + "".join(rows), encoding="utf-8")
             drops[i][kind] = out
     return drops
+
+
+#: Days, campaigns and drop dates of the incremental tests' accounts (:func:`simulated_drops`).
+DROP_DAYS, DROP_CAMPAIGNS = 28, 4
+DROP_CUTS = ("2026-01-15", "2026-01-22", "2026-01-27")
+
+
+def every_fault(campaigns: int = DROP_CAMPAIGNS) -> tuple[str, ...]:
+    """Every simulator fault, each on one campaign for eleven days from day 3 + its index."""
+    from signalloop import simulate as sim
+
+    return tuple(
+        f"{name}@c0{1 + i % campaigns}:{3 + i}-{14 + i}" for i, name in enumerate(sim.FAULT_NAMES)
+    )
+
+
+def drop_cases() -> list[tuple[str, tuple[str, ...]]]:
+    """``(shape, faults)`` the incremental tests run: every shape, then the full and crm shapes
+    with every fault."""
+    from signalloop import simulate as sim
+
+    return [(s, ()) for s in sim.SHAPES] + [("full", every_fault()), ("crm", every_fault())]
+
+
+def simulated_drops(
+    folder: Path, shape: str, faults: Sequence[str], *, seed: int
+) -> list[dict[str, Path]]:
+    """A seeded account of ``shape`` written into ``folder`` and cut into daily drops at
+    :data:`DROP_CUTS` (:func:`split_by_day`)."""
+    from signalloop import simulate as sim
+
+    ids = sim.campaign_ids(DROP_CAMPAIGNS)
+    config = sim.SimulationConfig(
+        days=DROP_DAYS,
+        campaigns=DROP_CAMPAIGNS,
+        seed=seed,
+        shape=shape,
+        faults=tuple(sim.parse_fault(f, days=DROP_DAYS, campaign_ids=ids) for f in faults),
+    )
+    paths = sim.write(sim.simulate(config), folder / "data")
+    return split_by_day(paths, folder / "drops", DROP_CUTS)
+
+
+def ingest_drop(ws: Workspace, drop: dict[str, Path]) -> None:
+    """Ingest one drop of :func:`simulated_drops`, its kinds in contract order."""
+    from signalloop.contract import KINDS
+    from signalloop.ingest import ingest_file
+
+    for kind in KINDS:
+        if kind in drop:
+            ingest_file(ws, kind, drop[kind])

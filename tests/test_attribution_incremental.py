@@ -16,7 +16,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from signalloop import simulate as sim
 from signalloop.attribution import (
     ATTRIBUTION_TABLE,
     STORED,
@@ -30,14 +29,9 @@ from signalloop.contract import KINDS
 from signalloop.ingest import ingest_file
 from signalloop.store import Workspace
 
-from .conftest import split_by_day
+from .conftest import drop_cases, ingest_drop, simulated_drops
 
-DAYS, CAMPAIGNS, SEED = 28, 4, 11
-CUTS = ("2026-01-15", "2026-01-22", "2026-01-27")
-#: every simulator fault, each on one campaign for part of the run
-ALL_FAULTS = tuple(
-    f"{name}@c0{1 + i % CAMPAIGNS}:{3 + i}-{14 + i}" for i, name in enumerate(sim.FAULT_NAMES)
-)
+SEED = 11
 
 
 def _frame(expr: object) -> pd.DataFrame:
@@ -78,32 +72,14 @@ def _assert_current(ws: Workspace) -> None:
                 )
 
 
-def _drops(tmp_path: Path, shape: str, faults: tuple[str, ...]) -> list[dict[str, Path]]:
-    ids = sim.campaign_ids(CAMPAIGNS)
-    config = sim.SimulationConfig(
-        days=DAYS,
-        campaigns=CAMPAIGNS,
-        seed=SEED,
-        shape=shape,
-        faults=tuple(sim.parse_fault(f, days=DAYS, campaign_ids=ids) for f in faults),
-    )
-    paths = sim.write(sim.simulate(config), tmp_path / "data")
-    return split_by_day(paths, tmp_path / "drops", CUTS)
-
-
-@pytest.mark.parametrize(
-    ("shape", "faults"),
-    [(s, ()) for s in sim.SHAPES] + [("full", ALL_FAULTS), ("crm", ALL_FAULTS)],
-)
+@pytest.mark.parametrize(("shape", "faults"), drop_cases())
 def test_daily_drops_equal_a_full_recompute(
     tmp_path: Path, shape: str, faults: tuple[str, ...]
 ) -> None:
-    drops = _drops(tmp_path, shape, faults)
+    drops = simulated_drops(tmp_path, shape, faults, seed=SEED)
     with Workspace(tmp_path / "ws.duckdb") as ws:
         for i, drop in enumerate(drops):
-            for kind in KINDS:
-                if kind in drop:
-                    ingest_file(ws, kind, drop[kind])
+            ingest_drop(ws, drop)
             _assert_current(ws)
             # a spend-only account has nothing new to attribute after its first drop
             assert _refresh_kind(ws) == ("full" if i == 0 or shape == "spend" else "incremental")
@@ -112,7 +88,7 @@ def test_daily_drops_equal_a_full_recompute(
 def test_late_touchpoints_re_attribute_what_they_reach(tmp_path: Path) -> None:
     """Conversions first, their day's touchpoints a drop later: the clicks and last touches
     that arrive late move the conversions they reach from unattributed to their campaign."""
-    drops = _drops(tmp_path, "full", ("click_id_loss@c02:10-27",))
+    drops = simulated_drops(tmp_path, "full", ("click_id_loss@c02:10-27",), seed=SEED)
     with Workspace(tmp_path / "ws.duckdb") as ws:
         for drop in drops:
             for kind in ("spend", "conversions", "crm"):
@@ -127,7 +103,7 @@ def test_late_touchpoints_re_attribute_what_they_reach(tmp_path: Path) -> None:
 
 
 def test_rows_not_from_an_ingest_rebuild_everything(tmp_path: Path) -> None:
-    drops = _drops(tmp_path, "full", ())
+    drops = simulated_drops(tmp_path, "full", (), seed=SEED)
     with Workspace(tmp_path / "ws.duckdb") as ws:
         for kind in KINDS:
             ingest_file(ws, kind, drops[0][kind])
@@ -149,7 +125,7 @@ def test_rows_not_from_an_ingest_rebuild_everything(tmp_path: Path) -> None:
 
 
 def test_non_unique_ids_and_read_only_attribute_on_the_fly(tmp_path: Path) -> None:
-    drops = _drops(tmp_path, "full", ())
+    drops = simulated_drops(tmp_path, "full", (), seed=SEED)
     db = tmp_path / "ws.duckdb"
     with Workspace(db) as ws:
         for kind in KINDS:

@@ -142,6 +142,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from signalloop import rollups
 from signalloop.attribution import crm_record_campaigns
 from signalloop.checks.base import default_as_of
 from signalloop.checks.engine import load_exclusions, without_exclusions
@@ -616,12 +617,14 @@ def _click_path(
     campaign without either and conversion day: conversions with a campaign but no click
     time, ``n``, ``vs``, ``vss``).
     """
-    tp = src.table("touchpoints")
-    tp = tp.filter(tp.campaign_id.notnull())
+    # clicks by (campaign, click day, elapsed hour at the cut), from the hourly rollup: the
+    # cut is on an hour, so a click in hour h is (cut - h) / 1 h - 1 whole hours old, or one
+    # more when it fell exactly on the hour
+    th = rollups.table(src.ws, "touch_hourly")
+    th = th.filter(th.campaign_id.notnull() & (th.day <= src.as_of))
+    eh = src.elapsed(th.hour, HOUR) - ibis.ifelse(th.on_hour, 0, 1)
     clicks = _fetch(
-        tp.group_by(
-            campaign_id=tp.campaign_id, date=tp.ts.date(), eh=src.elapsed(tp.ts, HOUR)
-        ).aggregate(n_all=tp.count())
+        th.group_by(campaign_id=th.campaign_id, date=th.day, eh=eh).aggregate(n_all=th.n.sum())
     )
     conv = src.table("conversions")
     if opts.conversion_kinds is not None:

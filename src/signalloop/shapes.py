@@ -353,7 +353,8 @@ def _layer_counts(
 ) -> dict[str, dict[str, int]]:
     """Per campaign, the row counts behind each layer (small results, computed with ibis);
     ``kinds`` the workspace's rows per kind (a kind with none is not queried)."""
-    from signalloop.attribution import attributed_conversions, crm_record_campaigns
+    from signalloop import rollups
+    from signalloop.attribution import attributed_conversions, click_time, crm_record_campaigns
 
     cutoff = datetime.combine(as_of + timedelta(days=1), datetime.min.time())
     counts: dict[str, dict[str, int]] = {}
@@ -377,21 +378,19 @@ def _layer_counts(
         )
     ):
         put(r.pop("campaign_id"), **r)
-    tp = ws.table("touchpoints")
-    tp = tp.filter(tp.ts < cutoff)
-    tpc = tp.filter(tp.campaign_id.notnull())
+    td = rollups.table(ws, "touch_daily")
+    tpc = td.filter(td.campaign_id.notnull() & (td.day < cutoff.date()))
     for r in _rows(
         tpc.group_by("campaign_id").aggregate(
-            touchpoints=tpc.count(), click_ids=tpc.click_id.notnull().sum()
+            touchpoints=tpc.n.sum(), click_ids=tpc.click_ids.sum()
         )
     ):
         put(r.pop("campaign_id"), **r)
     conv = attributed_conversions(ws)
     conv = conv.filter(conv.ts < cutoff)
     if kinds.get("conversions", 0):
-        clicks = tp.filter(tp.click_id.notnull()).select(t_click=tp.click_id).distinct()
-        c = conv.left_join(clicks, conv.click_id == clicks.t_click)
-        timed = c.click_ts.notnull() | c.t_click.notnull()
+        c = conv
+        timed = c.click_ts.notnull() | click_time(c, cutoff).notnull()
         for r in _rows(
             c.group_by(campaign_id=c.attributed_campaign_id).aggregate(
                 conversions=c.count(),

@@ -127,6 +127,13 @@ class CheckContext:
         #: campaign -> signal-environment component -> {"score", "evidence"}; checks fill it
         self.environment: dict[str, dict[str, dict[str, Any]]] = {}
 
+    def rollup(self, name: str) -> Any:
+        """The rollup ``name`` (:mod:`signalloop.rollups`) cut at the as-of date (by day)."""
+        from signalloop import rollups
+
+        t = rollups.table(self.ws, name)
+        return t.filter(t.day <= self.as_of)
+
     def table(self, name: str) -> Any:
         """The table ``name`` cut at the as-of date (by its event time)."""
         t = self.ws.table(name)
@@ -149,7 +156,7 @@ class CheckContext:
     def campaigns(self) -> list[str]:
         """Every campaign with spend or touchpoints up to the as-of date, sorted."""
         s = self.table("spend").select(campaign_id="campaign_id")
-        t = self.table("touchpoints")
+        t = self.rollup("touch_daily")
         t = t.filter(t.campaign_id.notnull()).select(campaign_id="campaign_id")
         ids = s.union(t).distinct().order_by("campaign_id").to_pyarrow().column(0).to_pylist()
         return [str(x) for x in ids]
@@ -158,8 +165,8 @@ class CheckContext:
     def first_day(self) -> date | None:
         """The first day with spend, touchpoints or conversions."""
         days = [to_date(self.table("spend").date.min().execute())]
-        for name in ("touchpoints", "conversions"):
-            days.append(to_date(self.table(name).ts.min().execute()))
+        days.append(to_date(self.rollup("touch_daily").day.min().execute()))
+        days.append(to_date(self.table("conversions").ts.min().execute()))
         found = [d for d in days if d is not None]
         return min(found) if found else None
 

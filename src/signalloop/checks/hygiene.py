@@ -34,7 +34,7 @@ def _active(ctx: CheckContext, last: date | None, days: int) -> bool:
     min_rows=5,
 )
 def utm_hygiene(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding]:
-    tp = ctx.table("touchpoints")
+    tp = ctx.rollup("touch_daily")
     findings: list[Finding] = []
     for col, allowed in (
         ("utm_source", ctx.settings.sources),
@@ -43,7 +43,7 @@ def utm_hygiene(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding]:
         t = tp.filter(tp[col].notnull())
         rows = (
             t.group_by(raw=t[col], campaign_id=t.campaign_id)
-            .aggregate(n=t.count(), first=t.ts.min(), last=t.ts.max())
+            .aggregate(n=t.n.sum(), first=t.first.min(), last=t.last.max())
             .to_pyarrow()
             .to_pylist()
         )
@@ -218,9 +218,15 @@ def timestamps(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding]:
                 {"kind": r["kind"], "rows": int(r["n"]), "source": "quarantine"},
             )
         )
+    from signalloop import rollups
+
+    touches = rollups.table(ctx.ws, "touch_daily")
     for name in ("touchpoints", "conversions"):
-        t = ctx.ws.table(name)
-        later = int(t.filter(t.ts >= ctx.cutoff).count().execute())
+        if name == "touchpoints":
+            later = int(touches.filter(touches.day > ctx.as_of).n.sum().execute() or 0)
+        else:
+            t = ctx.ws.table(name)
+            later = int(t.filter(t.ts >= ctx.cutoff).count().execute())
         if later:
             findings.append(
                 Finding(
@@ -233,22 +239,23 @@ def timestamps(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding]:
             )
     spend = ctx.table("spend")
     first = spend.group_by("campaign_id").aggregate(first_day=spend.date.min())
-    tp = ctx.table("touchpoints")
-    early_tp = tp.join(first, tp.campaign_id == first.campaign_id).filter(
-        tp.ts.date() < first.first_day
-    )
+    tp = ctx.rollup("touch_daily")
+    early_tp = tp.join(first, tp.campaign_id == first.campaign_id).filter(tp.day < first.first_day)
     conv = ctx.conversions
     early_cv = conv.join(first, conv.attributed_campaign_id == first.campaign_id).filter(
         conv.ts.date() < first.first_day
     )
     before: dict[str | None, dict[str, int]] = defaultdict(dict)
-    for label, expr, col in (
-        ("touchpoints", early_tp, "campaign_id"),
-        ("conversions", early_cv, "attributed_campaign_id"),
+    for label, counted in (
+        ("touchpoints", early_tp.group_by("campaign_id").aggregate(n=early_tp.n.sum())),
+        (
+            "conversions",
+            early_cv.group_by(campaign_id=early_cv.attributed_campaign_id).aggregate(
+                n=early_cv.count()
+            ),
+        ),
     ):
-        for r in (
-            expr.group_by(campaign_id=expr[col]).aggregate(n=expr.count()).to_pyarrow().to_pylist()
-        ):
+        for r in counted.to_pyarrow().to_pylist():
             before[r["campaign_id"]][label] = int(r["n"])
     for cid, counts in sorted(before.items()):
         if sum(counts.values()) >= opt["min_rows"]:

@@ -134,11 +134,11 @@ def _days(ctx: CheckContext) -> list[date]:
 def integration_dropout(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding]:
     days = _days(ctx)
     pmf = delay_pmf(ctx)
-    tp = ctx.table("touchpoints")
+    tp = ctx.rollup("touch_daily")
     tp = tp.filter(tp.campaign_id.notnull())
     clicks = _daily(
-        tp.group_by(campaign_id=tp.campaign_id, day=tp.ts.date())
-        .aggregate(n=tp.count())
+        tp.group_by(campaign_id=tp.campaign_id, day=tp.day)
+        .aggregate(n=tp.n.sum())
         .to_pyarrow()
         .to_pylist(),
         days,
@@ -337,15 +337,15 @@ def _delivery_stops(
 )
 def attribution_match(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding]:
     conv = ctx.conversions
-    tp = ctx.table("touchpoints")
-    with_ids = tp.filter(tp.click_id.notnull())
+    tp = ctx.rollup("touch_daily")
+    with_ids = tp.filter(tp.campaign_id.notnull())
     matchable = {
         str(r["campaign_id"]): int(r["n"])
-        for r in with_ids.filter(with_ids.campaign_id.notnull())
-        .group_by("campaign_id")
-        .aggregate(n=_.count())
+        for r in with_ids.group_by("campaign_id")
+        .aggregate(n=with_ids.click_ids.sum())
         .to_pyarrow()
         .to_pylist()
+        if r["n"]
     }
     spend = ctx.table("spend")
     platforms = spend.group_by("campaign_id").aggregate(platform=spend.platform.arbitrary())

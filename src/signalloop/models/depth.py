@@ -90,9 +90,9 @@ def feedback_depth(
     funnel = tuple(s.strip().lower() for s in settings.funnel)
     offline = (*OFFLINE_KINDS, *funnel[1:])
 
-    tp = ctx.table("touchpoints")
+    tp = ctx.rollup("touch_daily")
     tp = tp.filter(tp.campaign_id.notnull())
-    clicks = tp.group_by("campaign_id").aggregate(n=tp.count())
+    clicks = tp.group_by("campaign_id").aggregate(n=tp.n.sum())
     conv = attributed_conversions(ws)
     conv = conv.filter((conv.ts < ctx.cutoff) & conv.attributed_campaign_id.notnull())
     kind = conv.kind.strip().lower()
