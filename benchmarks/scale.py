@@ -40,7 +40,17 @@ from _report import log, machine, write_section
 
 BEGIN, END = "<!-- scale:begin -->", "<!-- scale:end -->"
 PACKAGES = ("duckdb", "ibis-framework", "lightgbm", "scikit-learn")
-STEPS = ("ingest", "checks", "state", "models", "allocate", "learnable", "diagnose_lens", "history")
+STEPS = (
+    "ingest",
+    "aggregates",
+    "checks",
+    "state",
+    "models",
+    "allocate",
+    "learnable",
+    "diagnose_lens",
+    "history",
+)
 KIND_TIME = {
     "spend": "date",
     "touchpoints": "ts",

@@ -503,6 +503,17 @@ def run(
                 else "ingest something first or set [run] inbox"
             )
         )
+    # the stored aggregates every step reads, brought up to date with what was ingested:
+    # only the days new rows fall on, and only the conversions and records they touch
+    from signalloop import rollups
+    from signalloop.attribution import refresh_attribution
+
+    report("updating the aggregates", None)
+    if not ws.read_only:
+        rollups.refresh_all(ws)
+        refresh_attribution(ws)
+    report("updating the aggregates", 1.0)
+    lap("aggregates")
     report("checking the signals", None)
     checks = run_checks(ws, as_of=as_of, settings=settings).to_dict()
     report("checking the signals", 1.0)
