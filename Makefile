@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install browser demo test lint typecheck pytest bench bench-ingest bench-checks bench-speed bench-state bench-models bench-allocate bench-ope bench-diagnose bench-run bench-shapes bench-push bench-serve clean lock
+.PHONY: install browser backends demo test lint typecheck pytest bench bench-ingest bench-checks bench-speed bench-state bench-models bench-allocate bench-ope bench-diagnose bench-run bench-shapes bench-push bench-serve clean lock
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,7 +34,22 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP) browser
+# tests/test_backends.py starts its own PostgreSQL (Debian's server binaries) and a local Spark
+# (Java 17): installed once from Debian's packages when missing; under CI=true the tests fail
+# without them.
+backends:
+	@{ command -v initdb >/dev/null 2>&1 || test -x /usr/lib/postgresql/15/bin/initdb; } || { \
+	  echo "installing Debian's postgresql for the backend tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    postgresql >/dev/null; } || \
+	  echo "warning: could not install postgresql (not root?); the postgres tests will skip"
+	@command -v java >/dev/null 2>&1 || { \
+	  echo "installing Debian's Java 17 for the PySpark tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    openjdk-17-jre-headless >/dev/null; } || \
+	  echo "warning: could not install Java 17 (not root?); the PySpark tests will skip"
+
+pytest: $(STAMP) browser backends
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest

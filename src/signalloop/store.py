@@ -66,6 +66,19 @@ def resolve_db_path(db: str | Path | None = None) -> str:
     return DEFAULT_DB
 
 
+def duckdb_path(db: str) -> str:
+    """The DuckDB file a workspace URL names: ``duckdb:///abs/path`` and ``duckdb://rel/path``
+    are the paths after ``duckdb://`` (``duckdb://`` alone is ``:memory:``); anything else is
+    taken as it is (see :mod:`signalloop.backends` for ``postgres://`` and ``pyspark://``).
+
+    >>> duckdb_path("duckdb:///tmp/x.duckdb"), duckdb_path("x.duckdb"), duckdb_path("duckdb://")
+    ('/tmp/x.duckdb', 'x.duckdb', ':memory:')
+    """
+    if db.lower().startswith("duckdb://"):
+        return db[len("duckdb://") :] or ":memory:"
+    return db
+
+
 def kind_ddl(kind: Kind) -> str:
     """``CREATE TABLE`` statement for one kind: contract columns, kept attributes, provenance."""
     cols = [f'"{c.name}" {c.sql_type}' for c in kind.columns]
@@ -85,8 +98,23 @@ class Workspace:
         Open without write access (several readers may share the file).
     """
 
+    #: Where the tables live: ``duckdb`` here; ``postgres`` or ``pyspark`` on a
+    #: :class:`~signalloop.backends.BackendWorkspace`.
+    backend = "duckdb"
+
+    def __new__(cls, db: str | Path | None = None, *, read_only: bool = False) -> Workspace:
+        """A ``postgres://`` or ``pyspark://`` URL opens a
+        :class:`~signalloop.backends.BackendWorkspace`; anything else this class."""
+        if cls is Workspace:
+            from signalloop import backends
+
+            url = resolve_db_path(db)
+            if backends.parse_url(url).backend != "duckdb":  # a bad URL is a UsageError
+                return object.__new__(backends.BackendWorkspace)
+        return object.__new__(cls)
+
     def __init__(self, db: str | Path | None = None, *, read_only: bool = False) -> None:
-        self.path = resolve_db_path(db)
+        self.path = duckdb_path(resolve_db_path(db))
         self.read_only = read_only
         if self.path != ":memory:":
             parent = Path(self.path).expanduser().resolve().parent
@@ -158,7 +186,7 @@ class Workspace:
         ...     other.table("spend").count().execute()
         0
         """
-        other = Workspace.__new__(Workspace)
+        other = object.__new__(Workspace)
         other.path, other.read_only = self.path, self.read_only
         other.con = self.con.cursor()
         other.con.execute("SET TimeZone = 'UTC'")
