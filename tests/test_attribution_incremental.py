@@ -10,12 +10,13 @@ simulator fault is covered, and touchpoints arriving after their conversions.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from signalloop import nowcast
 from signalloop.attribution import (
     ATTRIBUTION_TABLE,
     STORED,
@@ -51,6 +52,25 @@ def _records(expr: object) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
+def _assert_links(ws: Workspace) -> None:
+    """The nowcast's stored links equal linking from the rows cut at several as-of days."""
+    span = ws.con.execute("SELECT min(ts), max(ts) FROM conversions").fetchone()
+    if not span or span[0] is None:
+        return
+    lo, hi = span
+    for k in (1, 2, 4):
+        as_of = (lo + (hi - lo) * k / 4).date()
+        src = nowcast._Source(ws, as_of)
+        conv = src.table("conversions")
+        cols = ["conversion_id", "key", "campaign_id", "click", "ts", "kind"]
+        got = nowcast._link_clicks(src, conv).to_pandas()[cols]
+        want = nowcast._link_clicks_cut(src, conv).to_pandas()[cols]
+        pd.testing.assert_frame_equal(
+            got.sort_values("conversion_id").reset_index(drop=True),
+            want.sort_values("conversion_id").reset_index(drop=True),
+        )
+
+
 def _assert_current(ws: Workspace) -> None:
     assert refresh_attribution(ws)
     stored = _frame(attributed_conversions(ws))
@@ -61,6 +81,7 @@ def _assert_current(ws: Workspace) -> None:
     pd.testing.assert_frame_equal(
         _records(crm_record_campaigns(ws)), _records(_record_campaigns(ws))
     )
+    _assert_links(ws)
     first = ws.con.execute("SELECT min(ts), max(ts) FROM crm").fetchone()
     if first and first[0] is not None:
         lo, hi = first
@@ -165,3 +186,30 @@ def test_a_record_begun_just_before_the_cutoff_is_derived_again(tmp_path: Path) 
         assert campaign(datetime(2026, 1, 5, 10, 10)) == ["cA"]  # the lead is after the cut
         assert campaign(datetime(2026, 1, 5, 10, 40)) == ["cB"]
         assert campaign(datetime(2026, 1, 5, 9, 0)) == []  # the record has not begun
+
+
+def test_a_conversion_before_its_click_links_as_the_cut_rows_say(tmp_path: Path) -> None:
+    """A conversion stamped before its click's only touchpoint, cut between the two: the
+    nowcast links it through the user's earlier touch, as the rows before the cut say, and
+    through its click once the cut is past it."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "touchpoints.csv").write_text(
+        "touch_id,ts,user_id,click_id,campaign_id\n"
+        "t1,2026-01-04T09:00:00Z,u1,k0,cX\n"
+        "t2,2026-01-06T01:00:00Z,u1,k1,cY\n"
+    )
+    (folder / "conversions.csv").write_text(
+        "conversion_id,ts,kind,user_id,click_id\nv1,2026-01-05T23:00:00Z,purchase,u1,k1\n"
+    )
+    with Workspace(tmp_path / "ws.duckdb") as ws:
+        for kind in ("touchpoints", "conversions"):
+            ingest_file(ws, kind, folder / f"{kind}.csv")
+        assert refresh_attribution(ws)
+        for as_of, campaign in ((date(2026, 1, 5), "cX"), (date(2026, 1, 6), "cY")):
+            src = nowcast._Source(ws, as_of)
+            conv = src.table("conversions")
+            got = nowcast._link_clicks(src, conv).to_pandas()
+            want = nowcast._link_clicks_cut(src, conv).to_pandas()
+            assert list(got.campaign_id) == list(want.campaign_id) == [campaign]
+            assert list(got.click) == list(want.click)

@@ -20,7 +20,7 @@ from signalloop.store import Workspace
 #: ``attributed_by``), kept current by :func:`refresh_attribution`.
 ATTRIBUTION_TABLE = "conversion_attribution"
 #: Bumped when the rule changes, so every stored attribution is rebuilt once.
-ATTRIBUTION_VERSION = 4
+ATTRIBUTION_VERSION = 5
 _STATE_KEY = "attribution_state"
 #: The stored columns (:func:`attribute`'s, per ``conversion_id``).
 STORED = (
@@ -30,6 +30,10 @@ STORED = (
     "click_first_ts",
     "click_adset_id",
     "click_creative_id",
+    "link_campaign_id",
+    "link_click",
+    "link_click_first",
+    "link_on_campaign",
 )
 #: The stored campaign of each CRM record (:func:`crm_record_campaigns` without a cutoff):
 #: ``record_id``, ``campaign_id``, ``first_ts``; refreshed with the attribution.
@@ -68,6 +72,12 @@ def attribute(ws: Workspace, conv: Any, *, narrow: bool = False) -> Any:
     check cut at an as-of date counts the click as known when ``click_first_ts`` is before
     its cutoff (:func:`click_time`).
 
+    And the nowcast's link (:func:`signalloop.nowcast._link_clicks`, which reads it through
+    :func:`linked`): ``link_campaign_id`` and ``link_click``, the campaign and click time it
+    gives, with ``link_click_first`` and ``link_on_campaign``, the first time of the click's
+    touchpoints with a campaign and of those on the conversion's own campaign (the link is
+    the same at a cutoff when both are before it or null).
+
     ``narrow`` reads only the touchpoints of ``conv``'s click ids and users (a semi-join
     first), which pays when ``conv`` is a few new rows against a long history.
     """
@@ -83,6 +93,11 @@ def attribute(ws: Workspace, conv: Any, *, narrow: bool = False) -> Any:
         click_first_ts=t.ts.min(),
         click_adset_id=t.adset_id.argmin(t.ts, where=t.adset_id.notnull()),
         click_creative_id=t.creative_id.argmin(t.ts, where=t.creative_id.notnull()),
+        link_click_first=t.ts.min(where=t.campaign_id.notnull()),
+    )
+    tc = t.filter(t.campaign_id.notnull())
+    on_campaign = tc.group_by(o_click_id=tc.click_id, o_campaign=tc.campaign_id).aggregate(
+        link_on_campaign=tc.ts.min()
     )
     touches = tp_user.select(
         touch_user=tp_user.user_id, touch_ts=tp_user.ts, touch_campaign=tp_user.campaign_id
@@ -94,6 +109,7 @@ def attribute(ws: Workspace, conv: Any, *, narrow: bool = False) -> Any:
         clicks.click_first_ts,
         clicks.click_adset_id,
         clicks.click_creative_id,
+        clicks.link_click_first,
     )
     last_touch = (
         c.select(c._row, c.user_id, c.ts)
@@ -114,8 +130,45 @@ def attribute(ws: Workspace, conv: Any, *, narrow: bool = False) -> Any:
         (out.user_campaign.notnull(), "user_id"),
         else_=ibis.null().cast("string"),
     )
-    return out.mutate(attributed_campaign_id=campaign, attributed_by=by).drop(
-        "_row", "click_campaign", "user_campaign"
+    out = out.left_join(
+        on_campaign,
+        (out.click_id == on_campaign.o_click_id) & (out.campaign_id == on_campaign.o_campaign),
+    ).drop("o_click_id", "o_campaign")
+    # the nowcast's link: the click's campaign and time, else the user's last touch (on the
+    # conversion's campaign when it has one) at or before the conversion
+    l_campaign = ibis.coalesce(out.campaign_id, out.click_campaign)
+    touch = ibis.ifelse(out.campaign_id.isnull(), out.link_click_first, out.link_on_campaign)
+    l_click = ibis.coalesce(out.click_ts, touch)
+    out = out.mutate(_l_campaign=l_campaign, _l_click=l_click)
+    rest = out.filter(out._l_campaign.isnull() | out._l_click.isnull())
+    user_link = (
+        rest.select(rest._row, rest.user_id, rest.ts, rest._l_campaign)
+        .join(
+            touches,
+            (rest.user_id == touches.touch_user)
+            & (touches.touch_ts <= rest.ts)
+            & (rest._l_campaign.isnull() | (touches.touch_campaign == rest._l_campaign)),
+        )
+        .group_by(u_row="_row")
+        .aggregate(
+            u_campaign=touches.touch_campaign.argmax(touches.touch_ts), u_ts=touches.touch_ts.max()
+        )
+    )
+    out = out.left_join(user_link, out._row == user_link.u_row)
+    return out.mutate(
+        attributed_campaign_id=campaign,
+        attributed_by=by,
+        link_campaign_id=ibis.coalesce(out._l_campaign, out.u_campaign),
+        link_click=ibis.coalesce(out._l_click, out.u_ts),
+    ).drop(
+        "_row",
+        "click_campaign",
+        "user_campaign",
+        "_l_campaign",
+        "_l_click",
+        "u_row",
+        "u_campaign",
+        "u_ts",
     )
 
 
@@ -230,7 +283,6 @@ def _touched(ws: Workspace, conv_seen: int, tp_seen: int) -> Any:
     tp = ws.table("touchpoints")
     new_tp = tp.filter((tp._ingest_id > tp_seen) & tp.campaign_id.notnull())
     new_conv = conv.filter(conv._ingest_id > conv_seen).select("conversion_id")
-    open_ = conv.filter(conv.campaign_id.isnull())
     # a new touch of a known click can change its first time and ad set for any conversion
     new_clicks = tp.filter((tp._ingest_id > tp_seen) & tp.click_id.notnull()).click_id
     by_click = conv.filter(conv.click_id.isin(new_clicks)).select("conversion_id")
@@ -239,7 +291,9 @@ def _touched(ws: Workspace, conv_seen: int, tp_seen: int) -> Any:
         .group_by(u=new_tp.user_id)
         .aggregate(first=new_tp.ts.min())
     )
-    by_user = open_.join(users, (open_.user_id == users.u) & (open_.ts >= users.first)).select(
+    # any conversion: the nowcast's link goes to a user's last touch on the conversion's own
+    # campaign when its click says nothing
+    by_user = conv.join(users, (conv.user_id == users.u) & (conv.ts >= users.first)).select(
         "conversion_id"
     )
     return new_conv.union(by_click).union(by_user).conversion_id

@@ -143,7 +143,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from signalloop import rollups
-from signalloop.attribution import crm_record_campaigns
+from signalloop.attribution import ATTRIBUTION_TABLE, crm_record_campaigns, refresh_attribution
 from signalloop.checks.base import default_as_of
 from signalloop.checks.engine import load_exclusions, without_exclusions
 from signalloop.config import Settings
@@ -542,7 +542,37 @@ def _link_clicks(src: _Source, conv: Any) -> Any:
     runs only for the conversions the click rules leave open. Returns ``(key, campaign_id,
     click, ts, value, user_id, conversion_id, kind)``; ``key`` identifies the click
     (``click_id``, else the conversion).
+
+    The link of every conversion is stored with the attribution
+    (:func:`~signalloop.attribution.attribute`, kept current as rows arrive); it is read for
+    the conversions whose click touchpoints all lie before the cut (all of them, in data
+    where no conversion precedes its click), and worked out from the cut rows for the rest.
     """
+    cols = ("key", "campaign_id", "click", "ts", "value", "user_id", "conversion_id", "kind")
+    if refresh_attribution(src.ws):
+        link = src.ws.table(ATTRIBUTION_TABLE)
+        j = conv.join(link, conv.conversion_id == link.conversion_id)
+        cut = src.cutoff
+        same = (j.link_click_first.isnull() | (j.link_click_first < cut)) & (
+            j.link_on_campaign.isnull() | (j.link_on_campaign < cut)
+        )
+        stored = j.filter(same).select(
+            key=ibis.coalesce(j.click_id, j.conversion_id),
+            campaign_id=j.link_campaign_id,
+            click=j.link_click,
+            ts=j.ts,
+            value=j.value,
+            user_id=j.user_id,
+            conversion_id=j.conversion_id,
+            kind=j.kind,
+        )
+        other = j.filter(~same).select(*[j[c] for c in conv.columns])
+        return stored.select(*cols).union(_link_clicks_cut(src, other))
+    return _link_clicks_cut(src, conv)
+
+
+def _link_clicks_cut(src: _Source, conv: Any) -> Any:
+    """:func:`_link_clicks` from the touchpoints cut at the as-of date."""
     tp = src.table("touchpoints")
     tpc = tp.filter(tp.click_id.notnull() & tp.campaign_id.notnull())
     clicks = tpc.group_by(t_click_id=tpc.click_id).aggregate(
