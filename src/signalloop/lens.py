@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -252,7 +252,7 @@ def _model_fit(
     """One model's card against the data now: volume, cycle length, funnel depth."""
     from signalloop.models.card import read_card
     from signalloop.models.depth import OUTCOME_LEVEL
-    from signalloop.models.features import build_frame
+    from signalloop.models.features import recent_labels
 
     card = read_card(folder)
     data = card["data"]
@@ -263,14 +263,11 @@ def _model_fit(
         "positives_per_day": round(data["positives"] / trained_days, 3),
         "positive_rate": round(data["positives"] / max(data["rows"], 1), 4),
     }
-    tf = build_frame(ws, outcome, as_of=as_of, settings=settings)
-    f = tf.frame
-    end = f[tf.time].max()
-    recent = f[f[tf.time] > end - timedelta(days=CONTEXT_DAYS)] if len(f) else f
-    pos = int(recent[tf.target].sum()) if len(recent) else 0
+    # the frame's units and labels of the last CONTEXT_DAYS, counted without its features
+    rows, pos = recent_labels(ws, outcome, as_of=as_of, days=CONTEXT_DAYS, settings=settings)
     now = {
         "positives_per_day": round(pos / CONTEXT_DAYS, 3),
-        "positive_rate": round(pos / max(len(recent), 1), 4),
+        "positive_rate": round(pos / max(rows, 1), 4),
     }
     for k in trained:
         a, b = trained[k], now[k]

@@ -171,6 +171,64 @@ def build_frame(
         Unknown outcome, empty workspace, or no mature units (with ``include_censored``: no
         units at all).
     """
+    frame: TrainingFrame = _build(
+        ws,
+        outcome,
+        as_of=as_of,
+        settings=settings,
+        horizon_days=horizon_days,
+        include_censored=include_censored,
+    )
+    return frame
+
+
+def recent_labels(
+    ws: Workspace,
+    outcome: str,
+    *,
+    as_of: date,
+    days: int,
+    settings: Settings | None = None,
+    horizon_days: int | None = None,
+) -> tuple[int, int]:
+    """``(units, positives)`` among the mature units of the last ``days`` days of the frame.
+
+    The same units and labels as :func:`build_frame` (the last ``days`` days up to its latest
+    mature unit), counted on the backend without building a single feature: what the decision
+    lens compares with a saved model's training data.
+    """
+    kept = _build(
+        ws,
+        outcome,
+        as_of=as_of,
+        settings=settings,
+        horizon_days=horizon_days,
+        labels_only=True,
+    )
+    mature = kept.filter(kept._mature)
+    end = mature.ts.max().as_scalar()
+    recent = mature.filter(mature.ts > end - ibis.interval(days=days))
+    row = recent.aggregate(n=recent.count(), pos=recent.label.sum()).to_pyarrow().to_pylist()[0]
+    if not row["n"]:  # as build_frame: nothing mature is an error, not zero
+        raise UsageError(
+            f"no mature units for outcome {outcome!r} at as_of {as_of}: use a shorter horizon "
+            "or a later as_of"
+        )
+    return int(row["n"]), int(row["pos"] or 0)
+
+
+def _build(
+    ws: Workspace,
+    outcome: str,
+    *,
+    as_of: date | None = None,
+    settings: Settings | None = None,
+    horizon_days: int | None = None,
+    include_censored: bool = False,
+    labels_only: bool = False,
+) -> Any:
+    """:func:`build_frame`; with ``labels_only`` the units' ibis table (``ts``, ``label``,
+    ``_mature``, no features), not fetched."""
     if outcome not in OUTCOMES:
         raise UsageError(f"unknown outcome {outcome!r}: expected one of {', '.join(OUTCOMES)}")
     settings = settings or Settings()
@@ -207,7 +265,10 @@ def build_frame(
     )
     crm = crm.mutate(_rank=stage_rank)
     attrs = _attr_plan(clicks)
-    touches = _touch_features(tp, clicks, ties, crm, spend, attrs)
+    if labels_only:  # the units and labels, none of the features
+        touches = clicks.select("touch_id", "ts", "campaign_id")
+    else:
+        touches = _touch_features(tp, clicks, ties, crm, spend, attrs)
     records = _records(crm, ties, clicks, funnel)
     h = horizon * _DAY
 
@@ -252,6 +313,8 @@ def build_frame(
             "ingest crm, conversions and touchpoints first"
         )
     kept = without_exclusions(ws, units, "campaign_id", units.ts.date())
+    if labels_only:
+        return kept  # type: ignore[no-any-return]
     df = kept.to_pandas()
     mature = df["_mature"].astype(bool)
     censored, excluded = int((~mature).sum()), total - len(df)
