@@ -4,9 +4,9 @@ A PostgreSQL server is started for the session (``initdb`` into a temporary fold
 on a free loopback port, stopped at the end) and a local Spark session is made once. Missing
 binaries skip these tests with the reason, except under ``CI=true``, where they fail.
 
-Until ``attribution.refresh_attribution`` (and ``rollups.refresh``, where present) answer
-``False`` on a non-DuckDB workspace themselves, :func:`live_reads` makes them do so here: both
-keep DuckDB-only stored tables, and their callers then compute the same thing live.
+``attribution.refresh_attribution`` and ``rollups.refresh`` answer ``False`` on a non-DuckDB
+workspace (their stored tables are DuckDB-only for now): their callers compute the same thing
+live.
 """
 
 from __future__ import annotations
@@ -54,29 +54,6 @@ def _missing(what: str) -> None:
     if IN_CI:
         pytest.fail(f"CI=true and {what}: the backend conformance must run in CI")
     pytest.skip(f"{what} (not CI: skipped)")
-
-
-@pytest.fixture(scope="module")
-def live_reads() -> Iterator[None]:
-    """The stored-state refreshers answer ``False`` on a backend workspace (see module doc)."""
-    import importlib
-
-    with pytest.MonkeyPatch.context() as mp:
-        for module, name in (
-            ("signalloop.attribution", "refresh_attribution"),
-            ("signalloop.rollups", "refresh"),
-        ):
-            try:
-                mod = importlib.import_module(module)
-            except ModuleNotFoundError:
-                continue
-            original = getattr(mod, name)
-
-            def guarded(ws: Workspace, *args: Any, _original: Any = original) -> Any:
-                return False if ws.backend != "duckdb" else _original(ws, *args)
-
-            mp.setattr(mod, name, guarded)
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -320,7 +297,7 @@ def test_cli_exits_2_on_an_unreachable_server_and_never_prints_the_password() ->
 
 
 def test_postgres_workspace_ingests_and_checks_as_duckdb(
-    pg_env: Postgres, account: dict[str, Any], live_reads: None, tmp_path: Path
+    pg_env: Postgres, account: dict[str, Any], tmp_path: Path
 ) -> None:
     _create_database(pg_env, "conformance")
     with Workspace(pg_env.url("conformance")) as ws:
@@ -330,7 +307,7 @@ def test_postgres_workspace_ingests_and_checks_as_duckdb(
 
 
 def test_postgres_workspace_reopens_with_its_rows(
-    pg_env: Postgres, account: dict[str, Any], live_reads: None
+    pg_env: Postgres, account: dict[str, Any]
 ) -> None:
     _create_database(pg_env, "reopen")
     url = pg_env.url("reopen", with_password=True)
@@ -359,7 +336,7 @@ def spark_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="module")
-def spark_ws(spark_url: str, account: dict[str, Any], live_reads: None) -> Iterator[Workspace]:
+def spark_ws(spark_url: str, account: dict[str, Any]) -> Iterator[Workspace]:
     """The account ingested into a PySpark workspace (asserting every ingest went through)."""
     with Workspace(spark_url) as ws:
         assert isinstance(ws, BackendWorkspace) and ws.backend == "pyspark"

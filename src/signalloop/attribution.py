@@ -211,8 +211,10 @@ def refresh_attribution(ws: Workspace) -> bool:
 
     A read-only workspace, conversion ids that are not unique, or a write that conflicts with
     another thread's leave the table as it is and answer ``False``: callers then attribute on
-    the fly.
+    the fly. So does a workspace on another backend than DuckDB (for now).
     """
+    if ws.backend != "duckdb":
+        return False
     con = ws.con
     found = con.execute(
         "SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND NOT temporary",

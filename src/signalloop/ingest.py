@@ -146,6 +146,20 @@ def ingest_file(
     progress
         Called with a label and a fraction (or ``None``) as the work proceeds.
     """
+    if ws.backend != "duckdb":  # validate in DuckDB, then append on the backend
+        from signalloop import backends
+
+        result: IngestResult = backends.ingest_file(
+            ws,
+            kind,
+            path,
+            profile=profile,
+            mapping=mapping,
+            report_date=report_date,
+            now=now,
+            progress=progress,
+        )
+        return result
     started = time.perf_counter()
     spec = get_kind(kind)
     prof = load_mapping(mapping, kind) if mapping else get_profile(profile)

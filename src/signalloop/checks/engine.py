@@ -216,6 +216,11 @@ def _environment(ctx: CheckContext, campaigns: list[dict[str, Any]]) -> dict[str
 
 def save_exclusions(ws: Workspace, exclusions: list[dict[str, Any]], as_of: date) -> None:
     """Replace the check-made exclusions in the workspace (manual ones are kept)."""
+    if ws.backend != "duckdb":
+        from signalloop.backends import save_exclusions as portable
+
+        portable(ws, exclusions, as_of)
+        return
     ws.con.execute(EXCLUSIONS_DDL)
     with ws.transaction() as con:
         con.execute("DELETE FROM exclusions WHERE source = 'check'")

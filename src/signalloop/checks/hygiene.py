@@ -223,7 +223,7 @@ def timestamps(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding]:
     touches = rollups.table(ctx.ws, "touch_daily")
     for name in ("touchpoints", "conversions"):
         if name == "touchpoints":
-            later = int(touches.filter(touches.day > ctx.as_of).n.sum().execute() or 0)
+            later = int(touches.filter(touches.day > ctx.as_of).n.sum().fill_null(0).execute())
         else:
             t = ctx.ws.table(name)
             later = int(t.filter(t.ts >= ctx.cutoff).count().execute())

@@ -593,6 +593,7 @@ def creative_freshness(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Findin
             spend=_.spend.sum(),
             first=_.date.min(),
         )
+        .order_by(["campaign_id", "creative_id", "week"])
         .to_pyarrow()
         .to_pylist()
     )
