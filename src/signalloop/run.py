@@ -228,7 +228,7 @@ def refresh_models(
     progress: Progress = _quiet,
 ) -> list[dict[str, Any]]:
     """Refit (and backtest) every model that is due; one entry per outcome."""
-    from signalloop.models.api import backtest_workspace, default_model_dir, fit_workspace
+    from signalloop.models.api import default_model_dir, refresh_workspace
 
     entries: list[dict[str, Any]] = []
     for outcome in outcomes:
@@ -245,23 +245,30 @@ def refresh_models(
             entries.append({**entry, "status": "fresh"})
             continue
         progress(f"refreshing the {outcome} model", None)
+
+        def step(name: str, done: int, total: int, o: str = outcome) -> None:
+            progress(f"fitting and backtesting the {o} model ({name})", done / max(total, 1))
+
+        declared = settings.lens.retrain_every_days
+        cadences = sorted({*RUN_CADENCES, *([declared] if declared else [])})
         try:
-            fit = fit_workspace(ws, outcome, folder=folder, as_of=as_of, settings=settings)
-
-            def step(name: str, done: int, total: int, o: str = outcome) -> None:
-                progress(f"backtesting the {o} model ({name})", done / max(total, 1))
-
-            declared = settings.lens.retrain_every_days
-            cadences = sorted({*RUN_CADENCES, *([declared] if declared else [])})
-            bt = backtest_workspace(
-                ws, outcome, as_of=as_of, settings=settings, cadences=cadences, progress=step
+            # one frame: the fit, its backtest (whose time split is the card's check) and
+            # backtest.json, their fits sharing worker processes
+            fit = refresh_workspace(
+                ws,
+                outcome,
+                folder=folder,
+                as_of=as_of,
+                settings=settings,
+                cadences=cadences,
+                progress=step,
             )
         except SignalloopError as exc:
             entries.append({**entry, "status": "skipped", "reason": str(exc)})
             continue
-        (folder / "backtest.json").write_text(
-            json.dumps(bt, indent=2, default=str, allow_nan=False) + "\n"
-        )
+        if fit.get("backtest") is None:  # fitted and saved, too small to backtest
+            entries.append({**entry, "status": "skipped", "reason": str(fit.get("backtest_error"))})
+            continue
         entries.append(
             {
                 **entry,
