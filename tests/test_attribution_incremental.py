@@ -1,10 +1,12 @@
-"""The stored attribution stays equal to attributing every conversion afresh.
+"""The stored attribution (and the rollups) stay equal to computing them afresh.
 
 Each account is cut into daily drops and ingested drop by drop, as a daily export arrives;
 after every ingest the stored attribution (:func:`~signalloop.attribution.refresh_attribution`,
 which only re-attributes what the new rows touch) must equal
-:func:`~signalloop.attribution.attribute` over all conversions. Every data shape and every
-simulator fault is covered, and touchpoints arriving after their conversions.
+:func:`~signalloop.attribution.attribute` over all conversions, the CRM records' campaigns
+and the nowcast's click links their derivation from the rows (at several cutoffs), and every
+rollup its aggregate (:func:`~tests.test_rollups.assert_rollups_current`). Every data shape
+and every simulator fault is covered, and touchpoints arriving after their conversions.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from signalloop.ingest import ingest_file
 from signalloop.store import Workspace
 
 from .conftest import drop_cases, ingest_drop, simulated_drops
+from .test_rollups import assert_rollups_current
 
 SEED = 11
 
@@ -102,6 +105,9 @@ def test_daily_drops_equal_a_full_recompute(
         for i, drop in enumerate(drops):
             ingest_drop(ws, drop)
             _assert_current(ws)
+            states = assert_rollups_current(ws)
+            if shape == "full" and i > 0:
+                assert {s["refresh"] for s in states.values()} == {"incremental"}
             # a spend-only account has nothing new to attribute after its first drop
             assert _refresh_kind(ws) == ("full" if i == 0 or shape == "spend" else "incremental")
 

@@ -1,9 +1,10 @@
 """Every rollup stays equal to its aggregate over all the raw rows, drop after drop.
 
-Accounts are cut into daily drops (:func:`~tests.conftest.split_by_day`) and ingested one drop
-at a time; after each, every registered rollup (refreshed incrementally, only the days the new
-rows fall on) must equal the same aggregate computed afresh. Every data shape, every
-simulator fault, and a late drop for old days are covered.
+:func:`assert_rollups_current` refreshes every registered rollup (incrementally: only the days
+the new rows fall on) and compares it with the same aggregate computed afresh. It runs after
+every daily drop of every data shape and fault in ``test_attribution_incremental.py`` (one
+ingest serves both stores); here, a late drop for old days, rows not from an ingest and a
+read-only workspace.
 """
 
 from __future__ import annotations
@@ -12,13 +13,12 @@ import json
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from signalloop import rollups
 from signalloop.ingest import ingest_file
 from signalloop.store import Workspace
 
-from .conftest import drop_cases, ingest_drop, simulated_drops
+from .conftest import simulated_drops
 
 SEED = 12
 
@@ -28,7 +28,8 @@ def _sorted(df: pd.DataFrame) -> pd.DataFrame:
     return df[cols].sort_values(cols, na_position="first").reset_index(drop=True)
 
 
-def _assert_current(ws: Workspace) -> dict[str, dict[str, object]]:
+def assert_rollups_current(ws: Workspace) -> dict[str, dict[str, object]]:
+    """Refresh every rollup and assert it equals its live aggregate; each one's state."""
     states = rollups.refresh_all(ws)
     for name in rollups.REGISTRY:
         stored = _sorted(rollups.table(ws, name).to_pandas())
@@ -37,33 +38,20 @@ def _assert_current(ws: Workspace) -> dict[str, dict[str, object]]:
     return states
 
 
-@pytest.mark.parametrize(("shape", "faults"), drop_cases())
-def test_daily_drops_equal_a_full_recompute(
-    tmp_path: Path, shape: str, faults: tuple[str, ...]
-) -> None:
-    drops = simulated_drops(tmp_path, shape, faults, seed=SEED)
-    with Workspace(tmp_path / "ws.duckdb") as ws:
-        for i, drop in enumerate(drops):
-            ingest_drop(ws, drop)
-            states = _assert_current(ws)
-            if shape == "full" and i > 0:
-                assert {s["refresh"] for s in states.values()} == {"incremental"}
-
-
 def test_a_late_drop_re_aggregates_only_its_days(tmp_path: Path) -> None:
     """Touchpoints of two old days arrive after later days: those two days are re-aggregated
     (and nothing else), and the rollups still equal the raw rows' aggregate."""
     drops = simulated_drops(tmp_path, "full", (), seed=SEED)
     with Workspace(tmp_path / "ws.duckdb") as ws:
         ingest_file(ws, "touchpoints", drops[1]["touchpoints"])
-        _assert_current(ws)
+        assert_rollups_current(ws)
         early = drops[0]["touchpoints"]
         lines = early.read_text().splitlines(keepends=True)
         late = tmp_path / "late.csv"
         late.write_text(lines[0] + "".join(x for x in lines[1:] if ",2026-01-0" in x[:60]))
         days = {x.split("T")[0][-10:] for x in lines[1:] if ",2026-01-0" in x[:60]}
         ingest_file(ws, "touchpoints", late)
-        states = _assert_current(ws)
+        states = assert_rollups_current(ws)
         assert {s["refresh"] for s in states.values()} == {"incremental"}
         assert {s["days"] for s in states.values()} == {len(days)}
 
@@ -73,11 +61,11 @@ def test_rows_not_from_an_ingest_and_read_only(tmp_path: Path) -> None:
     db = tmp_path / "ws.duckdb"
     with Workspace(db) as ws:
         ingest_file(ws, "touchpoints", drops[0]["touchpoints"])
-        _assert_current(ws)
+        assert_rollups_current(ws)
         ws.con.execute(
             "DELETE FROM touchpoints WHERE touch_id = (SELECT min(touch_id) FROM touchpoints)"
         )
-        states = _assert_current(ws)
+        states = assert_rollups_current(ws)
         assert {s["refresh"] for s in states.values()} == {"full"}
         ingest_file(ws, "touchpoints", drops[1]["touchpoints"])
     with Workspace(db, read_only=True) as ro:
