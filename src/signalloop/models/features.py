@@ -264,10 +264,11 @@ def _build(
         *[(crm.stage.strip().lower() == s, i + 1) for i, s in enumerate(funnel)], else_=0
     )
     crm = crm.mutate(_rank=stage_rank)
-    attrs = _attr_plan(clicks)
     if labels_only:  # the units and labels, none of the features
+        attrs: list[tuple[str, str, str]] = []
         touches = clicks.select("touch_id", "ts", "campaign_id")
     else:
+        attrs = _attr_plan(clicks)
         touches = _touch_features(tp, clicks, ties, crm, spend, attrs)
     records = _records(crm, ties, clicks, funnel)
     h = horizon * _DAY
