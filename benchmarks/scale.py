@@ -208,7 +208,9 @@ def measure(n: int, days: int, seed: int, shard: int, cache: Path) -> dict[str, 
     ws = folder / "ws.duckdb"
     for p in (ws, Path(f"{ws}.wal")):
         p.unlink(missing_ok=True)
-    shutil.rmtree(folder / "reports", ignore_errors=True)
+    # a fresh workspace: its models (beside it), reports and run folders go too
+    for sub in ("reports", "ws.models", "ws.duckdb.runs"):
+        shutil.rmtree(folder / sub, ignore_errors=True)
     log(f"{n} campaigns: first run as of {last - timedelta(days=1)}")
     first = run_once(ws, hist, last - timedelta(days=1), folder / "reports" / "first")
     log(f"{n} campaigns: next day as of {last}")
