@@ -8,7 +8,6 @@ touchpoint at or before the conversion. Conversions none of these reach stay una
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import duckdb
@@ -179,34 +178,15 @@ def click_time(conv: Any, cutoff: Any) -> Any:
     return ibis.ifelse(conv.click_first_ts < cutoff, conv.click_first_ts, ibis.null())
 
 
-def _state(ws: Workspace) -> dict[str, list[int]]:
-    out = {}
-    for kind in _READS:
-        row = ws.con.execute(
-            f"SELECT count(*), coalesce(max(_ingest_id), -1) FROM {kind}"
-        ).fetchone()
-        out[kind] = [int(row[0]), int(row[1])] if row else [0, -1]
-    return out
-
-
-def _appended(ws: Workspace, saved: dict[str, list[int]], now: dict[str, list[int]]) -> bool:
-    """Whether every row since ``saved`` came by a later ingest (and none went away)."""
-    for kind in _READS:
-        (n0, hi0), (n1, _) = saved[kind], now[kind]
-        row = ws.con.execute(f"SELECT count(*) FROM {kind} WHERE _ingest_id > ?", [hi0]).fetchone()
-        if row is None or n0 + int(row[0]) != n1:
-            return False
-    return True
-
-
 def refresh_attribution(ws: Workspace) -> bool:
     """Bring :data:`ATTRIBUTION_TABLE` up to date; whether it is current (and may be read).
 
     The first call attributes every conversion. Later calls attribute only what rows
-    ingested since could change: new conversions, and stored ones without a ``campaign_id``
-    whose click id a new touchpoint carries or whose user has a new touchpoint at or before
-    them. Anything else (rows not from an ingest, rows gone, a new rule version) attributes
-    everything again, so the table always equals :func:`attribute` over all conversions
+    ingested since could change: new conversions, stored ones whose click id a new touchpoint
+    carries, and stored ones whose user has a new touchpoint (with a campaign) at or before
+    them; then the CRM records those rows reach. Anything else (rows not from an ingest, rows
+    gone, a new rule version) attributes everything again, so the table always equals
+    :func:`attribute` over all conversions
     (``tests/test_attribution_incremental.py`` checks it on every simulator shape and fault).
 
     A read-only workspace, conversion ids that are not unique, or a write that conflicts with
@@ -216,14 +196,9 @@ def refresh_attribution(ws: Workspace) -> bool:
     if ws.backend != "duckdb":
         return False
     con = ws.con
-    found = con.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND NOT temporary",
-        [ATTRIBUTION_TABLE],
-    ).fetchone()
-    have = bool(found and found[0])
-    row = con.execute("SELECT value FROM meta WHERE key = ?", [_STATE_KEY]).fetchone()
-    saved = json.loads(row[0]) if row else {}
-    now = _state(ws)
+    have = ws.has_table(ATTRIBUTION_TABLE)
+    saved = ws.read_meta(_STATE_KEY)
+    now = {kind: ws.ingest_state(kind) for kind in _READS}
     if have and saved.get("version") == ATTRIBUTION_VERSION and saved.get("tables") == now:
         return bool(saved.get("unique"))
     if ws.read_only:
@@ -237,7 +212,7 @@ def refresh_attribution(ws: Workspace) -> bool:
         and unique
         and saved.get("unique")
         and saved.get("version") == ATTRIBUTION_VERSION
-        and _appended(ws, saved["tables"], now)
+        and all(ws.appended_since(kind, saved["tables"][kind]) for kind in _READS)
     )
     try:
         with ws.transaction():
@@ -270,9 +245,7 @@ def refresh_attribution(ws: Workspace) -> bool:
                 "unique": unique,
                 "refresh": "full" if full else "incremental",
             }
-            con.execute(
-                "INSERT OR REPLACE INTO meta VALUES (?, ?)", [_STATE_KEY, json.dumps(state)]
-            )
+            ws.write_meta(_STATE_KEY, state)
     except duckdb.TransactionException:
         return False
     return unique

@@ -1271,10 +1271,7 @@ def find_request(
         ``(request_sha256, answer)`` (see :func:`request_digest`), or ``None`` when there
         is none (or no table yet).
     """
-    exists = ws.con.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'api_requests' AND NOT temporary"
-    ).fetchone()
-    if not exists or not exists[0]:
+    if not ws.has_table("api_requests"):
         return None
     if request_id is not None:
         row = ws.con.execute(

@@ -19,7 +19,6 @@ stale, the same aggregate computed from the raw rows.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -132,11 +131,6 @@ def _state_key(name: str) -> str:
     return f"rollup:{name}"
 
 
-def _source_state(ws: Workspace, kind: str) -> list[int]:
-    row = ws.con.execute(f"SELECT count(*), coalesce(max(_ingest_id), -1) FROM {kind}").fetchone()
-    return [int(row[0]), int(row[1])] if row else [0, -1]
-
-
 def refresh(ws: Workspace, name: str) -> bool:
     """Bring the rollup ``name`` up to date; whether its table is current and may be read.
 
@@ -148,29 +142,26 @@ def refresh(ws: Workspace, name: str) -> bool:
     if ws.backend != "duckdb":  # computed live there, for now
         return False
     con = ws.con
-    found = con.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND NOT temporary", [name]
-    ).fetchone()
-    have = bool(found and found[0])
-    row = con.execute("SELECT value FROM meta WHERE key = ?", [_state_key(name)]).fetchone()
-    saved = json.loads(row[0]) if row else {}
-    now = _source_state(ws, r.kind)
+    have = ws.has_table(name)
+    saved = ws.read_meta(_state_key(name))
+    now = ws.ingest_state(r.kind)
     if have and saved.get("version") == r.version and saved.get("source") == now:
         return True
     if ws.read_only:
         return False
     src = ws.table(r.kind)
-    incremental = have and saved.get("version") == r.version and "source" in saved
+    incremental = (
+        have
+        and saved.get("version") == r.version
+        and "source" in saved
+        and ws.appended_since(r.kind, saved["source"])
+    )
     days: list[Any] = []
     if incremental:
-        n0, seen = saved["source"]
-        new = src.filter(src._ingest_id > seen)
-        added = int(new.count().execute())
-        incremental = n0 + added == now[0]
-        if incremental:
-            got = new.select(day=_day(r, new)).distinct().day.to_pyarrow().to_pylist()
-            days = sorted(d for d in got if d is not None)
-            incremental = len(days) == len(got)  # a row without a day: rebuild
+        new = src.filter(src._ingest_id > saved["source"][1])
+        got = new.select(day=_day(r, new)).distinct().day.to_pyarrow().to_pylist()
+        days = sorted(d for d in got if d is not None)
+        incremental = len(days) == len(got)  # a row without a day: rebuild
     try:
         with ws.transaction():
             if not incremental:
@@ -194,9 +185,7 @@ def refresh(ws: Workspace, name: str) -> bool:
                 "refresh": "incremental" if incremental else "full",
                 "days": len(days) if incremental else None,
             }
-            con.execute(
-                "INSERT OR REPLACE INTO meta VALUES (?, ?)", [_state_key(name), json.dumps(state)]
-            )
+            ws.write_meta(_state_key(name), state)
     except duckdb.TransactionException:
         return False
     return True
@@ -210,6 +199,5 @@ def refresh_all(ws: Workspace) -> dict[str, dict[str, Any]]:
         if not refresh(ws, name):
             out[name] = {"refresh": "live"}
             continue
-        row = ws.con.execute("SELECT value FROM meta WHERE key = ?", [_state_key(name)]).fetchone()
-        out[name] = json.loads(row[0]) if row else {}
+        out[name] = ws.read_meta(_state_key(name))
     return out

@@ -13,6 +13,7 @@ kept to the loader (:mod:`signalloop.ingest`) and to schema management here.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -169,6 +170,40 @@ class Workspace:
     def table(self, name: str) -> Any:
         """The ibis table expression for ``name`` (a kind, ``quarantine``, ``ingest_log`` ...)."""
         return self.ibis.table(name)
+
+    def has_table(self, name: str) -> bool:
+        """Whether the database holds a (non-temporary) table ``name``."""
+        row = self.con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND NOT temporary", [name]
+        ).fetchone()
+        return bool(row and row[0])
+
+    def read_meta(self, key: str) -> dict[str, Any]:
+        """The JSON document stored under ``key`` in ``meta`` (``{}`` when there is none)."""
+        row = self.con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        found: dict[str, Any] = json.loads(row[0]) if row else {}
+        return found
+
+    def write_meta(self, key: str, value: dict[str, Any]) -> None:
+        """Store ``value`` as JSON under ``key`` in ``meta``."""
+        self.con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, json.dumps(value)])
+
+    def ingest_state(self, kind: str) -> list[int]:
+        """``[rows, highest _ingest_id]`` of ``kind`` (``-1`` when none): what a store kept
+        current from it (:mod:`signalloop.rollups`, the stored attribution) last saw."""
+        row = self.con.execute(
+            f"SELECT count(*), coalesce(max(_ingest_id), -1) FROM {kind}"
+        ).fetchone()
+        return [int(row[0]), int(row[1])] if row else [0, -1]
+
+    def appended_since(self, kind: str, seen: list[int]) -> bool:
+        """Whether every row of ``kind`` since ``seen`` (an :meth:`ingest_state`) came by a
+        later ingest and none went away: what lets a store refresh incrementally."""
+        n0, hi0 = seen
+        row = self.con.execute(
+            f"SELECT count(*) FROM {kind} WHERE _ingest_id > ?", [hi0]
+        ).fetchone()
+        return row is not None and n0 + int(row[0]) == self.ingest_state(kind)[0]
 
     def counts(self) -> dict[str, int]:
         """Row counts per kind, computed with ibis."""
