@@ -147,7 +147,13 @@ from signalloop.attribution import ATTRIBUTION_TABLE, crm_record_campaigns, refr
 from signalloop.checks.base import default_as_of
 from signalloop.checks.engine import load_exclusions, without_exclusions
 from signalloop.config import Settings
-from signalloop.delay import DelayData, DelayModel, LogNormalCure, make_delay_model
+from signalloop.delay import (
+    DelayData,
+    DelayModel,
+    LogNormalCure,
+    interpolation,
+    make_delay_model,
+)
 from signalloop.store import Workspace
 
 FloatArray = npt.NDArray[np.float64]
@@ -574,7 +580,11 @@ def _link_clicks(src: _Source, conv: Any) -> Any:
 def _link_clicks_cut(src: _Source, conv: Any) -> Any:
     """:func:`_link_clicks` from the touchpoints cut at the as-of date."""
     tp = src.table("touchpoints")
-    tpc = tp.filter(tp.click_id.notnull() & tp.campaign_id.notnull())
+    # only the touches of these conversions' clicks and users (a semi-join: the stored links
+    # leave a handful of conversions here, and their touches are all this needs)
+    tpc = tp.filter(
+        tp.click_id.notnull() & tp.campaign_id.notnull() & tp.click_id.isin(conv.click_id)
+    )
     clicks = tpc.group_by(t_click_id=tpc.click_id).aggregate(
         t_campaign=tpc.campaign_id.argmin(tpc.ts), t_click=tpc.ts.min()
     )
@@ -599,9 +609,9 @@ def _link_clicks_cut(src: _Source, conv: Any) -> Any:
     )
     done = j.filter(j.campaign_id.notnull() & j.click.notnull())
     rest = j.filter(j.campaign_id.isnull() | j.click.isnull())
-    touches = tp.filter(tp.user_id.notnull() & tp.campaign_id.notnull()).select(
-        u_user=tp.user_id, u_ts=tp.ts, u_campaign=tp.campaign_id
-    )
+    touches = tp.filter(
+        tp.user_id.notnull() & tp.campaign_id.notnull() & tp.user_id.isin(rest.user_id)
+    ).select(u_user=tp.user_id, u_ts=tp.ts, u_campaign=tp.campaign_id)
     last = (
         rest.join(
             touches,
@@ -1154,24 +1164,22 @@ def _predict(model: DelayModel, path: _Path, opts: NowcastOptions) -> _Predictio
         if not m.any():
             continue
         gaps = path.gaps.get(name, [])
-        inc0, fut0, unseen0 = _curves_with_gaps(model, g, t_all[m], gaps, 0, rng)
-        coh = cohort[m]
-        b0 = np.bincount(coh, fut0[0] * n_open[m], n_c)
-        lost0 = np.bincount(coh, unseen0[0] * n_all[m], n_c)
-        a0 = np.bincount(coh, inc0[0] * n_all[m], n_c) - lost0
+        maps = _bucket_maps(model, g, gaps, t_all[m], n_all[m], n_open[m], cohort[m], n_c)
+        grid, w_open, w_all, w_lost = maps
+        inc0, fut0, _ = model.curves(g, grid, n_draws=0, rng=rng)
+        b0 = w_open @ fut0[0]
+        lost0 = np.maximum(w_lost @ inc0[0], 0.0)
+        a0 = w_all @ inc0[0] - lost0
         active = (c.campaign_id == name).to_numpy() & (b0 + lost0 > 1e-3)
         if not active.any():
             continue
         ids = np.nonzero(active)[0]
-        keep = m & active[cohort]
-        coh_k = cohort[keep]  # sorted: buckets are in cohort order
-        starts = np.searchsorted(coh_k, ids)
-        inc, fut, unseen = _curves_with_gaps(model, g, t_all[keep], gaps, draws, rng)
-        bs = np.add.reduceat(fut * n_open[keep], starts, axis=1)
-        lost = np.add.reduceat(unseen * n_all[keep], starts, axis=1)
-        a_s = np.add.reduceat(inc * n_all[keep], starts, axis=1) - lost
+        inc, fut, _ = model.curves(g, grid, n_draws=draws, rng=rng)
+        bs = (w_open[ids] @ fut.T).T
+        lost = np.maximum((w_lost[ids] @ inc.T).T, 0.0)
+        a_s = (w_all[ids] @ inc.T).T - lost
         k = observed[ids]
-        opn = np.bincount(coh_k, n_open[keep], n_c)[ids]
+        opn = np.bincount(cohort[m], n_open[m], n_c)[ids]
         # cohort variation: g | k ~ Gamma(1/phi + k, 1/phi + A), A = expected observed by now
         if phi > 0:
             rate = 1.0 / phi + np.maximum(a_s, 0.0)
@@ -1193,32 +1201,35 @@ def _predict(model: DelayModel, path: _Path, opts: NowcastOptions) -> _Predictio
     return _Prediction(expected, exp_value, samples, vsamples, phi)
 
 
-def _curves_with_gaps(
+def _bucket_maps(
     model: DelayModel,
     g: int,
-    t: FloatArray,
     gaps: list[tuple[float, float]],
-    draws: int,
-    rng: np.random.Generator,
-) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """Incidence and future probability at ``t``, and the share converting unseen in ``gaps``.
+    t: FloatArray,
+    n_all: FloatArray,
+    n_open: FloatArray,
+    cohort: npt.NDArray[np.int64],
+    n_cohorts: int,
+) -> tuple[FloatArray, Any, Any, Any]:
+    """One campaign's evaluation grid and its maps from curves to per-cohort sums.
 
-    A subject at elapsed ``t`` whose event fell inside an exclusion window ``(w0, w1)``
-    (elapsed times at the window's start and end, counted back from the cut) was never
-    observed: that share is ``I(t - w1) - I(t - w0)`` per window (``I`` the incidence, 0 for
-    negative times). One parameter draw set serves all three.
+    Returns ``grid`` and three sparse maps (cohorts x grid): the open subjects' future
+    conversions (``fut @ w_open.T``), all subjects' incidence (``inc @ w_all.T``), and the
+    share converting unseen inside exclusion windows (``inc @ w_lost.T``). A subject at
+    elapsed ``t`` whose event fell inside a window ``(w0, w1)`` (elapsed times at the
+    window's start and end, counted back from the cut) was never observed: that share is
+    ``I(t - w1) - I(t - w0)`` per window (``I`` the incidence, 0 for negative times). The
+    grid is the model's (:meth:`DelayModel.grid`): the curves are drawn on a few hundred
+    points instead of every bucket's elapsed time.
     """
-    n = len(t)
-    shifted = [np.maximum(t - w, 0.0) for w0, w1 in gaps for w in (w1, w0)]
-    inc, fut, _ = model.curves(g, np.concatenate([t, *shifted]), n_draws=draws, rng=rng)
-    unseen = np.zeros((inc.shape[0], n))
-    for j in range(len(gaps)):
-        late, early = (
-            inc[:, n * (1 + 2 * j) : n * (2 + 2 * j)],
-            inc[:, n * (2 + 2 * j) : n * (3 + 2 * j)],
-        )
-        unseen += late - early
-    return inc[:, :n], fut[:, :n], np.maximum(unseen, 0.0)
+    shifted = [(np.maximum(t - w, 0.0), sign) for w0, w1 in gaps for w, sign in ((w1, 1), (w0, -1))]
+    grid = model.grid(g, np.concatenate([t, *(x for x, _ in shifted)]))
+    w_open = interpolation(grid, t, n_open, cohort, n_cohorts)
+    w_all = interpolation(grid, t, n_all, cohort, n_cohorts)
+    w_lost = interpolation(grid, t[:0], n_all[:0], cohort[:0], n_cohorts)
+    for x, sign in shifted:
+        w_lost = w_lost + interpolation(grid, x, sign * n_all, cohort, n_cohorts)
+    return grid, w_open, w_all, w_lost
 
 
 # ---- the conversion-day path ----------------------------------------------------------------
