@@ -408,49 +408,61 @@ def fig_cpa_roas(c: dict[str, Any]) -> go.Figure:
 
 
 def fig_timeline(c: dict[str, Any]) -> go.Figure:
+    """Learning periods as bars and the edits that began them as markers, per ad set.
+
+    One bar trace and one marker trace per actor, whatever the number of ad sets (a trace
+    per period made a 100-campaign report spend seconds in Plotly alone).
+    """
     fig = go.Figure()
-    shown: set[str] = set()
+    bars: dict[str, list[Any]] = {"base": [], "x": [], "y": [], "text": []}
+    edits: dict[str, dict[str, list[Any]]] = {}
     for e in c["entities"]:
         label = f"{e['entity_id']} ({e['state'].replace('_', ' ')})"
         for p in e["periods"]:
-            fig.add_trace(
-                go.Bar(
-                    base=[p["start"]],
-                    x=[p["days"] * 86_400_000],
-                    y=[label],
-                    orientation="h",
-                    marker={"color": STATE_COLOURS["learning"], "opacity": 0.35},
-                    name="in learning",
-                    legendgroup="learning",
-                    showlegend="learning" not in shown,
-                    hovertext=f"{p['days']} days in learning"
-                    + (" (still learning)" if p["open"] else ""),
-                    hoverinfo="text",
-                )
+            bars["base"].append(p["start"])
+            bars["x"].append(p["days"] * 86_400_000)
+            bars["y"].append(label)
+            bars["text"].append(
+                f"{p['days']} days in learning" + (" (still learning)" if p["open"] else "")
             )
-            shown.add("learning")
-        for actor in ("human", "automation", "unknown"):
-            pts = [p for p in e["periods"] if p["actor"] == actor]
-            if not pts:
-                continue
-            fig.add_trace(
-                go.Scatter(
-                    x=[p["start"] for p in pts],
-                    y=[label] * len(pts),
-                    mode="markers",
-                    marker={
-                        "color": ACTOR_COLOURS.get(actor, "#7f7f7f"),
-                        "size": 11,
-                        "symbol": "x" if actor == "human" else "diamond",
-                    },
-                    name=f"edit by {actor}",
-                    legendgroup=actor,
-                    showlegend=actor not in shown,
-                    hovertext=[f"{actor}: {p['field']} {p['detail']}" for p in pts],
-                    hoverinfo="text",
-                )
+            pts = edits.setdefault(p["actor"], {"x": [], "y": [], "text": []})
+            pts["x"].append(p["start"])
+            pts["y"].append(label)
+            pts["text"].append(f"{p['actor']}: {p['field']} {p['detail']}")
+    if bars["x"]:
+        fig.add_trace(
+            go.Bar(
+                base=bars["base"],
+                x=bars["x"],
+                y=bars["y"],
+                orientation="h",
+                marker={"color": STATE_COLOURS["learning"], "opacity": 0.35},
+                name="in learning",
+                legendgroup="learning",
+                hovertext=bars["text"],
+                hoverinfo="text",
             )
-            shown.add(actor)
+        )
+    for actor in ("human", "automation", "unknown"):
+        pts = edits.get(actor)
+        if not pts:
+            continue
+        fig.add_trace(
+            go.Scatter(
+                x=pts["x"],
+                y=pts["y"],
+                mode="markers",
+                marker={
+                    "color": ACTOR_COLOURS.get(actor, "#7f7f7f"),
+                    "size": 11,
+                    "symbol": "x" if actor == "human" else "diamond",
+                },
+                name=f"edit by {actor}",
+                legendgroup=actor,
+                hovertext=pts["text"],
+                hoverinfo="text",
+            )
+        )
     fig.update_xaxes(type="date")
     fig.update_layout(barmode="overlay")
     if not c["entities"]:
@@ -460,36 +472,46 @@ def fig_timeline(c: dict[str, Any]) -> go.Figure:
 
 
 def fig_fatigue(c: dict[str, Any]) -> go.Figure:
+    """Each live creative's daily CTR (dots) and fitted decay (line), coloured by status.
+
+    Two traces per status (lines broken between creatives), whatever the number of creatives.
+    """
     fig = go.Figure()
-    shown: set[str] = set()
+    by_status: dict[str, dict[str, list[Any]]] = {}
     for cr in sorted(c["creatives"], key=lambda x: x["status"]):
-        colour = STATUS_COLOURS.get(cr["status"], "#7f7f7f")
         name = f"{cr['creative_id']} ({cr['campaign_id']})"
+        d = by_status.setdefault(cr["status"], {"x": [], "y": [], "fit": [], "name": []})
+        d["x"] += [*cr["age_days"], None]
+        d["y"] += [*cr["relative_ctr"], None]
+        d["fit"] += [*cr["fitted"], None]
+        d["name"] += [name] * len(cr["age_days"]) + [""]
+    for status, d in by_status.items():
+        colour = STATUS_COLOURS.get(status, "#7f7f7f")
         fig.add_trace(
             go.Scatter(
-                x=cr["age_days"],
-                y=cr["relative_ctr"],
+                x=d["x"],
+                y=d["y"],
                 mode="markers",
                 marker={"color": colour, "size": 4, "opacity": 0.4},
-                name=name,
-                legendgroup=cr["status"],
+                name=f"{status} creatives, daily",
+                legendgroup=status,
                 showlegend=False,
-                hovertemplate=name + ": day %{x}, CTR x%{y:.2f}<extra></extra>",
+                text=d["name"],
+                hovertemplate="%{text}: day %{x}, CTR x%{y:.2f}<extra></extra>",
             )
         )
         fig.add_trace(
             go.Scatter(
-                x=cr["age_days"],
-                y=cr["fitted"],
+                x=d["x"],
+                y=d["fit"],
                 mode="lines",
                 line={"color": colour, "width": 1.5},
-                name=f"{cr['status']} creatives",
-                legendgroup=cr["status"],
-                showlegend=cr["status"] not in shown,
-                hovertemplate=name + ": fitted x%{y:.2f} at day %{x}<extra></extra>",
+                name=f"{status} creatives",
+                legendgroup=status,
+                text=d["name"],
+                hovertemplate="%{text}: fitted x%{y:.2f} at day %{x}<extra></extra>",
             )
         )
-        shown.add(cr["status"])
     fig.add_hline(y=FATIGUE_RATIO, line_dash="dash", annotation_text="fatigue threshold")
     fig.update_xaxes(title="days since launch")
     fig.update_yaxes(title="CTR relative to launch")
