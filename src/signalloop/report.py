@@ -444,13 +444,13 @@ def fig_timeline(c: dict[str, Any]) -> go.Figure:
             )
         )
     for actor in ("human", "automation", "unknown"):
-        pts = edits.get(actor)
-        if not pts:
+        marks = edits.get(actor)
+        if not marks:
             continue
         fig.add_trace(
             go.Scatter(
-                x=pts["x"],
-                y=pts["y"],
+                x=marks["x"],
+                y=marks["y"],
                 mode="markers",
                 marker={
                     "color": ACTOR_COLOURS.get(actor, "#7f7f7f"),
@@ -459,7 +459,7 @@ def fig_timeline(c: dict[str, Any]) -> go.Figure:
                 },
                 name=f"edit by {actor}",
                 legendgroup=actor,
-                hovertext=pts["text"],
+                hovertext=marks["text"],
                 hoverinfo="text",
             )
         )
