@@ -334,13 +334,17 @@ def _build(
 
 def _tie_conversions(conv: Any, clicks: Any) -> Any:
     """Every conversion with the ``touch_id``, ``t_ts`` and user of the touch it is tied to."""
-    first = clicks.filter(clicks.click_id.notnull()).group_by(k_click=clicks.click_id)
-    first = first.aggregate(by_click=clicks.touch_id.argmin(clicks.ts))
+    # only the clicks and users the conversions name (semi-joins: a few percent of the
+    # touchpoints, so the grouping and the range join below stay small)
+    named = clicks.filter(clicks.click_id.notnull() & clicks.click_id.isin(conv.click_id))
+    first = named.group_by(k_click=named.click_id)
+    first = first.aggregate(by_click=named.touch_id.argmin(named.ts))
     c = conv.select(
         "conversion_id", "ts", "user_id", "click_id", "campaign_id", "value", "_kind", "_primary"
     )
-    u = clicks.select(
-        u_touch=clicks.touch_id, u_user=clicks.user_id, u_ts=clicks.ts, u_camp=clicks.campaign_id
+    users = clicks.filter(clicks.user_id.isin(conv.user_id))
+    u = users.select(
+        u_touch=users.touch_id, u_user=users.user_id, u_ts=users.ts, u_camp=users.campaign_id
     )
     last = (
         c.join(
