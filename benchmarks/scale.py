@@ -30,6 +30,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -167,7 +168,28 @@ def plain_scan(new: Path) -> float:
     return time.perf_counter() - t0
 
 
-def run_once(ws: Path, inbox: Path, as_of: date, out: Path) -> dict[str, Any]:
+class RunFailed(Exception):
+    """A run that exited with an error or was stopped over the memory cap."""
+
+
+def _watch(proc: subprocess.Popen[bytes], max_gib: float, stopped: list[float]) -> None:
+    """Kill ``proc`` when its resident memory passes ``max_gib`` (noted in ``stopped``)."""
+    status = Path(f"/proc/{proc.pid}/status")
+    while proc.poll() is None:
+        try:
+            kb = next(int(x.split()[1]) for x in status.read_text().splitlines() if "VmRSS" in x)
+        except (OSError, StopIteration, ValueError):
+            return
+        if kb / 1024**2 > max_gib:
+            stopped.append(kb / 1024**2)
+            proc.kill()
+            return
+        time.sleep(1.0)
+
+
+def run_once(
+    ws: Path, inbox: Path, as_of: date, out: Path, max_gib: float = 16.0
+) -> dict[str, Any]:
     """``signalloop run`` in its own process: wall seconds, peak RSS, the run's timings."""
     cmd = [
         str(Path(sys.executable).parent / "signalloop"),
@@ -184,12 +206,20 @@ def run_once(ws: Path, inbox: Path, as_of: date, out: Path) -> dict[str, Any]:
     ]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    stopped: list[float] = []
+    watch = threading.Thread(target=_watch, args=(proc, max_gib, stopped), daemon=True)
+    watch.start()
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - t0
     err = proc.stderr.read().decode() if proc.stderr else ""
     code = os.waitstatus_to_exitcode(status)
+    if stopped:
+        raise RunFailed(
+            f"stopped after {seconds:.0f} s at {stopped[0]:.1f} GiB resident (over --max-gib "
+            f"{max_gib:g})"
+        )
     if code not in (0, 1):
-        raise SystemExit(f"{' '.join(cmd)} exited {code}:\n{err[-3000:]}")
+        raise RunFailed(f"{' '.join(cmd)} exited {code}:\n{err[-3000:]}")
     doc = json.loads((out / "report.json").read_text())
     return {
         "seconds": seconds,
@@ -200,7 +230,9 @@ def run_once(ws: Path, inbox: Path, as_of: date, out: Path) -> dict[str, Any]:
     }
 
 
-def measure(n: int, days: int, seed: int, shard: int, cache: Path) -> dict[str, Any]:
+def measure(
+    n: int, days: int, seed: int, shard: int, cache: Path, max_gib: float
+) -> dict[str, Any]:
     folder = cache / f"c{n}-d{days}-s{seed}"
     info = simulate(n, days, seed, shard, folder)
     last = START + timedelta(days=days - 1)
@@ -212,9 +244,9 @@ def measure(n: int, days: int, seed: int, shard: int, cache: Path) -> dict[str, 
     for sub in ("reports", "ws.models", "ws.duckdb.runs"):
         shutil.rmtree(folder / sub, ignore_errors=True)
     log(f"{n} campaigns: first run as of {last - timedelta(days=1)}")
-    first = run_once(ws, hist, last - timedelta(days=1), folder / "reports" / "first")
+    first = run_once(ws, hist, last - timedelta(days=1), folder / "reports" / "first", max_gib)
     log(f"{n} campaigns: next day as of {last}")
-    nxt = run_once(ws, new, last, folder / "reports" / "next")
+    nxt = run_once(ws, new, last, folder / "reports" / "next", max_gib)
     scan = min(plain_scan(new) for _ in range(3))
     return {
         "campaigns": n,
@@ -227,7 +259,11 @@ def measure(n: int, days: int, seed: int, shard: int, cache: Path) -> dict[str, 
     }
 
 
-def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
+def render(
+    results: list[dict[str, Any]],
+    args: argparse.Namespace,
+    failed: list[tuple[int, str]] | None = None,
+) -> str:
     stamp = datetime.now(UTC).strftime("%Y-%m-%d")
     cols = [(r, lab) for r in results for lab in ("first", "next")]
     head = "| step | " + " | ".join(
@@ -239,7 +275,7 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "## Scale: `signalloop run` at growing account sizes",
         "",
         f"Command: `make bench-scale` (benchmarks/scale.py --campaigns "
-        f"{','.join(str(r['campaigns']) for r in results)} --days {args.days} --seed "
+        f"{args.campaigns} --days {args.days} --seed "
         f"{args.seed}). Measured {stamp} on {machine(PACKAGES)}.",
         "",
         "Each account is the simulator's full shape, 90 days; the first run ingests days 1-89 "
@@ -279,6 +315,8 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             f"{r['next']['seconds']:.1f} s | {r['next']['seconds'] / r['scan']:,.0f}x | "
             f"{r['workspace_mb']:,.0f} MB |"
         )
+    for n, why in failed or []:
+        lines += ["", f"**{n:,} campaigns did not complete:** {why}"]
     lines += ["", END]
     return "\n".join(lines)
 
@@ -291,12 +329,20 @@ def main() -> None:
     ap.add_argument("--shard", type=int, default=100, help="campaigns per simulated shard")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/signalloop-scale"))
     ap.add_argument("--no-write", action="store_true", help="print, do not touch BENCHMARKS.md")
+    ap.add_argument(
+        "--max-gib", type=float, default=16.0, help="stop a run past this resident memory"
+    )
     args = ap.parse_args()
-    results = [
-        measure(int(n), args.days, args.seed, args.shard, args.cache)
-        for n in args.campaigns.split(",")
-    ]
-    block = render(results, args)
+    results, failed = [], []
+    for n in args.campaigns.split(","):
+        try:
+            results.append(
+                measure(int(n), args.days, args.seed, args.shard, args.cache, args.max_gib)
+            )
+        except RunFailed as exc:  # reported in the section, the other sizes still count
+            log(f"{n} campaigns: {exc}")
+            failed.append((int(n), str(exc).splitlines()[0][:300]))
+    block = render(results, args, failed)
     if not args.no_write:
         write_section(block, BEGIN, END)
     print(block)

@@ -320,6 +320,64 @@ def test_postgres_workspace_reopens_with_its_rows(
         assert pg_env.password not in str(err.value)
 
 
+def _loop(db: str, account: dict[str, Any], out: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``signalloop run`` on a fresh workspace ``db`` with the account's exports as its inbox."""
+    from signalloop.run import run
+
+    inbox = out / "inbox"
+    inbox.mkdir(parents=True)
+    for kind, path in account["paths"].items():
+        shutil.copy(path, inbox / f"{kind}.csv")
+    monkeypatch.chdir(out)  # a backend's local records go to ./signalloop-state
+    with Workspace(db) as ws:
+        return run(ws, inbox=inbox, out_dir=out / "report", as_of=account["report"].as_of)
+
+
+def _decisions(doc: dict[str, Any]) -> dict[str, Any]:
+    """What a run decided and why, without timings, paths and fitted-model internals."""
+    nowcast = doc["state"]["nowcast"]
+    return {
+        "gates": [(c["campaign_id"], c["gate"]) for c in doc["checks"]["campaigns"]],
+        "findings": sorted(
+            (f["check"], f.get("campaign_id") or "") for f in doc["checks"]["findings"]
+        ),
+        "nowcast": [
+            (c["campaign_id"], c.get("expected_conversions"), c.get("lower"), c.get("upper"))
+            for c in nowcast["campaigns"]
+        ],
+        "phase": [(e["entity_id"], e["state"]) for e in doc["state"]["phase"]["entities"]],
+        "fatigue": sorted(
+            (c["creative_id"], c["status"]) for c in doc["state"]["fatigue"]["creatives"]
+        ),
+        "models": [(m["outcome"], m["status"]) for m in doc["models"]],
+        "allocation": [(a["campaign_id"], a["recommended"]) for a in doc["allocation"]["arms"]],
+        "diagnoses": sorted(
+            (d["failure_type"], str(d["campaign_id"])) for d in doc["diagnosis"]["diagnoses"]
+        ),
+        "lens": doc["lens"]["verdict"],
+        "history": [(h["as_of"], h["source"]) for h in doc["history"]],
+    }
+
+
+@pytest.mark.slow
+def test_postgres_workspace_runs_the_daily_loop_as_duckdb(
+    pg_env: Postgres, account: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole ``run`` (ingest, checks, state, models, allocation, diagnose, lens, history,
+    report) on PostgreSQL decides what it decides on DuckDB; signalloop's own records and
+    models stay in the local state folder."""
+    _create_database(pg_env, "loop")
+    local = _loop(str(tmp_path / "duck" / "ws.duckdb"), account, tmp_path / "duck", monkeypatch)
+    remote = _loop(pg_env.url("loop"), account, tmp_path / "pg", monkeypatch)
+    a, b = _decisions(remote), _decisions(local)
+    assert a == b, _first_difference(a, b)
+    state = tmp_path / "pg" / "signalloop-state"
+    assert sorted(p.name for p in state.iterdir())[:1] == [
+        f"postgres-{pg_env.host}-{pg_env.port}-loop.duckdb"
+    ]
+    assert (tmp_path / "pg" / "report" / "report.html").exists()
+
+
 # -- PySpark workspace --------------------------------------------------------------------------
 
 

@@ -215,3 +215,19 @@ def test_grid_interpolation_reproduces_every_elapsed_time(sigma: float, competin
     assert len(DiscreteHazard().grid(0, t)) == len(np.unique(t))
     shifted = LogNormalCure(shift=True)
     assert len(shifted.grid(0, t)) == len(np.unique(t))
+
+
+def test_many_groups_fit_on_two_processes_exactly_as_in_one_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """From PARALLEL_GROUPS groups the fits run in a process pool: the same numbers, bit for bit."""
+    import signalloop.delay as delay
+
+    data = pooled_account()
+    one = LogNormalCure().fit(data)
+    monkeypatch.setattr(delay, "PARALLEL_GROUPS", 2)
+    monkeypatch.setattr(delay.os, "cpu_count", lambda: 2)
+    two = LogNormalCure().fit(data)
+    assert np.array_equal(one.theta_, two.theta_)
+    assert np.array_equal(one.cov_, two.cov_)
+    assert np.array_equal(one.between_scale_, two.between_scale_)

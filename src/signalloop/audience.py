@@ -84,10 +84,12 @@ def audience(
     recent = recent.filter(recent.campaign.notnull())
     j = recent.left_join(known, recent.user_id == known.user_id)
     j = j.mutate(
-        is_known=(
+        is_known=ibis.ifelse(
             j.first_seen.notnull()
-            & (j.first_seen <= j.clicked - ibis.interval(days=known_before_days))
-        ).cast("int64")
+            & (j.first_seen <= j.clicked - ibis.interval(days=known_before_days)),
+            1,
+            0,
+        )
     )
     rows = (
         j.group_by("campaign")

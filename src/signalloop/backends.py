@@ -48,6 +48,8 @@ BACKENDS = ("duckdb", "postgres", "pyspark")
 REMOTE_SCHEMES = {"postgres": "postgres", "postgresql": "postgres", "pyspark": "pyspark"}
 ENV_WAREHOUSE = "SIGNALLOOP_SPARK_WAREHOUSE"
 DEFAULT_WAREHOUSE = "signalloop-warehouse"
+ENV_STATE_DIR = "SIGNALLOOP_STATE_DIR"
+DEFAULT_STATE_DIR = "signalloop-state"
 #: The exclusions table (as :data:`signalloop.checks.engine.EXCLUSIONS_DDL` makes it).
 EXCLUSIONS_SCHEMA = ibis.schema(
     {
@@ -251,6 +253,8 @@ class BackendWorkspace(Workspace):
         self.path = self.url.masked
         self.read_only = read_only
         self.con = cast(Any, _NoRawSQL(self.path, self.backend))
+        self.local_path = str(local_records_path(self.url))
+        self.records = _open_records(self.local_path, read_only)
         self._client = _connect(self.url)
         if self.backend == "pyspark":
             _register_warehouse(self._client, self.url.warehouse)
@@ -293,8 +297,50 @@ class BackendWorkspace(Workspace):
 
     def close(self) -> None:
         """Disconnect from PostgreSQL; a Spark session stays up for the process's next use."""
+        self.records.close()
         if self.backend == "postgres":
             self._client.disconnect()
+
+
+def local_records_path(url: BackendURL) -> Path:
+    """The local DuckDB file of a backend workspace's own records, which names its folders.
+
+    The data stays on the backend; what signalloop itself keeps (the runs and their reports,
+    the signal history, the fitted models: ``<stem>.runs``, ``<stem>.models``) lives on the
+    machine that runs it, as beside a DuckDB file: in ``$SIGNALLOOP_STATE_DIR`` (default
+    ``./signalloop-state``) as ``postgres-HOST-PORT-DATABASE.duckdb``, or in the Spark
+    warehouse as ``signalloop.duckdb``.
+
+    >>> local_records_path(parse_url("postgres://ana@db.example:5433/marketing")).name
+    'postgres-db.example-5433-marketing.duckdb'
+    """
+    if url.backend == "pyspark":
+        return Path(url.warehouse) / "signalloop.duckdb"
+    folder = Path(os.environ.get(ENV_STATE_DIR) or DEFAULT_STATE_DIR)
+    return folder / f"postgres-{url.host}-{url.port}-{url.database}.duckdb"
+
+
+def local_path(db: str | Path | None) -> str:
+    """The file that names a workspace's local folders: the DuckDB file itself, or a
+    backend's :func:`local_records_path` (``db`` as ``--db`` takes it)."""
+    url = parse_url(resolve_db_path(db))
+    return url.path if url.backend == "duckdb" else str(local_records_path(url))
+
+
+def _open_records(path: str, read_only: bool) -> Any:
+    """The records' DuckDB connection (created, with its folder, unless ``read_only``)."""
+    import duckdb
+
+    if read_only and not Path(path).exists():
+        con = duckdb.connect(":memory:")
+    else:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            con = duckdb.connect(path, read_only=read_only)
+        except duckdb.Error as exc:
+            raise UsageError(f"cannot open the workspace's local records {path}: {exc}") from None
+    con.execute("SET TimeZone = 'UTC'")
+    return con
 
 
 def _portable(schema: Any, backend: str) -> Any:

@@ -73,6 +73,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -100,6 +101,8 @@ __all__ = [
 _SQRT2PI = math.sqrt(2.0 * math.pi)
 #: Log-time spacing of :meth:`LogNormalCure.grid` for a sigma of 1 or more (scaled down below)
 GRID_STEP = 0.02
+#: Groups from which :meth:`LogNormalCure.fit` fits them on two processes
+PARALLEL_GROUPS = 200
 
 
 def _f64(x: Any) -> FloatArray:
@@ -608,6 +611,17 @@ class _Fit:
     converged: bool
 
 
+def _map_chunk(
+    model: LogNormalCure,
+    subsets: list[DelayData],
+    mean: FloatArray,
+    scale: FloatArray,
+    x0: list[FloatArray],
+) -> list[_Fit]:
+    """:meth:`LogNormalCure._map` of a chunk of groups (one task of the process pool)."""
+    return [model._map(d, mean, scale, x) for d, x in zip(subsets, x0, strict=True)]
+
+
 class LogNormalCure(DelayModel):
     """Mixture-cure model with LogNormal delays, censored MLE and empirical-Bayes pooling.
 
@@ -748,6 +762,26 @@ class LogNormalCure(DelayModel):
         cov = (vecs / vals) @ vecs.T
         return _Fit(theta, cov, bool(res.success))
 
+    def _map_all(
+        self, subsets: list[DelayData], mean: FloatArray, scale: FloatArray, x0: list[FloatArray]
+    ) -> list[_Fit]:
+        """:meth:`_map` of every group; on two processes from :data:`PARALLEL_GROUPS` groups.
+
+        Each group's fit is independent and deterministic, so the processes return exactly
+        what one loop would; below the threshold the pool's start-up costs more than it saves.
+        """
+        workers = min(os.cpu_count() or 1, 2)
+        if len(subsets) < PARALLEL_GROUPS or workers < 2:
+            return [self._map(d, mean, scale, x) for d, x in zip(subsets, x0, strict=True)]
+        from joblib import Parallel, delayed
+
+        chunks = np.array_split(np.arange(len(subsets)), 4 * workers)
+        done = Parallel(n_jobs=workers)(
+            delayed(_map_chunk)(self, [subsets[i] for i in c], mean, scale, [x0[i] for i in c])
+            for c in chunks
+        )
+        return [f for part in done for f in part]
+
     def fit(self, data: DelayData) -> Self:
         """Fit every group of ``data`` (see the module docstring for the pooling).
 
@@ -777,7 +811,7 @@ class LogNormalCure(DelayModel):
             fits = [acct] * n_groups
             scale = np.full(k, np.nan)
         else:
-            first = [self._map(sub, acct.theta, wide, acct.theta) for sub in subsets]
+            first = self._map_all(subsets, acct.theta, wide, [acct.theta] * n_groups)
             scale = wide
             if self.pooling == "empirical_bayes":
                 informative = [f for f, e in zip(first, ev, strict=True) if e > 0]
@@ -786,10 +820,7 @@ class LogNormalCure(DelayModel):
                     var = np.array([np.diag(f.cov) for f in informative])
                     t2 = np.mean(dev - var, axis=0)
                     scale = np.clip(np.sqrt(np.maximum(t2, 0.0)), floor, wide)
-                fits = [
-                    self._map(sub, acct.theta, scale, f.theta)
-                    for sub, f in zip(subsets, first, strict=True)
-                ]
+                fits = self._map_all(subsets, acct.theta, scale, [f.theta for f in first])
             else:
                 fits = first
         self.between_scale_ = scale

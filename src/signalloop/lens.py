@@ -165,7 +165,7 @@ def _models(ws: Workspace, model_dirs: Mapping[str, str | Path] | None) -> dict[
         return {}
     from signalloop.models.api import default_model_dir
 
-    found = {o: default_model_dir(str(ws.path), o) for o in OUTCOMES}
+    found = {o: default_model_dir(str(ws.local_path), o) for o in OUTCOMES}
     return {o: p for o, p in found.items() if (p / CARD_FILE).exists()}
 
 

@@ -148,7 +148,7 @@ import pandas as pd
 from signalloop import rollups
 from signalloop.attribution import ATTRIBUTION_TABLE, crm_record_campaigns, refresh_attribution
 from signalloop.checks.base import default_as_of
-from signalloop.checks.engine import load_exclusions, without_exclusions
+from signalloop.checks.engine import anti_join, load_exclusions, without_exclusions
 from signalloop.config import Settings
 from signalloop.delay import (
     DelayData,
@@ -421,12 +421,14 @@ def _learnable(ws: Workspace, t: Any, day: str, guard: int) -> Any:
     if guard > 0 and "exclusions" in ws.ibis.list_tables():
         ex = ws.table("exclusions").view()  # a second reference: no self-join ambiguity
         far = ibis.literal(date(9999, 12, 31))
-        t = t.anti_join(
+        t = anti_join(
+            ws,
+            t,
             ex,
-            [
-                ex.campaign_id == t.campaign_id,
-                (ex.start - ibis.interval(days=guard)) <= t[day],
-                ex["end"].fill_null(far) >= t[day],
+            lambda x: [
+                x.campaign_id == t.campaign_id,
+                (x.start - ibis.interval(days=guard)) <= t[day],
+                x["end"].fill_null(far) >= t[day],
             ],
         )
     return t
@@ -893,8 +895,8 @@ def _crm_path(
         .floor()
         .clip(lower=0)
         .cast("int64"),
-        won=(r.won_ts.notnull()).cast("int64"),
-        lost=(r.won_ts.isnull() & r.lost_ts.notnull()).cast("int64"),
+        won=ibis.ifelse(r.won_ts.notnull(), 1, 0),  # (PostgreSQL casts no boolean to bigint)
+        lost=ibis.ifelse(r.won_ts.isnull() & r.lost_ts.notnull(), 1, 0),
     )
     r = src.cache(r)
     by_age = _fetch(

@@ -234,7 +234,7 @@ def refresh_models(
     for outcome in outcomes:
         entry: dict[str, Any] = {"outcome": outcome}
         try:
-            folder = default_model_dir(ws.path, outcome)
+            folder = default_model_dir(ws.local_path, outcome)
         except UsageError as exc:
             entries.append({**entry, "status": "skipped", "reason": str(exc)})
             continue
@@ -308,7 +308,10 @@ def model_evidence(
         entries = (
             []
             if ws.path == ":memory:"
-            else [{"outcome": o, "model_dir": str(default_model_dir(ws.path, o))} for o in OUTCOMES]
+            else [
+                {"outcome": o, "model_dir": str(default_model_dir(ws.local_path, o))}
+                for o in OUTCOMES
+            ]
         )
     return {"backtests": saved_backtests(entries)}
 
@@ -328,7 +331,7 @@ def _snapshot(checks: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, An
 
 def _record(ws: Workspace, as_of: date, checks: dict[str, Any], source: str) -> None:
     env, gates = _snapshot(checks)
-    ws.con.execute(
+    ws.records.execute(
         "INSERT OR REPLACE INTO run_history VALUES (?, now(), ?, ?, ?)",
         [as_of, source, json.dumps(env), json.dumps(gates if source == "run" else None)],
     )
@@ -351,13 +354,13 @@ def signal_history(
     from signalloop.checks import run_checks
     from signalloop.checks.engine import ENVIRONMENT_CHECKS
 
-    ws.con.execute(HISTORY_DDL)
-    earliest = ws.con.execute("SELECT min(as_of) FROM run_history").fetchone()
+    ws.records.execute(HISTORY_DDL)
+    earliest = ws.records.execute("SELECT min(as_of) FROM run_history").fetchone()
     anchor = min(as_of, earliest[0]) if earliest and earliest[0] else as_of
     _record(ws, as_of, checks, "run")
-    first = ws.con.execute("SELECT min(least(date, ?)) FROM spend", [as_of]).fetchone()
-    start = first[0] if first and first[0] else as_of
-    have = {r[0] for r in ws.con.execute("SELECT as_of FROM run_history").fetchall()}
+    first_spend = ws.table("spend").date.min().to_pyarrow().as_py()
+    start = min(first_spend, as_of) if first_spend else as_of
+    have = {r[0] for r in ws.records.execute("SELECT as_of FROM run_history").fetchall()}
     # weekly points back from the earliest point known, once: later runs add one point each
     wanted = [anchor - timedelta(days=7 * k) for k in range(1, weeks)]
     wanted = [d for d in wanted if d >= start + timedelta(days=6) and d not in have]
@@ -373,7 +376,7 @@ def signal_history(
         _record(ws, day, past, "backfill")
     if wanted:
         progress("backfilling the signal history", 1.0)
-    rows = ws.con.execute(
+    rows = ws.records.execute(
         "SELECT as_of, source, signal_environment, gates FROM run_history "
         "WHERE as_of <= ? ORDER BY as_of",
         [as_of],

@@ -53,7 +53,7 @@ def runs_folder(ws: Workspace) -> Path:
     """Where the runs of a file workspace keep their reports: ``<workspace stem>.runs``."""
     if ws.path == ":memory:":
         raise UsageError("an in-memory workspace has nowhere to keep run reports")
-    p = Path(ws.path)
+    p = Path(ws.local_path)
     return p.with_name(p.stem + ".runs")
 
 
@@ -63,8 +63,8 @@ def start_record(
     """Insert the ``running`` row of a run."""
     if trigger not in TRIGGERS:
         raise UsageError(f"trigger must be one of {', '.join(TRIGGERS)}, got {trigger!r}")
-    ws.con.execute(RUNS_DDL)
-    ws.con.execute(
+    ws.records.execute(RUNS_DDL)
+    ws.records.execute(
         "INSERT INTO runs VALUES (?, ?, NULL, 'running', ?, ?, NULL, ?, NULL, NULL)",
         [run_id, _now(), trigger, actor, str(report_dir)],
     )
@@ -80,7 +80,7 @@ def end_record(
     timings: dict[str, float] | None = None,
 ) -> None:
     """Close a run's row: ``ok`` or ``failed`` with its error."""
-    ws.con.execute(
+    ws.records.execute(
         "UPDATE runs SET finished_at = ?, status = ?, as_of = ?, error = ?, timings = ? "
         "WHERE run_id = ?",
         [_now(), status, as_of, error, json.dumps(timings) if timings else None, run_id],
@@ -97,8 +97,8 @@ def close_interrupted(ws: Workspace) -> list[str]:
     Call it when a process opens the workspace before it starts any run: one process holds a
     DuckDB file, so no run of another is going on. Returns the run ids closed.
     """
-    ws.con.execute(RUNS_DDL)
-    rows = ws.con.execute(
+    ws.records.execute(RUNS_DDL)
+    rows = ws.records.execute(
         "UPDATE runs SET status = 'failed', finished_at = ?, error = ? "
         "WHERE status = 'running' RETURNING run_id",
         [_now(), INTERRUPTED],
@@ -107,8 +107,8 @@ def close_interrupted(ws: Workspace) -> list[str]:
 
 
 def _select(ws: Workspace, where: str, params: list[Any], limit: int) -> list[dict[str, Any]]:
-    ws.con.execute(RUNS_DDL)
-    cur = ws.con.execute(
+    ws.records.execute(RUNS_DDL)
+    cur = ws.records.execute(
         "SELECT run_id, started_at, finished_at, status, trigger, actor, as_of, report_dir, "
         f"error, timings FROM runs {where} ORDER BY started_at DESC, run_id DESC LIMIT ?",
         [*params, limit],

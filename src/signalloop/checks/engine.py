@@ -13,6 +13,7 @@ import html
 import io
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -283,6 +284,27 @@ def without_exclusions(ws: Workspace, t: Any, campaign: str, day: Any) -> Any:
         return t
     ex = ws.table("exclusions")
     far = ibis.literal(date(9999, 12, 31))
-    return t.anti_join(
-        ex, [ex.campaign_id == t[campaign], ex.start <= day, ex["end"].fill_null(far) >= day]
+    return anti_join(
+        ws,
+        t,
+        ex,
+        lambda x: [x.campaign_id == t[campaign], x.start <= day, x["end"].fill_null(far) >= day],
     )
+
+
+def anti_join(ws: Workspace, t: Any, other: Any, predicates: Callable[[Any], list[Any]]) -> Any:
+    """``t``'s rows that no row of ``other`` matches, on any backend.
+
+    DuckDB runs ibis's anti-join; elsewhere (the PostgreSQL dialect has no ``ANTI JOIN``,
+    and the generated SQL keeps one inside nested queries) it is a left join keeping the rows
+    that found no match, which is the same set: a matched row is dropped however many
+    matches it has, an unmatched one appears once. ``predicates`` builds the join conditions
+    from the ``other`` it is given.
+    """
+    import ibis
+
+    if ws.backend == "duckdb":
+        return t.anti_join(other, predicates(other))
+    hit = other.mutate(_anti_hit=ibis.literal(1))
+    j = t.left_join(hit, predicates(hit))
+    return j.filter(j._anti_hit.isnull()).select(*t.columns)

@@ -57,10 +57,10 @@ ModelDirOption = Annotated[
 
 
 def _model_dir(db: str | None, outcome: str, model_dir: Path | None) -> Path:
+    from signalloop.backends import local_path
     from signalloop.models.api import default_model_dir
-    from signalloop.store import resolve_db_path
 
-    return model_dir or default_model_dir(resolve_db_path(db), outcome)
+    return model_dir or default_model_dir(local_path(db), outcome)
 
 
 def _bar_progress(update: Callable[[str, float | None], None]) -> Callable[[str, int, int], None]:

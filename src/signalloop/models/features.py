@@ -476,15 +476,29 @@ def _touch_features(
 
 
 def _json_get(t: Any, key: str) -> Any:
-    """The JSON value of ``attrs[key]`` (map lookup when the key would break a JSON path)."""
-    return t.attrs[key] if re.fullmatch(r"[\w\- ]+", key) else t.attrs.map[key]
+    """The JSON value of ``attrs[key]`` (on DuckDB a map lookup when the key would break a
+    JSON path; PostgreSQL's ``->`` takes any key)."""
+    simple = re.fullmatch(r"[\w\- ]+", key) or ibis.get_backend(t).name != "duckdb"
+    return t.attrs[key] if simple else t.attrs.map[key]
+
+
+def _attr_keys(t: Any) -> list[str]:
+    """The distinct keys of ``t.attrs`` (non-null), sorted."""
+    backend = ibis.get_backend(t)
+    if backend.name == "duckdb":
+        keys = t.select(k=t.attrs.map.keys().unnest()).distinct()
+    else:  # ibis has no portable JSON-keys operation: the dialect's own, over ibis's SQL
+        sql = backend.compile(t.select("attrs"))
+        keys = backend.sql(
+            f"SELECT DISTINCT jsonb_object_keys(CAST(a.attrs AS JSONB)) AS k FROM ({sql}) AS a"
+        )
+    return sorted(str(k) for k in keys.to_pyarrow().column("k").to_pylist() if k is not None)
 
 
 def _attr_plan(t: Any) -> list[tuple[str, str, str]]:
     """``(key, feature name, "category" | "number")`` for each usable ``attrs`` key of ``t``."""
     with_attrs = t.filter(t.attrs.notnull())
-    keys = with_attrs.select(k=with_attrs.attrs.map.keys().unnest()).distinct()
-    names = sorted(str(k) for k in keys.to_pyarrow().column("k").to_pylist() if k is not None)
+    names = _attr_keys(with_attrs)
     if not names:
         return []
     stats: dict[str, Any] = {}
@@ -510,7 +524,13 @@ def _attr_values(t: Any, key: str) -> tuple[Any, Any]:
     """``attrs[key]`` as text and as a number (a number also when written as a string)."""
     v = _json_get(t, key)
     text = ibis.coalesce(v.str, v.float.cast("string"), v.bool.cast("string"))
-    return text, ibis.coalesce(v.float, v.str.strip().try_cast("float64"))
+    s = v.str.strip()
+    if ibis.get_backend(t).name == "duckdb":
+        parsed = s.try_cast("float64")
+    else:  # PostgreSQL's "try_cast" is a cast that fails the query on "25-34": test first
+        number = s.re_search(r"^[-+]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?$")
+        parsed = ibis.ifelse(number, s, ibis.null("string")).cast("float64")
+    return text, ibis.coalesce(v.float, parsed)
 
 
 def _attr_exprs(t: Any, plan: list[tuple[str, str, str]]) -> list[tuple[str, Any]]:
