@@ -168,6 +168,12 @@ def plain_scan(new: Path) -> float:
     return time.perf_counter() - t0
 
 
+def _last_step(err: str) -> str:
+    """The last progress line of a run's stderr (``SIGNALLOOP_PROGRESS=plain``)."""
+    lines = [x for x in err.splitlines() if x[:2].isdigit() and x[2:3] == ":"]
+    return lines[-1].split(" ", 1)[-1] if lines else "unknown"
+
+
 class RunFailed(Exception):
     """A run that exited with an error or was stopped over the memory cap."""
 
@@ -205,18 +211,22 @@ def run_once(
         "--json",
     ]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    env = dict(os.environ, SIGNALLOOP_PROGRESS="plain")  # a stopped run says where it was
+    out.mkdir(parents=True, exist_ok=True)
+    log_file = out / "stderr.log"  # a file, not a pipe: a long run's lines never block it
+    with log_file.open("wb") as sink:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=sink, env=env)
     stopped: list[float] = []
     watch = threading.Thread(target=_watch, args=(proc, max_gib, stopped), daemon=True)
     watch.start()
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - t0
-    err = proc.stderr.read().decode() if proc.stderr else ""
+    err = log_file.read_text(errors="replace")
     code = os.waitstatus_to_exitcode(status)
     if stopped:
         raise RunFailed(
             f"stopped after {seconds:.0f} s at {stopped[0]:.1f} GiB resident (over --max-gib "
-            f"{max_gib:g})"
+            f"{max_gib:g}), in step: {_last_step(err)}"
         )
     if code not in (0, 1):
         raise RunFailed(f"{' '.join(cmd)} exited {code}:\n{err[-3000:]}")

@@ -112,3 +112,23 @@ def test_default_workspace_is_in_the_working_directory(tmp_path: Path) -> None:
     p = run("ingest", "touchpoints", str(f), cwd=tmp_path, env=env)
     assert p.returncode == 0, p.stderr
     assert (tmp_path / "signalloop.duckdb").exists()
+
+
+def test_plain_progress_lines_and_a_bad_memory_limit(tmp_path: Path) -> None:
+    """SIGNALLOOP_PROGRESS=plain logs each step as a timestamped stderr line (stdout keeps
+    its one JSON document); a memory limit DuckDB cannot read exits 2 naming the variable."""
+    import os
+    import re
+
+    kag = shared_data("facebook_ads_kag", "KAG_conversion_data.csv")
+    db = str(tmp_path / "p.duckdb")
+    env = {**os.environ, "SIGNALLOOP_PROGRESS": "plain"}
+    args = ("--profile", "meta_ads", "--date", "2017-08-30", "--db", db, "--json")
+    p = run("ingest", "spend", str(kag), *args, env=env)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["files"][0]["rows_loaded"] == 1143
+    assert re.search(r"^\d\d:\d\d:\d\d \S", p.stderr, re.M), p.stderr
+    bad = run("status", "--db", db, env={**os.environ, "SIGNALLOOP_MEMORY_LIMIT": "lots"})
+    assert bad.returncode == 2
+    assert "SIGNALLOOP_MEMORY_LIMIT" in bad.stderr and "lots" in bad.stderr
+    assert_no_traceback(bad)

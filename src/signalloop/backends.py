@@ -254,12 +254,24 @@ class BackendWorkspace(Workspace):
         self.read_only = read_only
         self.con = cast(Any, _NoRawSQL(self.path, self.backend))
         self.local_path = str(local_records_path(self.url))
-        self.records = _open_records(self.local_path, read_only)
+        self._records: Any = None
         self._client = _connect(self.url)
         if self.backend == "pyspark":
             _register_warehouse(self._client, self.url.warehouse)
         if not read_only:
             self._ensure_schema()
+
+    @property  # type: ignore[override]
+    def records(self) -> Any:
+        """The local DuckDB connection of signalloop's own records, opened on first use (a
+        reader that never needs them leaves the file free for the process that writes it)."""
+        if self._records is None:
+            self._records = _open_records(self.local_path, self.read_only)
+        return self._records
+
+    @records.setter
+    def records(self, con: Any) -> None:
+        self._records = con
 
     @cached_property
     def ibis(self) -> Any:
@@ -297,7 +309,8 @@ class BackendWorkspace(Workspace):
 
     def close(self) -> None:
         """Disconnect from PostgreSQL; a Spark session stays up for the process's next use."""
-        self.records.close()
+        if self._records is not None:
+            self._records.close()
         if self.backend == "postgres":
             self._client.disconnect()
 
@@ -338,7 +351,10 @@ def _open_records(path: str, read_only: bool) -> Any:
         try:
             con = duckdb.connect(path, read_only=read_only)
         except duckdb.Error as exc:
-            raise UsageError(f"cannot open the workspace's local records {path}: {exc}") from None
+            raise UsageError(
+                f"cannot open the workspace's local records {path} (another process may be "
+                f"writing them, e.g. signalloop serve or run): {exc}"
+            ) from None
     con.execute("SET TimeZone = 'UTC'")
     return con
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -71,7 +72,21 @@ def emit_json(doc: Any) -> None:
 
 @contextmanager
 def progress_bar(enabled: bool = True) -> Iterator[Callable[[str, float | None], None]]:
-    """A Rich progress display on stderr, yielded as a ``(label, fraction)`` callback."""
+    """A Rich progress display on stderr, yielded as a ``(label, fraction)`` callback.
+
+    With ``SIGNALLOOP_PROGRESS=plain`` (logs, cron, a benchmark watching a long run) every
+    step is one timestamped line on stderr instead, whether or not ``enabled``.
+    """
+    if os.environ.get("SIGNALLOOP_PROGRESS") == "plain":
+        seen: list[str] = []
+
+        def line(label: str, frac: float | None) -> None:
+            if not seen or seen[-1] != label:
+                seen.append(label)
+                print(f"{datetime.now():%H:%M:%S} {label}", file=sys.stderr, flush=True)
+
+        yield line
+        return
     if not enabled:
         yield lambda label, frac: None
         return
