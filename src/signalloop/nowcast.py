@@ -1135,15 +1135,20 @@ class _Prediction:
 def _overdispersion(model: DelayModel, path: _Path) -> float:
     """Method-of-moments ``phi`` from the learnable cohorts (see the module docstring)."""
     b, c = path.buckets, path.cohorts
+    bucket_rows = b.groupby("campaign_id", sort=False).indices
+    cohort_rows = c.groupby("campaign_id", sort=False).indices
+    t_all, n_all, cohort = b.t.to_numpy(float), b.n_all.to_numpy(float), b.cohort.to_numpy()
+    observed = c.observed.to_numpy(float)
     num = den = 0.0
     for g, name in enumerate(path.groups):
-        m = (b.campaign_id == name).to_numpy()
-        if not m.any():
+        rows = bucket_rows.get(name)
+        if rows is None or not len(rows):
             continue
-        inc = model.incidence(g, b.t.to_numpy(float)[m])[0]
-        a = np.bincount(b.cohort.to_numpy()[m], inc * b.n_all.to_numpy(float)[m], len(c))
-        sel = (c.campaign_id == name).to_numpy() & path.learnable & (a > 0)
-        k = c.observed.to_numpy(float)[sel]
+        own = cohort_rows[name]  # this campaign's cohorts: every sum stays local to it
+        inc = model.incidence(g, t_all[rows])[0]
+        a = np.bincount(np.searchsorted(own, cohort[rows]), inc * n_all[rows], len(own))
+        sel = path.learnable[own] & (a > 0)
+        k = observed[own][sel]
         a = a[sel]
         num += float(np.sum((k - a) ** 2 - a))
         den += float(np.sum(a * a))
@@ -1158,7 +1163,7 @@ def _predict(model: DelayModel, path: _Path, opts: NowcastOptions) -> _Predictio
     the campaigns run on two threads: the draws are NumPy and SciPy work that releases the GIL.
     """
     c, b = path.cohorts, path.buckets
-    n_c, draws = len(c), max(int(opts.draws), 1)
+    draws = max(int(opts.draws), 1)
     phi = _overdispersion(model, path) if opts.overdispersion else 0.0
     observed = c.observed.to_numpy(float)
     obs_value = c.observed_value.to_numpy(float)
@@ -1170,44 +1175,47 @@ def _predict(model: DelayModel, path: _Path, opts: NowcastOptions) -> _Predictio
         phi,
     )
     cohort = b.cohort.to_numpy()
-    by_campaign = b.campaign_id.to_numpy()
+    bucket_rows = b.groupby("campaign_id", sort=False).indices
+    cohort_rows = c.groupby("campaign_id", sort=False).indices
     t_all, n_all, n_open = (b[k].to_numpy(float) for k in ("t", "n_all", "n_open"))
-    of_campaign = c.campaign_id.to_numpy()
 
     def one(g: int, name: str) -> None:
-        m = by_campaign == name
-        if not m.any():
+        rows = bucket_rows.get(name)
+        if rows is None or not len(rows):
             return
+        own = cohort_rows[name]  # this campaign's cohorts (sorted): sums stay local to it
+        local = np.searchsorted(own, cohort[rows])
+        n_own = len(own)
         rng = np.random.default_rng([opts.random_state, zlib.crc32(str(name).encode())])
         gaps = path.gaps.get(name, [])
-        maps = _bucket_maps(model, g, gaps, t_all[m], n_all[m], n_open[m], cohort[m], n_c)
+        maps = _bucket_maps(model, g, gaps, t_all[rows], n_all[rows], n_open[rows], local, n_own)
         grid, w_open, w_all, w_lost = maps
         inc0, fut0, _ = model.curves(g, grid, n_draws=0, rng=rng)
         b0 = w_open @ fut0[0]
         lost0 = np.maximum(w_lost @ inc0[0], 0.0)
         a0 = w_all @ inc0[0] - lost0
-        active = (of_campaign == name) & (b0 + lost0 > 1e-3)
-        if not active.any():
+        act = np.nonzero(b0 + lost0 > 1e-3)[0]
+        if not len(act):
             return
-        ids = np.nonzero(active)[0]
+        ids = own[act]
         inc, fut, _ = model.curves(g, grid, n_draws=draws, rng=rng)
-        bs = (w_open[ids] @ fut.T).T
-        lost = np.maximum((w_lost[ids] @ inc.T).T, 0.0)
-        a_s = (w_all[ids] @ inc.T).T - lost
+        bs = (w_open[act] @ fut.T).T
+        lost = np.maximum((w_lost[act] @ inc.T).T, 0.0)
+        a_s = (w_all[act] @ inc.T).T - lost
         k = observed[ids]
-        opn = np.bincount(cohort[m], n_open[m], n_c)[ids]
+        opn = np.bincount(local, n_open[rows], n_own)[act]
         # cohort variation: g | k ~ Gamma(1/phi + k, 1/phi + A), A = expected observed by now
         if phi > 0:
             rate = 1.0 / phi + np.maximum(a_s, 0.0)
             gmult = rng.gamma(np.broadcast_to(1.0 / phi + k, rate.shape), 1.0 / rate)
-            gpoint = (1.0 / phi + k) / (1.0 / phi + np.maximum(a0[ids], 0.0))
+            gpoint = (1.0 / phi + k) / (1.0 / phi + np.maximum(a0[act], 0.0))
         else:
             gmult = np.ones_like(bs)
-            gpoint = np.ones(len(ids))
+            gpoint = np.ones(len(act))
         prob = np.clip(gmult * bs / np.maximum(opn, 1e-12), 0.0, 1.0)
         add = rng.binomial(np.broadcast_to(np.round(opn).astype(np.int64), prob.shape), prob)
         add = add + rng.poisson(gmult * lost)  # happened inside an exclusion window, unseen
-        point_add = gpoint * (b0[ids] + lost0[ids])
+        point_add = gpoint * (b0[act] + lost0[act])
         vm, vsd = float(path.value_mean[g]), float(path.value_sd[g])
         noise = rng.standard_normal(add.shape) * np.sqrt(add) * vsd
         # each campaign writes only its own cohorts' columns
