@@ -1500,14 +1500,15 @@ def _flags(path: _Path, windows: list[dict[str, Any]], as_of: date) -> None:
 
 
 def _stats(
-    sel: npt.NDArray[np.bool_],
+    sel: npt.NDArray[Any],
     path: _Path,
     pred: _Prediction,
     spend: float,
     level: float,
     rng: np.random.Generator,
 ) -> dict[str, Any]:
-    """Totals of the cohorts ``sel``: counts, values, interval of the sum, CPA and ROAS."""
+    """Totals of the cohorts ``sel`` (rows, or a mask): counts, values, interval of the sum,
+    CPA and ROAS."""
     c = path.cohorts
     obs = float(c.observed.to_numpy(float)[sel].sum())
     obs_v = float(c.observed_value.to_numpy(float)[sel].sum())
@@ -1606,8 +1607,11 @@ def _render(
     out_rows: list[dict[str, Any]] = []
     spent = spend.groupby("campaign_id") if not spend.empty else None
     days = c.date.to_numpy()
+    cohort_rows = c.groupby("campaign_id", sort=False).indices
+    none = np.zeros(0, dtype=np.int64)
     for name in sorted(path.groups if campaigns is None else campaigns):
-        mine = (c.campaign_id == name).to_numpy()
+        # its cohorts' rows, in order (not a mask over every campaign's)
+        mine = np.asarray(cohort_rows.get(name, none), dtype=np.int64)
         own = spent.get_group(name) if spent is not None and name in spent.groups else None
 
         def cost(since: date, own: pd.DataFrame | None = own) -> float:
@@ -1618,7 +1622,7 @@ def _render(
         windows: dict[str, Any] = {}
         for w in opts.windows:
             since = as_of - timedelta(days=w - 1)
-            stats = _stats(mine & (days >= since), path, pred, cost(since), opts.level, rng)
+            stats = _stats(mine[days[mine] >= since], path, pred, cost(since), opts.level, rng)
             windows[f"{w}d"] = _rename(stats, names)
         out["windows"] = windows
         out_rows.append(_rename(out, names))
