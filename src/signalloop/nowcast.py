@@ -138,6 +138,7 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 import ibis
@@ -506,6 +507,16 @@ class _Path:
     #: intervals start at the observed count (false when ``observed`` counts something else
     #: than the cohort's own conversions: the conversion-day path)
     floor: bool = True
+
+    @cached_property
+    def rows(self) -> tuple[dict[Any, Any], dict[Any, Any]]:
+        """Per campaign, the positions of its buckets and of its cohorts (each sorted): what
+        per-campaign loops index with, instead of a mask over every campaign's rows (empty
+        for a path without subjects, whose buckets have no columns)."""
+        return tuple(  # type: ignore[return-value]
+            f.groupby("campaign_id", sort=False).indices if "campaign_id" in f.columns else {}
+            for f in (self.buckets, self.cohorts)
+        )
 
 
 def _value_stats(groups: list[str], df: pd.DataFrame) -> tuple[FloatArray, FloatArray]:
@@ -1135,8 +1146,7 @@ class _Prediction:
 def _overdispersion(model: DelayModel, path: _Path) -> float:
     """Method-of-moments ``phi`` from the learnable cohorts (see the module docstring)."""
     b, c = path.buckets, path.cohorts
-    bucket_rows = b.groupby("campaign_id", sort=False).indices
-    cohort_rows = c.groupby("campaign_id", sort=False).indices
+    bucket_rows, cohort_rows = path.rows
     t_all, n_all, cohort = b.t.to_numpy(float), b.n_all.to_numpy(float), b.cohort.to_numpy()
     observed = c.observed.to_numpy(float)
     num = den = 0.0
@@ -1175,8 +1185,7 @@ def _predict(model: DelayModel, path: _Path, opts: NowcastOptions) -> _Predictio
         phi,
     )
     cohort = b.cohort.to_numpy()
-    bucket_rows = b.groupby("campaign_id", sort=False).indices
-    cohort_rows = c.groupby("campaign_id", sort=False).indices
+    bucket_rows, cohort_rows = path.rows
     t_all, n_all, n_open = (b[k].to_numpy(float) for k in ("t", "n_all", "n_open"))
 
     def one(g: int, name: str) -> None:
@@ -1607,7 +1616,7 @@ def _render(
     out_rows: list[dict[str, Any]] = []
     spent = spend.groupby("campaign_id") if not spend.empty else None
     days = c.date.to_numpy()
-    cohort_rows = c.groupby("campaign_id", sort=False).indices
+    _, cohort_rows = path.rows
     none = np.zeros(0, dtype=np.int64)
     for name in sorted(path.groups if campaigns is None else campaigns):
         # its cohorts' rows, in order (not a mask over every campaign's)
