@@ -60,13 +60,20 @@ def test_sampling_is_deterministic_under_random_state() -> None:
     np.testing.assert_array_equal(p1, p2)
 
 
-def test_many_positives_keep_as_many_negatives() -> None:
-    """When positives alone fill the cap, negatives are still sampled one for one."""
+def test_many_positives_share_the_cap_with_the_negatives() -> None:
+    """When positives alone would fill more than half the cap, each class gets half, and the
+    weights still add up to each class's rows (the cap bounds every fit)."""
     y = np.r_[np.ones(800, int), np.zeros(9_200, int)]
     keep, w = ConversionModel(max_rows=1_000).sample_rows(y)
     assert keep is not None and w is not None
-    assert int(y[keep].sum()) == 800 and int((y[keep] == 0).sum()) == 800
+    assert int(y[keep].sum()) == 500 and int((y[keep] == 0).sum()) == 500
+    assert w[y[keep] == 1].sum() == pytest.approx(800)
     assert w.sum() == pytest.approx(len(y))
+    # a frame that was itself sampled: its weights multiply the fit's
+    frame_w = np.where(y == 1, 1.0, 3.0)
+    _, w3 = ConversionModel(max_rows=1_000).sample_rows(y, frame_w)
+    assert w3 is not None and w3.sum() == pytest.approx(800 + 3 * 9_200)
+    assert ConversionModel(max_rows=20_000).sample_rows(y, frame_w)[1] is not None
     with pytest.raises(UsageError, match="max_rows"):
         ConversionModel(max_rows=0).sample_rows(y)
 
@@ -192,3 +199,72 @@ def test_refresh_fits_and_saves_when_the_frame_is_too_small_to_backtest(
     assert not (folder / "backtest.json").exists()
     assert out["time_split"] == ref["time_split"] and out["config_hash"] == ref["config_hash"]
     assert read_card(folder)["metrics"]["time_split"] == ref["time_split"]
+
+
+# ------------------------------------------------------------------ frames sampled in SQL
+def test_a_large_frame_is_sampled_on_the_backend_with_weights(tmp_path: Path) -> None:
+    """Over the cap, every positive and a hashed share of the negatives are fetched; the
+    weights give back each class's units exactly; the kept rows are the full frame's rows."""
+    ws, _, _ = simulated_workspace(tmp_path, days=45, campaigns=3, seed=5)
+    with ws:
+        full = build_frame(ws, "conversion")
+        n, pos = len(full.frame), int(full.frame["label"].sum())
+        cap = n // 4
+        tf = build_frame(ws, "conversion", max_rows=cap)
+        again = build_frame(ws, "conversion", max_rows=cap)
+        other = build_frame(ws, "conversion", max_rows=cap, random_state=1)
+        scored = build_frame(ws, "conversion", max_rows=cap, include_censored=True)
+        within = build_frame(ws, "conversion", max_rows=n)
+    assert full.weight is None and full.sample is None and full.weights() is None
+    assert within.weight is None and within.frame.equals(full.frame)
+    assert tf.weight == "weight" and tf.sample is not None
+    assert tf.units == (n, pos) and tf.sample["rows"] == len(tf.frame)
+    y, w = tf.frame["label"].to_numpy(), tf.weights()
+    assert w is not None
+    assert int(y.sum()) == pos  # every positive (they fit in half the cap)
+    # the hash keeps about the negatives' quota (binomial: 4 standard errors)
+    k_neg = cap - pos
+    assert abs(int((y == 0).sum()) - k_neg) < 4 * np.sqrt(k_neg)
+    assert w[y == 1].sum() == pytest.approx(pos) and w[y == 0].sum() == pytest.approx(n - pos)
+    assert np.average(y, weights=w) == pytest.approx(full.frame["label"].mean())
+    # the same rows as the full frame, feature for feature, in time order
+    ref = full.frame.set_index("touch_id").loc[tf.frame["touch_id"]].reset_index()
+    kept = tf.frame.drop(columns="weight")
+    pd.testing.assert_frame_equal(kept, ref[kept.columns], check_categorical=False)
+    # seeded: the same sample each time, another one under another random_state
+    pd.testing.assert_frame_equal(tf.frame, again.frame)
+    assert set(other.frame["touch_id"]) != set(tf.frame["touch_id"])
+    # the units to score are never sampled
+    open_units = scored.frame[scored.frame["label"] < 0]
+    assert len(open_units) == scored.censored and (open_units["weight"] == 1.0).all()
+
+
+def test_a_sampled_frame_trains_a_calibrated_model(tmp_path: Path) -> None:
+    """``[models] max_frame_rows`` caps the frame of a refresh: the card counts the account's
+    units, the backtest is weighted, and the weighted holdout is predicted at its base rate."""
+    from signalloop.config import Settings
+
+    ws, _, _ = simulated_workspace(tmp_path, days=45, campaigns=3, seed=5)
+    with ws:
+        full = refresh_workspace(
+            ws, "conversion", folder=tmp_path / "full", cadences=[7], workers=2
+        )
+        small = refresh_workspace(
+            ws,
+            "conversion",
+            folder=tmp_path / "small",
+            cadences=[7],
+            workers=2,
+            settings=Settings(models={"max_frame_rows": 15_000}),
+        )
+        with pytest.raises(UsageError, match="max_frame_rows"):
+            build_frame(ws, "conversion", settings=Settings(models={"max_frame_rows": "lots"}))
+    assert small["rows"] == full["rows"] and small["positives"] == full["positives"]
+    assert small["sample"]["cap"] == 15_000 and full["sample"] is None
+    assert read_card(tmp_path / "small")["data"]["rows"] == full["rows"]
+    bt = small["backtest"]
+    assert bt["sampling"]["weighted"] and bt["rows"] == small["sample"]["rows"]
+    ts, ref = small["time_split"], full["time_split"]
+    assert ts["base_rate"] == pytest.approx(ref["base_rate"], rel=0.1)
+    assert ts["mean_predicted"] == pytest.approx(ts["base_rate"], rel=0.15)
+    assert ts["auc"] > ref["auc"] - 0.03

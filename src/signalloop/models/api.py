@@ -64,15 +64,37 @@ def _feedback(ws: Workspace, outcome: str, as_of: date | None, tf: TrainingFrame
     }
 
 
+def _training_frame(
+    ws: Workspace,
+    outcome: str,
+    as_of: date | None,
+    settings: Settings | None,
+    horizon_days: int | None,
+    random_state: int,
+) -> TrainingFrame:
+    """The mature units to learn from (sampled with ``random_state`` over the frame cap)."""
+    return build_frame(
+        ws,
+        outcome,
+        as_of=as_of,
+        settings=settings,
+        horizon_days=horizon_days,
+        random_state=random_state,
+    )
+
+
 def _frame_info(tf: TrainingFrame) -> dict[str, Any]:
-    y = tf.frame[tf.target].to_numpy(dtype=int)
+    """Rows and positives are the account's mature units (what a sampled frame stands for);
+    ``sample`` says how the frame was sampled (``None``: every unit is in it)."""
+    units, positives = tf.units
     return {
         "unit": tf.unit,
-        "rows": len(y),
-        "positives": int(y.sum()),
+        "rows": units,
+        "positives": positives,
         "window": [tf.window[0].isoformat(), tf.window[1].isoformat()],
         "censored": tf.censored,
         "excluded": tf.excluded,
+        "sample": tf.sample,
     }
 
 
@@ -92,7 +114,7 @@ def fit_workspace(
     the earliest 70% of units and scored on the latest 30%.
     """
     settings = settings or Settings()
-    tf = build_frame(ws, outcome, as_of=as_of, settings=settings, horizon_days=horizon_days)
+    tf = _training_frame(ws, outcome, as_of, settings, horizon_days, random_state)
     template = ConversionModel(random_state=random_state)
     return _fit_frame(ws, outcome, tf, template, folder, as_of, settings, horizon_days)
 
@@ -108,13 +130,14 @@ def _fit_frame(
     horizon_days: int | None,
 ) -> dict[str, Any]:
     """:func:`fit_workspace` on a frame already built: the 70/30 check, the full fit, saved."""
-    X, y = tf.frame[tf.features], tf.frame[tf.target].to_numpy(dtype=int)
+    X, y, w = tf.frame[tf.features], tf.frame[tf.target].to_numpy(dtype=int), tf.weights()
     cut = round(len(y) * (1 - HOLDOUT))
-    check = ConversionModel(**template.get_params()).fit(X.iloc[:cut], y[:cut])
+    w_head, w_tail = (None, None) if w is None else (w[:cut], w[cut:])
+    check = ConversionModel(**template.get_params()).fit(X.iloc[:cut], y[:cut], w_head)
     p = check.predict(X.iloc[cut:])
-    holdout: dict[str, Any] = dict(scores(y[cut:], p))
-    holdout["reliability"] = reliability_table(y[cut:], p)
-    model = ConversionModel(**template.get_params()).fit(X, y)
+    holdout: dict[str, Any] = dict(scores(y[cut:], p, w_tail))
+    holdout["reliability"] = reliability_table(y[cut:], p, weight=w_tail)
+    model = ConversionModel(**template.get_params()).fit(X, y, w)
     return _save_fit(ws, outcome, tf, model, holdout, folder, as_of, settings, horizon_days)
 
 
@@ -194,9 +217,9 @@ def refresh_workspace(
         is ``None``, ``backtest_error`` says why, and ``backtest.json`` is left as it was.
     """
     settings = settings or Settings()
-    tf = build_frame(ws, outcome, as_of=as_of, settings=settings, horizon_days=horizon_days)
-    kept: list[ConversionModel] = []
     template = model or ConversionModel(random_state=random_state)
+    tf = _training_frame(ws, outcome, as_of, settings, horizon_days, template.random_state)
+    kept: list[ConversionModel] = []
     try:
         doc = _backtest_frame(
             ws,
@@ -309,7 +332,7 @@ def backtest_workspace(
     The clock is the unit time in days, so the recommended cadence (chosen among
     ``cadences``, default :func:`~signalloop.models.backtest.candidate_cadences`) is in days.
     """
-    tf = build_frame(ws, outcome, as_of=as_of, settings=settings, horizon_days=horizon_days)
+    tf = _training_frame(ws, outcome, as_of, settings, horizon_days, random_state)
     template = ConversionModel(random_state=random_state)
     return _backtest_frame(ws, outcome, tf, as_of, template, workers, cadences, progress)
 
@@ -340,6 +363,7 @@ def _backtest_frame(
         progress=progress,
         max_eval_rows=max_eval_rows,
         final=final,
+        sample_weight=tf.weights(),
     )
     doc["source"] = "workspace"
     info = _frame_info(tf)

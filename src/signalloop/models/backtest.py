@@ -57,8 +57,8 @@ Progress = Callable[[str, int, int], None]
 STEP_NAMES = {"final": "final model", "random": "random split", "time": "time split"}
 
 
-def _scores(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
-    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in scores(y, p).items()}
+def _scores(y: np.ndarray, p: np.ndarray, w: np.ndarray | None = None) -> dict[str, Any]:
+    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in scores(y, p, w).items()}
 
 
 def candidate_cadences(span: float, unit: str) -> list[float]:
@@ -90,6 +90,7 @@ def backtest(
     progress: Progress | None = None,
     max_eval_rows: int | None = MAX_EVAL_ROWS,
     final: Callable[[ConversionModel], None] | None = None,
+    sample_weight: Any = None,
 ) -> dict[str, Any]:
     """Random split, time split, drift and cadence for one model on rows in time order.
 
@@ -125,6 +126,10 @@ def backtest(
     final
         When given, the model is also fitted on every row, as one more fit among the
         backtest's own (sharing their worker processes), and handed to ``final``.
+    sample_weight
+        Row weights of a frame that was itself sampled (each row stands for that many, as
+        :attr:`~signalloop.models.features.TrainingFrame.weight`): every fit learns with them
+        and every score, rate and drift index is weighted by them.
 
     Returns
     -------
@@ -148,6 +153,13 @@ def backtest(
         )
     if np.any(np.diff(clk) < 0):
         raise UsageError("rows must be in time order (the clock goes backwards)")
+    w = None if sample_weight is None else np.asarray(sample_weight, dtype=float)
+    if w is not None and len(w) != n:
+        raise UsageError(f"{n} labels but {len(w)} sample weights")
+
+    def wt(rows: np.ndarray | slice) -> np.ndarray | None:
+        return None if w is None else w[rows]
+
     if workers is None:
         workers = min(os.cpu_count() or 1, 4)
     template = model or ConversionModel(random_state=random_state)
@@ -194,17 +206,17 @@ def backtest(
             progress(STEP_NAMES.get(key, "retraining"), done, len(tasks))
 
     fitted: dict[Any, tuple[ConversionModel | None, np.ndarray]] = {}
-    for key, m, p in _fit_predict_all(template, params, X, y, tasks, workers, step):
+    for key, m, p in _fit_predict_all(template, params, X, y, w, tasks, workers, step):
         fitted[key] = (m, p)
 
     # 1. random split
-    random_split = _scores(y[te], fitted["random"][1])
+    random_split = _scores(y[te], fitted["random"][1], wt(te))
 
     # 2. time split
     m_time, p_hold = fitted["time"]
     assert m_time is not None
-    time_split = _scores(y[hold], p_hold)
-    time_split["reliability"] = reliability_table(y[hold], p_hold)
+    time_split = _scores(y[hold], p_hold, wt(hold))
+    time_split["reliability"] = reliability_table(y[hold], p_hold, weight=wt(hold))
     time_split["calibration"] = m_time.calibration_method_
 
     gap = {
@@ -218,20 +230,20 @@ def backtest(
     ref = _eval_rows(np.arange(cut), max_eval_rows, random_state)
     feats: list[dict[str, Any]] = []
     for col in X.columns:
-        v = psi(_at(X[col], ref), _at(X[col], hold))
+        v = psi(_at(X[col], ref), _at(X[col], hold), weights=(wt(ref), wt(hold)))
         level = "major" if v > PSI_MAJOR else "moderate" if v > PSI_MODERATE else "stable"
         feats.append({"name": str(col), "psi": round(v, 4), "shift": level})
     feats.sort(key=lambda f: -float(f["psi"]))
     drift = {
-        "base_rate_train": round(float(y[:cut].mean()), 6),
-        "base_rate_holdout": round(float(y[cut:].mean()), 6),
+        "base_rate_train": round(float(np.average(y[:cut], weights=wt(slice(0, cut)))), 6),
+        "base_rate_holdout": round(float(np.average(y[cut:], weights=wt(slice(cut, n)))), 6),
         "features": feats,
     }
 
     # 4. retraining cadence (rolling origin over the holdout)
     ahead = {b: p for b, (_, p) in fitted.items() if isinstance(b, int)}
     ahead[cut] = p_hold
-    yh, ch = y[hold], clk[hold]
+    yh, ch, wh = y[hold], clk[hold], wt(hold)
     runs = []
     ages: list[np.ndarray] = [ch - clk[cut]]
     preds: list[np.ndarray] = [p_hold]
@@ -246,7 +258,7 @@ def backtest(
             p[lo:hi] = ahead[b][: hi - lo]
             age[lo:hi] = ch[lo:hi] - clk[b]
             mid[lo:hi] = len(models) * 1_000_000 + b
-        s = _scores(yh, p)
+        s = _scores(yh, p, wh)
         runs.append(
             {
                 "every": c,
@@ -277,6 +289,7 @@ def backtest(
         np.concatenate(models),
         cands,
         span,
+        None if wh is None else np.tile(wh, len(preds)),
     )
     doc = {
         "rows": n,
@@ -297,6 +310,7 @@ def backtest(
             "max_eval_rows": max_eval_rows,
             "holdout_scored": len(hold),
             "holdout_rows": n - cut,
+            "weighted": w is not None,
         },
         "feature_importance": _importance(m_time),
         "verdict": _verdict(time_split, gap, overfit, drift, cadence, unit, _importance(m_time)),
@@ -340,6 +354,7 @@ def _fit_predict_all(
     params: dict[str, Any],
     X: pd.DataFrame,
     y: np.ndarray,
+    w: np.ndarray | None,
     tasks: list[_Task],
     workers: int,
     tick: Callable[[Any], None],
@@ -350,7 +365,7 @@ def _fit_predict_all(
     def job(task: _Task) -> tuple[Any, ...]:
         key, train, rows = task
         yt = y[train]
-        keep, wt = template.sample_rows(yt)
+        keep, wt = template.sample_rows(yt, None if w is None else w[train])
         if keep is None:
             Xt = X.iloc[train]
         else:
@@ -420,11 +435,13 @@ def _decay(
     model_id: np.ndarray,
     cands: Sequence[float],
     span: float,
+    w: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """Live AUC by model age (time since the model's training data ended).
 
     AUC is computed within each model's own predictions in an age bin (a pooled AUC would mix
-    periods whose base rates differ) and averaged over models, weighted by rows.
+    periods whose base rates differ) and averaged over models, weighted by rows (each row
+    weighted by ``w`` inside its AUC when the frame was sampled).
     """
     edges = sorted({0.0, *[float(c) for c in cands], float(span) + 1.0})
     rows = []
@@ -435,7 +452,7 @@ def _decay(
             g = m & (model_id == mid)
             if g.sum() < 50 or len(np.unique(y[g])) < 2:
                 continue
-            auc = scores(y[g], p[g])["auc"] or 0.0
+            auc = scores(y[g], p[g], None if w is None else w[g])["auc"] or 0.0
             total += int(g.sum())
             weighted += auc * int(g.sum())
             models += 1

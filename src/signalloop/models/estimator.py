@@ -19,12 +19,12 @@ drifting data the latest rows are the most valuable ones to learn from (on the b
 data, withholding the latest 20% from the trees cost 0.15 AUC on the next 30% of rows);
 ``refit=False`` keeps the trees that the calibrator saw.
 
-**Large frames are sampled.** With more than ``max_rows`` rows, every positive is kept and
-the negatives are sampled uniformly (seeded by ``random_state``) down to the cap; each sampled
-negative carries the weight ``n_negatives / n_sampled``, in the trees and in the calibration
-map alike, so the weighted sample stands for the whole frame and the probabilities stay
-calibrated to the true base rate (:meth:`ConversionModel.sample_rows`). A frame within the
-cap is fitted exactly as it would be without one.
+**Large frames are sampled.** With more than ``max_rows`` rows, every positive is kept (up
+to half the cap) and the negatives are sampled uniformly (seeded by ``random_state``) down to
+the cap; each sampled row carries the weight ``n_class / n_sampled`` of its class, in the
+trees and in the calibration map alike, so the weighted sample stands for the whole frame and
+the probabilities stay calibrated to the true base rate (:meth:`ConversionModel.sample_rows`,
+:func:`class_quotas`). A frame within the cap is fitted exactly as it would be without one.
 
 >>> import numpy as np, pandas as pd
 >>> rng = np.random.default_rng(0)
@@ -53,6 +53,24 @@ MAX_ROWS = 250_000
 #: the calibration slice; below it the two-parameter Platt fit is the safer map.
 ISOTONIC_MIN_CLASS = 100
 CALIBRATIONS = ("auto", "isotonic", "sigmoid", "none")
+
+
+def class_quotas(positives: int, negatives: int, cap: int) -> tuple[int, int]:
+    """How many positives and negatives a sample of at most ``cap`` rows keeps.
+
+    Every positive while they fit in half the cap (the rarer class carries the signal), the
+    rest of the cap for negatives; a class smaller than its share leaves the rest to the
+    other. The two quotas never exceed ``cap`` together, nor either class's size.
+
+    >>> class_quotas(100, 9_900, 1_000), class_quotas(3_000, 7_000, 1_000)
+    ((100, 900), (500, 500))
+    >>> class_quotas(9_900, 100, 1_000), class_quotas(10, 20, 1_000)
+    ((900, 100), (10, 20))
+    """
+    if cap < 1:
+        raise UsageError(f"a row cap must be a positive number of rows, got {cap}")
+    k_pos = min(positives, max(cap - negatives, cap // 2))
+    return k_pos, min(negatives, cap - k_pos)
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -99,8 +117,9 @@ class ConversionModel:
     refit
         Refit the trees on all rows after calibrating (see the module docstring).
     max_rows
-        Cap on the rows a fit learns from: a larger frame keeps every positive and a uniform
-        sample of its negatives, weighted back (see :meth:`sample_rows`); ``None`` disables
+        Cap on the rows a fit learns from: a larger frame keeps every positive (up to half the
+        cap) and a uniform sample of its negatives, weighted back (see :meth:`sample_rows`);
+        ``None`` disables
         the cap. The default, :data:`MAX_ROWS`, as measured by
         ``benchmarks/models_scale.py``: on the simulator's 30-campaign account (626,414
         training rows, 40% of them kept) the capped fit's live AUC was 0.001 below the
@@ -138,7 +157,7 @@ class ConversionModel:
     n_rows_, n_sampled_ : int
         Rows given to :meth:`fit`, and rows it learned from (fewer when ``max_rows`` sampled).
     negative_weight_ : float
-        Weight of each sampled negative (1.0 when nothing was sampled).
+        Largest weight of a negative learned from (1.0 when nothing was sampled or weighted).
     n_train_, n_calibration_ : int
         Rows that trained the trees that were calibrated, and rows that calibrated them (with
         ``refit``, the scoring trees trained on ``n_train_ + n_calibration_`` rows).
@@ -223,16 +242,20 @@ class ConversionModel:
         return pd.DataFrame(out, index=X.index)
 
     # -- sampling -----------------------------------------------------------------------------
-    def sample_rows(self, y: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
+    def sample_rows(
+        self, y: Any, weight: Any = None
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
         """The rows a fit on labels ``y`` learns from, and their weights.
 
-        Within ``max_rows`` (or with ``max_rows=None``): ``(None, None)``, every row with
-        weight one. Above it, every positive is kept and ``k = max_rows - positives``
-        negatives (at least as many as there are positives, at most all of them) are drawn
-        uniformly without replacement with ``random_state``'s generator; the positions come
-        back sorted (time order is kept), and each sampled negative weighs
-        ``negatives / k``, so the weighted sample has the frame's positives and negatives and
-        the base rate is unchanged.
+        Within ``max_rows`` (or with ``max_rows=None``): ``(None, weight)``, every row, with
+        the weights given (``None``: weight one). Above it, :func:`class_quotas` says how
+        many positives and negatives to keep (every positive up to half the cap); each class
+        is drawn uniformly without replacement with ``random_state``'s generator, the
+        positions come back sorted (time order is kept), and each kept row's weight is
+        multiplied by ``n_class / n_kept`` of its class, so the weighted sample has the
+        frame's (weighted) positives and negatives and the base rate is unchanged. ``weight``
+        is what a frame that was itself sampled carries (for example
+        :attr:`~signalloop.models.features.TrainingFrame.weight`).
 
         >>> m = ConversionModel(max_rows=6)
         >>> idx, w = m.sample_rows([0, 1, 0, 0, 0, 0, 1, 0, 0, 0])
@@ -240,18 +263,23 @@ class ConversionModel:
         (6, 10, [1, 6])
         """
         y = np.asarray(y, dtype=int)
+        w_in = None if weight is None else np.asarray(weight, dtype=float)
         n = len(y)
         if self.max_rows is None or n <= self.max_rows:
-            return None, None
+            return None, w_in
         if self.max_rows < 1:
             raise UsageError(f"max_rows must be a positive number of rows, got {self.max_rows}")
         pos = np.flatnonzero(y == 1)
         neg = np.flatnonzero(y != 1)
-        k = min(len(neg), max(self.max_rows - len(pos), len(pos)))
+        k_pos, k_neg = class_quotas(len(pos), len(neg), self.max_rows)
         rng = np.random.default_rng(self.random_state)
-        keep = np.sort(np.concatenate([pos, rng.choice(neg, size=k, replace=False)]))
-        w = np.where(y[keep] == 1, 1.0, len(neg) / max(k, 1))
-        return keep, w
+        if k_pos < len(pos):
+            pos = rng.choice(pos, size=k_pos, replace=False)
+        keep = np.sort(np.concatenate([pos, rng.choice(neg, size=k_neg, replace=False)]))
+        up = np.where(y[keep] == 1, len(y) - len(neg), len(neg)) / np.where(
+            y[keep] == 1, max(k_pos, 1), max(k_neg, 1)
+        )
+        return keep, (up if w_in is None else up * w_in[keep])
 
     # -- fitting ------------------------------------------------------------------------------
     def fit(self, X: pd.DataFrame, y: Any, sample_weight: Any = None) -> ConversionModel:
@@ -264,9 +292,9 @@ class ConversionModel:
         y
             0/1 labels, one per row.
         sample_weight
-            Weights of rows that were already sampled (what :meth:`sample_rows` returns for
-            them): the rows are then used as given, never sampled again. ``None`` (the
-            default) samples a frame larger than ``max_rows`` here.
+            Row weights, for rows that were already sampled (what :meth:`sample_rows` returns
+            for them, or a sampled frame's weights). A frame larger than ``max_rows`` is
+            sampled here either way, its weights multiplied by the sample's.
         """
         if self.calibration not in CALIBRATIONS:
             raise UsageError(
@@ -276,15 +304,11 @@ class ConversionModel:
         if len(y) != len(X):
             raise UsageError(f"{len(X)} rows of features but {len(y)} labels")
         self.n_rows_ = len(y)
-        w: np.ndarray | None = None
-        if sample_weight is not None:
-            w = np.asarray(sample_weight, dtype=float)
-            if len(w) != len(y):
-                raise UsageError(f"{len(y)} labels but {len(w)} sample weights")
-        else:
-            keep, w = self.sample_rows(y)
-            if keep is not None:
-                X, y = X.iloc[keep], y[keep]
+        if sample_weight is not None and len(sample_weight) != len(y):
+            raise UsageError(f"{len(y)} labels but {len(sample_weight)} sample weights")
+        keep, w = self.sample_rows(y, sample_weight)
+        if keep is not None:
+            X, y = X.iloc[keep], y[keep]
         self.n_sampled_ = len(y)
         self.negative_weight_ = float(w[y != 1].max()) if w is not None and (y != 1).any() else 1.0
         Xf = self._frame(X, fitting=True)

@@ -33,6 +33,19 @@ negative (``include_censored=True`` keeps them, with ``label = -1``, to be score
 stored exclusion window of their campaign are left out first and counted in
 :attr:`TrainingFrame.excluded`. Every feature is computed from data strictly before the touch
 time (for a lead, its click), so no feature sees the label window.
+
+Large accounts: a sampled frame
+-------------------------------
+A frame of more mature units than ``max_rows`` (default :data:`MAX_FRAME_ROWS`, or
+``[models] max_frame_rows``) is sampled on the backend, before anything is fetched: every
+positive while they fit in half the cap, and a uniform sample of the negatives for the rest
+(:func:`~signalloop.models.estimator.class_quotas`). A unit is kept when a hash of its id and
+``random_state`` falls under its class's rate, so the sample is the same on every run over the
+same data. Each kept unit carries a ``weight`` column, its class's units over its class's kept
+units, so the weighted frame has the account's positives and negatives: the fits, scores and
+drift read the weights and the probabilities stay calibrated to the true base rate.
+:attr:`TrainingFrame.sample` says how many units the frame stands for. Censored units kept by
+``include_censored`` (the ones to score) are never sampled.
 """
 
 from __future__ import annotations
@@ -43,11 +56,13 @@ from datetime import date, datetime, time, timedelta
 from typing import Any
 
 import ibis
+import numpy as np
 import pandas as pd
 
 from signalloop.checks.engine import without_exclusions
 from signalloop.config import Settings
 from signalloop.errors import UsageError
+from signalloop.models.estimator import class_quotas
 from signalloop.store import Workspace
 
 OUTCOMES: tuple[str, ...] = ("conversion", "sql", "won", "value")
@@ -57,6 +72,14 @@ DEFAULT_HORIZON_DAYS: dict[str, int] = {"conversion": 7, "value": 14, "sql": 30,
 OFFLINE_KINDS: tuple[str, ...] = ("mql", "sql", "opportunity", "deal", "won", "lost")
 #: Kinds whose value is pipeline or an estimate, not revenue.
 PIPELINE_KINDS: tuple[str, ...] = ("lead", "mql", "sql", "opportunity", "lost")
+#: Cap on the mature units fetched into one frame; larger frames are sampled on the backend
+#: (module docstring). Each fit then learns from at most ``ConversionModel.max_rows`` of them
+#: and each evaluation scores at most ``backtest.MAX_EVAL_ROWS``: two million rows leave every
+#: holdout, test set and training window larger than those, and keep the frame near 1 GiB
+#: in pandas where the 1,000-campaign account's 30 million units took more than 16.
+MAX_FRAME_ROWS = 2_000_000
+#: Resolution of the hash that samples a frame (rates are multiples of its inverse).
+_HASH_BUCKETS = 1 << 30
 #: A string attribute with more distinct values than this is not used as a feature.
 MAX_ATTR_LEVELS = 50
 BASE_CATEGORICAL: tuple[str, ...] = (
@@ -97,6 +120,13 @@ class TrainingFrame:
         fall in an exclusion window of their campaign.
     window
         The first and last unit time in :attr:`frame`.
+    weight
+        ``"weight"`` when the frame was sampled (the column of each row's weight), else
+        ``None`` (every row weighs one).
+    sample
+        When sampled: ``units`` and ``positives`` (the mature units the frame stands for),
+        ``rows`` (mature rows fetched), ``cap`` and the kept share of each class
+        (``rate_positive``, ``rate_negative``); else ``None``.
     """
 
     frame: pd.DataFrame
@@ -110,6 +140,22 @@ class TrainingFrame:
     censored: int
     excluded: int
     window: tuple[datetime, datetime]
+    weight: str | None = None
+    sample: dict[str, Any] | None = None
+
+    def weights(self) -> np.ndarray | None:
+        """Each row's weight (``None`` when the frame was not sampled)."""
+        if self.weight is None:
+            return None
+        return self.frame[self.weight].to_numpy(dtype=float)
+
+    @property
+    def units(self) -> tuple[int, int]:
+        """Mature units and positives the frame stands for (its own, when not sampled)."""
+        if self.sample is not None:
+            return int(self.sample["units"]), int(self.sample["positives"])
+        y = self.frame[self.target]
+        return int((y >= 0).sum()), int((y == 1).sum())
 
 
 def horizon_for(outcome: str, settings: Settings, horizon_days: int | None = None) -> int:
@@ -138,6 +184,8 @@ def build_frame(
     settings: Settings | None = None,
     horizon_days: int | None = None,
     include_censored: bool = False,
+    max_rows: int | None = None,
+    random_state: int = 0,
 ) -> TrainingFrame:
     """Build the training frame of ``outcome`` from the workspace.
 
@@ -158,6 +206,12 @@ def build_frame(
         ``label = -1`` (unknown, never a negative); :attr:`TrainingFrame.censored` still counts
         them. This is the set to *score* (e.g. the recent leads to route), never to train on:
         select ``frame.label >= 0`` for training.
+    max_rows
+        Cap on the mature units fetched: more are sampled on the backend, with weights (see
+        the module docstring). Default ``[models] max_frame_rows``, else
+        :data:`MAX_FRAME_ROWS`.
+    random_state
+        Seed of that sample.
 
     Returns
     -------
@@ -178,6 +232,8 @@ def build_frame(
         settings=settings,
         horizon_days=horizon_days,
         include_censored=include_censored,
+        max_rows=max_rows,
+        random_state=random_state,
     )
     return frame
 
@@ -226,6 +282,8 @@ def _build(
     horizon_days: int | None = None,
     include_censored: bool = False,
     labels_only: bool = False,
+    max_rows: int | None = None,
+    random_state: int = 0,
 ) -> Any:
     """:func:`build_frame`; with ``labels_only`` the units' ibis table (``ts``, ``label``,
     ``_mature``, no features), not fetched."""
@@ -264,48 +322,58 @@ def _build(
         *[(crm.stage.strip().lower() == s, i + 1) for i, s in enumerate(funnel)], else_=0
     )
     crm = crm.mutate(_rank=stage_rank)
-    if labels_only:  # the units and labels, none of the features
-        attrs: list[tuple[str, str, str]] = []
-        touches = clicks.select("touch_id", "ts", "campaign_id")
-    else:
-        attrs = _attr_plan(clicks)
-        touches = _touch_features(tp, clicks, ties, crm, spend, attrs)
     records = _records(crm, ties, clicks, funnel)
     h = horizon * _DAY
-
-    if outcome in ("conversion", "value"):
-        t_ts = ties.t_ts.epoch_seconds()
-        soon = (ties.ts.epoch_seconds() - t_ts) <= h
-        if outcome == "conversion":
-            pos = ties.filter(ties._primary & ties.touch_id.notnull() & soon).select("touch_id")
-        else:
-            paid = ties.filter(
-                ties.touch_id.notnull() & (ties.value > 0) & ~ties._kind.isin(PIPELINE_KINDS) & soon
-            ).select("touch_id")
-            won = records.filter(
-                (records.won_ts.epoch_seconds() - records.t_ts.epoch_seconds()) <= h
-            ).select("touch_id")
-            pos = paid.union(won)
-        pos = pos.distinct().mutate(label=ibis.literal(1))
-        units = touches.left_join(pos, touches.touch_id == pos.touch_id).drop("touch_id_right")
-        unit, id_column = "touchpoint", "touch_id"
-    else:
-        reached = records.sql_ts if outcome == "sql" else records.won_ts
-        rec = records.mutate(
-            label=ibis.ifelse(
-                (reached.epoch_seconds() - records.first_ts.epoch_seconds()) <= h, 1, 0
-            )
-        ).drop("user_id", "t_ts", "sql_ts", "won_ts")
-        units = rec.join(touches, "touch_id")
-        units = units.mutate(
-            days_since_click=(units.first_ts.epoch_seconds() - units.ts.epoch_seconds()) / _DAY,
-            ts=units.first_ts,
-        ).drop("first_ts")
-        unit, id_column = "lead", "record_id"
-    units = units.mutate(
-        label=units.label.fill_null(0).cast("int64"),
-        _mature=units.ts.epoch_seconds() + h <= ibis.literal(cutoff).epoch_seconds(),
+    unit, id_column = (
+        ("touchpoint", "touch_id")
+        if outcome in ("conversion", "value")
+        else (
+            "lead",
+            "record_id",
+        )
     )
+
+    def units_of(touches: Any) -> Any:
+        """The non-excluded units over ``touches`` with ``label`` and ``_mature``."""
+        if outcome in ("conversion", "value"):
+            t_ts = ties.t_ts.epoch_seconds()
+            soon = (ties.ts.epoch_seconds() - t_ts) <= h
+            if outcome == "conversion":
+                pos = ties.filter(ties._primary & ties.touch_id.notnull() & soon).select("touch_id")
+            else:
+                paid = ties.filter(
+                    ties.touch_id.notnull()
+                    & (ties.value > 0)
+                    & ~ties._kind.isin(PIPELINE_KINDS)
+                    & soon
+                ).select("touch_id")
+                won = records.filter(
+                    (records.won_ts.epoch_seconds() - records.t_ts.epoch_seconds()) <= h
+                ).select("touch_id")
+                pos = paid.union(won)
+            pos = pos.distinct().mutate(label=ibis.literal(1))
+            units = touches.left_join(pos, touches.touch_id == pos.touch_id).drop("touch_id_right")
+        else:
+            reached = records.sql_ts if outcome == "sql" else records.won_ts
+            rec = records.mutate(
+                label=ibis.ifelse(
+                    (reached.epoch_seconds() - records.first_ts.epoch_seconds()) <= h, 1, 0
+                )
+            ).drop("user_id", "t_ts", "sql_ts", "won_ts")
+            units = rec.join(touches, "touch_id")
+            units = units.mutate(
+                days_since_click=(units.first_ts.epoch_seconds() - units.ts.epoch_seconds()) / _DAY,
+                ts=units.first_ts,
+            ).drop("first_ts")
+        units = units.mutate(
+            label=units.label.fill_null(0).cast("int64"),
+            _mature=units.ts.epoch_seconds() + h <= ibis.literal(cutoff).epoch_seconds(),
+        )
+        return without_exclusions(ws, units, "campaign_id", units.ts.date())
+
+    labelled = units_of(clicks.select("touch_id", "ts", "campaign_id"))
+    if labels_only:  # the units and labels, none of the features
+        return labelled
     # every click is a touch unit; a lead unit is a record linked to a click
     total = n_clicks if unit == "touchpoint" else int(records.count().execute())
     if total == 0:
@@ -313,23 +381,73 @@ def _build(
             f"no leads linked to a click before {as_of + timedelta(days=1)}: "
             "ingest crm, conversions and touchpoints first"
         )
-    kept = without_exclusions(ws, units, "campaign_id", units.ts.date())
-    if labels_only:
-        return kept  # type: ignore[no-any-return]
-    df = kept.to_pandas()
-    mature = df["_mature"].astype(bool)
-    censored, excluded = int((~mature).sum()), total - len(df)
-    if include_censored:
-        df = df.assign(label=df["label"].where(mature, -1)).drop(columns="_mature")
-    else:
-        df = df[mature].drop(columns="_mature")
-    if df.empty:
+    kept_n, mature_n, positives = _label_counts(labelled)
+    censored, excluded = kept_n - mature_n, total - kept_n
+    if mature_n == 0 and not (include_censored and kept_n):
         raise UsageError(
             f"no mature {unit}s for outcome {outcome!r} at as_of {as_of}: {censored} are "
             f"younger than the {horizon}-day horizon and {excluded} excluded; "
             "use a shorter horizon or a later as_of"
         )
-    return _finish(df, outcome, unit, id_column, funnel, attrs, censored, excluded)
+    attrs = _attr_plan(clicks)
+    kept = units_of(_touch_features(tp, clicks, ties, crm, spend, attrs))
+    if not include_censored:
+        kept = kept.filter(kept._mature)
+    cap = max_rows if max_rows is not None else settings.models.get("max_frame_rows")
+    cap = MAX_FRAME_ROWS if cap is None else cap
+    if not isinstance(cap, int) or isinstance(cap, bool) or cap < 2:
+        raise UsageError(f"max_frame_rows must be a number of rows of at least 2, got {cap!r}")
+    sample: dict[str, Any] | None = None
+    if mature_n > cap:
+        k_pos, k_neg = class_quotas(positives, mature_n - positives, cap)
+        rates = (k_pos / max(positives, 1), k_neg / max(mature_n - positives, 1))
+        kept = kept.filter(~kept._mature | _hash_sample(kept, id_column, random_state, rates))
+        sample = {
+            "units": mature_n,
+            "positives": positives,
+            "cap": cap,
+            "rate_positive": round(rates[0], 6),
+            "rate_negative": round(rates[1], 6),
+        }
+    df = kept.to_pandas()
+    mature = df["_mature"].astype(bool)
+    if sample is not None:  # each class's units over its kept rows
+        is_pos = df["label"].to_numpy() == 1
+        got_pos = int((mature & is_pos).sum())
+        got_neg = int((mature & ~is_pos).sum())
+        sample["rows"] = got_pos + got_neg
+        w_pos = positives / max(got_pos, 1)
+        w_neg = (mature_n - positives) / max(got_neg, 1)
+        df["weight"] = np.where(mature, np.where(is_pos, w_pos, w_neg), 1.0)
+    if include_censored:
+        df = df.assign(label=df["label"].where(mature, -1))
+    df = df.drop(columns="_mature")
+    return _finish(df, outcome, unit, id_column, funnel, attrs, censored, excluded, sample=sample)
+
+
+def _label_counts(units: Any) -> tuple[int, int, int]:
+    """Units, mature units and mature positives of a labelled units table (one query)."""
+    mature = units._mature
+    row = (
+        units.aggregate(
+            n=units.count(),
+            mature=mature.cast("int64").sum(),
+            pos=ibis.ifelse(mature & (units.label == 1), 1, 0).sum(),
+        )
+        .to_pyarrow()
+        .to_pylist()[0]
+    )
+    return int(row["n"] or 0), int(row["mature"] or 0), int(row["pos"] or 0)
+
+
+def _hash_sample(t: Any, id_column: str, seed: int, rates: tuple[float, float]) -> Any:
+    """Whether a mature unit of ``t`` is in the sample: a hash of its id and ``seed``, mapped
+    to [0, 1), under the rate of its class (positive, negative). The same ids and seed give
+    the same sample on every run; the hash is the backend's own."""
+    h = (t[id_column].cast("string") + f"|{seed}").hash()
+    u = ((h % _HASH_BUCKETS) + _HASH_BUCKETS) % _HASH_BUCKETS
+    limit = ibis.ifelse(t.label == 1, int(rates[0] * _HASH_BUCKETS), int(rates[1] * _HASH_BUCKETS))
+    return u < limit
 
 
 def _tie_conversions(conv: Any, clicks: Any) -> Any:
@@ -550,6 +668,7 @@ def _finish(
     attrs: list[tuple[str, str, str]],
     censored: int,
     excluded: int,
+    sample: dict[str, Any] | None = None,
 ) -> TrainingFrame:
     """Order, type and describe the pulled frame."""
     stages = ["none", *funnel]
@@ -578,7 +697,8 @@ def _finish(
     df["label"] = df["label"].astype("int64")
     ids = [id_column, "touch_id"] if unit == "lead" else [id_column]
     df = df.sort_values(["ts", id_column], kind="stable").reset_index(drop=True)
-    df = df[[*ids, "ts", "label", *features]]
+    weight = ["weight"] if sample is not None else []
+    df = df[[*ids, "ts", "label", *weight, *features]]
     first, last = df["ts"].iloc[0].to_pydatetime(), df["ts"].iloc[-1].to_pydatetime()
     return TrainingFrame(
         frame=df,
@@ -592,4 +712,6 @@ def _finish(
         censored=censored,
         excluded=excluded,
         window=(first, last),
+        weight="weight" if sample is not None else None,
+        sample=sample,
     )
