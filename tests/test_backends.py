@@ -408,11 +408,6 @@ def test_pyspark_workspace_ingests_as_duckdb(spark_ws: Workspace) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="ibis 12 on PySpark: null strings come back as NaN through pandas and the "
-    "conversions counted in the as-of windows differ (see the issue 14 item 4 report)",
-)
 def test_pyspark_checks_as_duckdb(spark_ws: Workspace, account: dict[str, Any]) -> None:
     _checks_as_duckdb(spark_ws, account)
 

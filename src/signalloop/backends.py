@@ -412,6 +412,15 @@ def _spark_backend() -> Any:
     ibis.pyspark  # noqa: B018 - loading it via ibis registers ibis.options.pyspark
 
     class SparkBackend(Backend):  # type: ignore[misc]
+        def _register_in_memory_table(self, op: Any) -> None:
+            """In-memory rows (what ingest appends) go to Spark as Arrow: ibis 12 passes them
+            through pandas, whose missing strings Spark then stores as the text ``'NaN'``."""
+            from ibis.backends.pyspark.datatypes import PySparkSchema
+
+            table = op.data.to_pyarrow(op.schema)
+            df = self._session.createDataFrame(table, schema=PySparkSchema.from_ibis(op.schema))
+            df.createOrReplaceTempView(op.name)
+
         def execute(self, expr: Any, /, **kwargs: Any) -> Any:
             value = super().execute(expr, **kwargs)
             if isinstance(value, float) and math.isnan(value):
@@ -643,11 +652,13 @@ def save_exclusions(ws: Workspace, exclusions: list[dict[str, Any]], as_of: date
         for e in exclusions
     ]
     rows = [{k: r.get(k) for k in EXCLUSIONS_SCHEMA.names} for r in [*kept, *new]]
+    table = pa.Table.from_pylist(rows, EXCLUSIONS_SCHEMA.to_pyarrow())
+    if ws.backend == "pyspark":  # there a create_table from a schema ignores overwrite
+        client.create_table("exclusions", ibis.memtable(table), overwrite=True)
+        return
     client.create_table("exclusions", schema=EXCLUSIONS_SCHEMA, overwrite=True)
     if rows:
-        append_rows(
-            client, "exclusions", pa.Table.from_pylist(rows, EXCLUSIONS_SCHEMA.to_pyarrow())
-        )
+        append_rows(client, "exclusions", table)
 
 
 def _as_date(v: Any) -> date | None:
