@@ -93,6 +93,7 @@ bench-scale: $(STAMP)
 
 bench-models-scale: $(STAMP)
 	$(BIN)/python benchmarks/models_scale.py
+	$(BIN)/python benchmarks/frame_sample.py
 
 bench-ingest: $(STAMP)
 	$(BIN)/python benchmarks/run.py

@@ -228,9 +228,10 @@ def run_once(
             f"stopped after {seconds:.0f} s at {stopped[0]:.1f} GiB resident (over --max-gib "
             f"{max_gib:g}), in step: {_last_step(err)}"
         )
-    if code not in (0, 1):
-        raise RunFailed(f"{' '.join(cmd)} exited {code}:\n{err[-3000:]}")
-    doc = json.loads((out / "report.json").read_text())
+    report = out / "report.json"
+    if code not in (0, 1) or not report.exists():  # 1 is a run with held campaigns
+        raise RunFailed(f"{' '.join(cmd)} exited {code} in step {_last_step(err)}:\n{err[-3000:]}")
+    doc = json.loads(report.read_text())
     return {
         "seconds": seconds,
         "peak_gib": usage.ru_maxrss / 1024**2,

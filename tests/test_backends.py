@@ -359,17 +359,28 @@ def _decisions(doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@pytest.fixture(scope="module")
+def duck_loop(account: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The reference ``run`` of the account on a fresh DuckDB workspace."""
+    out = tmp_path_factory.mktemp("duck-loop")
+    with pytest.MonkeyPatch.context() as mp:
+        return _loop(str(out / "ws.duckdb"), account, out, mp)
+
+
 @pytest.mark.slow
 def test_postgres_workspace_runs_the_daily_loop_as_duckdb(
-    pg_env: Postgres, account: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    pg_env: Postgres,
+    account: dict[str, Any],
+    duck_loop: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The whole ``run`` (ingest, checks, state, models, allocation, diagnose, lens, history,
     report) on PostgreSQL decides what it decides on DuckDB; signalloop's own records and
     models stay in the local state folder."""
     _create_database(pg_env, "loop")
-    local = _loop(str(tmp_path / "duck" / "ws.duckdb"), account, tmp_path / "duck", monkeypatch)
     remote = _loop(pg_env.url("loop"), account, tmp_path / "pg", monkeypatch)
-    a, b = _decisions(remote), _decisions(local)
+    a, b = _decisions(remote), _decisions(duck_loop)
     assert a == b, _first_difference(a, b)
     state = tmp_path / "pg" / "signalloop-state"
     assert sorted(p.name for p in state.iterdir())[:1] == [
@@ -410,6 +421,43 @@ def test_pyspark_workspace_ingests_as_duckdb(spark_ws: Workspace) -> None:
 @pytest.mark.slow
 def test_pyspark_checks_as_duckdb(spark_ws: Workspace, account: dict[str, Any]) -> None:
     _checks_as_duckdb(spark_ws, account)
+
+
+@pytest.mark.slow
+def test_pyspark_workspace_runs_the_daily_loop_as_duckdb(
+    spark_url: str, account: dict[str, Any], duck_loop: Any, tmp_path: Path
+) -> None:
+    """The whole ``run`` on PySpark decides what it decides on DuckDB. In a process of its own:
+    this one's Spark session holds another warehouse (one session per process)."""
+    if not shutil.which("java") and not os.environ.get("JAVA_HOME"):
+        _missing("Java (17) is not installed")
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for kind, path in account["paths"].items():
+        shutil.copy(path, inbox / f"{kind}.csv")
+    code = (
+        "import json, sys, datetime; from signalloop.store import Workspace; "
+        "from signalloop.run import run; "
+        "ws = Workspace(sys.argv[1]); "
+        "doc = run(ws, inbox=sys.argv[2], out_dir=sys.argv[3], "
+        "as_of=datetime.date.fromisoformat(sys.argv[4])); ws.close(); "
+        "open(sys.argv[5], 'w').write(json.dumps(doc, default=str))"
+    )
+    url = f"pyspark://local?warehouse={tmp_path / 'warehouse'}"
+    as_of = account["report"].as_of.isoformat()
+    out = tmp_path / "run.json"
+    done = subprocess.run(
+        [sys.executable, "-c", code, url, str(inbox), str(tmp_path / "report"), as_of, str(out)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        cwd=tmp_path,  # its local records go to ./signalloop-state, beside the warehouse
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    a, b = _decisions(doc), _decisions(json.loads(json.dumps(duck_loop, default=str)))
+    assert a == b, _first_difference(a, b)
+    assert (tmp_path / "report" / "report.html").exists()
 
 
 @pytest.mark.slow

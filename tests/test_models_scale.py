@@ -268,3 +268,27 @@ def test_a_sampled_frame_trains_a_calibrated_model(tmp_path: Path) -> None:
     assert ts["base_rate"] == pytest.approx(ref["base_rate"], rel=0.1)
     assert ts["mean_predicted"] == pytest.approx(ts["base_rate"], rel=0.15)
     assert ts["auc"] > ref["auc"] - 0.03
+
+
+def test_lead_frames_compute_features_for_the_linked_users_only_and_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lead frame's features come from the linked clicks' users alone (every window is per
+    user): the same frame as computing them over every touchpoint."""
+    import signalloop.models.features as features
+
+    ws, _, _ = simulated_workspace(
+        tmp_path, days=45, campaigns=3, seed=8, faults=("stage_overwrite@c01:10-30",)
+    )
+    with ws:
+        narrow = {o: build_frame(ws, o, include_censored=True).frame for o in ("sql", "won")}
+        whole = features._touch_features
+
+        def everyone(*args: object, users: object = None) -> object:
+            return whole(*args[:6])  # type: ignore[arg-type]
+
+        monkeypatch.setattr(features, "_touch_features", everyone)
+        wide = {o: build_frame(ws, o, include_censored=True).frame for o in ("sql", "won")}
+    for outcome in ("sql", "won"):
+        assert len(narrow[outcome]) > 500
+        pd.testing.assert_frame_equal(narrow[outcome], wide[outcome])

@@ -75,3 +75,33 @@ def test_report_draws_every_chart_in_chromium_without_console_errors(
     assert verdict.replace(" ", "_") == loop_run["doc"]["lens"]["verdict"]
     assert rows == len(loop_run["doc"]["diagnosis"]["diagnoses"])  # every one, header aside
     assert info_visible
+
+
+def test_a_creative_fitted_to_no_clicks_has_no_relative_ctr_not_a_crash(tmp_path: Path) -> None:
+    """Seen at 1,000 campaigns: a creative whose fitted starting CTR is 0 (so small it
+    rounded away) stopped the report with a division by zero. Its curve has no ratio now."""
+    from signalloop.ingest import ingest_file
+    from signalloop.report import _fatigue_curves
+    from signalloop.store import Workspace
+
+    spend = tmp_path / "spend.csv"
+    spend.write_text(
+        "date,platform,campaign_id,creative_id,impressions,clicks,spend\n"
+        "2026-03-01,meta,c1,cr1,50000,0,10.0\n2026-03-02,meta,c1,cr1,40000,0,9.0\n"
+    )
+    creative = {
+        "creative_id": "cr1",
+        "campaign_id": "c1",
+        "live": True,
+        "launched": "2026-03-01",
+        "status": "fresh",
+        "ctr_start": 0.0,
+        "decay_per_day": 0.0,
+        "decay_per_100k_impressions": 0.0,
+    }
+    doc = {"as_of": "2026-03-02", "state": {"fatigue": {"creatives": [creative]}}}
+    with Workspace(tmp_path / "ws.duckdb") as ws:
+        ingest_file(ws, "spend", spend)
+        (curve,) = _fatigue_curves(ws, doc)["creatives"]
+    assert curve["age_days"] == [0, 1] and curve["relative_ctr"] == [None, None]
+    assert curve["fitted"] == [1.0, 1.0]

@@ -73,6 +73,16 @@ def fit_decay(
     return beta, cov
 
 
+def _rate(x: float) -> float:
+    """A CTR for the report: 5 decimals, or 3 significant digits below 0.0001 (a creative
+    with a handful of clicks in millions of impressions still has a rate, not 0).
+
+    >>> _rate(0.0123456), _rate(0.00000123456)
+    (0.01235, 1.23e-06)
+    """
+    return round(x, 5) if abs(x) >= 1e-4 else float(f"{x:.3g}")
+
+
 @dataclass
 class CreativeFatigue:
     creative_id: str
@@ -104,8 +114,8 @@ class CreativeFatigue:
             "days": self.days,
             "impressions": self.impressions,
             "clicks": self.clicks,
-            "ctr_start": round(self.ctr_start, 5),
-            "ctr_now": round(self.ctr_now, 5),
+            "ctr_start": _rate(self.ctr_start),
+            "ctr_now": _rate(self.ctr_now),
             "relative_ctr": round(self.relative_ctr, 3),
             "relative_ctr_90": [round(v, 3) for v in self.relative_ctr_interval],
             "status": self.status,

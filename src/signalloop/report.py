@@ -208,11 +208,15 @@ def _fatigue_curves(ws: Workspace, doc: dict[str, Any]) -> dict[str, Any]:
         if not rows:
             continue
         launched = date.fromisoformat(c["launched"])
-        age, rel, fit, expo = [], [], [], 0.0
+        start = c["ctr_start"]  # 0 when the fit found no clicks to start from: no ratio
+        age: list[int] = []
+        rel: list[float | None] = []
+        fit: list[float] = []
+        expo = 0.0
         for r in rows:
             a = (r["date"] - launched).days
             age.append(a)
-            rel.append(round(r["clicks"] / r["impressions"] / c["ctr_start"], 4))
+            rel.append(round(r["clicks"] / r["impressions"] / start, 4) if start else None)
             fit.append(
                 round(
                     math.exp(

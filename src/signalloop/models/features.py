@@ -390,7 +390,10 @@ def _build(
             "use a shorter horizon or a later as_of"
         )
     attrs = _attr_plan(clicks)
-    kept = units_of(_touch_features(tp, clicks, ties, crm, spend, attrs))
+    users = None
+    if unit == "lead":  # only the users whose clicks the records link to (see _touch_features)
+        users = clicks.filter(clicks.touch_id.isin(records.touch_id)).user_id
+    kept = units_of(_touch_features(tp, clicks, ties, crm, spend, attrs, users))
     if not include_censored:
         kept = kept.filter(kept._mature)
     cap = max_rows if max_rows is not None else settings.models.get("max_frame_rows")
@@ -431,7 +434,7 @@ def _label_counts(units: Any) -> tuple[int, int, int]:
     row = (
         units.aggregate(
             n=units.count(),
-            mature=mature.cast("int64").sum(),
+            mature=ibis.ifelse(mature, 1, 0).sum(),
             pos=ibis.ifelse(mature & (units.label == 1), 1, 0).sum(),
         )
         .to_pyarrow()
@@ -522,9 +525,28 @@ def _records(crm: Any, ties: Any, clicks: Any, funnel: tuple[str, ...]) -> Any:
 
 
 def _touch_features(
-    tp: Any, clicks: Any, ties: Any, crm: Any, spend: Any, attrs: list[tuple[str, str, str]]
+    tp: Any,
+    clicks: Any,
+    ties: Any,
+    crm: Any,
+    spend: Any,
+    attrs: list[tuple[str, str, str]],
+    users: Any = None,
 ) -> Any:
-    """Touchpoints with a campaign and every feature, each from data before the touch."""
+    """Touchpoints with a campaign and every feature, each from data before the touch.
+
+    ``users`` (a column expression of user ids) limits the result to those users' clicks,
+    exactly: every window here is per user, so their own rows are all those windows need
+    (only a creative's first appearance looks across users, and it still reads every row). A
+    lead frame passes the users of the clicks its records link to, a few percent of an
+    account's touchpoints.
+    """
+    seen = _creative_first_seen(tp, spend)
+    if users is not None:
+        tp = tp.filter(tp.user_id.isin(users))
+        clicks = clicks.filter(clicks.user_id.isin(users))
+        ties = ties.filter(ties.user_id.isin(users))
+        crm = crm.filter(crm.user_id.isin(users))
     w = ibis.window(group_by=tp.user_id, order_by=[tp.ts, tp.touch_id])
     prev = tp.ts.lag().over(w)
     beh = tp.select(
@@ -560,13 +582,6 @@ def _touch_features(
     hist = ev.mutate(prior_conversions=ev._conv.sum().over(ew), stage_code=ev._rank.max().over(ew))
     hist = hist.filter(hist._ord == 0).select("e_touch", "prior_conversions", "stage_code")
 
-    seen_t = tp.filter(tp.creative_id.notnull()).group_by(k_cr=tp.creative_id)
-    seen_t = seen_t.aggregate(first=tp.ts.min().cast("timestamp"))
-    seen_s = spend.filter(spend.creative_id.notnull()).group_by(k_cr=spend.creative_id)
-    seen_s = seen_s.aggregate(first=spend.date.min().cast("timestamp"))
-    seen = seen_t.union(seen_s)
-    seen = seen.group_by("k_cr").aggregate(first=seen.first.min())
-
     c = clicks
     base = c.select(
         "touch_id",
@@ -593,6 +608,16 @@ def _touch_features(
     ).drop("b_touch", "e_touch", "k_cr", "first", "user_id")
 
 
+def _creative_first_seen(tp: Any, spend: Any) -> Any:
+    """``k_cr``, ``first``: each creative's first touch or spend day, over every row."""
+    seen_t = tp.filter(tp.creative_id.notnull()).group_by(k_cr=tp.creative_id)
+    seen_t = seen_t.aggregate(first=tp.ts.min().cast("timestamp"))
+    seen_s = spend.filter(spend.creative_id.notnull()).group_by(k_cr=spend.creative_id)
+    seen_s = seen_s.aggregate(first=spend.date.min().cast("timestamp"))
+    seen = seen_t.union(seen_s)
+    return seen.group_by("k_cr").aggregate(first=seen.first.min())
+
+
 def _json_get(t: Any, key: str) -> Any:
     """The JSON value of ``attrs[key]`` (on DuckDB a map lookup when the key would break a
     JSON path; PostgreSQL's ``->`` takes any key)."""
@@ -607,9 +632,11 @@ def _attr_keys(t: Any) -> list[str]:
         keys = t.select(k=t.attrs.map.keys().unnest()).distinct()
     else:  # ibis has no portable JSON-keys operation: the dialect's own, over ibis's SQL
         sql = backend.compile(t.select("attrs"))
-        keys = backend.sql(
-            f"SELECT DISTINCT jsonb_object_keys(CAST(a.attrs AS JSONB)) AS k FROM ({sql}) AS a"
-        )
+        if backend.name == "pyspark":  # JSON is text there
+            each = "explode(json_object_keys(CAST(a.attrs AS STRING)))"
+        else:
+            each = "jsonb_object_keys(CAST(a.attrs AS JSONB))"
+        keys = backend.sql(f"SELECT DISTINCT {each} AS k FROM ({sql}) AS a")
     return sorted(str(k) for k in keys.to_pyarrow().column("k").to_pylist() if k is not None)
 
 
@@ -640,15 +667,34 @@ def _attr_plan(t: Any) -> list[tuple[str, str, str]]:
 
 def _attr_values(t: Any, key: str) -> tuple[Any, Any]:
     """``attrs[key]`` as text and as a number (a number also when written as a string)."""
+    backend = ibis.get_backend(t).name
+    if backend == "pyspark":
+        text = spark_json_text(t, key)
+        return text, _guarded_number(text.strip())
     v = _json_get(t, key)
     text = ibis.coalesce(v.str, v.float.cast("string"), v.bool.cast("string"))
     s = v.str.strip()
-    if ibis.get_backend(t).name == "duckdb":
-        parsed = s.try_cast("float64")
-    else:  # PostgreSQL's "try_cast" is a cast that fails the query on "25-34": test first
-        number = s.re_search(r"^[-+]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?$")
-        parsed = ibis.ifelse(number, s, ibis.null("string")).cast("float64")
+    # PostgreSQL's "try_cast" is a cast that fails the query on "25-34": test first there
+    parsed = s.try_cast("float64") if backend == "duckdb" else _guarded_number(s)
     return text, ibis.coalesce(v.float, parsed)
+
+
+def spark_json_text(t: Any, key: str) -> Any:
+    """``t.attrs[key]`` on PySpark, where JSON is text: Spark's ``get_json_object``, every
+    value as text (null when absent)."""
+    quoted = key.replace("\\", "\\\\").replace("'", "\\'")
+    return _get_json_object(t.attrs.cast("string"), f"$['{quoted}']")
+
+
+def _guarded_number(s: Any) -> Any:
+    """``s`` as a float when it is written as a number, else null (never a failed cast)."""
+    number = s.re_search(r"^[-+]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?$")
+    return ibis.ifelse(number, s, ibis.null("string")).cast("float64")
+
+
+@ibis.udf.scalar.builtin(name="get_json_object")  # type: ignore[untyped-decorator]
+def _get_json_object(json: str, path: str) -> str:  # type: ignore[empty-body]
+    """Spark SQL's ``get_json_object``: the value at ``path`` as text (null when absent)."""
 
 
 def _attr_exprs(t: Any, plan: list[tuple[str, str, str]]) -> list[tuple[str, Any]]:

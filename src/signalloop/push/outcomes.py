@@ -98,16 +98,23 @@ def campaign_platforms(ws: Workspace) -> dict[str, str | None]:
     for name in ("touchpoints", "spend"):  # spend wins: it is the platform's own export
         t = ws.table(name)
         t = t.filter(t.campaign_id.notnull() & t.platform.notnull())
-        for r in t.group_by("campaign_id").aggregate(p=t.platform.mode()).to_pyarrow().to_pylist():
-            out[r["campaign_id"]] = platform_of(r["p"])
+        counts = t.group_by("campaign_id", "platform").aggregate(n=t.count()).to_pyarrow()
+        # each campaign's most frequent platform (ties: the first by name); counted on the
+        # backend, picked here (not every backend has a mode aggregate)
+        best: dict[str, tuple[int, str]] = {}
+        for r in counts.to_pylist():
+            key = (-int(r["n"]), str(r["platform"]))
+            if r["campaign_id"] not in best or key < best[r["campaign_id"]]:
+                best[r["campaign_id"]] = key
+        out |= {c: platform_of(p) for c, (_, p) in best.items()}
     return out
 
 
 def _attr_keys(crm: Any, fields_: Mapping[str, Sequence[str]]) -> dict[str, str | None]:
     """identity -> the attribute key present in the CRM rows that holds it."""
-    with_attrs = crm.filter(crm.attrs.notnull())
-    keys = with_attrs.select(k=with_attrs.attrs.map.keys().unnest()).distinct()
-    present = [str(k) for k in keys.to_pyarrow().column("k").to_pylist() if k is not None]
+    from signalloop.models.features import _attr_keys as keys_of  # each backend's own SQL
+
+    present = keys_of(crm.filter(crm.attrs.notnull()))
     by_norm: dict[str, str] = {}
     for k in sorted(present):
         by_norm.setdefault(field_key(k), k)
@@ -120,6 +127,10 @@ def _attr_keys(crm: Any, fields_: Mapping[str, Sequence[str]]) -> dict[str, str 
 
 
 def _attr_text(t: Any, key: str) -> Any:
+    if ibis.get_backend(t).name == "pyspark":
+        from signalloop.models.features import spark_json_text
+
+        return spark_json_text(t, key)
     v = t.attrs.map[key]
     return ibis.coalesce(v.str, v.int.cast("string"), v.float.cast("string"))
 
