@@ -22,7 +22,9 @@ Run: ``.venv/bin/python benchmarks/frame_sample.py`` (about 10 minutes on 2 core
 from __future__ import annotations
 
 import argparse
+import os
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +48,9 @@ def measure(cache: Path) -> dict[str, Any]:
     from signalloop.store import Workspace
 
     db = account(CAMPAIGNS, cache)
-    out: dict[str, Any] = {"frames": [], "runs": []}
+    out: dict[str, Any] = {"frames": [], "runs": [], "started": datetime.now(UTC).isoformat()}
+    out["load"] = [os.getloadavg()[0]]
+    t_start = time.perf_counter()
     with Workspace(db) as ws:
         t0 = time.perf_counter()
         full = build_frame(ws, "conversion", max_rows=UNCAPPED)
@@ -91,6 +95,8 @@ def measure(cache: Path) -> dict[str, Any]:
                 f"  frame cap {cap} rs {rs}: AUC {s['auc']:.4f}, ECE {s['ece']:.4f}, mean p "
                 f"{s['mean_predicted']:.4f} (base {yh.mean():.4f}), fit {seconds:.1f} s"
             )
+    out["load"].append(os.getloadavg()[0])
+    out["seconds"] = time.perf_counter() - t_start
     return out
 
 
@@ -109,7 +115,10 @@ def markdown(res: dict[str, Any], command: str) -> str:
         BEGIN,
         "## Frames sampled on the backend (`[models] max_frame_rows`)",
         "",
-        f"Command: `{command}`. {machine(PACKAGES)}",
+        f"Command: `{command}`. Measured {res['started'][:10]} on {machine(PACKAGES)}; load "
+        f"average {res['load'][0]:.1f} at the start, {res['load'][1]:.1f} at the end (the 2 "
+        f"cores are shared with other jobs: the seconds are loose). The whole run took "
+        f"{res['seconds'] / 60:.1f} min.",
         "",
         f"Simulator, {CAMPAIGNS} campaigns, 90 days, seed 3, outcome `conversion`. Every "
         f"model is scored on the same {h['rows']:,} holdout units (the full frame's units "
