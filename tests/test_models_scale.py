@@ -292,3 +292,16 @@ def test_lead_frames_compute_features_for_the_linked_users_only_and_exactly(
     for outcome in ("sql", "won"):
         assert len(narrow[outcome]) > 500
         pd.testing.assert_frame_equal(narrow[outcome], wide[outcome])
+
+
+def test_max_frame_rows_is_read_from_signalloop_toml() -> None:
+    from signalloop.config import ConfigError, settings_from_dict
+
+    s = settings_from_dict({"models": {"max_frame_rows": 500_000}})
+    assert s.models["max_frame_rows"] == 500_000
+    assert "max_frame_rows" not in settings_from_dict({}).models
+    for bad in (0, "lots", True):
+        with pytest.raises(ConfigError, match="max_frame_rows must be a number of rows"):
+            settings_from_dict({"models": {"max_frame_rows": bad}})
+    with pytest.raises(ConfigError, match=r"\[models\] takes horizon_days and max_frame_rows"):
+        settings_from_dict({"models": {"max_rows": 5}})

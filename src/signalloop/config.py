@@ -15,6 +15,8 @@ exists. Everything has a default; a file only overrides what it names::
     [checks.integration_dropout]       # any check's thresholds, by name
     min_expected = 8
 
+    [models]
+    max_frame_rows = 2000000           # mature units fetched per model; more are sampled
     [models.horizon_days]              # days an outcome may take before "no" is a label
     sql = 21
 
@@ -205,7 +207,8 @@ class Settings:
     mediums: tuple[str, ...] = DEFAULT_MEDIUMS
     aliases: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_ALIASES))
     checks: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: ``[models]``: ``horizon_days = {conversion = 7, sql = 30, ...}`` (label windows).
+    #: ``[models]``: ``horizon_days = {conversion = 7, sql = 30, ...}`` (label windows) and
+    #: ``max_frame_rows`` (mature units fetched per model frame; more are sampled).
     models: dict[str, Any] = field(default_factory=dict)
     #: ``[lens]``: declarations for the decision lens.
     lens: LensSettings = field(default_factory=LensSettings)
@@ -300,8 +303,15 @@ def settings_from_dict(doc: dict[str, Any], source: str = "<dict>") -> Settings:
     if not isinstance(checks, dict) or not all(isinstance(v, dict) for v in checks.values()):
         raise ConfigError(f"{source}: [checks.NAME] sections must be tables of thresholds")
     models = doc.get("models", {})
-    if not isinstance(models, dict) or set(models) - {"horizon_days"}:
-        raise ConfigError(f"{source}: [models] takes horizon_days only, got {models!r}")
+    if not isinstance(models, dict) or set(models) - {"horizon_days", "max_frame_rows"}:
+        raise ConfigError(
+            f"{source}: [models] takes horizon_days and max_frame_rows, got {models!r}"
+        )
+    cap = models.get("max_frame_rows")
+    if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 2):
+        raise ConfigError(
+            f"{source}: [models] max_frame_rows must be a number of rows of at least 2, got {cap!r}"
+        )
     horizon = models.get("horizon_days", {})
     if not isinstance(horizon, dict) or set(horizon) - set(_MODEL_OUTCOMES):
         raise ConfigError(
@@ -314,7 +324,8 @@ def settings_from_dict(doc: dict[str, Any], source: str = "<dict>") -> Settings:
     return replace(
         s,
         checks={k: dict(v) for k, v in checks.items()},
-        models={"horizon_days": dict(horizon)},
+        models={"horizon_days": dict(horizon)}
+        | ({"max_frame_rows": cap} if cap is not None else {}),
         lens=_lens_from(doc.get("lens", {}), source),
         owners=_owners_from(doc.get("owners", {}), source),
         run=_run_from(doc.get("run", {}), source),
