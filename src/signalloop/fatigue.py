@@ -181,6 +181,7 @@ def fatigue(
     conv_by = _conversions_by_creative(ctx)
     series: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in daily:
+        r["date"] = to_date(r["date"])  # once per row, not in every loop below
         series.setdefault((r["campaign_id"], r["creative_id"]), []).append(r)
     fitted = (_one(cid, cr, rows, as_of, conv_by.get(cr, {})) for (cid, cr), rows in series.items())
     creatives = [c for c in fitted if c is not None]
@@ -214,8 +215,8 @@ def _one(
     rows = [r for r in rows if (r["impressions"] or 0) > 0]
     if not rows:
         return None
-    launched = to_date(rows[0]["date"]) or as_of
-    days = np.array([((to_date(r["date"]) or as_of) - launched).days for r in rows], float)
+    launched = rows[0]["date"] or as_of
+    days = np.array([((r["date"] or as_of) - launched).days for r in rows], float)
     imp = np.array([r["impressions"] for r in rows], float)
     clk = np.array([r["clicks"] for r in rows], float)
     exposure = np.cumsum(imp) - imp
@@ -234,25 +235,27 @@ def _one(
         status = "fresh"
     else:
         status = "peaking"
+
+    def below(age: np.ndarray, expo: np.ndarray) -> np.ndarray:
+        """Positions where the point estimate of ``rel`` is under the fatigue ratio."""
+        m = 0.0 * beta[0] + (-age) * beta[1] + (-expo / EXPOSURE_UNIT) * beta[2]
+        return np.flatnonzero(np.exp(m) < FATIGUE_RATIO)
+
     onset = None
-    for a, e in zip(days, exposure + imp, strict=True):
-        if rel(float(a), float(e))[0] < FATIGUE_RATIO:
-            onset = launched + timedelta(days=int(a))
-            break
-    last = to_date(rows[-1]["date"]) or as_of
+    first = below(days, exposure + imp)
+    if len(first):
+        onset = launched + timedelta(days=int(days[first[0]]))
+    last = rows[-1]["date"] or as_of
     live = (as_of - last).days < 2
     to_fatigue: int | None = None
     if onset is None and live:
         rate = float(imp[-7:].mean())
-        for k in range(1, HORIZON + 1):
-            if rel(age_now + k, expo_now + k * rate)[0] < FATIGUE_RATIO:
-                to_fatigue = k
-                break
+        ks = np.arange(1, HORIZON + 1, dtype=float)
+        ahead = below(age_now + ks, expo_now + ks * rate)
+        to_fatigue = int(ks[ahead[0]]) if len(ahead) else None
     start_ctr = math.exp(beta[0])
     conv_rel = _conversion_decay(rows, conv, launched)
-    spend7 = sum(
-        r["spend"] or 0.0 for r in rows if (as_of - (to_date(r["date"]) or as_of)).days < 7
-    )
+    spend7 = sum(r["spend"] or 0.0 for r in rows if (as_of - (r["date"] or as_of)).days < 7)
     return CreativeFatigue(
         creative_id=cr,
         campaign_id=cid,
@@ -283,8 +286,8 @@ def _conversion_decay(
     clicks = np.array([r["clicks"] or 0 for r in rows], float)
     if clicks.sum() < 200 or sum(conv.values()) < 20:
         return None
-    ages = np.array([((to_date(r["date"]) or launched) - launched).days for r in rows], float)
-    y = np.array([conv.get(to_date(r["date"]) or launched, 0) for r in rows], float)
+    ages = np.array([((r["date"] or launched) - launched).days for r in rows], float)
+    y = np.array([conv.get(r["date"] or launched, 0) for r in rows], float)
     keep = clicks > 0
     beta, _cov = fit_decay(y[keep], clicks[keep], ages[keep], np.zeros(int(keep.sum())))
     return float(math.exp(-beta[1] * ages[keep][-1]))
