@@ -200,4 +200,4 @@ def test_horizon_from_signalloop_toml(db: Path, tmp_path: Path) -> None:
     toml = tmp_path / "signalloop.toml"
     toml.write_text("[models]\nhorizon = 3\n")
     p = run("model", "fit", "--db", str(db), "--config", str(toml))
-    assert p.returncode == 2 and "[models] takes horizon_days only" in p.stderr
+    assert p.returncode == 2 and "[models] takes horizon_days and max_frame_rows" in p.stderr
