@@ -13,7 +13,13 @@ import pytest
 from signalloop.checks.engine import EXCLUSIONS_DDL
 from signalloop.config import Settings
 from signalloop.errors import UsageError
-from signalloop.models.features import OUTCOMES, build_frame, horizon_for
+from signalloop.models.features import (
+    OUTCOMES,
+    _build,
+    build_frame,
+    horizon_for,
+    recent_labels,
+)
 from signalloop.store import Workspace
 
 from .conftest import simulated_workspace
@@ -133,6 +139,39 @@ def test_exclusion_windows_drop_units(account: Workspace) -> None:
     assert after.excluded == len(gone) > 0
     assert len(after.frame) == len(f) - len(gone)
     assert not after.frame.touch_id.isin(gone.touch_id).any()
+
+
+def _full_recent(ws: Workspace, outcome: str, as_of: date, days: int) -> tuple[int, int]:
+    """recent_labels the long way: every unit labelled, then the window counted."""
+    kept = _build(ws, outcome, as_of=as_of, labels_only=True)
+    f = kept.filter(kept._mature).select("ts", "label").to_pandas()
+    recent = f[f.ts > f.ts.max() - pd.Timedelta(days=days)]
+    return len(recent), int(recent.label.sum())
+
+
+@pytest.mark.parametrize("days", [3, 28])
+def test_recent_labels_counts_only_the_window_with_the_same_labels(
+    account: Workspace, days: int
+) -> None:
+    as_of = date(2026, 2, 20)
+    want = _full_recent(account, "conversion", as_of, days)
+    assert recent_labels(account, "conversion", as_of=as_of, days=days) == want
+    assert want[1] > 0
+    # an exclusion over the last mature days of every campaign moves the window back
+    account.con.execute(EXCLUSIONS_DDL)
+    account.con.execute(
+        "INSERT INTO exclusions SELECT DISTINCT campaign_id, DATE '2026-02-08', "
+        "DATE '2026-02-20', 't', 'test', NULL, NULL FROM touchpoints "
+        "WHERE campaign_id IS NOT NULL"
+    )
+    try:
+        moved = _full_recent(account, "conversion", as_of, days)
+        assert recent_labels(account, "conversion", as_of=as_of, days=days) == moved != want
+        assert recent_labels(account, "sql", as_of=as_of, days=days) == _full_recent(
+            account, "sql", as_of, days
+        )
+    finally:
+        account.con.execute("DELETE FROM exclusions WHERE source = 'test'")
 
 
 TOUCH_COLS = (

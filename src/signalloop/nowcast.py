@@ -1136,11 +1136,38 @@ def _assemble(
 
 @dataclass
 class _Prediction:
+    """Point nowcasts of every cohort and Monte Carlo draws of the open ones.
+
+    A cohort with nothing still to come (every draw equal to what it has observed) carries no
+    draws: ``active`` lists the cohorts that do (``None``: all), and ``samples`` has one column
+    per active cohort, so an account's long history of closed cohorts costs no draws.
+    """
+
     expected: FloatArray  # per cohort: eventual conversions (point)
     expected_value: FloatArray
-    samples: FloatArray  # (S, n_cohorts): eventual conversions
-    value_samples: FloatArray  # (S, n_cohorts)
+    samples: FloatArray  # (S, n_active): eventual conversions of the active cohorts
+    value_samples: FloatArray  # (S, n_active)
     phi: float
+    active: npt.NDArray[np.int64] | None = None
+
+    @cached_property
+    def column(self) -> npt.NDArray[np.int64]:
+        """Per cohort, its column in ``samples`` (-1: no draws, all equal ``expected``)."""
+        n = len(self.expected)
+        if self.active is None:
+            return np.arange(n, dtype=np.int64)
+        col = np.full(n, -1, dtype=np.int64)
+        col[self.active] = np.arange(len(self.active), dtype=np.int64)
+        return col
+
+    def totals(self, sel: npt.NDArray[Any]) -> tuple[FloatArray, FloatArray]:
+        """Per draw, the conversions and value of the cohorts ``sel`` (rows or a mask) added."""
+        col = self.column[sel]
+        fixed = col < 0
+        n = float(self.expected[sel][fixed].sum())
+        v = float(self.expected_value[sel][fixed].sum())
+        cols = col[~fixed]
+        return self.samples[:, cols].sum(axis=1) + n, self.value_samples[:, cols].sum(axis=1) + v
 
 
 def _overdispersion(model: DelayModel, path: _Path) -> float:
@@ -1177,13 +1204,8 @@ def _predict(model: DelayModel, path: _Path, opts: NowcastOptions) -> _Predictio
     phi = _overdispersion(model, path) if opts.overdispersion else 0.0
     observed = c.observed.to_numpy(float)
     obs_value = c.observed_value.to_numpy(float)
-    pred = _Prediction(
-        observed.copy(),
-        obs_value.copy(),
-        np.repeat(observed[None, :], draws, axis=0),
-        np.repeat(obs_value[None, :], draws, axis=0),
-        phi,
-    )
+    expected, expected_value = observed.copy(), obs_value.copy()
+    blocks: dict[int, tuple[npt.NDArray[np.int64], FloatArray, FloatArray]] = {}
     cohort = b.cohort.to_numpy()
     bucket_rows, cohort_rows = path.rows
     t_all, n_all, n_open = (b[k].to_numpy(float) for k in ("t", "n_all", "n_open"))
@@ -1227,15 +1249,25 @@ def _predict(model: DelayModel, path: _Path, opts: NowcastOptions) -> _Predictio
         point_add = gpoint * (b0[act] + lost0[act])
         vm, vsd = float(path.value_mean[g]), float(path.value_sd[g])
         noise = rng.standard_normal(add.shape) * np.sqrt(add) * vsd
-        # each campaign writes only its own cohorts' columns
-        pred.samples[:, ids] = k + add
-        pred.value_samples[:, ids] = obs_value[ids] + np.maximum(add * vm + noise, 0.0)
-        pred.expected[ids] = k + point_add
-        pred.expected_value[ids] = obs_value[ids] + point_add * vm
+        # each campaign writes only its own cohorts
+        blocks[g] = (ids, k + add, obs_value[ids] + np.maximum(add * vm + noise, 0.0))
+        expected[ids] = k + point_add
+        expected_value[ids] = obs_value[ids] + point_add * vm
 
     with ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 2)) as pool:
         list(pool.map(one, range(len(path.groups)), path.groups))
-    return pred
+    parts = [blocks[g] for g in sorted(blocks)]
+    ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, dtype=np.int64)
+    order = np.argsort(ids, kind="stable")
+
+    def stack(i: int) -> FloatArray:
+        if not parts:
+            return np.zeros((draws, 0))
+        return np.concatenate([p[i] for p in parts], axis=1)[:, order]
+
+    return _Prediction(
+        expected, expected_value, stack(1), stack(2), phi, ids[order].astype(np.int64)
+    )
 
 
 def _bucket_maps(
@@ -1508,6 +1540,44 @@ def _flags(path: _Path, windows: list[dict[str, Any]], as_of: date) -> None:
     path.gaps = gaps
 
 
+def _intervals(
+    pred: _Prediction,
+    level: float,
+    rng: np.random.Generator,
+    floor: FloatArray | None,
+    point: FloatArray,
+    v_point: FloatArray,
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+    """Every cohort's count and value interval (:func:`count_interval`,
+    :func:`shortest_interval`), drawn only for the cohorts with draws.
+
+    A cohort without draws has nothing still to come: each of its draws would be its
+    (whole) count ``k``, so the count interval is ``[k, k]`` (every draw spread over
+    ``[k - 1/2, k + 1/2)`` rounds back to ``k``, and the point is ``k``), and the value
+    interval is its value stretched to the shown point, as :func:`shortest_interval` gives.
+    """
+    n = len(pred.expected)
+    fixed = pred.column < 0
+    exp_n, exp_v = pred.expected, pred.expected_value
+    lo, hi = exp_n.copy(), exp_n.copy()
+    if floor is not None:
+        lo = np.maximum(lo, floor)
+        hi = np.maximum(hi, lo)
+    vlo, vhi = np.fmin(exp_v, v_point), np.fmax(exp_v, v_point)
+    act = np.nonzero(~fixed)[0] if n else np.zeros(0, dtype=np.int64)
+    if len(act):
+        cols = pred.column[act]
+        a_lo, a_hi = count_interval(
+            pred.samples[:, cols], level, rng, None if floor is None else floor[act], point[act]
+        )
+        lo[act], hi[act] = a_lo, a_hi
+        b_lo, b_hi = shortest_interval(
+            pred.value_samples[:, cols], level, (v_point[act], v_point[act])
+        )
+        vlo[act], vhi[act] = b_lo, b_hi
+    return lo, hi, vlo, vhi
+
+
 def _stats(
     sel: npt.NDArray[Any],
     path: _Path,
@@ -1525,10 +1595,9 @@ def _stats(
     exp_v = float(pred.expected_value[sel].sum())
     floor = np.r_[obs] if path.floor else None
     point, v_point = _shown([exp_n]), _shown([exp_v])
-    lo, hi = count_interval(pred.samples[:, sel].sum(axis=1)[:, None], level, rng, floor, point)
-    vlo, vhi = shortest_interval(
-        pred.value_samples[:, sel].sum(axis=1)[:, None], level, (v_point, v_point)
-    )
+    n_draws, v_draws = pred.totals(sel)
+    lo, hi = count_interval(n_draws[:, None], level, rng, floor, point)
+    vlo, vhi = shortest_interval(v_draws[:, None], level, (v_point, v_point))
     v_floor = obs_v if path.floor else 0.0
     return {
         "subjects": round(float(c.subjects.to_numpy(float)[sel].sum())),
@@ -1574,8 +1643,7 @@ def _render(
     obs_v_all = c.observed_value.to_numpy(float)
     point, v_point = _shown(pred.expected), _shown(pred.expected_value)
     floor = obs_all if path.floor else None
-    lo, hi = count_interval(pred.samples, opts.level, rng, floor, point)
-    vlo, vhi = shortest_interval(pred.value_samples, opts.level, (v_point, v_point))
+    lo, hi, vlo, vhi = _intervals(pred, opts.level, rng, floor, point, v_point)
     v_floor = obs_v_all if path.floor else np.zeros(len(c))
     first = as_of - timedelta(days=opts.cohort_days - 1) if opts.cohort_days else date.min
     rows: list[dict[str, Any]] = []
@@ -1712,12 +1780,19 @@ def _by_date(
         else:
             by_day += per_date(seen)
         count += np.bincount(idx, minlength=n_d)
-        # draws added per date: cohorts sorted by date, summed in runs (no dense date matrix)
-        order = np.argsort(idx, kind="stable")
-        days_, starts = np.unique(idx[order], return_index=True)
-        cols = np.nonzero(keep)[0][order]
-        samples[:, days_] += np.add.reduceat(pred.samples[:, cols], starts, axis=1)
-        vsamples[:, days_] += np.add.reduceat(pred.value_samples[:, cols], starts, axis=1)
+        # draws added per date: the cohorts without draws add their (fixed) count to every
+        # draw; the others, sorted by date, are summed in runs (no dense date matrix)
+        col = pred.column[keep]
+        fixed = col < 0
+        samples += per_date(np.where(fixed, pred.expected[keep], 0.0))
+        vsamples += per_date(np.where(fixed, pred.expected_value[keep], 0.0))
+        idx, col = idx[~fixed], col[~fixed]
+        if len(idx):
+            order = np.argsort(idx, kind="stable")
+            days_, starts = np.unique(idx[order], return_index=True)
+            cols = col[order]
+            samples[:, days_] += np.add.reduceat(pred.samples[:, cols], starts, axis=1)
+            vsamples[:, days_] += np.add.reduceat(pred.value_samples[:, cols], starts, axis=1)
     point, v_point = _shown(tot["exp"]), _shown(tot["exp_v"])
     lo, hi = count_interval(samples, opts.level, rng, floor, point)
     vlo, vhi = shortest_interval(vsamples, opts.level, (v_point, v_point))

@@ -260,6 +260,7 @@ def recent_labels(
         settings=settings,
         horizon_days=horizon_days,
         labels_only=True,
+        recent_days=days,
     )
     mature = kept.filter(kept._mature)
     end = mature.ts.max().as_scalar()
@@ -282,11 +283,19 @@ def _build(
     horizon_days: int | None = None,
     include_censored: bool = False,
     labels_only: bool = False,
+    recent_days: int | None = None,
     max_rows: int | None = None,
     random_state: int = 0,
 ) -> Any:
     """:func:`build_frame`; with ``labels_only`` the units' ibis table (``ts``, ``label``,
-    ``_mature``, no features), not fetched."""
+    ``_mature``, no features), not fetched.
+
+    ``recent_days`` (with ``labels_only``, for the ``conversion`` outcome) keeps only the
+    units of the last ``recent_days`` days up to the latest mature unit, with the same labels:
+    a unit's label comes from the conversions tied to it, and a conversion ties to a touch in
+    that window only through its ``click_id`` or, by its user, at or after the window's
+    start, so the other conversions are left out before the ties are worked out.
+    """
     if outcome not in OUTCOMES:
         raise UsageError(f"unknown outcome {outcome!r}: expected one of {', '.join(OUTCOMES)}")
     settings = settings or Settings()
@@ -314,6 +323,13 @@ def _build(
             f"no touchpoints with a campaign before {as_of + timedelta(days=1)}: "
             "ingest touchpoints first"
         )
+    h = horizon * _DAY
+    units_from = clicks
+    if labels_only and recent_days is not None and outcome == "conversion":
+        since = _recent_start(ws, clicks, cutoff, h, recent_days)
+        if since is not None:
+            units_from = clicks.filter(clicks.ts > since)
+            conv = conv.filter((conv.ts > since) | conv.click_id.isin(units_from.click_id))
     kind = conv.kind.strip().lower()
     offline = (*OFFLINE_KINDS, *funnel[1:])
     conv = conv.mutate(_kind=kind, _primary=~kind.isin(offline))
@@ -323,7 +339,6 @@ def _build(
     )
     crm = crm.mutate(_rank=stage_rank)
     records = _records(crm, ties, clicks, funnel)
-    h = horizon * _DAY
     unit, id_column = (
         ("touchpoint", "touch_id")
         if outcome in ("conversion", "value")
@@ -371,7 +386,7 @@ def _build(
         )
         return without_exclusions(ws, units, "campaign_id", units.ts.date())
 
-    labelled = units_of(clicks.select("touch_id", "ts", "campaign_id"))
+    labelled = units_of(units_from.select("touch_id", "ts", "campaign_id"))
     if labels_only:  # the units and labels, none of the features
         return labelled
     # every click is a touch unit; a lead unit is a record linked to a click
@@ -451,6 +466,24 @@ def _hash_sample(t: Any, id_column: str, seed: int, rates: tuple[float, float]) 
     u = ((h % _HASH_BUCKETS) + _HASH_BUCKETS) % _HASH_BUCKETS
     limit = ibis.ifelse(t.label == 1, int(rates[0] * _HASH_BUCKETS), int(rates[1] * _HASH_BUCKETS))
     return u < limit
+
+
+def _recent_start(ws: Workspace, clicks: Any, cutoff: datetime, h: float, days: int) -> Any:
+    """The start of the last ``days`` days of mature, non-excluded clicks (``None``: none).
+
+    Mature as :func:`_build` has it (``h`` seconds of label window before ``cutoff``). The
+    latest such click is looked for among the last ``2 * days`` days before that first
+    (exclusion windows rarely cover them all), then in the whole history.
+    """
+    edge = cutoff - timedelta(seconds=h)
+    base = clicks.filter(clicks.ts.epoch_seconds() + h <= ibis.literal(cutoff).epoch_seconds())
+    for lo in (edge - timedelta(days=2 * days), None):
+        t = base if lo is None else base.filter(base.ts > ibis.literal(lo, type="timestamp"))
+        t = t.select("ts", "campaign_id")
+        end = without_exclusions(ws, t, "campaign_id", t.ts.date()).ts.max().execute()
+        if end is not None and not pd.isna(end):
+            return pd.Timestamp(end).to_pydatetime() - timedelta(days=days)
+    return None
 
 
 def _tie_conversions(conv: Any, clicks: Any) -> Any:
