@@ -1256,18 +1256,13 @@ def _predict(model: DelayModel, path: _Path, opts: NowcastOptions) -> _Predictio
 
     with ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 2)) as pool:
         list(pool.map(one, range(len(path.groups)), path.groups))
-    parts = [blocks[g] for g in sorted(blocks)]
+    parts = [blocks[g] for g in sorted(blocks)]  # in cohort order when cohorts are by group
     ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, dtype=np.int64)
-    order = np.argsort(ids, kind="stable")
 
     def stack(i: int) -> FloatArray:
-        if not parts:
-            return np.zeros((draws, 0))
-        return np.concatenate([p[i] for p in parts], axis=1)[:, order]
+        return np.concatenate([p[i] for p in parts], axis=1) if parts else np.zeros((draws, 0))
 
-    return _Prediction(
-        expected, expected_value, stack(1), stack(2), phi, ids[order].astype(np.int64)
-    )
+    return _Prediction(expected, expected_value, stack(1), stack(2), phi, ids.astype(np.int64))
 
 
 def _bucket_maps(
@@ -1567,14 +1562,17 @@ def _intervals(
     act = np.nonzero(~fixed)[0] if n else np.zeros(0, dtype=np.int64)
     if len(act):
         cols = pred.column[act]
+        ordered = bool(np.all(cols == np.arange(len(cols))))  # the draws as they are, no copy
+        draws, v_draws = (
+            (pred.samples, pred.value_samples)
+            if ordered
+            else (pred.samples[:, cols], pred.value_samples[:, cols])
+        )
         a_lo, a_hi = count_interval(
-            pred.samples[:, cols], level, rng, None if floor is None else floor[act], point[act]
+            draws, level, rng, None if floor is None else floor[act], point[act]
         )
         lo[act], hi[act] = a_lo, a_hi
-        b_lo, b_hi = shortest_interval(
-            pred.value_samples[:, cols], level, (v_point[act], v_point[act])
-        )
-        vlo[act], vhi[act] = b_lo, b_hi
+        vlo[act], vhi[act] = shortest_interval(v_draws, level, (v_point[act], v_point[act]))
     return lo, hi, vlo, vhi
 
 
