@@ -14,7 +14,6 @@ the decision lens.
 from __future__ import annotations
 
 import html
-import json
 import math
 from collections import defaultdict
 from datetime import date
@@ -26,6 +25,7 @@ import plotly.io as pio
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
+from signalloop import jsonout
 from signalloop.fatigue import FATIGUE_RATIO
 from signalloop.store import Workspace
 
@@ -922,8 +922,6 @@ def write_report(ws: Workspace, doc: dict[str, Any], out_dir: str | Path) -> dic
     doc["charts"] = _clean(charts(ws, doc))
     paths = {"html": str(out / REPORT_HTML), "json": str(out / REPORT_JSON)}
     doc["report"] = paths
-    (out / REPORT_JSON).write_text(
-        json.dumps(_clean(doc), indent=2, default=str, allow_nan=False) + "\n"
-    )
+    jsonout.write(doc, out / REPORT_JSON)
     (out / REPORT_HTML).write_text(render_html(doc), encoding="utf-8")
     return paths

@@ -7,7 +7,6 @@ Messages and progress go to ``err`` (stderr); tables and ``--json`` documents go
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -28,6 +27,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from signalloop import jsonout
 from signalloop.errors import InputError, SignalloopError, UsageError
 
 # Messages never wrap mid-line (a long path must not split "1,143 loaded" across lines); piped
@@ -67,7 +67,7 @@ def handle_errors(fn: F) -> F:
 
 def emit_json(doc: Any) -> None:
     """Write one JSON document to stdout."""
-    sys.stdout.write(json.dumps(doc, indent=2, default=str, allow_nan=False) + "\n")
+    sys.stdout.write(jsonout.dumps(doc) + "\n")
 
 
 @contextmanager
