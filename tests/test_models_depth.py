@@ -74,6 +74,13 @@ def test_lead_and_purchase_campaigns_reach_revenue(full: Workspace) -> None:
         if f.check == "label_completeness" and "depth" in f.evidence
     }
     assert check == {cid: r["depth"] for cid, r in rows.items()}
+    # given the run's checks, the same rows without running the check again
+    checks = run_checks(full, store_exclusions=False).to_dict()
+    assert feedback_depth(full, checks=checks) == feedback_depth(full)
+    for f in checks["findings"]:  # and it is the checks' figure that is read
+        if f["check"] == "label_completeness":
+            f["evidence"]["outcome_known_share"] = 0.123
+    assert {r["outcome_known_share"] for r in feedback_depth(full, checks=checks)} == {0.123}
 
 
 def test_a_conversion_model_on_lead_campaigns_is_flagged(full: Workspace) -> None:

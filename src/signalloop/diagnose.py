@@ -1111,7 +1111,7 @@ def diagnose(
     if state.get("nowcast") is None:
         state["nowcast"] = nowcast(ws, as_of, settings=settings).to_dict()
     if state.get("depth") is None:
-        state["depth"] = feedback_depth(ws, as_of=as_of, settings=settings)
+        state["depth"] = feedback_depth(ws, as_of=as_of, settings=settings, checks=checks)
     from signalloop.push.outcomes import campaign_platforms
 
     models = dict(models or {})

@@ -564,7 +564,7 @@ def run(
     from signalloop.models.depth import feedback_depth
 
     # read once for both: diagnose's feedback-loop rule and the lens's context fit
-    depth = feedback_depth(ws, as_of=as_of, settings=settings)
+    depth = feedback_depth(ws, as_of=as_of, settings=settings, checks=checks)
     diagnosis = diagnose(
         ws,
         as_of,

@@ -58,7 +58,11 @@ def check_feedback_depth(ctx: CheckContext) -> list[Finding]:
 
 
 def feedback_depth(
-    ws: Workspace, *, as_of: date | None = None, settings: Settings | None = None
+    ws: Workspace,
+    *,
+    as_of: date | None = None,
+    settings: Settings | None = None,
+    checks: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Per campaign: the deepest feedback level with labels, and the counts per level.
 
@@ -70,6 +74,10 @@ def feedback_depth(
         Last day of data (default: the last day with spend, touchpoints or conversions).
     settings
         Funnel order and check thresholds; defaults when ``None``.
+    checks
+        The run's checks (``run_checks(...).to_dict()`` at the same ``as_of``): their
+        ``label_completeness`` findings give ``outcome_known_share`` instead of running that
+        check again.
 
     Returns
     -------
@@ -111,9 +119,18 @@ def feedback_depth(
         return {str(r["campaign_id"]): r for r in t.to_pyarrow().to_pylist()}
 
     c_clicks, c_prim, c_paid, c_rec = (rows(t) for t in (clicks, primary, paid, records))
-    known = {
-        f.campaign_id: f.evidence.get("outcome_known_share") for f in check_feedback_depth(ctx)
-    }
+    given = [
+        f
+        for f in (checks or {}).get("findings", [])
+        if f.get("check") == "label_completeness" and "outcome_known_share" in f["evidence"]
+    ]
+    known = (
+        {f["campaign_id"]: f["evidence"]["outcome_known_share"] for f in given}
+        if given
+        else {
+            f.campaign_id: f.evidence.get("outcome_known_share") for f in check_feedback_depth(ctx)
+        }
+    )
     out = []
     for cid in ctx.campaigns:
         counts = {
