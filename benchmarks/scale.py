@@ -27,7 +27,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -178,17 +180,43 @@ class RunFailed(Exception):
     """A run that exited with an error or was stopped over the memory cap."""
 
 
+# The run is started by this small launcher, which forks and execs it and reports the
+# child's peak RSS. Linux carries a process's high-water RSS across fork and exec, so the
+# benchmark's own memory (it holds the simulated account) would otherwise be counted as the
+# run's: the launcher starts small, so its child's ``ru_maxrss`` is the run's own.
+_LAUNCH = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+sys.stderr.write(f"\\n{sys.argv[0]} maxrss-kb {usage.ru_maxrss}\\n")
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+_MAXRSS = re.compile(r"^-c maxrss-kb (\d+)$", re.M)
+
+
+def _child(pid: int) -> int | None:
+    """The launcher's child (the run itself), once it has been forked."""
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return None
+    return int(kids[0]) if kids else None
+
+
 def _watch(proc: subprocess.Popen[bytes], max_gib: float, stopped: list[float]) -> None:
-    """Kill ``proc`` when its resident memory passes ``max_gib`` (noted in ``stopped``)."""
-    status = Path(f"/proc/{proc.pid}/status")
-    while proc.poll() is None:
+    """Kill the run when its resident memory passes ``max_gib`` (noted in ``stopped``)."""
+    while proc.returncode is None:
+        run = _child(proc.pid)
         try:
-            kb = next(int(x.split()[1]) for x in status.read_text().splitlines() if "VmRSS" in x)
-        except (OSError, StopIteration, ValueError):
-            return
-        if kb / 1024**2 > max_gib:
+            text = Path(f"/proc/{run}/status").read_text() if run else ""
+            kb = next((int(x.split()[1]) for x in text.splitlines() if "VmRSS" in x), 0)
+        except (OSError, ValueError):
+            kb = 0
+        if kb / 1024**2 > max_gib and run:
             stopped.append(kb / 1024**2)
-            proc.kill()
+            os.kill(run, signal.SIGKILL)
             return
         time.sleep(1.0)
 
@@ -215,14 +243,16 @@ def run_once(
     out.mkdir(parents=True, exist_ok=True)
     log_file = out / "stderr.log"  # a file, not a pipe: a long run's lines never block it
     with log_file.open("wb") as sink:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=sink, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _LAUNCH, *cmd], stdout=subprocess.DEVNULL, stderr=sink, env=env
+        )
     stopped: list[float] = []
     watch = threading.Thread(target=_watch, args=(proc, max_gib, stopped), daemon=True)
     watch.start()
-    _, status, usage = os.wait4(proc.pid, 0)
+    code = proc.wait()
     seconds = time.perf_counter() - t0
     err = log_file.read_text(errors="replace")
-    code = os.waitstatus_to_exitcode(status)
+    peak = _MAXRSS.findall(err)
     if stopped:
         raise RunFailed(
             f"stopped after {seconds:.0f} s at {stopped[0]:.1f} GiB resident (over --max-gib "
@@ -234,7 +264,7 @@ def run_once(
     doc = json.loads(report.read_text())
     return {
         "seconds": seconds,
-        "peak_gib": usage.ru_maxrss / 1024**2,
+        "peak_gib": int(peak[-1]) / 1024**2 if peak else float("nan"),
         "timings": doc["timings"],
         "loaded": (doc.get("inbox") or {}).get("loaded", 0),
         "models": [f"{m['outcome']} {m['status']}" for m in doc["models"]],
