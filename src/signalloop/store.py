@@ -188,8 +188,11 @@ class Workspace:
     # -- reading ----------------------------------------------------------------------------
     @cached_property
     def ibis(self) -> Any:
-        """An ibis DuckDB backend sharing this workspace's connection."""
-        return ibis.duckdb.from_connection(self.con)
+        """An ibis DuckDB backend sharing this workspace's connection (its plain-scan CTEs are
+        inlined: :func:`inline_scans`)."""
+        backend = ibis.duckdb.from_connection(self.con)
+        backend.compiler = _inlining(type(backend.compiler))()
+        return backend
 
     def table(self, name: str) -> Any:
         """The ibis table expression for ``name`` (a kind, ``quarantine``, ``ingest_log`` ...)."""
@@ -272,3 +275,65 @@ class Workspace:
             raise
         else:
             self.con.execute("COMMIT")
+
+
+# -- compiled SQL ---------------------------------------------------------------------------
+
+
+def _plain_scan(select: Any) -> bool:
+    """Whether a CTE body only reads one table or CTE, filtered and projected: no join,
+    grouping, aggregate, window, DISTINCT, ORDER, LIMIT, subquery or random function."""
+    import sqlglot.expressions as sge
+
+    if not isinstance(select, sge.Select):
+        return False
+    if any(select.args.get(k) for k in ("joins", "group", "distinct", "order", "limit", "having")):
+        return False
+    source = select.args.get("from_") or select.args.get("from")
+    if source is None or not isinstance(source.this, sge.Table):
+        return False
+    body = [select.args.get("expressions") or [], [select.args.get("where")]]
+    banned = (sge.AggFunc, sge.Window, sge.Select, sge.Subquery, sge.Rand)
+    for node in (n for part in body for e in part if e is not None for n in e.walk()):
+        if isinstance(node, banned):
+            return False
+        if isinstance(node, sge.Anonymous) and str(node.name).lower() in ("random", "uuid"):
+            return False
+    return True
+
+
+def inline_scans(tree: Any) -> Any:
+    """Mark every plain-scan CTE of a compiled query ``NOT MATERIALIZED`` (in place).
+
+    DuckDB materialises a CTE that a query reads more than once. ibis names a filtered table
+    as a CTE whenever an expression reuses it (the clicks of the touchpoints, say), so a
+    query over 30 million touchpoints first copied them all to scan the copy twice; inlined,
+    each read pushes its own filters and columns into the table scan (the lens's labels at
+    1,000 campaigns: 15 -> 8 s). A plain scan (:func:`_plain_scan`) gives the same rows each
+    time it is read, so the results are the same; CTEs that aggregate, join or window stay
+    materialised, computed once.
+
+    >>> import sqlglot
+    >>> q = sqlglot.parse_one(
+    ...     "WITH c AS (SELECT a FROM t WHERE a > 1), g AS (SELECT a, count(*) AS n FROM c "
+    ...     "GROUP BY a) SELECT * FROM c JOIN g USING (a)", read="duckdb")
+    >>> print(inline_scans(q).sql("duckdb"))  # doctest: +NORMALIZE_WHITESPACE
+    WITH c AS NOT MATERIALIZED (SELECT a FROM t WHERE a > 1), g AS (SELECT a, COUNT(*) AS n
+    FROM c GROUP BY a) SELECT * FROM c JOIN g USING (a)
+    """
+    import sqlglot.expressions as sge
+
+    for cte in tree.find_all(sge.CTE):
+        if _plain_scan(cte.this):
+            cte.set("materialized", False)
+    return tree
+
+
+def _inlining(base: type) -> type:
+    """A subclass of the ibis compiler ``base`` whose queries get :func:`inline_scans`."""
+
+    class Inlining(base):  # type: ignore[misc, valid-type]
+        def to_sqlglot(self, expr: Any, **kwargs: Any) -> Any:
+            return inline_scans(super().to_sqlglot(expr, **kwargs))
+
+    return Inlining
