@@ -342,6 +342,8 @@ def count_interval(
     rng: np.random.Generator,
     floor: FloatArray | None = None,
     point: FloatArray | None = None,
+    *,
+    by_column: bool = False,
 ) -> tuple[FloatArray, FloatArray]:
     """A ``level`` interval of integer-valued draws (one column per count), in whole numbers.
 
@@ -367,6 +369,10 @@ def count_interval(
     92.9% to 95.7% on click days and 93.4% to 95.8% on CRM lead days, and leaves the sums
     over days (whose plain interval already holds their mean) as they were.
 
+    ``by_column`` draws the spread column by column from ``rng`` (column ``j`` takes the
+    ``j``-th block of draws), so the intervals of ``m`` columns at once equal those of ``m``
+    calls of one column each, in column order.
+
     >>> s = np.repeat([[0.0], [1.0], [2.0]], [70, 25, 5], axis=0)
     >>> lo, hi = count_interval(s, 0.9, np.random.default_rng(0))
     >>> float(lo[0]), float(hi[0])
@@ -381,7 +387,12 @@ def count_interval(
     if point is not None:
         p = np.asarray(point, dtype=float)
         contain = (np.floor(p), np.ceil(p))
-    y = np.asarray(samples, dtype=float) + rng.uniform(-0.5, 0.5, np.shape(samples))
+    shape = np.shape(samples)
+    if by_column and len(shape) == 2:  # column j takes the j-th block of the stream
+        jitter = rng.uniform(-0.5, 0.5, shape[::-1]).T
+    else:
+        jitter = rng.uniform(-0.5, 0.5, shape)
+    y = np.asarray(samples, dtype=float) + jitter
     a, b = shortest_interval(y, level, contain)
     lo, hi = np.ceil(a) + 0.0, np.floor(b) + 0.0  # + 0.0: no -0.0
     empty = hi < lo
@@ -402,6 +413,26 @@ def _r(x: float | None, nd: int = 2) -> float | None:
 def _shown(x: Iterable[float], nd: int = 2) -> FloatArray:
     """``x`` rounded as the report shows it (:func:`_r`): the point an interval must hold."""
     return np.array([round(float(v), nd) for v in x], dtype=float)
+
+
+_EPOCH_DAY = date(1970, 1, 1)
+
+
+def _day_numbers(col: Any) -> npt.NDArray[np.int64]:
+    """Days since 1970-01-01 of a column of dates, as integers (no per-row Python).
+
+    >>> _day_numbers(pd.Series([date(1970, 1, 2), date(2026, 3, 30)])).tolist()
+    [1, 20542]
+    """
+    import pyarrow as pa
+
+    arr = pa.array(col, type=pa.date32())
+    return np.asarray(arr.cast(pa.int32()).to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def _day_number(d: date) -> int:
+    """:func:`_day_numbers` of one date (``date.min``: before every date)."""
+    return (d - _EPOCH_DAY).days
 
 
 def _ratio(num: float, den: float, nd: int = 2) -> float | None:
@@ -1577,42 +1608,78 @@ def _intervals(
 
 
 def _stats(
-    sel: npt.NDArray[Any],
+    sels: list[npt.NDArray[np.int64]],
     path: _Path,
     pred: _Prediction,
-    spend: float,
+    spends: list[float],
     level: float,
     rng: np.random.Generator,
-) -> dict[str, Any]:
-    """Totals of the cohorts ``sel`` (rows, or a mask): counts, values, interval of the sum,
-    CPA and ROAS."""
+) -> list[dict[str, Any]]:
+    """Totals of each list of cohort rows in ``sels``: counts, values, interval of the sum,
+    CPA and ROAS, one dict per list.
+
+    The intervals of all the lists are drawn at once, column by column (``by_column``), so
+    they are those one call per list, in order, would give.
+    """
+    if not sels:
+        return []
     c = path.cohorts
-    obs = float(c.observed.to_numpy(float)[sel].sum())
-    obs_v = float(c.observed_value.to_numpy(float)[sel].sum())
-    exp_n = float(pred.expected[sel].sum())
-    exp_v = float(pred.expected_value[sel].sum())
-    floor = np.r_[obs] if path.floor else None
-    point, v_point = _shown([exp_n]), _shown([exp_v])
-    n_draws, v_draws = pred.totals(sel)
-    lo, hi = count_interval(n_draws[:, None], level, rng, floor, point)
-    vlo, vhi = shortest_interval(v_draws[:, None], level, (v_point, v_point))
-    v_floor = obs_v if path.floor else 0.0
-    return {
-        "subjects": round(float(c.subjects.to_numpy(float)[sel].sum())),
-        "spend": _r(spend),
-        "observed_conversions": round(obs),
-        "expected_conversions": _r(exp_n),
-        "lower": int(lo[0]),
-        "upper": int(hi[0]),
-        "observed_value": _r(obs_v),
-        "expected_value": _r(exp_v),
-        "value_lower": _r(max(float(vlo[0]), v_floor)),
-        "value_upper": _r(max(float(vhi[0]), v_floor)),
-        "observed_cpa": _ratio(spend, obs),
-        "nowcast_cpa": _ratio(spend, exp_n),
-        "observed_roas": _ratio(obs_v, spend, 3),
-        "nowcast_roas": _ratio(exp_v, spend, 3),
-    }
+    observed, observed_v = c.observed.to_numpy(float), c.observed_value.to_numpy(float)
+    subjects = c.subjects.to_numpy(float)
+    m = len(sels)
+    lengths = np.array([len(x) for x in sels], dtype=np.int64)
+    rows = np.concatenate(sels).astype(np.int64) if lengths.sum() else np.zeros(0, np.int64)
+    which = np.repeat(np.arange(m), lengths)
+
+    def add(x: FloatArray) -> FloatArray:  # per list, the sum of x over its rows
+        return np.asarray(np.bincount(which, weights=x[rows], minlength=m), dtype=float)
+
+    def add_where(mask: npt.NDArray[np.bool_], x: FloatArray) -> FloatArray:
+        return np.asarray(np.bincount(which[mask], x[rows][mask], minlength=m), dtype=float)
+
+    obs, obs_v, subj = add(observed), add(observed_v), add(subjects)
+    exp_n, exp_v = add(pred.expected), add(pred.expected_value)
+    col = pred.column[rows]
+    fixed = col < 0
+    n_fix = add_where(fixed, pred.expected)
+    v_fix = add_where(fixed, pred.expected_value)
+    # per draw, each list's active cohorts added: the draws times a 0/1 (cohort x list) map
+    from scipy import sparse
+
+    n_act = pred.samples.shape[1]
+    pick = sparse.csr_matrix(
+        (np.ones(int((~fixed).sum())), (col[~fixed], which[~fixed])), shape=(n_act, m)
+    )
+    n_draws = _f(np.asarray((pick.T @ pred.samples.T).T) + n_fix[None, :])
+    v_draws = _f(np.asarray((pick.T @ pred.value_samples.T).T) + v_fix[None, :])
+    floor = obs if path.floor else None
+    point, v_point = _shown(exp_n), _shown(exp_v)
+    lo, hi = count_interval(n_draws, level, rng, floor, point, by_column=True)
+    vlo, vhi = shortest_interval(v_draws, level, (v_point, v_point))
+    out: list[dict[str, Any]] = []
+    for i in range(m):
+        spend = spends[i]
+        o, o_v, e_n, e_v = float(obs[i]), float(obs_v[i]), float(exp_n[i]), float(exp_v[i])
+        v_floor = o_v if path.floor else 0.0
+        out.append(
+            {
+                "subjects": round(float(subj[i])),
+                "spend": _r(spend),
+                "observed_conversions": round(o),
+                "expected_conversions": _r(e_n),
+                "lower": int(lo[i]),
+                "upper": int(hi[i]),
+                "observed_value": _r(o_v),
+                "expected_value": _r(e_v),
+                "value_lower": _r(max(float(vlo[i]), v_floor)),
+                "value_upper": _r(max(float(vhi[i]), v_floor)),
+                "observed_cpa": _ratio(spend, o),
+                "nowcast_cpa": _ratio(spend, e_n),
+                "observed_roas": _ratio(o_v, spend, 3),
+                "nowcast_roas": _ratio(e_v, spend, 3),
+            }
+        )
+    return out
 
 
 def _rename(d: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
@@ -1679,27 +1746,33 @@ def _render(
         }
         row |= {k: int(v[i]) for k, v in extras.items()}
         rows.append(_rename(row, names))
-    out_rows: list[dict[str, Any]] = []
-    spent = spend.groupby("campaign_id") if not spend.empty else None
+    # each campaign's totals over all its days, then over each trailing window: the lists
+    # of cohort rows in that order, their intervals drawn in one batch (see _stats)
+    spent = (
+        {k: (g.date.to_numpy(), g.spend.to_numpy(float)) for k, g in spend.groupby("campaign_id")}
+        if not spend.empty
+        else {}
+    )
     days = c.date.to_numpy()
     _, cohort_rows = path.rows
     none = np.zeros(0, dtype=np.int64)
-    for name in sorted(path.groups if campaigns is None else campaigns):
+    starts = [date.min, *(as_of - timedelta(days=w - 1) for w in opts.windows)]
+    order = sorted(path.groups if campaigns is None else campaigns)
+    sels: list[npt.NDArray[np.int64]] = []
+    costs: list[float] = []
+    for name in order:
         # its cohorts' rows, in order (not a mask over every campaign's)
         mine = np.asarray(cohort_rows.get(name, none), dtype=np.int64)
-        own = spent.get_group(name) if spent is not None and name in spent.groups else None
-
-        def cost(since: date, own: pd.DataFrame | None = own) -> float:
-            return float(own[own.date >= since].spend.sum()) if own is not None else 0.0
-
+        own = spent.get(name)
+        for since in starts:
+            sels.append(mine if since == date.min else mine[days[mine] >= since])
+            costs.append(float(own[1][own[0] >= since].sum()) if own is not None else 0.0)
+    stats = iter(_stats(sels, path, pred, costs, opts.level, rng))
+    out_rows: list[dict[str, Any]] = []
+    for name in order:
         out: dict[str, Any] = {"campaign_id": name}
-        out |= _stats(mine, path, pred, cost(date.min), opts.level, rng)
-        windows: dict[str, Any] = {}
-        for w in opts.windows:
-            since = as_of - timedelta(days=w - 1)
-            stats = _stats(mine[days[mine] >= since], path, pred, cost(since), opts.level, rng)
-            windows[f"{w}d"] = _rename(stats, names)
-        out["windows"] = windows
+        out |= next(stats)
+        out["windows"] = {f"{w}d": _rename(next(stats), names) for w in opts.windows}
         out_rows.append(_rename(out, names))
     return rows, out_rows
 
@@ -1730,31 +1803,34 @@ def _by_date(
     """
     first = as_of - timedelta(days=opts.cohort_days - 1) if opts.cohort_days else date.min
     sel: list[tuple[_Path, _Prediction, npt.NDArray[np.bool_], pd.DataFrame]] = []
+    day_no: list[npt.NDArray[np.int64]] = []
     for path, pred in parts:
         c = path.cohorts
         if c.empty:
             continue
         sp = c.merge(spend, on=["campaign_id", "date"], how="left").spend.fillna(0.0)
-        keep = np.array([d >= first for d in c.date], dtype=bool)
+        days = _day_numbers(c.date)
+        keep = days >= _day_number(first) if first != date.min else np.ones(len(c), bool)
         c = c.assign(spend=sp.to_numpy(float), keep=keep)
         if not with_excluded:
             keep = keep & ~c.in_window.to_numpy(bool)
         sel.append((path, pred, keep, c))
-    dates = sorted({d for _, _, keep, c in sel for d in c.date[keep]})
-    if not dates:
+        day_no.append(days[keep])
+    uniq = np.unique(np.concatenate(day_no)) if day_no else np.zeros(0, dtype=np.int64)
+    if not len(uniq):
         return []
-    at = {d: j for j, d in enumerate(dates)}
+    dates = [_EPOCH_DAY + timedelta(days=int(x)) for x in uniq]
     n_d, draws = len(dates), max(int(opts.draws), 1)
     tot = {k: np.zeros(n_d) for k in ("spend", "subjects", "obs", "obs_v", "exp", "exp_v")}
     floor, floor_v, by_day = np.zeros(n_d), np.zeros(n_d), np.zeros(n_d)
     count = np.zeros(n_d, dtype=np.int64)
     samples, vsamples = np.zeros((draws, n_d)), np.zeros((draws, n_d))
     excluded: dict[date, set[str]] = {}
-    for path, pred, keep, c in sel:
+    for (path, pred, keep, c), kept_days in zip(sel, day_no, strict=True):
         out = c[c.keep & c.in_window]
         for cid, d in zip(out.campaign_id, out.date, strict=True):
             excluded.setdefault(d, set()).add(str(cid))
-        idx = np.array([at[d] for d in c.date[keep]], dtype=np.int64)
+        idx = np.searchsorted(uniq, kept_days).astype(np.int64)
         if not len(idx):
             continue
 
