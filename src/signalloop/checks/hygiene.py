@@ -545,17 +545,27 @@ def late_offline_conversions(ctx: CheckContext, opt: Mapping[str, Any]) -> list[
         by_source[r["source"]][r["campaign_id"]].append(r)
     out = []
     for source, camps in sorted(by_source.items()):
+        # the account's conversions per lag; a campaign's "rest of the account" is this
+        # less its own (one pass per campaign over the distinct lags, not over the others)
+        account: dict[int, int] = defaultdict(int)
+        for rows in camps.values():
+            for r in rows:
+                account[r["lag"]] += r["n"]
+        lags_seen = sorted(account)
+        account_total = sum(account.values())
         for cid, rows in sorted(camps.items()):
-            others = [r for other, rs in camps.items() if other != cid for r in rs]
-            total = sum(r["n"] for r in others)
+            own: dict[int, int] = defaultdict(int)
+            for r in rows:
+                own[r["lag"]] += r["n"]
+            total = account_total - sum(own.values())
             if total < 10 * opt["min_conversions"]:
                 continue
             # the rest of the account's lag quantile (leave this campaign out)
             acc, cut = 0, None
-            for r in sorted(others, key=lambda r: r["lag"]):
-                acc += r["n"]
-                if acc >= opt["quantile"] * total:
-                    cut = r["lag"]
+            for lag in lags_seen:
+                acc += account[lag] - own.get(lag, 0)
+                if account[lag] > own.get(lag, 0) and acc >= opt["quantile"] * total:
+                    cut = lag
                     break
             n = sum(r["n"] for r in rows)
             late = [r for r in rows if cut is not None and r["lag"] > cut]
