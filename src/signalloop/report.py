@@ -20,6 +20,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
@@ -489,30 +490,35 @@ def fig_fatigue(c: dict[str, Any]) -> go.Figure:
         d["y"] += [*cr["relative_ctr"], None]
         d["fit"] += [*cr["fitted"], None]
         d["name"] += [name] * len(cr["age_days"]) + [""]
-    for status, d in by_status.items():
+    for status, lists in by_status.items():
         colour = STATUS_COLOURS.get(status, "#7f7f7f")
+        # arrays, not lists: plotly checks a list point by point (seconds at 10,000
+        # creatives) and writes an array as typed binary (float32: a chart needs no more); NaN
+        # breaks a line as None does
+        arr: dict[str, Any] = {k: np.array(lists[k], dtype=np.float32) for k in ("x", "y", "fit")}
+        arr["name"] = np.array(lists["name"], dtype=str)
         fig.add_trace(
             go.Scatter(
-                x=d["x"],
-                y=d["y"],
+                x=arr["x"],
+                y=arr["y"],
                 mode="markers",
                 marker={"color": colour, "size": 4, "opacity": 0.4},
                 name=f"{status} creatives, daily",
                 legendgroup=status,
                 showlegend=False,
-                text=d["name"],
+                text=arr["name"],
                 hovertemplate="%{text}: day %{x}, CTR x%{y:.2f}<extra></extra>",
             )
         )
         fig.add_trace(
             go.Scatter(
-                x=d["x"],
-                y=d["fit"],
+                x=arr["x"],
+                y=arr["fit"],
                 mode="lines",
                 line={"color": colour, "width": 1.5},
                 name=f"{status} creatives",
                 legendgroup=status,
-                text=d["name"],
+                text=arr["name"],
                 hovertemplate="%{text}: fitted x%{y:.2f} at day %{x}<extra></extra>",
             )
         )
