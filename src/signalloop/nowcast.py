@@ -751,7 +751,7 @@ def _click_path(
             vss=(fit.value * fit.value).sum(),
         )
     )
-    touched = set(clicks.campaign_id)
+    touched = set(clicks.campaign_id.unique())  # (unique first: millions of hour rows)
     # a campaign without touchpoints whose conversions carry click_ts: its clicks are the
     # spend table's (a campaign with neither has no clicks to put its conversions on: every
     # "click" would have converted; its conversions are counted as unlinked, not nowcast)
