@@ -322,7 +322,11 @@ def shortest_interval(
     >>> shortest_interval(s, 0.9)[1][0], shortest_interval(s, 0.9, (s.mean(0), s.mean(0)))[1][0]
     (np.float64(0.0), np.float64(0.05))
     """
-    s = np.sort(np.asarray(samples, dtype=float), axis=0)
+    a = np.asarray(samples, dtype=float)
+    if a.ndim == 2 and a.flags.f_contiguous and not a.flags.c_contiguous:
+        s = np.sort(a.T, axis=1).T  # draws of a column side by side: sort each in place
+    else:
+        s = np.sort(a, axis=0)
     n = s.shape[0]
     m = min(max(math.ceil(level * n), 1), n)
     low, high = s[: n - m + 1], s[m - 1 :]
@@ -387,12 +391,16 @@ def count_interval(
     if point is not None:
         p = np.asarray(point, dtype=float)
         contain = (np.floor(p), np.ceil(p))
-    shape = np.shape(samples)
+    x = np.asarray(samples, dtype=float)
+    shape = x.shape
     if by_column and len(shape) == 2:  # column j takes the j-th block of the stream
         jitter = rng.uniform(-0.5, 0.5, shape[::-1]).T
     else:
         jitter = rng.uniform(-0.5, 0.5, shape)
-    y = np.asarray(samples, dtype=float) + jitter
+    if x.ndim == 2 and x.flags.f_contiguous and not x.flags.c_contiguous:
+        y = np.add(x.T, jitter.T, order="C").T  # keep the draws-by-column layout
+    else:
+        y = x + jitter
     a, b = shortest_interval(y, level, contain)
     lo, hi = np.ceil(a) + 0.0, np.floor(b) + 0.0  # + 0.0: no -0.0
     empty = hi < lo
@@ -1176,8 +1184,10 @@ class _Prediction:
 
     expected: FloatArray  # per cohort: eventual conversions (point)
     expected_value: FloatArray
-    samples: FloatArray  # (S, n_active): eventual conversions of the active cohorts
-    value_samples: FloatArray  # (S, n_active)
+    # (S, n_active): eventual conversions of the active cohorts; from _predict a transposed
+    # view of an (n_active, S) array, so each cohort's draws lie side by side (sorts, sums)
+    samples: FloatArray
+    value_samples: FloatArray  # (S, n_active), laid out as samples
     phi: float
     active: npt.NDArray[np.int64] | None = None
 
@@ -1190,15 +1200,6 @@ class _Prediction:
         col = np.full(n, -1, dtype=np.int64)
         col[self.active] = np.arange(len(self.active), dtype=np.int64)
         return col
-
-    def totals(self, sel: npt.NDArray[Any]) -> tuple[FloatArray, FloatArray]:
-        """Per draw, the conversions and value of the cohorts ``sel`` (rows or a mask) added."""
-        col = self.column[sel]
-        fixed = col < 0
-        n = float(self.expected[sel][fixed].sum())
-        v = float(self.expected_value[sel][fixed].sum())
-        cols = col[~fixed]
-        return self.samples[:, cols].sum(axis=1) + n, self.value_samples[:, cols].sum(axis=1) + v
 
 
 def _overdispersion(model: DelayModel, path: _Path) -> float:
@@ -1290,8 +1291,10 @@ def _predict(model: DelayModel, path: _Path, opts: NowcastOptions) -> _Predictio
     parts = [blocks[g] for g in sorted(blocks)]  # in cohort order when cohorts are by group
     ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, dtype=np.int64)
 
-    def stack(i: int) -> FloatArray:
-        return np.concatenate([p[i] for p in parts], axis=1) if parts else np.zeros((draws, 0))
+    def stack(i: int) -> FloatArray:  # (S, n_active), each cohort's draws contiguous
+        if not parts:
+            return np.zeros((draws, 0))
+        return _f(np.concatenate([p[i].T for p in parts], axis=0).T)
 
     return _Prediction(expected, expected_value, stack(1), stack(2), phi, ids.astype(np.int64))
 
@@ -1861,12 +1864,14 @@ def _by_date(
         samples += per_date(np.where(fixed, pred.expected[keep], 0.0))
         vsamples += per_date(np.where(fixed, pred.expected_value[keep], 0.0))
         idx, col = idx[~fixed], col[~fixed]
-        if len(idx):
-            order = np.argsort(idx, kind="stable")
-            days_, starts = np.unique(idx[order], return_index=True)
-            cols = col[order]
-            samples[:, days_] += np.add.reduceat(pred.samples[:, cols], starts, axis=1)
-            vsamples[:, days_] += np.add.reduceat(pred.value_samples[:, cols], starts, axis=1)
+        if len(idx):  # a sparse (date x active cohort) map over the draws: no copy of them
+            from scipy import sparse
+
+            pick = sparse.csr_matrix(
+                (np.ones(len(idx)), (idx, col)), shape=(n_d, pred.samples.shape[1])
+            )
+            samples += np.asarray(pick @ pred.samples.T).T
+            vsamples += np.asarray(pick @ pred.value_samples.T).T
     point, v_point = _shown(tot["exp"]), _shown(tot["exp_v"])
     lo, hi = count_interval(samples, opts.level, rng, floor, point)
     vlo, vhi = shortest_interval(vsamples, opts.level, (v_point, v_point))
