@@ -9,10 +9,12 @@ the **new day** (day 90, what a daily export drop brings), each a folder of cano
   the signal history backfilled, the report);
 * **next day**: ``signalloop run --inbox new-day --as-of <day 90>`` on the same workspace.
 
-Each run is its own process (the CLI, as a user runs it), so its peak RSS is its own
-(``wait4``'s ``ru_maxrss``). The anchor is a **plain scan of the new day's rows**: DuckDB
-reading the new day's CSVs and summing every numeric column, timed in the same session; the
-issue's target is a next day costing at most 2x that plus a fixed part, independent of history.
+Each run is its own process (the CLI, as a user runs it), started by a small launcher that
+reports its peak RSS (``wait4``'s ``ru_maxrss``: the launcher starts small, so the
+benchmark's own memory is not counted; see ``_LAUNCH``). The anchor is a **plain scan of the
+new day's rows**: DuckDB reading the new day's CSVs and summing every numeric column, timed
+in the same session; the issue's target is a next day costing at most 2x that plus a fixed
+part, independent of history.
 
 Accounts larger than ``--shard`` campaigns are simulated as independent shards of at most
 ``--shard`` campaigns (seeds 3, 4, ...), their campaign, ad set, ad, creative, user and row
