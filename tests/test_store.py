@@ -46,3 +46,23 @@ def test_clear_errors_for_bad_locations(tmp_path: Path) -> None:
 def test_reads_go_through_ibis(ws: Workspace) -> None:
     expr = ws.table("spend").group_by("campaign_id").aggregate(n=ws.table("spend").count())
     assert "GROUP BY" in str(ws.ibis.compile(expr)).upper()
+
+
+def test_a_reused_filtered_table_is_inlined_not_materialised(ws: Workspace) -> None:
+    """ibis names a filtered table read twice as a CTE; the workspace compiles it NOT
+    MATERIALIZED (``inline_scans``) and gets the rows the materialised CTE gives, while a
+    CTE that aggregates stays materialised."""
+    ws.con.execute("CREATE TABLE t (a INTEGER, b VARCHAR)")
+    ws.con.execute("INSERT INTO t SELECT i, 'x' || (i % 7) FROM range(100) r(i)")
+    t = ws.table("t")
+    big = t.filter(t.a > 10)
+    counts = big.group_by("b").aggregate(n=big.count())
+    q = big.join(counts, "b").join(counts.view(), "b")
+    sql = ws.ibis.compile(q)
+    # the filter is inlined, the grouping (read twice too) is not
+    assert sql.count("AS NOT MATERIALIZED (") == 1 and sql.count(" AS (") >= 1
+    plain = type(ws.ibis.compiler).__mro__[1]().to_sqlglot(q).sql(dialect="duckdb")
+    assert "MATERIALIZED" not in plain
+    got = sorted(ws.con.execute(sql).fetchall())
+    assert got == sorted(ws.con.execute(plain).fetchall())
+    assert len(got) == 89
