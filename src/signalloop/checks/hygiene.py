@@ -324,11 +324,18 @@ def label_completeness(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Findin
                     {"kind": r["kind"], "column": r["column"], "rows": int(r["n"])},
                 )
             )
-    conv = ctx.conversions
-    vk = conv.group_by(campaign_id=conv.attributed_campaign_id, kind=conv.kind).aggregate(
-        n=conv.count(), valued=conv.value.notnull().sum()
-    )
-    for r in vk.order_by(["campaign_id", "kind"]).to_pyarrow().to_pylist():
+    # one pass over the conversions: counts by campaign, kind and source, summed below
+    cells = _conversion_cells(ctx)
+    vk: dict[tuple[Any, Any], list[int]] = defaultdict(lambda: [0, 0])
+    by_source: dict[Any, list[int]] = defaultdict(lambda: [0, 0])
+    for c in cells:
+        vk[(c["campaign_id"], c["kind"])][0] += c["n"]
+        vk[(c["campaign_id"], c["kind"])][1] += c["valued"]
+        by_source[c["source"]][0] += c["n"]
+        by_source[c["source"]][1] += c["n"] if c["campaign_id"] is None else 0
+    # ordered as the database orders them: campaign, then kind, nulls last
+    for (cid, kind), (n, valued) in sorted(vk.items(), key=lambda x: _nulls_last(x[0])):
+        r = {"campaign_id": cid, "kind": kind, "n": n, "valued": valued}
         missing = r["n"] - r["valued"]
         if r["valued"] > 0 and missing / r["n"] > opt["max_missing_value_share"]:
             findings.append(
@@ -340,10 +347,8 @@ def label_completeness(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Findin
                     {"kind": r["kind"], "missing_value": int(missing), "rows": int(r["n"])},
                 )
             )
-    by = conv.group_by(source=conv.source).aggregate(
-        n=conv.count(), unattributed=conv.attributed_campaign_id.isnull().sum()
-    )
-    for r in by.to_pyarrow().to_pylist():
+    for source, (n, unattributed) in sorted(by_source.items(), key=lambda x: _nulls_last(x[:1])):
+        r = {"source": source, "n": n, "unattributed": unattributed}
         if r["n"] and r["unattributed"] / r["n"] > opt["max_unattributed_share"]:
             findings.append(
                 Finding(
@@ -363,9 +368,36 @@ def label_completeness(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Findin
     return findings
 
 
+def _nulls_last(key: tuple[Any, ...]) -> tuple[tuple[bool, Any], ...]:
+    """A sort key ordering ``key``'s values ascending with ``None`` last (as SQL's ``ORDER
+    BY`` does by default).
+
+    >>> sorted([("b",), (None,), ("a",)], key=_nulls_last)
+    [('a',), ('b',), (None,)]
+    """
+    return tuple((v is None, "" if v is None else v) for v in key)
+
+
+def _conversion_cells(ctx: CheckContext) -> list[dict[str, Any]]:
+    """Conversions counted by attributed campaign, kind and source (``n``, ``valued``): one
+    grouping of the attributed conversions that label completeness and the feedback depth
+    both sum (cached on ``ctx``)."""
+    if "conversion_cells" not in ctx.cache:
+        conv = ctx.conversions
+        ctx.cache["conversion_cells"] = (
+            conv.group_by(
+                campaign_id=conv.attributed_campaign_id, kind=conv.kind, source=conv.source
+            )
+            .aggregate(n=conv.count(), valued=conv.value.notnull().sum())
+            .to_pyarrow()
+            .to_pylist()
+        )
+    cells: list[dict[str, Any]] = ctx.cache["conversion_cells"]
+    return cells
+
+
 def _feedback_depth(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding]:
     """Per campaign: how far down the funnel its outcomes are known."""
-    conv = ctx.conversions
     crm = ctx.table("crm")
     rec = crm_record_campaigns(ctx.ws, ctx.cutoff)
     terminal = crm.filter(crm.stage.isin(["won", "lost"])).select("record_id").distinct()
@@ -388,13 +420,10 @@ def _feedback_depth(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding]:
         .to_pyarrow()
         .to_pylist()
     }
-    conv_stats = {
-        x["campaign_id"]: x
-        for x in conv.group_by(campaign_id=conv.attributed_campaign_id)
-        .aggregate(n=conv.count(), valued=conv.value.notnull().sum())
-        .to_pyarrow()
-        .to_pylist()
-    }
+    conv_stats: dict[Any, dict[str, int]] = defaultdict(lambda: {"n": 0, "valued": 0})
+    for c in _conversion_cells(ctx):
+        conv_stats[c["campaign_id"]]["n"] += c["n"]
+        conv_stats[c["campaign_id"]]["valued"] += c["valued"]
     out = []
     for cid in ctx.campaigns:
         cs, rs = conv_stats.get(cid), crm_stats.get(cid)
