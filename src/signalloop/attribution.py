@@ -8,6 +8,9 @@ touchpoint at or before the conversion. Conversions none of these reach stay una
 
 from __future__ import annotations
 
+import itertools
+import json
+from datetime import datetime
 from typing import Any
 
 import duckdb
@@ -399,12 +402,37 @@ def crm_record_campaigns(
         if cutoff is None:
             return stored
         edge = ibis.literal(cutoff) - ibis.interval(hours=1)
-        recent = stored.filter((stored.first_ts >= edge) & (stored.first_ts < cutoff))
-        rows = ws.table("crm")
-        rows = rows.filter((rows.ts < cutoff) & rows.record_id.isin(recent.record_id))
-        live = _record_campaigns(ws, cutoff, crm=rows, narrow=True)
-        return stored.filter(stored.first_ts < edge).union(live)
+        return stored.filter(stored.first_ts < edge).union(_live_records(ws, cutoff, stored))
     return _record_campaigns(ws, cutoff, crm=crm, conversions=conversions, touchpoints=touchpoints)
+
+
+_LIVE_IDS = itertools.count(1)
+
+
+def _live_records(ws: Workspace, cutoff: Any, stored: Any) -> Any:
+    """The campaigns of the records begun within the hour before ``cutoff``, derived again
+    from the rows cut there: computed once into a small in-memory table (a few hundred
+    records a day) instead of inside every query that reads the records. Deriving them reads
+    their users' touchpoints, a pass over the history's user ids that a run's checks would
+    otherwise repeat in each query (about 0.9 s each at 1,000 campaigns). Remembered per
+    workspace for the last cutoff and attribution state."""
+    edge = ibis.literal(cutoff) - ibis.interval(hours=1)
+    recent = stored.filter((stored.first_ts >= edge) & (stored.first_ts < cutoff))
+    rows = ws.table("crm")
+    rows = rows.filter((rows.ts < cutoff) & rows.record_id.isin(recent.record_id))
+    live = _record_campaigns(ws, cutoff, crm=rows, narrow=True)
+    if not isinstance(cutoff, datetime):  # an expression: nothing to remember it by
+        return live
+    key = (cutoff.isoformat(), json.dumps(ws.read_meta(_STATE_KEY), sort_keys=True))
+    memo: dict[tuple[str, str], Any] = getattr(ws, "_live_records", {})
+    if key not in memo:
+        # a temporary table, not an in-memory arrow one (DuckDB pushes join filters into
+        # those that arrow scans cannot take), under its own name: an expression built for
+        # an earlier cutoff keeps reading its own rows
+        name = f"_live_records_{next(_LIVE_IDS)}"
+        memo = {key: ws.ibis.create_table(name, live.to_pyarrow(), temp=True)}
+        ws._live_records = memo  # type: ignore[attr-defined]
+    return memo[key]
 
 
 def _record_campaigns(
