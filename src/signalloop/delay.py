@@ -250,8 +250,41 @@ class DelayData:
         return out
 
     def pooled(self) -> DelayData:
-        """Every group merged into one (the account)."""
-        return self._filtered(lambda idx: np.ones(len(idx), bool), ("(account)",))
+        """Every group merged into one (the account), identical buckets summed.
+
+        The likelihood only depends on each distinct bucket's count, so summing them changes
+        nothing but the work: a thousand campaigns' hourly cohorts share the same few
+        thousand elapsed times.
+
+        >>> events = ([0, 1, 1], [0.0, 0.0, 1.0], [1.0, 1.0, 2.0], [1, 2, 3])
+        >>> d = DelayData.build(["a", "b"], events, ([0, 1], [5.0, 5.0], [7, 8])).pooled()
+        >>> d.event_lo.tolist(), d.event_n.tolist(), d.censor_t.tolist(), d.censor_n.tolist()
+        ([0.0, 1.0], [3.0, 3.0], [5.0], [15.0])
+        """
+
+        def merged(keys: list[FloatArray], n: FloatArray) -> list[FloatArray]:
+            if not len(n):
+                return [*keys, n]
+            order = np.lexsort(keys[::-1])
+            sk = [k[order] for k in keys]
+            new = np.ones(len(n), bool)
+            new[1:] = np.any([k[1:] != k[:-1] for k in sk], axis=0)
+            starts = np.flatnonzero(new)
+            return [*(k[starts] for k in sk), _f64(np.add.reduceat(n[order], starts))]
+
+        e = merged([self.event_lo, self.event_hi], self.event_n)
+        c = merged([self.censor_t], self.censor_n)
+        o = merged([self.competing_lo, self.competing_hi], self.competing_n)
+        return DelayData(
+            ("(account)",),
+            np.zeros(len(e[0]), np.int64),
+            *e,
+            np.zeros(len(c[0]), np.int64),
+            *c,
+            np.zeros(len(o[0]), np.int64),
+            *o,
+            unit=self.unit,
+        )
 
     def _filtered(self, keep: Any, groups: tuple[str, ...]) -> DelayData:
         e, c, o = keep(self.event_group), keep(self.censor_group), keep(self.competing_group)
