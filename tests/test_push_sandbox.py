@@ -803,7 +803,7 @@ def test_search_pages_orders_and_limits(client: httpx.Client) -> None:
 @pytest.mark.parametrize(
     ("query", "code"),
     [
-        ("SELECT campaign.id FROM campaign", "BAD_RESOURCE_TYPE_IN_FROM_CLAUSE"),
+        ("SELECT keyword_view.resource_name FROM keyword_view", "BAD_RESOURCE_TYPE_IN_FROM_CLAUSE"),
         ("SELECT bidding_data_exclusion.colour FROM bidding_data_exclusion", "UNRECOGNIZED_FIELD"),
         (
             "SELECT campaign.id FROM bidding_data_exclusion",

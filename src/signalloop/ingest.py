@@ -16,7 +16,10 @@ sit whole in Python memory:
 4. **De-duplicate** by the kind's natural key: copies inside the file are folded to one (and
    counted in ``duplicates``), rows already in the workspace are skipped, so ingesting the
    same rows again adds nothing. A file whose content was already ingested the same way is
-   skipped outright.
+   skipped outright. With ``restate=True`` (a platform pull, whose recent days the platform
+   restates) a row whose key is stored with other values *replaces* the stored row instead,
+   and is counted and described in ``rows_restated`` / ``restated``; identical rows are still
+   skipped, and the whole-file shortcut is off (the same file may need to restate back).
 
 Line numbers count the header as line 1, one line per record (a quoted field holding a
 newline does not start a new line); in Parquet files ``line`` is the 1-based row.
@@ -59,6 +62,12 @@ class IngestResult:
     rows_quarantined: int = 0
     rows_existing: int = 0
     rows_folded: int = 0
+    #: Rows that replaced a stored row of the same key with other values (``restate=True``).
+    rows_restated: int = 0
+    #: Columns that changed, with the number of restated rows each changed in.
+    restated_columns: dict[str, int] = field(default_factory=dict)
+    #: The first restated rows (up to 20): their key and each changed column's old and new value.
+    restated: list[dict[str, Any]] = field(default_factory=list)
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
     attributes: list[str] = field(default_factory=list)
     message: str = ""
@@ -124,6 +133,8 @@ def ingest_file(
     report_date: date | None = None,
     now: datetime | None = None,
     progress: Progress | None = None,
+    restate: bool = False,
+    label: str | None = None,
 ) -> IngestResult:
     """Ingest one file of ``kind`` into the workspace.
 
@@ -145,7 +156,18 @@ def ingest_file(
         Reference time for "in the future" checks (default: the current UTC time).
     progress
         Called with a label and a fraction (or ``None``) as the work proceeds.
+    restate
+        Replace a stored row whose natural key matches but whose values differ (a platform
+        restating a day) instead of skipping it; DuckDB workspaces only.
+    label
+        What the ingest log, quarantine and duplicates name as the file (default its path):
+        a pull names its source (``pull:meta:act_1:2026-01-01..2026-01-28``).
     """
+    if restate and ws.backend != "duckdb":
+        raise UsageError(
+            f"restating rows needs a DuckDB workspace; this one is on {ws.backend}: pull into "
+            "a DuckDB workspace, or export and ingest the rows"
+        )
     if ws.backend != "duckdb":  # validate in DuckDB, then append on the backend
         from signalloop import backends
 
@@ -170,14 +192,15 @@ def ingest_file(
         prof = _with_constant(prof, "date", report_date.isoformat())
     digest, fingerprint, size = _fingerprint(p, kind, prof)
     con = ws.con
+    name = label or str(p)
     seen = con.execute(
         "SELECT ingest_id, started_at FROM ingest_log WHERE fingerprint = ? AND status = 'ok' "
         "ORDER BY ingest_id LIMIT 1",
         [fingerprint],
     ).fetchone()
-    if seen is not None:
+    if seen is not None and not restate:
         return IngestResult(
-            file=str(p),
+            file=name,
             kind=kind,
             profile=prof.name,
             status="skipped",
@@ -190,7 +213,7 @@ def ingest_file(
     now_sql = f"TIMESTAMP {quote_literal(now_dt.strftime('%Y-%m-%d %H:%M:%S'))}"
     next_id = con.execute("SELECT coalesce(max(ingest_id), 0) + 1 FROM ingest_log").fetchone()
     ingest_id = int(next_id[0]) if next_id else 1
-    label = p.name
+    label = label or p.name
 
     def log(status: str, counts: dict[str, int], message: str) -> None:
         con.execute(
@@ -200,7 +223,7 @@ def ingest_file(
                 ingest_id,
                 started_at,
                 kind,
-                str(p),
+                name,
                 digest,
                 size,
                 fingerprint,
@@ -234,9 +257,9 @@ def ingest_file(
             notes.append(
                 f"--date ignored: the file has its own date column {plan.sources['date']!r}"
             )
-        counts = _set_aside(con, spec, src, p, ingest_id)
+        counts = _set_aside(con, spec, src, name, ingest_id)
         with ws.transaction():
-            counts.update(_land(con, spec, src, p, ingest_id))
+            counts.update(_land(con, spec, src, name, ingest_id, restate=restate))
             log("ok", counts, "; ".join(notes))
             reasons = dict(
                 con.execute(
@@ -252,8 +275,9 @@ def ingest_file(
         _drop_staging(con)
     if progress is not None:
         progress(f"done {label}", 1.0)
+    restated_info: dict[str, Any] = counts.pop("restated_info", {})  # type: ignore[assignment]
     return IngestResult(
-        file=str(p),
+        file=name,
         kind=kind,
         profile=prof.name,
         status="ok",
@@ -263,6 +287,9 @@ def ingest_file(
         rows_quarantined=counts["quarantined"],
         rows_existing=counts["existing"],
         rows_folded=counts["folded"],
+        rows_restated=counts.get("restated", 0),
+        restated_columns=restated_info.get("columns", {}),
+        restated=restated_info.get("sample", []),
         quarantine_reasons={str(k): int(v) for k, v in reasons.items()},
         attributes=list(plan.attributes),
         message="; ".join(notes),
@@ -277,14 +304,14 @@ def _with_constant(profile: Profile, column: str, value: str) -> Profile:
 
 
 def _set_aside(
-    con: duckdb.DuckDBPyConnection, kind: Kind, src: StagedFile, path: Path, ingest_id: int
+    con: duckdb.DuckDBPyConnection, kind: Kind, src: StagedFile, path: str, ingest_id: int
 ) -> dict[str, int]:
     """Collect this file's quarantine rows into ``_quar``, then free the staged raw text.
 
     Runs before the landing transaction, so that the raw staging table (as large as the
     file) is gone before the rows are written to the store.
     """
-    file = quote_literal(str(path))
+    file = quote_literal(path)
     kind_lit = quote_literal(kind.name)
     parts = []
     if src.rejects:
@@ -348,10 +375,16 @@ def _drop_staging(con: duckdb.DuckDBPyConnection, keep: tuple[str, ...] = ()) ->
 
 
 def _land(
-    con: duckdb.DuckDBPyConnection, kind: Kind, src: StagedFile, path: Path, ingest_id: int
-) -> dict[str, int]:
+    con: duckdb.DuckDBPyConnection,
+    kind: Kind,
+    src: StagedFile,
+    path: str,
+    ingest_id: int,
+    *,
+    restate: bool = False,
+) -> dict[str, Any]:
     """Write quarantine, folded duplicates and the new good rows (inside a transaction)."""
-    file = quote_literal(str(path))
+    file = quote_literal(path)
     con.execute("INSERT INTO quarantine SELECT * FROM _quar")
     keys = ", ".join(quote_ident(k) for k in kind.key)
     key_str = " || chr(31) || ".join(
@@ -381,6 +414,10 @@ def _land(
     good = _scalar(con, f"SELECT count(*) FROM {good_src}")
     target = quote_ident(kind.name)
     before = _scalar(con, f"SELECT count(*) FROM {target}")
+    restated: dict[str, Any] = {}
+    if restate and before:
+        restated = _restate(con, kind, target, good_src)
+        before -= restated.get("rows", 0)
     cols = ", ".join(quote_ident(c) for c in kind.names)
     select = f"SELECT {cols}, attrs, {ingest_id} FROM {good_src} g"
     if before:  # skip rows whose natural key is already in the store
@@ -394,8 +431,65 @@ def _land(
         con.execute(f"INSERT INTO {target} ({cols}, attrs, _ingest_id) {select}")
     finally:
         con.execute("SET preserve_insertion_order = true")
-    loaded = _scalar(con, f"SELECT count(*) FROM {target}") - before
-    return {"loaded": loaded, "existing": good - loaded, "folded": folded}
+    inserted = _scalar(con, f"SELECT count(*) FROM {target}") - before
+    n_restated = int(restated.get("rows", 0))
+    return {
+        "loaded": inserted - n_restated,
+        "existing": good - inserted,
+        "folded": folded,
+        "restated": n_restated,
+        "restated_info": restated,
+    }
+
+
+def _restate(
+    con: duckdb.DuckDBPyConnection, kind: Kind, target: str, good_src: str
+) -> dict[str, Any]:
+    """Delete the stored rows that a good row of the file restates (same natural key, other
+    values), so the insert that follows lands the new ones; what changed, for the report."""
+    match = " AND ".join(
+        f"t.{quote_ident(k)} IS NOT DISTINCT FROM g.{quote_ident(k)}" for k in kind.key
+    )
+    values = [c for c in kind.names if c not in kind.key] + ["attrs"]
+    diff = " OR ".join(f"t.{quote_ident(c)} IS DISTINCT FROM g.{quote_ident(c)}" for c in values)
+    changes = ", ".join(
+        f"CASE WHEN t.{quote_ident(c)} IS DISTINCT FROM g.{quote_ident(c)} THEN "
+        f"struct_pack(col := {quote_literal(c)}, old := CAST(t.{quote_ident(c)} AS VARCHAR), "
+        f"new := CAST(g.{quote_ident(c)} AS VARCHAR)) END"
+        for c in values
+    )
+    keys = ", ".join(f"CAST(g.{quote_ident(k)} AS VARCHAR) AS {quote_ident(k)}" for k in kind.key)
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _restated AS SELECT t.rowid AS _rid, g._rec AS _rec, "
+        f"{keys}, list_filter([{changes}], x -> x IS NOT NULL) AS changed "
+        f"FROM {target} t JOIN {good_src} g ON {match} WHERE {diff}"
+    )
+    try:
+        n = _scalar(con, "SELECT count(*) FROM _restated")
+        if not n:
+            return {}
+        columns = dict(
+            con.execute(
+                "SELECT c.col, count(*) FROM (SELECT unnest(changed) AS c FROM _restated) "
+                "GROUP BY 1 ORDER BY 2 DESC, 1"
+            ).fetchall()
+        )
+        key_cols = ", ".join(quote_ident(k) for k in kind.key)
+        sample = []
+        for row in con.execute(
+            f"SELECT {key_cols}, changed FROM _restated ORDER BY _rec LIMIT 20"
+        ).fetchall():
+            item: dict[str, Any] = {k: v for k, v in zip(kind.key, row[:-1], strict=True)}
+            item["changed"] = {c["col"]: [c["old"], c["new"]] for c in row[-1]}
+            sample.append(item)
+        con.execute(f"DELETE FROM {target} WHERE rowid IN (SELECT _rid FROM _restated)")
+        return {
+            "rows": n,
+            "columns": {str(k): int(v) for k, v in columns.items()},
+            "sample": sample,
+        }
+    finally:
+        con.execute("DROP TABLE IF EXISTS _restated")
 
 
 def _scalar(con: duckdb.DuckDBPyConnection, sql: str) -> int:

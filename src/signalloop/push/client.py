@@ -54,7 +54,7 @@ class Reply:
 
 
 class Client:
-    """POST JSON with retries.
+    """POST JSON (or GET) with retries.
 
     Parameters
     ----------
@@ -122,18 +122,58 @@ class Client:
         form: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         retry_network: bool = True,
+        retry_if: Callable[[Reply], bool] | None = None,
     ) -> Reply:
         """POST and retry what is worth retrying; never raises for an HTTP or network failure.
 
         ``retry_network=False`` for a request the platform does not deduplicate (creating a
         resource): an answer lost on the way back may mean it was done, and the caller
-        reconciles instead of sending it twice.
+        reconciles instead of sending it twice. ``retry_if`` marks further answers as worth
+        another try (a platform's throttling error sent with a 400, say).
         """
+        return self._request(
+            "POST",
+            url,
+            json_body=json_body,
+            form=form,
+            headers=headers,
+            retry_network=retry_network,
+            retry_if=retry_if,
+        )
+
+    def get(
+        self,
+        url: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        retry_if: Callable[[Reply], bool] | None = None,
+    ) -> Reply:
+        """GET with the same retries as :meth:`post` (a read is always safe to repeat).
+
+        ``params`` are the query string: never put a credential there (it ends up in logs).
+        """
+        return self._request("GET", url, params=params, headers=headers, retry_if=retry_if)
+
+    def _request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json_body: Mapping[str, Any] | None = None,
+        form: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        retry_network: bool = True,
+        retry_if: Callable[[Reply], bool] | None = None,
+    ) -> Reply:
         attempt = 0
         while True:
             try:
-                r = self._client().post(
+                r = self._client().request(
+                    method,
                     url,
+                    params=dict(params) if params is not None else None,
                     json=dict(json_body) if json_body is not None else None,
                     data=dict(form) if form is not None else None,
                     headers=dict(headers or {}),
@@ -152,7 +192,8 @@ class Client:
                 if not reply.ok:
                     reply.error = error_message(body) or f"HTTP {r.status_code}"
                 retry_after = r.headers.get("retry-after")
-            if reply.status not in RETRY_STATUSES and reply.status != 0:
+            extra = retry_if is not None and reply.status != 0 and retry_if(reply)
+            if reply.status not in RETRY_STATUSES and reply.status != 0 and not extra:
                 return reply
             if reply.status == 0 and not retry_network:
                 return reply

@@ -86,6 +86,21 @@ class _Core:
     _next_exclusion_id: int
     _page_tokens: dict[str, tuple[str, str, int]]
     search_page_size: int
+    # Delivery (issue 15's pulls): (platform, account) -> {(date, campaign, adset, ad): row}
+    _delivery: dict[tuple[str, str], dict[tuple[str, str, str, str], dict[str, Any]]]
+    _currencies: dict[tuple[str, str], str]
+    stream_batch_size: int
+    _broken_streams: int
+    # Meta Insights
+    meta_ad_accounts: frozenset[str] | None
+    meta_action_type: str
+    meta_attribution_setting: str
+    insights_page_size: int
+    insights_sync_max_rows: int
+    async_polls: int
+    _report_jobs: dict[str, dict[str, Any]]
+    _next_report_id: int
+    _failing_reports: int
 
     # ---- the server clock ------------------------------------------------------------------
 

@@ -1,8 +1,22 @@
-"""The GAQL subset and ``POST /{version}/customers/{cid}/googleAds:search``.
+"""The GAQL subset, ``googleAds:search`` and ``googleAds:searchStream``.
 
-``googleAds:search``: see :func:`parse_gaql`; rows as ``{"biddingDataExclusion": {...}}`` in
-proto3 JSON (int64 as strings, empty fields and an empty ``results`` omitted), pages of
-``search_page_size`` rows with ``nextPageToken``.
+``POST /{version}/customers/{cid}/googleAds:search``: see :func:`parse_gaql`; rows as
+``{"biddingDataExclusion": {...}}`` (or ``{"campaign": {...}, "adGroup": {...}, "metrics":
+{...}, "segments": {...}}``) in proto3 JSON (int64 as strings, doubles as numbers, empty fields
+and an empty ``results`` omitted), pages of ``search_page_size`` rows with ``nextPageToken``.
+
+``POST /{version}/customers/{cid}/googleAds:searchStream``: the same rows as a JSON array of
+``SearchGoogleAdsStreamResponse`` batches (``results``, ``fieldMask``, ``requestId``) of
+``stream_batch_size`` rows, no paging (googleapis ``google_ads_service.proto``: confirmed).
+
+Rules enforced on the delivery reports (``ad_group``, ``campaign``; the rows
+:meth:`~signalloop.push.sandbox.Sandbox.load_delivery` stored): a field of a resource the
+``FROM`` resource cannot be selected with answers ``PROHIBITED_RESOURCE_TYPE_IN_SELECT_CLAUSE``,
+an unknown one ``UNRECOGNIZED_FIELD``; selecting ``segments.date`` without a condition on it
+answers ``EXPECTED_FILTERS_ON_DATE_RANGE`` (QueryError enum: confirmed); without
+``segments.date`` the metrics are summed over the filtered dates. ``metrics.cost_micros`` is the
+cost in millionths of the account currency (PLATFORMS.md). Conditions on metrics filter the
+daily rows before they are summed (a simplification of the API).
 """
 
 from __future__ import annotations
@@ -15,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from signalloop.push.sandbox.common import _DIGITS, Payload, _camel, _Core
-from signalloop.push.sandbox.google_errors import _gerr, _google_error, _normalised
+from signalloop.push.sandbox.google_errors import _gerr, _google_error, _normalised, _ShapeError
 
 
 @dataclass(frozen=True)
@@ -246,28 +260,95 @@ def _gaql_match(actual: Any, op: str, expected: Any) -> bool:
     raise GaqlError("BAD_OPERATOR", f"Invalid operator {op!r}.")
 
 
-#: GAQL resources the sandbox serves: resource -> (JSON key of a row, field -> JSON key).
-#: Issue 15's pulls add their resources here.
-GAQL_RESOURCES: dict[str, tuple[str, dict[str, str]]] = {
-    "bidding_data_exclusion": (
-        "biddingDataExclusion",
-        {
-            f: _camel(f)
-            for f in (
-                "resource_name",
-                "data_exclusion_id",
-                "scope",
-                "status",
-                "start_date_time",
-                "end_date_time",
-                "name",
-                "description",
-                "devices",
-                "campaigns",
-                "advertising_channel_types",
-            )
-        },
-    )
+@dataclass(frozen=True)
+class GaqlField:
+    """Where a GAQL field sits in a result row: ``row[obj][key]``, and its proto3 JSON kind
+    (``int64`` values travel as strings, ``double`` as numbers)."""
+
+    obj: str
+    key: str
+    kind: str = "string"  # "string" | "int64" | "double" | "enum" | "date" | "list"
+
+
+def _fields(prefix: str, names: dict[str, str]) -> dict[str, GaqlField]:
+    obj = _camel(prefix)
+    return {f"{prefix}.{n}": GaqlField(obj, _camel(n), kind) for n, kind in names.items()}
+
+
+_CAMPAIGN = _fields(
+    "campaign", {"resource_name": "string", "id": "int64", "name": "string", "status": "enum"}
+)
+_AD_GROUP = _fields(
+    "ad_group",
+    {
+        "resource_name": "string",
+        "id": "int64",
+        "name": "string",
+        "status": "enum",
+        "campaign": "string",
+    },
+)
+_CUSTOMER = _fields(
+    "customer",
+    {
+        "resource_name": "string",
+        "id": "int64",
+        "currency_code": "string",
+        "time_zone": "string",
+        "descriptive_name": "string",
+    },
+)
+_SEGMENTS = _fields("segments", {"date": "date"})
+_METRICS = _fields(
+    "metrics",
+    {
+        "impressions": "int64",
+        "clicks": "int64",
+        "cost_micros": "int64",
+        "conversions": "double",
+        "conversions_value": "double",
+    },
+)
+
+
+@dataclass(frozen=True)
+class GaqlResource:
+    """A resource ``FROM`` may name: the fields a query on it may select (its own and those of
+    its attributed resources, segments and metrics), and the fields that identify one of its
+    rows (metrics are summed over the rest when ``segments.date`` is not selected)."""
+
+    fields: dict[str, GaqlField]
+    keys: tuple[str, ...] = ()
+
+
+#: GAQL resources the sandbox serves. ``ad_group`` and ``campaign`` are the delivery reports
+#: (issue 15's pulls) over the rows :meth:`Sandbox.load_delivery` stored.
+GAQL_RESOURCES: dict[str, GaqlResource] = {
+    "bidding_data_exclusion": GaqlResource(
+        _fields(
+            "bidding_data_exclusion",
+            {
+                "resource_name": "string",
+                "data_exclusion_id": "int64",
+                "scope": "enum",
+                "status": "enum",
+                "start_date_time": "string",
+                "end_date_time": "string",
+                "name": "string",
+                "description": "string",
+                "devices": "list",
+                "campaigns": "list",
+                "advertising_channel_types": "list",
+            },
+        )
+    ),
+    "ad_group": GaqlResource(
+        {**_AD_GROUP, **_CAMPAIGN, **_CUSTOMER, **_SEGMENTS, **_METRICS},
+        keys=("ad_group.id",),
+    ),
+    "campaign": GaqlResource(
+        {**_CAMPAIGN, **_CUSTOMER, **_SEGMENTS, **_METRICS}, keys=("campaign.id",)
+    ),
 }
 
 
@@ -281,63 +362,77 @@ _SEARCH_FIELDS = {
     "summaryRowSetting": str,
     "searchSettings": dict,
 }
+_STREAM_FIELDS = {"customerId": str, "query": str, "summaryRowSetting": str}
 
 
 class _GaqlSearch(_Core):
-    """``googleAds:search`` over the sandbox's own state (:data:`GAQL_RESOURCES`)."""
+    """``googleAds:search`` and ``googleAds:searchStream`` over the sandbox's own state
+    (:data:`GAQL_RESOURCES`)."""
 
-    def _search(self, version: str, cid: str, payload: Any) -> Payload:
-        req = _normalised(payload, _SEARCH_FIELDS, "")
-        text = req.get("query")
+    def _query(self, version: str, cid: str, text: Any) -> tuple[GaqlQuery, list[dict[str, Any]]]:
+        """Parse and run a query: its rows (full field name -> value); an error answer is
+        raised as :class:`_ShapeError`."""
         if not text:
             msg = "The required field was not present: query."
-            return _google_error(
-                400, msg, [_gerr("fieldError", "REQUIRED", msg, [{"fieldName": "query"}])], version
+            raise _ShapeError(
+                _google_error(
+                    400,
+                    msg,
+                    [_gerr("fieldError", "REQUIRED", msg, [{"fieldName": "query"}])],
+                    version,
+                )
             )
 
-        def query_error(code: str, msg: str) -> Payload:
-            return _google_error(400, msg, [_gerr("queryError", code, msg)], version)
+        def query_error(code: str, msg: str) -> _ShapeError:
+            return _ShapeError(_google_error(400, msg, [_gerr("queryError", code, msg)], version))
 
         try:
             q = parse_gaql(text)
         except GaqlError as exc:
-            return query_error(exc.code, str(exc))
+            raise query_error(exc.code, str(exc)) from None
         spec = GAQL_RESOURCES.get(q.resource)
         if spec is None:
-            return query_error(
+            raise query_error(
                 "BAD_RESOURCE_TYPE_IN_FROM_CLAUSE",
                 f"Invalid resource type {q.resource!r} in the FROM clause (the sandbox serves "
                 f"{', '.join(sorted(GAQL_RESOURCES))}).",
             )
-        row_key, fields = spec
         for name in (*q.fields, *(c[0] for c in q.conditions), *(o[0] for o in q.order_by)):
-            prefix, _, attr = name.partition(".")
-            if prefix != q.resource:
-                return query_error(
-                    "PROHIBITED_RESOURCE_TYPE_IN_SELECT_CLAUSE",
-                    f"A field that comes from an incompatible resource was included: {name}.",
-                )
-            if attr not in fields:
-                return query_error(
+            if name not in spec.fields:
+                prefix = name.partition(".")[0]
+                if not any(f.startswith(prefix + ".") for f in spec.fields):
+                    raise query_error(
+                        "PROHIBITED_RESOURCE_TYPE_IN_SELECT_CLAUSE",
+                        f"A field that comes from an incompatible resource was included: {name}.",
+                    )
+                raise query_error(
                     "UNRECOGNIZED_FIELD", f"Unrecognized field in the query: '{name}'."
                 )
+        if "segments.date" in q.fields and not any(c[0] == "segments.date" for c in q.conditions):
+            raise query_error(
+                "EXPECTED_FILTERS_ON_DATE_RANGE",
+                "Missing filters on date related fields: a query that selects segments.date "
+                "must filter it to a finite date range.",
+            )
         rows = self._gaql_rows(q.resource, cid)
         try:
             rows = [
-                r
-                for r in rows
-                if all(
-                    _gaql_match(r.get(fields[c[0].partition(".")[2]]), c[1], c[2])
-                    for c in q.conditions
-                )
+                r for r in rows if all(_gaql_match(r.get(c[0]), c[1], c[2]) for c in q.conditions)
             ]
+            if spec.keys and "segments.date" not in q.fields:
+                rows = _summed(rows, spec.keys)
             for name, desc in reversed(q.order_by):
-                key = fields[name.partition(".")[2]]
-                rows.sort(key=_row_sort_key(key), reverse=desc)
+                rows.sort(key=_row_sort_key(name), reverse=desc)
         except GaqlError as exc:
-            return query_error(exc.code, str(exc))
+            raise query_error(exc.code, str(exc)) from None
         if q.limit is not None:
             rows = rows[: q.limit]
+        return q, rows
+
+    def _search(self, version: str, cid: str, payload: Any) -> Payload:
+        req = _normalised(payload, _SEARCH_FIELDS, "")
+        text = str(req.get("query") or "")
+        q, rows = self._query(version, cid, text)
         offset = 0
         token = req.get("pageToken")
         if token:
@@ -350,20 +445,11 @@ class _GaqlSearch(_Core):
                 )
             offset = saved[2]
         page = rows[offset : offset + self.search_page_size]
-        selected = [
-            "resource_name",
-            *(f.partition(".")[2] for f in q.fields if f.partition(".")[2] != "resource_name"),
-        ]
         out: dict[str, Any] = {}
-        results = []
-        for r in page:
-            item = {
-                fields[a]: r[fields[a]] for a in selected if r.get(fields[a]) not in (None, "", [])
-            }
-            results.append({row_key: item})
+        results = [_result_row(q, r) for r in page]
         if results:
             out["results"] = results
-        out["fieldMask"] = ",".join(f"{row_key}.{fields[f.partition('.')[2]]}" for f in q.fields)
+        out["fieldMask"] = _field_mask(q)
         if offset + self.search_page_size < len(rows):
             nxt = secrets.token_urlsafe(16)
             with self._lock:
@@ -373,16 +459,137 @@ class _GaqlSearch(_Core):
             out["totalResultsCount"] = str(len(rows))
         return 200, out
 
-    def _gaql_rows(self, resource: str, cid: str) -> list[dict[str, Any]]:
+    def _search_stream(self, version: str, cid: str, payload: Any) -> tuple[int, Any]:
+        """``searchStream``: a JSON array of batches (``results``, ``fieldMask``,
+        ``requestId``), every row of the query, no page tokens. A broken stream
+        (:meth:`Sandbox.break_next_stream`) ends with an ``{"error": ...}`` element after its
+        first batch, as a stream that failed midway does."""
+        req = _normalised(payload, _STREAM_FIELDS, "")
+        q, rows = self._query(version, cid, req.get("query"))
+        size = self.stream_batch_size
+        batches: list[dict[str, Any]] = []
+        for i in range(0, max(len(rows), 1), size):
+            batch: dict[str, Any] = {}
+            chunk = rows[i : i + size]
+            if chunk:
+                batch["results"] = [_result_row(q, r) for r in chunk]
+            batch["fieldMask"] = _field_mask(q)
+            batch["requestId"] = secrets.token_urlsafe(12)
+            batches.append(batch)
         with self._lock:
-            if resource == "bidding_data_exclusion":
-                prefix = f"customers/{cid}/"
-                return [
+            broken = self._broken_streams > 0
+            if broken:
+                self._broken_streams -= 1
+        if broken:
+            msg = "Internal error encountered."
+            _, err = _google_error(
+                500, msg, [_gerr("internalError", "INTERNAL_ERROR", msg)], version
+            )
+            return 200, [*batches[:1], err]
+        return 200, batches
+
+    def _gaql_rows(self, resource: str, cid: str) -> list[dict[str, Any]]:
+        """Every row of ``resource`` for the customer, keyed by full field name."""
+        if resource == "bidding_data_exclusion":
+            spec = GAQL_RESOURCES[resource].fields
+            prefix = f"customers/{cid}/"
+            with self._lock:
+                found = [
                     copy.deepcopy(ex)
                     for name, ex in self._exclusions.items()
                     if name.startswith(prefix)
                 ]
-        return []
+            return [{n: ex.get(f.key) for n, f in spec.items()} for ex in found]
+        with self._lock:
+            stored = list(self._delivery.get(("google", cid), {}).values())
+            currency = self._currencies.get(("google", cid))
+        out: dict[tuple[Any, ...], dict[str, Any]] = {}
+        customer = {
+            "customer.resource_name": f"customers/{cid}",
+            "customer.id": cid,
+            "customer.currency_code": currency,
+            "customer.time_zone": str(self.google_time_zone),
+        }
+        for d in stored:
+            camp = {
+                "campaign.resource_name": f"customers/{cid}/campaigns/{d['campaign_id']}",
+                "campaign.id": d["campaign_id"],
+                "campaign.name": d.get("campaign_name"),
+                "campaign.status": "ENABLED",
+            }
+            if resource == "ad_group":
+                key: tuple[Any, ...] = (d["date"], d["campaign_id"], d["adset_id"])
+                own = {
+                    "ad_group.resource_name": f"customers/{cid}/adGroups/{d['adset_id']}",
+                    "ad_group.id": d["adset_id"],
+                    "ad_group.name": d.get("adset_name"),
+                    "ad_group.status": "ENABLED",
+                    "ad_group.campaign": camp["campaign.resource_name"],
+                }
+            else:
+                key, own = (d["date"], d["campaign_id"]), {}
+            row = out.get(key)
+            if row is None:
+                row = out[key] = {
+                    **customer,
+                    **camp,
+                    **own,
+                    "segments.date": d["date"],
+                    **dict.fromkeys(_METRICS, 0),
+                }
+            row["metrics.impressions"] += d["impressions"]
+            row["metrics.clicks"] += d["clicks"]
+            row["metrics.cost_micros"] += round(d["spend"] * 1_000_000)
+            row["metrics.conversions"] += float(d["conversions"])
+            row["metrics.conversions_value"] += float(d["conversion_value"])
+        return [out[k] for k in sorted(out)]
+
+
+def _summed(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Rows summed over the dates (a report without ``segments.date``)."""
+    out: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for r in rows:
+        k = tuple(r.get(x) for x in keys)
+        have = out.get(k)
+        if have is None:
+            out[k] = {**r, "segments.date": None}
+            continue
+        for m in _METRICS:
+            have[m] += r[m]
+    return list(out.values())
+
+
+def _json_value(value: Any, kind: str) -> Any:
+    if kind == "int64":
+        return str(int(value)) if value is not None else None
+    if kind == "double":
+        return float(value) if value is not None else None
+    return value
+
+
+def _result_row(q: GaqlQuery, row: dict[str, Any]) -> dict[str, Any]:
+    """One result in proto3 JSON: nested objects, int64 as strings, empty values omitted; each
+    selected resource's ``resourceName`` is always there, as the API returns it."""
+    spec = GAQL_RESOURCES[q.resource].fields
+    names = list(q.fields)
+    for name in q.fields:
+        prefix = name.partition(".")[0]
+        rn = f"{prefix}.resource_name"
+        if rn in spec and rn not in names:
+            names.insert(0, rn)
+    out: dict[str, Any] = {}
+    for name in names:
+        f = spec[name]
+        value = row.get(name)
+        if value in (None, "", []):
+            continue
+        out.setdefault(f.obj, {})[f.key] = _json_value(value, f.kind)
+    return out
+
+
+def _field_mask(q: GaqlQuery) -> str:
+    spec = GAQL_RESOURCES[q.resource].fields
+    return ",".join(f"{spec[f].obj}.{spec[f].key}" for f in q.fields)
 
 
 def _row_sort_key(key: str) -> Callable[[dict[str, Any]], tuple[bool, Any]]:

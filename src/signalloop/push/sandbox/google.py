@@ -2,7 +2,8 @@
 
 ``POST /{version}/customers/{cid}:uploadClickConversions`` (:mod:`.google_conversions`),
 ``POST /{version}/customers/{cid}/biddingDataExclusions:mutate`` (:mod:`.google_exclusions`),
-``POST /{version}/customers/{cid}/googleAds:search`` (:mod:`.gaql`); error bodies and the
+``POST /{version}/customers/{cid}/googleAds:search`` and ``googleAds:searchStream``
+(:mod:`.gaql`); error bodies and the
 proto3 JSON checks in :mod:`.google_errors`. ``POST /token`` (form
 ``grant_type=refresh_token``) issues access tokens that expire after ``expires_in`` on the
 server clock.
@@ -26,6 +27,7 @@ import re
 import secrets
 from collections.abc import Mapping
 from datetime import timedelta
+from typing import Any
 from urllib.parse import parse_qs
 
 from signalloop.push.sandbox.common import _DIGITS, Payload, _bearer
@@ -39,7 +41,7 @@ ACCESS_TOKEN_LIFETIME = timedelta(seconds=3599)
 
 _GOOGLE_ROUTE = re.compile(
     r"(?P<cid>[^/:]+)(?P<method>:uploadClickConversions|/biddingDataExclusions:mutate"
-    r"|/googleAds:search)"
+    r"|/googleAds:searchStream|/googleAds:search)"
 )
 
 
@@ -75,7 +77,9 @@ class _GoogleApi(_ConversionUploads, _ExclusionMutates, _GaqlSearch):
 
     # ---- Google ----------------------------------------------------------------------------
 
-    def _google(self, version: str, rest: str, headers: Mapping[str, str], body: bytes) -> Payload:
+    def _google(
+        self, version: str, rest: str, headers: Mapping[str, str], body: bytes
+    ) -> tuple[int, Any]:
         route = _GOOGLE_ROUTE.fullmatch(rest)
         if route is None or not re.fullmatch(r"v\d+", version):
             msg = f"The requested URL /{version}/customers/{rest} was not found on this server."
@@ -108,6 +112,8 @@ class _GoogleApi(_ConversionUploads, _ExclusionMutates, _GaqlSearch):
                 return self._upload(version, cid, payload)
             if method == "/biddingDataExclusions:mutate":
                 return self._mutate(version, cid, payload)
+            if method == "/googleAds:searchStream":
+                return self._search_stream(version, cid, payload)
             return self._search(version, cid, payload)
         except _ShapeError as exc:
             return exc.payload

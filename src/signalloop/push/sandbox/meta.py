@@ -101,6 +101,40 @@ def _meta_error(
 class _MetaApi(_Core):
     """The events route: token, pixel, then every event's rules (one bad event rejects all)."""
 
+    def _meta_auth(
+        self, version: str, headers: Mapping[str, str], query: Mapping[str, str], payload: Any
+    ) -> Payload | None:
+        """The token (``Authorization: Bearer``, else ``access_token`` in the query, counted in
+        :attr:`url_tokens`, or the body) and the API version; ``None`` when both are good."""
+        token = _bearer(headers)
+        if "access_token" in query:
+            with self._lock:
+                self._url_tokens += 1
+            token = token or query["access_token"]
+        if isinstance(payload, dict) and isinstance(payload.get("access_token"), str):
+            token = token or payload["access_token"]
+        if not token:
+            return _meta_error(
+                401, "An access token is required to request this resource.", code=190
+            )
+        with self._lock:
+            expired = token in self._expired
+        if expired:
+            stamp = self.now().strftime("%A, %d-%b-%y %H:%M:%S %Z")
+            return _meta_error(
+                401,
+                f"Error validating access token: Session has expired on {stamp}.",
+                code=190,
+                subcode=463,
+            )
+        if token != self.meta_token:
+            return _meta_error(
+                401, "Invalid OAuth access token - Cannot parse access token", code=190
+            )
+        if not re.fullmatch(r"v\d+(\.\d+)?", version):
+            return _meta_error(400, f"Unknown path components: /{version}", code=2500)
+        return None
+
     def _meta(
         self,
         version: str,
@@ -119,34 +153,10 @@ class _MetaApi(_Core):
                 payload = json.loads(body) if body else {}
             except ValueError:
                 unreadable = "The request body is not valid JSON."
-        token = _bearer(headers)
-        if "access_token" in query:
-            with self._lock:
-                self._url_tokens += 1
-            token = token or query["access_token"]
-        if isinstance(payload, dict) and isinstance(payload.get("access_token"), str):
-            token = token or payload["access_token"]
-        if not token:
-            return _meta_error(
-                401, "An access token is required to request this resource.", code=190
-            )
+        denied = self._meta_auth(version, headers, query, payload)
+        if denied is not None:
+            return denied
         now = self.now()
-        with self._lock:
-            expired = token in self._expired
-        if expired:
-            stamp = now.strftime("%A, %d-%b-%y %H:%M:%S %Z")
-            return _meta_error(
-                401,
-                f"Error validating access token: Session has expired on {stamp}.",
-                code=190,
-                subcode=463,
-            )
-        if token != self.meta_token:
-            return _meta_error(
-                401, "Invalid OAuth access token - Cannot parse access token", code=190
-            )
-        if not re.fullmatch(r"v\d+(\.\d+)?", version):
-            return _meta_error(400, f"Unknown path components: /{version}", code=2500)
         if not _DIGITS.fullmatch(pixel_id) or (
             self.pixel_ids is not None and pixel_id not in self.pixel_ids
         ):

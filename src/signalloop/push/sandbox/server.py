@@ -18,28 +18,32 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import logging
+import math
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
-from datetime import datetime, timedelta, tzinfo
+from datetime import date, datetime, timedelta, tzinfo
 from typing import Any
+from urllib.parse import parse_qs
 from zoneinfo import ZoneInfo
 
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from signalloop.push.sandbox.common import Payload, _as_utc
+from signalloop.push.sandbox.common import _as_utc
 from signalloop.push.sandbox.google import _GoogleApi
 from signalloop.push.sandbox.google_conversions import (
     _ACTION_NAME,
     GOOGLE_CLICK_WINDOW,
     GoogleConversion,
 )
-from signalloop.push.sandbox.meta import MetaEvent, _MetaApi
+from signalloop.push.sandbox.insights import _MetaInsights
+from signalloop.push.sandbox.meta import MetaEvent
 from signalloop.push.sandbox.transport import LoggedRequest, _Fault, _Outer
 
 _PLATFORMS = ("meta", "google", "oauth")
@@ -57,7 +61,7 @@ class _Server(uvicorn.Server):
             should_exit = await self.on_tick(counter)
 
 
-class Sandbox(_MetaApi, _GoogleApi):
+class Sandbox(_MetaInsights, _GoogleApi):
     """Meta and Google Ads stand-ins on one local server (see the package docstring).
 
     Parameters
@@ -92,6 +96,22 @@ class Sandbox(_MetaApi, _GoogleApi):
         The Google Ads account's time zone (exclusion times are in it).
     search_page_size
         Rows per ``googleAds:search`` page (Google's REST search pages hold 10,000).
+    stream_batch_size
+        Rows per ``googleAds:searchStream`` batch (Google's hold up to 10,000).
+    meta_ad_accounts
+        Meta ad account ids that exist (digits, without ``act_``); ``None``: any.
+    meta_action_type
+        The ``action_type`` delivery rows' conversions are reported under (the ad sets'
+        optimisation event), unless a row names its own.
+    meta_attribution_setting
+        The ``attribution_setting`` every Insights row reports.
+    insights_page_size
+        Most rows in one Insights page, whatever ``limit`` asks.
+    insights_sync_max_rows
+        Most rows a synchronous Insights read returns; more answers code 1 ("Please reduce
+        the amount of data ..."): use a report job.
+    async_polls
+        Status reads before a report job completes.
 
     Examples
     --------
@@ -121,6 +141,13 @@ class Sandbox(_MetaApi, _GoogleApi):
         click_through_window: timedelta = GOOGLE_CLICK_WINDOW,
         google_time_zone: str | tzinfo = "UTC",
         search_page_size: int = 10_000,
+        stream_batch_size: int = 10_000,
+        meta_ad_accounts: Iterable[str] | None = None,
+        meta_action_type: str = "offsite_conversion.fb_pixel_lead",
+        meta_attribution_setting: str = "7d_click_1d_view",
+        insights_page_size: int = 500,
+        insights_sync_max_rows: int = 5_000,
+        async_polls: int = 2,
     ) -> None:
         self._lock = threading.RLock()
         self._now_value: Callable[[], datetime] | datetime | None = now
@@ -155,6 +182,25 @@ class Sandbox(_MetaApi, _GoogleApi):
         if search_page_size < 1:
             raise ValueError("search_page_size must be at least 1")
         self.search_page_size = search_page_size
+        for name, value in (
+            ("stream_batch_size", stream_batch_size),
+            ("insights_page_size", insights_page_size),
+            ("insights_sync_max_rows", insights_sync_max_rows),
+            ("async_polls", async_polls),
+        ):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1")
+        self.stream_batch_size = stream_batch_size
+        self.meta_ad_accounts = (
+            None
+            if meta_ad_accounts is None
+            else frozenset(str(a).removeprefix("act_") for a in meta_ad_accounts)
+        )
+        self.meta_action_type = meta_action_type
+        self.meta_attribution_setting = meta_attribution_setting
+        self.insights_page_size = insights_page_size
+        self.insights_sync_max_rows = insights_sync_max_rows
+        self.async_polls = async_polls
 
         self._expired: set[str] = set()
         self._faults: list[_Fault] = []
@@ -172,6 +218,12 @@ class Sandbox(_MetaApi, _GoogleApi):
         self._page_tokens: dict[str, tuple[str, str, int]] = {}
         self._url_tokens = 0
         self._tokens_issued = 0
+        self._delivery: dict[tuple[str, str], dict[tuple[str, str, str, str], dict[str, Any]]] = {}
+        self._currencies: dict[tuple[str, str], str] = {}
+        self._broken_streams = 0
+        self._report_jobs: dict[str, dict[str, Any]] = {}
+        self._next_report_id = 1
+        self._failing_reports = 0
 
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -300,6 +352,87 @@ class Sandbox(_MetaApi, _GoogleApi):
             else:
                 raise ValueError(f"platform must be 'meta' or 'google', got {platform!r}")
 
+    def fail_next_report(self, times: int = 1) -> None:
+        """The next ``times`` Meta report jobs end ``Job Failed`` instead of completing."""
+        if times < 1:
+            raise ValueError("times must be at least 1")
+        with self._lock:
+            self._failing_reports += times
+
+    def break_next_stream(self, times: int = 1) -> None:
+        """The next ``times`` ``searchStream`` answers stop after their first batch with an
+        ``{"error": ...}`` element (HTTP 200 already sent), as a stream that fails midway."""
+        if times < 1:
+            raise ValueError("times must be at least 1")
+        with self._lock:
+            self._broken_streams += times
+
+    # ---- delivery (what the pulls read) ----------------------------------------------------
+
+    def load_delivery(
+        self,
+        platform: str,
+        account: str,
+        rows: Iterable[Mapping[str, Any]],
+        *,
+        currency: str | None = None,
+    ) -> int:
+        """Store (or restate) daily delivery rows of one Meta ad account or Google customer.
+
+        Each row: ``date`` (YYYY-MM-DD), ``campaign_id``, ``adset_id`` (Google's ad group),
+        ``ad_id`` (ignored by Google's ad group report), ``impressions``, ``clicks``, ``spend``
+        (account currency) and optional ``conversions``, ``conversion_value``,
+        ``campaign_name``, ``adset_name``, ``ad_name``, ``action_type`` (Meta). A row with
+        the key ``(date, campaign_id, adset_id, ad_id)`` of a stored one replaces it: what a
+        platform restating a recent day looks like to the next pull. Returns the rows stored.
+        """
+        if platform not in ("meta", "google"):
+            raise ValueError(f"platform must be 'meta' or 'google', got {platform!r}")
+        acct = str(account).removeprefix("act_").replace("-", "")
+        n = 0
+        with self._lock:
+            table = self._delivery.setdefault((platform, acct), {})
+            if currency is not None:
+                self._currencies[(platform, acct)] = currency
+            for raw in rows:
+                row = _delivery_row(raw)
+                table[(row["date"], row["campaign_id"], row["adset_id"], row["ad_id"])] = row
+                n += 1
+        return n
+
+    def load_spend(
+        self,
+        rows: Iterable[Mapping[str, Any]],
+        *,
+        meta_account: str = "1000000001",
+        google_customer: str = "1234567890",
+        currency: str = "USD",
+    ) -> dict[str, int]:
+        """Serve canonical ``spend`` rows (the simulator's ``spend.csv``, say) as the platforms
+        would: rows whose ``platform`` is Meta's go to the Meta ad account, Google's to the
+        Google customer, others are left out. Returns the rows stored per platform."""
+        from signalloop.push.settings import GOOGLE_PLATFORMS, META_PLATFORMS
+
+        split: dict[str, list[dict[str, Any]]] = {"meta": [], "google": []}
+        for r in rows:
+            p = str(r.get("platform") or "").strip().lower()
+            target = "meta" if p in META_PLATFORMS else "google" if p in GOOGLE_PLATFORMS else None
+            if target is None:
+                continue
+            split[target].append(
+                {
+                    **r,
+                    "conversions": r.get("platform_conversions") or 0,
+                    "conversion_value": r.get("platform_conversion_value") or 0,
+                }
+            )
+        return {
+            "meta": self.load_delivery("meta", meta_account, split["meta"], currency=currency),
+            "google": self.load_delivery(
+                "google", google_customer, split["google"], currency=currency
+            ),
+        }
+
     def _take_fault(self, platform: str, path: str) -> _Fault | None:
         with self._lock:
             for f in self._faults:
@@ -378,6 +511,32 @@ class Sandbox(_MetaApi, _GoogleApi):
         async def google(version: str, rest: str, request: Request) -> JSONResponse:
             return _json(self._google(version, rest, _headers(request), await request.body()))
 
+        @app.post("/{version}/customers/{rest:path}:searchStream")
+        async def google_stream(version: str, rest: str, request: Request) -> JSONResponse:
+            body = await request.body()
+            return _json(self._google(version, f"{rest}:searchStream", _headers(request), body))
+
+        @app.get("/{version}/{node}/insights")
+        async def insights_get(version: str, node: str, request: Request) -> JSONResponse:
+            return _json(
+                self._meta_insights(
+                    "GET", version, node, _headers(request), _params(request, b""), _url(request)
+                )
+            )
+
+        @app.post("/{version}/{node}/insights")
+        async def insights_post(version: str, node: str, request: Request) -> JSONResponse:
+            params = _params(request, await request.body())
+            return _json(
+                self._meta_insights("POST", version, node, _headers(request), params, _url(request))
+            )
+
+        @app.get("/{version}/{node}")
+        async def report_status(version: str, node: str, request: Request) -> JSONResponse:
+            return _json(
+                self._meta_report_status(version, node, _headers(request), _params(request, b""))
+            )
+
         @app.post("/{version}/{pixel_id}/events")
         async def meta(version: str, pixel_id: str, request: Request) -> JSONResponse:
             query = dict(request.query_params)
@@ -392,6 +551,66 @@ def _headers(request: Request) -> dict[str, str]:
     return {k.lower(): v for k, v in request.headers.items()}
 
 
-def _json(payload: Payload) -> JSONResponse:
+def _json(payload: tuple[int, Any]) -> JSONResponse:
     status, body = payload
     return JSONResponse(body, status_code=status)
+
+
+def _params(request: Request, body: bytes) -> dict[str, str]:
+    """The query string's parameters, then a form or JSON body's (Graph takes either)."""
+    params = dict(request.query_params)
+    if not body:
+        return params
+    if request.headers.get("content-type", "").startswith("application/json"):
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            doc = {}
+        if isinstance(doc, dict):
+            params.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in doc.items()})
+        return params
+    params.update({k: v[-1] for k, v in parse_qs(body.decode("utf-8", "replace")).items()})
+    return params
+
+
+def _url(request: Request) -> str:
+    """The request's URL without its query string."""
+    return str(request.url).split("?", 1)[0]
+
+
+def _delivery_row(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A delivery row, checked and typed (a sandbox's own input: a bad one is a test bug)."""
+
+    def text(key: str, required: bool = False) -> str | None:
+        v = raw.get(key)
+        if v is None or (isinstance(v, float) and math.isnan(v)) or str(v).strip() == "":
+            if required:
+                raise ValueError(f"a delivery row needs {key}: {dict(raw)!r}")
+            return None
+        return str(v).strip()
+
+    def number(key: str) -> float:
+        v = raw.get(key)
+        if v is None or str(v).strip() == "":
+            return 0.0
+        out = float(v)
+        return 0.0 if math.isnan(out) else out
+
+    day = text("date", True)
+    assert day is not None
+    row: dict[str, Any] = {
+        "date": date.fromisoformat(day[:10]).isoformat(),
+        "campaign_id": text("campaign_id", True),
+        "adset_id": text("adset_id") or "",
+        "ad_id": text("ad_id") or "",
+        "campaign_name": text("campaign_name"),
+        "adset_name": text("adset_name"),
+        "ad_name": text("ad_name"),
+        "impressions": int(number("impressions")),
+        "clicks": int(number("clicks")),
+        "spend": number("spend"),
+        "conversions": number("conversions"),
+        "conversion_value": number("conversion_value"),
+        "action_type": text("action_type"),
+    }
+    return row
