@@ -46,6 +46,9 @@ exists. Everything has a default; a file only overrides what it names::
     [push]                             # validated outcomes to Meta and Google
     live = false                       # (signalloop.push.settings has every key)
 
+    [connect.meta]                     # the ad accounts pulls read from
+    ad_account_id = "act_1234567890"   # (signalloop.connect.settings has every key)
+
 >>> s = Settings()
 >>> s.learning_threshold, s.canonical_utm("  FB ")
 (50, 'facebook')
@@ -59,6 +62,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from signalloop.connect.settings import ConnectSettings, connect_from
 from signalloop.contract import FUNNEL, KINDS
 from signalloop.errors import ConfigError
 from signalloop.push.settings import PushSettings, push_from
@@ -136,6 +140,7 @@ _TOP_KEYS = {
     "owners",
     "run",
     "push",
+    "connect",
     "serve",
 }
 #: Outcomes a ``[models] horizon_days`` table may name.
@@ -218,6 +223,8 @@ class Settings:
     run: RunSettings = field(default_factory=RunSettings)
     #: ``[push]``: sending validated outcomes to Meta and Google (:mod:`signalloop.push`).
     push: PushSettings = field(default_factory=PushSettings)
+    #: ``[connect]``: the ad accounts spend is pulled from (:mod:`signalloop.connect`).
+    connect: ConnectSettings = field(default_factory=ConnectSettings)
     #: ``[serve]``: the web app's schedule and limits.
     serve: ServeSettings = field(default_factory=ServeSettings)
     path: str | None = None
@@ -321,6 +328,7 @@ def settings_from_dict(doc: dict[str, Any], source: str = "<dict>") -> Settings:
     for k, v in horizon.items():
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ConfigError(f"{source}: [models] horizon_days.{k} must be a positive integer")
+    push = push_from(doc["push"], source) if "push" in doc else PushSettings()
     return replace(
         s,
         checks={k: dict(v) for k, v in checks.items()},
@@ -329,7 +337,12 @@ def settings_from_dict(doc: dict[str, Any], source: str = "<dict>") -> Settings:
         lens=_lens_from(doc.get("lens", {}), source),
         owners=_owners_from(doc.get("owners", {}), source),
         run=_run_from(doc.get("run", {}), source),
-        push=push_from(doc["push"], source) if "push" in doc else PushSettings(),
+        push=push,
+        connect=(
+            connect_from(doc["connect"], source, push.secrets)
+            if "connect" in doc
+            else ConnectSettings(secrets=push.secrets)
+        ),
         serve=_serve_from(doc.get("serve", {}), source),
     )
 

@@ -17,6 +17,7 @@ One module per command group, beside the library module it faces:
 - ``run``: ``run``;
 - ``model``: the ``model`` sub-app (``fit``, ``score``, ``backtest``, ``route``);
 - ``push``: the ``push`` sub-app (``meta``, ``google``, ``exclusions``, ``ledger``);
+- ``connect``: ``pull`` and the ``connect`` sub-app (``test``) for connected ad accounts;
 - ``serve``: ``serve`` (the web app, :mod:`signalloop.web`);
 - ``keys``: the ``keys`` sub-app (``create``, ``list``, ``revoke``) for ``serve``.
 
@@ -35,6 +36,7 @@ from signalloop import __version__
 from signalloop.cli import (
     allocate,
     check,
+    connect,
     diagnose,
     ingest,
     keys,
@@ -83,6 +85,8 @@ app.command()(diagnose.lens)
 app.command("run")(run.run_loop)
 app.add_typer(model.model_app, name="model")
 app.add_typer(push.push_app, name="push")
+app.command("pull")(connect.pull_cmd)
+app.add_typer(connect.connect_app, name="connect")
 app.command()(serve.serve)
 app.add_typer(keys.keys_app, name="keys")
 

@@ -221,3 +221,49 @@ def error_message(body: Mapping[str, Any]) -> str | None:
     if err.get("status"):
         msg = f"{err['status']}: {msg}"
     return msg or None
+
+
+def google_auth_headers(
+    client: Client,
+    *,
+    need: Callable[[str, str], str],
+    access_token: str | None,
+    token_url: str,
+    login_customer_id: str | None,
+) -> dict[str, str]:
+    """Google Ads request headers: the developer token and an OAuth access token.
+
+    ``need(name, what)`` returns a credential or raises
+    :class:`~signalloop.errors.CredentialError` naming where to set it. Without an
+    ``access_token``, one is obtained from ``token_url`` with the refresh token, client id and
+    client secret. ``login-customer-id`` is sent when a manager account is configured.
+    """
+    from signalloop.errors import CredentialError
+
+    dev = need("developer_token", "Google Ads developer token")
+    access = access_token
+    if not access:
+        refresh = need("refresh_token", "Google OAuth refresh token")
+        cid = need("client_id", "Google OAuth client id")
+        secret = need("client_secret", "Google OAuth client secret")
+        reply = client.post(
+            token_url,
+            form={
+                "grant_type": "refresh_token",
+                "refresh_token": refresh,
+                "client_id": cid,
+                "client_secret": secret,
+            },
+        )
+        access = reply.body.get("access_token") if reply.ok else None
+        if not access:
+            raise CredentialError(
+                "Google's token endpoint refused the refresh token "
+                f"({reply.error or reply.status}): "
+                "create a new OAuth refresh token for the Google Ads API scope and set "
+                "SIGNALLOOP_GOOGLE_REFRESH_TOKEN"
+            )
+    headers = {"Authorization": f"Bearer {access}", "developer-token": dev}
+    if login_customer_id:
+        headers["login-customer-id"] = login_customer_id
+    return headers

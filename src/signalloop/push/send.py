@@ -29,7 +29,7 @@ from signalloop.errors import CredentialError, UsageError
 from signalloop.push import google as g
 from signalloop.push import ledger
 from signalloop.push import meta as m
-from signalloop.push.client import Client, Reply
+from signalloop.push.client import Client, Reply, google_auth_headers
 from signalloop.push.outcomes import Outcomes, validated_outcomes
 from signalloop.store import Workspace
 
@@ -412,33 +412,13 @@ def record_reply(
 def google_headers(settings: Settings, client: Client) -> dict[str, str]:
     """Headers for Google Ads: developer token, OAuth access token (refreshed if need be)."""
     cfg = settings.push.google
-    dev = _credential(settings, "google", "developer_token", "Google Ads developer token")
-    access = settings.push.credential("google", "access_token")
-    if not access:
-        refresh = _credential(settings, "google", "refresh_token", "Google OAuth refresh token")
-        cid = _credential(settings, "google", "client_id", "Google OAuth client id")
-        secret = _credential(settings, "google", "client_secret", "Google OAuth client secret")
-        reply = client.post(
-            cfg.token_url,
-            form={
-                "grant_type": "refresh_token",
-                "refresh_token": refresh,
-                "client_id": cid,
-                "client_secret": secret,
-            },
-        )
-        access = reply.body.get("access_token") if reply.ok else None
-        if not access:
-            raise CredentialError(
-                "Google's token endpoint refused the refresh token "
-                f"({reply.error or reply.status}): "
-                "create a new OAuth refresh token for the Google Ads API scope and set "
-                "SIGNALLOOP_GOOGLE_REFRESH_TOKEN"
-            )
-    headers = {"Authorization": f"Bearer {access}", "developer-token": dev}
-    if cfg.login_customer_id:
-        headers["login-customer-id"] = cfg.login_customer_id
-    return headers
+    return google_auth_headers(
+        client,
+        need=lambda name, what: _credential(settings, "google", name, what),
+        access_token=settings.push.credential("google", "access_token"),
+        token_url=cfg.token_url,
+        login_customer_id=cfg.login_customer_id,
+    )
 
 
 def push_google(

@@ -78,6 +78,35 @@ _ENV = {
 }
 
 
+def read_credential(platform: str, name: str, secrets: str | None, section: str) -> str | None:
+    """A credential from the environment (see ``_ENV``), else the TOML secrets file's
+    ``[platform] name``; ``None`` when absent. ``section`` names the config table that set the
+    secrets file, for the message when it is missing. Never logged, never in a message.
+    """
+    env = _ENV.get((platform, name))
+    if env and os.environ.get(env):
+        return os.environ[env]
+    if secrets is None:
+        return None
+    path = Path(secrets)
+    if not path.is_file():
+        raise ConfigError(f"[{section}] secrets names {path}, which does not exist")
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8-sig"))
+    except tomllib.TOMLDecodeError:
+        # the parser's message may quote a secret: say which file, not what it holds
+        raise ConfigError(
+            f"{path} is not valid TOML (message withheld: it may quote a secret)"
+        ) from None
+    value = doc.get(platform, {}).get(name) if isinstance(doc.get(platform), dict) else None
+    return str(value) if value else None
+
+
+def credential_env(platform: str, name: str) -> str:
+    """The environment variable a credential is read from."""
+    return _ENV[(platform, name)]
+
+
 def field_key(name: str) -> str:
     """An attribute name reduced for matching: lower case, letters and digits only.
 
@@ -154,33 +183,23 @@ class PushSettings:
 
         The value is returned to the caller only; it is never logged or put in a message.
         """
-        env = _ENV.get((platform, name))
-        if env and os.environ.get(env):
-            return os.environ[env]
-        if self.secrets is None:
-            return None
-        path = Path(self.secrets)
-        if not path.is_file():
-            raise ConfigError(f"[push] secrets names {path}, which does not exist")
-        try:
-            doc = tomllib.loads(path.read_text(encoding="utf-8-sig"))
-        except tomllib.TOMLDecodeError:
-            # the parser's message may quote a secret: say which file, not what it holds
-            raise ConfigError(
-                f"{path} is not valid TOML (message withheld: it may quote a secret)"
-            ) from None
-        value = doc.get(platform, {}).get(name) if isinstance(doc.get(platform), dict) else None
-        return str(value) if value else None
+        return read_credential(platform, name, self.secrets, "push")
 
     def env_name(self, platform: str, name: str) -> str:
         """The environment variable a credential is read from."""
-        return _ENV[(platform, name)]
+        return credential_env(platform, name)
 
 
 def _strs(value: Any, what: str, source: str) -> dict[str, str]:
     if not isinstance(value, dict):
         raise ConfigError(f"{source}: {what} must be a table of name = value")
     return {str(k): str(v) for k, v in value.items()}
+
+
+def check_table(table: Any, name: str, cls: type, source: str) -> dict[str, Any]:
+    """``table`` if it is a table whose keys are fields of the dataclass ``cls`` (except
+    ``configured``), else :class:`ConfigError` naming the unknown keys and the known ones."""
+    return _known(table, name, cls, source)
 
 
 def _known(table: Any, name: str, cls: type, source: str) -> dict[str, Any]:
@@ -214,27 +233,40 @@ def _meta_from(meta: Any, source: str) -> MetaSettings:
     )
 
 
-def _google_from(google: Any, source: str) -> GoogleSettings:
+def check_time_zone(value: Any, table: str, source: str) -> str:
+    """``value`` as an IANA time zone name, or :class:`ConfigError` naming ``[table]``."""
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-    google = _known(google, "push.google", GoogleSettings, source)
-    base = GoogleSettings()
-    tz = str(google.get("time_zone", base.time_zone))
+    tz = str(value)
     try:
         ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError):
         raise ConfigError(
-            f"{source}: [push.google] time_zone {tz!r} is not an IANA time zone "
-            "(e.g. America/New_York): use the Google Ads account's own zone"
+            f"{source}: [{table}] time_zone {tz!r} is not an IANA time zone "
+            "(e.g. America/New_York): use the ad account's own zone"
         ) from None
+    return tz
+
+
+def check_currency(value: Any, table: str, source: str) -> str | None:
+    """``value`` as an ISO 4217 code (``None`` stays ``None``), or :class:`ConfigError`."""
+    if value is None:
+        return None
+    if not re.fullmatch(r"[A-Z]{3}", str(value)):
+        raise ConfigError(
+            f"{source}: [{table}] currency must be an ISO 4217 code like USD, got {value!r}"
+        )
+    return str(value)
+
+
+def _google_from(google: Any, source: str) -> GoogleSettings:
+    google = _known(google, "push.google", GoogleSettings, source)
+    base = GoogleSettings()
+    tz = check_time_zone(google.get("time_zone", base.time_zone), "push.google", source)
     window = google.get("click_window_days", base.click_window_days)
     if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= 90:
         raise ConfigError(f"{source}: [push.google] click_window_days must be 1-90, got {window!r}")
-    currency = google.get("currency")
-    if currency is not None and not re.fullmatch(r"[A-Z]{3}", str(currency)):
-        raise ConfigError(
-            f"{source}: [push.google] currency must be an ISO 4217 code like USD, got {currency!r}"
-        )
+    currency = check_currency(google.get("currency"), "push.google", source)
 
     def cid(v: Any) -> str | None:
         if v is None:

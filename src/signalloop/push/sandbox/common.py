@@ -95,6 +95,7 @@ class _Core:
     meta_ad_accounts: frozenset[str] | None
     meta_action_type: str
     meta_attribution_setting: str
+    meta_time_zone: str
     insights_page_size: int
     insights_sync_max_rows: int
     async_polls: int

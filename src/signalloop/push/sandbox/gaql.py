@@ -349,6 +349,7 @@ GAQL_RESOURCES: dict[str, GaqlResource] = {
     "campaign": GaqlResource(
         {**_CAMPAIGN, **_CUSTOMER, **_SEGMENTS, **_METRICS}, keys=("campaign.id",)
     ),
+    "customer": GaqlResource(dict(_CUSTOMER)),
 }
 
 
@@ -509,7 +510,10 @@ class _GaqlSearch(_Core):
             "customer.id": cid,
             "customer.currency_code": currency,
             "customer.time_zone": str(self.google_time_zone),
+            "customer.descriptive_name": f"Sandbox customer {cid}",
         }
+        if resource == "customer":
+            return [customer]
         for d in stored:
             camp = {
                 "campaign.resource_name": f"customers/{cid}/campaigns/{d['campaign_id']}",

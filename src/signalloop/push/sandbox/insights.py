@@ -30,6 +30,8 @@ published clients, found with the ``search`` tool; "PLATFORMS.md": ``../shared/P
 * a job is complete after ``async_polls`` status reads (the rows are those at its creation);
   :meth:`Sandbox.fail_next_report` makes the next job end ``Job Failed``; reading a job that is
   not complete answers code 100: chosen;
+* ``GET /{version}/act_{id}`` answers the account's ``name``, ``currency``,
+  ``timezone_name``, ``account_status``: confirmed field names (AdAccount reference);
 * an ad row appears only for days it has a stored row (Meta omits days without delivery).
 """
 
@@ -287,6 +289,24 @@ class _MetaInsights(_MetaApi):
             )
         return self._page(rows, params, url)
 
+    def _meta_account(self, account: str, params: Mapping[str, str]) -> Payload:
+        """``GET /{version}/act_{id}``: the ad account's ``name``, ``currency`` and
+        ``timezone_name`` (what ``signalloop connect test`` reads)."""
+        if self.meta_ad_accounts is not None and account not in self.meta_ad_accounts:
+            return _no_object(f"act_{account}")
+        with self._lock:
+            currency = self._currencies.get(("meta", account))
+        full = {
+            "id": f"act_{account}",
+            "account_id": account,
+            "name": f"Sandbox account {account}",
+            "currency": currency or "USD",
+            "timezone_name": self.meta_time_zone,
+            "account_status": 1,
+        }
+        wanted = [f for f in params.get("fields", "").split(",") if f.strip()] or ["name"]
+        return 200, {"id": full["id"], **{f: full[f] for f in wanted if f in full}}
+
     def _meta_report_status(
         self, version: str, node: str, headers: Mapping[str, str], params: Mapping[str, str]
     ) -> Payload:
@@ -294,6 +314,9 @@ class _MetaInsights(_MetaApi):
         denied = self._meta_auth(version, headers, params, None)
         if denied is not None:
             return denied
+        m = _ACT.fullmatch(node)
+        if m is not None:
+            return self._meta_account(m.group(1), params)
         with self._lock:
             job = self._report_jobs.get(node)
             if job is None:

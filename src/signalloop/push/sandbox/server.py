@@ -105,6 +105,8 @@ class Sandbox(_MetaInsights, _GoogleApi):
         optimisation event), unless a row names its own.
     meta_attribution_setting
         The ``attribution_setting`` every Insights row reports.
+    meta_time_zone
+        The ad accounts' ``timezone_name``.
     insights_page_size
         Most rows in one Insights page, whatever ``limit`` asks.
     insights_sync_max_rows
@@ -145,6 +147,7 @@ class Sandbox(_MetaInsights, _GoogleApi):
         meta_ad_accounts: Iterable[str] | None = None,
         meta_action_type: str = "offsite_conversion.fb_pixel_lead",
         meta_attribution_setting: str = "7d_click_1d_view",
+        meta_time_zone: str = "UTC",
         insights_page_size: int = 500,
         insights_sync_max_rows: int = 5_000,
         async_polls: int = 2,
@@ -198,6 +201,7 @@ class Sandbox(_MetaInsights, _GoogleApi):
         )
         self.meta_action_type = meta_action_type
         self.meta_attribution_setting = meta_attribution_setting
+        self.meta_time_zone = meta_time_zone
         self.insights_page_size = insights_page_size
         self.insights_sync_max_rows = insights_sync_max_rows
         self.async_polls = async_polls

@@ -1,0 +1,177 @@
+"""``signalloop pull meta|google`` and ``signalloop connect test``: connected ad accounts
+(library: :mod:`signalloop.connect`).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from signalloop.cli.common import (
+    ConfigOption,
+    DbOption,
+    JsonOption,
+    _parse_date,
+    emit_json,
+    handle_errors,
+    out,
+    progress_bar,
+)
+from signalloop.errors import UsageError
+
+connect_app = typer.Typer(
+    help="Connections to the ad accounts (Meta, Google Ads): check what each one lacks.",
+    no_args_is_help=True,
+)
+
+
+@handle_errors
+def pull_cmd(
+    platform: Annotated[str, typer.Argument(help="meta or google.")],
+    since: Annotated[
+        str | None,
+        typer.Option("--since", help="First day (YYYY-MM-DD) \\[default: the lookback's first]."),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option("--until", help="Last day (YYYY-MM-DD) \\[default: yesterday, account time]."),
+    ] = None,
+    lookback_days: Annotated[
+        int | None,
+        typer.Option(
+            "--lookback-days",
+            help="Days re-read up to --until when --since is not given (platforms restate "
+            "recent days) \\[default: \\[connect] lookback_days, 28].",
+            show_default=False,
+        ),
+    ] = None,
+    db: DbOption = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Pull daily delivery per ad from a connected account into the spend kind.
+
+    Same validation, quarantine and natural keys as ingest.
+
+    Re-pulling the same data adds nothing; a restated day replaces the stored rows (counted).
+
+    Exit 1 when a range could not be read.
+    """
+    from signalloop.config import load_settings
+    from signalloop.connect.pull import PLATFORMS, pull
+    from signalloop.store import Workspace
+
+    if platform not in PLATFORMS:
+        raise UsageError(f"pull {platform!r}: expected one of {', '.join(PLATFORMS)}")
+    first = _parse_date(since, "--since")
+    last = _parse_date(until, "--until")
+    settings = load_settings(config)
+    with Workspace(db) as ws, progress_bar(not as_json and sys.stderr.isatty()) as bar:
+        res = pull(
+            ws,
+            platform,
+            since=first,
+            until=last,
+            lookback_days=lookback_days,
+            settings=settings,
+            progress=bar,
+        )
+    doc = res.to_dict()
+    if as_json:
+        emit_json(doc)
+    else:
+        print_pull(doc)
+    if res.failed:
+        raise typer.Exit(1)
+
+
+def print_pull(doc: dict[str, Any]) -> None:
+    """One pull's counts, restated days and failures."""
+    out.print(
+        f"[bold]pull {doc['platform']}[/] {escape(doc['account'])} {doc['since']}..{doc['until']}"
+        f" ({doc['requests']} request(s), {doc['seconds']:.1f} s)",
+        highlight=False,
+    )
+    out.print(
+        f"  {doc['rows_pulled']:,} rows: {doc['rows_loaded']:,} new, {doc['rows_restated']:,} "
+        f"restated, {doc['rows_unchanged']:,} unchanged, {doc['rows_quarantined']:,} quarantined",
+        highlight=False,
+    )
+    cur = "/".join(doc["currency"]) or ""
+    out.print(
+        f"  spend in range: {doc['spend_before']:,.2f} -> {doc['spend_after']:,.2f} {cur}",
+        highlight=False,
+    )
+    for d in doc["restated_days"][:10]:
+        out.print(
+            f"    restated {d['date']}: spend {d['before']:,.2f} -> {d['after']:,.2f}",
+            highlight=False,
+        )
+    if len(doc["restated_days"]) > 10:
+        out.print(f"    ... and {len(doc['restated_days']) - 10} more day(s)", highlight=False)
+    if doc["quarantine_reasons"]:
+        reasons = ", ".join(f"{n:,} {k}" for k, n in doc["quarantine_reasons"].items())
+        out.print(
+            f"  quarantined: {escape(reasons)} (signalloop quarantine shows them)",
+            highlight=False,
+        )
+    if doc["attribution_setting"]:
+        out.print(f"  attribution: {', '.join(doc['attribution_setting'])}", highlight=False)
+    for f in doc["failed"]:
+        out.print(
+            f"  [red]not read[/] {f['since']}..{f['until']}: {escape(f['error'])}",
+            highlight=False,
+        )
+    for n in doc["notes"]:
+        out.print(f"  note: {escape(n)}", highlight=False)
+
+
+@connect_app.command("test")
+@handle_errors
+def connect_test_cmd(
+    platform: Annotated[
+        str | None, typer.Argument(help="meta or google \\[default: both].", show_default=False)
+    ] = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Check each connection: the account id, every credential, one read against the platform.
+
+    Says exactly what is missing: the setting or environment variable, never a value.
+
+    Exit 1 when a connection is not usable.
+    """
+    from signalloop.config import load_settings
+    from signalloop.connect.check import check_connections
+    from signalloop.connect.pull import PLATFORMS
+
+    if platform is not None and platform not in PLATFORMS:
+        raise UsageError(f"connect test {platform!r}: expected one of {', '.join(PLATFORMS)}")
+    settings = load_settings(config)
+    checks = check_connections(settings, (platform,) if platform else PLATFORMS)
+    docs = [c.to_dict() for c in checks]
+    if as_json:
+        emit_json({"connections": docs, "ok": all(c.ok for c in checks)})
+    else:
+        for d in docs:
+            state = "[green]ok[/]" if d["ok"] else "[red]not usable[/]"
+            acct = escape(d["account"] or "no account")
+            out.print(f"[bold]{d['platform']}[/] {acct}: {state}", highlight=False)
+            if d["ok"]:
+                det = d["details"]
+                out.print(
+                    f"  {escape(str(det.get('name')))}, {det.get('currency')}, "
+                    f"{det.get('time_zone')} ({escape(d['base_url'])})",
+                    highlight=False,
+                )
+            for m in d["missing"]:
+                out.print(f"  missing: {escape(m)}", highlight=False)
+            if d["error"]:
+                out.print(f"  error: {escape(d['error'])}", highlight=False)
+            for n in d["notes"]:
+                out.print(f"  note: {escape(n)}", highlight=False)
+    if not all(c.ok for c in checks):
+        raise typer.Exit(1)
