@@ -220,14 +220,60 @@ def test_grid_interpolation_reproduces_every_elapsed_time(sigma: float, competin
 def test_many_groups_fit_on_two_processes_exactly_as_in_one_loop(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """From PARALLEL_GROUPS groups the fits run in a process pool: the same numbers, bit for bit."""
+    """From PARALLEL_GROUPS groups the shifted model's BFGS fits run in a process pool: the
+    same numbers, bit for bit."""
     import signalloop.delay as delay
 
     data = pooled_account()
-    one = LogNormalCure().fit(data)
+    one = LogNormalCure(shift=True).fit(data)
     monkeypatch.setattr(delay, "PARALLEL_GROUPS", 2)
     monkeypatch.setattr(delay.os, "cpu_count", lambda: 2)
-    two = LogNormalCure().fit(data)
+    two = LogNormalCure(shift=True).fit(data)
     assert np.array_equal(one.theta_, two.theta_)
     assert np.array_equal(one.cov_, two.cov_)
     assert np.array_equal(one.between_scale_, two.between_scale_)
+
+
+@pytest.mark.parametrize("competing", [False, True])
+def test_exact_hessian_matches_finite_differences_and_newton_finds_the_bfgs_mode(
+    competing: bool,
+) -> None:
+    """The Newton fit's value and gradient are :func:`_neg_log_post`'s, its Hessian matches
+    central differences of that gradient, and its mode is the one BFGS finds."""
+    from scipy import optimize
+
+    import signalloop.delay as delay
+
+    rng = np.random.default_rng(4)
+    data = simulate_delays(p=0.2, mu=3.0, sigma=0.8, n=3_000, horizon=(0, 150), rng=rng)
+    if competing:
+        lost = simulate_delays(p=0.5, mu=2.0, sigma=0.6, n=1_500, horizon=(0, 150), rng=rng)
+        data = DelayData.build(
+            data.groups,
+            (data.event_group, data.event_lo, data.event_hi, data.event_n),
+            (data.censor_group, data.censor_t, data.censor_n),
+            (lost.event_group, lost.event_lo, lost.event_hi, lost.event_n),
+        )
+    k = 6 if competing else 3
+    theta = np.array([-1.2, 2.7, -0.1, 0.3, 2.2, -0.4][:k])
+    mean, scale = theta + 0.2, np.full(k, 1.5)
+    value, grad = delay._neg_log_post(theta, data, competing, False, mean, scale)
+    v2, g2, hess = delay._neg_log_post_hess(theta, data, competing, mean, scale)
+    assert v2 == pytest.approx(value, rel=1e-12)
+    assert np.allclose(g2, grad, rtol=1e-10, atol=1e-8)
+    numeric = np.zeros((k, k))
+    for j in range(k):
+        e = np.zeros(k)
+        e[j] = 1e-5
+        up = delay._neg_log_post(theta + e, data, competing, False, mean, scale)[1]
+        dn = delay._neg_log_post(theta - e, data, competing, False, mean, scale)[1]
+        numeric[:, j] = (up - dn) / 2e-5
+    assert np.allclose(hess, numeric, rtol=1e-6, atol=1e-6 * np.abs(numeric).max())
+    mode, _, ok = delay._newton(
+        lambda x: delay._neg_log_post_hess(x, data, competing, mean, scale), theta
+    )
+    args = (data, competing, False, mean, scale)
+    bfgs = optimize.minimize(delay._neg_log_post, theta, args=args, jac=True, method="BFGS")
+    assert ok
+    assert np.allclose(mode, bfgs.x, atol=1e-4)
+    assert delay._neg_log_post(mode, *args)[0] <= bfgs.fun + 1e-9
