@@ -565,7 +565,15 @@ def _summed(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str,
 
 def _json_value(value: Any, kind: str) -> Any:
     if kind == "int64":
-        return str(int(value)) if value is not None else None
+        if value is None:
+            return None
+        # the simulator's ids (c01, c01_as1) are served as they are: a sandbox leniency, so
+        # its account can be pulled back with the ids its other kinds use
+        return (
+            str(int(value))
+            if isinstance(value, int | float) or _DIGITS.fullmatch(str(value))
+            else str(value)
+        )
     if kind == "double":
         return float(value) if value is not None else None
     return value
