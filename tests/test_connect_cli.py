@@ -126,3 +126,22 @@ def test_connect_test_says_what_is_missing(workspace: dict[str, Any]) -> None:
     )
     assert wrong.exit_code == 1
     assert "Invalid OAuth access token" in json.loads(wrong.stdout)["connections"][0]["error"]
+
+
+def test_connect_sandbox_serves_a_spend_file(tmp_path: Path) -> None:
+    spend = tmp_path / "spend.csv"
+    spend.write_text(
+        "date,platform,campaign_id,adset_id,ad_id,impressions,clicks,spend\n"
+        "2026-01-01,meta,c01,c01_as1,c01_as1_ad1,100,3,4.5\n"
+        "2026-01-02,google,c02,c02_as1,c02_as1_ad1,200,9,7.25\n"
+        "2026-01-02,linkedin,c05,c05_as1,c05_as1_ad1,50,1,3.0\n",
+        encoding="utf-8",
+    )
+    res = invoke(["connect", "sandbox", "--spend", str(spend), "--for", "0.1", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["rows"] == {"meta": 1, "google": 1}
+    assert (doc["since"], doc["until"]) == ("2026-01-01", "2026-01-02")
+    assert f'base_url = "{doc["base_url"]}"' in doc["config"]
+    missing = invoke(["connect", "sandbox", "--spend", str(tmp_path / "nope.csv")])
+    assert missing.exit_code == 2 and "no such file" in missing.stderr

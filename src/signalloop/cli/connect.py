@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -21,6 +22,10 @@ from signalloop.cli.common import (
     progress_bar,
 )
 from signalloop.errors import UsageError
+
+#: The account ids ``connect sandbox`` serves.
+SANDBOX_META_ACCOUNT = "1000000001"
+SANDBOX_CID = "1234567890"
 
 connect_app = typer.Typer(
     help="Connections to the ad accounts (Meta, Google Ads): check what each one lacks.",
@@ -175,3 +180,76 @@ def connect_test_cmd(
                 out.print(f"  note: {escape(n)}", highlight=False)
     if not all(c.ok for c in checks):
         raise typer.Exit(1)
+
+
+@connect_app.command("sandbox")
+@handle_errors
+def connect_sandbox_cmd(
+    spend: Annotated[
+        Path, typer.Option("--spend", help="A canonical spend CSV (the simulator's spend.csv).")
+    ],
+    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1 (0: a free one).")] = 0,
+    serve_for: Annotated[
+        float | None,
+        typer.Option("--for", help="Stop after this many seconds \\[default: until Ctrl-C]."),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Serve a spend file as a Meta ad account and a Google Ads customer on a local server.
+
+    A connected demo without credentials: point [connect.meta] and [connect.google] base_url at
+    it and pull. The tokens it accepts are the sandbox's own, printed here.
+    """
+    import csv
+    import time
+
+    from signalloop.push.sandbox import Sandbox
+
+    if not spend.is_file():
+        raise UsageError(f"--spend {spend}: no such file")
+    with spend.open(encoding="utf-8-sig", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    dates = sorted(r["date"] for r in rows if r.get("date"))
+    sb = Sandbox()
+    try:
+        served = sb.load_spend(rows, meta_account=SANDBOX_META_ACCOUNT, google_customer=SANDBOX_CID)
+    except (KeyError, ValueError) as exc:
+        raise UsageError(f"--spend {spend}: not a canonical spend file ({exc})") from None
+    sb.start(port)
+    try:
+        env = {
+            "SIGNALLOOP_META_ACCESS_TOKEN": sb.meta_token,
+            "SIGNALLOOP_GOOGLE_DEVELOPER_TOKEN": sb.google_developer_token,
+            "SIGNALLOOP_GOOGLE_ACCESS_TOKEN": "sandbox-access-token",
+        }
+        doc: dict[str, Any] = {
+            "base_url": sb.base_url,
+            "rows": served,
+            "since": dates[0] if dates else None,
+            "until": dates[-1] if dates else None,
+            "config": (
+                f'[connect.meta]\nad_account_id = "act_{SANDBOX_META_ACCOUNT}"\n'
+                f'base_url = "{sb.base_url}"\n\n[connect.google]\n'
+                f'customer_id = "{SANDBOX_CID}"\nbase_url = "{sb.base_url}"\n'
+            ),
+            "environment": env,
+        }
+        if as_json:
+            emit_json(doc)
+        else:
+            out.print(
+                f"sandbox on {sb.base_url}: {served['meta']:,} Meta rows, "
+                f"{served['google']:,} Google rows, {doc['since']}..{doc['until']}",
+                highlight=False,
+            )
+            out.print("signalloop.toml:\n" + escape(str(doc["config"])), highlight=False)
+            for k, v in env.items():
+                out.print(f"export {k}={v}", highlight=False)
+        sys.stdout.flush()
+        deadline = None if serve_for is None else time.monotonic() + serve_for
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(0.05 if deadline is not None else 1.0)
+    except KeyboardInterrupt:  # pragma: no cover - interactive
+        pass
+    finally:
+        sb.stop()

@@ -236,15 +236,16 @@ class Sandbox(_MetaInsights, _GoogleApi):
 
     # ---- lifecycle ------------------------------------------------------------------------
 
-    def start(self) -> Sandbox:
-        """Start the server on 127.0.0.1 and a free port; returns ``self`` once it listens."""
+    def start(self, port: int = 0) -> Sandbox:
+        """Start the server on 127.0.0.1 and ``port`` (0: a free one); returns ``self`` once it
+        listens."""
         if self._server is not None:
             raise RuntimeError("the sandbox is already running")
         # proto=IPPROTO_TCP so asyncio sets TCP_NODELAY on accepted connections (it checks
         # sock.proto); with proto 0, uvicorn's two writes per response wait ~40 ms on Nagle
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
+        sock.bind(("127.0.0.1", port))
         config = uvicorn.Config(
             _Outer(self, self.app),
             host="127.0.0.1",
