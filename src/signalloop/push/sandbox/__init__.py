@@ -10,9 +10,14 @@ Routes (REST JSON, the wire formats of ``notes/issue12_brief.md``):
 * Meta: ``POST /{version}/{pixel_id}/events`` (``Authorization: Bearer``; the Graph API's
   ``access_token`` query parameter is also accepted, and counted in :attr:`Sandbox.url_tokens`
   because it leaks into URLs and logs);
+* Meta Insights (issue 15's pulls): ``GET /{version}/act_{id}/insights`` (paged),
+  ``POST`` the same for a report job, ``GET /{version}/{report_run_id}`` (its status) and
+  ``GET /{version}/{report_run_id}/insights``; ``GET /{version}/act_{id}`` (the account);
 * Google Ads: ``POST /{version}/customers/{cid}:uploadClickConversions``,
   ``POST /{version}/customers/{cid}/biddingDataExclusions:mutate``,
-  ``POST /{version}/customers/{cid}/googleAds:search`` (the GAQL subset of :func:`parse_gaql`);
+  ``POST /{version}/customers/{cid}/googleAds:search`` and ``googleAds:searchStream`` (the
+  GAQL subset of :func:`parse_gaql`, over exclusions and the ``ad_group`` / ``campaign`` /
+  ``customer`` delivery reports);
 * OAuth: ``POST /token`` (form ``grant_type=refresh_token``), which issues access tokens.
 
 The server clock is ``now`` (a datetime, a callable, or the wall clock), so a replay can run
@@ -35,11 +40,13 @@ Where things are (each module's docstring lists the rules it enforces and their 
 * :mod:`.transport`: the raw ASGI layer (request log, injected faults, dropped connections);
 * :mod:`.common`: shared helpers and the server clock;
 * :mod:`.meta`: the Meta Conversions API's events route and rules;
+* :mod:`.insights`: the Meta Insights API (delivery rows from :meth:`Sandbox.load_delivery` or
+  :meth:`Sandbox.load_spend`, pages, report jobs);
 * :mod:`.google`: Google Ads auth, OAuth ``/token`` and routing to the methods;
 * :mod:`.google_errors`: Google's error bodies and the proto3 JSON shape checks;
 * :mod:`.google_conversions`: ``uploadClickConversions``;
 * :mod:`.google_exclusions`: ``biddingDataExclusions:mutate``;
-* :mod:`.gaql`: the GAQL subset and ``googleAds:search``.
+* :mod:`.gaql`: the GAQL subset, ``googleAds:search`` and ``googleAds:searchStream``.
 """
 
 from __future__ import annotations
@@ -67,6 +74,7 @@ from signalloop.push.sandbox.google_exclusions import (
 )
 from signalloop.push.sandbox.google_exclusions import EXCLUSION_MAX_LENGTH as EXCLUSION_MAX_LENGTH
 from signalloop.push.sandbox.google_exclusions import EXCLUSION_NAME_MAX as EXCLUSION_NAME_MAX
+from signalloop.push.sandbox.insights import META_INSIGHTS_FIELDS as META_INSIGHTS_FIELDS
 from signalloop.push.sandbox.meta import META_ACTION_SOURCES, MetaEvent
 from signalloop.push.sandbox.meta import META_FUTURE_SKEW as META_FUTURE_SKEW
 from signalloop.push.sandbox.meta import META_HASHED_FIELDS as META_HASHED_FIELDS
