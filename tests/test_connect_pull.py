@@ -294,3 +294,23 @@ def test_secrets_file_and_no_secret_anywhere(
     for secret in SECRETS:
         assert secret not in dumped and secret not in record and secret not in stored_text
     assert all("access_token" not in r.query for r in sb.requests)
+
+
+def test_meta_throttling_codes_are_retried_even_with_a_400() -> None:
+    import httpx
+
+    from signalloop.connect.meta import throttled
+
+    answers = [
+        httpx.Response(
+            400, json={"error": {"message": "(#17) User request limit reached", "code": 17}}
+        ),
+        httpx.Response(200, json={"data": []}),
+    ]
+    waits: list[float] = []
+    client = Client(transport=httpx.MockTransport(lambda _: answers.pop(0)), sleep=waits.append)
+    reply = client.get("http://meta.invalid/v24.0/act_1/insights", retry_if=throttled)
+    assert reply.ok and reply.attempts == 2 and len(waits) == 1
+    invalid = httpx.Response(400, json={"error": {"message": "(#100) bad field", "code": 100}})
+    client = Client(transport=httpx.MockTransport(lambda _: invalid), sleep=waits.append)
+    assert client.get("http://meta.invalid/x", retry_if=throttled).attempts == 1
