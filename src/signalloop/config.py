@@ -40,6 +40,7 @@ exists. Everything has a default; a file only overrides what it names::
     objective = "conversions"          # or "value"
     outcomes = ["conversion", "sql"]   # models kept fresh (default: what the data supports)
 
+    pull = true                        # pull spend from the [connect] accounts first
     [run.profiles]                     # export profile per kind (default canonical)
     spend = "meta_ads"
 
@@ -187,6 +188,9 @@ class RunSettings:
     outcomes: tuple[str, ...] | None = None
     #: Export profile per kind for inbox files (default ``canonical``).
     profiles: dict[str, str] = field(default_factory=dict)
+    #: Pull spend from the ``[connect]`` accounts first
+    #: (:func:`signalloop.connect.pull.pull_connected`).
+    pull: bool = False
 
 
 @dataclass(frozen=True)
@@ -419,6 +423,9 @@ def _run_from(run: Any, source: str) -> RunSettings:
     for k in ("inbox", "out", "policy"):
         if k in run and (not isinstance(run[k], str) or not run[k].strip()):
             raise ConfigError(f"{source}: [run] {k} must be a non-empty string, got {run[k]!r}")
+    pull = run.get("pull", False)
+    if not isinstance(pull, bool):
+        raise ConfigError(f"{source}: [run] pull must be true or false, got {pull!r}")
     budget = run.get("budget")
     if budget is not None and (
         isinstance(budget, bool) or not isinstance(budget, int | float) or budget <= 0
@@ -457,4 +464,5 @@ def _run_from(run: Any, source: str) -> RunSettings:
         objective=str(objective),
         outcomes=None if outcomes is None else tuple(outcomes),
         profiles={str(k): str(v) for k, v in profiles.items()},
+        pull=pull,
     )

@@ -1,5 +1,8 @@
 """``signalloop run``: the whole loop in order, ending in ``report.html`` and ``report.json``.
 
+0. **Pull** spend from the connected ad accounts when ``[run] pull = true``
+   (:func:`signalloop.connect.pull.pull_connected`: the lookback re-read, restated days
+   replaced; a platform that cannot be read is reported and the loop goes on).
 1. **Ingest** any new files from the inbox (``[run] inbox``): a file's kind is the folder it
    sits in (``inbox/spend/...``) or the start of its name (``spend_2026-03-31.csv``). Ingest is
    idempotent, so a file seen before adds nothing; a file whose kind cannot be told is listed,
@@ -440,6 +443,7 @@ def run(
     progress: Progress | None = None,
     push_now: datetime | None = None,
     run_id: str | None = None,
+    pull_today: date | None = None,
 ) -> dict[str, Any]:
     """Run the whole loop on ``ws`` and write ``report.html`` and ``report.json``.
 
@@ -461,11 +465,15 @@ def run(
         of an old account, such as the demo, passes the time it replays).
     run_id
         The id :mod:`signalloop.runs` recorded this run under; written into the report.
+    pull_today
+        "Today" for the pulls ``[run] pull`` asks for (default each account's clock; a replay
+        of an old account passes the day after the one it replays).
 
     Returns
     -------
     dict
-        ``as_of``, ``workspace``, ``inbox``, ``learnable`` (the data shape and what each
+        ``as_of``, ``workspace``, ``pull`` (``None`` unless ``[run] pull``), ``inbox``,
+        ``learnable`` (the data shape and what each
         capability used, :func:`~signalloop.shapes.learnable`), ``checks``, ``state``
         (``nowcast``, ``phase``, ``fatigue``), ``models``, ``allocation``, ``diagnosis``,
         ``lens``, ``history``, ``push`` (:func:`~signalloop.push.send.run_pushes`, ``None``
@@ -498,6 +506,14 @@ def run(
         timings[name] = round(now - clock, 2)
         clock = now
 
+    pulled = None
+    if settings.run.pull:
+        from signalloop.connect.pull import pull_connected
+
+        report("pulling spend from the connected accounts", None)
+        pulled = pull_connected(ws, settings, today=pull_today, progress=report)
+        report("pulling spend from the connected accounts", 1.0)
+        lap("pull")
     folder = inbox if inbox is not None else settings.run.inbox
     ingested = ingest_inbox(ws, Path(folder), settings, report) if folder else None
     lap("ingest")
@@ -613,6 +629,7 @@ def run(
         "as_of": as_of.isoformat(),
         "workspace": str(ws.path),
         "config": settings.path,
+        "pull": pulled,
         "inbox": ingested,
         "learnable": shape,
         "checks": checks,

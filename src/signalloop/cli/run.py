@@ -91,6 +91,12 @@ def run_loop(
         emit_json(run_summary(doc))
     else:
         print_run(doc)
+    refused = [p for p in doc.get("pull") or [] if p["status"] == "error"]
+    if refused:
+        raise UsageError(
+            f"{refused[0]['platform']} was not pulled; the loop ran without it "
+            f"({refused[0]['message']})"
+        )
     errors = (doc["inbox"] or {}).get("errors", [])
     if errors:
         first = errors[0]
@@ -104,6 +110,7 @@ def run_summary(doc: dict[str, Any]) -> dict[str, Any]:
     """What ``run --json`` prints: the run without its chart data (all of it is report.json)."""
     keep = ("as_of", "workspace", "inbox", "learnable", "models", "allocation", "diagnosis", "lens")
     summary = {k: doc[k] for k in keep}
+    summary["pull"] = doc.get("pull")
     summary["gates"] = [
         {"campaign_id": c["campaign_id"], "gate": c["gate"], "reasons": c["reasons"]}
         for c in doc["checks"]["campaigns"]
@@ -115,6 +122,17 @@ def run_summary(doc: dict[str, Any]) -> dict[str, Any]:
 
 def print_run(doc: dict[str, Any], *, inbox: bool = True) -> None:
     """A run on the terminal: inbox, models, allocation, warn+ diagnoses, lens, report path."""
+    for p in doc.get("pull") or []:
+        if p["status"] == "error":
+            err.print(f"[bold red]not pulled[/] {p['platform']}: {escape(p['message'])}")
+            continue
+        err.print(
+            f"pulled {p['platform']} {p['since']}..{p['until']}: {p['rows_loaded']:,} new, "
+            f"{p['rows_restated']:,} restated, {p['rows_unchanged']:,} unchanged, "
+            f"{p['rows_quarantined']:,} quarantined"
+            + (f"; [red]{len(p['failed'])} range(s) not read[/]" if p["failed"] else ""),
+            highlight=False,
+        )
     box = doc.get("inbox") if inbox else None
     if box is not None:
         for f in box["files"]:

@@ -321,3 +321,41 @@ def _land(
         for d in sorted(before)
         if abs(before[d] - after.get(d, 0.0)) > 1e-9
     ]
+
+
+def pull_connected(
+    ws: Workspace,
+    settings: Settings,
+    *,
+    today: date | None = None,
+    client: Client | None = None,
+    progress: Progress | None = None,
+    poll_wait: float = 2.0,
+) -> list[dict[str, Any]]:
+    """Pull every platform that has an account in ``[connect]`` (``signalloop run`` with
+    ``[run] pull = true``): one :class:`PullResult` dict each, or ``{platform, status:
+    "error", message}`` when the pull could not start (a missing or refused credential, a
+    wrong setting), so the run goes on with the data it has and says why."""
+    out: list[dict[str, Any]] = []
+    accounts = {
+        "meta": settings.connect.meta.ad_account_id,
+        "google": settings.connect.google.customer_id,
+    }
+    for platform in PLATFORMS:
+        if accounts[platform] is None:
+            continue
+        try:
+            res = pull(
+                ws,
+                platform,
+                settings=settings,
+                client=client,
+                today=today,
+                progress=progress,
+                poll_wait=poll_wait,
+            )
+        except (UsageError, CredentialError) as exc:
+            out.append({"platform": platform, "status": "error", "message": str(exc)})
+            continue
+        out.append(res.to_dict())
+    return out
