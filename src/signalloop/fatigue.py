@@ -26,9 +26,10 @@ from typing import Any
 
 import ibis
 import numpy as np
+import pandas as pd
 
 from signalloop.attribution import click_time
-from signalloop.checks.base import CheckContext, default_as_of, to_date
+from signalloop.checks.base import CheckContext, default_as_of
 from signalloop.checks.engine import without_exclusions
 from signalloop.config import Settings
 from signalloop.errors import UsageError
@@ -48,7 +49,7 @@ def fit_decay(
     """Poisson log-linear decay fit: returns (coefficients [a, b, c], covariance).
 
     ``b`` and ``c`` are decay rates (positive = CTR falling) per day of age and per
-    :data:`EXPOSURE_UNIT` impressions of exposure.
+    :data:`EXPOSURE_UNIT` impressions of exposure. One series of :func:`fit_decays`.
 
     >>> age = np.arange(30.0); imp = np.full(30, 20000.0)
     >>> ctr = 0.02 * np.exp(-0.03 * age)
@@ -56,20 +57,64 @@ def fit_decay(
     >>> round(float(beta[1] + beta[2] * 0.2), 3)  # total decay per day
     0.03
     """
+    beta, cov = fit_decays(clicks, impressions, age, exposure, np.zeros(len(age), np.int64), 1)
+    return beta[0], cov[0]
+
+
+def fit_decays(
+    clicks: np.ndarray,
+    impressions: np.ndarray,
+    age: np.ndarray,
+    exposure: np.ndarray,
+    group: np.ndarray,
+    n_groups: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`fit_decay` of many series at once: ``group`` numbers each row's series.
+
+    Newton (IRLS) steps for every series together, each series stopping on its own once its
+    step is under 1e-9 (at most 50), as one loop per series would. Every series needs a row.
+    Returns coefficients ``(n_groups, 3)`` and covariances ``(n_groups, 3, 3)``.
+    """
     x = np.column_stack([np.ones_like(age), -age, -exposure / EXPOSURE_UNIT])
     off = np.log(np.maximum(impressions, 1.0))
-    beta = np.array([math.log(max(clicks.sum(), 0.5) / max(impressions.sum(), 1.0)), 0.0, 0.0])
+    g = np.asarray(group, np.int64)
+    k = n_groups
+    tot_c = np.bincount(g, clicks, minlength=k)
+    tot_i = np.bincount(g, impressions, minlength=k)
+    beta = np.zeros((k, 3))
+    beta[:, 0] = np.log(np.maximum(tot_c, 0.5) / np.maximum(tot_i, 1.0))
     prior = np.diag([0.0, RIDGE, RIDGE])  # shrink the decay rates toward none
+    pairs = [(a, b) for a in range(3) for b in range(a, 3)]
+
+    def hessian(rows: np.ndarray, gi: np.ndarray, mu: np.ndarray) -> np.ndarray:
+        h = np.zeros((k, 3, 3))
+        for a, b in pairs:
+            h[:, a, b] = h[:, b, a] = np.bincount(gi, x[rows, a] * x[rows, b] * mu, minlength=k)
+        return h + prior
+
+    def mean(rows: np.ndarray, gi: np.ndarray) -> np.ndarray:
+        eta = (x[rows] * beta[gi]).sum(axis=1) + off[rows]
+        return np.asarray(np.exp(np.clip(eta, -50, 50)), float)
+
+    active = np.ones(k, bool)
+    rows = np.arange(len(g))
     for _ in range(50):
-        mu = np.exp(np.clip(x @ beta + off, -50, 50))
-        grad = x.T @ (clicks - mu) - prior @ beta
-        hess = x.T @ (x * mu[:, None]) + prior
-        step = np.linalg.solve(hess, grad)
-        beta = beta + step
-        if np.max(np.abs(step)) < 1e-9:
+        gi = g[rows]
+        mu = mean(rows, gi)
+        resid = clicks[rows] - mu
+        grad = (
+            np.column_stack([np.bincount(gi, x[rows, a] * resid, minlength=k) for a in range(3)])
+            - beta @ prior
+        )
+        step = np.linalg.solve(hessian(rows, gi, mu)[active], grad[active][..., None])[..., 0]
+        beta[active] += step
+        done = np.max(np.abs(step), axis=1) < 1e-9
+        active[np.flatnonzero(active)[done]] = False
+        if not active.any():
             break
-    mu = np.exp(np.clip(x @ beta + off, -50, 50))
-    cov = np.linalg.inv(x.T @ (x * mu[:, None]) + prior)
+        rows = rows[active[g[rows]]]
+    rows = np.arange(len(g))
+    cov = np.linalg.inv(hessian(rows, g, mean(rows, g)))
     return beta, cov
 
 
@@ -174,22 +219,79 @@ def fatigue(
             clicks=spend.clicks.sum(),
             spend=spend.spend.sum(),
         )
+        .filter(lambda t: t.impressions > 0)  # a day without delivery says nothing of decay
         .order_by(["campaign_id", "creative_id", "date"])
         .to_pyarrow()
-        .to_pylist()
     )
-    conv_by = _conversions_by_creative(ctx)
-    series: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for r in daily:
-        r["date"] = to_date(r["date"])  # once per row, not in every loop below
-        series.setdefault((r["campaign_id"], r["creative_id"]), []).append(r)
-    fitted = (_one(cid, cr, rows, as_of, conv_by.get(cr, {})) for (cid, cr), rows in series.items())
-    creatives = [c for c in fitted if c is not None]
+    s = _Series.of(daily, as_of)
+    beta, cov = fit_decays(s.clicks, s.imp, s.age, s.exposure, s.group, s.n)
+    conv_rel = _conversion_decays(s, _conversions_by_creative(ctx))
+    creatives = [_one(s, g, beta[g], cov[g], conv_rel.get(g), as_of) for g in range(s.n)]
     campaigns = _starvation(creatives, as_of, starvation_days)
     return FatigueReport(as_of, creatives, campaigns)
 
 
-def _conversions_by_creative(ctx: CheckContext) -> dict[str, dict[date, int]]:
+@dataclass
+class _Series:
+    """Every creative's delivery days (with impressions) as arrays, series after series.
+
+    Series ``g`` is rows ``bounds[g]:bounds[g + 1]``; ``age`` counts days from its first row,
+    ``exposure`` the impressions before each row.
+    """
+
+    campaign_id: list[Any]
+    creative_id: list[Any]
+    adset_id: list[Any]
+    day: np.ndarray  # datetime64[D]
+    imp: np.ndarray
+    clicks: np.ndarray
+    spend: np.ndarray
+    bounds: np.ndarray
+    group: np.ndarray
+    age: np.ndarray
+    exposure: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return len(self.bounds) - 1
+
+    @classmethod
+    def of(cls, daily: Any, as_of: date) -> _Series:
+        def num(name: str) -> np.ndarray:
+            return np.asarray(daily[name].fill_null(0).to_numpy(), float)
+
+        cid = daily["campaign_id"].to_pylist()
+        cr = daily["creative_id"].to_pylist()
+        n = len(cid)
+        day = daily["date"].fill_null(as_of).to_numpy().astype("datetime64[D]")
+        if n:
+            a, b = np.asarray(cid, object), np.asarray(cr, object)
+            new = np.r_[True, (a[1:] != a[:-1]) | (b[1:] != b[:-1])]
+        else:
+            new = np.zeros(0, bool)
+        starts = np.flatnonzero(new)
+        bounds = np.r_[starts, n].astype(np.int64)
+        group = np.cumsum(new) - 1
+        imp = num("impressions")
+        before = np.cumsum(imp) - imp
+        age = (day - day[starts][group]).astype(float) if n else np.zeros(0)
+        return cls(
+            cid,
+            cr,
+            daily["adset_id"].to_pylist(),
+            day,
+            imp,
+            num("clicks"),
+            num("spend"),
+            bounds,
+            group,
+            age,
+            before - before[starts][group] if n else np.zeros(0),
+        )
+
+
+def _conversions_by_creative(ctx: CheckContext) -> pd.DataFrame:
+    """Conversions per ``creative`` and ``day`` (``datetime64[D]``), ``n``."""
     conv = ctx.conversions
     conv = conv.filter(conv.source.isin(["pixel", "server"]) | conv.source.isnull())
     # the click's creative and day, when its touchpoint is known by the as-of date
@@ -201,31 +303,29 @@ def _conversions_by_creative(ctx: CheckContext) -> dict[str, dict[date, int]]:
         ),
         day=ibis.coalesce(c.click_ts.date(), known.date(), c.ts.date()),
     )
-    rows = c.group_by(["creative", "day"]).aggregate(n=c.count()).to_pyarrow().to_pylist()
-    out: dict[str, dict[date, int]] = {}
-    for r in rows:
-        if r["creative"] is not None and r["day"] is not None:
-            out.setdefault(r["creative"], {})[r["day"]] = int(r["n"])
-    return out
+    c = c.filter(c.creative.notnull() & c.day.notnull())
+    out = c.group_by(["creative", "day"]).aggregate(n=c.count()).to_pyarrow()
+    return pd.DataFrame(
+        {
+            "creative": out["creative"].to_numpy(zero_copy_only=False),
+            "day": out["day"].to_numpy().astype("datetime64[D]"),
+            "n": np.asarray(out["n"].to_numpy(), float),
+        }
+    )
 
 
 def _one(
-    cid: str, cr: str, rows: list[dict[str, Any]], as_of: date, conv: dict[date, int]
-) -> CreativeFatigue | None:
-    rows = [r for r in rows if (r["impressions"] or 0) > 0]
-    if not rows:
-        return None
-    launched = rows[0]["date"] or as_of
-    days = np.array([((r["date"] or as_of) - launched).days for r in rows], float)
-    imp = np.array([r["impressions"] for r in rows], float)
-    clk = np.array([r["clicks"] for r in rows], float)
-    exposure = np.cumsum(imp) - imp
-    beta, cov = fit_decay(clk, imp, days, exposure)
+    s: _Series, g: int, beta: np.ndarray, cov: np.ndarray, conv_rel: float | None, as_of: date
+) -> CreativeFatigue:
+    lo_row, hi_row = int(s.bounds[g]), int(s.bounds[g + 1])
+    days, imp = s.age[lo_row:hi_row], s.imp[lo_row:hi_row]
+    exposure = s.exposure[lo_row:hi_row]
+    launched = _date(s.day[lo_row])
 
     def rel(age: float, expo: float) -> tuple[float, float, float]:
         d = np.array([0.0, -age, -expo / EXPOSURE_UNIT])
-        m, s = float(d @ beta), float(math.sqrt(max(d @ cov @ d, 0.0)))
-        return math.exp(m), math.exp(m - Z90 * s), math.exp(m + Z90 * s)
+        m, sd = float(d @ beta), float(math.sqrt(max(d @ cov @ d, 0.0)))
+        return math.exp(m), math.exp(m - Z90 * sd), math.exp(m + Z90 * sd)
 
     age_now, expo_now = float(days[-1]), float(exposure[-1] + imp[-1])
     r_now, lo, hi = rel(age_now, expo_now)
@@ -245,7 +345,7 @@ def _one(
     first = below(days, exposure + imp)
     if len(first):
         onset = launched + timedelta(days=int(days[first[0]]))
-    last = rows[-1]["date"] or as_of
+    last = _date(s.day[hi_row - 1])
     live = (as_of - last).days < 2
     to_fatigue: int | None = None
     if onset is None and live:
@@ -254,16 +354,15 @@ def _one(
         ahead = below(age_now + ks, expo_now + ks * rate)
         to_fatigue = int(ks[ahead[0]]) if len(ahead) else None
     start_ctr = math.exp(beta[0])
-    conv_rel = _conversion_decay(rows, conv, launched)
-    spend7 = sum(r["spend"] or 0.0 for r in rows if (as_of - (r["date"] or as_of)).days < 7)
+    recent = s.day[lo_row:hi_row] > np.datetime64(as_of - timedelta(days=7), "D")
     return CreativeFatigue(
-        creative_id=cr,
-        campaign_id=cid,
-        adset_id=rows[-1]["adset_id"],
+        creative_id=s.creative_id[lo_row],
+        campaign_id=s.campaign_id[lo_row],
+        adset_id=s.adset_id[hi_row - 1],
         launched=launched,
         days=int(days[-1]) + 1,
         impressions=int(imp.sum()),
-        clicks=int(clk.sum()),
+        clicks=int(s.clicks[lo_row:hi_row].sum()),
         ctr_start=start_ctr,
         ctr_now=start_ctr * r_now,
         relative_ctr=r_now,
@@ -275,22 +374,38 @@ def _one(
         decay_per_100k_impressions=float(beta[2]),
         live=live,
         conversion_rate_relative=conv_rel,
-        spend_7d=float(spend7),
+        spend_7d=float(s.spend[lo_row:hi_row][recent].sum()),
     )
 
 
-def _conversion_decay(
-    rows: list[dict[str, Any]], conv: dict[date, int], launched: date
-) -> float | None:
-    """Conversion rate per click now relative to the creative's start (log-linear in age)."""
-    clicks = np.array([r["clicks"] or 0 for r in rows], float)
-    if clicks.sum() < 200 or sum(conv.values()) < 20:
-        return None
-    ages = np.array([((r["date"] or launched) - launched).days for r in rows], float)
-    y = np.array([conv.get(r["date"] or launched, 0) for r in rows], float)
-    keep = clicks > 0
-    beta, _cov = fit_decay(y[keep], clicks[keep], ages[keep], np.zeros(int(keep.sum())))
-    return float(math.exp(-beta[1] * ages[keep][-1]))
+def _date(d: np.datetime64) -> date:
+    return date.fromordinal(int(d.astype(np.int64)) + _EPOCH)
+
+
+_EPOCH = date(1970, 1, 1).toordinal()
+
+
+def _conversion_decays(s: _Series, conv: pd.DataFrame) -> dict[int, float]:
+    """Per series with 200 clicks and 20 conversions of its creative: the conversion rate per
+    click now relative to its start (log-linear in age), fitted for all of them at once."""
+    tot_clicks = np.bincount(s.group, s.clicks, minlength=s.n)
+    by_creative = conv.groupby("creative").n.sum()
+    first = [s.creative_id[int(b)] for b in s.bounds[:-1]]
+    tot_conv = by_creative.reindex(pd.Index(first, dtype=object)).fillna(0.0).to_numpy()
+    chosen = np.flatnonzero((tot_clicks >= 200) & (tot_conv >= 20))
+    if not len(chosen):
+        return {}
+    rows = np.concatenate([np.arange(s.bounds[g], s.bounds[g + 1]) for g in chosen])
+    rows = rows[s.clicks[rows] > 0]
+    local = np.searchsorted(chosen, s.group[rows])
+    keys = pd.MultiIndex.from_arrays(
+        [pd.Index([s.creative_id[i] for i in rows.tolist()], dtype=object), s.day[rows]]
+    )
+    y = conv.set_index(["creative", "day"]).n.reindex(keys).fillna(0.0).to_numpy()
+    beta, _cov = fit_decays(y, s.clicks[rows], s.age[rows], np.zeros(len(rows)), local, len(chosen))
+    last_age = np.zeros(len(chosen))
+    last_age[local] = s.age[rows]  # rows ascend within a series: the last write is its last
+    return {int(g): float(math.exp(-beta[j, 1] * last_age[j])) for j, g in enumerate(chosen)}
 
 
 def _starvation(
