@@ -314,3 +314,27 @@ def test_meta_throttling_codes_are_retried_even_with_a_400() -> None:
     invalid = httpx.Response(400, json={"error": {"message": "(#100) bad field", "code": 100}})
     client = Client(transport=httpx.MockTransport(lambda _: invalid), sleep=waits.append)
     assert client.get("http://meta.invalid/x", retry_if=throttled).attempts == 1
+
+
+def test_google_campaign_level_and_export_overlap_note(sb: Sandbox, tmp_path: Path) -> None:
+    s = settings_from_dict(
+        {"connect": {"google": {"customer_id": CID, "base_url": sb.base_url, "level": "campaign"}}}
+    )
+    ws = Workspace(":memory:")
+    res = run(ws, sb, "google", settings=s)
+    assert res.rows_loaded == 28 and res.notes == []
+    row = ws.con.execute(
+        "SELECT spend, adset_id FROM spend WHERE date = '2026-03-09' AND platform = 'google'"
+    ).fetchone()
+    assert row == (30.0, None)
+    export = tmp_path / "spend.csv"
+    export.write_text(
+        "date,platform,campaign_id,adset_id,ad_id,creative_id,impressions,clicks,spend\n"
+        "2026-03-09,meta,111,222,330,cr1,1000,20,10.0\n",
+        encoding="utf-8",
+    )
+    from signalloop.ingest import ingest_file
+
+    ingest_file(ws, "spend", export)
+    meta_res = run(ws, sb, "meta", since=TODAY - timedelta(days=1))
+    assert any("came from exports" in n for n in meta_res.notes)

@@ -8,6 +8,9 @@ One GAQL query through ``googleAds:searchStream`` (``../shared/PLATFORMS.md``; t
            metrics.conversions, metrics.conversions_value
     FROM ad_group WHERE segments.date >= '...' AND segments.date <= '...'
 
+(``[connect.google] level = "campaign"`` reads ``FROM campaign`` without the ad group fields:
+campaigns that have no ad groups, such as Performance Max, are counted then.)
+
 int64 values arrive as strings, doubles as numbers; ``cost_micros`` / 1,000,000 is the cost in
 the account currency. ``metrics.conversions`` / ``conversions_value`` are the platform's own
 counts (``platform_conversions`` / ``platform_conversion_value``). Google reports per ad group,
@@ -55,15 +58,18 @@ FIELDS: tuple[str, ...] = (
 STREAM_ATTEMPTS = 3
 
 
-def spend_query(since: date, until: date) -> str:
-    """The GAQL delivery query for one range.
+def spend_query(since: date, until: date, level: str = "ad_group") -> str:
+    """The GAQL delivery query for one range, per ad group or per campaign.
 
     >>> spend_query(date(2026, 3, 1), date(2026, 3, 2)).endswith(
-    ...     "WHERE segments.date >= '2026-03-01' AND segments.date <= '2026-03-02'")
+    ...     "FROM ad_group WHERE segments.date >= '2026-03-01' AND segments.date <= '2026-03-02'")
     True
+    >>> "ad_group" in spend_query(date(2026, 3, 1), date(2026, 3, 2), "campaign")
+    False
     """
+    fields = FIELDS if level == "ad_group" else [f for f in FIELDS if not f.startswith("ad_group")]
     return (
-        f"SELECT {', '.join(FIELDS)} FROM ad_group WHERE segments.date >= "
+        f"SELECT {', '.join(fields)} FROM {level} WHERE segments.date >= "
         f"'{since.isoformat()}' AND segments.date <= '{until.isoformat()}'"
     )
 
@@ -223,8 +229,8 @@ class GoogleReader:
         }
 
     def rows(self, since: date, until: date) -> list[dict[str, Any]]:
-        """Every ad group's delivery per day in the range (results as sent)."""
-        return self.stream(spend_query(since, until))
+        """Every ad group's (or campaign's, per ``level``) delivery per day in the range."""
+        return self.stream(spend_query(since, until, self.cfg.level))
 
 
 def spend_rows(

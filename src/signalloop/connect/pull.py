@@ -316,6 +316,17 @@ def _land(
     res.restated = got.restated
     res.spend_before = round(sum(before.values()), 6)
     res.spend_after = round(sum(after.values()), 6)
+    other = ws.con.execute(
+        "SELECT count(*) FROM spend s JOIN ingest_log l ON l.ingest_id = s._ingest_id "
+        "WHERE s.platform = ? AND s.date BETWEEN ? AND ? AND l.file NOT LIKE 'pull:%'",
+        [platform, start, end],
+    ).fetchone()
+    if other and other[0]:
+        res.notes.append(
+            f"{other[0]:,} {platform} spend row(s) in this range came from exports, not pulls: "
+            "their keys differ from the pulled rows' (an export names creatives, a pull does "
+            "not), so both are counted; keep one source per platform"
+        )
     res.restated_days = [
         {"date": d.isoformat(), "before": round(before[d], 6), "after": round(after.get(d, 0.0), 6)}
         for d in sorted(before)

@@ -18,6 +18,7 @@ Only the account ids have no default::
     [connect.google]
     customer_id = "123-456-7890"
     login_customer_id = "111-222-3333"  # optional, the manager account
+    level = "ad_group"               # or "campaign" (counts campaigns without ad groups too)
     time_zone = "America/New_York"
     currency = "USD"
 
@@ -77,6 +78,9 @@ class GoogleConnection:
 
     customer_id: str | None = None
     login_customer_id: str | None = None
+    #: ``"ad_group"`` (a row per ad group and day) or ``"campaign"`` (a row per campaign and
+    #: day: campaigns without ad groups, such as Performance Max, are then counted too).
+    level: str = "ad_group"
     time_zone: str = "UTC"
     currency: str | None = None
     base_url: str = "https://googleads.googleapis.com"
@@ -158,7 +162,13 @@ def _customer(value: Any, source: str) -> str | None:
 def _google_from(table: Any, source: str) -> GoogleConnection:
     t = check_table(table, "connect.google", GoogleConnection, source)
     base = GoogleConnection()
+    level = t.get("level", base.level)
+    if level not in ("ad_group", "campaign"):
+        raise ConfigError(
+            f'{source}: [connect.google] level must be "ad_group" or "campaign", got {level!r}'
+        )
     return GoogleConnection(
+        level=level,
         customer_id=_customer(t.get("customer_id"), source),
         login_customer_id=_customer(t.get("login_customer_id"), source),
         time_zone=check_time_zone(t.get("time_zone", base.time_zone), "connect.google", source),
