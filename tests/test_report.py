@@ -105,3 +105,32 @@ def test_a_creative_fitted_to_no_clicks_has_no_relative_ctr_not_a_crash(tmp_path
         (curve,) = _fatigue_curves(ws, doc)["creatives"]
     assert curve["age_days"] == [0, 1] and curve["relative_ctr"] == [None, None]
     assert curve["fitted"] == [1.0, 1.0]
+
+
+def test_many_campaigns_conversion_lines_are_one_trace_with_every_point() -> None:
+    """Past LINES_PER_CAMPAIGN campaigns the lines share one trace: every campaign's points,
+    split by gaps, each hover naming its campaign; the account traces are unchanged."""
+    from signalloop.report import LINES_PER_CAMPAIGN, fig_conversions
+
+    n = LINES_PER_CAMPAIGN + 5
+    days = ["2026-03-01", "2026-03-02"]
+    chart = {
+        "campaigns": {f"c{i:03d}": {"dates": days, "observed": [i, i + 1]} for i in range(n)},
+        "account": {
+            "dates": days,
+            "observed": [1, 2],
+            "expected": [1, 2.5],
+            "lower": [1, 2],
+            "upper": [1, 3],
+        },
+        "outages": [],
+    }
+    fig = fig_conversions(chart)
+    lines = [t for t in fig.data if t.name == f"{n} campaigns"]
+    assert len(lines) == 1 and len(fig.data) == 4
+    ys = [v for v in lines[0].y if v is not None]
+    assert ys == [v for i in range(n) for v in (i, i + 1)]
+    assert list(lines[0].y).count(None) == n
+    assert lines[0].text[0] == "c000" and lines[0].text[-1] == f"c{n - 1:03d}"
+    few = fig_conversions({**chart, "campaigns": dict(list(chart["campaigns"].items())[:3])})
+    assert [t.name for t in few.data][:3] == ["c000", "c001", "c002"]

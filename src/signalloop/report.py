@@ -316,10 +316,36 @@ def fig_environment(c: dict[str, Any]) -> go.Figure:
     return _layout(fig, "Signal environment over time (filled: a run saw it; open: backfilled)")
 
 
+#: Above this many campaigns their conversion lines are one grey trace (hover names each)
+LINES_PER_CAMPAIGN = 25
+
+
 def fig_conversions(c: dict[str, Any]) -> go.Figure:
     fig = go.Figure()
-    for cid, s in c["campaigns"].items():
-        fig.add_trace(go.Scatter(x=s["dates"], y=s["observed"], name=cid, mode="lines"))
+    if len(c["campaigns"]) <= LINES_PER_CAMPAIGN:
+        for cid, s in c["campaigns"].items():
+            fig.add_trace(go.Scatter(x=s["dates"], y=s["observed"], name=cid, mode="lines"))
+    else:
+        # a legend of hundreds says nothing and a trace each costs seconds: one trace, its
+        # lines split by gaps, each point's hover naming its campaign
+        x: list[Any] = []
+        y: list[Any] = []
+        names: list[str] = []
+        for cid, s in c["campaigns"].items():
+            x += [*s["dates"], None]
+            y += [*s["observed"], None]
+            names += [cid] * (len(s["dates"]) + 1)
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=y,
+                text=names,
+                name=f"{len(c['campaigns'])} campaigns",
+                mode="lines",
+                line={"color": "rgba(31,119,180,0.35)", "width": 1},
+                hovertemplate="%{text}<br>%{x}: %{y}<extra></extra>",
+            )
+        )
     acc = c["account"]
     fig.add_trace(
         go.Scatter(
