@@ -323,13 +323,22 @@ def shortest_interval(
     (np.float64(0.0), np.float64(0.05))
     """
     a = np.asarray(samples, dtype=float)
-    if a.ndim == 2 and a.flags.f_contiguous and not a.flags.c_contiguous:
-        s = np.sort(a.T, axis=1).T  # draws of a column side by side: sort each in place
-    else:
-        s = np.sort(a, axis=0)
-    n = s.shape[0]
+    n = a.shape[0]
     m = min(max(math.ceil(level * n), 1), n)
-    low, high = s[: n - m + 1], s[m - 1 :]
+    k = n - m + 1  # the intervals to compare: low ends s[:k], high ends s[m - 1:]
+    cols = a.ndim == 2 and a.flags.f_contiguous and not a.flags.c_contiguous
+    b = a.T if cols else a.reshape(n, -1).T  # draws of a column side by side
+    if k - 1 < m - 1 and n > 64:
+        # only the k smallest and the k largest draws matter: split them off (linear time)
+        # and sort just those, the same values a full sort puts there
+        part = np.partition(b, (k - 1, m - 1), axis=1)
+        low = np.sort(part[:, :k], axis=1).T
+        high = np.sort(part[:, m - 1 :], axis=1).T
+    else:
+        srt = np.sort(b, axis=1)
+        low, high = srt[:, :k].T, srt[:, m - 1 :].T
+    if a.ndim != 2:
+        low, high = low.reshape((k, *a.shape[1:])), high.reshape((k, *a.shape[1:]))
     if contain is not None:
         # fmin / fmax: a missing (NaN) point asks for nothing
         low = np.fmin(low, np.asarray(contain[0], dtype=float)[None, :])
