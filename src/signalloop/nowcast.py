@@ -305,6 +305,8 @@ def shortest_interval(
     samples: FloatArray,
     level: float,
     contain: tuple[FloatArray, FloatArray] | None = None,
+    *,
+    overwrite: bool = False,
 ) -> tuple[FloatArray, FloatArray]:
     """The shortest interval holding ``level`` of the draws, per column.
 
@@ -313,7 +315,8 @@ def shortest_interval(
     intervals spanning ``level`` of the sorted draws, the one that is shortest once stretched
     to hold ``[lo, hi]`` is taken and stretched; when the shortest already holds the point it
     is unchanged. So the interval still holds ``level`` of the draws, plus what the stretch
-    adds when no interval of the draws reaches the point.
+    adds when no interval of the draws reaches the point. With ``overwrite`` the caller gives
+    up ``samples`` (a float array): its columns are reordered in place instead of copied.
 
     >>> lo, hi = shortest_interval(np.arange(100.0)[:, None], 0.9)
     >>> float(hi[0] - lo[0])
@@ -331,7 +334,8 @@ def shortest_interval(
     if k - 1 < m - 1 and n > 64:
         # only the k smallest and the k largest draws matter: split them off (linear time)
         # and sort just those, the same values a full sort puts there
-        part = np.partition(b, (k - 1, m - 1), axis=1)
+        part = b if overwrite and a is samples else b.copy()
+        part.partition((k - 1, m - 1), axis=1)
         low = np.sort(part[:, :k], axis=1).T
         high = np.sort(part[:, m - 1 :], axis=1).T
     else:
@@ -410,7 +414,7 @@ def count_interval(
         y = np.add(x.T, jitter.T, order="C").T  # keep the draws-by-column layout
     else:
         y = x + jitter
-    a, b = shortest_interval(y, level, contain)
+    a, b = shortest_interval(y, level, contain, overwrite=True)
     lo, hi = np.ceil(a) + 0.0, np.floor(b) + 0.0  # + 0.0: no -0.0
     empty = hi < lo
     mid = np.round((a + b) / 2)
@@ -1290,8 +1294,13 @@ def _predict(model: DelayModel, path: _Path, opts: NowcastOptions) -> _Predictio
         point_add = gpoint * (b0[act] + lost0[act])
         vm, vsd = float(path.value_mean[g]), float(path.value_sd[g])
         noise = rng.standard_normal(add.shape) * np.sqrt(add) * vsd
-        # each campaign writes only its own cohorts
-        blocks[g] = (ids, k + add, obs_value[ids] + np.maximum(add * vm + noise, 0.0))
+        # each campaign writes only its own cohorts, a cohort's draws contiguous (transposed
+        # here, in small blocks on the threads, not in one strided copy of every draw)
+        blocks[g] = (
+            ids,
+            np.ascontiguousarray((k + add).T, dtype=np.float64),
+            np.ascontiguousarray((obs_value[ids] + np.maximum(add * vm + noise, 0.0)).T),
+        )
         expected[ids] = k + point_add
         expected_value[ids] = obs_value[ids] + point_add * vm
 
@@ -1303,7 +1312,7 @@ def _predict(model: DelayModel, path: _Path, opts: NowcastOptions) -> _Predictio
     def stack(i: int) -> FloatArray:  # (S, n_active), each cohort's draws contiguous
         if not parts:
             return np.zeros((draws, 0))
-        return _f(np.concatenate([p[i].T for p in parts], axis=0).T)
+        return _f(np.concatenate([p[i] for p in parts], axis=0).T)
 
     return _Prediction(expected, expected_value, stack(1), stack(2), phi, ids.astype(np.int64))
 
