@@ -1,5 +1,5 @@
-"""``signalloop pull meta|google`` and ``signalloop connect test``: connected ad accounts
-(library: :mod:`signalloop.connect`).
+"""``signalloop pull meta|google`` (spend and the edit history) and ``signalloop connect
+test``: connected ad accounts (library: :mod:`signalloop.connect`).
 """
 
 from __future__ import annotations
@@ -53,24 +53,33 @@ def pull_cmd(
             show_default=False,
         ),
     ] = None,
+    what: Annotated[
+        str,
+        typer.Option(
+            "--what",
+            help="spend, changes (the edit history, with who made each edit) or both.",
+        ),
+    ] = "spend,changes",
     db: DbOption = None,
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Pull daily delivery per ad from a connected account into the spend kind.
+    """Pull daily delivery per ad into the spend kind and the edit history into changes.
 
     Same validation, quarantine and natural keys as ingest.
 
-    Re-pulling the same data adds nothing; a restated day replaces the stored rows (counted).
+    Re-pulling the same data adds nothing; a restated day or edit replaces the stored rows
+    (counted).
 
-    Exit 1 when a range could not be read.
+    Exit 1 when a range or the edit history could not be read.
     """
     from signalloop.config import load_settings
-    from signalloop.connect.pull import PLATFORMS, pull
+    from signalloop.connect.pull import PLATFORMS, check_what, pull
     from signalloop.store import Workspace
 
     if platform not in PLATFORMS:
         raise UsageError(f"pull {platform!r}: expected one of {', '.join(PLATFORMS)}")
+    wanted = check_what(what)
     first = _parse_date(since, "--since")
     last = _parse_date(until, "--until")
     settings = load_settings(config)
@@ -83,18 +92,58 @@ def pull_cmd(
             lookback_days=lookback_days,
             settings=settings,
             progress=bar,
+            what=wanted,
         )
     doc = res.to_dict()
     if as_json:
         emit_json(doc)
     else:
         print_pull(doc)
-    if res.failed:
+    if res.failed or (res.changes or {}).get("status") == "failed":
         raise typer.Exit(1)
 
 
 def print_pull(doc: dict[str, Any]) -> None:
     """One pull's counts, restated days and failures."""
+    if "spend" in doc.get("what", ["spend"]):
+        print_spend(doc)
+    if doc.get("changes"):
+        print_changes(doc["platform"], doc["changes"])
+
+
+def print_changes(platform: str, ch: dict[str, Any]) -> None:
+    """The edit history's counts: who edited what, what was new, restated, skipped."""
+    out.print(
+        f"[bold]edits {platform}[/] {ch['since'][:16]}..{ch['until'][:16]} "
+        f"({ch['requests']} request(s))",
+        highlight=False,
+    )
+    if ch["status"] == "failed":
+        out.print(f"  [red]not read[/]: {escape(ch['error'])}", highlight=False)
+        return
+    out.print(
+        f"  {ch['events_read']:,} events: {ch['rows_mapped']:,} edits "
+        f"({ch['rows_loaded']:,} new, {ch['rows_restated']:,} restated, "
+        f"{ch['rows_unchanged']:,} unchanged, {ch['rows_quarantined']:,} quarantined)",
+        highlight=False,
+    )
+    if ch["by_actor"]:
+        who = ", ".join(f"{n:,} {k}" for k, n in ch["by_actor"].items())
+        what = ", ".join(f"{n:,} {k}" for k, n in ch["by_field"].items())
+        out.print(f"  by: {who}; fields: {what}", highlight=False)
+    if ch["rows_own"]:
+        out.print(
+            f"  {ch['rows_own']:,} edit(s) signalloop applied, already recorded", highlight=False
+        )
+    if ch["skipped"]:
+        top = ", ".join(f"{n:,} {escape(k)}" for k, n in list(ch["skipped"].items())[:5])
+        out.print(f"  not edits the contract records: {top}", highlight=False)
+    for n in ch["notes"]:
+        out.print(f"  note: {escape(n)}", highlight=False)
+
+
+def print_spend(doc: dict[str, Any]) -> None:
+    """The spend part of a pull."""
     out.print(
         f"[bold]pull {doc['platform']}[/] {escape(doc['account'])} {doc['since']}..{doc['until']}"
         f" ({doc['requests']} request(s), {doc['seconds']:.1f} s)",

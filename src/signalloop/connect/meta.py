@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 from signalloop.connect.settings import MetaConnection
@@ -57,6 +57,19 @@ FIELDS: tuple[str, ...] = (
     "actions",
     "action_values",
     "attribution_setting",
+)
+#: The activity-log fields read (``AdActivity`` in the ``facebook-business`` SDK).
+ACTIVITY_FIELDS: tuple[str, ...] = (
+    "event_time",
+    "event_type",
+    "object_id",
+    "object_name",
+    "object_type",
+    "extra_data",
+    "actor_id",
+    "actor_name",
+    "application_id",
+    "application_name",
 )
 #: Graph error codes that mean "too many calls, try later" (sent with a 400 as often as a 429).
 THROTTLE_CODES = frozenset({4, 17, 32, 613, *range(80000, 80015)})
@@ -221,7 +234,9 @@ class MetaReader:
             return self._job(params)
         return self._pages(self._url(self.node, "insights"), params)
 
-    def _pages(self, url: str, params: Mapping[str, str]) -> list[dict[str, Any]]:
+    def _pages(
+        self, url: str, params: Mapping[str, str], what: str = "insights"
+    ) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         after: str | None = None
         while True:
@@ -230,15 +245,25 @@ class MetaReader:
                 page["after"] = after
             reply = self._get(url, page)
             if not reply.ok:
-                raise ReadFailed(f"reading insights of {self.node}: {reply.error}")
+                raise ReadFailed(f"reading {what} of {self.node}: {reply.error}")
             data = reply.body.get("data")
             if not isinstance(data, list):
-                raise ReadFailed(f"insights of {self.node}: the answer has no data list")
+                raise ReadFailed(f"{what} of {self.node}: the answer has no data list")
             out.extend(r for r in data if isinstance(r, dict))
             paging = reply.body.get("paging") or {}
             after = (paging.get("cursors") or {}).get("after")
             if not paging.get("next") or not after or not data:
                 return out
+
+    def activities(self, since: datetime, until: datetime) -> list[dict[str, Any]]:
+        """The ad account's activity log between two instants (every page), as sent."""
+        params = {
+            "fields": ",".join(ACTIVITY_FIELDS),
+            "since": str(int(since.timestamp())),
+            "until": str(int(until.timestamp())),
+            "limit": str(self.cfg.page_size),
+        }
+        return self._pages(self._url(self.node, "activities"), params, "the activity log")
 
     def _job(self, params: Mapping[str, str]) -> list[dict[str, Any]]:
         failed = ""

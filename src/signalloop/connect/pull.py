@@ -1,4 +1,5 @@
-"""``signalloop pull``: a connected ad account's daily delivery into the ``spend`` kind.
+"""``signalloop pull``: a connected ad account's daily delivery into the ``spend`` kind, and
+its edit history into ``changes`` (:mod:`signalloop.connect.changes`).
 
 One pull reads a range of days (default: the ``lookback_days`` up to yesterday in the
 account's time zone, because platforms restate recent days), in chunks of at most
@@ -16,28 +17,28 @@ request headers: never into the result, a log line or the workspace.
 
 from __future__ import annotations
 
-import csv
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
+from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from signalloop.config import Settings, load_settings
 from signalloop.connect import google as gads
 from signalloop.connect import meta
+from signalloop.connect.changes import pull_changes
+from signalloop.connect.landing import Landed, land_rows
 from signalloop.connect.meta import ReadFailed
 from signalloop.contract import KINDS
 from signalloop.errors import CredentialError, UsageError
-from signalloop.ingest import ingest_file
 from signalloop.push.client import Client
 from signalloop.store import Workspace
 
 #: The platforms a pull reads.
 PLATFORMS = ("meta", "google")
+#: What a pull can read, and reads by default.
+WHAT = ("spend", "changes")
 #: Longest range read in one request (or report job).
 CHUNK_DAYS = 31
 #: Columns of the file handed to ingest: the contract's, then the attributes kept.
@@ -47,8 +48,8 @@ Progress = Callable[[str, float | None], None]
 
 
 @dataclass
-class PullResult:
-    """What one pull read and landed."""
+class PullResult(Landed):
+    """What one pull read and landed (the ingest's counts: :class:`Landed`)."""
 
     platform: str
     account: str
@@ -58,31 +59,44 @@ class PullResult:
     requests: int = 0
     report_jobs: int = 0
     rows_pulled: int = 0
-    rows_loaded: int = 0
-    rows_unchanged: int = 0
-    rows_restated: int = 0
-    rows_quarantined: int = 0
-    quarantine_reasons: dict[str, int] = field(default_factory=dict)
     #: Columns the restated rows changed, with how many rows each.
     restated_columns: dict[str, int] = field(default_factory=dict)
     #: Days whose stored spend the pull changed: ``{date, before, after}``.
     restated_days: list[dict[str, Any]] = field(default_factory=list)
-    #: The first restated rows, with each changed column's old and new value.
-    restated: list[dict[str, Any]] = field(default_factory=list)
     spend_before: float = 0.0
     spend_after: float = 0.0
     currency: list[str] = field(default_factory=list)
     attribution_setting: list[str] = field(default_factory=list)
     #: Ranges that could not be read: ``{since, until, error}``.
     failed: list[dict[str, str]] = field(default_factory=list)
-    ingest_id: int | None = None
     label: str = ""
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    #: What was pulled (``spend``, ``changes``).
+    what: list[str] = field(default_factory=lambda: list(WHAT))
+    #: The edit history's :class:`~signalloop.connect.changes.ChangesResult` (as a dict), when
+    #: pulled.
+    changes: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy."""
         return asdict(self)
+
+
+def check_what(what: Sequence[str] | str) -> tuple[str, ...]:
+    """What a pull reads, checked (``"spend,changes"`` or a sequence).
+
+    >>> check_what("changes, spend")
+    ('spend', 'changes')
+    """
+    items = [w.strip() for w in (what.split(",") if isinstance(what, str) else what)]
+    bad = [w for w in items if w not in WHAT]
+    if bad or not items:
+        raise UsageError(
+            f"--what {','.join(items) or '(nothing)'}: expected spend, changes or both "
+            "(spend,changes)"
+        )
+    return tuple(w for w in WHAT if w in items)
 
 
 def chunks(since: date, until: date, days: int = CHUNK_DAYS) -> list[tuple[date, date]]:
@@ -169,14 +183,6 @@ def _spend_by_day(ws: Workspace, platform: str, since: date, until: date) -> dic
     return {d: float(s or 0.0) for d, s in rows}
 
 
-def _write(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(COLUMNS)
-        for r in rows:
-            w.writerow(["" if r.get(c) is None else r.get(c) for c in COLUMNS])
-
-
 def pull(
     ws: Workspace,
     platform: str,
@@ -189,8 +195,10 @@ def pull(
     today: date | None = None,
     progress: Progress | None = None,
     poll_wait: float = 2.0,
+    what: Sequence[str] = WHAT,
 ) -> PullResult:
-    """Pull one platform's daily delivery into ``spend``.
+    """Pull one platform's daily delivery into ``spend`` and its edit history into
+    ``changes`` (:mod:`signalloop.connect.changes`; in ``PullResult.changes``).
 
     Parameters
     ----------
@@ -212,6 +220,10 @@ def pull(
         Called with a label and a fraction as the pull proceeds.
     poll_wait
         Seconds between a Meta report job's status reads.
+    what
+        What to pull: ``"spend"``, ``"changes"`` or both (the default). The edit history is
+        read from the first day of the range up to now (up to the end of ``until`` when it
+        is given).
 
     Raises
     ------
@@ -222,15 +234,19 @@ def pull(
     """
     started = time.perf_counter()
     settings = settings or load_settings()
+    wanted = check_what(what)
     account = _need_account(settings, platform)
     tz = ZoneInfo(_time_zone(settings, platform))
     day = today or datetime.now(tz).date()
     lookback = lookback_days if lookback_days is not None else settings.connect.lookback_days
     start, end = pull_range(since, until, lookback, day)
     label = f"pull:{platform}:{account}:{start}..{end}"
-    res = PullResult(platform, account, start.isoformat(), end.isoformat(), label=label)
+    res = PullResult(
+        platform, account, start.isoformat(), end.isoformat(), label=label, what=list(wanted)
+    )
     own = client is None
     http = client or Client()
+    rows: list[dict[str, Any]] = []
     try:
         reader: meta.MetaReader | gads.GoogleReader
         if platform == "meta":
@@ -239,34 +255,91 @@ def pull(
             )
         else:
             reader = gads.GoogleReader(http, settings.connect)
-        rows: list[dict[str, Any]] = []
-        parts = chunks(start, end)
-        for i, (lo, hi) in enumerate(parts):
-            if progress:
-                progress(f"pulling {platform} {lo}..{hi}", i / len(parts))
-            try:
-                raw = reader.rows(lo, hi)
-            except ReadFailed as exc:
-                res.failed.append(
-                    {"since": lo.isoformat(), "until": hi.isoformat(), "error": str(exc)}
-                )
-                continue
-            if platform == "meta":
-                rows += meta.spend_rows(raw, settings.connect.meta.optimization_event)
-            else:
-                rows += gads.spend_rows(raw, settings.connect.google.currency, account)
+        if "spend" in wanted:
+            rows = _read_spend(reader, res, settings, platform, account, start, end, progress)
+        if "changes" in wanted:
+            lo = datetime.combine(start, datetime.min.time(), tz)
+            # the history runs to now (today's edits matter to apply); an explicit --until
+            # ends it with that day
+            last = end if until is not None else day if today is not None else None
+            hi = (
+                datetime.now(tz)
+                if last is None
+                else datetime.combine(last + timedelta(days=1), datetime.min.time(), tz)
+            )
+            spend_requests = reader.requests
+            res.changes = pull_changes(
+                ws,
+                reader,
+                platform,
+                account,
+                lo,
+                hi - timedelta(seconds=1),
+                currency=_currency(settings, platform),
+                time_zone=_time_zone(settings, platform),
+                progress=progress,
+            ).to_dict()
+            res.changes["requests"] = reader.requests - spend_requests
+            reader.requests = spend_requests
         res.requests = reader.requests
         res.report_jobs = getattr(reader, "jobs", 0)
     finally:
         if own:
             http.close()
+    if "spend" in wanted:
+        _finish_spend(ws, res, rows, settings, platform, start, end, progress)
+    res.seconds = time.perf_counter() - started
+    return res
+
+
+def _read_spend(
+    reader: meta.MetaReader | gads.GoogleReader,
+    res: PullResult,
+    settings: Settings,
+    platform: str,
+    account: str,
+    start: date,
+    end: date,
+    progress: Progress | None,
+) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    parts = chunks(start, end)
+    for i, (lo, hi) in enumerate(parts):
+        if progress:
+            progress(f"pulling {platform} {lo}..{hi}", i / len(parts))
+        try:
+            raw = reader.rows(lo, hi)
+        except ReadFailed as exc:
+            res.failed.append({"since": lo.isoformat(), "until": hi.isoformat(), "error": str(exc)})
+            continue
+        if platform == "meta":
+            rows += meta.spend_rows(raw, settings.connect.meta.optimization_event)
+        else:
+            rows += gads.spend_rows(raw, settings.connect.google.currency, account)
+    return rows
+
+
+def _currency(settings: Settings, platform: str) -> str | None:
+    cfg = settings.connect.meta if platform == "meta" else settings.connect.google
+    return cfg.currency
+
+
+def _finish_spend(
+    ws: Workspace,
+    res: PullResult,
+    rows: list[dict[str, Any]],
+    settings: Settings,
+    platform: str,
+    start: date,
+    end: date,
+    progress: Progress | None,
+) -> None:
     res.rows_pulled = len(rows)
     res.currency = sorted({str(r["currency"]) for r in rows if r.get("currency")})
     res.attribution_setting = sorted(
         {str(r["attribution_setting"]) for r in rows if r.get("attribution_setting")}
     )
-    expected = settings.connect.meta.currency if platform == "meta" else None
-    expected = expected or (settings.connect.google.currency if platform == "google" else None)
+    expected = _currency(settings, platform)
     if expected and res.currency and res.currency != [expected]:
         res.notes.append(
             f"the account reports {', '.join(res.currency)}, signalloop.toml says {expected}: "
@@ -278,8 +351,6 @@ def pull(
         _land(ws, res, rows, platform, start, end, progress)
     elif not res.failed:
         res.notes.append("the platform reported no delivery in this range")
-    res.seconds = time.perf_counter() - started
-    return res
 
 
 def _land(
@@ -292,28 +363,10 @@ def _land(
     progress: Progress | None,
 ) -> None:
     before = _spend_by_day(ws, platform, start, end)
-    with tempfile.TemporaryDirectory(prefix="signalloop-pull-") as tmp:
-        path = Path(tmp) / f"{platform}-spend.csv"
-        _write(rows, path)
-        got = ingest_file(
-            ws,
-            "spend",
-            path,
-            restate=True,
-            label=res.label,
-            # the account's yesterday can be today in UTC (a zone east of it): not the future
-            now=datetime.now(UTC).replace(tzinfo=None) + timedelta(days=1),
-            progress=progress,
-        )
+    got = land_rows(ws, "spend", rows, COLUMNS, res.label, progress)
     after = _spend_by_day(ws, platform, start, end)
-    res.ingest_id = got.ingest_id
-    res.rows_loaded = got.rows_loaded
-    res.rows_unchanged = got.rows_existing
-    res.rows_restated = got.rows_restated
-    res.rows_quarantined = got.rows_quarantined
-    res.quarantine_reasons = got.quarantine_reasons
+    res.count(got)
     res.restated_columns = got.restated_columns
-    res.restated = got.restated
     res.spend_before = round(sum(before.values()), 6)
     res.spend_after = round(sum(after.values()), 6)
     other = ws.con.execute(

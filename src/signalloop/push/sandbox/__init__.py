@@ -13,11 +13,12 @@ Routes (REST JSON, the wire formats of ``notes/issue12_brief.md``):
 * Meta Insights (issue 15's pulls): ``GET /{version}/act_{id}/insights`` (paged),
   ``POST`` the same for a report job, ``GET /{version}/{report_run_id}`` (its status) and
   ``GET /{version}/{report_run_id}/insights``; ``GET /{version}/act_{id}`` (the account);
+  ``GET /{version}/act_{id}/activities`` (the activity log: who edited what);
 * Google Ads: ``POST /{version}/customers/{cid}:uploadClickConversions``,
   ``POST /{version}/customers/{cid}/biddingDataExclusions:mutate``,
   ``POST /{version}/customers/{cid}/googleAds:search`` and ``googleAds:searchStream`` (the
-  GAQL subset of :func:`parse_gaql`, over exclusions and the ``ad_group`` / ``campaign`` /
-  ``customer`` delivery reports);
+  GAQL subset of :func:`parse_gaql`, over exclusions, the ``ad_group`` / ``campaign`` /
+  ``customer`` delivery reports and ``change_event``, the edit history);
 * OAuth: ``POST /token`` (form ``grant_type=refresh_token``), which issues access tokens.
 
 The server clock is ``now`` (a datetime, a callable, or the wall clock), so a replay can run
@@ -42,11 +43,13 @@ Where things are (each module's docstring lists the rules it enforces and their 
 * :mod:`.meta`: the Meta Conversions API's events route and rules;
 * :mod:`.insights`: the Meta Insights API (delivery rows from :meth:`Sandbox.load_delivery` or
   :meth:`Sandbox.load_spend`, pages, report jobs);
+* :mod:`.activities`: Meta's ad account activity log (:meth:`Sandbox.load_activities`);
 * :mod:`.google`: Google Ads auth, OAuth ``/token`` and routing to the methods;
 * :mod:`.google_errors`: Google's error bodies and the proto3 JSON shape checks;
 * :mod:`.google_conversions`: ``uploadClickConversions``;
 * :mod:`.google_exclusions`: ``biddingDataExclusions:mutate``;
-* :mod:`.gaql`: the GAQL subset, ``googleAds:search`` and ``googleAds:searchStream``.
+* :mod:`.gaql`: the GAQL subset, ``googleAds:search`` and ``googleAds:searchStream``;
+* :mod:`.google_changes`: ``change_event`` and its rules (:meth:`Sandbox.load_change_events`).
 """
 
 from __future__ import annotations

@@ -40,6 +40,17 @@ def _snake(name: str) -> str:
     return re.sub(r"(?<!^)([A-Z])", r"_\1", name).lower()
 
 
+def _upsert(log: list[dict[str, Any]], item: dict[str, Any], key: Callable[[Any], Any]) -> None:
+    """Replace the stored item whose ``key`` equals ``item``'s (a restatement), else append;
+    a ``None`` key always appends."""
+    k = key(item)
+    at = None if k is None else next((i for i, e in enumerate(log) if key(e) == k), None)
+    if at is None:
+        log.append(item)
+    else:
+        log[at] = item
+
+
 def _bearer(headers: Mapping[str, str]) -> str:
     auth = headers.get("authorization", "")
     scheme, _, token = auth.partition(" ")

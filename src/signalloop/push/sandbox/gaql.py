@@ -16,7 +16,8 @@ an unknown one ``UNRECOGNIZED_FIELD``; selecting ``segments.date`` without a con
 answers ``EXPECTED_FILTERS_ON_DATE_RANGE`` (QueryError enum: confirmed); without
 ``segments.date`` the metrics are summed over the filtered dates. ``metrics.cost_micros`` is the
 cost in millionths of the account currency (PLATFORMS.md). Conditions on metrics filter the
-daily rows before they are summed (a simplification of the API).
+daily rows before they are summed (a simplification of the API). ``change_event`` (the edit
+history) and its rules: :mod:`.google_changes`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from signalloop.push.sandbox.common import _DIGITS, Payload, _camel, _Core
+from signalloop.push.sandbox.common import _DIGITS, Payload, _camel
+from signalloop.push.sandbox.google_changes import _ChangeEvents
 from signalloop.push.sandbox.google_errors import _gerr, _google_error, _normalised, _ShapeError
 
 
@@ -267,7 +269,7 @@ class GaqlField:
 
     obj: str
     key: str
-    kind: str = "string"  # "string" | "int64" | "double" | "enum" | "date" | "list"
+    kind: str = "string"  # "string" | "int64" | "double" | "enum" | "date" | "list" | "object"
 
 
 def _fields(prefix: str, names: dict[str, str]) -> dict[str, GaqlField]:
@@ -350,6 +352,26 @@ GAQL_RESOURCES: dict[str, GaqlResource] = {
         {**_CAMPAIGN, **_CUSTOMER, **_SEGMENTS, **_METRICS}, keys=("campaign.id",)
     ),
     "customer": GaqlResource(dict(_CUSTOMER)),
+    # the edit history (issue 15): see google_changes
+    "change_event": GaqlResource(
+        _fields(
+            "change_event",
+            {
+                "resource_name": "string",
+                "change_date_time": "string",
+                "change_resource_type": "enum",
+                "change_resource_name": "string",
+                "client_type": "enum",
+                "user_email": "string",
+                "resource_change_operation": "enum",
+                "changed_fields": "string",
+                "old_resource": "object",
+                "new_resource": "object",
+                "campaign": "string",
+                "ad_group": "string",
+            },
+        )
+    ),
 }
 
 
@@ -366,7 +388,7 @@ _SEARCH_FIELDS = {
 _STREAM_FIELDS = {"customerId": str, "query": str, "summaryRowSetting": str}
 
 
-class _GaqlSearch(_Core):
+class _GaqlSearch(_ChangeEvents):
     """``googleAds:search`` and ``googleAds:searchStream`` over the sandbox's own state
     (:data:`GAQL_RESOURCES`)."""
 
@@ -415,6 +437,13 @@ class _GaqlSearch(_Core):
                 "Missing filters on date related fields: a query that selects segments.date "
                 "must filter it to a finite date range.",
             )
+        if q.resource == "change_event":
+            problem = self._change_event_problem(q)
+            if problem is not None:
+                msg = problem[1]
+                raise _ShapeError(
+                    _google_error(400, msg, [_gerr("changeEventError", problem[0], msg)], version)
+                )
         rows = self._gaql_rows(q.resource, cid)
         try:
             rows = [
@@ -491,6 +520,8 @@ class _GaqlSearch(_Core):
 
     def _gaql_rows(self, resource: str, cid: str) -> list[dict[str, Any]]:
         """Every row of ``resource`` for the customer, keyed by full field name."""
+        if resource == "change_event":
+            return self._change_event_rows(cid, GAQL_RESOURCES[resource].fields)
         if resource == "bidding_data_exclusion":
             spec = GAQL_RESOURCES[resource].fields
             prefix = f"customers/{cid}/"
@@ -576,6 +607,8 @@ def _json_value(value: Any, kind: str) -> Any:
         )
     if kind == "double":
         return float(value) if value is not None else None
+    if kind == "object":
+        return copy.deepcopy(value)
     return value
 
 

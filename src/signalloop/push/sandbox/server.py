@@ -35,6 +35,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from signalloop.push.sandbox.activities import _MetaActivities
 from signalloop.push.sandbox.common import _as_utc
 from signalloop.push.sandbox.google import _GoogleApi
 from signalloop.push.sandbox.google_conversions import (
@@ -42,7 +43,6 @@ from signalloop.push.sandbox.google_conversions import (
     GOOGLE_CLICK_WINDOW,
     GoogleConversion,
 )
-from signalloop.push.sandbox.insights import _MetaInsights
 from signalloop.push.sandbox.meta import MetaEvent
 from signalloop.push.sandbox.transport import LoggedRequest, _Fault, _Outer
 
@@ -61,7 +61,7 @@ class _Server(uvicorn.Server):
             should_exit = await self.on_tick(counter)
 
 
-class Sandbox(_MetaInsights, _GoogleApi):
+class Sandbox(_MetaActivities, _GoogleApi):
     """Meta and Google Ads stand-ins on one local server (see the package docstring).
 
     Parameters
@@ -228,6 +228,8 @@ class Sandbox(_MetaInsights, _GoogleApi):
         self._report_jobs: dict[str, dict[str, Any]] = {}
         self._next_report_id = 1
         self._failing_reports = 0
+        self._activities: dict[str, list[dict[str, Any]]] = {}
+        self._change_events: dict[str, list[dict[str, Any]]] = {}
 
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -534,6 +536,14 @@ class Sandbox(_MetaInsights, _GoogleApi):
             params = _params(request, await request.body())
             return _json(
                 self._meta_insights("POST", version, node, _headers(request), params, _url(request))
+            )
+
+        @app.get("/{version}/{node}/activities")
+        async def activities(version: str, node: str, request: Request) -> JSONResponse:
+            return _json(
+                self._meta_activities(
+                    version, node, _headers(request), _params(request, b""), _url(request)
+                )
             )
 
         @app.get("/{version}/{node}")
