@@ -104,12 +104,14 @@ class _Outer:
             extra = []
             if fault.retry_after is not None:
                 extra.append((b"retry-after", _retry_after(fault.retry_after).encode()))
-            await _send_json(send, status, payload, extra)
+            # logged before the answer leaves: a client that reads the log right after its
+            # answer must find the request there (logging after the send raced the client)
             self.sandbox._log(
                 LoggedRequest(
                     method, path, status, platform, log_body, query, logged_headers, "fail"
                 )
             )
+            await _send_json(send, status, payload, extra)
             return
 
         delivered = False
