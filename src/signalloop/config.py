@@ -41,6 +41,7 @@ exists. Everything has a default; a file only overrides what it names::
     outcomes = ["conversion", "sql"]   # models kept fresh (default: what the data supports)
 
     pull = true                        # pull spend from the [connect] accounts first
+    apply = "dry-run"                  # or "live": apply the allocation last (signalloop apply)
     [run.profiles]                     # export profile per kind (default canonical)
     spend = "meta_ads"
 
@@ -191,6 +192,10 @@ class RunSettings:
     #: Pull spend from the ``[connect]`` accounts first
     #: (:func:`signalloop.connect.pull.pull_connected`).
     pull: bool = False
+    #: Apply the day's allocation to the ``[connect]`` accounts last
+    #: (:func:`signalloop.connect.apply.apply`): ``"dry-run"`` (what would change, nothing
+    #: sent), ``"live"``, or ``None`` (not at all).
+    apply: str | None = None
 
 
 @dataclass(frozen=True)
@@ -426,6 +431,9 @@ def _run_from(run: Any, source: str) -> RunSettings:
     pull = run.get("pull", False)
     if not isinstance(pull, bool):
         raise ConfigError(f"{source}: [run] pull must be true or false, got {pull!r}")
+    apply = run.get("apply")
+    if apply is not None and apply not in ("dry-run", "live"):
+        raise ConfigError(f'{source}: [run] apply must be "dry-run" or "live", got {apply!r}')
     budget = run.get("budget")
     if budget is not None and (
         isinstance(budget, bool) or not isinstance(budget, int | float) or budget <= 0
@@ -465,4 +473,5 @@ def _run_from(run: Any, source: str) -> RunSettings:
         outcomes=None if outcomes is None else tuple(outcomes),
         profiles={str(k): str(v) for k, v in profiles.items()},
         pull=pull,
+        apply=apply,
     )

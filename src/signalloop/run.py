@@ -15,7 +15,9 @@
    backtested too, and the backtest is saved beside it.
 5. **Allocate** tomorrow's budget, **diagnose** (with the saved backtests and who converts,
    :mod:`signalloop.audience`, as model evidence), and read the **decision lens**.
-6. Record the signal environment in the workspace's run history and write the report
+6. Record the signal environment in the workspace's run history, **apply** the allocation
+   when ``[run] apply`` is ``"dry-run"`` or ``"live"`` (:mod:`signalloop.connect.apply`:
+   within the guardrails, every change recorded) and write the report
    (:mod:`signalloop.report`).
 
 Everything is one JSON-ready dict (``report.json``); the CLI only formats it.
@@ -461,8 +463,9 @@ def run(
     progress
         ``(label, fraction)`` callback for long steps.
     push_now
-        The send clock of the pushes ``[push]`` configures (default the wall clock; a replay
-        of an old account, such as the demo, passes the time it replays).
+        The send clock of the pushes ``[push]`` configures and of the budget changes ``[run]
+        apply`` records (default the wall clock; a replay of an old account, such as the
+        demo, passes the time it replays).
     run_id
         The id :mod:`signalloop.runs` recorded this run under; written into the report.
     pull_today
@@ -477,8 +480,9 @@ def run(
         capability used, :func:`~signalloop.shapes.learnable`), ``checks``, ``state``
         (``nowcast``, ``phase``, ``fatigue``), ``models``, ``allocation``, ``diagnosis``,
         ``lens``, ``history``, ``push`` (:func:`~signalloop.push.send.run_pushes`, ``None``
-        without a ``[push]`` table), ``timings``, and ``report`` (the paths written). Also written
-        as ``report.json``.
+        without a ``[push]`` table), ``apply`` (:func:`~signalloop.connect.apply.apply_in_run`,
+        ``None`` without ``[run] apply``), ``timings``, and ``report`` (the paths written).
+        Also written as ``report.json``.
 
     Raises
     ------
@@ -623,6 +627,17 @@ def run(
         )
         report("pushing validated outcomes", 1.0)
         lap("push")
+    applied = None
+    if settings.run.apply:
+        from signalloop.connect.apply import apply_in_run
+
+        report("applying the allocation", None)
+        mine = {"run_id": run_id, "as_of": as_of.isoformat(), "allocation": allocation}
+        applied = apply_in_run(
+            ws, {**mine, "checks": checks, "state": state}, settings, report, now=push_now
+        )
+        report("applying the allocation", 1.0)
+        lap("apply")
     doc: dict[str, Any] = {
         "signalloop_version": __version__,
         "run_id": run_id,
@@ -640,6 +655,7 @@ def run(
         "lens": verdict,
         "history": history,
         "push": pushed,
+        "apply": applied,
         "timings": timings,
     }
     report("writing the report", None)

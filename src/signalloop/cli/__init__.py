@@ -18,6 +18,7 @@ One module per command group, beside the library module it faces:
 - ``model``: the ``model`` sub-app (``fit``, ``score``, ``backtest``, ``route``);
 - ``push``: the ``push`` sub-app (``meta``, ``google``, ``exclusions``, ``ledger``);
 - ``connect``: ``pull`` and the ``connect`` sub-app (``test``) for connected ad accounts;
+- ``apply``: ``apply`` (the allocation to the connected accounts' budgets, and rollback);
 - ``serve``: ``serve`` (the web app, :mod:`signalloop.web`);
 - ``keys``: the ``keys`` sub-app (``create``, ``list``, ``revoke``) for ``serve``.
 
@@ -35,6 +36,7 @@ import typer
 from signalloop import __version__
 from signalloop.cli import (
     allocate,
+    apply,
     check,
     connect,
     diagnose,
@@ -86,6 +88,7 @@ app.command("run")(run.run_loop)
 app.add_typer(model.model_app, name="model")
 app.add_typer(push.push_app, name="push")
 app.command("pull")(connect.pull_cmd)
+app.command("apply")(apply.apply_cmd)
 app.add_typer(connect.connect_app, name="connect")
 app.command()(serve.serve)
 app.add_typer(keys.keys_app, name="keys")

@@ -247,7 +247,8 @@ def connect_sandbox_cmd(
     """Serve a spend file as a Meta ad account and a Google Ads customer on a local server.
 
     A connected demo without credentials: point [connect.meta] and [connect.google] base_url at
-    it and pull. The tokens it accepts are the sandbox's own, printed here.
+    it and pull. The tokens it accepts are the sandbox's own, printed here. Each campaign gets
+    a daily budget a quarter above its mean daily spend, for `signalloop apply` to change.
     """
     import csv
     import time
@@ -264,6 +265,7 @@ def connect_sandbox_cmd(
         served = sb.load_spend(rows, meta_account=SANDBOX_META_ACCOUNT, google_customer=SANDBOX_CID)
     except (KeyError, ValueError) as exc:
         raise UsageError(f"--spend {spend}: not a canonical spend file ({exc})") from None
+    sb.give_budgets(rows, meta_account=SANDBOX_META_ACCOUNT, google_customer=SANDBOX_CID)
     sb.start(port)
     try:
         env = {

@@ -111,6 +111,7 @@ def run_summary(doc: dict[str, Any]) -> dict[str, Any]:
     keep = ("as_of", "workspace", "inbox", "learnable", "models", "allocation", "diagnosis", "lens")
     summary = {k: doc[k] for k in keep}
     summary["pull"] = doc.get("pull")
+    summary["apply"] = doc.get("apply")
     summary["gates"] = [
         {"campaign_id": c["campaign_id"], "gate": c["gate"], "reasons": c["reasons"]}
         for c in doc["checks"]["campaigns"]
@@ -155,6 +156,16 @@ def print_run(doc: dict[str, Any], *, inbox: bool = True) -> None:
     print_lens(doc["lens"])
     if doc.get("push"):
         print_pushes(doc["push"])
+    applied = doc.get("apply")
+    if applied and applied["status"] == "error":
+        err.print(f"[bold red]budgets not applied[/]: {escape(applied['message'])}")
+    elif applied:
+        counts = ", ".join(f"{n} {k}" for k, n in applied["counts"].items()) or "no line"
+        out.print(
+            f"[bold]budgets[/] ({applied['mode']}, {applied['apply_id']}): {counts} "
+            "(signalloop apply shows each line)",
+            highlight=False,
+        )
     out.print(
         f"\nreport: {doc['report']['html']}\n(data: {doc['report']['json']})", highlight=False
     )

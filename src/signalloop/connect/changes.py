@@ -55,6 +55,44 @@ class ChangesResult(Landed):
         return asdict(self)
 
 
+PULLS_DDL = """
+CREATE TABLE IF NOT EXISTS edit_history_pulls (
+    platform VARCHAR, account VARCHAR, since TIMESTAMP, until TIMESTAMP,
+    pulled_at TIMESTAMP, edits BIGINT
+)"""
+
+
+def _mark(ws: Workspace, platform: str, account: str, res: ChangesResult) -> None:
+    """Record that the history was read (even when it held no edit: ``apply`` then knows the
+    budgets on the platform have not been edited in that range)."""
+    ws.records.execute(PULLS_DDL)
+    ws.records.execute(
+        "INSERT INTO edit_history_pulls VALUES (?, ?, ?, ?, ?, ?)",
+        [
+            platform,
+            account,
+            *(_utc(datetime.fromisoformat(t)) for t in (res.since, res.until)),
+            _utc(datetime.now(UTC)),
+            res.rows_mapped,
+        ],
+    )
+
+
+def _utc(t: datetime) -> datetime:
+    """A naive UTC datetime (what the records' TIMESTAMP columns hold)."""
+    return t.astimezone(UTC).replace(tzinfo=None)
+
+
+def history_pulled(ws: Workspace, platform: str) -> datetime | None:
+    """When the edit history of ``platform`` was last read into this workspace (``None``:
+    never)."""
+    ws.records.execute(PULLS_DDL)
+    row = ws.records.execute(
+        "SELECT max(pulled_at) FROM edit_history_pulls WHERE platform = ?", [platform]
+    ).fetchone()
+    return row[0] if row and row[0] is not None else None
+
+
 def _own(ws: Workspace, platform: str, since: datetime) -> list[tuple[Any, ...]]:
     """The changes signalloop applied on ``platform`` since ``since``: (ts, level, entity,
     field, new value)."""
@@ -62,7 +100,7 @@ def _own(ws: Workspace, platform: str, since: datetime) -> list[tuple[Any, ...]]
         "SELECT ts, level, entity_id, field, new_value FROM changes "
         "WHERE json_extract_string(attrs, '$.source') = 'signalloop' "
         "AND json_extract_string(attrs, '$.platform') = ? AND ts >= ?",
-        [platform, (since - edits.OWN_EDIT_WINDOW).astimezone(UTC).replace(tzinfo=None)],
+        [platform, _utc(since - edits.OWN_EDIT_WINDOW)],
     ).fetchall()
 
 
@@ -175,11 +213,12 @@ def pull_changes(
     res.rows_mapped = len(rows)
     res.by_actor = dict(Counter(str(r["actor"]) for r in rows).most_common())
     res.by_field = dict(Counter(str(r["field"]) for r in rows).most_common())
-    if not rows:
+    if rows:
+        got = land_rows(ws, "changes", rows, edits.COLUMNS, res.label, progress)
+        res.count(got)
+    else:
         res.notes.append("no edits the contract records in this range")
-        return res
-    got = land_rows(ws, "changes", rows, edits.COLUMNS, res.label, progress)
-    res.count(got)
+    _mark(ws, platform, account, res)
     return res
 
 

@@ -163,22 +163,26 @@ class GoogleReader:
             for n in ("refresh_token", "client_id", "client_secret")
         )
 
+    def call(self, method: str, body: Mapping[str, Any]) -> Reply:
+        """POST ``customers/{cid}<method>`` (``/googleAds:searchStream``,
+        ``/campaignBudgets:mutate``) with the auth headers, an expired access token renewed
+        once; a refused credential raises :class:`CredentialError`."""
+        url = f"{self.cfg.base_url}/{self.cfg.api_version}/customers/{self.customer_id}{method}"
+        self.requests += 1
+        reply = self.client.post(url, json_body=body, headers=self.headers())
+        if reply.status == 401 and _status(reply) == "UNAUTHENTICATED" and self._can_renew():
+            self._refreshed = True
+            self.headers(renew=True)
+            self.requests += 1
+            reply = self.client.post(url, json_body=body, headers=self.headers())
+        self._check_auth(reply)
+        return reply
+
     def stream(self, query: str) -> list[dict[str, Any]]:
         """Every result row of a GAQL query (``searchStream``)."""
-        url = (
-            f"{self.cfg.base_url}/{self.cfg.api_version}/customers/{self.customer_id}"
-            "/googleAds:searchStream"
-        )
         problem = ""
         for _attempt in range(STREAM_ATTEMPTS):
-            self.requests += 1
-            reply = self.client.post(url, json_body={"query": query}, headers=self.headers())
-            if reply.status == 401 and _status(reply) == "UNAUTHENTICATED" and self._can_renew():
-                self._refreshed = True
-                self.headers(renew=True)
-                self.requests += 1
-                reply = self.client.post(url, json_body={"query": query}, headers=self.headers())
-            self._check_auth(reply)
+            reply = self.call("/googleAds:searchStream", {"query": query})
             if not reply.ok:
                 raise ReadFailed(f"Google Ads customer {self.customer_id}: {reply.error}")
             batches = reply.body.get("data", [reply.body])

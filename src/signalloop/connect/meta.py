@@ -219,6 +219,27 @@ class MetaReader:
         check_auth(reply, self.node)
         return reply
 
+    def read(self, node: str, fields: str) -> Reply:
+        """``GET /{node}?fields=...`` (a campaign, an ad set), the token checked."""
+        return self._get(self._url(node), {"fields": fields})
+
+    def update(self, node: str, form: Mapping[str, str]) -> Reply:
+        """``POST /{node}`` with ``form`` (a budget change); a refused token raises."""
+        self.requests += 1
+        reply = self.client.post(
+            self._url(node), form=form, headers=self._headers, retry_if=throttled
+        )
+        check_auth(reply, self.node)
+        return reply
+
+    def adsets(self, campaign: str, fields: str) -> list[dict[str, Any]]:
+        """A campaign's ad sets (every page)."""
+        return self._pages(
+            self._url(campaign, "adsets"),
+            {"fields": fields, "limit": str(self.cfg.page_size)},
+            "the ad sets",
+        )
+
     def account(self) -> dict[str, Any]:
         """The ad account's name, currency and time zone (what ``connect test`` shows)."""
         reply = self._get(self._url(self.node), {"fields": "name,currency,timezone_name"})

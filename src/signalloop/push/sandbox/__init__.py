@@ -14,8 +14,11 @@ Routes (REST JSON, the wire formats of ``notes/issue12_brief.md``):
   ``POST`` the same for a report job, ``GET /{version}/{report_run_id}`` (its status) and
   ``GET /{version}/{report_run_id}/insights``; ``GET /{version}/act_{id}`` (the account);
   ``GET /{version}/act_{id}/activities`` (the activity log: who edited what);
+  ``GET`` / ``POST /{version}/{campaign_or_adset_id}`` and ``GET .../{campaign_id}/adsets``
+  (budgets: what ``signalloop apply`` reads and changes);
 * Google Ads: ``POST /{version}/customers/{cid}:uploadClickConversions``,
   ``POST /{version}/customers/{cid}/biddingDataExclusions:mutate``,
+  ``POST /{version}/customers/{cid}/campaignBudgets:mutate``,
   ``POST /{version}/customers/{cid}/googleAds:search`` and ``googleAds:searchStream`` (the
   GAQL subset of :func:`parse_gaql`, over exclusions, the ``ad_group`` / ``campaign`` /
   ``customer`` delivery reports and ``change_event``, the edit history);
@@ -44,6 +47,8 @@ Where things are (each module's docstring lists the rules it enforces and their 
 * :mod:`.insights`: the Meta Insights API (delivery rows from :meth:`Sandbox.load_delivery` or
   :meth:`Sandbox.load_spend`, pages, report jobs);
 * :mod:`.activities`: Meta's ad account activity log (:meth:`Sandbox.load_activities`);
+* :mod:`.budgets`: Meta and Google budgets, read and changed (:meth:`Sandbox.load_meta_objects`,
+  :meth:`Sandbox.load_google_budgets`);
 * :mod:`.google`: Google Ads auth, OAuth ``/token`` and routing to the methods;
 * :mod:`.google_errors`: Google's error bodies and the proto3 JSON shape checks;
 * :mod:`.google_conversions`: ``uploadClickConversions``;

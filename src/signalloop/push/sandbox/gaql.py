@@ -29,8 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from signalloop.push.sandbox.budgets import _GoogleBudgets, _json_budget
 from signalloop.push.sandbox.common import _DIGITS, Payload, _camel
-from signalloop.push.sandbox.google_changes import _ChangeEvents
 from signalloop.push.sandbox.google_errors import _gerr, _google_error, _normalised, _ShapeError
 
 
@@ -269,7 +269,8 @@ class GaqlField:
 
     obj: str
     key: str
-    kind: str = "string"  # "string" | "int64" | "double" | "enum" | "date" | "list" | "object"
+    #: "string" | "int64" | "double" | "enum" | "date" | "list" | "object" | "bool"
+    kind: str = "string"
 
 
 def _fields(prefix: str, names: dict[str, str]) -> dict[str, GaqlField]:
@@ -301,6 +302,14 @@ _CUSTOMER = _fields(
     },
 )
 _SEGMENTS = _fields("segments", {"date": "date"})
+#: A campaign's budget (what ``signalloop apply`` reads): its attributed resource.
+_CAMPAIGN_BUDGET = {
+    "campaign.campaign_budget": GaqlField("campaign", "campaignBudget"),
+    **_fields(
+        "campaign_budget",
+        {"resource_name": "string", "amount_micros": "int64", "explicitly_shared": "bool"},
+    ),
+}
 _METRICS = _fields(
     "metrics",
     {
@@ -349,7 +358,8 @@ GAQL_RESOURCES: dict[str, GaqlResource] = {
         keys=("ad_group.id",),
     ),
     "campaign": GaqlResource(
-        {**_CAMPAIGN, **_CUSTOMER, **_SEGMENTS, **_METRICS}, keys=("campaign.id",)
+        {**_CAMPAIGN, **_CAMPAIGN_BUDGET, **_CUSTOMER, **_SEGMENTS, **_METRICS},
+        keys=("campaign.id",),
     ),
     "customer": GaqlResource(dict(_CUSTOMER)),
     # the edit history (issue 15): see google_changes
@@ -388,7 +398,7 @@ _SEARCH_FIELDS = {
 _STREAM_FIELDS = {"customerId": str, "query": str, "summaryRowSetting": str}
 
 
-class _GaqlSearch(_ChangeEvents):
+class _GaqlSearch(_GoogleBudgets):
     """``googleAds:search`` and ``googleAds:searchStream`` over the sandbox's own state
     (:data:`GAQL_RESOURCES`)."""
 
@@ -562,7 +572,8 @@ class _GaqlSearch(_ChangeEvents):
                     "ad_group.campaign": camp["campaign.resource_name"],
                 }
             else:
-                key, own = (d["date"], d["campaign_id"]), {}
+                key = (d["date"], d["campaign_id"])
+                own = _json_budget(self._budget_of(cid, str(d["campaign_id"])))
             row = out.get(key)
             if row is None:
                 row = out[key] = {

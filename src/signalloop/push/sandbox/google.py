@@ -2,6 +2,7 @@
 
 ``POST /{version}/customers/{cid}:uploadClickConversions`` (:mod:`.google_conversions`),
 ``POST /{version}/customers/{cid}/biddingDataExclusions:mutate`` (:mod:`.google_exclusions`),
+``POST /{version}/customers/{cid}/campaignBudgets:mutate`` (:mod:`.budgets`),
 ``POST /{version}/customers/{cid}/googleAds:search`` and ``googleAds:searchStream``
 (:mod:`.gaql`); error bodies and the
 proto3 JSON checks in :mod:`.google_errors`. ``POST /token`` (form
@@ -41,6 +42,7 @@ ACCESS_TOKEN_LIFETIME = timedelta(seconds=3599)
 
 _GOOGLE_ROUTE = re.compile(
     r"(?P<cid>[^/:]+)(?P<method>:uploadClickConversions|/biddingDataExclusions:mutate"
+    r"|/campaignBudgets:mutate"
     r"|/googleAds:searchStream|/googleAds:search)"
 )
 
@@ -112,6 +114,8 @@ class _GoogleApi(_ConversionUploads, _ExclusionMutates, _GaqlSearch):
                 return self._upload(version, cid, payload)
             if method == "/biddingDataExclusions:mutate":
                 return self._mutate(version, cid, payload)
+            if method == "/campaignBudgets:mutate":
+                return self._budget_mutate(version, cid, payload)
             if method == "/googleAds:searchStream":
                 return self._search_stream(version, cid, payload)
             return self._search(version, cid, payload)

@@ -58,6 +58,34 @@ def _google_error(status: int, message: str, errors: list[dict[str, Any]], versi
     }
 
 
+def _atomic_error(errors: list[dict[str, Any]], version: str) -> Payload:
+    """A mutate without ``partialFailure`` that has failed operations: the whole request
+    fails, named by its first error."""
+    first = errors[0]
+    where = _where(first["location"]["fieldPathElements"])
+    return _google_error(400, f"{first['message']}, at {where}", errors, version)
+
+
+def _mutate_reply(
+    results: list[dict[str, Any]],
+    errors: list[dict[str, Any]],
+    validate_only: bool,
+    version: str,
+) -> Payload:
+    """A mutate's answer: the results (none for ``validateOnly``) and, when operations
+    failed under ``partialFailure``, the ``partialFailureError`` naming them."""
+    out: dict[str, Any] = {} if validate_only else {"results": results}
+    if errors:
+        first = errors[0]
+        where = _where(first["location"]["fieldPathElements"])
+        out["partialFailureError"] = {
+            "code": 3,
+            "message": f"{first['message']}, at {where}",
+            "details": [_failure(version, errors)],
+        }
+    return 200, out
+
+
 def _bad_request(field_path: str, description: str) -> Payload:
     return 400, {
         "error": {

@@ -22,11 +22,11 @@ from typing import Any
 
 from signalloop.push.sandbox.common import Payload, _camel, _Core, _snake
 from signalloop.push.sandbox.google_errors import (
-    _failure,
+    _atomic_error,
     _gerr,
     _google_error,
+    _mutate_reply,
     _normalised,
-    _where,
 )
 
 EXCLUSION_MAX_LENGTH = timedelta(days=14)
@@ -110,26 +110,11 @@ class _ExclusionMutates(_Core):
                 active += self._is_active(state[outcome], now) - was_active
                 results.append({"resourceName": outcome})
             if errors and not partial:
-                first = errors[0]
-                return _google_error(
-                    400,
-                    f"{first['message']}, at {_where(first['location']['fieldPathElements'])}",
-                    errors,
-                    version,
-                )
+                return _atomic_error(errors, version)
             if not validate_only:
                 self._exclusions = state
                 self._next_exclusion_id = next_id
-        out: dict[str, Any] = {} if validate_only else {"results": results}
-        if errors:
-            first = errors[0]
-            where = _where(first["location"]["fieldPathElements"])
-            out["partialFailureError"] = {
-                "code": 3,
-                "message": f"{first['message']}, at {where}",
-                "details": [_failure(version, errors)],
-            }
-        return 200, out
+        return _mutate_reply(results, errors, validate_only, version)
 
     def _apply_operation(
         self,

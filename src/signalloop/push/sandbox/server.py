@@ -35,7 +35,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from signalloop.push.sandbox.activities import _MetaActivities
+from signalloop.push.sandbox.budgets import _MetaBudgets
 from signalloop.push.sandbox.common import _as_utc
 from signalloop.push.sandbox.google import _GoogleApi
 from signalloop.push.sandbox.google_conversions import (
@@ -61,7 +61,7 @@ class _Server(uvicorn.Server):
             should_exit = await self.on_tick(counter)
 
 
-class Sandbox(_MetaActivities, _GoogleApi):
+class Sandbox(_MetaBudgets, _GoogleApi):
     """Meta and Google Ads stand-ins on one local server (see the package docstring).
 
     Parameters
@@ -230,6 +230,8 @@ class Sandbox(_MetaActivities, _GoogleApi):
         self._failing_reports = 0
         self._activities: dict[str, list[dict[str, Any]]] = {}
         self._change_events: dict[str, list[dict[str, Any]]] = {}
+        self._meta_objects: dict[str, dict[str, Any]] = {}
+        self._google_budgets: dict[str, dict[str, dict[str, Any]]] = {}
 
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -440,6 +442,44 @@ class Sandbox(_MetaActivities, _GoogleApi):
             ),
         }
 
+    def give_budgets(
+        self,
+        rows: Iterable[Mapping[str, Any]],
+        *,
+        meta_account: str = "1000000001",
+        google_customer: str = "1234567890",
+        headroom: float = 1.25,
+    ) -> dict[str, float]:
+        """Give every campaign of canonical ``spend`` rows a daily budget: ``headroom`` times
+        its mean daily spend (a Meta campaign budget, a Google campaign budget), what
+        ``signalloop apply`` then reads and changes. Returns the budgets in currency units."""
+        from signalloop.push.settings import GOOGLE_PLATFORMS, META_PLATFORMS
+
+        spend: dict[tuple[str, str], float] = {}
+        days: dict[tuple[str, str], set[str]] = {}
+        for r in rows:
+            p = str(r.get("platform") or "").strip().lower()
+            name = "meta" if p in META_PLATFORMS else "google" if p in GOOGLE_PLATFORMS else None
+            if name is None or not r.get("campaign_id"):
+                continue
+            key = (name, str(r["campaign_id"]))
+            spend[key] = spend.get(key, 0.0) + float(r.get("spend") or 0.0)
+            days.setdefault(key, set()).add(str(r.get("date")))
+        budgets = {k: max(1.0, round(headroom * v / len(days[k]), 2)) for k, v in spend.items()}
+        self.load_meta_objects(
+            meta_account,
+            [
+                {"id": c, "kind": "campaign", "daily_budget": round(b * 100)}
+                for (p, c), b in budgets.items()
+                if p == "meta"
+            ],
+        )
+        self.load_google_budgets(
+            google_customer,
+            {c: round(b * 100) * 10_000 for (p, c), b in budgets.items() if p == "google"},
+        )
+        return {c: b for (_, c), b in budgets.items()}
+
     def _take_fault(self, platform: str, path: str) -> _Fault | None:
         with self._lock:
             for f in self._faults:
@@ -546,11 +586,26 @@ class Sandbox(_MetaActivities, _GoogleApi):
                 )
             )
 
+        @app.get("/{version}/{node}/adsets")
+        async def adsets(version: str, node: str, request: Request) -> JSONResponse:
+            return _json(
+                self._meta_adsets(
+                    version, node, _headers(request), _params(request, b""), _url(request)
+                )
+            )
+
         @app.get("/{version}/{node}")
         async def report_status(version: str, node: str, request: Request) -> JSONResponse:
-            return _json(
-                self._meta_report_status(version, node, _headers(request), _params(request, b""))
-            )
+            headers, params = _headers(request), _params(request, b"")
+            obj = self._meta_object(version, node, headers, params)
+            if obj is not None:
+                return _json(obj)
+            return _json(self._meta_report_status(version, node, headers, params))
+
+        @app.post("/{version}/{node}")
+        async def meta_update(version: str, node: str, request: Request) -> JSONResponse:
+            params = _params(request, await request.body())
+            return _json(self._meta_update(version, node, _headers(request), params))
 
         @app.post("/{version}/{pixel_id}/events")
         async def meta(version: str, pixel_id: str, request: Request) -> JSONResponse:
