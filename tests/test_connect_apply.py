@@ -267,9 +267,11 @@ def test_without_the_edit_history_nothing_is_applied(sb: Sandbox) -> None:
 def test_rollback_restores_what_is_still_as_applied(sb: Sandbox) -> None:
     ws = pulled(sb)
     first = go(ws, sb, live=True)
+    assert go(ws, sb, live=True)["counts"].get("applied") is None  # a later apply: nothing
     sb.set_meta_budget("5022", 9900)  # changed by hand after the apply: left alone
     dry = rollback(ws, "run-1", settings=settings(sb), client=client(), now=NOW).to_dict()
     assert dry["counts"] == {"would_restore": 3, "refused": 1}
+    assert dry["rollback_of"] == first["apply_id"]  # the run's apply that changed budgets
     assert sb.meta_budgets["501"] == 11250
     done = rollback(
         ws, first["apply_id"], settings=settings(sb), live=True, client=client(), now=NOW

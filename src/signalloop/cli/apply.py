@@ -95,10 +95,11 @@ def apply_cmd(
 
 def print_apply(doc: dict[str, Any]) -> None:
     """One apply: a line per budget, then the counts."""
-    what = f"rollback of {doc['rollback_of']}" if doc["rollback_of"] else "apply"
+    what = "rollback" if doc["rollback_of"] else "apply"
+    undoes = f", restoring what {doc['rollback_of']} changed" if doc["rollback_of"] else ""
     out.print(
-        f"[bold]{what}[/] {doc['apply_id']} ({doc['mode']}) of run {doc['run_id'] or '?'}, "
-        f"as of {doc['as_of']}",
+        f"[bold]{what}[/] {doc['apply_id']} ({doc['mode']}){undoes}; run "
+        f"{doc['run_id'] or '?'}, as of {doc['as_of']}",
         highlight=False,
     )
     for ln in doc["lines"]:
@@ -117,7 +118,7 @@ def print_apply(doc: dict[str, Any]) -> None:
             highlight=False,
         )
     counts = ", ".join(f"{n} {k}" for k, n in doc["counts"].items())
-    out.print(f"  {counts or 'nothing to apply'}", highlight=False)
+    out.print(f"  {counts or 'no budget to change'}", highlight=False)
     if doc["changes_recorded"]:
         out.print(f"  {doc['changes_recorded']} change(s) recorded in changes", highlight=False)
     for n in doc["notes"]:

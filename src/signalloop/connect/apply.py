@@ -600,20 +600,25 @@ def apply(
 
 
 def find_apply(ws: Workspace, target: str) -> tuple[str, dict[str, Any]]:
-    """The live apply ``target`` names (an apply id, or a run id: that run's live apply)."""
+    """The live apply ``target`` names: an apply id, or a run id (that run's newest live
+    apply that changed a budget)."""
     ws.records.execute(APPLIES_DDL)
-    row = ws.records.execute(
-        "SELECT apply_id, run_id, as_of, mode, rollback_of, lines FROM budget_applies "
-        "WHERE (apply_id = ? OR run_id = ?) AND rollback_of IS NULL "
-        "ORDER BY (mode = 'live') DESC, started_at DESC LIMIT 1",
+    rows = ws.records.execute(
+        "SELECT apply_id, run_id, as_of, mode, lines FROM budget_applies "
+        "WHERE (apply_id = ? OR run_id = ?) AND rollback_of IS NULL ORDER BY started_at DESC",
         [target, target],
-    ).fetchone()
-    if row is None:
+    ).fetchall()
+    if not rows:
         raise UsageError(
             f"--rollback {target}: no apply or run of that id applied budgets in this workspace"
         )
-    if row[3] != "live":
-        raise UsageError(f"--rollback {target}: {row[0]} was a dry run: nothing to roll back")
+    live = [r for r in rows if r[3] == "live"]
+    if not live:
+        raise UsageError(f"--rollback {target}: {rows[0][0]} was a dry run: nothing to roll back")
+    changed = [r for r in live if any(ln["status"] == "applied" for ln in json.loads(r[4]))]
+    if not changed:
+        raise UsageError(f"--rollback {target}: {live[0][0]} changed no budget: nothing to restore")
+    row = changed[0]
     done = ws.records.execute(
         "SELECT apply_id FROM budget_applies WHERE rollback_of = ? AND mode = 'live'", [row[0]]
     ).fetchone()
@@ -622,7 +627,7 @@ def find_apply(ws: Workspace, target: str) -> tuple[str, dict[str, Any]]:
     return str(row[0]), {
         "run_id": row[1],
         "as_of": row[2].isoformat() if row[2] else None,
-        "lines": json.loads(row[5]),
+        "lines": json.loads(row[4]),
     }
 
 
