@@ -294,10 +294,7 @@ def test_google_change_events_map_fields_and_client_types(sb: Sandbox) -> None:
     assert budget["actor"] == "human"
     assert json.loads(budget["attrs"])["user_email"] == "ana@example.com"
     assert by[("status", "222")]["actor"] == "automation"
-    assert (by[("bid", "222")]["old_value"], by[("bid", "222")]["new_value"]) == (
-        "1000000",
-        "1200000",
-    )
+    assert (by[("bid", "222")]["old_value"], by[("bid", "222")]["new_value"]) == ("1", "1.2")
     targeting = by[("targeting", "222")]
     assert targeting["level"] == "adset" and targeting["actor"] == "automation"
     assert "crm" in targeting["new_value"]
@@ -375,3 +372,88 @@ def test_cli_pull_changes_json_and_bad_what(
     assert human.exit_code == 0 and "edits meta" in human.stdout and "1 human" in human.stdout
     bad = CliRunner().invoke(app, [*args, "--what", "edits"])
     assert bad.exit_code == 2 and "expected spend, changes or both" in bad.stderr
+
+
+def test_the_simulators_edit_log_round_trips_through_both_platforms() -> None:
+    from collections import Counter
+    from decimal import Decimal
+
+    from signalloop.push.sandbox.history import GOOGLE_CHANGE_OF, META_EVENT_OF
+    from signalloop.simulate.config import SimulationConfig
+    from signalloop.simulate.simulation import simulate
+
+    cfg = SimulationConfig(days=40, campaigns=4, shape="full")
+    tables = simulate(cfg).tables
+    spend, changes = tables["spend"].to_pylist(), tables["changes"].to_pylist()
+    day = cfg.start + timedelta(days=cfg.days)  # the day after the last
+    platform = {str(r["campaign_id"]): str(r["platform"]) for r in spend}
+    campaign = {str(r["adset_id"]): str(r["campaign_id"]) for r in spend}
+    campaign |= {str(r["ad_id"]): str(r["campaign_id"]) for r in spend}
+    with Sandbox(
+        now=datetime.combine(day, datetime.min.time(), UTC) + timedelta(hours=12),
+        meta_token=TOKEN,
+        google_developer_token=DEV,
+        google_access_tokens=[ACCESS],
+    ) as s:
+        s.load_spend(spend, meta_account=ACT, google_customer=CID)
+        served = s.load_changes(changes, spend, meta_account=ACT, google_customer=CID)
+        assert served["meta"] > 0 and served["google"] > 0
+        ws = Workspace(":memory:")
+        for name in ("meta", "google"):
+            pull(
+                ws,
+                name,
+                settings=settings(s),
+                today=day,
+                client=Client(sleep=lambda _: None),
+                what=("changes",),
+            )
+    first = day - timedelta(days=28)
+
+    def kept(r: dict[str, Any]) -> bool:
+        p = platform.get(campaign.get(str(r["entity_id"]), str(r["entity_id"])))
+        known = META_EVENT_OF if p == "meta" else GOOGLE_CHANGE_OF
+        return r["ts"].date() >= first and (r["level"], r["field"]) in known
+
+    def key(ts: datetime, fld: str, actor: str) -> tuple[str, str, str]:
+        return (ts.strftime("%Y-%m-%d %H:%M:%S"), fld, actor)
+
+    want = [r for r in changes if kept(r)]
+    got = stored(ws)
+    got_keys = ws.con.execute(
+        "SELECT strftime(ts, '%Y-%m-%d %H:%M:%S'), field, actor FROM changes"
+    ).fetchall()
+    assert Counter(got_keys) == Counter(key(r["ts"], r["field"], r["actor"]) for r in want)
+    budgets = {
+        (r["entity_id"], Decimal(r["old_value"]), Decimal(r["new_value"]))
+        for r in want
+        if r["field"] == "budget"
+    }
+    assert budgets and budgets == {
+        (r["entity_id"], Decimal(r["old_value"]), Decimal(r["new_value"]))
+        for r in got
+        if r["field"] == "budget"
+    }
+
+
+def test_connect_sandbox_serves_a_changes_file(tmp_path: Path) -> None:
+    spend = tmp_path / "spend.csv"
+    spend.write_text(
+        "date,platform,campaign_id,adset_id,ad_id,impressions,clicks,spend\n"
+        "2026-01-01,meta,c01,c01_as1,c01_as1_ad1,100,3,4.5\n"
+        "2026-01-02,google,c02,c02_as1,c02_as1_ad1,200,9,7.25\n",
+        encoding="utf-8",
+    )
+    edits = tmp_path / "changes.csv"
+    edits.write_text(
+        "ts,level,entity_id,field,old_value,new_value,actor\n"
+        "2026-01-02T10:00:00Z,campaign,c01,budget,40.00,50.00,human\n"
+        "2026-01-02T11:00:00Z,adset,c02_as1,status,ENABLED,PAUSED,automation\n",
+        encoding="utf-8",
+    )
+    args = ["connect", "sandbox", "--spend", str(spend), "--for", "0.1", "--json"]
+    res = CliRunner().invoke(app, [*args, "--changes", str(edits)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["rows"] == {"meta": 1, "google": 1, "edits": 2}
+    missing = CliRunner().invoke(app, [*args, "--changes", str(tmp_path / "nope.csv")])
+    assert missing.exit_code == 2 and "no such file" in missing.stderr

@@ -237,6 +237,14 @@ def connect_sandbox_cmd(
     spend: Annotated[
         Path, typer.Option("--spend", help="A canonical spend CSV (the simulator's spend.csv).")
     ],
+    changes: Annotated[
+        Path | None,
+        typer.Option(
+            "--changes",
+            help="A canonical changes CSV (the simulator's): served as the accounts' edit history.",
+            show_default=False,
+        ),
+    ] = None,
     port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1 (0: a free one).")] = 0,
     serve_for: Annotated[
         float | None,
@@ -266,6 +274,19 @@ def connect_sandbox_cmd(
     except (KeyError, ValueError) as exc:
         raise UsageError(f"--spend {spend}: not a canonical spend file ({exc})") from None
     sb.give_budgets(rows, meta_account=SANDBOX_META_ACCOUNT, google_customer=SANDBOX_CID)
+    if changes is not None:
+        if not changes.is_file():
+            raise UsageError(f"--changes {changes}: no such file")
+        with changes.open(encoding="utf-8-sig", newline="") as fh:
+            edits = list(csv.DictReader(fh))
+        try:
+            served["edits"] = sum(
+                sb.load_changes(
+                    edits, rows, meta_account=SANDBOX_META_ACCOUNT, google_customer=SANDBOX_CID
+                ).values()
+            )
+        except (KeyError, ValueError) as exc:
+            raise UsageError(f"--changes {changes}: not a canonical changes file ({exc})") from None
     sb.start(port)
     try:
         env = {

@@ -29,10 +29,10 @@ event's time. ``change_resource_type`` and ``changed_fields`` say what changed
   seen and corrected.
 
 **Values**: budgets as currency units (Meta sends minor units: cents, or whole units for the
-currencies Meta lists with offset 1, such as JPY and KRW; Google micros), other values as
-text. Meta's ``extra_data`` layout is not documented: both the flat form (``{"old_value": 5000,
-"new_value": 7500}``) and values nested in objects (``{"old_value": {"value": ...}}``) are read;
-an event whose values cannot be read keeps empty ones.
+currencies Meta lists with offset 1, such as JPY and KRW; Google micros, bids too), other
+values as text. Meta's ``extra_data`` layout is not documented: both the flat form
+(``{"old_value": 5000, "new_value": 7500}``) and values nested in objects (``{"old_value":
+{"value": ...}}``) are read; an event whose values cannot be read keeps empty ones.
 
 Edits signalloop applied itself (``signalloop apply``) come back in the history as API edits:
 they are recognised by entity, field, new value and a time within :data:`OWN_EDIT_WINDOW` of
@@ -380,7 +380,7 @@ def google_changes(
         row_level, row_entity = level, entity
         if rtype == "AD_GROUP_AD" and fld == "status":
             row_level, row_entity = "ad", _tail(ev.get("changeResourceName")) or entity
-        if fld == "budget":
+        if hit[0].endswith("Micros"):  # budgets and bids: currency units
             ov, nv = _at(old_res, hit[0]), _at(new_res, hit[0])
             old_v = money_text(Decimal(str(ov)) / 1_000_000) if ov not in (None, "") else None
             new_v = money_text(Decimal(str(nv)) / 1_000_000) if nv not in (None, "") else None

@@ -442,6 +442,26 @@ class Sandbox(_MetaBudgets, _GoogleApi):
             ),
         }
 
+    def load_changes(
+        self,
+        changes: Iterable[Mapping[str, Any]],
+        spend: Iterable[Mapping[str, Any]],
+        *,
+        meta_account: str = "1000000001",
+        google_customer: str = "1234567890",
+    ) -> dict[str, int]:
+        """Serve canonical ``changes`` rows (the simulator's edit log) as the platforms record
+        edits: Meta activity-log events and Google change events, each on its campaign's
+        platform as the ``spend`` rows place it (:mod:`.history`). Returns the records stored
+        per platform."""
+        from signalloop.push.sandbox.history import platform_records
+
+        meta, google = platform_records(changes, spend, google_customer)
+        return {
+            "meta": self.load_activities(meta_account, meta),
+            "google": self.load_change_events(google_customer, google),
+        }
+
     def give_budgets(
         self,
         rows: Iterable[Mapping[str, Any]],
