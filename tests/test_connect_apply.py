@@ -379,3 +379,26 @@ def test_run_pulls_then_applies_last_and_a_second_run_applies_nothing(
                 assert "already_applied" in statuses
             # the pull recognised the platforms' records of the first run's edits
             assert ws.con.execute("SELECT count(*) FROM changes").fetchone() == n
+
+
+def test_a_refused_credential_fails_its_lines_and_what_was_sent_stays_recorded(
+    sb: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from signalloop.errors import CredentialError
+
+    ws = pulled(sb)
+    sb.fail_next("/5021", status=403)  # the token may read but not change this ad set
+    res = go(ws, sb, live=True)
+    by = res["by"]
+    assert by[("501", "501")]["status"] == "applied" and sb.meta_budgets["501"] == 11250
+    for ad_set in ("5021", "5022"):
+        assert by[("502", ad_set)]["status"] == "failed"
+        assert "ads_management" in by[("502", ad_set)]["reason"]
+    assert sb.meta_budgets["5021"] == 5000 and sb.meta_budgets["5022"] == 3000
+    assert by[("111", "111")]["status"] == "applied"  # Google went on
+    assert res["changes_recorded"] == 2
+    # nothing could be changed at all: the credential problem is the answer
+    monkeypatch.delenv("SIGNALLOOP_META_ACCESS_TOKEN")
+    monkeypatch.delenv("SIGNALLOOP_GOOGLE_ACCESS_TOKEN")
+    with pytest.raises(CredentialError, match="SIGNALLOOP_META_ACCESS_TOKEN"):
+        go(ws, sb, live=True, doc={**run_doc(), "as_of": "2026-03-10"})

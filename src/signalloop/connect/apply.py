@@ -61,6 +61,8 @@ MAX_DAILY_CHANGE = 0.18
 LIMIT_SLACK = 0.005
 #: A ratio this close to 1 is no change.
 NO_CHANGE = 0.005
+#: Line states that have not reached the platform yet.
+OPEN = ("pending", "would_apply", "would_restore")
 #: Phase states in which a campaign's budget is not touched.
 LEARNING_STATES = ("learning", "learning_limited")
 
@@ -390,6 +392,43 @@ def _partial_failures(reply: Reply) -> dict[int, str]:
 # ---- apply --------------------------------------------------------------------------------
 
 
+def _each_platform(
+    res: ApplyResult,
+    client: Client | None,
+    settings: Settings,
+    work: Callable[[_Platform], None],
+) -> CredentialError | None:
+    """Run ``work`` for each platform that has lines to look at. A credential the platform
+    refuses (or that is missing) fails that platform's open lines with the message and the
+    other platform goes on, so what was already sent is still recorded; the first such error
+    is returned."""
+    problem: CredentialError | None = None
+    with _http(client) as http:
+        for name in ("meta", "google"):
+            if not any(ln.platform == name and ln.status == "pending" for ln in res.lines):
+                continue
+            p: _Platform | None = None
+            try:
+                p = _Platform(name, http, settings)
+                work(p)
+            except CredentialError as exc:
+                problem = problem or exc
+                for ln in res.lines:
+                    if ln.platform == name and ln.status in OPEN:
+                        ln.status, ln.reason = "failed", str(exc)
+            finally:
+                if p is not None:
+                    res.requests += p.reader.requests
+    return problem
+
+
+def _raise_if_nothing_moved(res: ApplyResult, problem: CredentialError | None) -> None:
+    """A credential problem is the answer (exit 2) when no budget was changed; otherwise the
+    lines it failed say so and the changes made stay recorded."""
+    if problem is not None and not any(ln.status in ("applied", "restored") for ln in res.lines):
+        raise problem
+
+
 def _allocation_lines(
     doc: Mapping[str, Any], platforms: Mapping[str, str], settings: Settings
 ) -> list[Line]:
@@ -564,36 +603,35 @@ def apply(
     arms = [str(a["campaign_id"]) for a in doc["allocation"].get("arms", [])]
     res.lines = _allocation_lines(doc, campaign_platforms(ws, arms), settings)
     before = _applied_before(ws, res.as_of)
-    with _http(client) as http:
-        for name in ("meta", "google"):
-            todo = [ln for ln in res.lines if ln.platform == name and ln.status == "pending"]
-            if not todo:
+    history = {name: history_pulled(ws, name) is not None for name in ("meta", "google")}
+
+    def work(p: _Platform) -> None:
+        todo = [ln for ln in res.lines if ln.platform == p.name and ln.status == "pending"]
+        if progress:
+            progress(f"reading {p.name} budgets", None)
+        expanded: list[Line] = []
+        for ln in todo:
+            expanded += p.lines_for(ln)
+        gone = {id(t) for t in todo}
+        res.lines = [x for x in res.lines if id(x) not in gone] + expanded
+        for ln in expanded:
+            if ln.status != "pending":
                 continue
+            key = (ln.platform, ln.level, ln.entity_id)
+            if key in before:
+                ln.status = "already_applied"
+                ln.reason = f"applied for {res.as_of} by {before[key]}"
+                continue
+            _check_line(ws, p, ln, history[p.name])
+        ready = [ln for ln in expanded if ln.status == "would_apply"]
+        if live and ready:
             if progress:
-                progress(f"reading {name} budgets", None)
-            p = _Platform(name, http, settings)
-            history = history_pulled(ws, name) is not None
-            expanded: list[Line] = []
-            for ln in todo:
-                expanded += p.lines_for(ln)
-            for ln in expanded:
-                if ln.status != "pending":
-                    continue
-                key = (ln.platform, ln.level, ln.entity_id)
-                if key in before:
-                    ln.status = "already_applied"
-                    ln.reason = f"applied for {res.as_of} by {before[key]}"
-                    continue
-                _check_line(ws, p, ln, history)
-            gone = {id(t) for t in todo}
-            res.lines = [x for x in res.lines if id(x) not in gone] + expanded
-            ready = [ln for ln in expanded if ln.status == "would_apply"]
-            if live and ready:
-                if progress:
-                    progress(f"applying {len(ready)} {name} budget(s)", None)
-                p.send(ready)
-            res.requests += p.reader.requests
+                progress(f"applying {len(ready)} {p.name} budget(s)", None)
+            p.send(ready)
+
+    problem = _each_platform(res, client, settings, work)
     _record(ws, res, res.lines, when, settings)
+    _raise_if_nothing_moved(res, problem)
     if not live and any(ln.status == "would_apply" for ln in res.lines):
         res.notes.append('a dry run: nothing was sent (--yes, or [run] apply = "live", applies)')
     return res
@@ -654,49 +692,44 @@ def rollback(
     )
     res.rollback_of = apply_id
     applied = [Line(**ln) for ln in rec["lines"] if ln["status"] == "applied"]
-    with _http(client) as http:
-        for name in ("meta", "google"):
-            mine = [ln for ln in applied if ln.platform == name]
-            if not mine:
+    res.lines = [Line(**{**asdict(old), "status": "pending", "reason": ""}) for old in applied]
+
+    def work(p: _Platform) -> None:
+        for old, ln in zip(applied, res.lines, strict=True):
+            if ln.platform != p.name:
                 continue
-            p = _Platform(name, http, settings)
-            lines = []
-            for old in mine:
-                base = Line(
-                    name,
-                    old.campaign_id,
-                    old.level,
-                    old.entity_id,
-                    budget_ref=old.budget_ref,
-                    current_spend=old.current_spend,
-                    recommended=old.recommended,
+            base = Line(
+                p.name,
+                old.campaign_id,
+                old.level,
+                old.entity_id,
+                budget_ref=old.budget_ref,
+                current_spend=old.current_spend,
+                recommended=old.recommended,
+            )
+            base.ratio = 1.0
+            now_line = next((x for x in p.lines_for(base) if x.entity_id == old.entity_id), base)
+            if now_line.old_units is None:
+                ln.refuse(now_line.reason or "the budget could not be read")
+                continue
+            ln.platform_budget = p.units(now_line.old_units)
+            ln.workspace_budget = old.new_budget
+            if now_line.old_units != old.new_units:
+                ln.refuse(
+                    f"the budget is {ln.platform_budget:g} now, the apply set "
+                    f"{old.new_budget:g}: someone changed it since; left alone"
                 )
-                base.ratio = 1.0
-                now_line = next(
-                    (x for x in p.lines_for(base) if x.entity_id == old.entity_id), base
-                )
-                ln = Line(**{**asdict(old), "status": "pending", "reason": ""})
-                lines.append(ln)
-                if now_line.old_units is None:
-                    ln.refuse(now_line.reason or "the budget could not be read")
-                    continue
-                ln.platform_budget = p.units(now_line.old_units)
-                ln.workspace_budget = old.new_budget
-                if now_line.old_units != old.new_units:
-                    ln.refuse(
-                        f"the budget is {ln.platform_budget:g} now, the apply set "
-                        f"{old.new_budget:g}: someone changed it since; left alone"
-                    )
-                    continue
-                ln.old_units, ln.new_units = old.new_units, old.old_units
-                ln.new_budget, ln.change_pct = old.platform_budget, None
-                ln.status = "would_restore"
-            res.lines += lines
-            ready = [ln for ln in lines if ln.status == "would_restore"]
-            if live and ready:
-                p.send(ready)
-            res.requests += p.reader.requests
+                continue
+            ln.old_units, ln.new_units = old.new_units, old.old_units
+            ln.new_budget, ln.change_pct = old.platform_budget, None
+            ln.status = "would_restore"
+        ready = [ln for ln in res.lines if ln.platform == p.name and ln.status == "would_restore"]
+        if live and ready:
+            p.send(ready)
+
+    problem = _each_platform(res, client, settings, work)
     _record(ws, res, res.lines, when, settings)
+    _raise_if_nothing_moved(res, problem)
     return res
 
 

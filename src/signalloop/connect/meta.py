@@ -229,6 +229,11 @@ class MetaReader:
         reply = self.client.post(
             self._url(node), form=form, headers=self._headers, retry_if=throttled
         )
+        if reply.status == 403 or _code(reply) in (10, 200, 294):
+            raise CredentialError(
+                f"Meta refused the change to {node} ({reply.error or reply.status}): give the "
+                "token's system user ads_management on the ad account in Business Settings"
+            )
         check_auth(reply, self.node)
         return reply
 
