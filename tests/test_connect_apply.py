@@ -402,3 +402,18 @@ def test_a_refused_credential_fails_its_lines_and_what_was_sent_stays_recorded(
     monkeypatch.delenv("SIGNALLOOP_GOOGLE_ACCESS_TOKEN")
     with pytest.raises(CredentialError, match="SIGNALLOOP_META_ACCESS_TOKEN"):
         go(ws, sb, live=True, doc={**run_doc(), "as_of": "2026-03-10"})
+
+
+def test_an_answer_lost_on_the_way_back_is_retried_and_applied_once(sb: Sandbox) -> None:
+    ws = pulled(sb)
+    sb.drop_next("campaignBudgets:mutate")  # applied, then the connection drops
+    sb.drop_next("/501")  # a read of Meta's campaign dropped midway: read again
+    res = go(ws, sb, live=True, doc=run_doc([("501", 80.0, 90.0), ("111", 40.0, 46.0)]))
+    assert res["counts"] == {"applied": 2}
+    assert sb.meta_budgets["501"] == 11250 and sb.google_budgets["111"] == 57_500_000
+    mutates = [r for r in sb.requests if r.path.endswith("campaignBudgets:mutate")]
+    assert len(mutates) == 2  # the retry set the same amount again: a no-op
+    history = pull(
+        ws, "google", settings=settings(sb), today=TODAY, client=client(), what=("changes",)
+    ).changes
+    assert history is not None and history["rows_own"] == 1 and history["rows_loaded"] == 0

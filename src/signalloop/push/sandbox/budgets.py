@@ -8,7 +8,7 @@
 * ``GET /{version}/{campaign_id}/adsets``: the campaign's ad sets, paged like Insights;
 * ``POST /{version}/{id}`` with ``daily_budget`` (form or JSON): ``{"success": true}``, and an
   activity-log event (``update_campaign_budget`` / ``update_ad_set_budget``, the token's app
-  as ``application_name``).
+  as ``application_name``; a change to the same value records nothing: chosen).
 
   Rules: ``daily_budget`` a whole number of minor units (code 100), at least
   :data:`META_MIN_DAILY_BUDGET` (code 100, Meta's minimums depend on the currency and the
@@ -201,6 +201,8 @@ class _MetaBudgets(_MetaActivities):
             old = obj.get("daily_budget")
             obj["daily_budget"] = value
             account = str(obj["account_id"])
+        if old == value:  # a no-op leaves no activity-log event
+            return 200, {"success": True}
         self._record_activity(
             account,
             {
@@ -310,7 +312,10 @@ class _GoogleBudgets(_ChangeEvents):
                 name = op["update"]["resourceName"]
                 old = state[name]["amountMicros"]
                 state[name]["amountMicros"] = int(op["update"]["amountMicros"])
-                changed.append((name, old, state[name]["amountMicros"], state[name]["campaigns"]))
+                if old != state[name]["amountMicros"]:  # a no-op leaves no change event
+                    changed.append(
+                        (name, old, state[name]["amountMicros"], state[name]["campaigns"])
+                    )
                 results.append({"resourceName": name})
             if errors and not partial:
                 return _atomic_error(errors, version)
