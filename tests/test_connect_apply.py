@@ -417,3 +417,37 @@ def test_an_answer_lost_on_the_way_back_is_retried_and_applied_once(sb: Sandbox)
         ws, "google", settings=settings(sb), today=TODAY, client=client(), what=("changes",)
     ).changes
     assert history is not None and history["rows_own"] == 1 and history["rows_loaded"] == 0
+
+
+def test_cli_run_reports_an_allocation_it_could_not_apply_and_exits_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pyarrow.csv as pacsv
+
+    from signalloop.simulate.config import SimulationConfig
+    from signalloop.simulate.simulation import simulate
+
+    for name in ENV:
+        monkeypatch.delenv(name, raising=False)
+    inbox = tmp_path / "inbox" / "spend"
+    inbox.mkdir(parents=True)
+    pacsv.write_csv(
+        simulate(SimulationConfig(days=21, campaigns=3, shape="spend")).tables["spend"],
+        str(inbox / "spend.csv"),
+    )
+    config = tmp_path / "signalloop.toml"
+    config.write_text(
+        f'[run]\ninbox = "{tmp_path / "inbox"}"\nout = "{tmp_path / "report"}"\n'
+        'apply = "live"\n\n[connect.meta]\nad_account_id = "7"\n'
+        'base_url = "http://127.0.0.1:9"\n\n[connect.google]\ncustomer_id = "5550001111"\n'
+        'base_url = "http://127.0.0.1:9"\n',
+        encoding="utf-8",
+    )
+    args = ["run", "--db", str(tmp_path / "w.duckdb"), "--config", str(config), "--json"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2
+    doc = json.loads(res.stdout)
+    assert doc["apply"]["status"] == "error"
+    # no credential anywhere: the message names the variable to set
+    assert "SIGNALLOOP_" in doc["apply"]["message"] and "TOKEN" in doc["apply"]["message"]
+    assert "the allocation was not applied" in res.stderr

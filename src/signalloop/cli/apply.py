@@ -52,7 +52,7 @@ def apply_cmd(
         typer.Option(
             "--rollback",
             metavar="RUN",
-            help="Restore the budgets that apply (or that run's apply) replaced.",
+            help="Restore the budgets an apply replaced: its apply id, or its run's id.",
             show_default=False,
         ),
     ] = None,

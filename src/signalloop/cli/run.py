@@ -97,6 +97,9 @@ def run_loop(
             f"{refused[0]['platform']} was not pulled; the loop ran without it "
             f"({refused[0]['message']})"
         )
+    applied = doc.get("apply") or {}
+    if applied.get("status") == "error":
+        raise UsageError(f"the allocation was not applied ({applied['message']})")
     errors = (doc["inbox"] or {}).get("errors", [])
     if errors:
         first = errors[0]
@@ -157,8 +160,9 @@ def print_run(doc: dict[str, Any], *, inbox: bool = True) -> None:
     if doc.get("push"):
         print_pushes(doc["push"])
     applied = doc.get("apply")
-    if applied and applied["status"] == "error":
-        err.print(f"[bold red]budgets not applied[/]: {escape(applied['message'])}")
+    if applied and applied["status"] != "ok":
+        style = "bold red" if applied["status"] == "error" else "dim"
+        err.print(f"[{style}]budgets not applied[/]: {escape(applied['message'])}")
     elif applied:
         counts = ", ".join(f"{n} {k}" for k, n in applied["counts"].items()) or "no line"
         out.print(

@@ -743,7 +743,10 @@ def apply_in_run(
 ) -> dict[str, Any]:
     """``signalloop run`` with ``[run] apply``: this run's allocation applied last (live or a
     dry run); a missing credential or allocation is reported, not raised. ``now`` is the
-    clock the changes carry (a replay's)."""
+    clock the changes carry (a replay's). ``status``: ``ok``, ``skipped`` (no allocation:
+    no budget to split) or ``error`` (with the ``message`` naming the fix)."""
+    if not doc.get("allocation"):
+        return {"status": "skipped", "message": "the run made no allocation: nothing to apply"}
     try:
         res = apply(
             ws,
