@@ -457,3 +457,17 @@ def test_connect_sandbox_serves_a_changes_file(tmp_path: Path) -> None:
     assert json.loads(res.stdout)["rows"] == {"meta": 1, "google": 1, "edits": 2}
     missing = CliRunner().invoke(app, [*args, "--changes", str(tmp_path / "nope.csv")])
     assert missing.exit_code == 2 and "no such file" in missing.stderr
+
+
+def test_a_refused_history_read_still_lands_the_spend(sb: Sandbox) -> None:
+    from signalloop.errors import CredentialError
+
+    ws = Workspace(":memory:")
+    sb.fail_next("/activities", status=403)
+    res = run(ws, sb, "meta")
+    assert res.rows_loaded > 0 and res.changes is not None
+    assert res.changes["status"] == "failed" and "Meta refused access" in res.changes["error"]
+    assert TOKEN not in res.changes["error"]
+    sb.fail_next("/activities", status=403)
+    with pytest.raises(CredentialError):  # the history alone: the refusal is the answer
+        run(ws, sb, "meta", what=("changes",))

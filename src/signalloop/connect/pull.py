@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo
 from signalloop.config import Settings, load_settings
 from signalloop.connect import google as gads
 from signalloop.connect import meta
-from signalloop.connect.changes import pull_changes
+from signalloop.connect.changes import ChangesResult, pull_changes
 from signalloop.connect.landing import Landed, land_rows
 from signalloop.connect.meta import ReadFailed
 from signalloop.contract import KINDS
@@ -268,17 +268,25 @@ def pull(
                 else datetime.combine(last + timedelta(days=1), datetime.min.time(), tz)
             )
             spend_requests = reader.requests
-            res.changes = pull_changes(
-                ws,
-                reader,
-                platform,
-                account,
-                lo,
-                hi - timedelta(seconds=1),
-                currency=_currency(settings, platform),
-                time_zone=_time_zone(settings, platform),
-                progress=progress,
-            ).to_dict()
+            try:
+                res.changes = pull_changes(
+                    ws,
+                    reader,
+                    platform,
+                    account,
+                    lo,
+                    hi - timedelta(seconds=1),
+                    currency=_currency(settings, platform),
+                    time_zone=_time_zone(settings, platform),
+                    progress=progress,
+                ).to_dict()
+            except CredentialError as exc:
+                if "spend" not in wanted:
+                    raise
+                # the spend read is still landed; the history says what to fix
+                failed = ChangesResult(lo.isoformat(), hi.isoformat(), status="failed")
+                failed.error = str(exc)
+                res.changes = failed.to_dict()
             res.changes["requests"] = reader.requests - spend_requests
             reader.requests = spend_requests
         res.requests = reader.requests
