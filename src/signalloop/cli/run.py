@@ -137,6 +137,15 @@ def print_run(doc: dict[str, Any], *, inbox: bool = True) -> None:
             + (f"; [red]{len(p['failed'])} range(s) not read[/]" if p["failed"] else ""),
             highlight=False,
         )
+        ch = p.get("changes") or {}
+        if ch.get("status") == "failed":
+            err.print(f"[red]edit history not read[/] {p['platform']}: {escape(ch['error'])}")
+        elif ch:
+            err.print(
+                f"  edits {p['platform']}: {ch['rows_loaded']:,} new, {ch['rows_restated']:,} "
+                f"restated, {ch['rows_unchanged']:,} unchanged",
+                highlight=False,
+            )
     box = doc.get("inbox") if inbox else None
     if box is not None:
         for f in box["files"]:
