@@ -405,20 +405,31 @@ def _build(
             "use a shorter horizon or a later as_of"
         )
     attrs = _attr_plan_of(ws, clicks)
-    users = None
-    if unit == "lead":  # only the users whose clicks the records link to (see _touch_features)
-        users = clicks.filter(clicks.touch_id.isin(records.touch_id)).user_id
-    kept = units_of(_touch_features(tp, clicks, ties, crm, spend, attrs, users))
-    if not include_censored:
-        kept = kept.filter(kept._mature)
     cap = max_rows if max_rows is not None else settings.models.get("max_frame_rows")
     cap = MAX_FRAME_ROWS if cap is None else cap
     if not isinstance(cap, int) or isinstance(cap, bool) or cap < 2:
         raise UsageError(f"max_frame_rows must be a number of rows of at least 2, got {cap!r}")
-    sample: dict[str, Any] | None = None
+    rates: tuple[float, float] | None = None
     if mature_n > cap:
         k_pos, k_neg = class_quotas(positives, mature_n - positives, cap)
         rates = (k_pos / max(positives, 1), k_neg / max(mature_n - positives, 1))
+    users = None
+    if rates is not None:
+        # only the users of the units the sample keeps: every feature window is per user, so
+        # their own rows are all it needs (see _touch_features), and a sample of 2M units of
+        # 30M leaves most users out. Their labels are the frame's, so the same units are kept.
+        chosen = labelled.filter(
+            (~labelled._mature if include_censored else ibis.literal(False))
+            | (labelled._mature & _hash_sample(labelled, id_column, random_state, rates))
+        )
+        users = clicks.filter(clicks.touch_id.isin(chosen.touch_id)).user_id
+    elif unit == "lead":  # only the users whose clicks the records link to
+        users = clicks.filter(clicks.touch_id.isin(records.touch_id)).user_id
+    kept = units_of(_touch_features(tp, clicks, ties, crm, spend, attrs, users))
+    if not include_censored:
+        kept = kept.filter(kept._mature)
+    sample: dict[str, Any] | None = None
+    if rates is not None:
         kept = kept.filter(~kept._mature | _hash_sample(kept, id_column, random_state, rates))
         sample = {
             "units": mature_n,
