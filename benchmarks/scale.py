@@ -44,6 +44,8 @@ import duckdb
 from _report import log, machine, write_section
 
 BEGIN, END = "<!-- scale:begin -->", "<!-- scale:end -->"
+#: The PySpark runs' own section (``--backend pyspark``)
+SPARK_BEGIN, SPARK_END = "<!-- scale-pyspark:begin -->", "<!-- scale-pyspark:end -->"
 PACKAGES = ("duckdb", "ibis-framework", "lightgbm", "scikit-learn")
 STEPS = (
     "ingest",
@@ -224,7 +226,12 @@ def _watch(proc: subprocess.Popen[bytes], max_gib: float, stopped: list[float]) 
 
 
 def run_once(
-    ws: Path, inbox: Path, as_of: date, out: Path, max_gib: float = 16.0
+    ws: Path | str,
+    inbox: Path,
+    as_of: date,
+    out: Path,
+    max_gib: float = 16.0,
+    env_extra: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """``signalloop run`` in its own process: wall seconds, peak RSS, the run's timings."""
     cmd = [
@@ -242,6 +249,7 @@ def run_once(
     ]
     t0 = time.perf_counter()
     env = dict(os.environ, SIGNALLOOP_PROGRESS="plain")  # a stopped run says where it was
+    env.update(env_extra or {})
     out.mkdir(parents=True, exist_ok=True)
     log_file = out / "stderr.log"  # a file, not a pipe: a long run's lines never block it
     with log_file.open("wb") as sink:
@@ -274,22 +282,40 @@ def run_once(
 
 
 def measure(
-    n: int, days: int, seed: int, shard: int, cache: Path, max_gib: float
+    n: int,
+    days: int,
+    seed: int,
+    shard: int,
+    cache: Path,
+    max_gib: float,
+    backend: str = "duckdb",
 ) -> dict[str, Any]:
     folder = cache / f"c{n}-d{days}-s{seed}"
     info = simulate(n, days, seed, shard, folder)
     last = START + timedelta(days=days - 1)
     hist, new, new_rows = split(folder, last)
-    ws = folder / "ws.duckdb"
-    for p in (ws, Path(f"{ws}.wal")):
-        p.unlink(missing_ok=True)
-    # a fresh workspace: its models (beside it), reports and run folders go too
-    for sub in ("reports", "ws.models", "ws.duckdb.runs"):
-        shutil.rmtree(folder / sub, ignore_errors=True)
-    log(f"{n} campaigns: first run as of {last - timedelta(days=1)}")
-    first = run_once(ws, hist, last - timedelta(days=1), folder / "reports" / "first", max_gib)
-    log(f"{n} campaigns: next day as of {last}")
-    nxt = run_once(ws, new, last, folder / "reports" / "next", max_gib)
+    env: dict[str, str] = {}
+    reports = folder / "reports"
+    if backend == "pyspark":  # its tables in a warehouse folder, its models and runs beside
+        store, state = folder / "pyspark-wh", folder / "pyspark-state"
+        for sub in (store, state):
+            shutil.rmtree(sub, ignore_errors=True)
+        ws: Path | str = f"pyspark://local?warehouse={store}"
+        env["SIGNALLOOP_STATE_DIR"] = str(state)
+        reports = folder / "reports-pyspark"
+    else:
+        store = folder / "ws.duckdb"
+        ws = store
+        for p in (store, Path(f"{store}.wal")):
+            p.unlink(missing_ok=True)
+        # a fresh workspace: its models (beside it) and run folders go too
+        for sub in ("ws.models", "ws.duckdb.runs"):
+            shutil.rmtree(folder / sub, ignore_errors=True)
+    shutil.rmtree(reports, ignore_errors=True)
+    log(f"{n} campaigns ({backend}): first run as of {last - timedelta(days=1)}")
+    first = run_once(ws, hist, last - timedelta(days=1), reports / "first", max_gib, env)
+    log(f"{n} campaigns ({backend}): next day as of {last}")
+    nxt = run_once(ws, new, last, reports / "next", max_gib, env)
     scan = min(plain_scan(new) for _ in range(3))
     return {
         "campaigns": n,
@@ -298,8 +324,15 @@ def measure(
         "first": first,
         "next": nxt,
         "scan": scan,
-        "workspace_mb": ws.stat().st_size / 1e6,
+        "workspace_mb": _size(store) / 1e6,
     }
+
+
+def _size(path: Path) -> int:
+    """Bytes of a file, or of every file under a folder."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def render(
@@ -309,22 +342,40 @@ def render(
 ) -> str:
     stamp = datetime.now(UTC).strftime("%Y-%m-%d")
     cols = [(r, lab) for r in results for lab in ("first", "next")]
+    spark = args.backend == "pyspark"
+    begin, end = (SPARK_BEGIN, SPARK_END) if spark else (BEGIN, END)
+    title = (
+        "## Scale on PySpark: `signalloop run --db pyspark://local` at growing account sizes"
+        if spark
+        else "## Scale: `signalloop run` at growing account sizes"
+    )
+    command = (
+        f"`.venv/bin/python benchmarks/scale.py --backend pyspark --campaigns {args.campaigns}`"
+        if spark
+        else "`make bench-scale` (benchmarks/scale.py --campaigns "
+        f"{args.campaigns} --days {args.days} --seed {args.seed})"
+    )
+    where = (
+        "A local Spark session (the workspace's tables in a warehouse folder; Spark's own "
+        "defaults but 4 shuffle partitions; ingest validates each file in DuckDB, as on every "
+        "backend, then appends to Spark). Peak memory is the Python process's; the JVM's is "
+        "not counted. The same accounts and steps as the DuckDB section above, beside it."
+        if spark
+        else "Each run is the CLI in its own process; peak memory is that process's maximum RSS."
+    )
     head = "| step | " + " | ".join(
         f"{r['campaigns']:,} campaigns, {'first run' if lab == 'first' else 'next day'}"
         for r, lab in cols
     )
     lines = [
-        BEGIN,
-        "## Scale: `signalloop run` at growing account sizes",
+        begin,
+        title,
         "",
-        f"Command: `make bench-scale` (benchmarks/scale.py --campaigns "
-        f"{args.campaigns} --days {args.days} --seed "
-        f"{args.seed}). Measured {stamp} on {machine(PACKAGES)}.",
+        f"Command: {command}. Measured {stamp} on {machine(PACKAGES)}.",
         "",
         "Each account is the simulator's full shape, 90 days; the first run ingests days 1-89 "
         "into a fresh workspace and runs as of day 89; the next day ingests day 90's rows and "
-        "runs as of day 90. Each run is the CLI in its own process; peak memory is that "
-        "process's maximum RSS. The anchor is a plain DuckDB scan of the new day's CSVs "
+        f"runs as of day 90. {where} The anchor is a plain DuckDB scan of the new day's CSVs "
         "(count and sum of every numeric column), in the same session.",
         "",
         head + " |",
@@ -360,7 +411,7 @@ def render(
         )
     for n, why in failed or []:
         lines += ["", f"**{n:,} campaigns did not complete:** {why}"]
-    lines += ["", END]
+    lines += ["", end]
     return "\n".join(lines)
 
 
@@ -372,6 +423,7 @@ def main() -> None:
     ap.add_argument("--shard", type=int, default=100, help="campaigns per simulated shard")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/signalloop-scale"))
     ap.add_argument("--no-write", action="store_true", help="print, do not touch BENCHMARKS.md")
+    ap.add_argument("--backend", choices=("duckdb", "pyspark"), default="duckdb")
     ap.add_argument(
         "--max-gib", type=float, default=16.0, help="stop a run past this resident memory"
     )
@@ -380,14 +432,23 @@ def main() -> None:
     for n in args.campaigns.split(","):
         try:
             results.append(
-                measure(int(n), args.days, args.seed, args.shard, args.cache, args.max_gib)
+                measure(
+                    int(n),
+                    args.days,
+                    args.seed,
+                    args.shard,
+                    args.cache,
+                    args.max_gib,
+                    args.backend,
+                )
             )
         except RunFailed as exc:  # reported in the section, the other sizes still count
             log(f"{n} campaigns: {exc}")
             failed.append((int(n), str(exc).splitlines()[0][:300]))
     block = render(results, args, failed)
     if not args.no_write:
-        write_section(block, BEGIN, END)
+        spark = args.backend == "pyspark"
+        write_section(block, *((SPARK_BEGIN, SPARK_END) if spark else (BEGIN, END)))
     print(block)
     print(json.dumps(results, default=str), file=sys.stderr)
 

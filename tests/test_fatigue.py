@@ -76,3 +76,23 @@ def test_starved_campaign_is_flagged(report: tuple[object, object]) -> None:
     doc = json.loads(rep.to_json())  # type: ignore[attr-defined]
     assert {"as_of", "creatives", "campaigns"} <= set(doc)
     assert {c["status"] for c in doc["creatives"]} <= {"fresh", "peaking", "fatigued"}
+
+
+def test_many_series_fitted_together_are_each_fitted_alone() -> None:
+    """fit_decays over several series (each stopping on its own) gives every series what
+    fit_decay gives it alone, to rounding."""
+    from signalloop.fatigue import fit_decays
+
+    rng = np.random.default_rng(7)
+    series = []
+    for n, rate, decay in ((5, 0.02, 0.0), (40, 0.01, 0.05), (90, 0.03, 0.01), (1, 0.05, 0.0)):
+        age = np.arange(float(n))
+        imp = rng.integers(500, 20_000, n).astype(float)
+        clicks = rng.poisson(rate * imp * np.exp(-decay * age)).astype(float)
+        series.append((clicks, imp, age, np.cumsum(imp) - imp))
+    group = np.concatenate([np.full(len(s[0]), i) for i, s in enumerate(series)])
+    beta, cov = fit_decays(*(np.concatenate([s[j] for s in series]) for j in range(4)), group, 4)
+    for i, s in enumerate(series):
+        b1, c1 = fit_decay(*s)
+        assert np.allclose(beta[i], b1, rtol=1e-9, atol=1e-12)
+        assert np.allclose(cov[i], c1, rtol=1e-9, atol=1e-15)

@@ -294,3 +294,59 @@ def test_include_censored_keeps_open_units_unlabelled(ws: Workspace) -> None:
     touches = build_frame(ws, "conversion", include_censored=True).frame.set_index("touch_id")
     assert touches.label.to_dict() == {"t1": 1, "t3": 1, "t2": 0, "t4": -1}
     assert list(build_frame(ws, "conversion").frame.touch_id) == ["t1", "t3", "t2"]
+
+
+def test_attr_plan_over_distinct_documents_counts_as_every_row(tmp_path: Any) -> None:
+    """The plan is worked out over the distinct attrs documents weighted by their rows: the
+    same row counts and distinct values as over every row, for spacing and key order,
+    numbers written as text, booleans, nulls and keys a JSON path cannot name."""
+    from signalloop.models import features as F
+
+    docs = [
+        '{"device": "mobile", "age": "31", "id": "a", "x.y": 1, "flag": true}',
+        '{ "age" : "31",  "device":"mobile", "id": "a", "x.y": 1, "flag": true }',
+        '{"device": "desktop", "age": 40, "id": "b", "x.y": null, "flag": false}',
+        '{"device": "tablet", "age": " 25 ", "id": "c"}',
+        '{"device": null, "age": "n/a", "id": "d", "x.y": 2.5}',
+    ]
+    counts = [30, 7, 5, 3, 2]
+    rows: list[tuple[Any, ...]] = []
+    for d, (doc, n) in enumerate(zip(docs, counts, strict=True)):
+        for i in range(n):
+            rows.append((f"t{d}_{i}", "2026-01-01 10:00", f"u{i}", None, "meta", "c1", None,
+                         None, None, None, doc))  # fmt: skip
+    with Workspace(tmp_path / "attrs.duckdb") as ws:
+        ws.con.executemany(
+            f"INSERT INTO touchpoints ({TOUCH_COLS}) VALUES ({', '.join('?' * 11)})", rows
+        )
+        t = ws.table("touchpoints")
+        w = t.filter(t.attrs.notnull())
+        names = F._attr_keys(w)
+        per_row: dict[str, Any] = {}
+        for i, key in enumerate(names):
+            text, num = F._attr_values(w, key)
+            per_row |= {f"n{i}": text.count(), f"x{i}": num.count(), f"d{i}": text.nunique()}
+        want = w.aggregate(**per_row).to_pyarrow().to_pylist()[0]
+        got_names, got = F._attr_stats(t)
+        plan = F._attr_plan(t)
+        old = F.MAX_ATTR_LEVELS
+        try:  # a level cap of 3 drops the five-valued age and the four-valued id
+            F.MAX_ATTR_LEVELS = 3
+            capped = F._attr_plan(t)
+        finally:
+            F.MAX_ATTR_LEVELS = old
+        again = F._attr_plan_of(ws, t)
+        assert F._attr_plan_of(ws, t) is not again and again == plan
+    assert names == got_names == ["age", "device", "flag", "id", "x.y"]
+    assert got == want
+    n = sum(counts)
+    assert [want[f"n{i}"] for i in range(5)] == [n, n - 2, n - 5, n, 39]
+    assert [want[f"x{i}"] for i in range(5)] == [45, 0, 0, 0, 39]
+    assert plan == [
+        ("age", "attr_age", "category"),
+        ("device", "attr_device", "category"),
+        ("flag", "attr_flag", "category"),
+        ("id", "attr_id", "category"),
+        ("x.y", "attr_x_y", "number"),
+    ]
+    assert [p[0] for p in capped] == ["device", "flag", "x.y"]

@@ -181,3 +181,29 @@ def test_excluded_cohorts_are_left_out_or_counted_and_always_named() -> None:
         with_excluded=True,
     )
     assert [r["date"] for r in short] == ["2026-01-02", "2026-01-03"]
+
+
+@pytest.mark.parametrize("level", [0.5, 0.8, 0.9, 0.95])
+def test_shortest_interval_is_that_of_the_fully_sorted_draws(level: float) -> None:
+    """Only the k smallest and k largest draws are sorted (a partition first): the same
+    interval as from every draw sorted, for either memory layout, ties and a point."""
+    rng = np.random.default_rng(11)
+    draws = rng.poisson(rng.uniform(0, 30, 400), size=(1000, 400)).astype(float)
+    point = draws.mean(axis=0) + rng.normal(0, 3, 400)
+
+    def naive(a: np.ndarray, contain: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, ...]:
+        s = np.sort(a, axis=0)
+        n = len(s)
+        m = min(max(math.ceil(level * n), 1), n)
+        low = np.fmin(s[: n - m + 1], contain[0][None, :])
+        high = np.fmax(s[m - 1 :], contain[1][None, :])
+        start = np.argmin(high - low, axis=0)[None, :]
+        return np.take_along_axis(low, start, 0)[0], np.take_along_axis(high, start, 0)[0]
+
+    want = naive(draws, (point, point))
+    for layout in (draws, np.asfortranarray(draws)):
+        got = shortest_interval(layout, level, (point, point))
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    scratch = np.asfortranarray(draws)
+    got = shortest_interval(scratch, level, (point, point), overwrite=True)
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])

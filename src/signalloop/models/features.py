@@ -706,21 +706,7 @@ def _attr_plan(t: Any) -> list[tuple[str, str, str]]:
     same values, so the distinct values are the same too), with each document parsed once
     instead of once per row and key (a few hundred documents for tens of millions of clicks).
     """
-    with_attrs = t.filter(t.attrs.notnull())
-    docs = with_attrs.group_by(_doc=with_attrs.attrs.cast("string")).aggregate(
-        _w=with_attrs.count()
-    )
-    docs = docs.select(attrs=docs._doc.cast("json"), _w=docs._w)
-    names = _attr_keys(docs)
-    if not names:
-        return []
-    stats: dict[str, Any] = {}
-    for i, key in enumerate(names):
-        text, num = _attr_values(docs, key)
-        stats[f"n{i}"] = ibis.ifelse(text.notnull(), docs._w, 0).sum()
-        stats[f"x{i}"] = ibis.ifelse(num.notnull(), docs._w, 0).sum()
-        stats[f"d{i}"] = text.nunique()
-    row = docs.aggregate(**stats).to_pyarrow().to_pylist()[0]
+    names, row = _attr_stats(t)
     plan: list[tuple[str, str, str]] = []
     used: set[str] = set()
     for i, key in enumerate(names):
@@ -731,6 +717,26 @@ def _attr_plan(t: Any) -> list[tuple[str, str, str]]:
         used.add(name)
         plan.append((key, name, "number" if x == n else "category"))
     return plan
+
+
+def _attr_stats(t: Any) -> tuple[list[str], dict[str, Any]]:
+    """The ``attrs`` keys of ``t`` and, for the ``i``-th, ``n{i}`` rows with a value, ``x{i}``
+    rows with a number, ``d{i}`` distinct values (see :func:`_attr_plan`)."""
+    with_attrs = t.filter(t.attrs.notnull())
+    docs = with_attrs.group_by(_doc=with_attrs.attrs.cast("string")).aggregate(
+        _w=with_attrs.count()
+    )
+    docs = docs.select(attrs=docs._doc.cast("json"), _w=docs._w)
+    names = _attr_keys(docs)
+    if not names:
+        return [], {}
+    stats: dict[str, Any] = {}
+    for i, key in enumerate(names):
+        text, num = _attr_values(docs, key)
+        stats[f"n{i}"] = ibis.ifelse(text.notnull(), docs._w, 0).sum()
+        stats[f"x{i}"] = ibis.ifelse(num.notnull(), docs._w, 0).sum()
+        stats[f"d{i}"] = text.nunique()
+    return names, docs.aggregate(**stats).to_pyarrow().to_pylist()[0]
 
 
 def _attr_values(t: Any, key: str) -> tuple[Any, Any]:
