@@ -230,9 +230,16 @@ def refresh_attribution(ws: Workspace) -> bool:
                 recs = _record_campaigns(ws, conversions=_stored_conversions(ws))
                 con.execute(f"CREATE OR REPLACE TABLE {RECORDS_TABLE} AS {ws.ibis.compile(recs)}")
             else:
-                touched = _touched(
+                # the conversions to attribute again, worked out once (four statements below
+                # read them; each would otherwise scan the history's click and user ids)
+                ids = _touched(
                     ws, saved["tables"]["conversions"][1], saved["tables"]["touchpoints"][1]
                 )
+                con.execute(
+                    "CREATE OR REPLACE TEMP TABLE _attribution_touched AS "
+                    f"{ws.ibis.compile(ids.name('conversion_id').as_table())}"
+                )
+                touched = ws.ibis.table("_attribution_touched").conversion_id
                 conv = ws.table("conversions")
                 redo = attribute(ws, conv.filter(conv.conversion_id.isin(touched)), narrow=True)
                 redo = redo.select(*STORED)
@@ -242,6 +249,7 @@ def refresh_attribution(ws: Workspace) -> bool:
                 )
                 con.execute(f"INSERT INTO {ATTRIBUTION_TABLE} {ws.ibis.compile(redo)}")
                 _refresh_records(ws, saved["tables"], touched)
+                con.execute("DROP TABLE IF EXISTS _attribution_touched")
             state = {
                 "version": ATTRIBUTION_VERSION,
                 "tables": now,
