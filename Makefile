@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install browser backends demo test lint typecheck pytest bench bench-ingest bench-checks bench-speed bench-state bench-models bench-allocate bench-ope bench-diagnose bench-run bench-shapes bench-push bench-serve bench-models-scale bench-scale clean lock
+.PHONY: install browser backends demo test lint typecheck pytest bench bench-ingest bench-checks bench-speed bench-state bench-models bench-allocate bench-ope bench-diagnose bench-run bench-shapes bench-push bench-serve bench-connect bench-models-scale bench-scale clean lock
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,7 +54,7 @@ pytest: $(STAMP) browser backends
 
 test: lint typecheck pytest
 
-bench: bench-ingest bench-checks bench-speed bench-state bench-models bench-allocate bench-ope bench-diagnose bench-run bench-shapes bench-push bench-serve bench-models-scale bench-scale
+bench: bench-ingest bench-checks bench-speed bench-state bench-models bench-allocate bench-ope bench-diagnose bench-run bench-shapes bench-push bench-serve bench-connect bench-models-scale bench-scale
 
 bench-state: $(STAMP)
 	$(BIN)/python benchmarks/phase_quality.py --seeds 20
@@ -85,6 +85,12 @@ bench-push: $(STAMP)
 
 bench-serve: $(STAMP)
 	$(BIN)/python benchmarks/serve_speed.py
+
+# pulling a 90-day, 200-campaign, 2,000-ad account from the local stand-ins (Meta and Google),
+# and the guarded policy applying its own budgets through `signalloop apply` in the time loop
+# against a weekly human re-budget (learning resets); about 5 min
+bench-connect: $(STAMP)
+	$(BIN)/python benchmarks/connect_speed.py --seeds 5
 
 # the daily run at 10 and 100 campaigns, first run and next day (about 25 min; 1,000 with
 # --campaigns 10,100,1000 takes hours); accounts cached in /tmp/signalloop-scale
