@@ -14,7 +14,7 @@ import json
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -177,8 +177,13 @@ def pull_changes(
     currency: str | None,
     time_zone: str,
     progress: Progress | None = None,
+    today: date | None = None,
 ) -> ChangesResult:
     """Read the edit history between ``since`` and ``until`` (aware datetimes) and land it.
+
+    ``today`` is the account's today (a pull's): Google's change events are read from no
+    earlier than :data:`~signalloop.connect.edits.CHANGE_EVENT_DAYS` days before the platform's
+    clock, which may run up to a day past an ``until`` that ends yesterday.
 
     A read that fails after the retries leaves the store as it was (``status`` "failed",
     ``error`` says why); a refused credential raises
@@ -188,6 +193,9 @@ def pull_changes(
     res = ChangesResult(since.isoformat(), until.isoformat())
     if platform == "google":
         oldest = until - timedelta(days=edits.CHANGE_EVENT_DAYS) + timedelta(hours=12)
+        if today is not None:  # the platform's clock is somewhere in the account's today
+            first = today - timedelta(days=edits.CHANGE_EVENT_DAYS - 1)
+            oldest = max(oldest, datetime.combine(first, datetime.min.time(), tz))
         if since < oldest:
             res.notes.append(
                 f"Google Ads keeps {edits.CHANGE_EVENT_DAYS} days of change events: read from "

@@ -279,6 +279,7 @@ def pull(
                     currency=_currency(settings, platform),
                     time_zone=_time_zone(settings, platform),
                     progress=progress,
+                    today=day,
                 ).to_dict()
             except CredentialError as exc:
                 if "spend" not in wanted:
