@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install browser backends demo test lint typecheck pytest bench bench-ingest bench-checks bench-speed bench-state bench-models bench-allocate bench-ope bench-diagnose bench-run bench-shapes bench-push bench-serve bench-connect bench-models-scale bench-scale clean lock
+.PHONY: install browser backends demo demo-connected test lint typecheck pytest bench bench-ingest bench-checks bench-speed bench-state bench-models bench-allocate bench-ope bench-diagnose bench-run bench-shapes bench-push bench-serve bench-connect bench-models-scale bench-scale clean lock
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ browser:
 
 demo: $(STAMP)
 	$(BIN)/signalloop demo
+
+# the connected loop without credentials: the demo account served as Meta and Google on a local
+# sandbox, pulled, run ([run] pull = true) and applied as a dry run
+demo-connected: $(STAMP)
+	$(BIN)/signalloop demo --connected
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -256,11 +256,13 @@ def connect_sandbox_cmd(
 
     A connected demo without credentials: point [connect.meta] and [connect.google] base_url at
     it and pull. The tokens it accepts are the sandbox's own, printed here. Each campaign gets
-    a daily budget a quarter above its mean daily spend, for `signalloop apply` to change.
+    the daily budget its edit history (--changes) last set, else a quarter above its mean daily
+    spend, for `signalloop apply` to change.
     """
     import csv
     import time
 
+    from signalloop.demo_connected import budgets_from_history
     from signalloop.push.sandbox import Sandbox
 
     if not spend.is_file():
@@ -273,7 +275,7 @@ def connect_sandbox_cmd(
         served = sb.load_spend(rows, meta_account=SANDBOX_META_ACCOUNT, google_customer=SANDBOX_CID)
     except (KeyError, ValueError) as exc:
         raise UsageError(f"--spend {spend}: not a canonical spend file ({exc})") from None
-    sb.give_budgets(rows, meta_account=SANDBOX_META_ACCOUNT, google_customer=SANDBOX_CID)
+    edits: list[dict[str, Any]] | None = None
     if changes is not None:
         if not changes.is_file():
             raise UsageError(f"--changes {changes}: no such file")
@@ -287,6 +289,9 @@ def connect_sandbox_cmd(
             )
         except (KeyError, ValueError) as exc:
             raise UsageError(f"--changes {changes}: not a canonical changes file ({exc})") from None
+    budgets_from_history(
+        sb, rows, edits, meta_account=SANDBOX_META_ACCOUNT, google_customer=SANDBOX_CID
+    )
     sb.start(port)
     try:
         env = {

@@ -176,11 +176,25 @@ def demo(
         Path, typer.Option("--out", help="Folder for the simulated CSVs and the workspace.")
     ] = Path("signalloop-demo"),
     seed: Annotated[int, typer.Option(help="Random seed of the simulated account.")] = 7,
+    connected: Annotated[
+        bool,
+        typer.Option(
+            "--connected",
+            help="The connected loop: the account served as Meta and Google on a local "
+            "sandbox, pulled, run and applied as a dry run (no credentials; --out defaults to "
+            "signalloop-demo-connected).",
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Simulate a 90-day account with faults and run the whole loop on it (signalloop run)."""
     from signalloop.demo import run_demo
 
+    if connected:
+        if out_dir == Path("signalloop-demo"):
+            out_dir = Path("signalloop-demo-connected")
+        connected_demo(out_dir, seed, as_json)
+        return
     with progress_bar(not as_json or sys.stderr.isatty()) as progress:
         summary = run_demo(out_dir, seed=seed, progress=progress)
     if as_json:
@@ -203,3 +217,41 @@ def demo(
         f"key in {serve['key_file']} (readable by you only)",
         highlight=False,
     )
+
+
+def connected_demo(out_dir: Path, seed: int, as_json: bool) -> None:
+    """``demo --connected``: the backfill pulls, the run, the dry-run apply, what comes next."""
+    from signalloop.cli.apply import print_apply
+    from signalloop.cli.connect import print_pull
+    from signalloop.cli.run import run_summary
+    from signalloop.demo_connected import run_connected_demo
+
+    with progress_bar(not as_json or sys.stderr.isatty()) as progress:
+        doc = run_connected_demo(out_dir, seed=seed, progress=progress)
+    if as_json:
+        emit_json({**doc, "run": run_summary(doc["run"])})
+        return
+    served = doc["served"]
+    out.print(
+        f"[bold]sandbox[/] on 127.0.0.1:{doc['port']}: the account's Meta and Google campaigns "
+        f"({served['rows']['meta']:,} + {served['rows']['google']:,} delivery rows, "
+        f"{served['edits']['meta']:,} + {served['edits']['google']:,} edits, "
+        f"{doc['since']}..{doc['until']}); the rest as exports in {doc['data_dir']}",
+        highlight=False,
+    )
+    out.print("\n[bold]1. backfill[/]: signalloop pull meta|google --since " + doc["since"])
+    for p in doc["backfill"]:
+        print_pull(p)
+    out.print(
+        '\n[bold]2. signalloop run[/] (\\[run] pull = true, apply = "dry-run"): pulls the '
+        "lookback again, ingests the inbox, decides, applies last as a dry run"
+    )
+    print_run(doc["run"])
+    out.print("\n[bold]3. signalloop apply[/] (a dry run: nothing is sent)")
+    print_apply(doc["apply"])
+    out.print(
+        f"\nworkspace: {doc['db']}\nconfig: {doc['config']}\nto go on by hand:",
+        highlight=False,
+    )
+    for line in doc["next"]:
+        out.print(f"  {line}", highlight=False)
