@@ -478,6 +478,30 @@ def test_pyspark_reingest_and_reopen(
     assert counts == account["counts"] | {"changes": account["counts"]["changes"] + 1}
 
 
+@pytest.mark.slow
+def test_pyspark_reopens_a_warehouse_whose_tables_are_empty(spark_url: str, tmp_path: Path) -> None:
+    """A table that never got a row has a folder without a Parquet file to infer a schema
+    from: another process still opens the workspace (it failed with UNABLE_TO_INFER_SCHEMA on
+    the next day's run of a workspace whose quarantine was empty)."""
+    url = f"pyspark://local?warehouse={tmp_path / 'warehouse'}"
+    code = (
+        "import json, sys; from signalloop.store import Workspace; "
+        "ws = Workspace(sys.argv[1], read_only=sys.argv[2] == 'read'); "
+        "print(json.dumps(ws.counts())); ws.close()"
+    )
+    for mode in ("create", "read"):
+        done = subprocess.run(
+            [sys.executable, "-c", code, url, mode],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=tmp_path,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        counts = json.loads(done.stdout.strip().splitlines()[-1])
+        assert set(counts) == set(KINDS) and not any(counts.values())
+
+
 # -- the conformance both backends pass ----------------------------------------------------------
 
 

@@ -475,12 +475,26 @@ def spark_session(warehouse: str) -> Any:
 
 def _register_warehouse(client: Any, warehouse: str) -> None:
     """Make the tables an earlier process left in ``warehouse`` known to this session (a local
-    session's catalogue lives in memory; the tables' Parquet folders stay)."""
+    session's catalogue lives in memory; the tables' Parquet folders stay).
+
+    A table that never got a row (an empty quarantine, say) has a folder with no Parquet file
+    to read a schema from: a workspace table gets its own schema; any other such folder is
+    left alone.
+    """
+    from ibis.backends.pyspark.datatypes import PySparkSchema
+
     have = set(client.list_tables())
+    schemas = _duckdb_schemas()
     for folder in sorted(Path(warehouse).iterdir()):
         name = folder.name
-        if folder.is_dir() and name.isidentifier() and name not in have:
-            client._session.catalog.createTable(name, path=str(folder), source="parquet")
+        if not (folder.is_dir() and name.isidentifier() and name not in have):
+            continue
+        options: dict[str, Any] = {}
+        if not any(folder.glob("*.parquet")):
+            if name not in schemas:
+                continue
+            options["schema"] = PySparkSchema.from_ibis(_portable(schemas[name], "pyspark"))
+        client._session.catalog.createTable(name, path=str(folder), source="parquet", **options)
 
 
 # -- ingest -------------------------------------------------------------------------------------
