@@ -93,9 +93,9 @@ bench-serve: $(STAMP)
 
 # pulling a 90-day, 200-campaign, 2,000-ad account from the local stand-ins (Meta and Google),
 # and the guarded policy applying its own budgets through `signalloop apply` in the time loop
-# against a weekly human re-budget (learning resets); about 5 min
+# against a weekly human re-budget (learning resets); about 10 min
 bench-connect: $(STAMP)
-	$(BIN)/python benchmarks/connect_speed.py --seeds 5
+	$(BIN)/python benchmarks/connect_speed.py --seeds 10
 
 # the daily run at 10 and 100 campaigns, first run and next day (about 25 min; 1,000 with
 # --campaigns 10,100,1000 takes hours); accounts cached in /tmp/signalloop-scale
