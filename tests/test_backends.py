@@ -482,14 +482,19 @@ def test_pyspark_reingest_and_reopen(
 def test_pyspark_reopens_a_warehouse_whose_tables_are_empty(spark_url: str, tmp_path: Path) -> None:
     """A table that never got a row has a folder without a Parquet file to infer a schema
     from: another process still opens the workspace (it failed with UNABLE_TO_INFER_SCHEMA on
-    the next day's run of a workspace whose quarantine was empty)."""
+    the next day's run of a workspace whose quarantine was empty), and rewrites the
+    exclusions of a table it registered from its folder (LOCATION_ALREADY_EXISTS before)."""
     url = f"pyspark://local?warehouse={tmp_path / 'warehouse'}"
     code = (
-        "import json, sys; from signalloop.store import Workspace; "
-        "ws = Workspace(sys.argv[1], read_only=sys.argv[2] == 'read'); "
-        "print(json.dumps(ws.counts())); ws.close()"
+        "import datetime, json, sys; from signalloop.store import Workspace; "
+        "from signalloop.backends import save_exclusions; "
+        "ws = Workspace(sys.argv[1]); "
+        "ex = [{'campaign_id': 'c1', 'start': '2026-01-01', 'end': '2026-01-02', 'reason': 'r'}]; "
+        "save_exclusions(ws, ex if sys.argv[2] == 'reopen' else [], datetime.date(2026, 1, 3)); "
+        "n = ws.table('exclusions').count().execute(); "
+        "print(json.dumps(ws.counts() | {'exclusions': int(n)})); ws.close()"
     )
-    for mode in ("create", "read"):
+    for mode in ("create", "reopen"):
         done = subprocess.run(
             [sys.executable, "-c", code, url, mode],
             capture_output=True,
@@ -499,6 +504,7 @@ def test_pyspark_reopens_a_warehouse_whose_tables_are_empty(spark_url: str, tmp_
         )
         assert done.returncode == 0, done.stderr[-2000:]
         counts = json.loads(done.stdout.strip().splitlines()[-1])
+        assert counts.pop("exclusions") == (mode == "reopen")
         assert set(counts) == set(KINDS) and not any(counts.values())
 
 

@@ -667,8 +667,24 @@ def save_exclusions(ws: Workspace, exclusions: list[dict[str, Any]], as_of: date
     ]
     rows = [{k: r.get(k) for k in EXCLUSIONS_SCHEMA.names} for r in [*kept, *new]]
     table = pa.Table.from_pylist(rows, EXCLUSIONS_SCHEMA.to_pyarrow())
-    if ws.backend == "pyspark":  # there a create_table from a schema ignores overwrite
-        client.create_table("exclusions", ibis.memtable(table), overwrite=True)
+    if ws.backend == "pyspark":
+        if "exclusions" not in client.list_tables():  # a create_table from a schema ignores
+            client.create_table("exclusions", ibis.memtable(table), overwrite=True)  # overwrite
+            return
+        # rewritten in place: a table another process registered from its folder cannot be
+        # dropped and created again under the same location
+        from ibis.backends.pyspark.datatypes import PySparkSchema
+
+        staged = "_signalloop_exclusions_new"
+        names = EXCLUSIONS_SCHEMA.names
+        session = client._session
+        df = session.createDataFrame(
+            [tuple(r[c] for c in names) for r in rows], PySparkSchema.from_ibis(EXCLUSIONS_SCHEMA)
+        )
+        df.createOrReplaceTempView(staged)
+        cols = ", ".join(f"`{c}`" for c in names)
+        session.sql(f"INSERT OVERWRITE TABLE exclusions SELECT {cols} FROM {staged}")
+        session.catalog.dropTempView(staged)
         return
     client.create_table("exclusions", schema=EXCLUSIONS_SCHEMA, overwrite=True)
     if rows:
