@@ -451,3 +451,29 @@ def test_cli_run_reports_an_allocation_it_could_not_apply_and_exits_2(
     # no credential anywhere: the message names the variable to set
     assert "SIGNALLOOP_" in doc["apply"]["message"] and "TOKEN" in doc["apply"]["message"]
     assert "the allocation was not applied" in res.stderr
+
+
+def test_learning_refuses_and_learning_limited_does_not() -> None:
+    """A campaign in learning is refused; a learning-limited one is not (stuck for want of
+    volume, it moves within the daily limit as the allocator moves it)."""
+    from signalloop.connect.apply import held_and_learning
+
+    doc = {
+        "checks": {"campaigns": [{"campaign_id": "h", "gate": "hold", "reasons": ["outage"]}]},
+        "state": {
+            "phase": {
+                "entities": [
+                    {"campaign_id": "a", "level": "adset", "entity_id": "a1", "state": "learning"},
+                    {
+                        "campaign_id": "b",
+                        "level": "adset",
+                        "entity_id": "b1",
+                        "state": "learning_limited",
+                    },
+                    {"campaign_id": "c", "level": "adset", "entity_id": "c1", "state": "stable"},
+                ]
+            }
+        },
+    }
+    held, learning = held_and_learning(doc)
+    assert held == {"h": "outage"} and learning == {"a": "adset a1 is learning"}

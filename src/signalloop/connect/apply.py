@@ -13,12 +13,15 @@ active ad set's, in minor units (``POST /{id}``); Google Ads: the campaign budge
 
 **What is refused, per line** (the other lines go on): a change above the daily limit
 (:data:`MAX_DAILY_CHANGE`, the allocator's); a campaign the gate holds or that is in learning
-(or learning-limited) in that run; a campaign the spend rows do not place on a connected Meta
-or Google account; a lifetime or shared budget; a budget the platform holds that differs from
-the one the workspace knows (the latest ``budget`` edit in ``changes``, pulled or applied):
-someone changed it since, so the line stops and says so. Before its first apply on an account
-the workspace must have read the account's edit history (``signalloop pull --what changes``):
-with no budget edit in it, the platform's budget is the baseline.
+in that run (a learning-limited one is not refused: it is stuck for want of volume, not
+learning, and the allocator moves it within the same daily limit; refusing it doubled the
+guarded policy's regret in ``benchmarks/connect_speed.py``); a campaign the spend rows do
+not place on a connected Meta or Google account; a lifetime or shared budget; a budget the
+platform holds that differs from the one the workspace knows (the latest ``budget`` edit in
+``changes``, pulled or applied): someone changed it since, so the line stops and says so.
+Before its first apply on an account the workspace must have read the account's edit history
+(``signalloop pull --what changes``): with no budget edit in it, the platform's budget is the
+baseline.
 
 **Dry run by default**: every line is read and checked, nothing is sent. ``live=True`` sends.
 Every applied change is written to ``changes`` (actor ``automation``, ``attrs.source =
@@ -64,7 +67,7 @@ NO_CHANGE = 0.005
 #: Line states that have not reached the platform yet.
 OPEN = ("pending", "would_apply", "would_restore")
 #: Phase states in which a campaign's budget is not touched.
-LEARNING_STATES = ("learning", "learning_limited")
+LEARNING_STATES = ("learning",)
 
 APPLIES_DDL = """
 CREATE TABLE IF NOT EXISTS budget_applies (
