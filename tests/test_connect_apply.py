@@ -24,22 +24,12 @@ from signalloop.push.client import Client
 from signalloop.push.sandbox import Sandbox
 from signalloop.store import Workspace
 
-NOW = datetime(2026, 3, 10, 12, tzinfo=UTC)
+from .connect_setup import ACT, CID, ENV, NOW, platform_env, sandbox
+
 TODAY = date(2026, 3, 10)
 TOKEN = "meta-apply-secret-81d3"
 DEV = "dev-apply-secret-3c5e"
 ACCESS = "access-apply-secret-9a27"
-ACT = "42"
-CID = "1234567890"
-ENV = (
-    "SIGNALLOOP_META_ACCESS_TOKEN",
-    "SIGNALLOOP_GOOGLE_DEVELOPER_TOKEN",
-    "SIGNALLOOP_GOOGLE_ACCESS_TOKEN",
-    "SIGNALLOOP_GOOGLE_REFRESH_TOKEN",
-    "SIGNALLOOP_GOOGLE_CLIENT_ID",
-    "SIGNALLOOP_GOOGLE_CLIENT_SECRET",
-    "SIGNALLOOP_CONFIG",
-)
 #: Meta: 501 has the campaign budget (100.00), 502 its ad sets' (50.00, 30.00); 503 is held,
 #: 504 in learning, 505 asked to move 30%. Google: 111 (50.00) and 222 (1.00, too small to cut).
 META_OBJECTS = [
@@ -115,23 +105,12 @@ def run_doc(arms: list[tuple[str, float, float]] = ARMS) -> dict[str, Any]:
 
 @pytest.fixture(autouse=True)
 def _env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ENV:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("SIGNALLOOP_META_ACCESS_TOKEN", TOKEN)
-    monkeypatch.setenv("SIGNALLOOP_GOOGLE_DEVELOPER_TOKEN", DEV)
-    monkeypatch.setenv("SIGNALLOOP_GOOGLE_ACCESS_TOKEN", ACCESS)
+    platform_env(monkeypatch, TOKEN, DEV, ACCESS)
 
 
 @pytest.fixture
 def sb() -> Iterator[Sandbox]:
-    with Sandbox(
-        now=NOW,
-        meta_token=TOKEN,
-        meta_ad_accounts=[ACT],
-        google_developer_token=DEV,
-        google_access_tokens=[ACCESS],
-        customer_ids=[CID],
-    ) as s:
+    with sandbox(TOKEN, DEV, ACCESS) as s:
         rows = delivery()
         s.load_delivery("meta", ACT, [r for r in rows if r["campaign_id"].startswith("5")])
         s.load_delivery("google", CID, [r for r in rows if not r["campaign_id"].startswith("5")])

@@ -24,22 +24,12 @@ from signalloop.push.client import Client
 from signalloop.push.sandbox import Sandbox
 from signalloop.store import Workspace
 
-NOW = datetime(2026, 3, 10, 12, tzinfo=UTC)
+from .connect_setup import ACT, CID, platform_env, sandbox
+
 TODAY = date(2026, 3, 10)
 TOKEN = "meta-edits-secret-4be1"
 DEV = "dev-edits-secret-77a0"
 ACCESS = "access-edits-secret-2f9c"
-ACT = "42"
-CID = "1234567890"
-ENV = (
-    "SIGNALLOOP_META_ACCESS_TOKEN",
-    "SIGNALLOOP_GOOGLE_DEVELOPER_TOKEN",
-    "SIGNALLOOP_GOOGLE_ACCESS_TOKEN",
-    "SIGNALLOOP_GOOGLE_REFRESH_TOKEN",
-    "SIGNALLOOP_GOOGLE_CLIENT_ID",
-    "SIGNALLOOP_GOOGLE_CLIENT_SECRET",
-    "SIGNALLOOP_CONFIG",
-)
 
 
 def at(days_ago: int, hour: int = 10) -> datetime:
@@ -179,24 +169,12 @@ GOOGLE_EVENTS: list[dict[str, Any]] = [
 
 @pytest.fixture(autouse=True)
 def _env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ENV:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("SIGNALLOOP_META_ACCESS_TOKEN", TOKEN)
-    monkeypatch.setenv("SIGNALLOOP_GOOGLE_DEVELOPER_TOKEN", DEV)
-    monkeypatch.setenv("SIGNALLOOP_GOOGLE_ACCESS_TOKEN", ACCESS)
+    platform_env(monkeypatch, TOKEN, DEV, ACCESS)
 
 
 @pytest.fixture
 def sb() -> Iterator[Sandbox]:
-    with Sandbox(
-        now=NOW,
-        meta_token=TOKEN,
-        meta_ad_accounts=[ACT],
-        google_developer_token=DEV,
-        google_access_tokens=[ACCESS],
-        customer_ids=[CID],
-        insights_page_size=2,
-    ) as s:
+    with sandbox(TOKEN, DEV, ACCESS, insights_page_size=2) as s:
         s.load_delivery("meta", ACT, delivery(), currency="EUR")
         s.load_delivery("google", CID, delivery(), currency="USD")
         s.load_activities(ACT, META_EVENTS)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,8 @@ from signalloop.push.client import Client
 from signalloop.push.sandbox import Sandbox
 from signalloop.store import Workspace
 
-NOW = datetime(2026, 3, 10, 12, tzinfo=UTC)
+from .connect_setup import ACT, CID, NOW, platform_env, sandbox
+
 TODAY = date(2026, 3, 10)
 TOKEN = "meta-pull-secret-71c2"
 DEV = "dev-pull-secret-5a0e"
@@ -26,17 +27,7 @@ ACCESS = "access-pull-secret-d41b"
 REFRESH = "refresh-pull-secret-0c9f"
 CLIENT_SECRET = "client-pull-secret-e3a8"
 SECRETS = (TOKEN, DEV, ACCESS, REFRESH, CLIENT_SECRET)
-ACT = "42"
-CID = "1234567890"
 EVENT = "offsite_conversion.fb_pixel_lead"
-ENV = (
-    "SIGNALLOOP_META_ACCESS_TOKEN",
-    "SIGNALLOOP_GOOGLE_DEVELOPER_TOKEN",
-    "SIGNALLOOP_GOOGLE_ACCESS_TOKEN",
-    "SIGNALLOOP_GOOGLE_REFRESH_TOKEN",
-    "SIGNALLOOP_GOOGLE_CLIENT_ID",
-    "SIGNALLOOP_GOOGLE_CLIENT_SECRET",
-)
 
 
 def delivery(days: int, *, spend: float = 10.0, ads: int = 3) -> list[dict[str, Any]]:
@@ -64,24 +55,17 @@ def delivery(days: int, *, spend: float = 10.0, ads: int = 3) -> list[dict[str, 
 
 @pytest.fixture(autouse=True)
 def _env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ENV:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("SIGNALLOOP_META_ACCESS_TOKEN", TOKEN)
-    monkeypatch.setenv("SIGNALLOOP_GOOGLE_DEVELOPER_TOKEN", DEV)
-    monkeypatch.setenv("SIGNALLOOP_GOOGLE_ACCESS_TOKEN", ACCESS)
+    platform_env(monkeypatch, TOKEN, DEV, ACCESS)
 
 
 @pytest.fixture
 def sb() -> Iterator[Sandbox]:
-    with Sandbox(
-        now=NOW,
-        meta_token=TOKEN,
-        meta_ad_accounts=[ACT],
-        google_developer_token=DEV,
-        google_access_tokens=[ACCESS],
+    with sandbox(
+        TOKEN,
+        DEV,
+        ACCESS,
         google_refresh_token=REFRESH,
         google_client_secret=CLIENT_SECRET,
-        customer_ids=[CID],
         insights_page_size=10,
         async_polls=2,
     ) as s:

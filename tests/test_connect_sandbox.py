@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from typing import Any
 
 import httpx
@@ -12,12 +12,11 @@ import pytest
 
 from signalloop.push.sandbox import Sandbox
 
-NOW = datetime(2026, 3, 10, 12, tzinfo=UTC)
+from .connect_setup import ACT, CID, sandbox
+
 TOKEN = "meta-pull-secret-3b7e"
 DEV = "dev-pull-secret-8c1d"
 ACCESS = "access-pull-secret-2f9a"
-ACT = "42"
-CID = "1234567890"
 EVENT = "offsite_conversion.fb_pixel_lead"
 
 
@@ -44,16 +43,8 @@ def delivery(days: int, *, ads: int = 2, spend: float = 10.0) -> list[dict[str, 
 
 @pytest.fixture
 def sb() -> Iterator[Sandbox]:
-    with Sandbox(
-        now=NOW,
-        meta_token=TOKEN,
-        meta_ad_accounts=[ACT],
-        google_developer_token=DEV,
-        google_access_tokens=[ACCESS],
-        customer_ids=[CID],
-        insights_page_size=3,
-        insights_sync_max_rows=8,
-        async_polls=2,
+    with sandbox(
+        TOKEN, DEV, ACCESS, insights_page_size=3, insights_sync_max_rows=8, async_polls=2
     ) as s:
         s.load_delivery("meta", f"act_{ACT}", delivery(5), currency="EUR")
         s.load_delivery("google", CID, delivery(5), currency="USD")
