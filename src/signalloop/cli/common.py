@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date, datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Protocol, TypeVar
 
 import typer
 from rich.console import Console
@@ -30,12 +30,24 @@ from rich.progress import (
 from signalloop import jsonout
 from signalloop.errors import InputError, SignalloopError, UsageError
 
+if TYPE_CHECKING:
+    from signalloop.store import Workspace
+
 # Messages never wrap mid-line (a long path must not split "1,143 loaded" across lines); piped
 # output (CI logs, files) gets room for the tables instead of Rich's 80-column default.
 err = Console(stderr=True, soft_wrap=True)
 out = Console(width=None if sys.stdout.isatty() else 120, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Reported(Protocol):
+    """A command's result: what it reports is its ``to_dict()`` document."""
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+R = TypeVar("R", bound=Reported)
 
 DbOption = Annotated[
     str | None,
@@ -112,6 +124,29 @@ def progress_bar(enabled: bool = True) -> Iterator[Callable[[str, float | None],
 
     with bar:
         yield update
+
+
+def run_and_report(
+    db: str | None,
+    work: Callable[[Workspace, Callable[[str, float | None], None]], R],
+    *,
+    progress: bool,
+    as_json: bool,
+    show: Callable[[dict[str, Any]], None],
+) -> R:
+    """Run ``work(ws, bar)`` on the workspace ``db`` behind a :func:`progress_bar` (shown when
+    ``progress``), then report the result's ``to_dict()`` document: on stdout with ``--json``
+    (``as_json``), else through ``show``. Returns the result, for the command's exit code."""
+    from signalloop.store import Workspace
+
+    with Workspace(db) as ws, progress_bar(progress) as bar:
+        res = work(ws, bar)
+    doc = res.to_dict()
+    if as_json:
+        emit_json(doc)
+    else:
+        show(doc)
+    return res
 
 
 def _parse_date(value: str | None, option: str) -> date | None:

@@ -19,7 +19,7 @@ from signalloop.cli.common import (
     emit_json,
     handle_errors,
     out,
-    progress_bar,
+    run_and_report,
 )
 from signalloop.errors import UsageError
 
@@ -75,7 +75,6 @@ def pull_cmd(
     """
     from signalloop.config import load_settings
     from signalloop.connect.pull import PLATFORMS, check_what, pull
-    from signalloop.store import Workspace
 
     if platform not in PLATFORMS:
         raise UsageError(f"pull {platform!r}: expected one of {', '.join(PLATFORMS)}")
@@ -83,8 +82,9 @@ def pull_cmd(
     first = _parse_date(since, "--since")
     last = _parse_date(until, "--until")
     settings = load_settings(config)
-    with Workspace(db) as ws, progress_bar(not as_json and sys.stderr.isatty()) as bar:
-        res = pull(
+    res = run_and_report(
+        db,
+        lambda ws, bar: pull(
             ws,
             platform,
             since=first,
@@ -93,12 +93,11 @@ def pull_cmd(
             settings=settings,
             progress=bar,
             what=wanted,
-        )
-    doc = res.to_dict()
-    if as_json:
-        emit_json(doc)
-    else:
-        print_pull(doc)
+        ),
+        progress=not as_json and sys.stderr.isatty(),
+        as_json=as_json,
+        show=print_pull,
+    )
     if res.failed or (res.changes or {}).get("status") == "failed":
         raise typer.Exit(1)
 

@@ -20,7 +20,7 @@ from signalloop.cli.common import (
     emit_json,
     handle_errors,
     out,
-    progress_bar,
+    run_and_report,
 )
 from signalloop.errors import UsageError
 
@@ -66,7 +66,6 @@ def _push(
 
     from signalloop.config import load_settings
     from signalloop.push.send import push
-    from signalloop.store import Workspace
 
     settings = load_settings(config)
     day = _parse_date(as_of, "--as-of")
@@ -80,8 +79,9 @@ def _push(
             ) from None
     if dry_run and out_dir is None:
         out_dir = Path("signalloop-push")
-    with Workspace(db) as ws, progress_bar(not as_json) as bar:
-        res = push(
+    res = run_and_report(
+        db,
+        lambda ws, bar: push(
             ws,
             target,
             as_of=day,
@@ -90,12 +90,11 @@ def _push(
             out=out_dir,
             now=clock,
             progress=bar,
-        )
-    doc = res.to_dict()
-    if as_json:
-        emit_json(doc)
-    else:
-        print_push(doc)
+        ),
+        progress=not as_json,
+        as_json=as_json,
+        show=print_push,
+    )
     if res.rejected or res.failed:
         raise typer.Exit(1)
 
