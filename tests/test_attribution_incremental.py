@@ -12,7 +12,7 @@ and every simulator fault is covered, and touchpoints arriving after their conve
 from __future__ import annotations
 
 import json
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -32,7 +32,8 @@ from signalloop.contract import KINDS
 from signalloop.ingest import ingest_file
 from signalloop.store import Workspace
 
-from .conftest import drop_cases, ingest_drop, simulated_drops
+from .conftest import DROP_CUTS, DROP_DAYS, drop_cases, ingest_drop, simulated_drops
+from .test_models_recent import assert_recent_current
 from .test_rollups import assert_rollups_current
 
 SEED = 11
@@ -106,6 +107,9 @@ def test_daily_drops_equal_a_full_recompute(
             ingest_drop(ws, drop)
             _assert_current(ws)
             states = assert_rollups_current(ws)
+            if shape == "full":  # the lens's recent labels, as each day's run asks them
+                ends = [date.fromisoformat(c) - timedelta(days=1) for c in DROP_CUTS]
+                assert_recent_current(ws, [*ends, date(2026, 1, DROP_DAYS)][i])
             if shape == "full" and i > 0:
                 assert {s["refresh"] for s in states.values()} == {"incremental"}
             # a spend-only account has nothing new to attribute after its first drop

@@ -18,8 +18,8 @@ from signalloop.models.features import (
     _build,
     build_frame,
     horizon_for,
-    recent_labels,
 )
+from signalloop.models.recent import recent_labels
 from signalloop.store import Workspace
 
 from .conftest import simulated_workspace

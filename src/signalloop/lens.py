@@ -252,7 +252,7 @@ def _model_fit(
     """One model's card against the data now: volume, cycle length, funnel depth."""
     from signalloop.models.card import read_card
     from signalloop.models.depth import OUTCOME_LEVEL
-    from signalloop.models.features import recent_labels
+    from signalloop.models.recent import recent_labels
 
     card = read_card(folder)
     data = card["data"]

@@ -238,42 +238,6 @@ def build_frame(
     return frame
 
 
-def recent_labels(
-    ws: Workspace,
-    outcome: str,
-    *,
-    as_of: date,
-    days: int,
-    settings: Settings | None = None,
-    horizon_days: int | None = None,
-) -> tuple[int, int]:
-    """``(units, positives)`` among the mature units of the last ``days`` days of the frame.
-
-    The same units and labels as :func:`build_frame` (the last ``days`` days up to its latest
-    mature unit), counted on the backend without building a single feature: what the decision
-    lens compares with a saved model's training data.
-    """
-    kept = _build(
-        ws,
-        outcome,
-        as_of=as_of,
-        settings=settings,
-        horizon_days=horizon_days,
-        labels_only=True,
-        recent_days=days,
-    )
-    mature = kept.filter(kept._mature)
-    end = mature.ts.max().as_scalar()
-    recent = mature.filter(mature.ts > end - ibis.interval(days=days))
-    row = recent.aggregate(n=recent.count(), pos=recent.label.sum()).to_pyarrow().to_pylist()[0]
-    if not row["n"]:  # as build_frame: nothing mature is an error, not zero
-        raise UsageError(
-            f"no mature units for outcome {outcome!r} at as_of {as_of}: use a shorter horizon "
-            "or a later as_of"
-        )
-    return int(row["n"]), int(row["pos"] or 0)
-
-
 def _build(
     ws: Workspace,
     outcome: str,
@@ -284,11 +248,18 @@ def _build(
     include_censored: bool = False,
     labels_only: bool = False,
     recent_days: int | None = None,
+    unit_days: list[date] | None = None,
+    exclude: bool = True,
     max_rows: int | None = None,
     random_state: int = 0,
 ) -> Any:
     """:func:`build_frame`; with ``labels_only`` the units' ibis table (``ts``, ``label``,
-    ``_mature``, no features), not fetched.
+    ``_mature``, ``campaign_id``, no features), not fetched.
+
+    ``unit_days`` (with ``labels_only``; sorted) keeps only the units whose ``ts`` falls on
+    one of those days, with the labels they have among all units: the rows that cannot tie to
+    them (see :func:`_unit_day_rows`) are left out before the ties are worked out.
+    ``exclude=False`` keeps the units of exclusion windows.
 
     ``recent_days`` (with ``labels_only``, for the ``conversion`` outcome) keeps only the
     units of the last ``recent_days`` days up to the latest mature unit, with the same labels:
@@ -325,7 +296,10 @@ def _build(
         )
     h = horizon * _DAY
     units_from = clicks
-    if labels_only and recent_days is not None and outcome == "conversion":
+    if labels_only and unit_days is not None:
+        got = _unit_day_rows(ws, outcome, unit_days, h, clicks, conv, crm)
+        units_from, clicks, conv, crm = got
+    elif labels_only and recent_days is not None and outcome == "conversion":
         since = _recent_start(ws, clicks, cutoff, h, recent_days)
         if since is not None:
             units_from = clicks.filter(clicks.ts > since)
@@ -384,7 +358,7 @@ def _build(
             label=units.label.fill_null(0).cast("int64"),
             _mature=units.ts.epoch_seconds() + h <= ibis.literal(cutoff).epoch_seconds(),
         )
-        return without_exclusions(ws, units, "campaign_id", units.ts.date())
+        return without_exclusions(ws, units, "campaign_id", units.ts.date()) if exclude else units
 
     labelled = units_of(units_from.select("touch_id", "ts", "campaign_id"))
     if labels_only:  # the units and labels, none of the features
@@ -477,6 +451,63 @@ def _hash_sample(t: Any, id_column: str, seed: int, rates: tuple[float, float]) 
     u = ((h % _HASH_BUCKETS) + _HASH_BUCKETS) % _HASH_BUCKETS
     limit = ibis.ifelse(t.label == 1, int(rates[0] * _HASH_BUCKETS), int(rates[1] * _HASH_BUCKETS))
     return u < limit
+
+
+def _unit_day_rows(
+    ws: Workspace, outcome: str, days: list[date], h: float, clicks: Any, conv: Any, crm: Any
+) -> tuple[Any, Any, Any, Any]:
+    """The units of ``days`` and the clicks, conversions and CRM rows they need, exactly:
+    ``(units, clicks, conversions, crm)``.
+
+    A touch unit is one of the clicks of those days. A conversion ties to it by its
+    ``click_id`` or, by its user, at or after it; it labels it within ``h`` seconds after it
+    (or before it, by click id), so a conversion neither from those days on nor naming one of
+    their click ids, or later than ``h`` after the last day, cannot. A lead unit is a record
+    begun on one of the days (its first row's time); it links to its user's last primary
+    conversion up to an hour after that, or else to its user's last click before it, so only
+    its users' conversions up to an hour after the last day matter (a conversion with no user
+    by the user of the click it names). Ties are worked out per conversion, so leaving other
+    conversions out changes none, and a conversion's tie needs only the clicks of its user
+    and those carrying its click id: those clicks (and the records' users') are read from
+    the whole history once, into a temporary table the rest works on. The ``value`` outcome
+    (a record's link may run through any earlier conversion) keeps every conversion up to
+    an hour after its label window, every click, and the records of the units' users.
+    """
+    lo = ibis.literal(datetime.combine(days[0], time()), type="timestamp")
+    hi = ibis.literal(datetime.combine(days[-1] + timedelta(days=1), time()), type="timestamp")
+    soon = hi + ibis.interval(hours=1)
+
+    def on_days(ts: Any) -> Any:
+        return (ts >= lo) & (ts < hi) & ts.date().isin(days)
+
+    def pool(rows: Any) -> Any:
+        rows = rows.select("touch_id", "ts", "user_id", "click_id", "campaign_id")
+        return ws.ibis.create_table(f"_unit_day_clicks_{outcome}", rows, temp=True, overwrite=True)
+
+    if outcome in ("conversion", "value"):
+        units = clicks.filter(on_days(clicks.ts))
+        late = hi + ibis.interval(seconds=int(h))
+        if outcome == "value":
+            conv = conv.filter(conv.ts <= late + ibis.interval(hours=1))
+            return units, clicks, conv, crm.filter(crm.user_id.isin(units.user_id))
+        conv = conv.filter(
+            (conv.ts <= late) & ((conv.ts >= lo) | conv.click_id.isin(units.click_id))
+        )
+        mine = clicks.filter(
+            clicks.user_id.isin(conv.user_id) | clicks.click_id.isin(conv.click_id)
+        )
+        return units, pool(mine), conv, crm
+    first = crm.group_by(f_rec=crm.record_id).aggregate(f_ts=crm.ts.min())
+    crm = crm.filter(crm.record_id.isin(first.filter(on_days(first.f_ts)).f_rec))
+    users = crm.user_id
+    maybe = conv.filter((conv.ts <= soon) & (conv.user_id.isin(users) | conv.user_id.isnull()))
+    mine = pool(clicks.filter(clicks.user_id.isin(users) | clicks.click_id.isin(maybe.click_id)))
+    theirs = mine.filter(mine.user_id.isin(users)).click_id
+    conv = conv.filter(
+        (conv.ts <= soon)
+        & (conv.user_id.isin(users) | (conv.user_id.isnull() & conv.click_id.isin(theirs)))
+    )
+    return mine, mine, conv, crm
 
 
 def _recent_start(ws: Workspace, clicks: Any, cutoff: datetime, h: float, days: int) -> Any:
