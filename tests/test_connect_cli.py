@@ -14,17 +14,9 @@ from typer.testing import CliRunner
 from signalloop.cli import app
 from signalloop.push.sandbox import Sandbox
 
+from .connect_setup import ACT, ENV
+
 TOKEN = "meta-cli-secret-9d2b"
-ACT = "42"
-ENV = (
-    "SIGNALLOOP_META_ACCESS_TOKEN",
-    "SIGNALLOOP_GOOGLE_DEVELOPER_TOKEN",
-    "SIGNALLOOP_GOOGLE_ACCESS_TOKEN",
-    "SIGNALLOOP_GOOGLE_REFRESH_TOKEN",
-    "SIGNALLOOP_GOOGLE_CLIENT_ID",
-    "SIGNALLOOP_GOOGLE_CLIENT_SECRET",
-    "SIGNALLOOP_CONFIG",
-)
 
 
 @pytest.fixture
