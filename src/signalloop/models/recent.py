@@ -21,6 +21,8 @@ backends and read-only workspaces count from the rows.
 
 from __future__ import annotations
 
+import json
+import weakref
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
@@ -40,6 +42,10 @@ TABLE = "recent_label_units"
 #: Bump when the labels or the store's rows change meaning: stored counts are then dropped.
 VERSION = 1
 _KINDS = ("touchpoints", "conversions", "crm")
+#: Per workspace, :func:`_reach` of the rows since a saved state (and between two cutoffs).
+_REACHED: weakref.WeakKeyDictionary[Workspace, dict[str, datetime | None]] = (
+    weakref.WeakKeyDictionary()
+)
 _DDL = (
     f"CREATE TABLE IF NOT EXISTS {TABLE} (outcome VARCHAR, day DATE, campaign_id VARCHAR, "
     "ts TIMESTAMP, label BIGINT)"
@@ -147,7 +153,12 @@ class _Counts:
         before = datetime.fromisoformat(saved["cutoff"])
         if saved["source"] == self.source and before == self.cutoff:
             return False, None
-        reach = _reach(ws, saved["source"], before, self.cutoff)
+        # the outcomes' stores were saved together: the reach of the same rows is looked up once
+        key = json.dumps([saved["source"], saved["cutoff"], self.source, self.cutoff.isoformat()])
+        seen = _REACHED.setdefault(ws, {})
+        if key not in seen:
+            seen[key] = _reach(ws, saved["source"], before, self.cutoff)
+        reach = seen[key]
         return False, None if reach is None else reach - self.h - timedelta(days=1)
 
     def _holds(self, day: date) -> bool:
