@@ -1107,11 +1107,23 @@ class LogNormalCure(DelayModel):
     def draw_theta(
         self, group: Group, n_draws: int, rng: np.random.Generator | None = None
     ) -> FloatArray:
-        """Parameter draws ``(n_draws, k)`` from the normal posterior; the mode if 0."""
+        """Parameter draws ``(n_draws, k)`` from the normal posterior; the mode if 0.
+
+        The draws go through the covariance's Cholesky factor, which moves as little as the
+        covariance does: a fit that differs in its last digits (another optimiser's stop, an
+        incremental refit) gives draws that differ as little, where the default SVD factor can
+        flip a singular vector's sign and move a draw by several standard deviations. A
+        covariance that is not positive definite falls back to its eigen-decomposition.
+        """
         g = self.group_index(group)
         if n_draws <= 0:
             return _f64(self.theta_[g][None, :])
-        return _f64(self._rng(rng).multivariate_normal(self.theta_[g], self.cov_[g], n_draws))
+        gen, mean, cov = self._rng(rng), self.theta_[g], self.cov_[g]
+        try:
+            np.linalg.cholesky(cov)
+        except np.linalg.LinAlgError:
+            return _f64(gen.multivariate_normal(mean, cov, n_draws, method="eigh"))
+        return _f64(gen.multivariate_normal(mean, cov, n_draws, method="cholesky"))
 
     def _curves(
         self, g: int, t: FloatArray, n_draws: int, rng: np.random.Generator | None
