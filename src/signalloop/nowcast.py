@@ -1250,15 +1250,15 @@ def _predict(model: DelayModel, path: _Path, opts: NowcastOptions) -> _Predictio
     observed = c.observed.to_numpy(float)
     obs_value = c.observed_value.to_numpy(float)
     expected, expected_value = observed.copy(), obs_value.copy()
-    blocks: dict[int, tuple[npt.NDArray[np.int64], FloatArray, FloatArray]] = {}
     cohort = b.cohort.to_numpy()
     bucket_rows, cohort_rows = path.rows
     t_all, n_all, n_open = (b[k].to_numpy(float) for k in ("t", "n_all", "n_open"))
 
-    def one(g: int, name: str) -> None:
+    def first(g: int, name: str) -> tuple[Any, ...] | None:
+        """The campaign's open cohorts and point curves (its random stream set up)."""
         rows = bucket_rows.get(name)
         if rows is None or not len(rows):
-            return
+            return None
         own = cohort_rows[name]  # this campaign's cohorts (sorted): sums stay local to it
         local = np.searchsorted(own, cohort[rows])
         n_own = len(own)
@@ -1272,7 +1272,13 @@ def _predict(model: DelayModel, path: _Path, opts: NowcastOptions) -> _Predictio
         a0 = w_all @ inc0[0] - lost0
         act = np.nonzero(b0 + lost0 > 1e-3)[0]
         if not len(act):
-            return
+            return None
+        return rows, own, local, n_own, rng, maps, b0, lost0, a0, act
+
+    def then(g: int, state: tuple[Any, ...], at: int) -> None:
+        """The campaign's draws, into rows ``at`` on of the stacked draws."""
+        rows, own, local, n_own, rng, maps, b0, lost0, a0, act = state
+        grid, w_open, w_all, w_lost = maps
         ids = own[act]
         inc, fut, _ = model.curves(g, grid, n_draws=draws, rng=rng)
         bs = (w_open[act] @ fut.T).T
@@ -1294,27 +1300,30 @@ def _predict(model: DelayModel, path: _Path, opts: NowcastOptions) -> _Predictio
         point_add = gpoint * (b0[act] + lost0[act])
         vm, vsd = float(path.value_mean[g]), float(path.value_sd[g])
         noise = rng.standard_normal(add.shape) * np.sqrt(add) * vsd
-        # each campaign writes only its own cohorts, a cohort's draws contiguous (transposed
-        # here, in small blocks on the threads, not in one strided copy of every draw)
-        blocks[g] = (
-            ids,
-            np.ascontiguousarray((k + add).T, dtype=np.float64),
-            np.ascontiguousarray((obs_value[ids] + np.maximum(add * vm + noise, 0.0)).T),
-        )
+        # each campaign writes only its own cohorts' rows of the stacked draws, a cohort's
+        # draws contiguous (transposed here, in blocks on the threads)
+        end = at + len(act)
+        counts[at:end] = (k + add).T
+        values[at:end] = (obs_value[ids] + np.maximum(add * vm + noise, 0.0)).T
         expected[ids] = k + point_add
         expected_value[ids] = obs_value[ids] + point_add * vm
 
+    groups = range(len(path.groups))
     with ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 2)) as pool:
-        list(pool.map(one, range(len(path.groups)), path.groups))
-    parts = [blocks[g] for g in sorted(blocks)]  # in cohort order when cohorts are by group
-    ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, dtype=np.int64)
-
-    def stack(i: int) -> FloatArray:  # (S, n_active), each cohort's draws contiguous
-        if not parts:
-            return np.zeros((draws, 0))
-        return _f(np.concatenate([p[i] for p in parts], axis=0).T)
-
-    return _Prediction(expected, expected_value, stack(1), stack(2), phi, ids.astype(np.int64))
+        states = list(pool.map(first, groups, path.groups))
+        # in group order, which is cohort order when cohorts are by group
+        kept = [(g, st) for g, st in zip(groups, states, strict=True) if st is not None]
+        sizes = [len(st[-1]) for _, st in kept]
+        starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+        counts = np.empty((int(starts[-1]), draws))
+        values = np.empty((int(starts[-1]), draws))
+        list(pool.map(then, [g for g, _ in kept], [st for _, st in kept], starts[:-1].tolist()))
+    parts = [st[1][st[-1]] for _, st in kept]
+    ids = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    # (S, n_active) views, each cohort's draws contiguous
+    return _Prediction(
+        expected, expected_value, _f(counts.T), _f(values.T), phi, ids.astype(np.int64)
+    )
 
 
 def _bucket_maps(
