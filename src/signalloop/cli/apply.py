@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -14,12 +15,15 @@ from signalloop.cli.common import (
     DbOption,
     JsonOption,
     _parse_date,
-    emit_json,
     handle_errors,
     out,
-    progress_bar,
+    run_and_report,
 )
 from signalloop.errors import UsageError
+
+if TYPE_CHECKING:
+    from signalloop.connect.apply import ApplyResult
+    from signalloop.store import Workspace
 
 _STYLE = {
     "applied": "green",
@@ -71,7 +75,6 @@ def apply_cmd(
     from signalloop.config import load_settings
     from signalloop.connect.apply import apply
     from signalloop.connect.apply import rollback as undo
-    from signalloop.store import Workspace
 
     if dry_run and yes:
         raise UsageError("--dry-run and --yes contradict each other: choose one")
@@ -79,17 +82,16 @@ def apply_cmd(
         raise UsageError("--rollback names an apply or a run: --as-of does not go with it")
     day = _parse_date(as_of, "--as-of")
     settings = load_settings(config)
-    with Workspace(db) as ws, progress_bar(not as_json and sys.stderr.isatty()) as bar:
+
+    def work(ws: Workspace, bar: Callable[[str, float | None], None]) -> ApplyResult:
         if rollback is not None:
-            res = undo(ws, rollback, settings=settings, live=yes)
-        else:
-            res = apply(ws, settings=settings, as_of=day, live=yes, progress=bar)
-    doc = res.to_dict()
-    if as_json:
-        emit_json(doc)
-    else:
-        print_apply(doc)
-    if doc["counts"].get("failed"):
+            return undo(ws, rollback, settings=settings, live=yes)
+        return apply(ws, settings=settings, as_of=day, live=yes, progress=bar)
+
+    res = run_and_report(
+        db, work, progress=not as_json and sys.stderr.isatty(), as_json=as_json, show=print_apply
+    )
+    if res.counts.get("failed"):  # counted by to_dict, when reported
         raise typer.Exit(1)
 
 
