@@ -1215,6 +1215,23 @@ class _Prediction:
         return col
 
 
+@dataclass
+class _Open:
+    """One campaign's open cohorts before its draws: its bucket rows, its cohorts (``own``,
+    and each row's index among them), its random stream, its curve maps, the point curves'
+    sums per cohort and the cohorts with something still to come (``act``)."""
+
+    rows: npt.NDArray[np.int64]
+    own: npt.NDArray[np.int64]
+    local: npt.NDArray[np.int64]
+    rng: np.random.Generator
+    maps: tuple[FloatArray, Any, Any, Any]
+    b0: FloatArray
+    lost0: FloatArray
+    a0: FloatArray
+    act: npt.NDArray[np.int64]
+
+
 def _overdispersion(model: DelayModel, path: _Path) -> float:
     """Method-of-moments ``phi`` from the learnable cohorts (see the module docstring)."""
     b, c = path.buckets, path.cohorts
@@ -1254,7 +1271,7 @@ def _predict(model: DelayModel, path: _Path, opts: NowcastOptions) -> _Predictio
     bucket_rows, cohort_rows = path.rows
     t_all, n_all, n_open = (b[k].to_numpy(float) for k in ("t", "n_all", "n_open"))
 
-    def first(g: int, name: str) -> tuple[Any, ...] | None:
+    def first(g: int, name: str) -> _Open | None:
         """The campaign's open cohorts and point curves (its random stream set up)."""
         rows = bucket_rows.get(name)
         if rows is None or not len(rows):
@@ -1273,31 +1290,31 @@ def _predict(model: DelayModel, path: _Path, opts: NowcastOptions) -> _Predictio
         act = np.nonzero(b0 + lost0 > 1e-3)[0]
         if not len(act):
             return None
-        return rows, own, local, n_own, rng, maps, b0, lost0, a0, act
+        return _Open(rows, own, local, rng, maps, b0, lost0, a0, act)
 
-    def then(g: int, state: tuple[Any, ...], at: int) -> None:
+    def then(g: int, st: _Open, at: int) -> None:
         """The campaign's draws, into rows ``at`` on of the stacked draws."""
-        rows, own, local, n_own, rng, maps, b0, lost0, a0, act = state
-        grid, w_open, w_all, w_lost = maps
-        ids = own[act]
+        rows, rng, act = st.rows, st.rng, st.act
+        grid, w_open, w_all, w_lost = st.maps
+        ids = st.own[act]
         inc, fut, _ = model.curves(g, grid, n_draws=draws, rng=rng)
         bs = (w_open[act] @ fut.T).T
         lost = np.maximum((w_lost[act] @ inc.T).T, 0.0)
         a_s = (w_all[act] @ inc.T).T - lost
         k = observed[ids]
-        opn = np.bincount(local, n_open[rows], n_own)[act]
+        opn = np.bincount(st.local, n_open[rows], len(st.own))[act]
         # cohort variation: g | k ~ Gamma(1/phi + k, 1/phi + A), A = expected observed by now
         if phi > 0:
             rate = 1.0 / phi + np.maximum(a_s, 0.0)
             gmult = rng.gamma(np.broadcast_to(1.0 / phi + k, rate.shape), 1.0 / rate)
-            gpoint = (1.0 / phi + k) / (1.0 / phi + np.maximum(a0[act], 0.0))
+            gpoint = (1.0 / phi + k) / (1.0 / phi + np.maximum(st.a0[act], 0.0))
         else:
             gmult = np.ones_like(bs)
             gpoint = np.ones(len(act))
         prob = np.clip(gmult * bs / np.maximum(opn, 1e-12), 0.0, 1.0)
         add = rng.binomial(np.broadcast_to(np.round(opn).astype(np.int64), prob.shape), prob)
         add = add + rng.poisson(gmult * lost)  # happened inside an exclusion window, unseen
-        point_add = gpoint * (b0[act] + lost0[act])
+        point_add = gpoint * (st.b0[act] + st.lost0[act])
         vm, vsd = float(path.value_mean[g]), float(path.value_sd[g])
         noise = rng.standard_normal(add.shape) * np.sqrt(add) * vsd
         # each campaign writes only its own cohorts' rows of the stacked draws, a cohort's
@@ -1313,12 +1330,12 @@ def _predict(model: DelayModel, path: _Path, opts: NowcastOptions) -> _Predictio
         states = list(pool.map(first, groups, path.groups))
         # in group order, which is cohort order when cohorts are by group
         kept = [(g, st) for g, st in zip(groups, states, strict=True) if st is not None]
-        sizes = [len(st[-1]) for _, st in kept]
+        sizes = [len(st.act) for _, st in kept]
         starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
         counts = np.empty((int(starts[-1]), draws))
         values = np.empty((int(starts[-1]), draws))
         list(pool.map(then, [g for g, _ in kept], [st for _, st in kept], starts[:-1].tolist()))
-    parts = [st[1][st[-1]] for _, st in kept]
+    parts = [st.own[st.act] for _, st in kept]
     ids = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
     # (S, n_active) views, each cohort's draws contiguous
     return _Prediction(
