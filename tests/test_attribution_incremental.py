@@ -103,13 +103,15 @@ def test_daily_drops_equal_a_full_recompute(
 ) -> None:
     drops = simulated_drops(tmp_path, shape, faults, seed=SEED)
     with Workspace(tmp_path / "ws.duckdb") as ws:
+        # each drop's last day: the day before the next cut, the account's last day
+        ends = [date.fromisoformat(c) - timedelta(days=1) for c in DROP_CUTS]
+        ends.append(date(2026, 1, DROP_DAYS))
         for i, drop in enumerate(drops):
             ingest_drop(ws, drop)
             _assert_current(ws)
             states = assert_rollups_current(ws)
             if shape == "full":  # the lens's recent labels, as each day's run asks them
-                ends = [date.fromisoformat(c) - timedelta(days=1) for c in DROP_CUTS]
-                assert_recent_current(ws, [*ends, date(2026, 1, DROP_DAYS)][i])
+                assert_recent_current(ws, ends[i])
             if shape == "full" and i > 0:
                 assert {s["refresh"] for s in states.values()} == {"incremental"}
             # a spend-only account has nothing new to attribute after its first drop

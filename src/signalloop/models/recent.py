@@ -173,7 +173,7 @@ class _Counts:
         got = self.ws.con.execute(sql, [self.outcome, days[0], days[-1]]).fetchall()
         return {d for (d,) in got if self._holds(d)}
 
-    def _from_rows(self, days: list[date]) -> None:
+    def _label_days(self, days: list[date]) -> None:
         """The mature units of ``days`` (exclusions left in) from the rows, kept for the run."""
         units = _build(
             self.ws,
@@ -201,7 +201,7 @@ class _Counts:
         have = self._stored_days(days)
         missing = [d for d in days if d not in have and d not in self.counted]
         if missing:
-            self._from_rows(missing)
+            self._label_days(missing)
         kept = [d for d in days if d in have]
         stored = self.ws.ibis.sql(
             f"SELECT day, campaign_id, ts, label FROM {TABLE} WHERE outcome = "
