@@ -91,7 +91,7 @@ def apply_cmd(
     res = run_and_report(
         db, work, progress=not as_json and sys.stderr.isatty(), as_json=as_json, show=print_apply
     )
-    if res.counts.get("failed"):  # counted by to_dict, when reported
+    if any(ln.status == "failed" for ln in res.lines):
         raise typer.Exit(1)
 
 
