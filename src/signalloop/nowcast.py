@@ -327,26 +327,79 @@ def shortest_interval(
     """
     a = np.asarray(samples, dtype=float)
     n = a.shape[0]
-    m = min(max(math.ceil(level * n), 1), n)
-    k = n - m + 1  # the intervals to compare: low ends s[:k], high ends s[m - 1:]
     cols = a.ndim == 2 and a.flags.f_contiguous and not a.flags.c_contiguous
     b = a.T if cols else a.reshape(n, -1).T  # draws of a column side by side
+    lo, hi = _by_blocks(b, _held(level, n), contain, own=overwrite and a is samples)
+    if a.ndim != 2:
+        lo, hi = lo.reshape(a.shape[1:]), hi.reshape(a.shape[1:])
+    return lo, hi
+
+
+def _held(level: float, n: int) -> int:
+    """How many of ``n`` draws a ``level`` interval holds."""
+    return min(max(math.ceil(level * n), 1), n)
+
+
+def _by_blocks(
+    b: FloatArray,
+    m: int,
+    contain: tuple[FloatArray, FloatArray] | None,
+    *,
+    own: bool,
+    plus: FloatArray | None = None,
+) -> tuple[FloatArray, FloatArray]:
+    """:func:`shortest_interval` of each row of ``b`` (``b + plus`` when given), by blocks.
+
+    A few thousand rows at a time: each block's draws stay in cache while they are added,
+    partitioned and sorted (about twice as fast as one pass over everything), and the blocks
+    go to two threads (NumPy's arithmetic, partition and sort release the GIL). Every row is
+    worked out alone, so the result is the same however the rows are cut. ``own``: ``b``'s
+    rows may be reordered in place.
+    """
+    width = b.shape[0]
+    c_lo = c_hi = np.zeros(0)
+    if contain is not None:
+        c_lo = np.broadcast_to(np.asarray(contain[0], dtype=float).reshape(-1), (width,))
+        c_hi = np.broadcast_to(np.asarray(contain[1], dtype=float).reshape(-1), (width,))
+
+    def block(sl: slice) -> tuple[FloatArray, FloatArray]:
+        rows = b[sl] if plus is None else np.add(b[sl], plus[sl], order="C")
+        fence = None if contain is None else (c_lo[sl], c_hi[sl])
+        return _shortest_rows(rows, m, own or plus is not None, fence)
+
+    cuts = [slice(i, min(i + _BLOCK, width)) for i in range(0, width, _BLOCK)] or [slice(0, 0)]
+    if len(cuts) == 1:
+        parts = [block(cuts[0])]
+    else:
+        with ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 2)) as pool:
+            parts = list(pool.map(block, cuts))
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+_BLOCK = 2048  # columns per block of shortest_interval
+
+
+def _shortest_rows(
+    b: FloatArray, m: int, own: bool, contain: tuple[FloatArray, FloatArray] | None
+) -> tuple[FloatArray, FloatArray]:
+    """:func:`shortest_interval` of each row of ``b`` (one column's draws per row), holding
+    ``m`` draws; ``own``: ``b`` may be reordered in place."""
+    n = b.shape[1]
+    k = n - m + 1  # the intervals to compare: low ends s[:k], high ends s[m - 1:]
     if k - 1 < m - 1 and n > 64:
         # only the k smallest and the k largest draws matter: split them off (linear time)
         # and sort just those, the same values a full sort puts there
-        part = b if overwrite and a is samples else b.copy()
+        part = b if own else b.copy()
         part.partition((k - 1, m - 1), axis=1)
         low = np.sort(part[:, :k], axis=1).T
         high = np.sort(part[:, m - 1 :], axis=1).T
     else:
         srt = np.sort(b, axis=1)
         low, high = srt[:, :k].T, srt[:, m - 1 :].T
-    if a.ndim != 2:
-        low, high = low.reshape((k, *a.shape[1:])), high.reshape((k, *a.shape[1:]))
     if contain is not None:
         # fmin / fmax: a missing (NaN) point asks for nothing
-        low = np.fmin(low, np.asarray(contain[0], dtype=float)[None, :])
-        high = np.fmax(high, np.asarray(contain[1], dtype=float)[None, :])
+        low = np.fmin(low, contain[0][None, :])
+        high = np.fmax(high, contain[1][None, :])
     start = np.argmin(high - low, axis=0)[None, :]
     lo = np.take_along_axis(low, start, axis=0)[0]
     hi = np.take_along_axis(high, start, axis=0)[0]
@@ -411,10 +464,10 @@ def count_interval(
     else:
         jitter = rng.uniform(-0.5, 0.5, shape)
     if x.ndim == 2 and x.flags.f_contiguous and not x.flags.c_contiguous:
-        y = np.add(x.T, jitter.T, order="C").T  # keep the draws-by-column layout
+        # draws by column: each block of columns gets its spread as its interval is taken
+        a, b = _by_blocks(x.T, _held(level, shape[0]), contain, own=False, plus=jitter.T)
     else:
-        y = x + jitter
-    a, b = shortest_interval(y, level, contain, overwrite=True)
+        a, b = shortest_interval(x + jitter, level, contain, overwrite=True)
     lo, hi = np.ceil(a) + 0.0, np.floor(b) + 0.0  # + 0.0: no -0.0
     empty = hi < lo
     mid = np.round((a + b) / 2)
