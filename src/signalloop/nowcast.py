@@ -649,10 +649,13 @@ def _keys_learnable(ws: Workspace, keys: pd.DataFrame, guard: int) -> npt.NDArra
         schema={"campaign_id": "string", "day": "date"},
     )
     ok = _fetch(_learnable(ws, mem, "day", guard))
-    allowed = set(zip(ok.campaign_id, ok.day, strict=True))
-    return np.array(
-        [(c, d) in allowed for c, d in zip(keys.campaign_id, keys.date, strict=True)], dtype=bool
-    )
+    # each key looked up among the allowed ones by (campaign, day number): a merge, not a
+    # Python set probed row by row (a million cohort keys at 1,000 campaigns)
+    allowed = pd.DataFrame(
+        {"c": ok.campaign_id.astype(str), "d": _day_numbers(ok.day), "_in": True}
+    ).drop_duplicates(["c", "d"])
+    asked = pd.DataFrame({"c": keys.campaign_id.astype(str), "d": _day_numbers(keys.date)})
+    return asked.merge(allowed, on=["c", "d"], how="left")["_in"].notna().to_numpy(bool)
 
 
 def _link_clicks(src: _Source, conv: Any) -> Any:
@@ -830,7 +833,7 @@ def _click_path(
     # spend table's (a campaign with neither has no clicks to put its conversions on: every
     # "click" would have converted; its conversions are counted as unlinked, not nowcast)
     with_clicks = set(spend.campaign_id[spend.clicks > 0]) if not spend.empty else set()
-    by_ts = sorted((set(conv_b.campaign_id) - touched) & with_clicks)
+    by_ts = sorted((set(conv_b.campaign_id.unique()) - touched) & with_clicks)
     hours, profiles = _hour_profiles(clicks, conv_b, by_ts, src.as_of)
     spread = _spread_clicks(
         spend[spend.campaign_id.isin(by_ts)],
@@ -874,7 +877,7 @@ def _hour_of_day(df: pd.DataFrame, n: str, as_of: date) -> FloatArray:
     """Counts ``n`` of ``(date, eh)`` buckets by the hour of the day (0-23) of the click."""
     if df.empty:
         return np.zeros(24)
-    age = np.array([(as_of - d).days for d in df.date], dtype=np.int64)
+    age = _day_number(as_of) - _day_numbers(df.date)
     hour = 23 - (df.eh.to_numpy(np.int64) - age * 24)
     ok = (hour >= 0) & (hour < 24)
     return _f(np.bincount(hour[ok], df[n].to_numpy(float)[ok], 24))
@@ -907,7 +910,7 @@ def _hour_profiles(
     >>> round(float(acct[23] * 24), 2), round(float(own["a"][23] * 24), 2)
     (12.5, 13.55)
     """
-    old = events[[d <= as_of - timedelta(days=MATURE_DAYS) for d in events.date]]
+    old = events[_day_numbers(events.date) <= _day_number(as_of - timedelta(days=MATURE_DAYS))]
     old = old[old.campaign_id.isin(campaigns)] if len(old) else old
     n = _hour_of_day(clicks, "n_all", as_of) + _hour_of_day(old, "n_obs", as_of)
     acct = (n + 1.0) / (n.sum() + 24.0)
@@ -1214,7 +1217,7 @@ def _assemble(
     b["n_open"] = n_open
     b["t"] = b.eh.to_numpy(float) + 0.5
     lb = learn[b.cohort.to_numpy()]
-    cg = b.campaign_id.map(gidx).to_numpy(np.int64)
+    cg = pd.Index(groups).get_indexer(b.campaign_id).astype(np.int64)
 
     def ev_arrays(df: pd.DataFrame | None) -> tuple[Any, Any, Any, Any] | None:
         if df is None:
@@ -1811,41 +1814,56 @@ def _render(
     lo, hi, vlo, vhi = _intervals(pred, opts.level, rng, floor, point, v_point)
     v_floor = obs_v_all if path.floor else np.zeros(len(c))
     first = as_of - timedelta(days=opts.cohort_days - 1) if opts.cohort_days else date.min
-    rows: list[dict[str, Any]] = []
-    cids: list[str] = [str(x) for x in c.campaign_id]
-    dates: list[date] = list(c.date)
-    subjects = c.subjects.to_numpy(float)
-    in_window = c.in_window.to_numpy(bool)
-    overlap = c.exclusion_overlap.to_numpy(bool)
+    # the rows from plain Python lists (one conversion per column, not one NumPy scalar per
+    # cell), with their keys renamed once
     extras = {v: c[k].to_numpy(float) for k, v in (extra_cols or {}).items()}
-    for i, day in enumerate(dates):
+    keys = [names.get(k, k) for k in (*_COHORT_KEYS, *extras)]
+    cols = zip(
+        [str(x) for x in c.campaign_id],
+        list(c.date),
+        c.subjects.to_numpy(float).tolist(),
+        obs_all.tolist(),
+        pred.expected.tolist(),
+        lo.tolist(),
+        hi.tolist(),
+        obs_v_all.tolist(),
+        pred.expected_value.tolist(),
+        vlo.tolist(),
+        vhi.tolist(),
+        np.asarray(v_floor, dtype=float).tolist(),
+        sp.tolist(),
+        c.in_window.to_numpy(bool).tolist(),
+        c.exclusion_overlap.to_numpy(bool).tolist(),
+        *(np.asarray(v).tolist() for v in extras.values()),
+        strict=True,
+    )
+    rows: list[dict[str, Any]] = []
+    for cid, day, subj, obs, exp_n, low, high, obs_v, exp_v, v_lo, v_hi, vf, spent, *rest in cols:
         if day < first:
             continue
-        obs, exp_n = float(obs_all[i]), float(pred.expected[i])
-        obs_v, exp_v = float(obs_v_all[i]), float(pred.expected_value[i])
-        row = {
-            "campaign_id": cids[i],
-            "date": day.isoformat(),
-            "subjects": round(float(subjects[i])),
-            "observed_conversions": round(obs),
-            "expected_conversions": _r(exp_n),
-            "lower": int(lo[i]),
-            "upper": int(hi[i]),
-            "observed_value": _r(obs_v),
-            "expected_value": _r(exp_v),
-            "value_lower": _r(max(float(vlo[i]), float(v_floor[i]))),
-            "value_upper": _r(max(float(vhi[i]), float(v_floor[i]))),
-            "completeness": _ratio(obs, exp_n, 3) if path.floor else None,
-            "spend": _r(float(sp[i])),
-            "observed_cpa": _ratio(float(sp[i]), obs),
-            "nowcast_cpa": _ratio(float(sp[i]), exp_n),
-            "observed_roas": _ratio(obs_v, float(sp[i]), 3),
-            "nowcast_roas": _ratio(exp_v, float(sp[i]), 3),
-            "excluded": bool(in_window[i]),
-            "exclusion_overlap": bool(overlap[i]),
-        }
-        row |= {k: int(v[i]) for k, v in extras.items()}
-        rows.append(_rename(row, names))
+        vals = [
+            cid,
+            day.isoformat(),
+            round(subj),
+            round(obs),
+            _r(exp_n),
+            int(low),
+            int(high),
+            _r(obs_v),
+            _r(exp_v),
+            _r(max(v_lo, vf)),
+            _r(max(v_hi, vf)),
+            _ratio(obs, exp_n, 3) if path.floor else None,
+            _r(spent),
+            _ratio(spent, obs),
+            _ratio(spent, exp_n),
+            _ratio(obs_v, spent, 3),
+            _ratio(exp_v, spent, 3),
+            bool(rest[0]),
+            bool(rest[1]),
+            *(int(x) for x in rest[2:]),
+        ]
+        rows.append(dict(zip(keys, vals, strict=True)))
     # each campaign's totals over all its days, then over each trailing window: the lists
     # of cohort rows in that order, their intervals drawn in one batch (see _stats)
     spent = (
@@ -2002,6 +2020,28 @@ def _by_date(
     return rows
 
 
+#: A cohort row's keys, in order (:func:`_render`; renamed by the path's names)
+_COHORT_KEYS = (
+    "campaign_id",
+    "date",
+    "subjects",
+    "observed_conversions",
+    "expected_conversions",
+    "lower",
+    "upper",
+    "observed_value",
+    "expected_value",
+    "value_lower",
+    "value_upper",
+    "completeness",
+    "spend",
+    "observed_cpa",
+    "nowcast_cpa",
+    "observed_roas",
+    "nowcast_roas",
+    "excluded",
+    "exclusion_overlap",
+)
 _CLICK_NAMES = {"subjects": "clicks"}
 _CRM_NAMES = {
     "subjects": "leads",
