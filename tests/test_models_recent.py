@@ -20,8 +20,9 @@ import pytest
 from signalloop.checks.engine import EXCLUSIONS_DDL
 from signalloop.errors import UsageError
 from signalloop.ingest import ingest_file
+from signalloop.models import recent
 from signalloop.models.features import _build
-from signalloop.models.recent import TABLE, recent_labels
+from signalloop.models.recent import TABLE, recent_labels, recent_labels_all
 from signalloop.store import Workspace
 
 from .conftest import ingest_drop, simulated_drops
@@ -53,7 +54,21 @@ def _stored(ws: Workspace, outcome: str, as_of: date, days: int, horizon: int | 
 
 
 def assert_recent_current(ws: Workspace, as_of: date) -> None:
-    """recent_labels at ``as_of`` (through the store) equals labelling every unit afresh."""
+    """recent_labels at ``as_of`` (through the store) equals labelling every unit afresh:
+    first the outcomes together (their new days' clicks read in one pass), then each alone."""
+    wants = [_truth(ws, outcome, as_of, 3, horizon) for outcome, horizon, _ in CASES]
+    horizons = {outcome: horizon for outcome, horizon, _ in CASES}
+    try:
+        together: object = recent_labels_all(
+            ws, list(horizons), as_of=as_of, days=3, horizon_days=horizons
+        )
+    except UsageError as e:
+        together = str(e)
+    failed = [w for w in wants if isinstance(w, str)]
+    if failed:  # the first outcome that cannot be counted stops it, with its message
+        assert isinstance(together, str) and failed[0].split(":")[0] in together, together
+    else:
+        assert together == dict(zip(horizons, wants, strict=True)), (as_of, together, wants)
     for outcome, horizon, days in CASES:
         want = _truth(ws, outcome, as_of, days, horizon)
         got = _stored(ws, outcome, as_of, days, horizon)
@@ -99,6 +114,42 @@ def test_days_are_stored_and_reused(tmp_path: Path) -> None:
         kept = {r[:2] for r in after} & {r[:2] for r in before}
         assert kept  # days both runs hold are the same rows (reused, or counted the same)
         assert [r for r in after if r[:2] in kept] == [r for r in before if r[:2] in kept]
+
+
+def test_outcomes_counted_together_read_the_clicks_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both outcomes with days to count take their clicks from one shared pass (a table that
+    is gone afterwards), and count what each counts alone; after the next day's drop, and on
+    the same day again, too."""
+    drops = simulated_drops(tmp_path, "full", (), seed=SEED)
+    shared: list[str | None] = []
+    share = recent._share_clicks
+
+    def spy(*args: Any) -> str | None:
+        shared.append(share(*args))
+        return shared[-1]
+
+    monkeypatch.setattr(recent, "_share_clicks", spy)
+    horizons = {outcome: horizon for outcome, horizon, _ in CASES}
+    with Workspace(tmp_path / "ws.duckdb") as ws:
+        for drop in drops[:2]:
+            ingest_drop(ws, drop)
+        for step in range(2):
+            as_of = _last_day(ws)
+            got = recent_labels_all(ws, list(horizons), as_of=as_of, days=3, horizon_days=horizons)
+            want = {o: _truth(ws, o, as_of, 3, h) for o, h in horizons.items()}
+            assert got == want
+            assert shared[-1] is not None  # both had new days: one pass for the two
+            assert not ws.con.execute(
+                "SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [shared[-1]]
+            ).fetchone()[0]
+            if step == 0:
+                ingest_drop(ws, drops[2])
+        # the same day again (its edge day is counted again, from the shared pass): the same
+        assert (
+            recent_labels_all(ws, list(horizons), as_of=as_of, days=3, horizon_days=horizons) == got
+        )
 
 
 def test_late_rows_and_the_as_of_moving_back(tmp_path: Path) -> None:

@@ -248,11 +248,15 @@ def _model_fit(
     outcome: str,
     folder: Path,
     depth: Sequence[Mapping[str, Any]],
+    recent: tuple[int, int],
 ) -> dict[str, Any]:
-    """One model's card against the data now: volume, cycle length, funnel depth."""
+    """One model's card against the data now: volume, cycle length, funnel depth.
+
+    ``recent``: the units and positives of its frame's last :data:`CONTEXT_DAYS` days
+    (:func:`~signalloop.models.recent.recent_labels`).
+    """
     from signalloop.models.card import read_card
     from signalloop.models.depth import OUTCOME_LEVEL
-    from signalloop.models.recent import recent_labels
 
     card = read_card(folder)
     data = card["data"]
@@ -263,8 +267,7 @@ def _model_fit(
         "positives_per_day": round(data["positives"] / trained_days, 3),
         "positive_rate": round(data["positives"] / max(data["rows"], 1), 4),
     }
-    # the frame's units and labels of the last CONTEXT_DAYS, counted without its features
-    rows, pos = recent_labels(ws, outcome, as_of=as_of, days=CONTEXT_DAYS, settings=settings)
+    rows, pos = recent
     now = {
         "positives_per_day": round(pos / CONTEXT_DAYS, 3),
         "positive_rate": round(pos / max(rows, 1), 4),
@@ -330,7 +333,14 @@ def _context_fit(
         from signalloop.models.depth import feedback_depth
 
         depth = feedback_depth(ws, as_of=as_of, settings=settings)
-    fits = {o: _model_fit(ws, as_of, settings, nowcast, o, p, depth) for o, p in models.items()}
+    from signalloop.models.recent import recent_labels_all
+
+    # each frame's units and labels of the last CONTEXT_DAYS, counted without its features
+    recent = recent_labels_all(ws, list(models), as_of=as_of, days=CONTEXT_DAYS, settings=settings)
+    fits = {
+        o: _model_fit(ws, as_of, settings, nowcast, o, p, depth, recent[o])
+        for o, p in models.items()
+    }
     bad = {o: f["problems"] for o, f in fits.items() if f["problems"]}
     message = (
         "the data looks like what every saved model learned from"

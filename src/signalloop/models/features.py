@@ -51,6 +51,7 @@ drift read the weights and the probabilities stay calibrated to the true base ra
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
@@ -252,6 +253,7 @@ def _build(
     exclude: bool = True,
     max_rows: int | None = None,
     random_state: int = 0,
+    pool: ClickPool | None = None,
 ) -> Any:
     """:func:`build_frame`; with ``labels_only`` the units' ibis table (``ts``, ``label``,
     ``_mature``, ``campaign_id``, no features), not fetched.
@@ -259,7 +261,8 @@ def _build(
     ``unit_days`` (with ``labels_only``; sorted) keeps only the units whose ``ts`` falls on
     one of those days, with the labels they have among all units: the rows that cannot tie to
     them (see :func:`_unit_day_rows`) are left out before the ties are worked out.
-    ``exclude=False`` keeps the units of exclusion windows.
+    ``exclude=False`` keeps the units of exclusion windows. ``pool`` (with ``unit_days``)
+    makes the table of the clicks those units' ties need (see :func:`_unit_day_rows`).
 
     ``recent_days`` (with ``labels_only``, for the ``conversion`` outcome) keeps only the
     units of the last ``recent_days`` days up to the latest mature unit, with the same labels:
@@ -297,7 +300,7 @@ def _build(
     h = horizon * _DAY
     units_from = clicks
     if labels_only and unit_days is not None:
-        got = _unit_day_rows(ws, outcome, unit_days, h, clicks, conv, crm)
+        got = _unit_day_rows(ws, outcome, unit_days, h, clicks, conv, crm, pool)
         units_from, clicks, conv, crm = got
     elif labels_only and recent_days is not None and outcome == "conversion":
         since = _recent_start(ws, clicks, cutoff, h, recent_days)
@@ -453,8 +456,21 @@ def _hash_sample(t: Any, id_column: str, seed: int, rates: tuple[float, float]) 
     return u < limit
 
 
+#: ``pool(clicks, users, click_ids)``: a table of the rows of ``clicks`` whose user is among
+#: ``users`` or whose click id is among ``click_ids`` (two ibis columns), with the columns
+#: ``touch_id``, ``ts``, ``user_id``, ``click_id`` and ``campaign_id``.
+ClickPool = Callable[[Any, Any, Any], Any]
+
+
 def _unit_day_rows(
-    ws: Workspace, outcome: str, days: list[date], h: float, clicks: Any, conv: Any, crm: Any
+    ws: Workspace,
+    outcome: str,
+    days: list[date],
+    h: float,
+    clicks: Any,
+    conv: Any,
+    crm: Any,
+    make_pool: ClickPool | None = None,
 ) -> tuple[Any, Any, Any, Any]:
     """The units of ``days`` and the clicks, conversions and CRM rows they need, exactly:
     ``(units, clicks, conversions, crm)``.
@@ -472,6 +488,10 @@ def _unit_day_rows(
     the whole history once, into a temporary table the rest works on. The ``value`` outcome
     (a record's link may run through any earlier conversion) keeps every conversion up to
     an hour after its label window, every click, and the records of the units' users.
+
+    ``make_pool`` builds that table (default: from ``clicks``, into a temporary table); one
+    that reads it from a table already holding those rows (several outcomes' clicks read in
+    one pass: :mod:`signalloop.models.recent`) gives the same rows.
     """
     lo = ibis.literal(datetime.combine(days[0], time()), type="timestamp")
     hi = ibis.literal(datetime.combine(days[-1] + timedelta(days=1), time()), type="timestamp")
@@ -480,8 +500,10 @@ def _unit_day_rows(
     def on_days(ts: Any) -> Any:
         return (ts >= lo) & (ts < hi) & ts.date().isin(days)
 
-    def pool(rows: Any) -> Any:
-        rows = rows.select("touch_id", "ts", "user_id", "click_id", "campaign_id")
+    def pool(users: Any, ids: Any) -> Any:
+        if make_pool is not None:
+            return make_pool(clicks, users, ids)
+        rows = pool_rows(clicks, users, ids)
         return ws.ibis.create_table(f"_unit_day_clicks_{outcome}", rows, temp=True, overwrite=True)
 
     if outcome in ("conversion", "value"):
@@ -493,21 +515,25 @@ def _unit_day_rows(
         conv = conv.filter(
             (conv.ts <= late) & ((conv.ts >= lo) | conv.click_id.isin(units.click_id))
         )
-        mine = clicks.filter(
-            clicks.user_id.isin(conv.user_id) | clicks.click_id.isin(conv.click_id)
-        )
-        return units, pool(mine), conv, crm
+        return units, pool(conv.user_id, conv.click_id), conv, crm
     first = crm.group_by(f_rec=crm.record_id).aggregate(f_ts=crm.ts.min())
     crm = crm.filter(crm.record_id.isin(first.filter(on_days(first.f_ts)).f_rec))
     users = crm.user_id
     maybe = conv.filter((conv.ts <= soon) & (conv.user_id.isin(users) | conv.user_id.isnull()))
-    mine = pool(clicks.filter(clicks.user_id.isin(users) | clicks.click_id.isin(maybe.click_id)))
+    mine = pool(users, maybe.click_id)
     theirs = mine.filter(mine.user_id.isin(users)).click_id
     conv = conv.filter(
         (conv.ts <= soon)
         & (conv.user_id.isin(users) | (conv.user_id.isnull() & conv.click_id.isin(theirs)))
     )
     return mine, mine, conv, crm
+
+
+def pool_rows(clicks: Any, users: Any, ids: Any) -> Any:
+    """The rows of ``clicks`` of a user among ``users`` or a click id among ``ids``, with the
+    columns a :data:`ClickPool` table has."""
+    rows = clicks.filter(clicks.user_id.isin(users) | clicks.click_id.isin(ids))
+    return rows.select("touch_id", "ts", "user_id", "click_id", "campaign_id")
 
 
 def _recent_start(ws: Workspace, clicks: Any, cutoff: datetime, h: float, days: int) -> Any:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import weakref
+from collections.abc import Mapping
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
@@ -33,7 +34,7 @@ import pandas as pd
 from signalloop.checks.engine import without_exclusions
 from signalloop.config import Settings
 from signalloop.errors import UsageError
-from signalloop.models.features import _build, horizon_for
+from signalloop.models.features import ClickPool, _build, horizon_for, pool_rows
 from signalloop.store import Workspace
 
 #: The mature units of the days counted, per outcome: day, campaign, time and label (exclusion
@@ -80,6 +81,80 @@ def recent_labels(
     if found is None:  # nothing mature in reach: the rows say what there is (or raise)
         return _from_rows(ws, outcome, as_of, days, settings, horizon_days)
     return found
+
+
+def recent_labels_all(
+    ws: Workspace,
+    outcomes: list[str],
+    *,
+    as_of: date,
+    days: int,
+    settings: Settings | None = None,
+    horizon_days: Mapping[str, int | None] | None = None,
+) -> dict[str, tuple[int, int]]:
+    """:func:`recent_labels` of each of ``outcomes`` (in order; the first that raises stops),
+    each with its label window in ``horizon_days`` (default: the outcome's).
+
+    The same counts as one call per outcome. Where two or more outcomes have days to count
+    from the rows, the clicks their ties need are read from the click history in one pass
+    (a scan of every click's user and click id, about 2 s at 1,000 campaigns) instead of
+    one pass each; each outcome then takes its own clicks from that table.
+    """
+    settings = settings or Settings()
+    windows = {o: (horizon_days or {}).get(o) for o in outcomes}
+    if ws.backend != "duckdb" or ws.read_only:
+        return {
+            o: recent_labels(ws, o, as_of=as_of, days=days, settings=settings, horizon_days=h)
+            for o, h in windows.items()
+        }
+    counts = [
+        _Counts(ws, o, as_of, settings, h, horizon_for(o, settings, h)) for o, h in windows.items()
+    ]
+    out: dict[str, tuple[int, int]] = {}
+    shared = _share_clicks(ws, counts, days)
+    try:
+        for c in counts:
+            found = c.window(days)
+            if found is None:  # nothing mature in reach: the rows say what there is (or raise)
+                found = _from_rows(ws, c.outcome, as_of, days, settings, c.horizon_days)
+            out[c.outcome] = found
+    finally:
+        if shared is not None:
+            ws.con.execute(f"DROP TABLE IF EXISTS {shared}")
+    return out
+
+
+def _share_clicks(ws: Workspace, counts: list[_Counts], days: int) -> str | None:
+    """Read the clicks that the outcomes' first days to count need in one pass, into a
+    temporary table each outcome's count then takes its own clicks from (its name; ``None``
+    when fewer than two outcomes have days to count)."""
+    asked: list[tuple[_Counts, list[date], Any, Any, Any]] = []
+    for c in counts:
+        missing = c.first_missing(days)
+        if not missing:
+            continue
+        seen: list[tuple[Any, Any, Any]] = []
+
+        def note(clicks: Any, users: Any, ids: Any, seen: list[Any] = seen) -> Any:
+            seen.append((clicks, users, ids))
+            return pool_rows(clicks, users, ids)  # not read: only what it asks for is kept
+
+        try:
+            c.label_rows(missing, note)
+        except UsageError:  # raised again, in order, when counted
+            return None
+        if seen:  # (the value outcome reads every click: no pool)
+            asked.append((c, missing, *seen[0]))
+    if len(asked) < 2:
+        return None
+    clicks = asked[0][2]
+    users = ibis.union(*(u.name("v").as_table() for _, _, _, u, _ in asked))
+    ids = ibis.union(*(i.name("v").as_table() for _, _, _, _, i in asked))
+    name = "_recent_clicks_shared"
+    ws.ibis.create_table(name, pool_rows(clicks, users.v, ids.v), temp=True, overwrite=True)
+    for c, missing, _, _, _ in asked:
+        c.shared = (missing, name)
+    return name
 
 
 def _from_rows(
@@ -140,6 +215,8 @@ class _Counts:
         self.counted: list[date] = []  # their days
         self.done: list[date] = []  # of those, the fully mature ones: to store
         self.keep_days = 0  # days kept before the latest mature one (set by window)
+        # (days, table): a table holding the clicks counting those days needs (_share_clicks)
+        self.shared: tuple[list[date], str] | None = None
 
     # -- what the stored units still hold -----------------------------------------------------
     def _invalidation(self) -> tuple[bool, datetime | None]:
@@ -173,9 +250,16 @@ class _Counts:
         got = self.ws.con.execute(sql, [self.outcome, days[0], days[-1]]).fetchall()
         return {d for (d,) in got if self._holds(d)}
 
-    def _label_days(self, days: list[date]) -> None:
-        """The mature units of ``days`` (exclusions left in) from the rows, kept for the run."""
-        units = _build(
+    def first_missing(self, days: int) -> list[date]:
+        """The days :meth:`window` counts from the rows first (its first reach)."""
+        edge_day = self.edge.date()
+        reach = _days(edge_day - timedelta(days=days + 1), edge_day)
+        have = self._stored_days(reach)
+        return [d for d in reach if d not in have and d not in self.counted]
+
+    def label_rows(self, days: list[date], pool: ClickPool | None = None) -> Any:
+        """The units of ``days`` with their labels, exclusions left in (an ibis table)."""
+        return _build(
             self.ws,
             self.outcome,
             as_of=self.as_of,
@@ -184,7 +268,21 @@ class _Counts:
             labels_only=True,
             unit_days=days,
             exclude=False,
+            pool=pool,
         )
+
+    def _label_days(self, days: list[date]) -> None:
+        """The mature units of ``days`` (exclusions left in) from the rows, kept for the run."""
+        pool: ClickPool | None = None
+        if self.shared is not None and self.shared[0] == days:
+            table, name = self.ws.ibis.table(self.shared[1]), f"_unit_day_clicks_{self.outcome}"
+
+            def own(clicks: Any, users: Any, ids: Any) -> Any:  # its rows of the shared pass
+                rows = pool_rows(table, users, ids)
+                return self.ws.ibis.create_table(name, rows, temp=True, overwrite=True)
+
+            pool = own
+        units = self.label_rows(days, pool)
         m = units.filter(units._mature)
         got = m.select(day=m.ts.date(), campaign_id=m.campaign_id, ts=m.ts, label=m.label)
         con = self.ws.con
