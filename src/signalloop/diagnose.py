@@ -90,6 +90,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from functools import cached_property
 from typing import Any
 
 from signalloop.checks.base import SEVERITY_RANK, default_as_of
@@ -201,8 +202,17 @@ class Evidence:
     platforms: Mapping[str, str | None] = field(default_factory=dict)
 
     def findings(self, *checks: str) -> list[Mapping[str, Any]]:
-        """The check findings of these checks."""
+        """The check findings of these checks (in the checks' order of findings)."""
+        if len(checks) == 1:  # the rules ask per campaign: one pass over the findings in all
+            return list(self._by_check.get(checks[0], ()))
         return [f for f in self.checks.get("findings", []) if f["check"] in checks]
+
+    @cached_property
+    def _by_check(self) -> dict[str, list[Mapping[str, Any]]]:
+        out: dict[str, list[Mapping[str, Any]]] = {}
+        for f in self.checks.get("findings", []):
+            out.setdefault(f["check"], []).append(f)
+        return out
 
     def open_outage(self, campaign_id: str) -> bool:
         """Whether an integration outage (not a delivery stop) is still open for a campaign."""

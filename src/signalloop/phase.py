@@ -37,6 +37,7 @@ daily replay is small and done in Python.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -238,6 +239,7 @@ def phase(
     edits = _edits(ctx, ads, owner)
     excluded = _excluded_days(ws)
     entities = []
+    siblings = Counter(s["campaign_id"] for s in sets)  # each campaign's entities
     for s in sets:
         cid = s["campaign_id"]
         source = (
@@ -266,8 +268,7 @@ def phase(
             _unknown(ent, "conversions")
         elif source == "platform_reported" and spend_days.get(cid, 0) < MIN_DAILY_DAYS:
             _unknown(ent, "daily history")
-        siblings = [x for x in sets if x["campaign_id"] == cid]
-        ent.recommendation = _recommend(ent, len(siblings), threshold, as_of)
+        ent.recommendation = _recommend(ent, siblings[cid], threshold, as_of)
         entities.append(ent)
     has_log = bool(ctx.table("changes").count().execute())
     return PhaseReport(as_of, threshold, entities, edit_log=has_log)
