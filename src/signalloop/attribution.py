@@ -403,18 +403,33 @@ def crm_record_campaigns(
     Without ``crm``, ``conversions`` and ``touchpoints`` the stored campaigns are read
     (:data:`RECORDS_TABLE`, kept current with the attribution): a record that began more than
     an hour before ``cutoff`` has the same campaign with or without it, and the few that began
-    within that hour (their lead may fall after the cutoff) are derived again.
+    within that hour (their lead may fall after the cutoff) are derived again, unless no
+    conversion or CRM row lies at or after the cutoff (the daily run's case): then the
+    stored campaigns are the cut ones (a touch after the cutoff is after every record's
+    start, which is all a touch is compared with).
     """
     if crm is None and conversions is None and touchpoints is None and refresh_attribution(ws):
         stored = ws.table(RECORDS_TABLE).select("record_id", "campaign_id", "first_ts")
         if cutoff is None:
             return stored
+        if isinstance(cutoff, datetime) and not _rows_from(ws, cutoff):
+            return stored.filter(stored.first_ts < ibis.literal(cutoff))
         edge = ibis.literal(cutoff) - ibis.interval(hours=1)
         return stored.filter(stored.first_ts < edge).union(_live_records(ws, cutoff, stored))
     return _record_campaigns(ws, cutoff, crm=crm, conversions=conversions, touchpoints=touchpoints)
 
 
 _LIVE_IDS = itertools.count(1)
+
+
+def _rows_from(ws: Workspace, cutoff: datetime) -> bool:
+    """Whether a conversion or a CRM row lies at or after ``cutoff``."""
+    row = ws.con.execute(
+        "SELECT coalesce((SELECT max(ts) FROM conversions) >= ?, false) "
+        "OR coalesce((SELECT max(ts) FROM crm) >= ?, false)",
+        [cutoff, cutoff],
+    ).fetchone()
+    return bool(row and row[0])
 
 
 def _live_records(ws: Workspace, cutoff: Any, stored: Any) -> Any:

@@ -69,17 +69,49 @@ def delay_pmf(ctx: CheckContext, max_days: int = 21) -> np.ndarray:
     return np.asarray(pmf)
 
 
-def _daily(
-    rows: list[dict[str, Any]], days: list[date], key: str = "campaign_id"
-) -> dict[str, np.ndarray]:
-    index = {d: i for i, d in enumerate(days)}
-    out: dict[str, np.ndarray] = {}
-    for r in rows:
-        cid = r[key]
-        if cid is None or r["day"] not in index:
-            continue
-        out.setdefault(cid, np.zeros(len(days)))[index[r["day"]]] += r["n"]
-    return out
+def _daily(rows: Any, days: list[date], key: str = "campaign_id") -> dict[str, np.ndarray]:
+    """Per ``key`` value, its ``n`` on each of ``days`` (a daily series; rows of other days and
+    without a key left out; a key with no row on ``days`` gets no series).
+
+    ``rows`` is an arrow table with ``key``, ``day`` and ``n`` (or a list of such dicts).
+    Worked out with arrays, not per row: at 1,000 campaigns a series per campaign and day of
+    conversions is half a million rows.
+
+    >>> rows = [{"campaign_id": "a", "day": date(2026, 1, 2), "n": 3},
+    ...         {"campaign_id": None, "day": date(2026, 1, 2), "n": 1},
+    ...         {"campaign_id": "b", "day": date(2026, 1, 9), "n": 5}]
+    >>> {k: v.tolist() for k, v in _daily(rows, [date(2026, 1, 1), date(2026, 1, 2)]).items()}
+    {'a': [0.0, 3.0]}
+    """
+    import pyarrow as pa
+
+    t = pa.Table.from_pylist(rows) if isinstance(rows, list) else rows
+    if not len(days) or not t.num_rows:
+        return {}
+    first = (days[0] - date(1970, 1, 1)).days
+    if (days[-1] - days[0]).days != len(days) - 1:  # not one run of days: look each up
+        index = {(d - date(1970, 1, 1)).days - first: i for i, d in enumerate(days)}
+    else:
+        index = None
+    keys = t.column(key).cast(pa.string()).dictionary_encode().combine_chunks()
+    code = keys.indices.to_numpy(zero_copy_only=False)
+    has_key = ~np.asarray(keys.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    day_col = t.column("day").cast(pa.date32()).cast(pa.int32())
+    day_null = np.asarray(day_col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    offset = day_col.fill_null(0).to_numpy().astype(np.int64) - first
+    if index is None:
+        pos, ok = offset, (offset >= 0) & (offset < len(days))
+    else:
+        pos = np.array([index.get(int(o), -1) for o in offset], dtype=np.int64)
+        ok = pos >= 0
+    ok &= has_key & ~day_null
+    n = t.column("n").cast(pa.float64()).to_numpy(zero_copy_only=False)
+    code, pos, n = np.where(ok, code, 0).astype(np.int64)[ok], pos[ok], n[ok]
+    names = keys.dictionary.to_pylist()
+    series = np.zeros((len(names), len(days)))
+    np.add.at(series, (code, pos), n)  # row by row in order, as a loop would add them
+    seen, first_row = np.unique(code, return_index=True)  # in the order keys first appear
+    return {str(names[i]): series[i] for i in seen[np.argsort(first_row, kind="stable")].tolist()}
 
 
 def _spend_daily(ctx: CheckContext, column: str, days: list[date]) -> dict[str, np.ndarray]:
@@ -90,7 +122,6 @@ def _spend_daily(ctx: CheckContext, column: str, days: list[date]) -> dict[str, 
         sp.group_by(campaign_id=sp.campaign_id, day=sp.date)
         .aggregate(n=sp[column].sum())
         .to_pyarrow()
-        .to_pylist()
     )
     return _daily(rows, days)
 
@@ -137,10 +168,7 @@ def integration_dropout(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Findi
     tp = ctx.rollup("touch_daily")
     tp = tp.filter(tp.campaign_id.notnull())
     clicks = _daily(
-        tp.group_by(campaign_id=tp.campaign_id, day=tp.day)
-        .aggregate(n=tp.n.sum())
-        .to_pyarrow()
-        .to_pylist(),
+        tp.group_by(campaign_id=tp.campaign_id, day=tp.day).aggregate(n=tp.n.sum()).to_pyarrow(),
         days,
     )
     # a campaign without a click log: its daily clicks from the spend export instead
@@ -156,8 +184,7 @@ def integration_dropout(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Findi
         "pixel+server": _daily(
             tracked.group_by(campaign_id=tracked.attributed_campaign_id, day=tracked.ts.date())
             .aggregate(n=tracked.count())
-            .to_pyarrow()
-            .to_pylist(),
+            .to_pyarrow(),
             days,
         )
     }
@@ -171,8 +198,7 @@ def integration_dropout(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Findi
     observed["crm"] = _daily(
         lj.group_by(campaign_id=rec.campaign_id, day=entry.ts.date())
         .aggregate(n=lj.count())
-        .to_pyarrow()
-        .to_pylist(),
+        .to_pyarrow(),
         days,
     )
     # CRM activity: every stage row of the campaign's records per day. A sync dropout empties
@@ -181,8 +207,7 @@ def integration_dropout(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Findi
     activity = _daily(
         rows_all.group_by(campaign_id=rec.campaign_id, day=crm.ts.date())
         .aggregate(n=rows_all.count())
-        .to_pyarrow()
-        .to_pylist(),
+        .to_pyarrow(),
         days,
     )
     findings: list[Finding] = []
@@ -673,8 +698,7 @@ def conversion_volume(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding
     daily = _daily(
         c.group_by(campaign_id=c.attributed_campaign_id, day=c.day)
         .aggregate(n=c.count())
-        .to_pyarrow()
-        .to_pylist(),
+        .to_pyarrow(),
         days,
     )
     last7 = c.filter(c.day >= start)
