@@ -1191,7 +1191,9 @@ def _assemble(
     b = subjects.merge(events, on=keys, how="outer").fillna(
         {"n_all": 0, "n_obs": 0, "n_closed": 0, "value": 0.0}
     )
-    b["date"] = pd.to_datetime(b["date"]).dt.date
+    # days as datetime64 while the million buckets are sorted, grouped and merged; the
+    # cohorts' as dates (what the rest reads), once grouped
+    b["date"] = pd.to_datetime(b["date"])
     b = b.sort_values(keys, kind="stable").reset_index(drop=True)
     b["n_all"] = np.maximum(b.n_all.to_numpy(float), b.n_obs.to_numpy(float))
     cohorts = (
@@ -1207,6 +1209,7 @@ def _assemble(
     cohorts["cohort"] = np.arange(len(cohorts))
     b = b.merge(cohorts[["campaign_id", "date", "cohort"]], on=["campaign_id", "date"])
     b = b.sort_values(["cohort", "eh"], kind="stable").reset_index(drop=True)
+    cohorts["date"] = cohorts["date"].dt.date
     groups = sorted(cohorts.campaign_id.unique().tolist())
     gidx = {g: i for i, g in enumerate(groups)}
     learn = _keys_learnable(ws, cohorts[["campaign_id", "date"]], guard)
