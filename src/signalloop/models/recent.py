@@ -389,15 +389,20 @@ def _reach(
     or of a conversion naming a click among those new touches (``None``: no such row)."""
     lo, hi = min(before, cutoff), max(before, cutoff)
 
-    def new(kind: str) -> str:
+    def new(kind: str, cols: str = "ts") -> str:
+        # two scans each one filter prunes by its zone maps (a row in both is read twice,
+        # which a minimum and a membership test do not mind), not one scan of an OR of them
         since = int(source[kind][1])
-        return f"(SELECT * FROM {kind} WHERE _ingest_id > {since} OR (ts >= ? AND ts < ?))"
+        return (
+            f"(SELECT {cols} FROM {kind} WHERE _ingest_id > {since} UNION ALL "
+            f"SELECT {cols} FROM {kind} WHERE ts >= ? AND ts < ?)"
+        )
 
     sql = (
         f"SELECT least((SELECT min(ts) FROM {new('touchpoints')}), "
         f"(SELECT min(ts) FROM {new('conversions')}), (SELECT min(ts) FROM {new('crm')}), "
         "(SELECT min(ts) FROM conversions WHERE click_id IN (SELECT click_id FROM "
-        f"{new('touchpoints')} WHERE click_id IS NOT NULL)))"
+        f"{new('touchpoints', 'click_id')} WHERE click_id IS NOT NULL)))"
     )
     row = ws.con.execute(sql, [lo, hi] * 4).fetchone()
     return None if row is None or row[0] is None else pd.Timestamp(row[0]).to_pydatetime()
