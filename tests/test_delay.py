@@ -283,9 +283,7 @@ def test_exact_hessian_matches_finite_differences_and_newton_finds_the_bfgs_mode
 
 
 @pytest.mark.parametrize("competing", [False, True])
-def test_groups_fitted_together_equal_each_fitted_alone(
-    competing: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_groups_fitted_together_equal_each_fitted_alone(competing: bool) -> None:
     """The Newton fits of many groups at once (in runs that share array passes) give each
     group what fitting its rows alone gives, to the last digits: every sum stays in its own
     group, whatever else is in the run, and every group takes its own steps."""
@@ -322,9 +320,9 @@ def test_groups_fitted_together_equal_each_fitted_alone(
     x0 = [np.zeros(k)] * 7
     # runs of about a third of the rows: several groups share a run, and there are several
     size = (len(data.event_n) + len(data.censor_n) + len(data.competing_n)) // 3
-    monkeypatch.setattr(delay, "BATCH_ROWS", size)
-    assert 1 < len(data.by_group().runs(size)) < 7
-    together = model._map_all(data, [], mean, scale, x0)
+    runs = data.by_group().runs(size)
+    assert 1 < len(runs) < 7
+    together = model._map_all(runs, [], mean, scale, x0)
     for g, sub in enumerate(data.split()):
         alone = model._newton_fits(sub, mean, scale, np.zeros((1, k)))[0]
         assert together[g].converged and alone.converged

@@ -210,28 +210,38 @@ class DelayData:
         """Only group ``g`` (as the single group 0)."""
         return self._filtered(lambda idx: idx == g, (self.groups[g],))
 
-    def by_group(self) -> DelayData:
-        """The same rows, each kind's sorted by group (each group's in their own order)."""
+    def _take(
+        self, groups: tuple[str, ...], e: Any, c: Any, o: Any, first: int | None
+    ) -> DelayData:
+        """Rows ``e``, ``c``, ``o`` (indexes, slices or masks) of each kind as data of
+        ``groups``: each row's group less ``first``, or 0 for every row (``first`` None)."""
 
-        def order(g: IntArray) -> IntArray:
-            return np.argsort(g, kind="stable")
+        def group(g: IntArray) -> IntArray:
+            return np.zeros(len(g), np.int64) if first is None else g - first
 
-        e, c, o = order(self.event_group), order(self.censor_group), order(self.competing_group)
         return DelayData(
-            self.groups,
-            self.event_group[e],
+            groups,
+            group(self.event_group[e]),
             self.event_lo[e],
             self.event_hi[e],
             self.event_n[e],
-            self.censor_group[c],
+            group(self.censor_group[c]),
             self.censor_t[c],
             self.censor_n[c],
-            self.competing_group[o],
+            group(self.competing_group[o]),
             self.competing_lo[o],
             self.competing_hi[o],
             self.competing_n[o],
             unit=self.unit,
         )
+
+    def by_group(self) -> DelayData:
+        """The same rows, each kind's sorted by group (each group's in their own order)."""
+        e, c, o = (
+            np.argsort(g, kind="stable")
+            for g in (self.event_group, self.censor_group, self.competing_group)
+        )
+        return self._take(self.groups, e, c, o, 0)
 
     def runs(self, max_rows: int) -> list[tuple[IntArray, DelayData]]:
         """The groups cut into runs of consecutive groups of at most ``max_rows`` rows in all
@@ -248,22 +258,8 @@ class DelayData:
             while end < k and rows + int(per_group[end]) <= max_rows:
                 rows += int(per_group[end])
                 end += 1
-            (e0, e1), (c0, c1), (o0, o1) = ((int(b[start]), int(b[end])) for b in bounds)
-            part = DelayData(
-                self.groups[start:end],
-                self.event_group[e0:e1] - start,
-                self.event_lo[e0:e1],
-                self.event_hi[e0:e1],
-                self.event_n[e0:e1],
-                self.censor_group[c0:c1] - start,
-                self.censor_t[c0:c1],
-                self.censor_n[c0:c1],
-                self.competing_group[o0:o1] - start,
-                self.competing_lo[o0:o1],
-                self.competing_hi[o0:o1],
-                self.competing_n[o0:o1],
-                unit=self.unit,
-            )
+            e, c, o = (slice(int(b[start]), int(b[end])) for b in bounds)
+            part = self._take(self.groups[start:end], e, c, o, start)
             out.append((np.arange(start, end, dtype=np.int64), part))
             start = end
         return out
@@ -291,23 +287,7 @@ class DelayData:
         out = []
         for g in range(k):
             e, c, o = eo[eb[g] : eb[g + 1]], co[cb[g] : cb[g + 1]], oo[ob[g] : ob[g + 1]]
-            out.append(
-                DelayData(
-                    (self.groups[g],),
-                    np.zeros(len(e), np.int64),
-                    self.event_lo[e],
-                    self.event_hi[e],
-                    self.event_n[e],
-                    np.zeros(len(c), np.int64),
-                    self.censor_t[c],
-                    self.censor_n[c],
-                    np.zeros(len(o), np.int64),
-                    self.competing_lo[o],
-                    self.competing_hi[o],
-                    self.competing_n[o],
-                    unit=self.unit,
-                )
-            )
+            out.append(self._take((self.groups[g],), e, c, o, None))
         return out
 
     def pooled(self) -> DelayData:
@@ -354,21 +334,7 @@ class DelayData:
 
     def _filtered(self, keep: Any, groups: tuple[str, ...]) -> DelayData:
         e, c, o = keep(self.event_group), keep(self.censor_group), keep(self.competing_group)
-        return DelayData(
-            groups,
-            np.zeros(int(e.sum()), np.int64),
-            self.event_lo[e],
-            self.event_hi[e],
-            self.event_n[e],
-            np.zeros(int(c.sum()), np.int64),
-            self.censor_t[c],
-            self.censor_n[c],
-            np.zeros(int(o.sum()), np.int64),
-            self.competing_lo[o],
-            self.competing_hi[o],
-            self.competing_n[o],
-            unit=self.unit,
-        )
+        return self._take(groups, e, c, o, None)
 
     def totals(self) -> tuple[FloatArray, FloatArray, FloatArray]:
         """Per group: events, censored subjects, competing events."""
@@ -780,35 +746,39 @@ def _lndiff2(lo: FloatArray, hi: FloatArray, mu: Any, s: Any) -> tuple[FloatArra
 _PAIRS = ((0, 0), (0, 1), (1, 1))
 
 
+class _Rows:
+    """The rows of one kind a step reads (each one's ``group`` of ``n_groups``), and per
+    group the sum of a term over them."""
+
+    def __init__(self, group: IntArray, n_groups: int) -> None:
+        self.group, self.n = group, n_groups
+        self.starts: IntArray | None = None  # rows sorted by group: where each group's begin
+        if n_groups > 1 and len(group) and bool(np.all(group[1:] >= group[:-1])):
+            self.starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+
+    def total(self, x: FloatArray) -> FloatArray:
+        """Per group, the sum of ``x`` (one value per row) over its rows."""
+        if self.n == 1:  # one group: a plain sum (no BLAS: its threads fight DuckDB's)
+            return _f64([np.add.reduce(x)])
+        if self.starts is None:
+            return _f64(np.bincount(self.group, weights=x, minlength=self.n))
+        out = np.zeros(self.n)
+        out[self.group[self.starts]] = np.add.reduceat(x, self.starts)  # contiguous sums
+        return out
+
+
 class _Sums:
-    """Per-group sums of row terms into a batch's gradients and Hessians (``(G, k)``,
-    ``(G, k, k)``): each group's own rows only."""
+    """A batch's log likelihoods, gradients and Hessians (``(G,)``, ``(G, k)``,
+    ``(G, k, k)``), each group's from its own rows only."""
 
     def __init__(self, n_groups: int, k: int) -> None:
-        self.n = n_groups
         self.grad = np.zeros((n_groups, k))
         self.hess = np.zeros((n_groups, k, k))
         self.ll = np.zeros(n_groups)
-        self._runs: dict[int, tuple[IntArray, IntArray] | None] = {}
-
-    def total(self, group: IntArray, x: FloatArray) -> FloatArray:
-        """Per group, the sum of ``x`` over its rows (``group``: each row's group)."""
-        if self.n == 1:  # one group: a plain sum (no BLAS: its threads fight DuckDB's)
-            return _f64([np.add.reduce(x)])
-        if id(group) not in self._runs:  # rows sorted by group: each group's run of rows
-            ordered = bool(len(group)) and bool(np.all(group[1:] >= group[:-1]))
-            starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]]) if ordered else None
-            self._runs[id(group)] = None if starts is None else (group[starts], starts)
-        runs = self._runs[id(group)]
-        if runs is None:
-            return _f64(np.bincount(group, weights=x, minlength=self.n))
-        out = np.zeros(self.n)
-        out[runs[0]] = np.add.reduceat(x, runs[1])  # contiguous sums, not a scatter per row
-        return out
 
     def log_sum(
         self,
-        group: IntArray,
+        rows: _Rows,
         n: FloatArray,
         like: FloatArray,
         first: dict[int, FloatArray],
@@ -820,15 +790,15 @@ class _Sums:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # like >= 1e-300
             w = n / like
             ww = w / like
-            self.ll += self.total(group, n * np.log(like))
+            self.ll += rows.total(n * np.log(like))
         for j, dj in first.items():
-            self.grad[:, j] += self.total(group, w * dj)
+            self.grad[:, j] += rows.total(w * dj)
         idx = sorted(first)
         for a, j in enumerate(idx):
             for k in idx[a:]:
-                v = -self.total(group, ww * first[j] * first[k])
+                v = -rows.total(ww * first[j] * first[k])
                 if (j, k) in second:
-                    v += self.total(group, w * second[(j, k)])
+                    v += rows.total(w * second[(j, k)])
                 self.hess[:, j, k] += v
                 if j != k:
                     self.hess[:, k, j] += v
@@ -855,6 +825,9 @@ def _neg_log_post_hess(
     def rows(group: IntArray) -> Any:
         return slice(None) if groups is None else groups[group]
 
+    def read(group: IntArray) -> _Rows:
+        return _Rows(group, n_groups)
+
     def per_row(x: FloatArray, group: IntArray) -> Any:
         """``x`` (one value per group) for each row of ``group`` (a number for one group)."""
         return x[0] if n_groups == 1 else x[group]
@@ -866,12 +839,13 @@ def _neg_log_post_hess(
         r = rows(d.event_group)
         ge, n = d.event_group[r], d.event_n[r]
         diff, dd, hd = _lndiff2(d.event_lo[r], d.event_hi[r], per_row(mu, ge), per_row(ls, ge))
-        tot = s.total(ge, n)
+        on = read(ge)
+        tot = on.total(n)
         s.ll += tot * np.log(np.maximum(p, 1e-300))
         s.grad[:, 0] += tot * (1.0 - p)
         s.hess[:, 0, 0] -= tot * dp
         second = {(j + 1, kk + 1): h for (j, kk), h in zip(_PAIRS, hd, strict=True)}
-        s.log_sum(ge, n, diff, {1: dd[0], 2: dd[1]}, second)
+        s.log_sum(on, n, diff, {1: dd[0], 2: dd[1]}, second)
     if len(d.censor_n):
         r = rows(d.censor_group)
         gc, n = d.censor_group[r], d.censor_n[r]
@@ -901,21 +875,22 @@ def _neg_log_post_hess(
             like = np.maximum(1 - pr * f, 1e-300)
             first[0] = -dpr * f
             second[(0, 0)] = -ddpr * f
-        s.log_sum(gc, n, like, first, second)
+        s.log_sum(read(gc), n, like, first, second)
     if competing and len(d.competing_n):
         r = rows(d.competing_group)
         go, n = d.competing_group[r], d.competing_n[r]
         q_all = _f64(_sigmoid(theta[:, 3]))
         mu2, ls2 = per_row(theta[:, 4], go), per_row(theta[:, 5], go)
         diff, dd, hd = _lndiff2(d.competing_lo[r], d.competing_hi[r], mu2, ls2)
-        tot = s.total(go, n)
+        on = read(go)
+        tot = on.total(n)
         s.ll += tot * (np.log(np.maximum(1 - p, 1e-300)) + np.log(np.maximum(q_all, 1e-300)))
         s.grad[:, 0] -= tot * p
         s.grad[:, 3] += tot * (1 - q_all)
         s.hess[:, 0, 0] -= tot * dp
         s.hess[:, 3, 3] -= tot * q_all * (1 - q_all)
         second = {(j + 4, kk + 4): h for (j, kk), h in zip(_PAIRS, hd, strict=True)}
-        s.log_sum(go, n, diff, {4: dd[0], 5: dd[1]}, second)
+        s.log_sum(on, n, diff, {4: dd[0], 5: dd[1]}, second)
     z = (theta - prior_mean) / prior_scale
     value = -s.ll + 0.5 * np.sum(z * z, axis=1)
     return value, -s.grad + z / prior_scale, -s.hess + np.diag(1.0 / prior_scale**2)
@@ -1148,9 +1123,8 @@ class LogNormalCure(DelayModel):
     ) -> list[_Fit]:
         """Posterior modes and covariances of every group of ``d`` without a shift: damped
         Newton on the exact gradients and Hessians (:func:`_neg_log_post_hess`), every group's
-        steps taken together; each covariance the inverse Hessian at its mode."""
-
-        d = d.by_group()
+        steps taken together; each covariance the inverse Hessian at its mode. Rows sorted by
+        group (:meth:`DelayData.by_group`) are summed per group in contiguous runs."""
 
         def fun(x: FloatArray, which: npt.NDArray[np.bool_] | None) -> Any:
             return _neg_log_post_hess(x, d, self.competing, mean, scale, which)
@@ -1162,7 +1136,7 @@ class LogNormalCure(DelayModel):
 
     def _map_all(
         self,
-        data: DelayData,
+        runs: list[tuple[IntArray, DelayData]],
         subsets: list[DelayData],
         mean: FloatArray,
         scale: FloatArray,
@@ -1170,18 +1144,19 @@ class LogNormalCure(DelayModel):
     ) -> list[_Fit]:
         """:meth:`_map` of every group, each fit independent and deterministic.
 
-        Without a shift, Newton (:meth:`_newton_fits`), the groups taken together in runs of
-        at most :data:`BATCH_ROWS` rows: one array pass over a run's rows replaces a Python
-        step per group (a thousand campaigns' CRM lead days: 1.2 -> 0.1 s), and a run's rows
-        stay in the CPU's cache while a step works through them (a run of every group's click
-        hours, two million rows, would stream through memory at every step and lose to the
-        per-group loop). With a shift, one BFGS fit per group of ``subsets``, on two processes
-        from :data:`PARALLEL_GROUPS` groups (the processes return exactly what one loop would).
+        Without a shift, Newton (:meth:`_newton_fits`), the groups taken together in ``runs``
+        (:meth:`DelayData.runs` of at most :data:`BATCH_ROWS` rows): one array pass over a
+        run's rows replaces a Python step per group (a thousand campaigns' CRM lead days:
+        1.2 -> 0.1 s), and a run's rows stay in the CPU's cache while a step works through
+        them (a run of every group's click hours, two million rows, would stream through
+        memory at every step and lose to the per-group loop). With a shift, one BFGS fit per
+        group of ``subsets``, on two processes from :data:`PARALLEL_GROUPS` groups (the
+        processes return exactly what one loop would).
         """
         if not self.shift:
             start = np.array(x0, dtype=float)
             fits: list[_Fit] = []
-            for groups, part in data.by_group().runs(BATCH_ROWS):
+            for groups, part in runs:
                 fits += self._newton_fits(part, mean, scale, start[groups])
             return fits
         workers = min(os.cpu_count() or 1, 2)
@@ -1220,12 +1195,14 @@ class LogNormalCure(DelayModel):
         self.account_theta_, self.account_cov_ = acct.theta, acct.cov
         ev, ce, co = data.totals()
         self.n_events_, self.n_censored_, self.n_competing_ = ev, ce, co
-        subsets = data.split() if self.shift else []  # (the Newton fits split it themselves)
+        # the groups' rows: one by one for BFGS, in runs for Newton (both fitting passes)
+        subsets = data.split() if self.shift else []
+        runs = [] if self.shift else data.by_group().runs(BATCH_ROWS)
         if self.pooling == "complete":
             fits = [acct] * n_groups
             scale = np.full(k, np.nan)
         else:
-            first = self._map_all(data, subsets, acct.theta, wide, [acct.theta] * n_groups)
+            first = self._map_all(runs, subsets, acct.theta, wide, [acct.theta] * n_groups)
             scale = wide
             if self.pooling == "empirical_bayes":
                 informative = [f for f, e in zip(first, ev, strict=True) if e > 0]
@@ -1234,7 +1211,7 @@ class LogNormalCure(DelayModel):
                     var = np.array([np.diag(f.cov) for f in informative])
                     t2 = np.mean(dev - var, axis=0)
                     scale = np.clip(np.sqrt(np.maximum(t2, 0.0)), floor, wide)
-                fits = self._map_all(data, subsets, acct.theta, scale, [f.theta for f in first])
+                fits = self._map_all(runs, subsets, acct.theta, scale, [f.theta for f in first])
             else:
                 fits = first
         self.between_scale_ = scale
