@@ -1818,9 +1818,9 @@ def _render(
     v_floor = obs_v_all if path.floor else np.zeros(len(c))
     first = as_of - timedelta(days=opts.cohort_days - 1) if opts.cohort_days else date.min
     # the rows from plain Python lists (one conversion per column, not one NumPy scalar per
-    # cell), with their keys renamed once
+    # cell); the keys' new names worked out once, from the first row
     extras = {v: c[k].to_numpy(float) for k, v in (extra_cols or {}).items()}
-    keys = [names.get(k, k) for k in (*_COHORT_KEYS, *extras)]
+    keys: list[str] = []
     cols = zip(
         [str(x) for x in c.campaign_id],
         list(c.date),
@@ -1844,29 +1844,30 @@ def _render(
     for cid, day, subj, obs, exp_n, low, high, obs_v, exp_v, v_lo, v_hi, vf, spent, *rest in cols:
         if day < first:
             continue
-        vals = [
-            cid,
-            day.isoformat(),
-            round(subj),
-            round(obs),
-            _r(exp_n),
-            int(low),
-            int(high),
-            _r(obs_v),
-            _r(exp_v),
-            _r(max(v_lo, vf)),
-            _r(max(v_hi, vf)),
-            _ratio(obs, exp_n, 3) if path.floor else None,
-            _r(spent),
-            _ratio(spent, obs),
-            _ratio(spent, exp_n),
-            _ratio(obs_v, spent, 3),
-            _ratio(exp_v, spent, 3),
-            bool(rest[0]),
-            bool(rest[1]),
-            *(int(x) for x in rest[2:]),
-        ]
-        rows.append(dict(zip(keys, vals, strict=True)))
+        row = {
+            "campaign_id": cid,
+            "date": day.isoformat(),
+            "subjects": round(subj),
+            "observed_conversions": round(obs),
+            "expected_conversions": _r(exp_n),
+            "lower": int(low),
+            "upper": int(high),
+            "observed_value": _r(obs_v),
+            "expected_value": _r(exp_v),
+            "value_lower": _r(max(v_lo, vf)),
+            "value_upper": _r(max(v_hi, vf)),
+            "completeness": _ratio(obs, exp_n, 3) if path.floor else None,
+            "spend": _r(spent),
+            "observed_cpa": _ratio(spent, obs),
+            "nowcast_cpa": _ratio(spent, exp_n),
+            "observed_roas": _ratio(obs_v, spent, 3),
+            "nowcast_roas": _ratio(exp_v, spent, 3),
+            "excluded": bool(rest[0]),
+            "exclusion_overlap": bool(rest[1]),
+        }
+        row |= {k: int(x) for k, x in zip(extras, rest[2:], strict=True)}
+        keys = keys or [names.get(k, k) for k in row]
+        rows.append(dict(zip(keys, row.values(), strict=True)))
     # each campaign's totals over all its days, then over each trailing window: the lists
     # of cohort rows in that order, their intervals drawn in one batch (see _stats)
     spent = (
@@ -2023,28 +2024,6 @@ def _by_date(
     return rows
 
 
-#: A cohort row's keys, in order (:func:`_render`; renamed by the path's names)
-_COHORT_KEYS = (
-    "campaign_id",
-    "date",
-    "subjects",
-    "observed_conversions",
-    "expected_conversions",
-    "lower",
-    "upper",
-    "observed_value",
-    "expected_value",
-    "value_lower",
-    "value_upper",
-    "completeness",
-    "spend",
-    "observed_cpa",
-    "nowcast_cpa",
-    "observed_roas",
-    "nowcast_roas",
-    "excluded",
-    "exclusion_overlap",
-)
 _CLICK_NAMES = {"subjects": "clicks"}
 _CRM_NAMES = {
     "subjects": "leads",
