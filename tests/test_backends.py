@@ -415,7 +415,24 @@ def spark_ws(spark_url: str, account: dict[str, Any]) -> Iterator[Workspace]:
 
 @pytest.mark.slow
 def test_pyspark_workspace_ingests_as_duckdb(spark_ws: Workspace) -> None:
-    assert spark_ws.backend == "pyspark"  # the counts and quarantine are compared in spark_ws
+    """The counts and quarantine are compared in ``spark_ws``; the rows went to Spark as
+    Parquet files in hidden staging folders of the warehouse, each removed with its view."""
+    assert isinstance(spark_ws, BackendWorkspace) and spark_ws.backend == "pyspark"
+    assert not list(Path(spark_ws.url.warehouse).glob(".staging-*"))
+    session = spark_ws.ibis._session
+    assert not [t for t in session.catalog.listTables() if t.name.startswith("_signalloop_")]
+
+
+def test_spark_memory_from_the_environment_or_a_quarter_of_the_machine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from signalloop.backends import ENV_SPARK_MEMORY, spark_memory
+
+    monkeypatch.setenv(ENV_SPARK_MEMORY, "3g")
+    assert spark_memory() == "3g"
+    monkeypatch.delenv(ENV_SPARK_MEMORY)
+    quarter = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4 // 1024**2
+    assert spark_memory() == f"{min(max(quarter, 1024), 8192)}m"
 
 
 @pytest.mark.slow
