@@ -52,9 +52,58 @@ def attributed_conversions(ws: Workspace) -> Any:
     workspace whose table is not current attributes every conversion on the fly instead, with
     the same result.
     """
-    if not refresh_attribution(ws):
-        return attribute(ws, ws.table("conversions"))
-    return _stored_conversions(ws)
+    if refresh_attribution(ws):
+        return _stored_conversions(ws)
+    live = attribute(ws, ws.table("conversions"))
+    return _held(ws, "conversions", live) if ws.backend != "duckdb" else live
+
+
+#: Record campaigns a backend workspace holds at once, one per cutoff (:func:`_held`): the run's
+#: own and the signal history's weekly backfills, which come one after another.
+HELD_CUTOFFS = 3
+
+
+def _held(ws: Workspace, what: Any, expr: Any) -> Any:
+    """``expr`` computed once on a backend (PostgreSQL, Spark) while its data stays the same.
+
+    There the attribution is not stored (:func:`refresh_attribution`), and every query that
+    reads it would attribute every conversion again: on Spark, a join of the conversions with
+    the whole click history per query, minutes each at 1,000 campaigns. So it is held as ibis
+    caches a table (a temporary table on PostgreSQL, a persisted DataFrame on Spark, computed by
+    the first query that reads it) for as long as the workspace's ingest log says nothing was
+    ingested since; then everything held is let go. Record campaigns are held for the last
+    :data:`HELD_CUTOFFS` cutoffs.
+    """
+    log = ws.table("ingest_log")
+    state = log.aggregate(n=log.count(), last=log.ingest_id.max()).to_pyarrow().to_pylist()[0]
+    memo: dict[Any, Any] = ws.__dict__.setdefault("_held", {})
+    if memo.get("state", (None,))[0] != state:
+        for key, (_, release) in list(memo.items()):
+            if key != "state":
+                release()
+        memo.clear()
+        memo["state"] = (state, None)
+    if what not in memo:
+        cuts = [k for k in memo if isinstance(k, tuple)]
+        if isinstance(what, tuple) and len(cuts) >= HELD_CUTOFFS:
+            memo.pop(cuts[0])[1]()
+        memo[what] = _hold(ws.ibis, expr)
+    return memo[what][0]
+
+
+_HELD_IDS = itertools.count(1)
+
+
+def _hold(client: Any, expr: Any) -> tuple[Any, Any]:
+    """``expr`` held on ``client``, with what lets it go. PostgreSQL: a temporary table made
+    in SQL (ibis 12 would make its JSON columns text, which the JSON columns of the tables
+    it later joins refuse); elsewhere ibis's ``cache()``."""
+    if client.name != "postgres":
+        held = expr.cache()
+        return held, held.release
+    name = f"_signalloop_held_{next(_HELD_IDS)}"
+    client.raw_sql(f'CREATE TEMP TABLE "{name}" AS {client.compile(expr)}').close()
+    return client.table(name), lambda: client.drop_table(name, force=True)
 
 
 def _stored_conversions(ws: Workspace) -> Any:
@@ -416,7 +465,11 @@ def crm_record_campaigns(
             return stored.filter(stored.first_ts < ibis.literal(cutoff))
         edge = ibis.literal(cutoff) - ibis.interval(hours=1)
         return stored.filter(stored.first_ts < edge).union(_live_records(ws, cutoff, stored))
-    return _record_campaigns(ws, cutoff, crm=crm, conversions=conversions, touchpoints=touchpoints)
+    found = _record_campaigns(ws, cutoff, crm=crm, conversions=conversions, touchpoints=touchpoints)
+    mine = crm is None and conversions is None and touchpoints is None
+    if mine and ws.backend != "duckdb" and (cutoff is None or isinstance(cutoff, datetime)):
+        return _held(ws, ("records", cutoff), found)
+    return found
 
 
 _LIVE_IDS = itertools.count(1)
