@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install browser backends demo demo-connected test lint typecheck pytest bench bench-ingest bench-checks bench-speed bench-state bench-models bench-allocate bench-ope bench-diagnose bench-run bench-shapes bench-push bench-serve bench-connect bench-models-scale bench-scale clean lock
+.PHONY: install browser backends demo demo-connected test lint typecheck pytest bench bench-ingest bench-checks bench-speed bench-state bench-models bench-allocate bench-ope bench-diagnose bench-run bench-shapes bench-push bench-serve bench-connect bench-models-scale bench-scale bench-history clean lock
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -59,7 +59,7 @@ pytest: $(STAMP) browser backends
 
 test: lint typecheck pytest
 
-bench: bench-ingest bench-checks bench-speed bench-state bench-models bench-allocate bench-ope bench-diagnose bench-run bench-shapes bench-push bench-serve bench-connect bench-models-scale bench-scale
+bench: bench-ingest bench-checks bench-speed bench-state bench-models bench-allocate bench-ope bench-diagnose bench-run bench-shapes bench-push bench-serve bench-connect bench-models-scale bench-scale bench-history
 
 bench-state: $(STAMP)
 	$(BIN)/python benchmarks/phase_quality.py --seeds 20
@@ -101,6 +101,9 @@ bench-connect: $(STAMP)
 # --campaigns 10,100,1000 takes hours); accounts cached in /tmp/signalloop-scale
 bench-scale: $(STAMP)
 	$(BIN)/python benchmarks/scale.py --campaigns 10,100
+
+bench-history: $(STAMP)
+	$(BIN)/python benchmarks/history.py --campaigns 100 --history 45,67,89
 
 bench-models-scale: $(STAMP)
 	$(BIN)/python benchmarks/models_scale.py

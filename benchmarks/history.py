@@ -1,0 +1,197 @@
+"""The next day's ``signalloop run`` against the length of the history behind it.
+
+``scale.py`` grows the account (campaigns), so the new day and the history grow together. This
+holds the new day fixed and grows only the history: from the same cached simulation as
+``scale.py`` (``SimulationConfig(days=90, campaigns=N, seed=3)``, full shape), each history
+length H takes days ``90-H .. 89`` as the first run's inbox (a fresh workspace, run as of
+day 89) and the very same day 90 as the next day (run as of day 90). What the next day costs
+beyond a plain scan of its rows, and whether that grows with H, is the issue's target: "the
+next day's cost growing with the new day's rows (at most 2x a plain scan of them plus a fixed
+part), not with the history".
+
+The figures: per H, the first run, the next day step by step and its peak memory, and a
+least-squares line through the next days, ``next day = a + b * H``: ``b`` is what each day of
+history adds to every next day, ``a`` the part that does not depend on history at all.
+
+Run: ``.venv/bin/python benchmarks/history.py --campaigns 1000 --history 45,67,89``
+(``make bench-history`` runs 100 campaigns); the accounts are cached as ``scale.py`` caches
+them, in ``--cache`` (default ``/tmp/signalloop-scale``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+from _report import log, machine, write_section
+from scale import KIND_TIME, PACKAGES, START, STEPS, RunFailed, plain_scan, run_once, simulate
+
+BEGIN, END = "<!-- history:begin -->", "<!-- history:end -->"
+
+
+def window(folder: Path, first: date, last: date, dest: Path) -> tuple[Path, Path]:
+    """Days ``first .. last - 1`` (the history) and ``last`` (the new day) as two inboxes."""
+    hist, new = dest / "history", dest / "new-day"
+    con = duckdb.connect()
+    for sub in (hist, new):
+        shutil.rmtree(sub, ignore_errors=True)
+        sub.mkdir(parents=True)
+    for kind, col in KIND_TIME.items():
+        src = folder / "all" / f"{kind}.csv"
+        if not src.exists():
+            continue
+        rel, day = f"read_csv('{src}', all_varchar=true)", f"substr({col}, 1, 10)"
+        where = {hist: f"{day} >= '{first}' AND {day} < '{last}'", new: f"{day} = '{last}'"}
+        for sub, cond in where.items():
+            con.execute(f"COPY (SELECT * FROM {rel} WHERE {cond}) TO '{sub / kind}.csv' (HEADER)")
+    return hist, new
+
+
+def _rows(inbox: Path, kind: str) -> int:
+    f = inbox / f"{kind}.csv"
+    if not f.exists():
+        return 0
+    found = duckdb.connect().execute(f"SELECT count(*) FROM read_csv('{f}')").fetchone()
+    return int(found[0]) if found else 0
+
+
+def measure(
+    n: int, lengths: list[int], days: int, seed: int, shard: int, cache: Path, max_gib: float
+) -> dict[str, Any]:
+    folder = cache / f"c{n}-d{days}-s{seed}"
+    simulate(n, days, seed, shard, folder)
+    last = START + timedelta(days=days - 1)
+    out: list[dict[str, Any]] = []
+    new: Path | None = None
+    for h in lengths:
+        dest = folder / f"history-{h}d"
+        hist, new = window(folder, last - timedelta(days=h), last, dest)
+        store = dest / "ws.duckdb"
+        for p in (store, Path(f"{store}.wal")):
+            p.unlink(missing_ok=True)
+        for sub in ("ws.models", "ws.duckdb.runs", "reports"):
+            shutil.rmtree(dest / sub, ignore_errors=True)
+        log(f"{n} campaigns, {h} days of history: first run as of {last - timedelta(days=1)}")
+        first = run_once(store, hist, last - timedelta(days=1), dest / "reports" / "first", max_gib)
+        log(f"{n} campaigns, {h} days of history: next day as of {last}")
+        nxt = run_once(store, new, last, dest / "reports" / "next", max_gib)
+        out.append(
+            {
+                "history_days": h,
+                "touchpoints": _rows(hist, "touchpoints"),
+                "first": first,
+                "next": nxt,
+                "workspace_mb": store.stat().st_size / 1e6,
+            }
+        )
+        shutil.rmtree(hist)  # the account's CSVs stay in all/; the workspace stays for a look
+    assert new is not None
+    scan = min(plain_scan(new) for _ in range(3))
+    new_rows = sum(_rows(new, k) for k in KIND_TIME)
+    return {"campaigns": n, "runs": out, "scan": scan, "new_rows": new_rows}
+
+
+def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least squares ``y = a + b * x``: ``(a, b)``; one point gives ``(y, 0)``.
+
+    >>> fit_line([30, 60, 90], [10.0, 13.0, 16.0])
+    (7.0, 0.1)
+    """
+    if len(xs) < 2:
+        return (ys[0] if ys else 0.0), 0.0
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
+    return round(my - b * mx, 10), round(b, 10)
+
+
+def render(result: dict[str, Any], args: argparse.Namespace) -> str:
+    runs, n, scan = result["runs"], result["campaigns"], result["scan"]
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d")
+    a, b = fit_line([r["history_days"] for r in runs], [r["next"]["seconds"] for r in runs])
+    step_lines = []
+    for step in STEPS:
+        cells = [f"{r['next']['timings'].get(step, 0.0):.1f} s" for r in runs]
+        step_lines.append(f"| {step.replace('_', ' + ')} | " + " | ".join(cells) + " |")
+    rest = [
+        r["next"]["seconds"] - sum(r["next"]["timings"].get(s, 0.0) for s in STEPS) for r in runs
+    ]
+    lines = [
+        BEGIN,
+        "## History: the next day against the length of the history behind it",
+        "",
+        f"Command: `.venv/bin/python benchmarks/history.py --campaigns {n} --history "
+        f"{args.history}`. Measured {stamp} on {machine(PACKAGES)}.",
+        "",
+        f"One simulated account ({n:,} campaigns, 90 days, full shape, seed {args.seed}); each "
+        "history length H ingests days 90-H .. 89 into a fresh workspace (first run as of day "
+        "89), then the same day 90 (next day, as of day 90). The new day is the same "
+        f"{result['new_rows']:,} rows every time; a plain DuckDB scan of them (count and sum of "
+        f"every numeric column) takes {scan:.3f} s.",
+        "",
+        "| history | touchpoints | first run | next day | next day / scan | peak (next day) "
+        "| workspace |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in runs:
+        lines.append(
+            f"| {r['history_days']} days | {r['touchpoints']:,} | {r['first']['seconds']:.1f} s "
+            f"| {r['next']['seconds']:.1f} s | {r['next']['seconds'] / scan:,.0f}x | "
+            f"{r['next']['peak_gib']:.2f} GiB | {r['workspace_mb']:,.0f} MB |"
+        )
+    lines += [
+        "",
+        "The next day by step:",
+        "",
+        "| step | " + " | ".join(f"{r['history_days']} days" for r in runs) + " |",
+        "|---|" + "---:|" * len(runs),
+        *step_lines,
+        "| the rest (start-up, report) | " + " | ".join(f"{x:.1f} s" for x in rest) + " |",
+        "| models | " + " | ".join(", ".join(r["next"]["models"]) for r in runs) + " |",
+        "",
+        f"Least squares through the next days: **{a:.1f} s {'-' if b < 0 else '+'} "
+        f"{abs(b):.3f} s per day of history** "
+        f"(2x the plain scan is {2 * scan:.2f} s). Over the {runs[-1]['history_days']} days "
+        f"measured, history adds {b * runs[-1]['history_days']:.1f} s of the "
+        f"{runs[-1]['next']['seconds']:.1f} s.",
+        "",
+        END,
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--campaigns", type=int, default=100)
+    ap.add_argument("--history", default="45,67,89", help="comma-separated days of history")
+    ap.add_argument("--days", type=int, default=90, help="days the account is simulated for")
+    ap.add_argument("--seed", type=int, default=3)
+    ap.add_argument("--shard", type=int, default=100, help="campaigns per simulated shard")
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/signalloop-scale"))
+    ap.add_argument("--no-write", action="store_true", help="print, do not touch BENCHMARKS.md")
+    ap.add_argument("--max-gib", type=float, default=16.0)
+    args = ap.parse_args()
+    lengths = sorted({int(h) for h in args.history.split(",")})
+    if not lengths or lengths[0] < 1 or lengths[-1] > args.days - 1:
+        ap.error(f"--history: expected days between 1 and {args.days - 1}, got {args.history}")
+    try:
+        result = measure(
+            args.campaigns, lengths, args.days, args.seed, args.shard, args.cache, args.max_gib
+        )
+    except RunFailed as exc:
+        sys.exit(f"history: {exc}")
+    block = render(result, args)
+    if not args.no_write:
+        write_section(block, BEGIN, END)
+    print(block)
+    print(json.dumps(result, default=str), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
