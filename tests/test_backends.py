@@ -320,6 +320,43 @@ def test_postgres_workspace_reopens_with_its_rows(
         assert pg_env.password not in str(err.value)
 
 
+def test_postgres_holds_the_attribution_until_something_is_ingested(
+    pg_env: Postgres, account: dict[str, Any], tmp_path: Path
+) -> None:
+    """Not stored on a backend, the attributed conversions and a cutoff's record campaigns
+    are computed once into temporary tables, equal to attributing afresh, and let go (the
+    tables dropped) when an ingest changes the data."""
+    from datetime import datetime
+
+    import pandas as pd
+
+    from signalloop.attribution import attribute, attributed_conversions, crm_record_campaigns
+
+    _create_database(pg_env, "held")
+    with Workspace(pg_env.url("held")) as ws:
+        for kind in ("touchpoints", "conversions", "crm"):
+            backends.ingest_file(ws, kind, account["paths"][kind])
+        first = attributed_conversions(ws)
+        assert attributed_conversions(ws) is first
+        cut = datetime(2026, 2, 1)
+        rec = crm_record_campaigns(ws, cut)
+        assert crm_record_campaigns(ws, cut) is rec
+        held = {t for t in ws.ibis.list_tables() if t.startswith("_signalloop_held_")}
+        assert len(held) == 2
+        key = ["conversion_id"]
+        fresh = attribute(ws, ws.table("conversions")).to_pandas().sort_values(key)
+        got = first.to_pandas().sort_values(key)
+        cols = [c for c in got.columns if c != "attrs"]  # JSON: text held, objects fresh
+        pd.testing.assert_frame_equal(
+            got[cols].reset_index(drop=True), fresh[cols].reset_index(drop=True)
+        )
+
+        backends.ingest_file(ws, "spend", account["paths"]["spend"])
+        assert attributed_conversions(ws) is not first
+        now = {t for t in ws.ibis.list_tables() if t.startswith("_signalloop_held_")}
+        assert len(now) == 1 and not now & held
+
+
 def _loop(db: str, account: dict[str, Any], out: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """``signalloop run`` on a fresh workspace ``db`` with the account's exports as its inbox."""
     from signalloop.run import run

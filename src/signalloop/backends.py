@@ -13,9 +13,8 @@ quarantined in an in-memory DuckDB workspace (:func:`signalloop.ingest.ingest_fi
 rules are the same to the letter), and its new good rows, anti-joined on the kind's natural key,
 are appended to the backend's table (:func:`ingest_file`); to Spark they go as a Parquet file
 that DuckDB writes and Spark reads, so a file of tens of millions of rows never passes through
-Python. Raw SQL on ``ws.con`` is DuckDB's
-alone: a backend workspace answers it with a :class:`~signalloop.errors.UsageError` naming
-the backend.
+Python. Raw SQL on ``ws.con`` is DuckDB's alone: a backend workspace answers it with a
+:class:`~signalloop.errors.UsageError` naming the backend.
 
 >>> parse_url("postgres://ana:s3cret@db.example:5433/marketing").masked
 'postgres://ana:***@db.example:5433/marketing'
