@@ -583,7 +583,7 @@ def ingest_file(ws: Workspace, kind: str, path: str | Path, **options: Any) -> A
 def _copy_rows(stage: Workspace, client: Any, name: str, ingest_id: int, column: str) -> None:
     """Append the staging workspace's rows of ``name`` to the backend, under ``ingest_id``."""
     t = stage.table(name).mutate(**{column: ibis.literal(ingest_id, "int64")})
-    if client.name == "pyspark":
+    if _on_spark(client):
         if int(t.count().execute()):
             with _staged_on_spark(client, t, client.table(name).schema()) as rows:
                 _insert_select(client, name, rows)
@@ -591,6 +591,12 @@ def _copy_rows(stage: Workspace, client: Any, name: str, ingest_id: int, column:
     rows = t.to_pyarrow()
     if rows.num_rows:
         append_rows(client, name, rows)
+
+
+def _on_spark(client: Any) -> bool:
+    """Whether ``client`` is ibis's PySpark backend (whose rows arrive by
+    :func:`_staged_on_spark`, not through Arrow in Python)."""
+    return bool(client.name == "pyspark")
 
 
 @contextmanager
@@ -669,7 +675,7 @@ def _append_new(stage: Workspace, ws: BackendWorkspace, kind: str, ingest_id: in
         return 0
     target = ws.table(kind)
     before = int(target.count().execute())
-    if ws.backend == "pyspark":
+    if _on_spark(client):
         with _staged_on_spark(client, staged, target.schema()) as new:
             if before:
                 new = new.anti_join(target, [new[k].identical_to(target[k]) for k in spec.key])
