@@ -359,24 +359,23 @@ def test_postgres_holds_the_attribution_until_something_is_ingested(
 
 def _loop(
     db: str,
-    account: dict[str, Any],
+    paths: dict[str, Path],
+    as_of: date | None,
     out: Path,
     monkeypatch: pytest.MonkeyPatch,
-    as_of: date | None = None,
 ) -> Any:
-    """``signalloop run`` on a fresh workspace ``db`` with the account's exports as its inbox
-    (as of the account's checks, or ``as_of``: ``None`` is the last day with data)."""
+    """``signalloop run`` as of ``as_of`` (``None``: the last day with data) on a fresh
+    workspace ``db``, with the simulated exports ``paths`` as its inbox."""
     from signalloop.run import run
 
     inbox = out / "inbox"
     inbox.mkdir(parents=True)
-    for kind, path in account["paths"].items():
+    for kind, path in paths.items():
         if kind != "truth":
             shutil.copy(path, inbox / f"{kind}.csv")
     monkeypatch.chdir(out)  # a backend's local records go to ./signalloop-state
     with Workspace(db) as ws:
-        day = account["report"].as_of if "report" in account else as_of
-        return run(ws, inbox=inbox, out_dir=out / "report", as_of=day)
+        return run(ws, inbox=inbox, out_dir=out / "report", as_of=as_of)
 
 
 def _decisions(doc: dict[str, Any]) -> dict[str, Any]:
@@ -410,7 +409,7 @@ def duck_loop(account: dict[str, Any], tmp_path_factory: pytest.TempPathFactory)
     """The reference ``run`` of the account on a fresh DuckDB workspace."""
     out = tmp_path_factory.mktemp("duck-loop")
     with pytest.MonkeyPatch.context() as mp:
-        return _loop(str(out / "ws.duckdb"), account, out, mp)
+        return _loop(str(out / "ws.duckdb"), account["paths"], account["report"].as_of, out, mp)
 
 
 @pytest.mark.slow
@@ -425,7 +424,8 @@ def test_postgres_workspace_runs_the_daily_loop_as_duckdb(
     report) on PostgreSQL decides what it decides on DuckDB; signalloop's own records and
     models stay in the local state folder."""
     _create_database(pg_env, "loop")
-    remote = _loop(pg_env.url("loop"), account, tmp_path / "pg", monkeypatch)
+    as_of = account["report"].as_of
+    remote = _loop(pg_env.url("loop"), account["paths"], as_of, tmp_path / "pg", monkeypatch)
     a, b = _decisions(remote), _decisions(duck_loop)
     assert a == b, _first_difference(a, b)
     state = tmp_path / "pg" / "signalloop-state"
@@ -454,10 +454,9 @@ def test_postgres_runs_partial_accounts_as_duckdb(
         db=":memory:",
     )
     _ws.close()
-    account = {"paths": paths}
-    duck = _loop(str(tmp_path / "duck" / "ws.duckdb"), account, tmp_path / "duck", monkeypatch)
+    duck = _loop(str(tmp_path / "duck" / "ws.duckdb"), paths, None, tmp_path / "duck", monkeypatch)
     _create_database(pg_env, f"shape_{shape}")
-    remote = _loop(pg_env.url(f"shape_{shape}"), account, tmp_path / "pg", monkeypatch)
+    remote = _loop(pg_env.url(f"shape_{shape}"), paths, None, tmp_path / "pg", monkeypatch)
     a, b = _decisions(remote), _decisions(duck)
     assert a == b, _first_difference(a, b)
     assert remote["learnable"] == duck["learnable"]
