@@ -436,13 +436,14 @@ def test_postgres_workspace_runs_the_daily_loop_as_duckdb(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("shape", ["spend", "spend_conversions"])
+@pytest.mark.parametrize("shape", ["spend", "spend_conversions", "crm"])
 def test_postgres_runs_partial_accounts_as_duckdb(
     shape: str, pg_env: Postgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A platform export alone, and spend with orders but no click log: the loop on
-    PostgreSQL decides what it decides on DuckDB (the paths without touchpoints, the
-    conversion-day nowcast and the capabilities it says it could not use)."""
+    """A platform export alone, spend with orders but no click log, and the same with the
+    CRM: the loop on PostgreSQL decides what it decides on DuckDB (the paths without
+    touchpoints, the conversion-day nowcast, the CRM path and the capabilities it says it
+    could not use)."""
     _ws, _sim, paths = simulated_workspace(
         tmp_path / "sim",
         days=30,
