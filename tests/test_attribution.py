@@ -74,3 +74,47 @@ def test_campaign_summary(ws: Workspace, tmp_path: Path) -> None:
     assert (rows["cB"]["conversions"], rows["cB"]["value"], rows["cB"]["cpa"]) == (2, 27.0, 20.0)
     assert rows["cB"]["roas"] == round(27 / 40, 3)
     assert [r["campaign_id"] for r in campaign_summary(ws)] == ["cB", "cA"]  # by spend
+
+
+def test_stored_record_touches_match_the_rows_at_a_cut(ws: Workspace, tmp_path: Path) -> None:
+    """The nowcast's record campaigns with the touch half read from the stored records: a
+    record whose rows name two users, cut where only the first exists (the stored record may
+    hold the other), still gets the first user's last touch."""
+    from datetime import datetime
+
+    from signalloop.attribution import crm_record_campaigns
+
+    load(ws, tmp_path)
+    write_csv(
+        tmp_path / "crm.csv",
+        ["record_id", "stage", "ts", "user_id"],
+        [
+            ["r1", "sql", "2026-01-04T10:00:00Z", "u2"],  # the stored record's user
+            ["r1", "lead", "2026-01-02T10:30:00Z", "u1"],  # u1's last touch before: t2 (cB)
+            ["r2", "lead", "2026-01-02T11:30:00Z", "u2"],  # u2's last touch before: t3 (cB)
+            ["r3", "lead", "2026-01-01T11:00:00Z", ""],  # no user: no touch
+        ],
+    )
+    ingest_file(ws, "crm", tmp_path / "crm.csv")
+    crm, tp, conv = ws.table("crm"), ws.table("touchpoints"), attributed_conversions(ws)
+    stored = ws.con.execute("SELECT user_id FROM crm_record_campaign WHERE record_id = 'r1'")
+    assert stored.fetchone() == ("u2",)  # so the cut at Jan 3 (user u1) is derived again
+    for at in (datetime(2026, 1, 3), datetime(2026, 1, 5)):
+        given = {
+            "crm": crm.filter(crm.ts < at),
+            "conversions": conv.filter(conv.ts < at).filter(conv.kind == "none"),
+            "touchpoints": tp.filter(tp.ts < at),
+        }
+        rows = {
+            stored: {
+                r["record_id"]: r["campaign_id"]
+                for r in crm_record_campaigns(ws, **given, stored_touches=stored)
+                .to_pyarrow()
+                .to_pylist()
+            }
+            for stored in (True, False)
+        }
+        assert rows[True] == rows[False]
+        assert rows[True]["r2"] == "cB" and rows[True]["r3"] is None
+        if at.day == 3:  # only r1's first row: its user is u1
+            assert rows[True]["r1"] == "cB"

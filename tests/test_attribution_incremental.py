@@ -95,6 +95,23 @@ def _assert_current(ws: Workspace) -> None:
                 pd.testing.assert_frame_equal(
                     _records(crm_record_campaigns(ws, at)), _records(_record_campaigns(ws, at))
                 )
+                _assert_stored_touches(ws, at)
+
+
+def _assert_stored_touches(ws: Workspace, at: datetime) -> None:
+    """The nowcast's record campaigns (its own rows cut at ``at``) with the touch half read
+    from the stored records equal deriving that half from the touchpoints."""
+    crm, tp = ws.table("crm"), ws.table("touchpoints")
+    conv = attributed_conversions(ws)
+    given = {
+        "crm": crm.filter(crm.ts < at),
+        "conversions": conv.filter(conv.ts < at),
+        "touchpoints": tp.filter(tp.ts < at),
+    }
+    pd.testing.assert_frame_equal(
+        _records(crm_record_campaigns(ws, **given, stored_touches=True)),
+        _records(crm_record_campaigns(ws, **given)),
+    )
 
 
 @pytest.mark.parametrize(("shape", "faults"), drop_cases())

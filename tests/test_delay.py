@@ -328,3 +328,23 @@ def test_groups_fitted_together_equal_each_fitted_alone(competing: bool) -> None
         assert together[g].converged and alone.converged
         assert np.allclose(together[g].theta, alone.theta, rtol=1e-10, atol=1e-10)
         assert np.allclose(together[g].cov, alone.cov, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [LogNormalCure(), LogNormalCure(shift=True), LogNormalCure(competing=True), DiscreteHazard()],
+    ids=["lognormal", "shifted", "competing", "discrete"],
+)
+@pytest.mark.parametrize("n_draws", [0, 40])
+def test_curves_by_point_are_the_curves_transposed_bit_for_bit(model: object, n_draws: int) -> None:
+    """The nowcast's draws read the curves as ``(grid, draws)``: the same numbers as
+    :meth:`curves` (not merely close: the nowcast's results must not move), from the same
+    random stream."""
+    d = heavy_censoring(n=4_000)
+    m = model.fit(d)  # type: ignore[attr-defined]
+    t = np.r_[0.0, np.geomspace(0.25, 2000.0, 97)]
+    inc, fut, _ = m.curves(0, t, n_draws=n_draws, rng=np.random.default_rng(5))
+    inc_t, fut_t = m.curves_by_point(0, t, n_draws=n_draws, rng=np.random.default_rng(5))
+    assert inc_t.flags.c_contiguous and fut_t.flags.c_contiguous
+    for a, b in ((inc_t, inc.T), (fut_t, fut.T)):
+        assert np.array_equal(a, b, equal_nan=True)

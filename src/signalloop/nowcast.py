@@ -1188,13 +1188,12 @@ def _assemble(
         )
     if "n_closed" not in subjects.columns:
         subjects = subjects.assign(n_closed=0)
-    b = subjects.merge(events, on=keys, how="outer").fillna(
-        {"n_all": 0, "n_obs": 0, "n_closed": 0, "value": 0.0}
-    )
-    # days as datetime64 while the million buckets are sorted, grouped and merged; the
-    # cohorts' as dates (what the rest reads), once grouped
-    b["date"] = pd.to_datetime(b["date"])
-    b = b.sort_values(keys, kind="stable").reset_index(drop=True)
+    fill = {"n_all": 0, "n_obs": 0, "n_closed": 0, "value": 0.0}
+    b = _outer_sorted(subjects, events, fill)
+    if b is None:  # keys beyond one int64: pandas' own outer merge and sort
+        b = subjects.merge(events, on=keys, how="outer").fillna(fill)
+        b["date"] = pd.to_datetime(b["date"])
+        b = b.sort_values(keys, kind="stable").reset_index(drop=True)
     b["n_all"] = np.maximum(b.n_all.to_numpy(float), b.n_obs.to_numpy(float))
     cohorts = (
         b.groupby(["campaign_id", "date"], sort=True)
@@ -1207,8 +1206,11 @@ def _assemble(
         .reset_index()
     )
     cohorts["cohort"] = np.arange(len(cohorts))
-    b = b.merge(cohorts[["campaign_id", "date", "cohort"]], on=["campaign_id", "date"])
-    b = b.sort_values(["cohort", "eh"], kind="stable").reset_index(drop=True)
+    # b is sorted by (campaign, date, eh) and the cohorts by (campaign, date): each bucket's
+    # cohort is the count of (campaign, date) changes before it, and b is in (cohort, eh) order
+    cid, day = b.campaign_id.to_numpy(), b.date.to_numpy()
+    change = np.r_[True, (cid[1:] != cid[:-1]) | (day[1:] != day[:-1])] if len(b) else []
+    b["cohort"] = np.cumsum(change, dtype=np.int64) - 1
     cohorts["date"] = cohorts["date"].dt.date
     groups = sorted(cohorts.campaign_id.unique().tolist())
     gidx = {g: i for i, g in enumerate(groups)}
@@ -1240,6 +1242,64 @@ def _assemble(
     )
     vm, vsd = _value_stats(groups, fit_events)
     return _Path(unit, groups, cohorts, b, data, vm, vsd, learn, extra)
+
+
+def _outer_sorted(
+    subjects: pd.DataFrame, events: pd.DataFrame, fill: dict[str, float]
+) -> pd.DataFrame | None:
+    """``subjects`` and ``events`` joined on ``(campaign_id, date, eh)`` (an outer join, the
+    missing side's ``fill`` columns filled), sorted by those keys, ``date`` as datetime64:
+    what pandas' outer merge, ``fillna`` and a sort give, with the keys packed into one int64
+    (the campaign's rank among the sorted ids, the day, the elapsed bucket) so that the two
+    million buckets of 1,000 campaigns are matched and ordered by one integer sort. ``None``
+    when that does not apply (keys beyond an int64, a key twice on one side, columns of the
+    same name): the caller merges with pandas.
+    """
+    keys = ["campaign_id", "date", "eh"]
+    sides = (subjects, events)
+    if set(subjects.columns) & set(events.columns) != set(keys) or not len(subjects):
+        return None
+    # campaign codes by hashing, then renumbered in the ids' sorted order
+    first, seen = pd.factorize(pd.concat([d.campaign_id for d in sides], ignore_index=True))
+    names = np.asarray(seen, dtype=object)
+    rank = np.empty(len(names), dtype=np.int64)
+    rank[np.argsort(names, kind="stable")] = np.arange(len(names))
+    code, names = rank[first], np.sort(names)
+    days = np.concatenate([_day_numbers(d.date) for d in sides])
+    eh = np.concatenate([d.eh.to_numpy(np.int64) for d in sides])
+    d0, e0 = int(days.min()), int(eh.min())
+    nd, ne = int(days.max()) - d0 + 1, int(eh.max()) - e0 + 1
+    if len(names) * nd * ne >= 2**62:
+        return None
+    packed = (code.astype(np.int64) * nd + (days - d0)) * ne + (eh - e0)
+    uniq, at = np.unique(packed, return_inverse=True)
+    n, cut = len(uniq), len(subjects)
+    twice = [np.bincount(a, minlength=n).max(initial=0) > 1 for a in (at[:cut], at[cut:])]
+    if any(twice):
+        return None
+    c, rest = np.divmod(uniq, nd * ne)
+    # the datetime64 unit pandas gives these dates (seconds for date objects in pandas 3)
+    like = pd.to_datetime(pd.concat([subjects.date.head(1), events.date.head(1)]))
+    out = {
+        "campaign_id": pd.Series(names[c], dtype=subjects.campaign_id.dtype),
+        "date": pd.Series(((rest // ne) + d0).astype("datetime64[D]").astype(like.dtype)),
+        "eh": pd.Series((rest % ne) + e0, dtype=subjects.eh.dtype),
+    }
+    for side, rows in ((subjects, at[:cut]), (events, at[cut:])):
+        whole = len(rows) == n  # every key on this side: its columns keep their dtypes
+        for col in side.columns:
+            if col in keys:
+                continue
+            vals = side[col].to_numpy()
+            if whole:
+                col_out = np.empty(n, dtype=vals.dtype)
+            else:
+                col_out = np.full(n, np.nan, dtype=np.result_type(vals.dtype, np.float64))
+            col_out[rows] = vals
+            series = pd.Series(col_out)
+            out[col] = series.fillna(fill[col]) if col in fill else series
+    order = [*subjects.columns, *(c for c in events.columns if c not in keys)]
+    return pd.DataFrame(out)[order]
 
 
 # ---- prediction ---------------------------------------------------------------------------
@@ -1356,10 +1416,10 @@ def _predict(model: DelayModel, path: _Path, opts: NowcastOptions) -> _Predictio
         rows, rng, act = st.rows, st.rng, st.act
         grid, w_open, w_all, w_lost = st.maps
         ids = st.own[act]
-        inc, fut, _ = model.curves(g, grid, n_draws=draws, rng=rng)
-        bs = (w_open[act] @ fut.T).T
-        lost = np.maximum((w_lost[act] @ inc.T).T, 0.0)
-        a_s = (w_all[act] @ inc.T).T - lost
+        inc, fut = model.curves_by_point(g, grid, n_draws=draws, rng=rng)  # (grid, draws)
+        bs = (w_open[act] @ fut).T
+        lost = np.maximum((w_lost[act] @ inc).T, 0.0)
+        a_s = (w_all[act] @ inc).T - lost
         k = observed[ids]
         opn = np.bincount(st.local, n_open[rows], len(st.own))[act]
         # cohort variation: g | k ~ Gamma(1/phi + k, 1/phi + A), A = expected observed by now
@@ -1372,7 +1432,8 @@ def _predict(model: DelayModel, path: _Path, opts: NowcastOptions) -> _Predictio
             gpoint = np.ones(len(act))
         prob = np.clip(gmult * bs / np.maximum(opn, 1e-12), 0.0, 1.0)
         add = rng.binomial(np.broadcast_to(np.round(opn).astype(np.int64), prob.shape), prob)
-        add = add + rng.poisson(gmult * lost)  # happened inside an exclusion window, unseen
+        if lost.any():  # (a mean of 0 draws nothing from the stream: skipping it is exact)
+            add = add + rng.poisson(gmult * lost)  # happened inside an exclusion window, unseen
         point_add = gpoint * (st.b0[act] + st.lost0[act])
         vm, vsd = float(path.value_mean[g]), float(path.value_sd[g])
         noise = rng.standard_normal(add.shape) * np.sqrt(add) * vsd
@@ -2332,7 +2393,11 @@ def _crm_inputs(
             user_id=linked.user_id, ts=linked.ts, attributed_campaign_id=linked.campaign_id
         )
         camp = crm_record_campaigns(
-            src.ws, crm=crm, conversions=conv, touchpoints=src.table("touchpoints")
+            src.ws,
+            crm=crm,
+            conversions=conv,
+            touchpoints=src.table("touchpoints"),
+            stored_touches=True,
         )
         path = _crm_path(src, settings, opts, crm, camp)
         stray = _stages_without_records(src, settings, set(path.groups))
