@@ -55,7 +55,7 @@ backends:
 	  echo "warning: could not install Java 17 (not root?); the PySpark tests will skip"
 
 pytest: $(STAMP) browser backends
-	$(BIN)/pytest -q -n 2 --dist loadgroup --durations=15
+	$(BIN)/pytest -q -n 2 --dist loadfile --durations=15
 
 test: lint typecheck pytest
 

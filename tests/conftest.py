@@ -262,14 +262,3 @@ def ingest_drop(ws: Workspace, drop: dict[str, Path]) -> None:
     for kind in KINDS:
         if kind in drop:
             ingest_file(ws, kind, drop[kind])
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Groups for ``pytest -n 2 --dist loadgroup`` (``make test``): each test file runs on
-    one worker (its module fixtures are built once), except the backend tests, whose
-    PostgreSQL and PySpark halves (several minutes each) run on the two workers side by side."""
-    for item in items:
-        group = item.nodeid.split("::")[0]
-        if group.endswith("test_backends.py"):
-            group += "::pyspark" if "spark" in item.name else "::postgres"
-        item.add_marker(pytest.mark.xdist_group(group))
