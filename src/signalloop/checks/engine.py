@@ -132,16 +132,19 @@ def run_checks(
     unknown = [n for n in names if n not in REGISTRY]
     if unknown:
         raise UsageError(f"unknown check(s) {', '.join(unknown)}: expected {', '.join(REGISTRY)}")
-    ctx = CheckContext(ws, as_of, settings)
+    ctx = CheckContext(ws, as_of, settings, hold=True)
     findings: list[Finding] = []
     timings: dict[str, float] = {}
-    for name in names:
-        t0 = time.perf_counter()
-        findings.extend(REGISTRY[name].run(ctx))
-        timings[name] = time.perf_counter() - t0
-    findings.sort(key=lambda f: (-SEVERITY_RANK[f.severity], f.campaign_id or "", f.check))
-    campaigns = _gates(ctx, findings)
-    environment = _environment(ctx, campaigns)
+    try:
+        for name in names:
+            t0 = time.perf_counter()
+            findings.extend(REGISTRY[name].run(ctx))
+            timings[name] = time.perf_counter() - t0
+        findings.sort(key=lambda f: (-SEVERITY_RANK[f.severity], f.campaign_id or "", f.check))
+        campaigns = _gates(ctx, findings)
+        environment = _environment(ctx, campaigns)
+    finally:
+        ctx.release()
     exclusions = [
         {
             "campaign_id": f.campaign_id,
