@@ -8,7 +8,6 @@ Checks register themselves with :func:`register`; :data:`REGISTRY` lists them in
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -111,9 +110,6 @@ def register(
     return deco
 
 
-_HELD_IDS = itertools.count(1)
-
-
 class CheckContext:
     """What every check reads: the workspace cut at the as-of date, settings, shared estimates.
 
@@ -121,16 +117,10 @@ class CheckContext:
     expressions (attributed conversions, daily clicks, the delay distribution) are built once.
     """
 
-    def __init__(
-        self, ws: Workspace, as_of: date, settings: Settings, *, hold: bool = False
-    ) -> None:
+    def __init__(self, ws: Workspace, as_of: date, settings: Settings) -> None:
         self.ws = ws
         self.as_of = as_of
         self.settings = settings
-        #: compute :attr:`conversions` once into a temporary table (DuckDB), dropped by
-        #: :meth:`release`: for a run of every check, which reads them a dozen times
-        self.hold = hold
-        self._held: list[str] = []
         self.cutoff = datetime.combine(as_of + timedelta(days=1), datetime.min.time())
         #: shared estimates computed once per run (the delay distribution, ...)
         self.cache: dict[str, Any] = {}
@@ -160,23 +150,7 @@ class CheckContext:
         from signalloop.attribution import attributed_conversions
 
         conv = attributed_conversions(self.ws)
-        conv = conv.filter(conv.ts < self.cutoff)
-        if not (self.hold and self.ws.backend == "duckdb"):
-            return conv
-        # each read would join the conversions with their stored attribution again (about
-        # 0.3 s at 1.5M conversions); the checks read every column but the attributes
-        name = f"_check_conversions_{next(_HELD_IDS)}"
-        held = self.ws.ibis.create_table(name, conv.drop("attrs"), temp=True)
-        self._held.append(name)
-        return held
-
-    def release(self) -> None:
-        """Drop what :attr:`hold` kept."""
-        for name in self._held:
-            self.ws.con.execute(f"DROP TABLE IF EXISTS {name}")
-        self._held.clear()
-        self.__dict__.pop("conversions", None)
-        self.__dict__.pop("tracked_conversions", None)
+        return conv.filter(conv.ts < self.cutoff)
 
     @cached_property
     def campaigns(self) -> list[str]:

@@ -132,19 +132,16 @@ def run_checks(
     unknown = [n for n in names if n not in REGISTRY]
     if unknown:
         raise UsageError(f"unknown check(s) {', '.join(unknown)}: expected {', '.join(REGISTRY)}")
-    ctx = CheckContext(ws, as_of, settings, hold=True)
+    ctx = CheckContext(ws, as_of, settings)
     findings: list[Finding] = []
     timings: dict[str, float] = {}
-    try:
-        for name in names:
-            t0 = time.perf_counter()
-            findings.extend(REGISTRY[name].run(ctx))
-            timings[name] = time.perf_counter() - t0
-        findings.sort(key=lambda f: (-SEVERITY_RANK[f.severity], f.campaign_id or "", f.check))
-        campaigns = _gates(ctx, findings)
-        environment = _environment(ctx, campaigns)
-    finally:
-        ctx.release()
+    for name in names:
+        t0 = time.perf_counter()
+        findings.extend(REGISTRY[name].run(ctx))
+        timings[name] = time.perf_counter() - t0
+    findings.sort(key=lambda f: (-SEVERITY_RANK[f.severity], f.campaign_id or "", f.check))
+    campaigns = _gates(ctx, findings)
+    environment = _environment(ctx, campaigns)
     exclusions = [
         {
             "campaign_id": f.campaign_id,
