@@ -436,11 +436,8 @@ def _land(
             "CREATE OR REPLACE TEMP VIEW _goodv AS SELECT * FROM _valid WHERE len(_problems) = 0"
         )
         good_src = "_goodv"
-    good = valid
-    if good is None:
-        good = _scalar(con, f"SELECT count(*) FROM {good_src}")
-    else:  # the valid rows, less the later copies of a key folded into the first
-        good -= folded
+    # the valid rows less the later copies folded into a key's first, or counted
+    good = valid - folded if valid is not None else _scalar(con, f"SELECT count(*) FROM {good_src}")
     target = quote_ident(kind.name)
     before = _scalar(con, f"SELECT count(*) FROM {target}")
     restated: dict[str, Any] = {}
