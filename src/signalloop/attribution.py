@@ -89,14 +89,14 @@ def _held(ws: Workspace, what: Any, expr: Any) -> Any:
         cuts = [k for k in memo if isinstance(k, tuple)]
         if isinstance(what, tuple) and len(cuts) >= HELD_CUTOFFS:
             memo.pop(cuts[0])[1]()
-        memo[what] = _hold(ws.ibis, expr)
+        memo[what] = hold_expr(ws.ibis, expr)
     return memo[what][0]
 
 
 _HELD_IDS = itertools.count(1)
 
 
-def _hold(client: Any, expr: Any) -> tuple[Any, Any]:
+def hold_expr(client: Any, expr: Any) -> tuple[Any, Any]:
     """``expr`` held on ``client``, with what lets it go. PostgreSQL: a temporary table made
     in SQL (ibis 12 would make its JSON columns text, which the JSON columns of the tables
     it later joins refuse); elsewhere ibis's ``cache()``."""

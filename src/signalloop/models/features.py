@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
@@ -226,16 +227,26 @@ def build_frame(
         Unknown outcome, empty workspace, or no mature units (with ``include_censored``: no
         units at all).
     """
-    frame: TrainingFrame = _build(
-        ws,
-        outcome,
-        as_of=as_of,
-        settings=settings,
-        horizon_days=horizon_days,
-        include_censored=include_censored,
-        max_rows=max_rows,
-        random_state=random_state,
-    )
+    from signalloop.attribution import hold_expr
+
+    with ExitStack() as held:
+
+        def hold(expr: Any) -> Any:
+            kept, release = hold_expr(ws.ibis, expr)
+            held.callback(release)
+            return kept
+
+        frame: TrainingFrame = _build(
+            ws,
+            outcome,
+            as_of=as_of,
+            settings=settings,
+            horizon_days=horizon_days,
+            include_censored=include_censored,
+            max_rows=max_rows,
+            random_state=random_state,
+            hold=hold,
+        )
     return frame
 
 
@@ -254,6 +265,7 @@ def _build(
     max_rows: int | None = None,
     random_state: int = 0,
     pool: ClickPool | None = None,
+    hold: Callable[[Any], Any] | None = None,
 ) -> Any:
     """:func:`build_frame`; with ``labels_only`` the units' ibis table (``ts``, ``label``,
     ``_mature``, ``campaign_id``, no features), not fetched.
@@ -269,6 +281,10 @@ def _build(
     a unit's label comes from the conversions tied to it, and a conversion ties to a touch in
     that window only through its ``click_id`` or, by its user, at or after the window's
     start, so the other conversions are left out before the ties are worked out.
+
+    ``hold(expr)`` (a frame's build) gives ``expr`` computed once on the backend: the
+    conversions' ties and the records, which the counts, the sample and the features each
+    read (each read would otherwise work them out again from the touchpoints).
     """
     if outcome not in OUTCOMES:
         raise UsageError(f"unknown outcome {outcome!r}: expected one of {', '.join(OUTCOMES)}")
@@ -311,11 +327,15 @@ def _build(
     offline = (*OFFLINE_KINDS, *funnel[1:])
     conv = conv.mutate(_kind=kind, _primary=~kind.isin(offline))
     ties = _tie_conversions(conv, clicks)
+    if hold is not None:  # read by the counts, the records, the features: worked out once
+        ties = hold(ties)
     stage_rank = ibis.cases(
         *[(crm.stage.strip().lower() == s, i + 1) for i, s in enumerate(funnel)], else_=0
     )
     crm = crm.mutate(_rank=stage_rank)
     records = _records(crm, ties, clicks, funnel)
+    if hold is not None:
+        records = hold(records)
     unit, id_column = (
         ("touchpoint", "touch_id")
         if outcome in ("conversion", "value")
