@@ -1698,6 +1698,11 @@ def _spend(src: _Source) -> pd.DataFrame:
     )
     if not df.empty:
         df["date"] = pd.to_datetime(df["date"]).dt.date
+        # the same numbers on every run: a day's sum of its ads' spend may differ in its last
+        # bit with the order the backend adds them in (enough to move a cost of exactly half
+        # a cent to the other cent), and the days are added up in date order
+        df["spend"] = df["spend"].round(6)
+        df = df.sort_values(["campaign_id", "date"], ignore_index=True)
     return df
 
 

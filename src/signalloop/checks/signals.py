@@ -364,14 +364,9 @@ def attribution_match(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding
     conv = ctx.conversions
     tp = ctx.rollup("touch_daily")
     with_ids = tp.filter(tp.campaign_id.notnull())
-    matchable = {
-        str(r["campaign_id"]): int(r["n"])
-        for r in with_ids.group_by("campaign_id")
-        .aggregate(n=with_ids.click_ids.sum())
-        .to_pyarrow()
-        .to_pylist()
-        if r["n"]
-    }
+    ids = with_ids.group_by("campaign_id").aggregate(n=with_ids.click_ids.sum())
+    ids = ids.filter(ids.n > 0)
+    matchable = {str(r["campaign_id"]): int(r["n"]) for r in ids.to_pyarrow().to_pylist()}
     spend = ctx.table("spend")
     platforms = spend.group_by("campaign_id").aggregate(platform=spend.platform.arbitrary())
     # never null: a conversion without a click id is not matched (sums stay numbers)
@@ -386,7 +381,8 @@ def attribution_match(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding
     # judged: conversions of campaigns whose touchpoints carry click ids (and the unattributed
     # ones, once the account has any such touchpoints); the rest have nothing to match
     judged = c.filter(
-        c.attributed_campaign_id.isin(list(matchable)) | c.attributed_campaign_id.isnull()
+        # (a semi-join, not a list of a thousand ids that a scan would test one by one)
+        c.attributed_campaign_id.isin(ids.campaign_id) | c.attributed_campaign_id.isnull()
     )
     by_platform = (
         judged.group_by(platform=judged.platform.fill_null("unknown"))
