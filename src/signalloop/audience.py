@@ -59,17 +59,6 @@ def audience(
     if as_of is None:
         raise UsageError(f"workspace {ws.path} holds no data yet: ingest something first")
     start = as_of - timedelta(days=window_days - 1)
-    conv = ws.table("conversions")
-    conv = conv.filter(conv.user_id.notnull() & (conv.ts.date() <= as_of))
-    first_conv = conv.group_by("user_id").aggregate(first_seen=conv.ts.min())
-    crm = ws.table("crm")
-    crm = crm.filter(crm.user_id.notnull() & (crm.ts.date() <= as_of))
-    first_crm = crm.group_by("user_id").aggregate(first_seen=crm.ts.min())
-    known = (
-        first_conv.union(first_crm)
-        .group_by("user_id")
-        .aggregate(first_seen=lambda t: t.first_seen.min())
-    )
     # the conversion's own campaign, else its click's (the user's last touch does not count)
     att = attributed_conversions(ws)
     recent = att.filter(att.user_id.notnull() & (att.ts.date() <= as_of) & (att.ts.date() >= start))
@@ -82,6 +71,20 @@ def audience(
         clicked=ibis.coalesce(recent.click_ts, recent.ts),
     )
     recent = recent.filter(recent.campaign.notnull())
+    # when each of those users was first seen: only their own rows are grouped (a semi-join
+    # first), not every user's of the history
+    users = recent.user_id
+    conv = ws.table("conversions")
+    conv = conv.filter(conv.user_id.isin(users) & (conv.ts.date() <= as_of))
+    first_conv = conv.group_by("user_id").aggregate(first_seen=conv.ts.min())
+    crm = ws.table("crm")
+    crm = crm.filter(crm.user_id.isin(users) & (crm.ts.date() <= as_of))
+    first_crm = crm.group_by("user_id").aggregate(first_seen=crm.ts.min())
+    known = (
+        first_conv.union(first_crm)
+        .group_by("user_id")
+        .aggregate(first_seen=lambda t: t.first_seen.min())
+    )
     j = recent.left_join(known, recent.user_id == known.user_id)
     j = j.mutate(
         is_known=ibis.ifelse(

@@ -307,7 +307,8 @@ def _build(
     spend = spend.filter(spend.date < as_of + timedelta(days=1))
 
     clicks = tp.filter(tp.campaign_id.notnull())
-    n_clicks = int(clicks.count().execute())
+    # (the labels alone ask only whether there is one: a scan that stops at the first)
+    n_clicks = int((clicks.limit(1) if labels_only else clicks).count().execute())
     if n_clicks == 0:
         raise UsageError(
             f"no touchpoints with a campaign before {as_of + timedelta(days=1)}: "
