@@ -57,7 +57,8 @@ def _feedback(ws: Workspace, outcome: str, as_of: date | None, tf: TrainingFrame
     from signalloop.models.depth import feedback_depth, shallow_model
 
     depth = feedback_depth(ws, as_of=as_of)
-    used = set(tf.frame["campaign_id"].dropna().astype(str))
+    # (the distinct ids first: each of a 2M-row frame's ids made a string one by one, 2 s)
+    used = set(tf.frame["campaign_id"].dropna().unique().astype(str))
     return {
         "campaigns": depth,
         "flags": shallow_model(outcome, [d for d in depth if d["campaign_id"] in used]),
