@@ -60,7 +60,7 @@ def attributed_conversions(ws: Workspace) -> Any:
         memo: dict[str, Any] | None = ws.__dict__.get("_holding_attribution")
         if memo is None:
             return _stored_conversions(ws)
-        key = json.dumps(ws.read_meta(_STATE_KEY), sort_keys=True)
+        key = _state(ws)
         if key not in memo:  # (the table changed since it was held: hold it again)
             _let_go(memo)
             memo[key] = hold_expr(ws.ibis, _stored_conversions(ws))
@@ -84,6 +84,11 @@ def holding_attribution(ws: Workspace) -> Iterator[None]:
     finally:
         ws.__dict__.pop("_holding_attribution", None)
         _let_go(memo)
+
+
+def _state(ws: Workspace) -> str:
+    """The stored attribution's state, as text: what a copy or a derived table is kept by."""
+    return json.dumps(ws.read_meta(_STATE_KEY), sort_keys=True)
 
 
 def _let_go(memo: dict[str, Any]) -> None:
@@ -133,16 +138,16 @@ def hold_expr(client: Any, expr: Any) -> tuple[Any, Any]:
     table made in one statement (on PostgreSQL in SQL: ibis 12 would make its JSON columns
     text, which the JSON columns of the tables it later joins refuse); elsewhere ibis's
     ``cache()``."""
+    if client.name not in ("duckdb", "postgres"):
+        held = expr.cache()
+        return held, held.release
     name = f"_signalloop_held_{next(_HELD_IDS)}"
     if client.name == "duckdb":
         # one CREATE TABLE AS: ibis's cache() creates the table, then inserts into it, and
         # the first scan of rows inserted so is slow (1.3M conversions: 1.6 s, then 0.07 s)
-        held = client.create_table(name, expr, temp=True)
-        return held, lambda: client.drop_table(name, force=True)
-    if client.name != "postgres":
-        held = expr.cache()
-        return held, held.release
-    client.raw_sql(f'CREATE TEMP TABLE "{name}" AS {client.compile(expr)}').close()
+        client.create_table(name, expr, temp=True)
+    else:
+        client.raw_sql(f'CREATE TEMP TABLE "{name}" AS {client.compile(expr)}').close()
     return client.table(name), lambda: client.drop_table(name, force=True)
 
 
@@ -567,7 +572,7 @@ def _live_records(ws: Workspace, cutoff: Any, stored: Any) -> Any:
     live = _record_campaigns(ws, cutoff, crm=rows, narrow=True, reuse=True)
     if not isinstance(cutoff, datetime):  # an expression: nothing to remember it by
         return live
-    key = (cutoff.isoformat(), json.dumps(ws.read_meta(_STATE_KEY), sort_keys=True))
+    key = (cutoff.isoformat(), _state(ws))
     memo: dict[tuple[str, str], Any] = getattr(ws, "_live_records", {})
     if key not in memo:
         # a temporary table, not an in-memory arrow one (DuckDB pushes join filters into
