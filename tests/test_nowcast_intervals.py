@@ -17,14 +17,20 @@ from datetime import date, timedelta
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from signalloop.delay import DelayData
+from signalloop.jsonout import rounded
 from signalloop.nowcast import (
     _CLICK_NAMES,
     NowcastOptions,
     _by_date,
     _Path,
     _Prediction,
+    _r,
+    _ratio,
+    _ratios,
     count_interval,
     shortest_interval,
 )
@@ -207,3 +213,28 @@ def test_shortest_interval_is_that_of_the_fully_sorted_draws(level: float) -> No
     scratch = np.asfortranarray(draws)
     got = shortest_interval(scratch, level, (point, point), overwrite=True)
     assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+
+
+_halves = st.integers(-(10**9), 10**9).map(lambda k: (k + 0.5) / 100)  # ties in decimal
+_cells = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True), _halves, _halves.map(lambda x: x * (1 + 2e-16))
+)
+
+
+@given(st.lists(_cells, max_size=60), st.sampled_from([2, 3]))
+def test_rounding_a_column_at_once_is_rounding_each_cell(xs: list[float], nd: int) -> None:
+    """The report's cells rounded by whole columns are the floats ``round`` gives, sign of
+    zero included, and ``None`` where a cell is not finite: the vectorised rows of
+    ``nowcast.cohorts`` equal those built cell by cell."""
+    got = rounded(xs, nd)
+    for x, g in zip(xs, got, strict=True):
+        want = _r(x, nd)
+        assert (g is None) == (want is None)
+        if want is not None:
+            assert g == want and math.copysign(1, g) == math.copysign(1, want)  # type: ignore[arg-type]
+
+
+@given(st.lists(st.tuples(_cells, st.floats(-5, 5) | st.just(0.0)), max_size=40))
+def test_ratios_of_columns_are_the_ratio_of_each_pair(pairs: list[tuple[float, float]]) -> None:
+    num, den = [p[0] for p in pairs], [p[1] for p in pairs]
+    assert _ratios(num, den, 3) == [_ratio(a, b, 3) for a, b in pairs]

@@ -158,6 +158,7 @@ from signalloop.delay import (
     interpolation,
     make_delay_model,
 )
+from signalloop.jsonout import rounded
 from signalloop.store import Workspace
 
 FloatArray = npt.NDArray[np.float64]
@@ -511,6 +512,17 @@ def _day_number(d: date) -> int:
 
 def _ratio(num: float, den: float, nd: int = 2) -> float | None:
     return _r(num / den, nd) if den > 0 else None
+
+
+def _ratios(num: Any, den: Any, nd: int = 2) -> list[float | None]:
+    """:func:`_ratio` of every pair of ``num`` and ``den`` (``None`` where ``den <= 0``)."""
+    n, d = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
+    pos = d > 0
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        got = rounded(np.where(pos, n / np.where(pos, d, 1.0), np.nan), nd)
+    for i in np.nonzero(~pos)[0].tolist():
+        got[i] = None
+    return got
 
 
 def _epoch(d: datetime) -> int:
@@ -1883,57 +1895,42 @@ def _render(
     lo, hi, vlo, vhi = _intervals(pred, opts.level, rng, floor, point, v_point)
     v_floor = obs_v_all if path.floor else np.zeros(len(c))
     first = as_of - timedelta(days=opts.cohort_days - 1) if opts.cohort_days else date.min
-    # the rows from plain Python lists (one conversion per column, not one NumPy scalar per
-    # cell); the keys' new names worked out once, from the first row
-    extras = {v: c[k].to_numpy(float) for k, v in (extra_cols or {}).items()}
-    keys: list[str] = []
-    cols = zip(
-        [str(x) for x in c.campaign_id],
-        list(c.date),
-        c.subjects.to_numpy(float).tolist(),
-        obs_all.tolist(),
-        pred.expected.tolist(),
-        lo.tolist(),
-        hi.tolist(),
-        obs_v_all.tolist(),
-        pred.expected_value.tolist(),
-        vlo.tolist(),
-        vhi.tolist(),
-        np.asarray(v_floor, dtype=float).tolist(),
-        sp.tolist(),
-        c.in_window.to_numpy(bool).tolist(),
-        c.exclusion_overlap.to_numpy(bool).tolist(),
-        *(np.asarray(v).tolist() for v in extras.values()),
-        strict=True,
-    )
-    rows: list[dict[str, Any]] = []
-    for cid, day, subj, obs, exp_n, low, high, obs_v, exp_v, v_lo, v_hi, vf, spent, *rest in cols:
-        if day < first:
-            continue
-        row = {
-            "campaign_id": cid,
-            "date": day.isoformat(),
-            "subjects": round(subj),
-            "observed_conversions": round(obs),
-            "expected_conversions": _r(exp_n),
-            "lower": int(low),
-            "upper": int(high),
-            "observed_value": _r(obs_v),
-            "expected_value": _r(exp_v),
-            "value_lower": _r(max(v_lo, vf)),
-            "value_upper": _r(max(v_hi, vf)),
-            "completeness": _ratio(obs, exp_n, 3) if path.floor else None,
-            "spend": _r(spent),
-            "observed_cpa": _ratio(spent, obs),
-            "nowcast_cpa": _ratio(spent, exp_n),
-            "observed_roas": _ratio(obs_v, spent, 3),
-            "nowcast_roas": _ratio(exp_v, spent, 3),
-            "excluded": bool(rest[0]),
-            "exclusion_overlap": bool(rest[1]),
-        }
-        row |= {k: int(x) for k, x in zip(extras, rest[2:], strict=True)}
-        keys = keys or [names.get(k, k) for k in row]
-        rows.append(dict(zip(keys, row.values(), strict=True)))
+    # the rows from whole columns rounded at once (no Python call per cell), kept from the
+    # first shown day on; the keys' new names worked out once
+    keep = np.nonzero(_day_numbers(c.date) >= _day_number(first))[0]
+    subj = c.subjects.to_numpy(float)[keep]
+    obs, exp_n, obs_v = obs_all[keep], pred.expected[keep], obs_v_all[keep]
+    exp_v, cost, vf = pred.expected_value[keep], sp[keep], np.asarray(v_floor, float)[keep]
+    v_lo, v_hi = vlo[keep], vhi[keep]
+    nothing: list[Any] = [None] * len(keep)
+    columns: dict[str, list[Any]] = {
+        "campaign_id": [str(x) for x in c.campaign_id.to_numpy()[keep]],
+        "date": [d.isoformat() for d in c.date.to_numpy()[keep]],
+        "subjects": np.rint(subj).astype(np.int64).tolist(),
+        "observed_conversions": np.rint(obs).astype(np.int64).tolist(),
+        "expected_conversions": rounded(exp_n),
+        "lower": lo[keep].astype(np.int64).tolist(),
+        "upper": hi[keep].astype(np.int64).tolist(),
+        "observed_value": rounded(obs_v),
+        "expected_value": rounded(exp_v),
+        # max(v, floor) as Python's max has it: v unless the floor is greater
+        "value_lower": rounded(np.where(vf > v_lo, vf, v_lo)),
+        "value_upper": rounded(np.where(vf > v_hi, vf, v_hi)),
+        "completeness": _ratios(obs, exp_n, 3) if path.floor else nothing,
+        "spend": rounded(cost),
+        "observed_cpa": _ratios(cost, obs),
+        "nowcast_cpa": _ratios(cost, exp_n),
+        "observed_roas": _ratios(obs_v, cost, 3),
+        "nowcast_roas": _ratios(exp_v, cost, 3),
+        "excluded": c.in_window.to_numpy(bool)[keep].tolist(),
+        "exclusion_overlap": c.exclusion_overlap.to_numpy(bool)[keep].tolist(),
+    }
+    for k, v in (extra_cols or {}).items():
+        columns[v] = c[k].to_numpy(float)[keep].astype(np.int64).tolist()
+    keys = [names.get(k, k) for k in columns]
+    rows: list[dict[str, Any]] = [
+        dict(zip(keys, vals, strict=True)) for vals in zip(*columns.values(), strict=True)
+    ]
     # each campaign's totals over all its days, then over each trailing window: the lists
     # of cohort rows in that order, their intervals drawn in one batch (see _stats)
     spent = (

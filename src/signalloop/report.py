@@ -22,6 +22,7 @@ from typing import Any
 
 import ibis
 import numpy as np
+import numpy.typing as npt
 import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
@@ -201,46 +202,60 @@ def _fatigue_curves(ws: Workspace, doc: dict[str, Any]) -> dict[str, Any]:
         .aggregate(impressions=spend.impressions.sum(), clicks=spend.clicks.sum())
         .order_by(["creative_id", "date"])
         .to_pyarrow()
-        .to_pylist()
     )
-    series: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in daily:
-        if r["impressions"]:
-            series[r["creative_id"]].append(r)
+    # by whole columns (a million creative-days at 1,000 campaigns): each creative's rows are
+    # one slice of the sorted table, its exposure the running sum of the impressions before
+    imp = daily["impressions"].to_numpy(zero_copy_only=False).astype(float)
+    imp[np.isnan(imp)] = 0.0
+    kept = np.nonzero(imp != 0)[0]  # (a day without impressions has no CTR)
+    imp = imp[kept]
+    clicks = daily["clicks"].to_numpy(zero_copy_only=False).astype(float)[kept]
+    day = daily["date"].cast("int32").to_numpy(zero_copy_only=False).astype(np.int64)[kept]
+    names = daily["creative_id"].to_numpy(zero_copy_only=False)[kept]
+    bounds = np.flatnonzero(names[1:] != names[:-1]) + 1 if len(names) else np.zeros(0, int)
+    starts = np.r_[0, bounds].astype(np.int64) if len(names) else np.zeros(0, np.int64)
+    ends = np.r_[bounds, len(names)].astype(np.int64) if len(names) else np.zeros(0, np.int64)
+    where = {str(names[i]): (int(i), int(j)) for i, j in zip(starts, ends, strict=True)}
+    shown = [(c, where[c["creative_id"]]) for c in creatives if c["creative_id"] in where]
+    if not shown:
+        return {"creatives": []}
+    # every shown creative's rows one after another, with its own fit beside each row
+    spans = np.array([span for _, span in shown], dtype=np.int64)
+    n = spans[:, 1] - spans[:, 0]
+    rows = np.concatenate([np.arange(lo, hi) for lo, hi in spans])
+
+    def each(key: str) -> npt.NDArray[np.float64]:
+        return np.repeat(np.array([float(c[key] or 0.0) for c, _ in shown]), n)
+
+    epoch = date(1970, 1, 1)
+    launched = np.repeat([(date.fromisoformat(c["launched"]) - epoch).days for c, _ in shown], n)
+    age = day[rows] - launched
+    im = imp[rows]
+    run = np.cumsum(im)
+    first = np.repeat(np.r_[0, np.cumsum(n)[:-1]], n)
+    expo = run - im - (run[first] - im[first])  # impressions before each day, in day order
+    start = each("ctr_start")  # 0 when the fit found no clicks to start from: no ratio
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = jsonout.rounded(np.where(start != 0, clicks[rows] / im / start, np.nan), 4)
+    # math.exp per day: the floats the report always had (NumPy's exp may differ in the last
+    # bit, which the fourth decimal can show)
+    z = -each("decay_per_day") * age - each("decay_per_100k_impressions") * expo / 1e5
+    fit = jsonout.rounded([math.exp(x) for x in z.tolist()], 4)
+    ages = age.tolist()
     out = []
-    for c in creatives:
-        rows = series.get(c["creative_id"], [])
-        if not rows:
-            continue
-        launched = date.fromisoformat(c["launched"])
-        start = c["ctr_start"]  # 0 when the fit found no clicks to start from: no ratio
-        age: list[int] = []
-        rel: list[float | None] = []
-        fit: list[float] = []
-        expo = 0.0
-        for r in rows:
-            a = (r["date"] - launched).days
-            age.append(a)
-            rel.append(round(r["clicks"] / r["impressions"] / start, 4) if start else None)
-            fit.append(
-                round(
-                    math.exp(
-                        -c["decay_per_day"] * a - c["decay_per_100k_impressions"] * expo / 1e5
-                    ),
-                    4,
-                )
-            )
-            expo += r["impressions"]
+    at = 0
+    for (c, _), k in zip(shown, n.tolist(), strict=True):
         out.append(
             {
                 "creative_id": c["creative_id"],
                 "campaign_id": c["campaign_id"],
                 "status": c["status"],
-                "age_days": age,
-                "relative_ctr": rel,
-                "fitted": fit,
+                "age_days": ages[at : at + k],
+                "relative_ctr": rel[at : at + k],
+                "fitted": fit[at : at + k],
             }
         )
+        at += k
     return {"creatives": out}
 
 
@@ -336,14 +351,17 @@ def fig_conversions(c: dict[str, Any]) -> go.Figure:
         y: list[Any] = []
         names: list[str] = []
         for cid, s in c["campaigns"].items():
-            x += [*s["dates"], None]
+            # a NaN count breaks the line; its date repeats the last, so the dates stay text
+            x += [*s["dates"], s["dates"][-1] if s["dates"] else ""]
             y += [*s["observed"], None]
             names += [cid] * (len(s["dates"]) + 1)
+        # arrays, not lists: plotly checks a list point by point (about a second at 1,000
+        # campaigns) and writes the counts as typed binary
         fig.add_trace(
             go.Scatter(
-                x=x,
-                y=y,
-                text=names,
+                x=np.array(x, dtype=str),
+                y=np.array(y, dtype=np.float32),
+                text=np.array(names, dtype=str),
                 name=f"{len(c['campaigns'])} campaigns",
                 mode="lines",
                 line={"color": "rgba(31,119,180,0.35)", "width": 1},
