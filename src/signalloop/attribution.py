@@ -341,10 +341,22 @@ def refresh_attribution(ws: Workspace) -> bool:
                 touched = ws.ibis.table("_attribution_touched").conversion_id
                 conv = ws.table("conversions")
                 conv = conv.filter(conv.conversion_id.isin(touched))
-                # their clicks' and users' touchpoints, read in one pass over the history
-                # (the attribution reads the users' twice)
+                # the CRM records to derive again, worked out once too
+                records = _records_to_redo(ws, saved["tables"], touched)
+                con.execute(
+                    "CREATE OR REPLACE TEMP TABLE _attribution_records AS "
+                    f"{ws.ibis.compile(records)}"
+                )
+                records = ws.ibis.table("_attribution_records")
+                crm = ws.table("crm")
+                users = conv.select(u=conv.user_id).union(
+                    crm.filter(crm.record_id.isin(records.record_id)).select(u=crm.user_id)
+                )
+                # the touchpoints of their clicks and users and of the records' users, read
+                # in one pass over the history for both (the attribution reads the users'
+                # twice, the records theirs once: each keeps its own, see ``narrow``)
                 tp = ws.table("touchpoints")
-                near = tp.filter(tp.click_id.isin(conv.click_id) | tp.user_id.isin(conv.user_id))
+                near = tp.filter(tp.click_id.isin(conv.click_id) | tp.user_id.isin(users.u))
                 cols = ("click_id", "user_id", "campaign_id", "ts", "adset_id", "creative_id")
                 con.execute(
                     "CREATE OR REPLACE TEMP TABLE _attribution_tp AS "
@@ -357,9 +369,9 @@ def refresh_attribution(ws: Workspace) -> bool:
                     f"({ws.ibis.compile(touched)})"
                 )
                 con.execute(f"INSERT INTO {ATTRIBUTION_TABLE} {ws.ibis.compile(redo)}")
-                _refresh_records(ws, saved["tables"], touched)
-                con.execute("DROP TABLE IF EXISTS _attribution_touched")
-                con.execute("DROP TABLE IF EXISTS _attribution_tp")
+                _refresh_records(ws, records, near)
+                for temp in ("_attribution_touched", "_attribution_records", "_attribution_tp"):
+                    con.execute(f"DROP TABLE IF EXISTS {temp}")
             state = {
                 "version": ATTRIBUTION_VERSION,
                 "tables": now,
@@ -395,10 +407,11 @@ def _touched(ws: Workspace, conv_seen: int, tp_seen: int) -> Any:
     return new_conv.union(by_click).union(by_user).conversion_id
 
 
-def _refresh_records(ws: Workspace, seen: dict[str, list[int]], touched: Any) -> None:
-    """Re-derive the stored campaign of every CRM record that new rows could change: records
-    with new stage rows, and records of users with a new touchpoint or a re-attributed
-    conversion (the lead that created a record, or its last touch, may have moved)."""
+def _records_to_redo(ws: Workspace, seen: dict[str, list[int]], touched: Any) -> Any:
+    """The ``record_id`` of every CRM record whose stored campaign new rows could change:
+    records with new stage rows, and records of users with a new touchpoint or a
+    re-attributed conversion (the lead that created a record, or its last touch, may have
+    moved). An ibis table of distinct ids."""
     crm, tp = ws.table("crm"), ws.table("touchpoints")
     conv = ws.table("conversions")
     users = (
@@ -407,19 +420,28 @@ def _refresh_records(ws: Workspace, seen: dict[str, list[int]], touched: Any) ->
         .union(conv.filter(conv.conversion_id.isin(touched)).select(u=conv.user_id))
     )
     users = users.filter(users.u.notnull())
-    records = (
+    return (
         crm.filter((crm._ingest_id > seen["crm"][1]) | crm.user_id.isin(users.u))
         .select("record_id")
         .distinct()
     )
+
+
+def _refresh_records(ws: Workspace, records: Any, touchpoints: Any) -> None:
+    """Re-derive the stored campaign of the CRM records in ``records`` (a table of
+    ``record_id``), from ``touchpoints`` (holding at least their users' touchpoints)."""
+    crm = ws.table("crm")
     redo = _record_campaigns(
         ws,
         crm=crm.filter(crm.record_id.isin(records.record_id)),
         conversions=_stored_conversions(ws),
+        touchpoints=touchpoints,
         narrow=True,
         parts=True,
     )
-    ws.con.execute(f"DELETE FROM {RECORDS_TABLE} WHERE record_id IN ({ws.ibis.compile(records)})")
+    ws.con.execute(
+        f"DELETE FROM {RECORDS_TABLE} WHERE record_id IN ({ws.ibis.compile(records.record_id)})"
+    )
     ws.con.execute(f"INSERT INTO {RECORDS_TABLE} {ws.ibis.compile(redo)}")
 
 
