@@ -194,6 +194,16 @@ class Workspace:
         backend.compiler = _inlining(type(backend.compiler))()
         return backend
 
+    def temp_table(self, name: str, expr: Any) -> Any:
+        """``expr`` into the temporary table ``name`` (replacing one of that name), and that
+        table. On DuckDB one ``CREATE TABLE AS``: ibis's ``create_table`` creates, inserts,
+        then copies a replaced table once more."""
+        if self.backend != "duckdb":
+            return self.ibis.create_table(name, expr, temp=True, overwrite=True)
+        quoted = '"' + name.replace('"', '""') + '"'
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE {quoted} AS {self.ibis.compile(expr)}")
+        return self.ibis.table(name)
+
     def table(self, name: str) -> Any:
         """The ibis table expression for ``name`` (a kind, ``quarantine``, ``ingest_log`` ...)."""
         return self.ibis.table(name)

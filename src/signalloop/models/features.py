@@ -525,7 +525,7 @@ def _unit_day_rows(
         if make_pool is not None:
             return make_pool(clicks, users, ids)
         rows = pool_rows(clicks, users, ids)
-        return ws.ibis.create_table(f"_unit_day_clicks_{outcome}", rows, temp=True, overwrite=True)
+        return ws.temp_table(f"_unit_day_clicks_{outcome}", rows)
 
     if outcome in ("conversion", "value"):
         units = clicks.filter(on_days(clicks.ts))

@@ -151,7 +151,7 @@ def _share_clicks(ws: Workspace, counts: list[_Counts], days: int) -> str | None
     users = ibis.union(*(u.name("v").as_table() for _, _, _, u, _ in asked))
     ids = ibis.union(*(i.name("v").as_table() for _, _, _, _, i in asked))
     name = "_recent_clicks_shared"
-    ws.ibis.create_table(name, pool_rows(clicks, users.v, ids.v), temp=True, overwrite=True)
+    ws.temp_table(name, pool_rows(clicks, users.v, ids.v))
     for c, missing, _, _, _ in asked:
         c.shared = (missing, name)
     return name
@@ -279,7 +279,7 @@ class _Counts:
 
             def own(clicks: Any, users: Any, ids: Any) -> Any:  # its rows of the shared pass
                 rows = pool_rows(table, users, ids)
-                return self.ws.ibis.create_table(name, rows, temp=True, overwrite=True)
+                return self.ws.temp_table(name, rows)
 
             pool = own
         units = self.label_rows(days, pool)
