@@ -335,20 +335,15 @@ def refresh_attribution(ws: Workspace) -> bool:
                 ids = _touched(
                     ws, saved["tables"]["conversions"][1], saved["tables"]["touchpoints"][1]
                 )
-                con.execute(
-                    "CREATE OR REPLACE TEMP TABLE _attribution_touched AS "
-                    f"{ws.ibis.compile(ids.name('conversion_id').as_table())}"
-                )
-                touched = ws.ibis.table("_attribution_touched").conversion_id
+                touched = ws.temp_table(
+                    "_attribution_touched", ids.name("conversion_id").as_table()
+                ).conversion_id
                 conv = ws.table("conversions")
                 conv = conv.filter(conv.conversion_id.isin(touched))
                 # the CRM records to derive again, worked out once too
-                records = _records_to_redo(ws, saved["tables"], touched)
-                con.execute(
-                    "CREATE OR REPLACE TEMP TABLE _attribution_records AS "
-                    f"{ws.ibis.compile(records)}"
+                records = ws.temp_table(
+                    "_attribution_records", _records_to_redo(ws, saved["tables"], touched)
                 )
-                records = ws.ibis.table("_attribution_records")
                 crm = ws.table("crm")
                 users = conv.select(u=conv.user_id).union(
                     crm.filter(crm.record_id.isin(records.record_id)).select(u=crm.user_id)
@@ -359,11 +354,7 @@ def refresh_attribution(ws: Workspace) -> bool:
                 tp = ws.table("touchpoints")
                 near = tp.filter(tp.click_id.isin(conv.click_id) | tp.user_id.isin(users.u))
                 cols = ("click_id", "user_id", "campaign_id", "ts", "adset_id", "creative_id")
-                con.execute(
-                    "CREATE OR REPLACE TEMP TABLE _attribution_tp AS "
-                    f"{ws.ibis.compile(near.select(*cols))}"
-                )
-                near = ws.ibis.table("_attribution_tp")
+                near = ws.temp_table("_attribution_tp", near.select(*cols))
                 redo = attribute(ws, conv, narrow=True, touchpoints=near).select(*STORED)
                 con.execute(
                     f"DELETE FROM {ATTRIBUTION_TABLE} WHERE conversion_id IN "

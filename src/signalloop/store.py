@@ -27,6 +27,7 @@ import ibis
 
 from signalloop.contract import EXTRA_COLUMNS, KINDS, Kind
 from signalloop.errors import InputError, UsageError
+from signalloop.readers import quote_ident
 
 SCHEMA_VERSION = 1
 DEFAULT_DB = "signalloop.duckdb"
@@ -200,8 +201,8 @@ class Workspace:
         then copies a replaced table once more."""
         if self.backend != "duckdb":
             return self.ibis.create_table(name, expr, temp=True, overwrite=True)
-        quoted = '"' + name.replace('"', '""') + '"'
-        self.con.execute(f"CREATE OR REPLACE TEMP TABLE {quoted} AS {self.ibis.compile(expr)}")
+        sql = self.ibis.compile(expr)
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE {quote_ident(name)} AS {sql}")
         return self.ibis.table(name)
 
     def table(self, name: str) -> Any:
