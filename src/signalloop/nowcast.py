@@ -486,8 +486,12 @@ def _r(x: float | None, nd: int = 2) -> float | None:
 
 
 def _shown(x: Iterable[float], nd: int = 2) -> FloatArray:
-    """``x`` rounded as the report shows it (:func:`_r`): the point an interval must hold."""
-    return np.array([round(float(v), nd) for v in x], dtype=float)
+    """``x`` rounded as the report shows it (:func:`_r`): the point an interval must hold
+    (a value that is not finite stays as it is, as ``round`` leaves it)."""
+    out = np.array(list(x) if not isinstance(x, np.ndarray) else x, dtype=float)
+    finite = np.isfinite(out)
+    out[finite] = np.asarray(rounded(out[finite], nd), dtype=float)
+    return out
 
 
 _EPOCH_DAY = date(1970, 1, 1)

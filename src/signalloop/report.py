@@ -212,9 +212,10 @@ def _fatigue_curves(ws: Workspace, doc: dict[str, Any]) -> dict[str, Any]:
     clicks = daily["clicks"].to_numpy(zero_copy_only=False).astype(float)[kept]
     day = daily["date"].cast("int32").to_numpy(zero_copy_only=False).astype(np.int64)[kept]
     names = daily["creative_id"].to_numpy(zero_copy_only=False)[kept]
-    bounds = np.flatnonzero(names[1:] != names[:-1]) + 1 if len(names) else np.zeros(0, int)
-    starts = np.r_[0, bounds].astype(np.int64) if len(names) else np.zeros(0, np.int64)
-    ends = np.r_[bounds, len(names)].astype(np.int64) if len(names) else np.zeros(0, np.int64)
+    if not len(names):
+        return {"creatives": []}
+    bounds = np.flatnonzero(names[1:] != names[:-1]) + 1
+    starts, ends = np.r_[0, bounds], np.r_[bounds, len(names)]
     where = {str(names[i]): (int(i), int(j)) for i, j in zip(starts, ends, strict=True)}
     shown = [(c, where[c["creative_id"]]) for c in creatives if c["creative_id"] in where]
     if not shown:
