@@ -19,6 +19,7 @@ import duckdb
 import ibis
 
 from signalloop.store import Workspace
+from signalloop.ties import first_by, last_by
 
 #: The stored attribution: one row per conversion (``conversion_id``, ``attributed_campaign_id``,
 #: ``attributed_by``), kept current by :func:`refresh_attribution`.
@@ -189,10 +190,10 @@ def attribute(ws: Workspace, conv: Any, *, narrow: bool = False, touchpoints: An
         tp_user = tp_user.filter(tp_user.user_id.isin(conv.user_id))
     t = tp_click
     clicks = t.group_by(t.click_id).aggregate(
-        click_campaign=t.campaign_id.argmin(t.ts, where=t.campaign_id.notnull()),
+        click_campaign=first_by(t.campaign_id, t.ts),
         click_first_ts=t.ts.min(),
-        click_adset_id=t.adset_id.argmin(t.ts, where=t.adset_id.notnull()),
-        click_creative_id=t.creative_id.argmin(t.ts, where=t.creative_id.notnull()),
+        click_adset_id=first_by(t.adset_id, t.ts),
+        click_creative_id=first_by(t.creative_id, t.ts),
         link_click_first=t.ts.min(where=t.campaign_id.notnull()),
     )
     tc = t.filter(t.campaign_id.notnull())
@@ -215,7 +216,7 @@ def attribute(ws: Workspace, conv: Any, *, narrow: bool = False, touchpoints: An
         c.select(c._row, c.user_id, c.ts)
         .join(touches, (c.user_id == touches.touch_user) & (touches.touch_ts <= c.ts))
         .group_by("_row")
-        .aggregate(user_campaign=touches.touch_campaign.argmax(touches.touch_ts))
+        .aggregate(user_campaign=last_by(touches.touch_campaign, touches.touch_ts))
     )
     out = (
         c.left_join(by_click, c._row == by_click._row)
@@ -251,7 +252,8 @@ def attribute(ws: Workspace, conv: Any, *, narrow: bool = False, touchpoints: An
         )
         .group_by(u_row="_row")
         .aggregate(
-            u_campaign=touches.touch_campaign.argmax(touches.touch_ts), u_ts=touches.touch_ts.max()
+            u_campaign=last_by(touches.touch_campaign, touches.touch_ts),
+            u_ts=touches.touch_ts.max(),
         )
     )
     out = out.left_join(user_link, out._row == user_link.u_row)
@@ -640,7 +642,7 @@ def _record_campaigns(
             (rec.user_id == leads.c_user) & (leads.c_ts <= rec.first_ts + ibis.interval(hours=1)),
         )
         .group_by(l_record_id="record_id")
-        .aggregate(lead_campaign=leads.c_campaign.argmax(leads.c_ts))
+        .aggregate(lead_campaign=last_by(leads.c_campaign, leads.c_ts))
     )
 
     def last_touch(rec: Any, tp: Any) -> Any:
@@ -650,7 +652,7 @@ def _record_campaigns(
         return (
             rec.join(touches, (rec.user_id == touches.t_user) & (touches.t_ts <= rec.first_ts))
             .group_by(t_record_id="record_id")
-            .aggregate(touch_campaign=touches.t_campaign.argmax(touches.t_ts))
+            .aggregate(touch_campaign=last_by(touches.t_campaign, touches.t_ts))
         )
 
     if reuse:

@@ -160,6 +160,7 @@ from signalloop.delay import (
 )
 from signalloop.jsonout import rounded
 from signalloop.store import Workspace
+from signalloop.ties import first_by, last_by
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -726,7 +727,7 @@ def _link_clicks_cut(src: _Source, conv: Any) -> Any:
         tp.click_id.notnull() & tp.campaign_id.notnull() & tp.click_id.isin(conv.click_id)
     )
     clicks = tpc.group_by(t_click_id=tpc.click_id).aggregate(
-        t_campaign=tpc.campaign_id.argmin(tpc.ts), t_click=tpc.ts.min()
+        t_campaign=first_by(tpc.campaign_id, tpc.ts), t_click=tpc.ts.min()
     )
     on_campaign = tpc.group_by(o_click_id=tpc.click_id, o_campaign=tpc.campaign_id).aggregate(
         o_click=tpc.ts.min()
@@ -760,7 +761,7 @@ def _link_clicks_cut(src: _Source, conv: Any) -> Any:
             & (rest.campaign_id.isnull() | (touches.u_campaign == rest.campaign_id)),
         )
         .group_by(u_conversion_id="conversion_id")
-        .aggregate(u_campaign=touches.u_campaign.argmax(touches.u_ts), u_ts=touches.u_ts.max())
+        .aggregate(u_campaign=last_by(touches.u_campaign, touches.u_ts), u_ts=touches.u_ts.max())
     )
     r = rest.left_join(last, rest.conversion_id == last.u_conversion_id)
     r = r.select(
@@ -1093,9 +1094,9 @@ def _crm_from_conversions(
         linked = _link_clicks(src, conv.filter(conv.kind == lead_kind))
     ld = linked.filter(linked.kind == lead_kind)
     leads = ld.group_by(r_key=ld.key).aggregate(
-        r_user=ld.user_id.argmin(ld.ts),
+        r_user=first_by(ld.user_id, ld.ts, ld.conversion_id),
         r_first=ld.ts.min(),
-        r_campaign=ld.campaign_id.argmin(ld.ts),
+        r_campaign=first_by(ld.campaign_id, ld.ts, ld.conversion_id),
     )
     leads = src.cache(leads)
     st = _link_clicks(src, conv.filter(conv.kind.isin(list(_downstream_kinds(settings)))))
@@ -1108,7 +1109,7 @@ def _crm_from_conversions(
         k.filter(k.k_key.isnull() & k.user_id.notnull())
         .join(users, (k.user_id == users.r_user) & (users.r_first <= k.ts))
         .group_by(u_row="s_row")
-        .aggregate(u_key=users.r_key.argmax(users.r_first))
+        .aggregate(u_key=last_by(users.r_key, users.r_first))
     )
     m = k.left_join(u, k.s_row == u.u_row)
     own = m.k_key.isnull() & m.u_key.isnull() & m.click.notnull()
@@ -1147,8 +1148,8 @@ def _crm_from_conversions(
     mine = placed.filter(placed.own)
     own_rec = mine.group_by(record_id="record_id").aggregate(
         ts=mine.click.min(),
-        user_id=mine.user_id.argmin(mine.click),
-        campaign_id=mine.campaign_id.argmin(mine.click),
+        user_id=first_by(mine.user_id, mine.click, mine.conversion_id),
+        campaign_id=first_by(mine.campaign_id, mine.click, mine.conversion_id),
     )
     lead_rows = leads.select(
         record_id=leads.r_key,

@@ -66,6 +66,7 @@ from signalloop.config import Settings
 from signalloop.errors import UsageError
 from signalloop.models.estimator import class_quotas
 from signalloop.store import Workspace
+from signalloop.ties import first_by, last_by
 
 OUTCOMES: tuple[str, ...] = ("conversion", "sql", "won", "value")
 #: Label windows in days, per outcome (``[models] horizon_days`` or ``horizon_days`` override).
@@ -581,7 +582,7 @@ def _tie_conversions(conv: Any, clicks: Any) -> Any:
     # touchpoints, so the grouping and the range join below stay small)
     named = clicks.filter(clicks.click_id.notnull() & clicks.click_id.isin(conv.click_id))
     first = named.group_by(k_click=named.click_id)
-    first = first.aggregate(by_click=named.touch_id.argmin(named.ts))
+    first = first.aggregate(by_click=first_by(named.touch_id, named.ts))
     c = conv.select(
         "conversion_id", "ts", "user_id", "click_id", "campaign_id", "value", "_kind", "_primary"
     )
@@ -597,7 +598,7 @@ def _tie_conversions(conv: Any, clicks: Any) -> Any:
             & (c.campaign_id.isnull() | (c.campaign_id == u.u_camp)),
         )
         .group_by(l_conv=c.conversion_id)
-        .aggregate(by_user=u.u_touch.argmax(u.u_ts))
+        .aggregate(by_user=last_by(u.u_touch, u.u_ts))
     )
     j = c.left_join(first, c.click_id == first.k_click).left_join(
         last, c.conversion_id == last.l_conv
@@ -615,8 +616,8 @@ def _records(crm: Any, ties: Any, clicks: Any, funnel: tuple[str, ...]) -> Any:
     rec = crm.group_by("record_id").aggregate(
         user_id=crm.user_id.arbitrary(),
         first_ts=crm.ts.min(),
-        crm_source=crm.source.argmin(crm.ts),
-        crm_owner=crm.owner.argmin(crm.ts),
+        crm_source=first_by(crm.source, crm.ts),
+        crm_owner=first_by(crm.owner, crm.ts),
         sql_ts=crm.ts.min(where=crm._rank >= sql_rank),
         won_ts=crm.ts.min(where=crm._rank >= won_rank),
     )
@@ -628,13 +629,13 @@ def _records(crm: Any, ties: Any, clicks: Any, funnel: tuple[str, ...]) -> Any:
             (rec.user_id == leads.c_user) & (leads.c_ts <= rec.first_ts + ibis.interval(hours=1)),
         )
         .group_by(b_rec=rec.record_id)
-        .aggregate(lead_touch=leads.c_touch.argmax(leads.c_ts))
+        .aggregate(lead_touch=last_by(leads.c_touch, leads.c_ts))
     )
     t = clicks.select(t_user=clicks.user_id, t_ts=clicks.ts, t_touch=clicks.touch_id)
     by_touch = (
         rec.join(t, (rec.user_id == t.t_user) & (t.t_ts <= rec.first_ts))
         .group_by(b_rec=rec.record_id)
-        .aggregate(last_touch=t.t_touch.argmax(t.t_ts))
+        .aggregate(last_touch=last_by(t.t_touch, t.t_ts))
     )
     j = rec.left_join(by_lead, rec.record_id == by_lead.b_rec).left_join(
         by_touch, rec.record_id == by_touch.b_rec

@@ -57,6 +57,7 @@ from signalloop.models.features import (
     horizon_for,
 )
 from signalloop.store import Workspace
+from signalloop.ties import last_by
 
 ROUTES: tuple[str, ...] = ("sales", "review", "nurture")
 REASONS: tuple[str, ...] = ("missing_field", "duplicate", "stage_regression", "already_progressed")
@@ -148,7 +149,9 @@ def _record_facts(
     lead = rec.join(
         c, (rec.user_id == c.c_user) & (c.c_ts <= rec.first_ts + ibis.interval(hours=1))
     )
-    lead = lead.group_by(l_rec=lead.record_id).aggregate(conversion_id=lead.c_id.argmax(lead.c_ts))
+    lead = lead.group_by(l_rec=lead.record_id).aggregate(
+        conversion_id=last_by(lead.c_id, lead.c_ts)
+    )
     dup = ws.table("duplicates")
     dup = dup.filter(dup.kind == "conversions")
     dup = dup.group_by(d_key=dup.key).aggregate(copies=dup.copies.sum())

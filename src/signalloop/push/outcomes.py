@@ -45,6 +45,7 @@ from signalloop.push.meta import lead_id as meta_lead_id
 from signalloop.push.meta import normalize
 from signalloop.push.settings import GOOGLE_PLATFORMS, META_PLATFORMS, field_key
 from signalloop.store import Workspace
+from signalloop.ties import first_by, last_by
 
 #: How close in time two records of the same email or phone must begin to be one lead twice
 #: (a double submission, a sync re-creating a contact); a person who comes back later is a new
@@ -147,7 +148,7 @@ def _clicks(ws: Workspace, rec: Any, cutoff: datetime, google: Sequence[str]) ->
     by_touch = (
         rec.join(tp, (rec.user_id == tp.t_user) & (tp.t_ts <= rec.first_ts))
         .group_by(tk_record="record_id")
-        .aggregate(tk_gclid=tp.t_click.argmax(tp.t_ts), tk_ts=tp.t_ts.max())
+        .aggregate(tk_gclid=last_by(tp.t_click, tp.t_ts), tk_ts=tp.t_ts.max())
     )
     conv = ws.table("conversions")
     conv = conv.filter(
@@ -164,7 +165,10 @@ def _clicks(ws: Workspace, rec: Any, cutoff: datetime, google: Sequence[str]) ->
             (rec.user_id == conv.c_user) & (conv.c_ts <= rec.first_ts + ibis.interval(hours=1)),
         )
         .group_by(cv_record="record_id")
-        .aggregate(cv_gclid=conv.c_click.argmax(conv.c_ts), cv_ts=conv.c_cts.argmax(conv.c_ts))
+        .aggregate(
+            cv_gclid=last_by(conv.c_click, conv.c_ts),
+            cv_ts=last_by(conv.c_cts, conv.c_ts, conv.c_click),
+        )
     )
     j = (
         rec.select("record_id")
@@ -267,7 +271,7 @@ def validated_outcomes(
 
     ev = crm.filter(crm.stage.isin(wanted))
     ev = ev.group_by(["record_id", "stage"]).aggregate(
-        ts=ev.ts.min(), amount=ev.amount.argmin(ev.ts)
+        ts=ev.ts.min(), amount=first_by(ev.amount, ev.ts)
     )
     j = ev.join(per_rec, "record_id").left_join(
         rec_campaign.select(rc_record="record_id", campaign_id="campaign_id"),
