@@ -824,13 +824,18 @@ def _click_path(
     j = linked.filter(linked.campaign_id.notnull() & linked.click.notnull())
     j = j.filter(j.click < src.cutoff)
     first = _first_of_click(j)
-    first = first.mutate(
-        date=first.click.date(),
-        eh=src.elapsed(first.click, HOUR),
-        dh=((first.ts.epoch_seconds() - first.click.epoch_seconds()) / HOUR)
-        .floor()
-        .clip(lower=0)
-        .cast("int64"),
+    # computed once for both groupings below (each would rank every click's conversions)
+    first = src.cache(
+        first.select(
+            "campaign_id",
+            "value",
+            date=first.click.date(),
+            eh=src.elapsed(first.click, HOUR),
+            dh=((first.ts.epoch_seconds() - first.click.epoch_seconds()) / HOUR)
+            .floor()
+            .clip(lower=0)
+            .cast("int64"),
+        )
     )
     conv_b = _fetch(
         first.group_by("campaign_id", "date", "eh").aggregate(
