@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 from signalloop.checks.engine import save_exclusions
+from signalloop.config import Settings, settings_from_dict
+from signalloop.errors import ConfigError
 from signalloop.nowcast import NowcastOptions, NowcastReport, count_interval, nowcast
 from signalloop.store import Workspace
 
@@ -190,6 +192,52 @@ def test_exclusion_windows_are_left_out_of_fitting_flagged_and_filled_in(
         r for r in report.cohorts if r["campaign_id"] == "c03" and r["date"] == end.isoformat()
     ]
     assert blind[0]["expected_conversions"] < inside[-1]["expected_conversions"]
+
+
+def test_click_days_older_than_settle_days_are_settled(
+    account: tuple[Workspace, Any], report: NowcastReport
+) -> None:
+    """Click days 42 days old or more (18 of the 60 here) are settled: reported as observed,
+    left out of the delay's fit. Against fitting and nowcasting every day, the last 14 days
+    move by a fraction of a percent."""
+    ws = account[0]
+    settled = report.account["click"]["settled"]
+    opened = (AS_OF - timedelta(days=41)).isoformat()
+    assert (settled["days"], settled["before"], settled["cohorts"]) == (42, opened, 4 * 18)
+    old = [r for r in report.cohorts if r["date"] < opened]
+    assert len(old) == 4 * 18 and all(r["settled"] for r in old)
+    assert all(
+        r["observed_conversions"] == r["expected_conversions"] == r["lower"] == r["upper"]
+        for r in old
+    )
+    assert not any(r["settled"] for r in report.cohorts if r["date"] >= opened)
+    assert 0 < settled["share_still_due"] < 0.005 and "warning" not in settled
+    every = nowcast(ws, options=NowcastOptions(settle_days=None))
+    assert every.account["click"]["settled"] == {"days": None, "cohorts": 0}
+    assert not any(r["settled"] for r in every.cohorts)
+    for c in ("c01", "c02", "c03", "c04"):  # the fit holds the open days' conversions only
+        assert 0 < report.delay[c]["events"] < every.delay[c]["events"]
+    recent = (AS_OF - timedelta(days=13)).isoformat()
+    got = {
+        name: np.array([r["expected_conversions"] for r in out.cohorts if r["date"] >= recent])
+        for name, out in (("settled", report), ("every", every))
+    }
+    assert abs(got["settled"].sum() / got["every"].sum() - 1) < 0.005
+    # a settle age the delay outlasts: the share still due is named, with a warning
+    short = nowcast(ws, options=NowcastOptions(crm=False, settle_days=2))
+    assert short.account["click"]["settled"]["share_still_due"] > 0.005
+    assert "raise settle_days" in short.account["click"]["settled"]["warning"]
+
+
+def test_settle_days_comes_from_the_settings(account: tuple[Workspace, Any]) -> None:
+    assert Settings().settle_days == 42
+    assert settings_from_dict({"nowcast": {"settle_days": 0}}).settle_days is None
+    for bad in ({"settle_days": -1}, {"settle_days": "42"}, {"settle": 42}):
+        with pytest.raises(ConfigError, match=r"\[nowcast\]"):
+            settings_from_dict({"nowcast": bad})
+    out = nowcast(account[0], settings=settings_from_dict({"nowcast": {"settle_days": 30}}))
+    assert out.account["click"]["settled"]["cohorts"] == 4 * 30  # days 0-29 of 60
+    assert sum(r["settled"] for r in out.cohorts) == 4 * 30
 
 
 def test_an_earlier_as_of_sees_only_what_was_there(

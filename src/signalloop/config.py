@@ -20,6 +20,9 @@ exists. Everything has a default; a file only overrides what it names::
     [models.horizon_days]              # days an outcome may take before "no" is a label
     sql = 21
 
+    [nowcast]
+    settle_days = 42                   # click days this old are reported as observed (0: never)
+
     [lens]                             # the decision lens (signalloop.lens)
     retrain_every_days = 7             # declared retraining cadence (none: the check fails)
     decision_every_days = 1            # how often budgets are decided (feedback latency)
@@ -144,7 +147,10 @@ _TOP_KEYS = {
     "push",
     "connect",
     "serve",
+    "nowcast",
 }
+#: Click days at least this old are settled by the nowcast (``[nowcast] settle_days``)
+SETTLE_DAYS = 42
 #: Outcomes a ``[models] horizon_days`` table may name.
 _MODEL_OUTCOMES = ("conversion", "sql", "won", "value")
 
@@ -236,6 +242,10 @@ class Settings:
     connect: ConnectSettings = field(default_factory=ConnectSettings)
     #: ``[serve]``: the web app's schedule and limits.
     serve: ServeSettings = field(default_factory=ServeSettings)
+    #: ``[nowcast] settle_days``: click days at least this old are reported as observed and
+    #: left out of the delay's fit (:class:`~signalloop.nowcast.NowcastOptions`; ``None``, 0
+    #: in the file: never).
+    settle_days: int | None = SETTLE_DAYS
     path: str | None = None
 
     def canonical_utm(self, value: str) -> str:
@@ -340,6 +350,7 @@ def settings_from_dict(doc: dict[str, Any], source: str = "<dict>") -> Settings:
     push = push_from(doc["push"], source) if "push" in doc else PushSettings()
     return replace(
         s,
+        settle_days=_settle_from(doc.get("nowcast", {}), source),
         checks={k: dict(v) for k, v in checks.items()},
         models={"horizon_days": dict(horizon)}
         | ({"max_frame_rows": cap} if cap is not None else {}),
@@ -354,6 +365,18 @@ def settings_from_dict(doc: dict[str, Any], source: str = "<dict>") -> Settings:
         ),
         serve=_serve_from(doc.get("serve", {}), source),
     )
+
+
+def _settle_from(nc: Any, source: str) -> int | None:
+    """``[nowcast] settle_days``: a whole number of days, 0 for never (``None``)."""
+    if not isinstance(nc, dict) or set(nc) - {"settle_days"}:
+        raise ConfigError(f"{source}: [nowcast] takes settle_days, got {nc!r}")
+    v = nc.get("settle_days", SETTLE_DAYS)
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        raise ConfigError(
+            f"{source}: [nowcast] settle_days must be a whole number of days (0: never), got {v!r}"
+        )
+    return v or None
 
 
 def _serve_from(serve: Any, source: str) -> ServeSettings:

@@ -884,7 +884,7 @@ def arms_from_workspace(
     if phase_doc is None:
         phase_doc = phase(ws, as_of, settings=settings).to_dict()
     if nowcast_doc is None:
-        opts = NowcastOptions(draws=200, crm=False)
+        opts = NowcastOptions(draws=200, crm=False, settle_days=settings.settle_days)
         nowcast_doc = nowcast(ws, as_of, settings=settings, options=opts).to_dict()
     gates = {c["campaign_id"]: c for c in checks["campaigns"]}
     first = as_of - timedelta(days=window - 1)
