@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from .conftest import shared_data, write_csv
 
 
@@ -132,3 +134,26 @@ def test_plain_progress_lines_and_a_bad_memory_limit(tmp_path: Path) -> None:
     assert bad.returncode == 2
     assert "SIGNALLOOP_MEMORY_LIMIT" in bad.stderr and "lots" in bad.stderr
     assert_no_traceback(bad)
+
+
+def test_a_full_disk_is_one_message_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """DuckDB's "No space left on device" (a 1,000-campaign history filled /tmp once) is a
+    message, not a traceback; any other error still raises."""
+    import errno
+
+    import duckdb
+    import typer
+
+    from signalloop.cli.common import disk_full, handle_errors
+
+    def failing(exc: BaseException) -> None:
+        raise exc
+
+    full = duckdb.IOException('IO Error: Could not write file "ws.duckdb": No space left on device')
+    with pytest.raises(typer.Exit) as got:
+        handle_errors(failing)(full)
+    assert got.value.exit_code == 2
+    assert "no space left on the disk" in capsys.readouterr().err
+    assert disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    with pytest.raises(duckdb.IOException):
+        handle_errors(failing)(duckdb.IOException("IO Error: permission denied"))

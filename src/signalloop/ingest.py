@@ -365,7 +365,9 @@ def _set_aside(
 
 
 def _drop_staging(con: duckdb.DuckDBPyConnection, keep: tuple[str, ...] = ()) -> None:
-    """Drop the temporary tables and views of one file's ingest (except ``keep``)."""
+    """Drop the temporary tables and views of one file's ingest (except ``keep``), and set
+    back the insertion order a failed landing left off."""
+    con.execute("SET preserve_insertion_order = true")
     for view in ("_goodv", "_valid", "_rawv"):  # (the views over the tables first)
         if view not in keep:
             con.execute(f"DROP VIEW IF EXISTS {view}")
@@ -458,10 +460,10 @@ def _land(
         select += f" ANTI JOIN {target} t ON {match}"
     # Row order in the store carries no meaning: let DuckDB write in parallel.
     con.execute("SET preserve_insertion_order = false")
-    try:
-        con.execute(f"INSERT INTO {target} ({cols}, attrs, _ingest_id) {select}")
-    finally:
-        con.execute("SET preserve_insertion_order = true")
+    # (a failed insert aborts the transaction, where no SET runs: _drop_staging sets it back
+    # after the rollback, and the insert's own error is the one raised)
+    con.execute(f"INSERT INTO {target} ({cols}, attrs, _ingest_id) {select}")
+    con.execute("SET preserve_insertion_order = true")
     inserted = _scalar(con, f"SELECT count(*) FROM {target}") - before
     n_restated = int(restated.get("rows", 0))
     return {

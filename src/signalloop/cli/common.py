@@ -6,6 +6,7 @@ Messages and progress go to ``err`` (stderr); tables and ``--json`` documents go
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -15,6 +16,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Protocol, TypeVar
 
+import duckdb
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -73,8 +75,27 @@ def handle_errors(fn: F) -> F:
         except SignalloopError as exc:  # pragma: no cover - every raise site is one of the above
             err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        except (duckdb.IOException, OSError) as exc:
+            if not disk_full(exc):
+                raise
+            err.print(
+                f"[bold red]error:[/] no space left on the disk: {escape(str(exc))}. The step "
+                "that was writing is rolled back; free space where the workspace (--db) and "
+                "DuckDB's temporary files live, then run again (files already ingested are "
+                "not added twice).",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says a disk is full (an ``OSError`` or DuckDB's ``IOException``)."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    return isinstance(exc, duckdb.IOException) and "no space left" in str(exc).lower()
 
 
 def emit_json(doc: Any) -> None:
