@@ -115,7 +115,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     done = {k: nowcast(ws, options=OPTS) for k, ws in workspaces.items()}
     reports = {k: r.to_dict() for k, r in done.items()}
     texts = {k: r.to_text() for k, r in done.items()}
-    yield {"result": full, "reports": reports, "texts": texts, "won": won.num_rows}
+    yield {
+        "result": full,
+        "reports": reports,
+        "texts": texts,
+        "won": won.num_rows,
+        "workspaces": workspaces,
+    }
     for ws in workspaces.values():
         ws.close()
 
@@ -329,3 +335,37 @@ def test_spend_clicks_spread_over_the_day_clip_to_the_converted() -> None:
     assert set(a.eh) == {47, 30}
     # no conversions: uniform over the 24 hours (no profile given)
     assert b[b.campaign_id == "b"].n_all.tolist() == pytest.approx([10.0] * 24)
+
+
+@pytest.mark.parametrize("shape", ["full", "spend_conversions", "mixed"])
+def test_settled_click_days_on_every_basis(world: dict[str, Any], shape: str) -> None:
+    """``settle_days=20`` on the 35-day account: the 15 oldest click days are settled on the
+    touchpoint and ``click_ts`` bases (the spend clicks of a day as one bucket), each reported
+    as observed with the clicks it had; the conversion-day path (c03 in ``mixed``) is not
+    touched; each campaign's last 7 days stay inside the 90% interval of settling nothing,
+    and their sum within 2% of its."""
+    ws = world["workspaces"][shape]
+    short = nowcast(ws, options=replace(OPTS, settle_days=20, crm=False)).to_dict()
+    every = nowcast(ws, options=replace(OPTS, settle_days=None, crm=False)).to_dict()
+    opened = (AS_OF - timedelta(days=19)).isoformat()
+    by_key = {(r["campaign_id"], r["date"]): r for r in every["cohorts"]}
+    settled = [r for r in short["cohorts"] if r.get("settled")]
+    click_path = [r for r in short["cohorts"] if "settled" in r]
+    assert settled and all(r["date"] < opened for r in settled)
+    assert [r for r in click_path if r["date"] < opened] == settled
+    assert short["account"]["click"]["settled"]["cohorts"] == len(settled)
+    for r in settled:
+        assert r["observed_conversions"] == r["expected_conversions"] == r["lower"] == r["upper"]
+        assert r["clicks"] == by_key[(r["campaign_id"], r["date"])]["clicks"]
+    if shape == "mixed":  # c03: conversions without click times, by conversion day
+        assert not any(r["campaign_id"] == "c03" for r in click_path)
+        assert any(r["campaign_id"] == "c03" for r in short["cohorts"])
+    sums = [0.0, 0.0]
+    for c in every["campaigns"]:
+        if c.get("basis") == "none":
+            continue
+        a, b = window(short, c["campaign_id"], 7), window(every, c["campaign_id"], 7)
+        assert b["lower"] <= a["expected_conversions"] <= b["upper"], c["campaign_id"]
+        sums[0] += a["expected_conversions"]
+        sums[1] += b["expected_conversions"]
+    assert abs(sums[0] - sums[1]) <= 0.02 * sums[1]
