@@ -957,11 +957,16 @@ def _click_path(
     return path, linked
 
 
+def _settled(dates: Any, opened: date | None) -> npt.NDArray[np.bool_]:
+    """Whether each of ``dates`` is a settled click day (before ``opened``)."""
+    if opened is None or not len(dates):
+        return np.zeros(len(dates), dtype=bool)
+    return _day_numbers(dates) < _day_number(opened)
+
+
 def _open_days(df: pd.DataFrame, opened: date | None) -> pd.DataFrame:
     """The rows of ``df`` (with a ``date``) of click days still nowcast."""
-    if opened is None or df.empty:
-        return df
-    return df[_day_numbers(df.date) >= _day_number(opened)]
+    return df if opened is None else df[~_settled(df.date, opened)]
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -976,12 +981,12 @@ def _settled_spend_clicks(
     clicks: the day's clicks, or its converted clicks where the platform counts fewer (as
     :func:`_spread_clicks`), at the day's noon."""
     cols = ["campaign_id", "date", "eh", "n_all"]
-    old = spend[_day_numbers(spend.date) < _day_number(opened)] if len(spend) else spend
+    old = spend[_settled(spend.date, opened)]
     if old.empty:
         return pd.DataFrame(columns=cols)
     n = old.groupby(["campaign_id", "date"], sort=True).clicks.sum().astype(float)
     if len(events):
-        old_ev = events[_day_numbers(events.date) < _day_number(opened)]
+        old_ev = events[_settled(events.date, opened)]
         conv = old_ev.groupby(["campaign_id", "date"]).n_obs.sum().reindex(n.index).fillna(0.0)
         n = n.where(n >= conv, conv)
     out = n[n > 0].reset_index(name="n_all")
@@ -1337,10 +1342,8 @@ def _assemble(
     # open subjects per bucket: all - converted - closed otherwise (CRM lost)
     n_all = b.n_all.to_numpy(float)
     n_open = np.maximum(n_all - b.n_obs.to_numpy(float) - b.n_closed.to_numpy(float), 0.0)
-    settled = np.zeros(len(cohorts), dtype=bool)
-    if settled_before is not None:
-        settled = _day_numbers(cohorts.date) < _day_number(settled_before)
-        n_open[settled[b.cohort.to_numpy()]] = 0.0
+    settled = _settled(cohorts.date, settled_before)
+    n_open[settled[b.cohort.to_numpy()]] = 0.0
     cohorts["settled"] = settled
     b["n_open"] = n_open
     b["t"] = b.eh.to_numpy(float) + 0.5
@@ -2657,7 +2660,8 @@ def _settled_json(
         return {"days": None, "cohorts": 0}
     c = path.cohorts
     weights = c.groupby("campaign_id")["observed"].sum().reindex(path.groups).fillna(0.0)
-    age = np.array([24.0 * float(opts.settle_days or 0), 24.0 * 3650])
+    # the age of the youngest settled day, in hours (as _first_open counts it), and "ever"
+    age = np.array([24.0 * ((as_of - opened).days + 1), 24.0 * 3650])
     due = np.zeros(len(path.groups))
     for g in range(len(path.groups)):
         at, ever = model.incidence(g, age)[0]
