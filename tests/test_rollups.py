@@ -76,3 +76,43 @@ def test_rows_not_from_an_ingest_and_read_only(tmp_path: Path) -> None:
         assert state is not None and json.loads(state[0])["source"][0] < int(
             ro.table("touchpoints").count().execute()
         )
+
+
+def test_campaign_platforms_from_the_rollup_equal_the_raw_count(tmp_path: Path) -> None:
+    """The push's campaign platforms read the clicks from ``touch_daily``: the same answer as
+    counting every touchpoint (each campaign's most frequent platform, ties by name, spend's
+    own platform winning), here with a campaign whose clicks are split across platforms."""
+    from signalloop.push.outcomes import campaign_platforms, platform_of
+
+    drops = simulated_drops(tmp_path, "full", (), seed=SEED)
+    with Workspace(tmp_path / "ws.duckdb") as ws:
+        ingest_file(ws, "touchpoints", drops[0]["touchpoints"])
+        camp = ws.con.execute("SELECT min(campaign_id) FROM touchpoints").fetchone()[0]
+        # the campaign's later clicks move to Google, more of them than stay on Meta
+        ws.con.execute(
+            "UPDATE touchpoints SET platform = 'google_ads' WHERE campaign_id = ? AND rowid IN "
+            "(SELECT rowid FROM touchpoints WHERE campaign_id = ? ORDER BY ts DESC "
+            "LIMIT (SELECT count(*) * 2 // 3 FROM touchpoints WHERE campaign_id = ?))",
+            [camp, camp, camp],
+        )
+        rows = ws.con.execute(
+            "SELECT campaign_id, platform, count(*) FROM touchpoints WHERE campaign_id IS NOT "
+            "NULL AND platform IS NOT NULL GROUP BY ALL"
+        ).fetchall()
+        best: dict[str, tuple[int, str]] = {}
+        for c, p, n in rows:
+            if c not in best or (-n, p) < best[c]:
+                best[c] = (-n, p)
+        expected = {c: platform_of(p) for c, (_, p) in best.items()}
+        assert expected[camp] == "google"
+        assert campaign_platforms(ws) == expected
+        assert rollups.refresh(ws, "touch_daily")  # read from the stored rollup
+        ingest_file(ws, "spend", drops[0]["spend"])  # spend's own platform wins
+        spend = dict(
+            ws.con.execute(
+                "SELECT campaign_id, arg_max(platform, n) FROM (SELECT campaign_id, platform, "
+                "count(*) AS n FROM spend GROUP BY ALL) GROUP BY campaign_id"
+            ).fetchall()
+        )
+        got = campaign_platforms(ws)
+        assert got[camp] == platform_of(spend[camp]) == "meta"

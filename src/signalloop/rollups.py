@@ -70,7 +70,11 @@ def register(rollup: Rollup) -> Rollup:
 
 def _touch_daily(t: Any, day: Any) -> Any:
     return t.group_by(
-        day=day, campaign_id=t.campaign_id, utm_source=t.utm_source, utm_medium=t.utm_medium
+        day=day,
+        campaign_id=t.campaign_id,
+        platform=t.platform,
+        utm_source=t.utm_source,
+        utm_medium=t.utm_medium,
     ).aggregate(
         n=t.count(),
         click_ids=t.click_id.notnull().sum(),
@@ -92,9 +96,9 @@ register(
         "touchpoints",
         "ts",
         _touch_daily,
-        1,
-        "touchpoints per day, campaign, utm_source and utm_medium: n, click_ids (with a "
-        "click id), first and last time",
+        2,
+        "touchpoints per day, campaign, platform, utm_source and utm_medium: n, click_ids "
+        "(with a click id), first and last time",
     )
 )
 register(

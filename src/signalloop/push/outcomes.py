@@ -94,12 +94,17 @@ def platform_of(raw: str | None) -> str | None:
 
 
 def campaign_platforms(ws: Workspace) -> dict[str, str | None]:
-    """Campaign -> ``meta``, ``google`` or ``None``, from the spend export (else the clicks)."""
+    """Campaign -> ``meta``, ``google`` or ``None``, from the spend export (else the clicks).
+
+    The clicks are counted from the per-day rollup of the touchpoints, not their history."""
+    from signalloop import rollups
+
     out: dict[str, str | None] = {}
-    for name in ("touchpoints", "spend"):  # spend wins: it is the platform's own export
-        t = ws.table(name)
-        t = t.filter(t.campaign_id.notnull() & t.platform.notnull())
-        counts = t.group_by("campaign_id", "platform").aggregate(n=t.count()).to_pyarrow()
+    # (touch_daily's n counts touchpoints; spend is counted by its rows)
+    for t, rolled in ((rollups.table(ws, "touch_daily"), True), (ws.table("spend"), False)):
+        t = t.filter(t.campaign_id.notnull() & t.platform.notnull())  # spend wins: it is last
+        n = t.n.sum() if rolled else t.count()
+        counts = t.group_by("campaign_id", "platform").aggregate(n=n).to_pyarrow()
         # each campaign's most frequent platform (ties: the first by name); counted on the
         # backend, picked here (not every backend has a mode aggregate)
         best: dict[str, tuple[int, str]] = {}
