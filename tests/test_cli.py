@@ -144,7 +144,8 @@ def test_a_full_disk_is_one_message_and_exit_2(capsys: pytest.CaptureFixture[str
     import duckdb
     import typer
 
-    from signalloop.cli.common import disk_full, handle_errors
+    from signalloop.cli.common import handle_errors
+    from signalloop.errors import disk_full
 
     def failing(exc: BaseException) -> None:
         raise exc

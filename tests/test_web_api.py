@@ -129,6 +129,35 @@ def test_a_missing_column_is_422_naming_it(served: tuple[TestClient, dict[str, s
     assert "/tmp" not in str(doc["error"]) and "api-" not in str(doc["error"])  # no staging path
 
 
+def test_a_full_disk_is_507_rolled_back_and_sent_again(
+    served: tuple[TestClient, dict[str, str]],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The store's "No space left on device" while landing a batch: 507 with what to do, no
+    traceback in the log, nothing landed; the same body sent again once there is room lands."""
+    import duckdb
+
+    from signalloop import ingest
+
+    served_client, tokens = served
+    # (as a server answers: the test client would otherwise raise what the handler answered)
+    client = TestClient(served_client.app, raise_server_exceptions=False)
+    land = ingest._land
+
+    def full(*args: object, **kwargs: object) -> object:
+        raise duckdb.IOException('IO Error: Could not write file "x.wal": No space left on device')
+
+    monkeypatch.setattr(ingest, "_land", full)
+    status, doc, _ = post(client, tokens["b_pipe"], GOOD)
+    assert status == 507
+    assert "no space left on the disk" in str(doc["error"]) and "send it again" in str(doc["error"])
+    assert "Traceback" not in caplog.text
+    monkeypatch.setattr(ingest, "_land", land)
+    status, doc, _ = post(client, tokens["b_pipe"], GOOD)
+    assert status == 200 and doc["rows_loaded"] == 2
+
+
 def test_over_the_limit_is_413_naming_it(served: tuple[TestClient, dict[str, str]]) -> None:
     client, tokens = served  # workspace a: max_body_mb = 0.01 (10,485 bytes)
     big = HEADER + "".join(f"t{i},2026-01-01T10:00:00Z,u1,c1\n" for i in range(1000))

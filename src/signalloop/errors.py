@@ -7,6 +7,7 @@ package decides exit codes.
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 
@@ -70,3 +71,29 @@ class CredentialError(ConfigError):
 
     The message never contains the credential itself.
     """
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says a disk is full (an ``OSError`` or DuckDB's ``IOException``).
+
+    >>> import errno
+    >>> disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    True
+    >>> disk_full(OSError(errno.EACCES, "Permission denied"))
+    False
+    """
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    import duckdb  # (imported here: the error tree itself needs no database)
+
+    return isinstance(exc, duckdb.IOException) and "no space left" in str(exc).lower()
+
+
+def disk_full_message(exc: BaseException, again: str = "run again") -> str:
+    """What to tell the user of a full disk (:func:`disk_full`): what happened, that the
+    write was rolled back, and what to free; ``again`` is what to do then."""
+    return (
+        f"no space left on the disk: {exc}. The step that was writing is rolled back; free "
+        "space where the workspace (--db) and DuckDB's temporary files live, then "
+        f"{again} (files already ingested are not added twice)"
+    )

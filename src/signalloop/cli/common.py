@@ -6,7 +6,6 @@ Messages and progress go to ``err`` (stderr); tables and ``--json`` documents go
 
 from __future__ import annotations
 
-import errno
 import functools
 import os
 import sys
@@ -30,7 +29,13 @@ from rich.progress import (
 )
 
 from signalloop import jsonout
-from signalloop.errors import InputError, SignalloopError, UsageError
+from signalloop.errors import (
+    InputError,
+    SignalloopError,
+    UsageError,
+    disk_full,
+    disk_full_message,
+)
 
 if TYPE_CHECKING:
     from signalloop.store import Workspace
@@ -78,24 +83,11 @@ def handle_errors(fn: F) -> F:
         except (duckdb.IOException, OSError) as exc:
             if not disk_full(exc):
                 raise
-            err.print(
-                f"[bold red]error:[/] no space left on the disk: {escape(str(exc))}. The step "
-                "that was writing is rolled back; free space where the workspace (--db) and "
-                "DuckDB's temporary files live, then run again (files already ingested are "
-                "not added twice).",
-                highlight=False,
-                soft_wrap=True,
-            )
+            text = escape(disk_full_message(exc))
+            err.print(f"[bold red]error:[/] {text}.", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-def disk_full(exc: BaseException) -> bool:
-    """Whether ``exc`` says a disk is full (an ``OSError`` or DuckDB's ``IOException``)."""
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return True
-    return isinstance(exc, duckdb.IOException) and "no space left" in str(exc).lower()
 
 
 def emit_json(doc: Any) -> None:

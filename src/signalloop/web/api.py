@@ -9,7 +9,8 @@ Statuses: 200 with the counts (also for an ``Idempotency-Key`` replay, marked by
 ``Idempotent-Replayed: true``), 401 without a valid key, 403 without the ``ingest`` scope,
 404 for an unknown kind, 413 over the size limit, 415 for an unknown ``Content-Type`` or
 ``Content-Encoding``, 422 for a body ingest cannot read (``{"error", "line", "column"}``) or an
-``Idempotency-Key`` reused with another body.
+``Idempotency-Key`` reused with another body, 507 when the workspace's disk is full (the
+batch rolled back; free space and send it again).
 """
 
 from __future__ import annotations
@@ -128,6 +129,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
         413: {**_ERROR, "description": "Over the size limit ([serve] max_body_mb, 50 MB)"},
         415: {**_ERROR, "description": "Unknown Content-Type or Content-Encoding"},
         422: {**_ERROR, "description": "Unreadable body (line, column) or reused key"},
+        507: {**_ERROR, "description": "The workspace's disk is full: rolled back, send again"},
     },
     openapi_extra={
         "requestBody": {

@@ -25,7 +25,13 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from signalloop import __version__
-from signalloop.errors import InputError, SignalloopError, UsageError
+from signalloop.errors import (
+    InputError,
+    SignalloopError,
+    UsageError,
+    disk_full,
+    disk_full_message,
+)
 from signalloop.runs import RunBusy, iter_due, list_runs
 from signalloop.web.auth import LoginRequired
 from signalloop.web.registry import Registry
@@ -220,6 +226,9 @@ def create_app(registry: Registry, *, schedule: bool = True) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> Response:
+        if disk_full(exc):  # the caller can act on it: 507 Insufficient Storage, no traceback
+            log.error("%s %s: %s", request.method, request.url.path, exc)
+            return error(request, 507, disk_full_message(exc, "send it again"))
         log.exception("%s %s failed", request.method, request.url.path)
         return error(request, 500, f"internal error ({type(exc).__name__}); see the server log")
 
