@@ -93,3 +93,35 @@ def test_at_most_500_active(small: Workspace, tmp_path: Path) -> None:
     assert len(limited) == 2
     kept = json.loads(Path(r.files[0]).read_text())["operations"][0]["create"]
     assert kept["startDateTime"] > "2026-01-10"  # the newest window (16th, shifted) goes first
+
+
+def test_the_latest_sent_version_is_one_row_the_later_written_on_a_tie(tmp_path: Path) -> None:
+    """Two versions of one exclusion sent at the same microsecond: the one written later is
+    the latest, its resource and its window together (two ``arg_max`` over the same time
+    could pair one row's resource with the other's window)."""
+    at = datetime(2026, 3, 1, 12, 0)
+    with Workspace(tmp_path / "ledger.duckdb") as ws:
+        for order in ((1, 2), (2, 1)):
+            ws.con.execute("DROP TABLE IF EXISTS push_ledger")
+            rows = [
+                ledger.entry(
+                    "google",
+                    "exclusion",
+                    "k",
+                    status="sent",
+                    request_id="r",
+                    resource=f"customers/1/biddingDataExclusions/{v}",
+                    detail={"start": f"2026-01-0{v} 00:00:00", "end": f"2026-01-0{v} 23:00:00"},
+                    sent_at=at,
+                )
+                for v in order
+            ]
+            ledger.write(ws, rows[:1])
+            ledger.write(ws, rows[1:])
+            got = ledger.sent_exclusions(ws)["k"]
+            v = order[1]
+            assert got["resource"].endswith(f"/{v}") and got["start"] == f"2026-01-0{v} 00:00:00"
+        ws.con.execute(
+            "UPDATE push_ledger SET sent_at = sent_at + INTERVAL 1 SECOND WHERE resource LIKE '%/2'"
+        )
+        assert ledger.sent_exclusions(ws)["k"]["resource"].endswith("/2")  # later in time wins

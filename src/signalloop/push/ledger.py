@@ -162,12 +162,15 @@ def done_keys(ws: Workspace, platform: str, item: str, *, test: bool = False) ->
 
 
 def sent_exclusions(ws: Workspace, *, test: bool = False) -> dict[str, dict[str, Any]]:
-    """The latest sent version of each Google exclusion: key -> resource, start, end."""
+    """The latest sent version of each Google exclusion: key -> resource, start, end.
+
+    Latest by ``sent_at``, then by the order the rows were written (two rows of one time:
+    the later written), the resource and the window taken from that one row."""
     ensure(ws)
     rows = ws.con.execute(
-        "SELECT key, arg_max(resource, sent_at), arg_max(detail, sent_at) FROM push_ledger "
+        "SELECT key, resource, detail FROM push_ledger "
         "WHERE platform = 'google' AND item = 'exclusion' AND status = 'sent' AND test = ? "
-        "GROUP BY key",
+        "QUALIFY row_number() OVER (PARTITION BY key ORDER BY sent_at DESC, rowid DESC) = 1",
         [test],
     ).fetchall()
     return {k: {"resource": res, **json.loads(d or "{}")} for k, res, d in rows}
