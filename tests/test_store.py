@@ -36,6 +36,34 @@ def test_reopening_keeps_data_and_schema(tmp_path: Path) -> None:
         assert ws.counts()["touchpoints"] == 1
 
 
+def test_history_wide_ids_are_stored_uncompressed(tmp_path: Path) -> None:
+    """The ids that joins look up across the whole history (``PLAIN_IDS``) are written without
+    compression, through reopening and later ingests; the other columns keep DuckDB's own
+    choice (``landing_url``: FSST)."""
+    from signalloop.store import PLAIN_IDS
+
+    db = tmp_path / "w.duckdb"
+    rows = (
+        "SELECT 's9-t' || i, TIMESTAMP '2026-01-01' + INTERVAL (i) SECOND, 's9-u' || (i % 50000), "
+        "'fbclid-' || md5(i::VARCHAR), 'https://example.com/a?fbclid=' || md5(i::VARCHAR), {n} "
+        "FROM range({lo}, {hi}) r(i)"
+    )
+    insert = "INSERT INTO touchpoints (touch_id, ts, user_id, click_id, landing_url, _ingest_id) "
+    for n, (lo, hi) in enumerate(((0, 300_000), (300_000, 600_000))):
+        with Workspace(db) as ws:
+            ws.con.execute(insert + rows.format(n=n, lo=lo, hi=hi))
+            ws.con.execute("CHECKPOINT")
+            got = dict(
+                ws.con.execute(
+                    "SELECT column_name, list(DISTINCT compression) FROM "
+                    "pragma_storage_info('touchpoints') WHERE segment_type = 'VARCHAR' GROUP BY 1"
+                ).fetchall()
+            )
+            for col in PLAIN_IDS["touchpoints"]:
+                assert got[col] == ["Uncompressed"], (col, got[col])
+            assert "FSST" in got["landing_url"]
+
+
 def test_clear_errors_for_bad_locations(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="does not exist"):
         Workspace(tmp_path / "no" / "such" / "dir.duckdb")
