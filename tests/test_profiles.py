@@ -91,6 +91,26 @@ def test_google_ads_report_with_preamble_totals_and_thousands(
     assert (q["line"], q["code"]) == (6, "summary_row")
 
 
+def test_google_ads_clicks_over_impressions_with_thousands_are_quarantined(
+    ws: Workspace, tmp_path: Path
+) -> None:
+    """More clicks than impressions, both written with thousands separators: the rule reads
+    the numbers as the typed columns do ("1,500" > "1,200"), not the text (which is no
+    number, so it never compared)."""
+    text = (
+        "Day,Campaign,Campaign ID,Impr.,Clicks,Cost,Conversions,Currency code\n"
+        '2026-03-01,Brand,111,"1,200","1,500",7.00,0,USD\n'
+        '2026-03-02,Brand,111,"12,345",678,"1,234.56",12.5,USD\n'
+    )
+    f = tmp_path / "google.csv"
+    f.write_text(text)
+    r = ingest_file(ws, "spend", f, profile="google_ads")
+    assert (r.rows_read, r.rows_loaded, r.rows_quarantined) == (2, 1, 1)
+    assert r.quarantine_reasons == {"clicks_exceed_impressions": 1}
+    (q,) = ws.table("quarantine").to_pyarrow().to_pylist()
+    assert q["line"] == 2 and "1,500" in q["reason"]
+
+
 def test_hubspot_contacts_with_stage_dates_melt_to_history(ws: Workspace, tmp_path: Path) -> None:
     header = [
         "Record ID",

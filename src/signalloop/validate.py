@@ -58,6 +58,14 @@ def _problem(cond: str, column: str, code: str, reason_sql: str) -> str:
     )
 
 
+def _number(s: str, profile: Profile) -> str:
+    """SQL for the number in the cleaned text ``s`` (``NULL`` when it is not one), the
+    profile's thousands separator (Google Ads: ``1,234``) taken out first."""
+    if profile.thousands:
+        s = f"replace({s}, {quote_literal(profile.thousands)}, '')"
+    return f"TRY_CAST({s} AS DOUBLE)"
+
+
 def _typed(col: Column, s: str, profile: Profile, now: str) -> tuple[str, list[str]]:
     """SQL for the typed value of ``col`` given its cleaned text ``s``, and its problems."""
     name = col.name
@@ -66,10 +74,7 @@ def _typed(col: Column, s: str, profile: Profile, now: str) -> tuple[str, list[s
         problems.append(_problem(f"{s} IS NULL", name, "missing_value", "'missing required value'"))
     shown = f"'''' || {s} || ''''"
     if col.type in ("int", "float"):
-        num = s
-        if profile.thousands:
-            num = f"replace({s}, {quote_literal(profile.thousands)}, '')"
-        d = f"TRY_CAST({num} AS DOUBLE)"
+        d = _number(s, profile)
         problems.append(
             _problem(
                 f"{s} IS NOT NULL AND ({d} IS NULL OR isnan({d}) OR isinf({d}))",
@@ -176,9 +181,11 @@ def validation_sql(kind: Kind, plan: Plan, profile: Profile, src: StagedFile, no
         typed.append(f"{value} AS {quote_ident(c.name)}")
         problems.extend(probs)
     if kind.name == "spend":
+        # (numbers as the typed columns read them: "1,500" clicks of "1,200" impressions)
+        clicks, impressions = (_number(f"t_{c}", profile) for c in ("clicks", "impressions"))
         problems.append(
             _problem(
-                "TRY_CAST(t_clicks AS DOUBLE) > TRY_CAST(t_impressions AS DOUBLE)",
+                f"{clicks} > {impressions}",
                 "clicks",
                 "clicks_exceed_impressions",
                 "'clicks (' || t_clicks || ') exceed impressions (' || t_impressions || ')'",
