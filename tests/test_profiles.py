@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from signalloop.errors import ConfigError, InputError, UsageError
-from signalloop.ingest import ingest_file
+from signalloop.ingest import IngestResult, ingest_file
 from signalloop.profiles import PROFILES, get_profile, load_mapping
 from signalloop.store import Workspace
 
@@ -65,20 +65,29 @@ def test_meta_ads_manager_export(ws: Workspace, tmp_path: Path) -> None:
     assert "Frequency" in row["attrs"] and "Reporting ends" in row["attrs"]
 
 
+GOOGLE_HEADER = "Day,Campaign,Campaign ID,Impr.,Clicks,Cost,Conversions,Currency code\n"
+
+
+def _google_report(ws: Workspace, tmp_path: Path, text: str) -> IngestResult:
+    """``text`` ingested as a Google Ads spend report (``--profile google_ads``)."""
+    f = tmp_path / "google.csv"
+    f.write_text(text)
+    return ingest_file(ws, "spend", f, profile="google_ads")
+
+
 def test_google_ads_report_with_preamble_totals_and_thousands(
     ws: Workspace, tmp_path: Path
 ) -> None:
-    text = (
+    r = _google_report(
+        ws,
+        tmp_path,
         "Campaign performance report\n"
         '"March 1, 2026 - March 2, 2026"\n'
-        "Day,Campaign,Campaign ID,Impr.,Clicks,Cost,Conversions,Currency code\n"
-        '2026-03-01,Brand,111,"12,345",678,"1,234.56",12.5,USD\n'
+        + GOOGLE_HEADER
+        + '2026-03-01,Brand,111,"12,345",678,"1,234.56",12.5,USD\n'
         "2026-03-02,Brand,111,100,5,7.00,0,USD\n"
-        'Total: Account,--,--,"12,445",683,"1,241.56",12.5,--\n'
+        'Total: Account,--,--,"12,445",683,"1,241.56",12.5,--\n',
     )
-    f = tmp_path / "google.csv"
-    f.write_text(text)
-    r = ingest_file(ws, "spend", f, profile="google_ads")
     assert (r.rows_read, r.rows_loaded, r.rows_quarantined) == (3, 2, 1)
     got = ws.table("spend").order_by("date").to_pyarrow().to_pylist()
     assert (got[0]["impressions"], got[0]["spend"], got[0]["campaign_name"]) == (
@@ -97,14 +106,12 @@ def test_google_ads_clicks_over_impressions_with_thousands_are_quarantined(
     """More clicks than impressions, both written with thousands separators: the rule reads
     the numbers as the typed columns do ("1,500" > "1,200"), not the text (which is no
     number, so it never compared)."""
-    text = (
-        "Day,Campaign,Campaign ID,Impr.,Clicks,Cost,Conversions,Currency code\n"
-        '2026-03-01,Brand,111,"1,200","1,500",7.00,0,USD\n'
-        '2026-03-02,Brand,111,"12,345",678,"1,234.56",12.5,USD\n'
+    r = _google_report(
+        ws,
+        tmp_path,
+        GOOGLE_HEADER + '2026-03-01,Brand,111,"1,200","1,500",7.00,0,USD\n'
+        '2026-03-02,Brand,111,"12,345",678,"1,234.56",12.5,USD\n',
     )
-    f = tmp_path / "google.csv"
-    f.write_text(text)
-    r = ingest_file(ws, "spend", f, profile="google_ads")
     assert (r.rows_read, r.rows_loaded, r.rows_quarantined) == (2, 1, 1)
     assert r.quarantine_reasons == {"clicks_exceed_impressions": 1}
     (q,) = ws.table("quarantine").to_pyarrow().to_pylist()
