@@ -89,11 +89,11 @@ def disk_full(exc: BaseException) -> bool:
     return isinstance(exc, duckdb.IOException) and "no space left" in str(exc).lower()
 
 
-def disk_full_message(exc: BaseException, again: str = "run again") -> str:
+def disk_full_message(exc: BaseException, where: str, again: str) -> str:
     """What to tell the user of a full disk (:func:`disk_full`): what happened, that the
-    write was rolled back, and what to free; ``again`` is what to do then."""
+    write was rolled back, what to free (``where`` names the workspace as the caller knows
+    it) and what to do then (``again``)."""
     return (
         f"no space left on the disk: {exc}. The step that was writing is rolled back; free "
-        "space where the workspace (--db) and DuckDB's temporary files live, then "
-        f"{again} (files already ingested are not added twice)"
+        f"space where {where} and DuckDB's temporary files live, then {again}"
     )

@@ -83,7 +83,13 @@ def handle_errors(fn: F) -> F:
         except (duckdb.IOException, OSError) as exc:
             if not disk_full(exc):
                 raise
-            text = escape(disk_full_message(exc))
+            text = escape(
+                disk_full_message(
+                    exc,
+                    "the workspace (--db)",
+                    "run again (files already ingested are not added twice)",
+                )
+            )
             err.print(f"[bold red]error:[/] {text}.", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 

@@ -228,7 +228,8 @@ def create_app(registry: Registry, *, schedule: bool = True) -> FastAPI:
     async def _crash(request: Request, exc: Exception) -> Response:
         if disk_full(exc):  # the caller can act on it: 507 Insufficient Storage, no traceback
             log.error("%s %s: %s", request.method, request.url.path, exc)
-            return error(request, 507, disk_full_message(exc, "send it again"))
+            again = "send it again (rows already stored are not added twice)"
+            return error(request, 507, disk_full_message(exc, "the workspace", again))
         log.exception("%s %s failed", request.method, request.url.path)
         return error(request, 500, f"internal error ({type(exc).__name__}); see the server log")
 
