@@ -99,7 +99,8 @@ def duckdb_path(db: str) -> str:
 #: on a day's users and click ids takes 1.2 s instead of 2.1-3.7 s and the ingest's
 #: anti-join on touch ids 0.37 s instead of 0.7 s; the next day runs about 2.4 s faster, for
 #: a workspace 26% larger and 0.8 GiB more of DuckDB's cache in use (``BENCHMARKS.md``,
-#: "History"). A workspace made before keeps its compression.
+#: "History"). A workspace made before keeps its compression until ``signalloop compact``
+#: rewrites it (:mod:`signalloop.compact`).
 PLAIN_IDS: dict[str, tuple[str, ...]] = {
     "touchpoints": ("touch_id", "user_id", "click_id"),
     "conversions": ("conversion_id", "user_id", "click_id"),

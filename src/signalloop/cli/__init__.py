@@ -8,7 +8,7 @@ One module per command group, beside the library module it faces:
 
 - ``common``: the consoles (``out`` for stdout, ``err`` for stderr), :func:`handle_errors`,
   :func:`emit_json`, :func:`progress_bar`, date parsing and the shared options;
-- ``ingest``: ``ingest``, ``quarantine``, ``status``;
+- ``ingest``: ``ingest``, ``quarantine``, ``status``, ``compact``;
 - ``check``: ``check``;
 - ``state``: ``nowcast``, ``phase``, ``fatigue``;
 - ``allocate``: ``allocate``;
@@ -75,6 +75,7 @@ def _root(
 app.command()(ingest.ingest)
 app.command()(ingest.quarantine)
 app.command()(ingest.status)
+app.command()(ingest.compact)
 app.command()(check.check)
 app.command()(state.nowcast)
 app.command()(state.phase)

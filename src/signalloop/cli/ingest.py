@@ -1,6 +1,6 @@
-"""``signalloop ingest``, ``quarantine`` and ``status``: loading exports and what the
-workspace holds (library: :mod:`signalloop.ingest`, :mod:`signalloop.summary`,
-:mod:`signalloop.shapes`).
+"""``signalloop ingest``, ``quarantine``, ``status`` and ``compact``: loading exports, what
+the workspace holds, and rewriting its file (library: :mod:`signalloop.ingest`,
+:mod:`signalloop.summary`, :mod:`signalloop.shapes`, :mod:`signalloop.compact`).
 """
 
 from __future__ import annotations
@@ -169,6 +169,28 @@ def status(db: DbOption = None, as_json: JsonOption = False) -> None:
         emit_json(summary)
     else:
         print_summary(summary)
+
+
+@handle_errors
+def compact(db: DbOption = None, as_json: JsonOption = False) -> None:
+    """Rewrite the DuckDB workspace into a fresh file: space of deleted rows back, ids stored
+    uncompressed."""
+    from signalloop.compact import compact as rewrite
+
+    with progress_bar(not as_json or sys.stderr.isatty()) as progress:
+        done = rewrite(db, progress=progress)
+    if as_json:
+        emit_json(done)
+        return
+    mb = 1024 * 1024
+    out.print(
+        f"workspace {escape(done['db'])} rewritten in {done['seconds']:.1f} s: "
+        f"{done['bytes_before'] / mb:,.1f} MB -> {done['bytes_after'] / mb:,.1f} MB, "
+        f"{len(done['tables'])} tables, {sum(done['tables'].values()):,} rows"
+    )
+    for table, cols in done["rewritten_ids"].items():
+        if cols:
+            out.print(f"  {table}: {', '.join(cols)} now stored uncompressed (faster joins)")
 
 
 def print_summary(summary: dict[str, Any]) -> None:
