@@ -119,19 +119,21 @@ def test_days_are_stored_and_reused(tmp_path: Path) -> None:
 def test_outcomes_counted_together_read_the_clicks_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Both outcomes with days to count take their clicks from one shared pass (a table that
-    is gone afterwards), and count what each counts alone; after the next day's drop, and on
-    the same day again, too."""
+    """The lead outcomes with days to count take their clicks from one shared pass over the
+    history (a table that is gone afterwards); the conversion outcome reads only the clicks
+    from its first day to count on (the stored attribution says which conversions name an
+    earlier click). Each counts what it counts alone; after the next day's drop, and on the
+    same day again, too."""
     drops = simulated_drops(tmp_path, "full", (), seed=SEED)
-    shared: list[str | None] = []
+    shared: list[list[str]] = []
     share = recent._share_clicks
 
-    def spy(*args: Any) -> str | None:
+    def spy(*args: Any) -> list[str]:
         shared.append(share(*args))
         return shared[-1]
 
     monkeypatch.setattr(recent, "_share_clicks", spy)
-    horizons = {outcome: horizon for outcome, horizon, _ in CASES}
+    horizons: dict[str, int | None] = {"conversion": None, "sql": 5, "won": 6}
     with Workspace(tmp_path / "ws.duckdb") as ws:
         for drop in drops[:2]:
             ingest_drop(ws, drop)
@@ -140,10 +142,17 @@ def test_outcomes_counted_together_read_the_clicks_once(
             got = recent_labels_all(ws, list(horizons), as_of=as_of, days=3, horizon_days=horizons)
             want = {o: _truth(ws, o, as_of, 3, h) for o, h in horizons.items()}
             assert got == want
-            assert shared[-1] is not None  # both had new days: one pass for the two
+            assert len(shared[-1]) == 1  # the two lead outcomes had new days: one pass
             assert not ws.con.execute(
-                "SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [shared[-1]]
+                "SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [shared[-1][0]]
             ).fetchone()[0]
+            # the conversion outcome's clicks: from its first day to count on (the window's
+            # 3 days and the day before, back from its 7-day label window's edge), no earlier
+            first = ws.con.execute("SELECT min(ts) FROM _unit_day_clicks_conversion").fetchone()
+            oldest = ws.con.execute("SELECT min(ts) FROM touchpoints").fetchone()
+            bound = as_of - timedelta(days=7 + 3 + 1)
+            assert first[0] is not None and first[0].date() >= bound, (first, bound)
+            assert oldest[0].date() < bound - timedelta(days=3)  # (there were earlier ones)
             if step == 0:
                 ingest_drop(ws, drops[2])
         # the same day again (its edge day is counted again, from the shared pass): the same

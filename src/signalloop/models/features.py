@@ -507,7 +507,9 @@ def _unit_day_rows(
     by the user of the click it names). Ties are worked out per conversion, so leaving other
     conversions out changes none, and a conversion's tie needs only the clicks of its user
     and those carrying its click id: those clicks (and the records' users') are read from
-    the whole history once, into a temporary table the rest works on. The ``value`` outcome
+    the whole history once, into a temporary table the rest works on (for the conversion
+    outcome, where the stored attribution says which click ids name an earlier click, only
+    the clicks from the first day on: :func:`_named_clicks_from`). The ``value`` outcome
     (a record's link may run through any earlier conversion) keeps every conversion up to
     an hour after its label window, every click, and the records of the units' users.
 
@@ -522,10 +524,10 @@ def _unit_day_rows(
     def on_days(ts: Any) -> Any:
         return (ts >= lo) & (ts < hi) & ts.date().isin(days)
 
-    def pool(users: Any, ids: Any) -> Any:
+    def pool(users: Any, ids: Any, source: Any = clicks) -> Any:
         if make_pool is not None:
-            return make_pool(clicks, users, ids)
-        rows = pool_rows(clicks, users, ids)
+            return make_pool(source, users, ids)
+        rows = pool_rows(source, users, ids)
         return ws.temp_table(f"_unit_day_clicks_{outcome}", rows)
 
     if outcome in ("conversion", "value"):
@@ -537,6 +539,14 @@ def _unit_day_rows(
         conv = conv.filter(
             (conv.ts <= late) & ((conv.ts >= lo) | conv.click_id.isin(units.click_id))
         )
+        later = _named_clicks_from(ws, conv, lo)
+        if later is not None:  # only the clicks from the first day on: a scan of those days
+            return (
+                units,
+                pool(later.user_id, later.click_id, clicks.filter(clicks.ts >= lo)),
+                later,
+                crm,
+            )
         return units, pool(conv.user_id, conv.click_id), conv, crm
     first = crm.group_by(f_rec=crm.record_id).aggregate(f_ts=crm.ts.min())
     crm = crm.filter(crm.record_id.isin(first.filter(on_days(first.f_ts)).f_rec))
@@ -549,6 +559,27 @@ def _unit_day_rows(
         & (conv.user_id.isin(users) | (conv.user_id.isnull() & conv.click_id.isin(theirs)))
     )
     return mine, mine, conv, crm
+
+
+def _named_clicks_from(ws: Workspace, conv: Any, lo: Any) -> Any:
+    """``conv`` without the conversions whose click id names a click from before ``lo``
+    (its first touchpoint with a campaign, in the stored attribution), or ``None`` where the
+    stored attribution cannot say (another backend, ids not unique).
+
+    Such a conversion ties to that earlier click by its id, so it labels no unit from ``lo``
+    on. Every other one ties to a unit from ``lo`` on through a click from ``lo`` on: by its
+    id, whose first click is then from ``lo`` on, or else to its user's last click before
+    it, which is a unit's only when no later click of the user comes between. So the clicks
+    from ``lo`` on are all their ties need, not the user's whole history: the conversion
+    outcome's units of a few days read a few days of clicks, zone maps skipping the rest.
+    """
+    from signalloop.attribution import ATTRIBUTION_TABLE, refresh_attribution
+
+    if ws.backend != "duckdb" or ws.read_only or not refresh_attribution(ws):
+        return None
+    a = ws.table(ATTRIBUTION_TABLE)
+    earlier = a.filter(a.link_click_first < lo).conversion_id
+    return conv.filter(~conv.conversion_id.isin(earlier))
 
 
 def pool_rows(clicks: Any, users: Any, ids: Any) -> Any:

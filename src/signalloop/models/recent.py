@@ -95,10 +95,11 @@ def recent_labels_all(
     """:func:`recent_labels` of each of ``outcomes`` (in order; the first that raises stops),
     each with its label window in ``horizon_days`` (default: the outcome's).
 
-    The same counts as one call per outcome. Where two or more outcomes have days to count
-    from the rows, the clicks their ties need are read from the click history in one pass
-    (a scan of every click's user and click id, about 2 s at 1,000 campaigns) instead of
-    one pass each; each outcome then takes its own clicks from that table.
+    The same counts as one call per outcome. Where two or more outcomes that read the same
+    clicks have days to count from the rows (the lead outcomes, whose records link to a
+    click of any age), the clicks their ties need are read from the click history in one
+    pass (a scan of every click's user and click id, about 2 s at 1,000 campaigns) instead
+    of one pass each; each outcome then takes its own clicks from that table.
     """
     settings = settings or Settings()
     windows = {o: (horizon_days or {}).get(o) for o in outcomes}
@@ -119,16 +120,22 @@ def recent_labels_all(
                 found = _from_rows(ws, c.outcome, as_of, days, settings, c.horizon_days)
             out[c.outcome] = found
     finally:
-        if shared is not None:
-            ws.con.execute(f"DROP TABLE IF EXISTS {shared}")
+        for name in shared:
+            ws.con.execute(f"DROP TABLE IF EXISTS {name}")
     return out
 
 
-def _share_clicks(ws: Workspace, counts: list[_Counts], days: int) -> str | None:
-    """Read the clicks that the outcomes' first days to count need in one pass, into a
-    temporary table each outcome's count then takes its own clicks from (its name; ``None``
-    when fewer than two outcomes have days to count)."""
-    asked: list[tuple[_Counts, list[date], Any, Any, Any]] = []
+def _share_clicks(ws: Workspace, counts: list[_Counts], days: int) -> list[str]:
+    """Read the clicks that the outcomes' first days to count need in one pass per source of
+    clicks, into a temporary table each outcome's count then takes its own clicks from (their
+    names: none where no two outcomes with days to count read the same clicks).
+
+    The lead outcomes (``sql``, ``won``) read every click of their users' history; the
+    ``conversion`` outcome, with the stored attribution, only the clicks from its first day
+    to count on (:func:`~signalloop.models.features._named_clicks_from`), a scan of a few
+    days that gains nothing from joining the others' pass.
+    """
+    groups: list[list[tuple[_Counts, list[date], Any, Any, Any]]] = []
     for c in counts:
         missing = c.first_missing(days)
         if not missing:
@@ -142,19 +149,27 @@ def _share_clicks(ws: Workspace, counts: list[_Counts], days: int) -> str | None
         try:
             c.label_rows(missing, note)
         except UsageError:  # raised again, in order, when counted
-            return None
-        if seen:  # (the value outcome reads every click: no pool)
-            asked.append((c, missing, *seen[0]))
-    if len(asked) < 2:
-        return None
-    clicks = asked[0][2]
-    users = ibis.union(*(u.name("v").as_table() for _, _, _, u, _ in asked))
-    ids = ibis.union(*(i.name("v").as_table() for _, _, _, _, i in asked))
-    name = "_recent_clicks_shared"
-    ws.temp_table(name, pool_rows(clicks, users.v, ids.v))
-    for c, missing, _, _, _ in asked:
-        c.shared = (missing, name)
-    return name
+            return []
+        if not seen:  # (the value outcome reads every click: no pool)
+            continue
+        entry = (c, missing, *seen[0])
+        same = next((g for g in groups if g[0][2].equals(entry[2])), None)
+        if same is None:
+            groups.append([entry])
+        else:
+            same.append(entry)
+    names: list[str] = []
+    for g in groups:
+        if len(g) < 2:
+            continue
+        name = f"_recent_clicks_shared_{len(names)}"
+        users = ibis.union(*(u.name("v").as_table() for _, _, _, u, _ in g))
+        ids = ibis.union(*(i.name("v").as_table() for _, _, _, _, i in g))
+        ws.temp_table(name, pool_rows(g[0][2], users.v, ids.v))
+        for c, missing, _, _, _ in g:
+            c.shared = (missing, name)
+        names.append(name)
+    return names
 
 
 def _from_rows(
