@@ -403,20 +403,31 @@ def _touched(ws: Workspace, conv_seen: int, tp_seen: int) -> Any:
 
 def _records_to_redo(ws: Workspace, seen: dict[str, list[int]], touched: Any) -> Any:
     """The ``record_id`` of every CRM record whose stored campaign new rows could change:
-    records with new stage rows, and records of users with a new touchpoint or a
-    re-attributed conversion (the lead that created a record, or its last touch, may have
-    moved). An ibis table of distinct ids."""
+    records with new stage rows; records begun at or after a new touchpoint of their user
+    (which may now be the last touch before the record began); and records begun at most an
+    hour before a re-attributed conversion of their user (which may be, or have moved, the
+    lead that created the record). A record begun before all of those keeps what it links
+    to. An ibis table of distinct ids."""
     crm, tp = ws.table("crm"), ws.table("touchpoints")
     conv = ws.table("conversions")
-    users = (
-        tp.filter((tp._ingest_id > seen["touchpoints"][1]) & tp.campaign_id.notnull())
-        .select(u=tp.user_id)
-        .union(conv.filter(conv.conversion_id.isin(touched)).select(u=conv.user_id))
+    new_tp = tp.filter(
+        (tp._ingest_id > seen["touchpoints"][1]) & tp.campaign_id.notnull() & tp.user_id.notnull()
     )
-    users = users.filter(users.u.notnull())
+    moved = conv.filter(conv.conversion_id.isin(touched) & conv.user_id.notnull())
+    # per user, the earliest first time of a record these rows can reach
+    reach = (
+        new_tp.select(u=new_tp.user_id, t=new_tp.ts)
+        .union(moved.select(u=moved.user_id, t=moved.ts - ibis.interval(hours=1)))
+        .group_by("u")
+        .aggregate(t=lambda r: r.t.min())
+    )
+    first = crm.group_by(f_rec=crm.record_id).aggregate(f_ts=crm.ts.min())
+    mine = crm.join(reach, crm.user_id == reach.u).select(r_rec=crm.record_id, r_t=reach.t)
+    reached = mine.join(first, mine.r_rec == first.f_rec).filter(lambda j: j.f_ts >= j.r_t)
     return (
-        crm.filter((crm._ingest_id > seen["crm"][1]) | crm.user_id.isin(users.u))
+        crm.filter(crm._ingest_id > seen["crm"][1])
         .select("record_id")
+        .union(reached.select(record_id=reached.r_rec))
         .distinct()
     )
 
