@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from signalloop.errors import UsageError, disk_full
-from signalloop.readers import quote_ident
+from signalloop.readers import quote_ident, quote_literal
 from signalloop.store import PLAIN_IDS, Workspace, duckdb_path, resolve_db_path
 
 Progress = Callable[[str, float | None], None]
@@ -95,7 +95,7 @@ def compact(db: str | Path | None = None, *, progress: Progress | None = None) -
         ]
         was = {t: _compression(con, src, t, PLAIN_IDS.get(t, ())) for t in PLAIN_IDS}
         new = "_signalloop_compacted"
-        con.execute(f"ATTACH {_literal(str(target))} AS {new}")
+        con.execute(f"ATTACH {quote_literal(str(target))} AS {new}")
         try:
             report("copying the schema", None)
             con.execute(f"COPY FROM DATABASE {quote_ident(src)} TO {new} (SCHEMA)")
@@ -159,10 +159,6 @@ def _no_room(folder: Path, need: int, free: int) -> str:
     )
 
 
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def _compression(con: Any, db: str, table: str, columns: tuple[str, ...]) -> dict[str, list[str]]:
     """Per column of ``columns``: the compressions its stored segments use (sorted; empty
     when the table holds no rows)."""
@@ -171,7 +167,7 @@ def _compression(con: Any, db: str, table: str, columns: tuple[str, ...]) -> dic
         return got
     rows = con.execute(
         f"SELECT column_name, list(DISTINCT compression ORDER BY compression) FROM "
-        f"pragma_storage_info('{db}.{table}') WHERE segment_type = 'VARCHAR' "
+        f"pragma_storage_info({quote_literal(f'{db}.{table}')}) WHERE segment_type = 'VARCHAR' "
         "AND compression <> 'Constant' GROUP BY column_name"
     ).fetchall()
     for name, comps in rows:

@@ -182,10 +182,10 @@ def compact(db: DbOption = None, as_json: JsonOption = False) -> None:
     if as_json:
         emit_json(done)
         return
-    mb = 1024 * 1024
+    mib = 1024 * 1024
     out.print(
         f"workspace {escape(done['db'])} rewritten in {done['seconds']:.1f} s: "
-        f"{done['bytes_before'] / mb:,.1f} MB -> {done['bytes_after'] / mb:,.1f} MB, "
+        f"{done['bytes_before'] / mib:,.1f} MiB -> {done['bytes_after'] / mib:,.1f} MiB, "
         f"{len(done['tables'])} tables, {sum(done['tables'].values()):,} rows"
     )
     for table, cols in done["rewritten_ids"].items():

@@ -564,7 +564,8 @@ def _unit_day_rows(
 def _named_clicks_from(ws: Workspace, conv: Any, lo: Any) -> Any:
     """``conv`` without the conversions whose click id names a click from before ``lo``
     (its first touchpoint with a campaign, in the stored attribution), or ``None`` where the
-    stored attribution cannot say (another backend, ids not unique).
+    stored attribution cannot say (:func:`~signalloop.attribution.refresh_attribution`
+    answers ``False``: another backend, ids not unique, a read-only workspace behind).
 
     Such a conversion ties to that earlier click by its id, so it labels no unit from ``lo``
     on. Every other one ties to a unit from ``lo`` on through a click from ``lo`` on: by its
@@ -575,7 +576,7 @@ def _named_clicks_from(ws: Workspace, conv: Any, lo: Any) -> Any:
     """
     from signalloop.attribution import ATTRIBUTION_TABLE, refresh_attribution
 
-    if ws.backend != "duckdb" or ws.read_only or not refresh_attribution(ws):
+    if not refresh_attribution(ws):
         return None
     a = ws.table(ATTRIBUTION_TABLE)
     earlier = a.filter(a.link_click_first < lo).conversion_id
