@@ -100,6 +100,31 @@ def test_same_seed_same_bytes_and_different_seed_differs(tmp_path: Path) -> None
     assert kinds >= {"lead", "sql", "opportunity"}
 
 
+def test_csv_text_keeps_each_column_in_its_chunks() -> None:
+    """A long simulation's string column holds more than one ``string`` array can (2 GiB:
+    100 campaigns over 365 days failed with "offset overflow"), so the text is made chunk by
+    chunk and never combined; the text is the same as the whole column's."""
+    import pyarrow as pa
+
+    from signalloop.simulate.tables import csv_text
+
+    ts = pa.array([0, 3_600, 86_400], pa.timestamp("s", tz="UTC"))
+    table = pa.table(
+        {
+            "url": pa.chunked_array([["https://a/?x=1", None], ["https://b/"]]),
+            "ts": pa.chunked_array([ts[:2], ts[2:]]),
+            "spend": pa.chunked_array([[1.25, -2.5], [None]], pa.float64()),
+        }
+    )
+    text = csv_text(table)
+    assert [text[n].num_chunks for n in text.column_names] == [2, 2, 2]
+    assert text.to_pydict() == {
+        "url": ["https://a/?x=1", None, "https://b/"],
+        "ts": ["1970-01-01T00:00:00Z", "1970-01-01T01:00:00Z", "1970-01-02T00:00:00Z"],
+        "spend": ["1.25", "-2.50", None],
+    }
+
+
 def test_written_files_follow_the_contract(tmp_path: Path) -> None:
     paths = sim.write(run(FAULTS["utm_mess"]), tmp_path)
     assert paths["truth"].name == "truth.json"

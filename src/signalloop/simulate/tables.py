@@ -303,14 +303,18 @@ def _fmt2(arr: pa.Array) -> pa.Array:
     return pc.if_else(pa.array(np.isnan(v)), pa.nulls(len(v), pa.string()), s)
 
 
-def _csv_column(col: pa.ChunkedArray) -> pa.Array:
-    """One column as the CSV text the simulator writes."""
-    arr = col.combine_chunks()
-    if pa.types.is_timestamp(arr.type):
-        return pc.strftime(arr, format="%Y-%m-%dT%H:%M:%SZ")
-    if pa.types.is_floating(arr.type):
-        return _fmt2(arr)
-    return pc.cast(arr, pa.string())
+def _csv_column(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    """One column as the CSV text the simulator writes, chunk by chunk: a string column of a
+    long simulation holds more than the 2 GiB one ``string`` array can (100 campaigns over 365
+    days: its landing URLs), so the chunks are never combined."""
+    chunks = col.chunks or [pa.array([], col.type)]
+    if pa.types.is_timestamp(col.type):
+        out = [pc.strftime(c, format="%Y-%m-%dT%H:%M:%SZ") for c in chunks]
+    elif pa.types.is_floating(col.type):
+        out = [_fmt2(c) for c in chunks]
+    else:
+        out = [pc.cast(c, pa.string()) for c in chunks]
+    return pa.chunked_array(out, pa.string())
 
 
 def csv_text(table: pa.Table) -> pa.Table:
