@@ -30,7 +30,16 @@ from typing import Any
 
 import duckdb
 from _report import log, machine, write_section
-from scale import KIND_TIME, PACKAGES, START, STEPS, RunFailed, plain_scan, run_once, simulate
+from scale import (
+    KIND_TIME,
+    PACKAGES,
+    STEPS,
+    RunFailed,
+    account_folder,
+    plain_scan,
+    run_once,
+    simulate,
+)
 
 BEGIN, END = "<!-- history:begin -->", "<!-- history:end -->"
 
@@ -64,9 +73,9 @@ def _rows(inbox: Path, kind: str) -> int:
 def measure(
     n: int, lengths: list[int], days: int, seed: int, shard: int, cache: Path, max_gib: float
 ) -> dict[str, Any]:
-    folder = cache / f"c{n}-d{days}-s{seed}"
-    simulate(n, days, seed, shard, folder)
-    last = START + timedelta(days=days - 1)
+    folder, start = account_folder(cache, n, days, seed)
+    simulate(n, days, seed, shard, folder, start)
+    last = start + timedelta(days=days - 1)
     out: list[dict[str, Any]] = []
     new: Path | None = None
     for h in lengths:
@@ -81,6 +90,11 @@ def measure(
         first = run_once(store, hist, last - timedelta(days=1), dest / "reports" / "first", max_gib)
         log(f"{n} campaigns, {h} days of history: next day as of {last}")
         nxt = run_once(store, new, last, dest / "reports" / "next", max_gib)
+        if nxt["quarantined"] or not nxt["loaded"]:  # a next day that read nothing new
+            raise RunFailed(
+                f"the next day ({new}) loaded {nxt['loaded']:,} rows and quarantined "
+                f"{nxt['quarantined']:,}: see {dest / 'reports' / 'next' / 'report.json'}"
+            )
         out.append(
             {
                 "history_days": h,

@@ -82,7 +82,33 @@ ID_COLUMNS = (
 START = date(2026, 1, 1)
 
 
-def simulate(n: int, days: int, seed: int, shard: int, folder: Path) -> dict[str, Any]:
+def start_for(days: int, today: date | None = None) -> date:
+    """The account's first day: :data:`START`, moved back by whole years until its last day
+    lies before ``today`` (default: today, UTC). Ingest quarantines rows more than a day
+    after the ingest time, so a 365-day account from 2026-01-01 run in December 2026 loaded
+    nothing on its next day.
+
+    >>> start_for(90, date(2026, 12, 6)), start_for(365, date(2026, 12, 6))
+    (datetime.date(2026, 1, 1), datetime.date(2025, 1, 1))
+    """
+    today = today or datetime.now(UTC).date()
+    start = START
+    while start + timedelta(days=days) > today:
+        start = start.replace(year=start.year - 1)
+    return start
+
+
+def account_folder(cache: Path, n: int, days: int, seed: int) -> tuple[Path, date]:
+    """The account's cache folder and first day (the folder names a first day other than
+    :data:`START`, so an account cached from another first day is not reused)."""
+    start = start_for(days)
+    name = f"c{n}-d{days}-s{seed}" + ("" if start == START else f"-{start:%Y%m%d}")
+    return cache / name, start
+
+
+def simulate(
+    n: int, days: int, seed: int, shard: int, folder: Path, start: date = START
+) -> dict[str, Any]:
     """Write the account's canonical CSVs into ``folder/all`` (once; cached)."""
     done = folder / "all" / ".done"
     if done.exists():
@@ -97,7 +123,8 @@ def simulate(n: int, days: int, seed: int, shard: int, folder: Path) -> dict[str
         k = min(shard, n - lo)
         log(f"simulating {k} campaigns (shard {i + 1} of {-(-n // shard)})")
         out = folder / f"shard{i}"
-        sim.write(sim.simulate(sim.SimulationConfig(days=days, campaigns=k, seed=seed + i)), out)
+        config = sim.SimulationConfig(days=days, campaigns=k, seed=seed + i, start=start)
+        sim.write(sim.simulate(config), out)
         parts.append(out)
     (folder / "all").mkdir(parents=True)
     con = duckdb.connect()
@@ -282,6 +309,7 @@ def run_once(
         "peak_gib": int(peak[-1]) / 1024**2 if peak else float("nan"),
         "timings": doc["timings"],
         "loaded": (doc.get("inbox") or {}).get("loaded", 0),
+        "quarantined": (doc.get("inbox") or {}).get("quarantined", 0),
         "models": [f"{m['outcome']} {m['status']}" for m in doc["models"]],
     }
 
@@ -295,9 +323,9 @@ def measure(
     max_gib: float,
     backend: str = "duckdb",
 ) -> dict[str, Any]:
-    folder = cache / f"c{n}-d{days}-s{seed}"
-    info = simulate(n, days, seed, shard, folder)
-    last = START + timedelta(days=days - 1)
+    folder, start = account_folder(cache, n, days, seed)
+    info = simulate(n, days, seed, shard, folder, start)
+    last = start + timedelta(days=days - 1)
     hist, new, new_rows = split(folder, last)
     env: dict[str, str] = {}
     reports = folder / "reports"
