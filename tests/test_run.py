@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from signalloop.models.api import default_model_dir
 from signalloop.run import inbox_kind, model_due, run, scan_inbox, signal_history
 from signalloop.store import Workspace
 
-from .conftest import write_csv
+from .conftest import simulated_workspace, write_csv
 
 runner = CliRunner()
 
@@ -250,3 +250,28 @@ def test_an_inbox_of_refused_files_only_says_so(tmp_path: Path) -> None:
     assert "holds no data yet: 1 inbox file(s) could not be ingested" in msg
     assert "spend.csv, line 1: a spend file needs column(s) 'date'" in msg
     assert "put the date in the file name" in msg
+
+
+def test_a_long_history_is_backfilled_once_within_its_weeks(tmp_path: Path) -> None:
+    """120 days of spend, more than the 12 weeks the history shows: the first run backfills
+    the 11 weeks before it; the next day adds its own point and runs no checks (it had
+    backfilled 11 more weeks back from the earliest point, every day until the first week:
+    8 s a day at 100 campaigns and a year of history)."""
+    from signalloop.checks import run_checks
+
+    ws, _, _ = simulated_workspace(tmp_path, days=120, campaigns=2, seed=4, shape="spend")
+    day = date(2026, 4, 20)
+    with ws:
+        calls: list[float] = []
+        checks = run_checks(ws, as_of=day, settings=Settings()).to_dict()
+        hist = signal_history(ws, day, Settings(), checks, lambda s, f: calls.append(f))
+        assert [h["as_of"] for h in hist] == [
+            (day - timedelta(days=7 * k)).isoformat() for k in range(11, -1, -1)
+        ]
+        assert [h["source"] for h in hist] == ["backfill"] * 11 + ["run"]
+        assert calls[-1] == 1.0
+        calls.clear()
+        nxt = day + timedelta(days=1)
+        later = signal_history(ws, nxt, Settings(), checks, lambda s, f: calls.append(f))
+    assert [h["as_of"] for h in later] == [h["as_of"] for h in hist] + [nxt.isoformat()]
+    assert calls == []

@@ -352,9 +352,13 @@ def signal_history(
 ) -> list[dict[str, Any]]:
     """The signal environment over time: this run's, every earlier run's, weekly backfill.
 
-    A run records what it saw; up to ``weeks - 1`` weekly points before the earliest point
-    recorded are computed once, as the data now knows them (``source = "backfill"``, from the
-    environment's own checks only, so without gates), and kept.
+    A run records what it saw. Weekly points back from the earliest point recorded (so the
+    backfill keeps one weekday), within the ``weeks`` weeks up to ``as_of`` and from the
+    data's first full week, are computed once, as the data now knows them (``source =
+    "backfill"``, from the environment's own checks only, so without gates), and kept. The
+    first run fills those weeks; a later run adds its own point and computes nothing more
+    (the weeks before the window stay out: each would be a run of the checks, every day,
+    until the history's first week).
     """
     from signalloop.checks import run_checks
     from signalloop.checks.engine import ENVIRONMENT_CHECKS
@@ -366,9 +370,11 @@ def signal_history(
     first_spend = ws.table("spend").date.min().to_pyarrow().as_py()
     start = min(first_spend, as_of) if first_spend else as_of
     have = {r[0] for r in ws.records.execute("SELECT as_of FROM run_history").fetchall()}
-    # weekly points back from the earliest point known, once: later runs add one point each
+    # weekly points back from the earliest point known, inside the window, once: later runs
+    # add one point each
+    window = as_of - timedelta(days=7 * (weeks - 1))
     wanted = [anchor - timedelta(days=7 * k) for k in range(1, weeks)]
-    wanted = [d for d in wanted if d >= start + timedelta(days=6) and d not in have]
+    wanted = [d for d in wanted if d >= max(start + timedelta(days=6), window) and d not in have]
     for i, day in enumerate(sorted(wanted)):
         progress("backfilling the signal history", i / len(wanted))
         past = run_checks(
