@@ -229,6 +229,31 @@ def test_click_days_older_than_settle_days_are_settled(
     assert "raise settle_days" in short.account["click"]["settled"]["warning"]
 
 
+def test_cohort_days_lists_the_last_days_and_counts_the_rest(
+    account: tuple[Workspace, Any], report: NowcastReport
+) -> None:
+    """The daily run lists only its report's days (``cohort_days``): the cohort rows of those
+    days are the full nowcast's, the campaign rows (every day, and the windows) are the
+    same, and ``account["listed"]`` counts the cohorts left out of the lists."""
+    out = nowcast(account[0], options=NowcastOptions(cohort_days=20))
+    first = (AS_OF - timedelta(days=19)).isoformat()
+    assert out.campaigns == report.campaigns
+    assert out.cohorts == [r for r in report.cohorts if r["date"] >= first]
+    crm_rows = report.crm["cohorts"]
+    assert out.crm["cohorts"] == [r for r in crm_rows if r["date"] >= first]
+    assert out.crm["campaigns"] == report.crm["campaigns"]
+    assert out.account["by_date"]["click"][0]["date"] == first
+    assert out.account["listed"] == {
+        "cohort_days": 20,
+        "from": first,
+        "cohorts_not_listed": len(report.cohorts) - len(out.cohorts),
+        "crm_cohorts_not_listed": len(crm_rows) - len(out.crm["cohorts"]),
+    }
+    assert out.account["listed"]["cohorts_not_listed"] == 4 * 40
+    assert out.account["listed"]["crm_cohorts_not_listed"] > 0
+    assert "listed" not in report.account  # every cohort listed: nothing to say
+
+
 def test_settle_days_comes_from_the_settings(account: tuple[Workspace, Any]) -> None:
     assert Settings().settle_days == 42
     assert settings_from_dict({"nowcast": {"settle_days": 0}}).settle_days is None

@@ -60,6 +60,22 @@ def test_first_run_does_every_step_and_writes_both_files(loop_run: dict[str, Any
     }
 
 
+def test_the_report_lists_the_days_its_chart_shows(loop_run: dict[str, Any]) -> None:
+    """The run's nowcast lists the last REPORT_DAYS cohort days, the conversions chart's;
+    45 days of history are all listed."""
+    from signalloop.report import CONVERSION_DAYS
+    from signalloop.run import REPORT_DAYS
+
+    assert REPORT_DAYS == CONVERSION_DAYS == 90
+    listed = loop_run["doc"]["state"]["nowcast"]["account"]["listed"]
+    assert listed == {
+        "cohort_days": 90,
+        "from": "2025-11-17",
+        "cohorts_not_listed": 0,
+        "crm_cohorts_not_listed": 0,
+    }
+
+
 def test_history_backfills_weekly_then_records_each_run(loop_run: dict[str, Any]) -> None:
     hist = loop_run["doc"]["history"]
     # 45 days: weekly points back from 2026-02-14 while a full week of data precedes them

@@ -229,7 +229,10 @@ class NowcastOptions:
         Conversion kinds of the click path; ``None`` means every kind except the CRM's
         downstream stages (``mql`` ... ``won``, ``deal``, ``lost``).
     cohort_days
-        Report only the last N cohort days (all are computed); ``None`` reports all.
+        List only the last N cohort days (``cohorts``, ``crm["cohorts"]`` and
+        ``account["by_date"]``); every day is still computed and counted in the campaign
+        rows, and ``account["listed"]`` says how many cohorts are not listed. ``None`` lists
+        all. The daily run lists :data:`signalloop.run.REPORT_DAYS`.
     windows
         Trailing windows (days) of the per-campaign CPA and ROAS.
     crm
@@ -2365,9 +2368,35 @@ def nowcast(
         timings["crm_model"] = time.perf_counter() - t1
     elif opts.crm:
         report.crm = {"unit": "days", "delay": {}, "cohorts": [], "campaigns": [], **crm_doc}
+    if opts.cohort_days:
+        report.account["listed"] = _listed(
+            [p for p, _ in parts],
+            crm if crm is not None and crm.groups else None,
+            as_of,
+            opts.cohort_days,
+        )
     timings["total"] = time.perf_counter() - t0
     report.timings = timings
     return report
+
+
+def _listed(clicks: list[_Path], crm: _Path | None, as_of: date, days: int) -> dict[str, Any]:
+    """What ``cohort_days`` leaves out of the lists: ``days``, the first listed day and the
+    cohorts before it of the click-side paths (``clicks``) and of the CRM path (their
+    campaigns' rows still count them)."""
+    first = as_of - timedelta(days=days - 1)
+
+    def before(path: _Path | None) -> int:
+        if path is None or path.cohorts.empty:
+            return 0
+        return int(np.count_nonzero(_day_numbers(path.cohorts.date) < _day_number(first)))
+
+    return {
+        "cohort_days": days,
+        "from": first.isoformat(),
+        "cohorts_not_listed": sum(before(p) for p in clicks),
+        "crm_cohorts_not_listed": before(crm),
+    }
 
 
 #: What each basis lacks and which export would add it (campaign rows' ``missing``, ``unlock``)

@@ -51,6 +51,12 @@ DEFAULT_RETRAIN_DAYS = 7
 RUN_CADENCES = (7, 14)
 #: Weekly points of signal-environment history backfilled for a workspace's first run.
 HISTORY_WEEKS = 12
+#: Cohort days the run's report lists (the nowcast's ``cohort_days``): the days its
+#: conversions chart shows. Older cohorts are counted in their campaigns' rows and left out of
+#: the lists (``account["listed"]`` says how many), so a year of history does not make every
+#: daily report, and each page of ``serve`` that reads it, four times larger; ``signalloop
+#: nowcast --json`` lists every one.
+REPORT_DAYS = 90
 #: File endings an inbox file may have.
 INBOX_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".txt", ".parquet")
 
@@ -406,6 +412,13 @@ def signal_history(
 # -- the loop -----------------------------------------------------------------------------------
 
 
+def _listing(settings: Settings) -> Any:
+    """The run's nowcast options: the settings' settled days, :data:`REPORT_DAYS` listed."""
+    from signalloop.nowcast import NowcastOptions
+
+    return NowcastOptions(settle_days=settings.settle_days, cohort_days=REPORT_DAYS)
+
+
 def steps_used(
     state: Mapping[str, Any], allocation: Mapping[str, Any] | None
 ) -> dict[str, dict[str, str]]:
@@ -559,7 +572,7 @@ def run(
         lap("checks")
         report("estimating campaign state", None)
         state = {
-            "nowcast": nowcast(ws, as_of, settings=settings).to_dict(),
+            "nowcast": nowcast(ws, as_of, settings=settings, options=_listing(settings)).to_dict(),
             "phase": phase(ws, as_of, settings=settings).to_dict(),
             "fatigue": fatigue(ws, as_of, settings=settings).to_dict(),
         }
