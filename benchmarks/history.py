@@ -2,9 +2,10 @@
 
 ``scale.py`` grows the account (campaigns), so the new day and the history grow together. This
 holds the new day fixed and grows only the history: from the same cached simulation as
-``scale.py`` (``SimulationConfig(days=90, campaigns=N, seed=3)``, full shape), each history
-length H takes days ``90-H .. 89`` as the first run's inbox (a fresh workspace, run as of
-day 89) and the very same day 90 as the next day (run as of day 90). What the next day costs
+``scale.py`` (``SimulationConfig(days=90, campaigns=N, seed=3)``, full shape; ``--days``
+another length), each history length H takes days ``90-H .. 89`` as the first run's inbox
+(a fresh workspace, run as of day 89) and the very same day 90 as the next day (run as of
+day 90). What the next day costs
 beyond a plain scan of its rows, and whether that grows with H, is the issue's target: "the
 next day's cost growing with the new day's rows (at most 2x a plain scan of them plus a fixed
 part), not with the history".
@@ -126,7 +127,7 @@ def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
 
 
 def render(result: dict[str, Any], args: argparse.Namespace) -> str:
-    runs, n, scan = result["runs"], result["campaigns"], result["scan"]
+    runs, n, scan, d = result["runs"], result["campaigns"], result["scan"], args.days
     stamp = datetime.now(UTC).strftime("%Y-%m-%d")
     a, b = fit_line([r["history_days"] for r in runs], [r["next"]["seconds"] for r in runs])
     step_lines = []
@@ -141,11 +142,13 @@ def render(result: dict[str, Any], args: argparse.Namespace) -> str:
         "## History: the next day against the length of the history behind it",
         "",
         f"Command: `.venv/bin/python benchmarks/history.py --campaigns {n} --history "
-        f"{args.history}`. Measured {stamp} on {machine(PACKAGES)}.",
+        f"{args.history}" + ("" if d == 90 else f" --days {d}") + f"`. Measured {stamp} on "
+        f"{machine(PACKAGES)}.",
         "",
-        f"One simulated account ({n:,} campaigns, 90 days, full shape, seed {args.seed}); each "
-        "history length H ingests days 90-H .. 89 into a fresh workspace (first run as of day "
-        "89), then the same day 90 (next day, as of day 90). The new day is the same "
+        f"One simulated account ({n:,} campaigns, {d} days, full shape, seed {args.seed}); "
+        f"each history length H ingests days {d}-H .. {d - 1} into a fresh workspace (first run "
+        f"as of day {d - 1}), then the same day {d} (next day, as of day {d}). The new day is "
+        "the same "
         f"{result['new_rows']:,} rows every time; a plain DuckDB scan of them (count and sum of "
         f"every numeric column) takes {scan:.3f} s.",
         "",
