@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ibis
 
@@ -41,6 +41,9 @@ from signalloop.config import Settings
 from signalloop.contract import KINDS
 from signalloop.errors import InputError, SignalloopError, UsageError
 from signalloop.store import Workspace
+
+if TYPE_CHECKING:
+    from signalloop.nowcast import NowcastOptions
 
 Progress = Callable[[str, float | None], None]
 
@@ -412,7 +415,7 @@ def signal_history(
 # -- the loop -----------------------------------------------------------------------------------
 
 
-def _listing(settings: Settings) -> Any:
+def _listing(settings: Settings) -> NowcastOptions:
     """The run's nowcast options: the settings' settled days, :data:`REPORT_DAYS` listed."""
     from signalloop.nowcast import NowcastOptions
 
