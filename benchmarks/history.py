@@ -5,10 +5,9 @@ holds the new day fixed and grows only the history: from the same cached simulat
 ``scale.py`` (``SimulationConfig(days=90, campaigns=N, seed=3)``, full shape; ``--days``
 another length), each history length H takes days ``90-H .. 89`` as the first run's inbox
 (a fresh workspace, run as of day 89) and the very same day 90 as the next day (run as of
-day 90). What the next day costs
-beyond a plain scan of its rows, and whether that grows with H, is the issue's target: "the
-next day's cost growing with the new day's rows (at most 2x a plain scan of them plus a fixed
-part), not with the history".
+day 90). What the next day costs beyond a plain scan of its rows, and whether that grows
+with H, is the issue's target: "the next day's cost growing with the new day's rows (at
+most 2x a plain scan of them plus a fixed part), not with the history".
 
 The figures: per H, the first run, the next day step by step and its peak memory, and a
 least-squares line through the next days, ``next day = a + b * H``: ``b`` is what each day of

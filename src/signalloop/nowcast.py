@@ -2011,7 +2011,7 @@ def _render(
     floor = obs_all if path.floor else None
     lo, hi, vlo, vhi = _intervals(pred, opts.level, rng, floor, point, v_point)
     v_floor = obs_v_all if path.floor else np.zeros(len(c))
-    first = as_of - timedelta(days=opts.cohort_days - 1) if opts.cohort_days else date.min
+    first = _first_listed(as_of, opts)
     # the rows from whole columns rounded at once (no Python call per cell), kept from the
     # first shown day on; the keys' new names worked out once
     keep = np.nonzero(_day_numbers(c.date) >= _day_number(first))[0]
@@ -2105,7 +2105,7 @@ def _by_date(
     ``observed_by_conversion_day``; left out with ``conversion_day`` false: the CRM path)
     and nothing to the interval's floor.
     """
-    first = as_of - timedelta(days=opts.cohort_days - 1) if opts.cohort_days else date.min
+    first = _first_listed(as_of, opts)
     sel: list[tuple[_Path, _Prediction, npt.NDArray[np.bool_], pd.DataFrame]] = []
     day_no: list[npt.NDArray[np.int64]] = []
     for path, pred in parts:
@@ -2373,18 +2373,25 @@ def nowcast(
             [p for p, _ in parts],
             crm if crm is not None and crm.groups else None,
             as_of,
-            opts.cohort_days,
+            opts,
         )
     timings["total"] = time.perf_counter() - t0
     report.timings = timings
     return report
 
 
-def _listed(clicks: list[_Path], crm: _Path | None, as_of: date, days: int) -> dict[str, Any]:
-    """What ``cohort_days`` leaves out of the lists: ``days``, the first listed day and the
+def _first_listed(as_of: date, opts: NowcastOptions) -> date:
+    """The first cohort day the lists hold (``date.min`` without ``cohort_days``)."""
+    return as_of - timedelta(days=opts.cohort_days - 1) if opts.cohort_days else date.min
+
+
+def _listed(
+    clicks: list[_Path], crm: _Path | None, as_of: date, opts: NowcastOptions
+) -> dict[str, Any]:
+    """What ``cohort_days`` leaves out of the lists: the days, the first listed day and the
     cohorts before it of the click-side paths (``clicks``) and of the CRM path (their
     campaigns' rows still count them)."""
-    first = as_of - timedelta(days=days - 1)
+    first = _first_listed(as_of, opts)
 
     def before(path: _Path | None) -> int:
         if path is None or path.cohorts.empty:
@@ -2392,7 +2399,7 @@ def _listed(clicks: list[_Path], crm: _Path | None, as_of: date, days: int) -> d
         return int(np.count_nonzero(_day_numbers(path.cohorts.date) < _day_number(first)))
 
     return {
-        "cohort_days": days,
+        "cohort_days": opts.cohort_days,
         "from": first.isoformat(),
         "cohorts_not_listed": sum(before(p) for p in clicks),
         "crm_cohorts_not_listed": before(crm),

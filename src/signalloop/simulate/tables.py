@@ -307,14 +307,11 @@ def _csv_column(col: pa.ChunkedArray) -> pa.ChunkedArray:
     """One column as the CSV text the simulator writes, chunk by chunk: a string column of a
     long simulation holds more than the 2 GiB one ``string`` array can (100 campaigns over 365
     days: its landing URLs), so the chunks are never combined."""
-    chunks = col.chunks or [pa.array([], col.type)]
     if pa.types.is_timestamp(col.type):
-        out = [pc.strftime(c, format="%Y-%m-%dT%H:%M:%SZ") for c in chunks]
-    elif pa.types.is_floating(col.type):
-        out = [_fmt2(c) for c in chunks]
-    else:
-        out = [pc.cast(c, pa.string()) for c in chunks]
-    return pa.chunked_array(out, pa.string())
+        return pc.strftime(col, format="%Y-%m-%dT%H:%M:%SZ")
+    if pa.types.is_floating(col.type):  # (_fmt2 goes through NumPy: one chunk at a time)
+        return pa.chunked_array([_fmt2(c) for c in col.chunks], pa.string())
+    return pc.cast(col, pa.string())
 
 
 def csv_text(table: pa.Table) -> pa.Table:
