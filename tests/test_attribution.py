@@ -120,35 +120,33 @@ def test_stored_record_touches_match_the_rows_at_a_cut(ws: Workspace, tmp_path: 
             assert rows[True]["r1"] == "cB"
 
 
-def test_a_held_copy_reads_as_the_stored_attribution(ws: Workspace, tmp_path: Path) -> None:
-    """Within ``holding_attribution`` every read is one temporary copy, equal to the stored
-    join; new rows make the next read hold a new copy; leaving drops it."""
-    from signalloop.attribution import holding_attribution
+def test_the_attributed_conversions_are_one_stored_table(ws: Workspace, tmp_path: Path) -> None:
+    """Read from the stored attribution alone (no join with the conversions, no copy made per
+    run), equal to attributing on the fly, and current again after an ingest."""
+    from signalloop.attribution import _columns, attribute
 
     load(ws, tmp_path)
 
-    def rows() -> list[tuple[object, ...]]:
-        t = attributed_conversions(ws).drop("attrs")
+    def rows(t: object) -> list[tuple[object, ...]]:
+        t = t.drop("attrs")  # type: ignore[attr-defined]
         return sorted(tuple(r.values()) for r in t.to_pyarrow().to_pylist())
 
-    def temps() -> set[str]:
-        got = ws.con.execute("SELECT table_name FROM duckdb_tables() WHERE temporary").fetchall()
-        return {str(r[0]) for r in got if str(r[0]).startswith("_signalloop_held_")}
+    def live() -> list[tuple[object, ...]]:
+        return rows(attribute(ws, ws.table("conversions")).select(*_columns(ws)))
 
-    plain = rows()
-    with holding_attribution(ws):
-        assert rows() == plain
-        first = temps()
-        assert len(first) == 1 and rows() == plain and temps() == first  # one copy, read again
-        write_csv(
-            tmp_path / "conv2.csv",
-            ["conversion_id", "ts", "kind", "user_id", "click_id", "campaign_id", "value"],
-            [["v7", "2026-01-04T08:00:00Z", "purchase", "u2", "", "", 3]],
-        )
-        ingest_file(ws, "conversions", tmp_path / "conv2.csv")
-        again = rows()
-        assert len(again) == len(plain) + 1
-        assert temps() and temps() != first  # the old copy let go, a new one held
-    assert temps() == set()
-    outside = rows()
-    assert again == outside
+    stored = attributed_conversions(ws)
+    sql = str(ws.ibis.compile(stored)).upper()
+    assert "JOIN" not in sql and "CONVERSION_ATTRIBUTION" in sql
+    before = rows(stored)
+    assert before == live()
+    write_csv(
+        tmp_path / "conv2.csv",
+        ["conversion_id", "ts", "kind", "user_id", "click_id", "campaign_id", "value"],
+        [["v7", "2026-01-04T08:00:00Z", "purchase", "u2", "", "", 3]],
+    )
+    ingest_file(ws, "conversions", tmp_path / "conv2.csv")
+    again = rows(attributed_conversions(ws))
+    assert len(again) == len(before) + 1
+    assert again == live()
+    temps = ws.con.execute("SELECT count(*) FROM duckdb_tables() WHERE temporary").fetchone()
+    assert temps == (0,)

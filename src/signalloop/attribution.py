@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -21,11 +19,15 @@ import ibis
 from signalloop.store import Workspace
 from signalloop.ties import first_by, last_by
 
-#: The stored attribution: one row per conversion (``conversion_id``, ``attributed_campaign_id``,
-#: ``attributed_by``), kept current by :func:`refresh_attribution`.
+#: The stored attribution: one row per conversion, its own columns and :data:`STORED`'s
+#: (``attributed_campaign_id``, ``attributed_by`` ...), kept current by
+#: :func:`refresh_attribution`. Whole rows, so that reading the attributed conversions is one
+#: scan of one table, not a join of the conversions with their attribution (that join, or a
+#: copy of it held per run, cost a run about 1 s at a year of 100 campaigns, and grew with
+#: the history).
 ATTRIBUTION_TABLE = "conversion_attribution"
 #: Bumped when the rule changes, so every stored attribution is rebuilt once.
-ATTRIBUTION_VERSION = 6
+ATTRIBUTION_VERSION = 7
 _STATE_KEY = "attribution_state"
 #: The stored columns (:func:`attribute`'s, per ``conversion_id``).
 STORED = (
@@ -58,44 +60,15 @@ def attributed_conversions(ws: Workspace) -> Any:
     the same result.
     """
     if refresh_attribution(ws):
-        memo: dict[str, Any] | None = ws.__dict__.get("_holding_attribution")
-        if memo is None:
-            return _stored_conversions(ws)
-        key = _state(ws)
-        if key not in memo:  # (the table changed since it was held: hold it again)
-            _let_go(memo)
-            memo[key] = hold_expr(ws.ibis, _stored_conversions(ws))
-        return memo[key][0]
+        return _stored_conversions(ws)
     # (narrow: the touchpoints of the conversions' click ids and users, not every one)
     live = attribute(ws, ws.table("conversions"), narrow=True)
     return _held(ws, "conversions", live) if ws.backend != "duckdb" else live
 
 
-@contextmanager
-def holding_attribution(ws: Workspace) -> Iterator[None]:
-    """Within it, :func:`attributed_conversions` reads one copy of the attributed
-    conversions held on the backend (made by the first read, again if the attribution
-    changes), not the join of the conversions with their stored attribution that each read
-    makes otherwise (1.5M conversions: 0.35 s a read, 0.06 s from the copy, 1.4 s to make
-    it). For a run, whose steps read them a few dozen times."""
-    memo: dict[str, Any] = {}
-    ws.__dict__["_holding_attribution"] = memo
-    try:
-        yield
-    finally:
-        ws.__dict__.pop("_holding_attribution", None)
-        _let_go(memo)
-
-
 def _state(ws: Workspace) -> str:
     """The stored attribution's state, as text: what a copy or a derived table is kept by."""
     return json.dumps(ws.read_meta(_STATE_KEY), sort_keys=True)
-
-
-def _let_go(memo: dict[str, Any]) -> None:
-    for _, release in memo.values():
-        release()
-    memo.clear()
 
 
 #: Record campaigns a backend workspace holds at once, one per cutoff (:func:`_held`): the run's
@@ -154,10 +127,14 @@ def hold_expr(client: Any, expr: Any) -> tuple[Any, Any]:
 
 
 def _stored_conversions(ws: Workspace) -> Any:
-    conv = ws.table("conversions")
+    """The stored attributed conversions: the conversions' columns, then :data:`STORED`'s."""
     a = ws.table(ATTRIBUTION_TABLE)
-    j = conv.left_join(a, conv.conversion_id == a.conversion_id)
-    return j.select(*[j[c] for c in conv.columns], *[a[c] for c in STORED[1:]])
+    return a.select(*_columns(ws))
+
+
+def _columns(ws: Workspace) -> list[str]:
+    """What :data:`ATTRIBUTION_TABLE` holds: the conversions' columns, then the attribution's."""
+    return [*ws.table("conversions").columns, *STORED[1:]]
 
 
 def attribute(ws: Workspace, conv: Any, *, narrow: bool = False, touchpoints: Any = None) -> Any:
@@ -325,7 +302,7 @@ def refresh_attribution(ws: Workspace) -> bool:
             elif full:
                 # (narrow: only the touchpoints of the conversions' click ids and users are
                 # grouped, not every click of the history: 32M touchpoints, 75 -> 15 s)
-                expr = attribute(ws, ws.table("conversions"), narrow=True).select(*STORED)
+                expr = attribute(ws, ws.table("conversions"), narrow=True).select(*_columns(ws))
                 con.execute(
                     f"CREATE OR REPLACE TABLE {ATTRIBUTION_TABLE} AS {ws.ibis.compile(expr)}"
                 )
@@ -357,7 +334,7 @@ def refresh_attribution(ws: Workspace) -> bool:
                 near = tp.filter(tp.click_id.isin(conv.click_id) | tp.user_id.isin(users.u))
                 cols = ("click_id", "user_id", "campaign_id", "ts", "adset_id", "creative_id")
                 near = ws.temp_table("_attribution_tp", near.select(*cols))
-                redo = attribute(ws, conv, narrow=True, touchpoints=near).select(*STORED)
+                redo = attribute(ws, conv, narrow=True, touchpoints=near).select(*_columns(ws))
                 con.execute(
                     f"DELETE FROM {ATTRIBUTION_TABLE} WHERE conversion_id IN "
                     f"({ws.ibis.compile(touched)})"

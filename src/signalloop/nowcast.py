@@ -627,6 +627,18 @@ class _Source:
             self._tables[name] = t
         return self._tables[name]
 
+    def conversions(self) -> Any:
+        """The conversions cut at the as-of date: the stored attribution's rows (the
+        conversions' columns with their attribution and link, one table to scan) while it is
+        current, else the ``conversions`` table."""
+        if "_attributed" not in self._tables:
+            if refresh_attribution(self.ws):
+                t = self.ws.table(ATTRIBUTION_TABLE)
+                self._tables["_attributed"] = t.filter(t.ts < self.cutoff)
+            else:
+                self._tables["_attributed"] = self.table("conversions")
+        return self._tables["_attributed"]
+
     def cache(self, expr: Any) -> Any:
         """``expr`` computed once into a temporary table (dropped by :meth:`release`)."""
         cached = expr.cache()
@@ -744,15 +756,14 @@ def _link_clicks(src: _Source, conv: Any) -> Any:
     (``click_id``, else the conversion).
 
     The link of every conversion is stored with the attribution
-    (:func:`~signalloop.attribution.attribute`, kept current as rows arrive); it is read for
-    the conversions whose click touchpoints all lie before the cut (all of them, in data
-    where no conversion precedes its click), and worked out from the cut rows for the rest.
+    (:func:`~signalloop.attribution.attribute`, kept current as rows arrive): when ``conv``
+    are rows of that table (:meth:`_Source.conversions`), it is read for the conversions
+    whose click touchpoints all lie before the cut (all of them, in data where no conversion
+    precedes its click), and worked out from the cut rows for the rest.
     """
     cols = ("key", "campaign_id", "click", "ts", "value", "user_id", "conversion_id", "kind")
-    if refresh_attribution(src.ws):
-        link = src.ws.table(ATTRIBUTION_TABLE)
-        j = conv.join(link, conv.conversion_id == link.conversion_id)
-        cut = src.cutoff
+    if "link_campaign_id" in conv.columns:  # rows of the stored attribution (_Source.conversions)
+        j, cut = conv, src.cutoff
         same = (j.link_click_first.isnull() | (j.link_click_first < cut)) & (
             j.link_on_campaign.isnull() | (j.link_on_campaign < cut)
         )
@@ -766,7 +777,7 @@ def _link_clicks(src: _Source, conv: Any) -> Any:
             conversion_id=j.conversion_id,
             kind=j.kind,
         )
-        other = j.filter(~same).select(*[j[c] for c in conv.columns])
+        other = j.filter(~same).select(*src.table("conversions").columns)
         return stored.select(*cols).union(_link_clicks_cut(src, other))
     return _link_clicks_cut(src, conv)
 
@@ -864,7 +875,7 @@ def _click_path(
     clicks = _fetch(
         th.group_by(campaign_id=th.campaign_id, date=th.day, eh=eh).aggregate(n_all=th.n.sum())
     )
-    conv = src.table("conversions")
+    conv = src.conversions()
     if opts.conversion_kinds is not None:
         conv = conv.filter(conv.kind.isin(list(opts.conversion_kinds)))
     else:
@@ -1196,7 +1207,7 @@ def _crm_from_conversions(
         ``used`` / ``unplaced`` / ``won_only`` and kind.
     """
     lead_kind, won_stage = settings.funnel[0], settings.funnel[-1]
-    conv = src.table("conversions")
+    conv = src.conversions()
     if opts.conversion_kinds is not None and lead_kind not in opts.conversion_kinds:
         linked = _link_clicks(src, conv.filter(conv.kind == lead_kind))
     ld = linked.filter(linked.kind == lead_kind)
@@ -2636,7 +2647,7 @@ def _stages_without_records(
     conversions is not in it. Returns campaign -> kind -> conversions (campaign by the
     contract's rule, :func:`_link_clicks`), for the campaigns outside ``covered``.
     """
-    conv = src.table("conversions")
+    conv = src.conversions()
     st = _link_clicks(src, conv.filter(conv.kind.isin(list(_downstream_kinds(settings)))))
     st = st.filter(st.campaign_id.notnull())
     if covered:

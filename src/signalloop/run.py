@@ -512,7 +512,6 @@ def run(
         The workspace holds no data, or the inbox is not a folder.
     """
     from signalloop.allocate.policy import allocate
-    from signalloop.attribution import holding_attribution
     from signalloop.checks import run_checks
     from signalloop.diagnose import diagnose
     from signalloop.fatigue import fatigue
@@ -533,160 +532,156 @@ def run(
         timings[name] = round(now - clock, 2)
         clock = now
 
-    # every step reads the attributed conversions: one copy of them is held for the run
-    with holding_attribution(ws):
-        pulled = None
-        if settings.run.pull:
-            from signalloop.connect.pull import pull_connected
+    pulled = None
+    if settings.run.pull:
+        from signalloop.connect.pull import pull_connected
 
-            report("pulling spend from the connected accounts", None)
-            pulled = pull_connected(ws, settings, today=pull_today, progress=report)
-            report("pulling spend from the connected accounts", 1.0)
-            lap("pull")
-        folder = inbox if inbox is not None else settings.run.inbox
-        ingested = ingest_inbox(ws, Path(folder), settings, report) if folder else None
-        lap("ingest")
-        as_of = as_of or default_as_of(ws)
-        if as_of is None:
-            refused = (ingested or {}).get("errors", [])
-            raise UsageError(
-                f"workspace {ws.path} holds no data yet: "
-                + (
-                    f"{len(refused)} inbox file(s) could not be ingested (first: "
-                    f"{refused[0]['message']})"
-                    if refused
-                    else "ingest something first or set [run] inbox"
-                )
+        report("pulling spend from the connected accounts", None)
+        pulled = pull_connected(ws, settings, today=pull_today, progress=report)
+        report("pulling spend from the connected accounts", 1.0)
+        lap("pull")
+    folder = inbox if inbox is not None else settings.run.inbox
+    ingested = ingest_inbox(ws, Path(folder), settings, report) if folder else None
+    lap("ingest")
+    as_of = as_of or default_as_of(ws)
+    if as_of is None:
+        refused = (ingested or {}).get("errors", [])
+        raise UsageError(
+            f"workspace {ws.path} holds no data yet: "
+            + (
+                f"{len(refused)} inbox file(s) could not be ingested (first: "
+                f"{refused[0]['message']})"
+                if refused
+                else "ingest something first or set [run] inbox"
             )
-        # the stored aggregates every step reads, brought up to date with what was ingested:
-        # only the days new rows fall on, and only the conversions and records they touch
-        from signalloop import rollups
-        from signalloop.attribution import refresh_attribution
-
-        report("updating the aggregates", None)
-        if not ws.read_only:
-            rollups.refresh_all(ws)
-            refresh_attribution(ws)
-        report("updating the aggregates", 1.0)
-        lap("aggregates")
-        report("checking the signals", None)
-        checks = run_checks(ws, as_of=as_of, settings=settings).to_dict()
-        report("checking the signals", 1.0)
-        lap("checks")
-        report("estimating campaign state", None)
-        state = {
-            "nowcast": nowcast(ws, as_of, settings=settings, options=_listing(settings)).to_dict(),
-            "phase": phase(ws, as_of, settings=settings).to_dict(),
-            "fatigue": fatigue(ws, as_of, settings=settings).to_dict(),
-        }
-        report("estimating campaign state", 1.0)
-        lap("state")
-        outcomes = settings.run.outcomes or default_outcomes(ws)
-        models = refresh_models(ws, as_of, settings, outcomes, report)
-        lap("models")
-        report("allocating tomorrow's budget", None)
-        daily = budget or settings.run.budget or recent_budget(ws, as_of)
-        allocation = (
-            allocate(
-                ws,
-                daily,
-                objective=settings.run.objective,
-                as_of=as_of,
-                settings=settings,
-                policy=settings.run.policy,
-                checks=checks,
-                phase_doc=state["phase"],
-                nowcast_doc=state["nowcast"],
-            )
-            if daily > 0
-            else None
         )
-        report("allocating tomorrow's budget", 1.0)
-        lap("allocate")
-        shape = learnable(ws, as_of, used=steps_used(state, allocation))
-        lap("learnable")
-        report("diagnosing", None)
-        from signalloop.models.depth import feedback_depth
+    # the stored aggregates every step reads, brought up to date with what was ingested:
+    # only the days new rows fall on, and only the conversions and records they touch
+    from signalloop import rollups
+    from signalloop.attribution import refresh_attribution
 
-        # read once for both: diagnose's feedback-loop rule and the lens's context fit
-        depth = feedback_depth(ws, as_of=as_of, settings=settings, checks=checks)
-        diagnosis = diagnose(
+    report("updating the aggregates", None)
+    if not ws.read_only:
+        rollups.refresh_all(ws)
+        refresh_attribution(ws)
+    report("updating the aggregates", 1.0)
+    lap("aggregates")
+    report("checking the signals", None)
+    checks = run_checks(ws, as_of=as_of, settings=settings).to_dict()
+    report("checking the signals", 1.0)
+    lap("checks")
+    report("estimating campaign state", None)
+    state = {
+        "nowcast": nowcast(ws, as_of, settings=settings, options=_listing(settings)).to_dict(),
+        "phase": phase(ws, as_of, settings=settings).to_dict(),
+        "fatigue": fatigue(ws, as_of, settings=settings).to_dict(),
+    }
+    report("estimating campaign state", 1.0)
+    lap("state")
+    outcomes = settings.run.outcomes or default_outcomes(ws)
+    models = refresh_models(ws, as_of, settings, outcomes, report)
+    lap("models")
+    report("allocating tomorrow's budget", None)
+    daily = budget or settings.run.budget or recent_budget(ws, as_of)
+    allocation = (
+        allocate(
             ws,
-            as_of,
+            daily,
+            objective=settings.run.objective,
+            as_of=as_of,
             settings=settings,
+            policy=settings.run.policy,
             checks=checks,
-            state={**state, "depth": depth},
-            models=model_evidence(ws, models),
+            phase_doc=state["phase"],
+            nowcast_doc=state["nowcast"],
         )
-        model_dirs = {m["outcome"]: m["model_dir"] for m in models if m["status"] != "skipped"}
-        verdict = lens(
+        if daily > 0
+        else None
+    )
+    report("allocating tomorrow's budget", 1.0)
+    lap("allocate")
+    shape = learnable(ws, as_of, used=steps_used(state, allocation))
+    lap("learnable")
+    report("diagnosing", None)
+    from signalloop.models.depth import feedback_depth
+
+    # read once for both: diagnose's feedback-loop rule and the lens's context fit
+    depth = feedback_depth(ws, as_of=as_of, settings=settings, checks=checks)
+    diagnosis = diagnose(
+        ws,
+        as_of,
+        settings=settings,
+        checks=checks,
+        state={**state, "depth": depth},
+        models=model_evidence(ws, models),
+    )
+    model_dirs = {m["outcome"]: m["model_dir"] for m in models if m["status"] != "skipped"}
+    verdict = lens(
+        ws,
+        as_of,
+        settings=settings,
+        checks=checks,
+        nowcast=state["nowcast"],
+        phase=state["phase"],
+        model_dirs=model_dirs,
+        learnable=shape,
+        depth=depth,
+    )
+    report("diagnosing", 1.0)
+    lap("diagnose_lens")
+    history = signal_history(ws, as_of, settings, checks, report)
+    lap("history")
+    out = Path(out_dir if out_dir is not None else settings.run.out)
+    pushed = None
+    if settings.push.configured:
+        from signalloop.push.send import run_pushes
+
+        report("pushing validated outcomes", None)
+        held = {c["campaign_id"]: c["reasons"] for c in checks["campaigns"] if c["gate"] == "hold"}
+        pushed = run_pushes(
             ws,
-            as_of,
+            as_of=as_of,
             settings=settings,
-            checks=checks,
-            nowcast=state["nowcast"],
-            phase=state["phase"],
-            model_dirs=model_dirs,
-            learnable=shape,
-            depth=depth,
+            held=held,
+            out=settings.push.out or out / "push",
+            now=push_now,
+            progress=report,
         )
-        report("diagnosing", 1.0)
-        lap("diagnose_lens")
-        history = signal_history(ws, as_of, settings, checks, report)
-        lap("history")
-        out = Path(out_dir if out_dir is not None else settings.run.out)
-        pushed = None
-        if settings.push.configured:
-            from signalloop.push.send import run_pushes
+        report("pushing validated outcomes", 1.0)
+        lap("push")
+    applied = None
+    if settings.run.apply:
+        from signalloop.connect.apply import apply_in_run
 
-            report("pushing validated outcomes", None)
-            held = {
-                c["campaign_id"]: c["reasons"] for c in checks["campaigns"] if c["gate"] == "hold"
-            }
-            pushed = run_pushes(
-                ws,
-                as_of=as_of,
-                settings=settings,
-                held=held,
-                out=settings.push.out or out / "push",
-                now=push_now,
-                progress=report,
-            )
-            report("pushing validated outcomes", 1.0)
-            lap("push")
-        applied = None
-        if settings.run.apply:
-            from signalloop.connect.apply import apply_in_run
-
-            report("applying the allocation", None)
-            mine = {"run_id": run_id, "as_of": as_of.isoformat(), "allocation": allocation}
-            applied = apply_in_run(
-                ws, {**mine, "checks": checks, "state": state}, settings, report, now=push_now
-            )
-            report("applying the allocation", 1.0)
-            lap("apply")
-        doc: dict[str, Any] = {
-            "signalloop_version": __version__,
-            "run_id": run_id,
-            "as_of": as_of.isoformat(),
-            "workspace": str(ws.path),
-            "config": settings.path,
-            "pull": pulled,
-            "inbox": ingested,
-            "learnable": shape,
-            "checks": checks,
-            "state": state,
-            "models": models,
-            "allocation": allocation,
-            "diagnosis": diagnosis,
-            "lens": verdict,
-            "history": history,
-            "push": pushed,
-            "apply": applied,
-            "timings": timings,
-        }
-        report("writing the report", None)
-        doc["report"] = write_report(ws, doc, out)
-        report("writing the report", 1.0)
-        lap("report")
-        return doc
+        report("applying the allocation", None)
+        mine = {"run_id": run_id, "as_of": as_of.isoformat(), "allocation": allocation}
+        applied = apply_in_run(
+            ws, {**mine, "checks": checks, "state": state}, settings, report, now=push_now
+        )
+        report("applying the allocation", 1.0)
+        lap("apply")
+    doc: dict[str, Any] = {
+        "signalloop_version": __version__,
+        "run_id": run_id,
+        "as_of": as_of.isoformat(),
+        "workspace": str(ws.path),
+        "config": settings.path,
+        "pull": pulled,
+        "inbox": ingested,
+        "learnable": shape,
+        "checks": checks,
+        "state": state,
+        "models": models,
+        "allocation": allocation,
+        "diagnosis": diagnosis,
+        "lens": verdict,
+        "history": history,
+        "push": pushed,
+        "apply": applied,
+        "timings": timings,
+    }
+    report("writing the report", None)
+    doc["report"] = write_report(ws, doc, out)
+    report("writing the report", 1.0)
+    lap("report")
+    return doc
