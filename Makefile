@@ -106,7 +106,7 @@ bench-scale: $(STAMP)
 	$(BIN)/python benchmarks/scale.py --campaigns 10,100
 
 bench-history: $(STAMP)
-	$(BIN)/python benchmarks/history.py --campaigns 100 --history 45,67,89
+	$(BIN)/python benchmarks/history.py --campaigns 100 --history 45,67,89 --repeat 3
 
 bench-models-scale: $(STAMP)
 	$(BIN)/python benchmarks/models_scale.py

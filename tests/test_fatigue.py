@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 import numpy as np
 import pytest
@@ -43,13 +43,19 @@ def test_no_decay_means_fresh_not_fatigued() -> None:
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, object]:
+def fat_ws(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, object]:
     starve = sim.Fault("creative_starvation", "c01", 20, 59)
     res = sim.simulate(sim.SimulationConfig(days=60, campaigns=4, seed=4, faults=(starve,)))
     paths = sim.write(res, tmp_path_factory.mktemp("fat"))
     ws = Workspace(":memory:")
     for k in KINDS:
         ingest_file(ws, k, paths[k], now=datetime(2030, 1, 1))
+    return ws, res
+
+
+@pytest.fixture(scope="module")
+def report(fat_ws: tuple[Workspace, object]) -> tuple[object, object]:
+    ws, res = fat_ws
     return fatigue(ws), res
 
 
@@ -96,3 +102,32 @@ def test_many_series_fitted_together_are_each_fitted_alone() -> None:
         b1, c1 = fit_decay(*s)
         assert np.allclose(beta[i], b1, rtol=1e-9, atol=1e-12)
         assert np.allclose(cov[i], c1, rtol=1e-9, atol=1e-15)
+
+
+def test_a_listing_window_lists_the_recent_creatives_as_every_one_is_listed(
+    fat_ws: tuple[Workspace, object],
+) -> None:
+    """``list_days`` lists the creatives that delivered in those days, each exactly as the
+    full listing has it; every campaign's verdict still counts every creative; the rest is
+    counted."""
+    ws, _ = fat_ws
+    full = fatigue(ws).to_dict()
+    assert full["listed"] == {"days": None, "from": None, "creatives_not_listed": 0}
+    as_of = date.fromisoformat(full["as_of"])
+
+    def last(c: dict[str, object]) -> date:
+        return date.fromisoformat(str(c["launched"])) + timedelta(days=int(str(c["days"])) - 1)
+
+    for days in (7, 21):
+        part = fatigue(ws, list_days=days).to_dict()
+        edge = as_of - timedelta(days=days - 1)
+        recent = [c for c in full["creatives"] if last(c) >= edge]
+        assert 0 < len(recent) < len(full["creatives"])
+        assert part["creatives"] == recent
+        assert all(c in recent for c in full["creatives"] if c["live"])
+        assert part["campaigns"] == full["campaigns"]
+        assert part["listed"] == {
+            "days": days,
+            "from": edge.isoformat(),
+            "creatives_not_listed": len(full["creatives"]) - len(recent),
+        }

@@ -183,12 +183,16 @@ class FatigueReport:
     as_of: date
     creatives: list[CreativeFatigue]
     campaigns: list[dict[str, Any]] = field(default_factory=list)
+    #: what ``creatives`` lists: ``days`` (``None``: every creative), ``from`` (the first
+    #: day of delivery that lists a creative), ``creatives_not_listed``
+    listed: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "as_of": self.as_of.isoformat(),
             "creatives": [c.to_dict() for c in self.creatives],
             "campaigns": self.campaigns,
+            "listed": self.listed,
         }
 
     def to_json(self) -> str:
@@ -201,8 +205,18 @@ def fatigue(
     *,
     settings: Settings | None = None,
     starvation_days: int = 21,
+    list_days: int | None = None,
 ) -> FatigueReport:
-    """Fit every creative's decay up to ``as_of`` and judge each campaign's creative supply."""
+    """Fit every creative's decay up to ``as_of`` and judge each campaign's creative supply.
+
+    ``list_days``: list only the creatives that delivered in the last ``list_days`` days
+    (every live one among them); ``None`` lists every creative of the history. Every
+    creative is still fitted and counts in its campaign's starvation verdict (its launch and
+    start CTR), and ``listed`` says how many were left out. A creative that stopped
+    delivering long ago is what a year of history is mostly made of: describing each of them
+    again every day grew the daily run with the history (the run lists
+    :data:`signalloop.run.REPORT_DAYS`).
+    """
     settings = settings or Settings()
     as_of = as_of or default_as_of(ws)
     if as_of is None:
@@ -225,10 +239,33 @@ def fatigue(
     )
     s = _Series.of(daily, as_of)
     beta, cov = fit_decays(s.clicks, s.imp, s.age, s.exposure, s.group, s.n)
-    conv_rel = _conversion_decays(s, _conversions_by_creative(ctx))
-    creatives = [_one(s, g, beta[g], cov[g], conv_rel.get(g), as_of) for g in range(s.n)]
-    campaigns = _starvation(creatives, as_of, starvation_days)
-    return FatigueReport(as_of, creatives, campaigns)
+    shown = np.arange(s.n)
+    edge = None
+    if list_days is not None:
+        edge = as_of - timedelta(days=max(int(list_days), 2) - 1)  # (every live one)
+        last = s.day[s.bounds[1:] - 1] if s.n else s.day[:0]
+        shown = np.flatnonzero(last >= np.datetime64(edge, "D"))
+    conv_rel = _conversion_decays(s, _conversions_by_creative(ctx), shown)
+    creatives = [_one(s, g, beta[g], cov[g], conv_rel.get(g), as_of) for g in shown.tolist()]
+    campaigns = _starvation(creatives, _supply(s, beta), as_of, starvation_days)
+    listed = {
+        "days": list_days,
+        "from": edge.isoformat() if edge else None,
+        "creatives_not_listed": int(s.n - len(shown)),
+    }
+    return FatigueReport(as_of, creatives, campaigns, listed)
+
+
+def _supply(s: _Series, beta: np.ndarray) -> dict[str, tuple[date, float]]:
+    """Per campaign, over every creative it has had: the newest launch and the best start
+    CTR (what :func:`_starvation` compares with, listed or not)."""
+    out: dict[str, tuple[date, float]] = {}
+    for g in range(s.n):
+        first = int(s.bounds[g])
+        cid, launched, start = s.campaign_id[first], _date(s.day[first]), math.exp(beta[g, 0])
+        newest, best = out.get(cid, (launched, start))
+        out[cid] = (max(newest, launched), max(best, start))
+    return out
 
 
 @dataclass
@@ -385,14 +422,16 @@ def _date(d: np.datetime64) -> date:
 _EPOCH = date(1970, 1, 1).toordinal()
 
 
-def _conversion_decays(s: _Series, conv: pd.DataFrame) -> dict[int, float]:
-    """Per series with 200 clicks and 20 conversions of its creative: the conversion rate per
-    click now relative to its start (log-linear in age), fitted for all of them at once."""
+def _conversion_decays(s: _Series, conv: pd.DataFrame, among: np.ndarray) -> dict[int, float]:
+    """Per series of ``among`` with 200 clicks and 20 conversions of its creative: the
+    conversion rate per click now relative to its start (log-linear in age), fitted for all
+    of them at once (each alone, as :func:`fit_decays` fits: the same whichever others)."""
     tot_clicks = np.bincount(s.group, s.clicks, minlength=s.n)
     by_creative = conv.groupby("creative").n.sum()
     first = [s.creative_id[int(b)] for b in s.bounds[:-1]]
     tot_conv = by_creative.reindex(pd.Index(first, dtype=object)).fillna(0.0).to_numpy()
-    chosen = np.flatnonzero((tot_clicks >= 200) & (tot_conv >= 20))
+    enough = (tot_clicks >= 200) & (tot_conv >= 20)
+    chosen = np.asarray(among, np.int64)[enough[among]] if len(among) else among
     if not len(chosen):
         return {}
     rows = np.concatenate([np.arange(s.bounds[g], s.bounds[g + 1]) for g in chosen])
@@ -409,21 +448,26 @@ def _conversion_decays(s: _Series, conv: pd.DataFrame) -> dict[int, float]:
 
 
 def _starvation(
-    creatives: list[CreativeFatigue], as_of: date, starvation_days: int
+    creatives: list[CreativeFatigue],
+    supply: dict[str, tuple[date, float]],
+    as_of: date,
+    starvation_days: int,
 ) -> list[dict[str, Any]]:
+    """Each campaign's verdict: from its listed ``creatives`` (every live one is listed) and
+    its ``supply`` over all of them (:func:`_supply`)."""
     out = []
     by: dict[str, list[CreativeFatigue]] = {}
     for c in creatives:
         by.setdefault(c.campaign_id, []).append(c)
-    for cid, crs in sorted(by.items()):
-        newest = max(c.launched for c in crs)
+    for cid in sorted(supply):
+        crs = by.get(cid, [])
+        newest, best_start = supply[cid]
         live = [c for c in crs if c.live and c.spend_7d > 0]
         total = sum(c.spend_7d for c in live)
         fatigued = sum(c.spend_7d for c in live if c.status == "fatigued")
         share = fatigued / total if total else 0.0
         since = (as_of - newest).days
         top = max(live, key=lambda c: c.spend_7d) if live else None
-        best_start = max((c.ctr_start for c in crs), default=0.0)
         starving = since >= starvation_days and share >= 0.5
         out.append(
             {

@@ -574,7 +574,7 @@ def run(
     state = {
         "nowcast": nowcast(ws, as_of, settings=settings, options=_listing(settings)).to_dict(),
         "phase": phase(ws, as_of, settings=settings).to_dict(),
-        "fatigue": fatigue(ws, as_of, settings=settings).to_dict(),
+        "fatigue": fatigue(ws, as_of, settings=settings, list_days=REPORT_DAYS).to_dict(),
     }
     report("estimating campaign state", 1.0)
     lap("state")

@@ -605,29 +605,37 @@ def creative_freshness(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Findin
     sp = spend.filter(spend.creative_id.notnull())
     # weeks counted back from the as-of day: week 0 is the last 7 days
     week = (ibis.literal(ctx.as_of, type="date") - sp.date).cast("int32") // 7
-    weekly = (
+    weeks = (
         sp.mutate(week=week)
         .group_by(["campaign_id", "creative_id", "week"])
-        .aggregate(
-            impressions=_.impressions.sum(),
-            clicks=_.clicks.sum(),
-            spend=_.spend.sum(),
-            first=_.date.min(),
-        )
+        .aggregate(impressions=_.impressions.sum(), clicks=_.clicks.sum(), spend=_.spend.sum())
+    )
+    # every week of the creatives with spend in the last 7 days (the only ones judged), not
+    # of every creative the history has had; the newest launch counts them all
+    live = weeks.filter((weeks.week == 0) & (weeks.spend != 0))
+    weekly = (
+        weeks.semi_join(live, ["campaign_id", "creative_id"])
         .order_by(["campaign_id", "creative_id", "week"])
         .to_pyarrow()
         .to_pylist()
     )
+    first = sp.group_by(["campaign_id", "creative_id"]).aggregate(first=_.date.min())
+    newest_of = {
+        r["campaign_id"]: r["newest"]
+        for r in first.group_by("campaign_id")
+        .aggregate(newest=first["first"].max())
+        .to_pyarrow()
+        .to_pylist()
+    }
     by: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for r in weekly:
         by.setdefault(r["campaign_id"], {}).setdefault(r["creative_id"], []).append(r)
     findings: list[Finding] = []
     for cid in ctx.campaigns:
-        crs = by.get(cid, {})
-        if not crs:
+        newest = newest_of.get(cid)
+        if newest is None:
             continue
-        launched = {cr: min(r["first"] for r in rows) for cr, rows in crs.items()}
-        newest = max(launched.values())
+        crs = by.get(cid, {})
         since = (ctx.as_of - newest).days
         total7 = fatigued7 = 0.0
         fatigued = []
