@@ -246,11 +246,16 @@ def render(result: dict[str, Any], args: argparse.Namespace) -> str:
         "| the rest (start-up, report) | " + " | ".join(f"{x:.1f} s" for x in rest) + " |",
         "| models | " + " | ".join(", ".join(r["next"]["models"]) for r in runs) + " |",
         "",
-        f"Least squares through the next days: **{a:.1f} s {'-' if b < 0 else '+'} "
-        f"{abs(b):.3f} s per day of history** "
-        f"(2x the plain scan is {2 * scan:.2f} s). Over the {runs[-1]['history_days']} days "
-        f"measured, history adds {b * runs[-1]['history_days']:.1f} s of the "
-        f"{runs[-1]['next']['seconds']:.1f} s.",
+        (
+            f"Least squares through the next days: **{a:.1f} s {'-' if b < 0 else '+'} "
+            f"{abs(b):.3f} s per day of history** "
+            f"(2x the plain scan is {2 * scan:.2f} s). Over the {runs[-1]['history_days']} days "
+            f"measured, history adds {b * runs[-1]['history_days']:.1f} s of the "
+            f"{runs[-1]['next']['seconds']:.1f} s."
+            if len(runs) > 1
+            else f"One history length gives no slope: pass two or more to `--history` for what "
+            f"each day of history adds (2x the plain scan is {2 * scan:.2f} s)."
+        ),
         "",
         END,
     ]
