@@ -242,9 +242,9 @@ def fatigue(
     shown = np.arange(s.n)
     edge = None
     if list_days is not None:
-        edge = as_of - timedelta(days=max(int(list_days), 2) - 1)  # (every live one)
-        last = s.day[s.bounds[1:] - 1] if s.n else s.day[:0]
-        shown = np.flatnonzero(last >= np.datetime64(edge, "D"))
+        list_days = max(int(list_days), 2)  # (every live one: delivered in the last 2 days)
+        edge = as_of - timedelta(days=list_days - 1)
+        shown = np.flatnonzero(s.day[s.bounds[1:] - 1] >= np.datetime64(edge, "D"))
     conv_rel = _conversion_decays(s, _conversions_by_creative(ctx), shown)
     creatives = [_one(s, g, beta[g], cov[g], conv_rel.get(g), as_of) for g in shown.tolist()]
     campaigns = _starvation(creatives, _supply(s, beta), as_of, starvation_days)
@@ -431,7 +431,7 @@ def _conversion_decays(s: _Series, conv: pd.DataFrame, among: np.ndarray) -> dic
     first = [s.creative_id[int(b)] for b in s.bounds[:-1]]
     tot_conv = by_creative.reindex(pd.Index(first, dtype=object)).fillna(0.0).to_numpy()
     enough = (tot_clicks >= 200) & (tot_conv >= 20)
-    chosen = np.asarray(among, np.int64)[enough[among]] if len(among) else among
+    chosen = among[enough[among]]
     if not len(chosen):
         return {}
     rows = np.concatenate([np.arange(s.bounds[g], s.bounds[g + 1]) for g in chosen])
