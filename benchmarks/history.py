@@ -16,6 +16,13 @@ history adds to every next day, ``a`` the part that does not depend on history a
 ``--repeat N`` runs each next day N times from a copy of the same first run's workspace and
 reports the median (this host's speed swings by about 10% from hour to hour).
 
+``--retrain-day`` also runs, from the same first run's workspace with its models made a
+retraining cadence (:data:`signalloop.run.DEFAULT_RETRAIN_DAYS`) older, the next day on which
+they are due: once as the run does it by default (``[run] retrain = "inline"``: refitted and
+backtested inside the run), once with ``retrain = "separate"`` (the run only lists them as due)
+followed by ``signalloop model refresh`` in a process of its own, the job that then refits
+them.
+
 Run: ``.venv/bin/python benchmarks/history.py --campaigns 1000 --history 45,67,89``
 (``make bench-history`` runs 100 campaigns); the accounts are cached as ``scale.py`` caches
 them, in ``--cache`` (default ``/tmp/signalloop-scale``).
@@ -25,8 +32,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import subprocess
 import sys
+import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -34,6 +44,8 @@ from typing import Any
 import duckdb
 from _report import log, machine, write_section
 from scale import (
+    _LAUNCH,
+    _MAXRSS,
     KIND_TIME,
     PACKAGES,
     STEPS,
@@ -101,22 +113,97 @@ def _restore(saved: Path, store: Path) -> None:
 
 
 def next_days(
-    store: Path, new: Path, as_of: date, out: Path, max_gib: float, repeat: int
+    store: Path,
+    new: Path,
+    as_of: date,
+    out: Path,
+    max_gib: float,
+    repeat: int,
+    retrain_day: bool = False,
 ) -> dict[str, Any]:
     """The next day run ``repeat`` times, each from the same first run's workspace (copied
     aside first): the run of median time, with every run's ``seconds_all``. This host's speed
-    swings by about 10% from one hour to the next, more than what a day of history adds."""
+    swings by about 10% from one hour to the next, more than what a day of history adds.
+    ``retrain_day``: also :func:`retraining_day` from that workspace (under ``retrain``)."""
     saved = store.parent / "before-next-day"
-    if repeat > 1:
+    if repeat > 1 or retrain_day:
         _copy(_workspace_files(store), saved)
     runs = []
     for i in range(repeat):
         if i:
             _restore(saved, store)
         runs.append(run_once(store, new, as_of, out, max_gib))
-    shutil.rmtree(saved, ignore_errors=True)
     median = sorted(runs, key=lambda r: r["seconds"])[(len(runs) - 1) // 2]
-    return {**median, "seconds_all": [round(r["seconds"], 2) for r in runs]}
+    doc = {**median, "seconds_all": [round(r["seconds"], 2) for r in runs]}
+    if retrain_day:
+        doc["retrain"] = retraining_day(saved, store, new, as_of, out.parent, max_gib)
+    shutil.rmtree(saved, ignore_errors=True)
+    return doc
+
+
+def _age_models(store: Path, days: int) -> None:
+    """Make the models saved beside ``store`` look trained ``days`` earlier (due now)."""
+    for card in store.with_suffix(".models").glob("*/card.json"):
+        doc = json.loads(card.read_text())
+        trained = date.fromisoformat(doc["data"]["as_of"])
+        doc["data"]["as_of"] = (trained - timedelta(days=days)).isoformat()
+        card.write_text(json.dumps(doc, indent=2))
+
+
+def refresh_once(store: Path, as_of: date, out: Path) -> dict[str, Any]:
+    """``signalloop model refresh`` in its own process: wall seconds, peak RSS, its entries."""
+    cmd = [
+        str(Path(sys.executable).parent / "signalloop"),
+        "model",
+        "refresh",
+        "--db",
+        str(store),
+        "--as-of",
+        as_of.isoformat(),
+        "--json",
+    ]
+    out.mkdir(parents=True, exist_ok=True)
+    os.sync()
+    t0 = time.perf_counter()
+    env = dict(os.environ, SIGNALLOOP_PROGRESS="plain")
+    with (out / "stderr.log").open("wb") as sink, (out / "refresh.json").open("wb") as doc:
+        code = subprocess.call(
+            [sys.executable, "-c", _LAUNCH, *cmd], stdout=doc, stderr=sink, env=env
+        )
+    seconds = time.perf_counter() - t0
+    err = (out / "stderr.log").read_text(errors="replace")
+    if code != 0:
+        raise RunFailed(f"{' '.join(cmd)} exited {code}:\n{err[-3000:]}")
+    peak = _MAXRSS.findall(err)
+    models = json.loads((out / "refresh.json").read_text())["models"]
+    return {
+        "seconds": seconds,
+        "peak_gib": int(peak[-1]) / 1024**2 if peak else float("nan"),
+        "models": [f"{m['outcome']} {m['status']}" for m in models],
+    }
+
+
+def retraining_day(
+    saved: Path, store: Path, new: Path, as_of: date, out: Path, max_gib: float
+) -> dict[str, Any]:
+    """The next day with the models due, from the first run's workspace in ``saved``:
+    refitted inside the run (``inline``), and left to ``signalloop model refresh``
+    (``separate``: the run, then the refresh in its own process)."""
+    from signalloop.run import DEFAULT_RETRAIN_DAYS
+
+    doc: dict[str, Any] = {}
+    for mode in ("inline", "separate"):
+        _restore(saved, store)
+        _age_models(store, DEFAULT_RETRAIN_DAYS)
+        config = out / f"retrain-{mode}.toml"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(f'[run]\nretrain = "{mode}"\n')
+        env = {"SIGNALLOOP_CONFIG": str(config)}
+        log(f"retraining day ({mode}) as of {as_of}")
+        doc[mode] = run_once(store, new, as_of, out / f"retrain-{mode}", max_gib, env_extra=env)
+    log(f"signalloop model refresh as of {as_of}")
+    doc["refresh"] = refresh_once(store, as_of, out / "retrain-refresh")
+    return doc
 
 
 def measure(
@@ -128,6 +215,7 @@ def measure(
     cache: Path,
     max_gib: float,
     repeat: int = 1,
+    retrain_day: bool = False,
 ) -> dict[str, Any]:
     folder, start = account_folder(cache, n, days, seed)
     simulate(n, days, seed, shard, folder, start)
@@ -145,7 +233,7 @@ def measure(
         log(f"{n} campaigns, {h} days of history: first run as of {last - timedelta(days=1)}")
         first = run_once(store, hist, last - timedelta(days=1), dest / "reports" / "first", max_gib)
         log(f"{n} campaigns, {h} days of history: next day as of {last}")
-        nxt = next_days(store, new, last, dest / "reports" / "next", max_gib, repeat)
+        nxt = next_days(store, new, last, dest / "reports" / "next", max_gib, repeat, retrain_day)
         if nxt["quarantined"] or not nxt["loaded"]:  # a next day that read nothing new
             raise RunFailed(
                 f"the next day ({new}) loaded {nxt['loaded']:,} rows and quarantined "
@@ -207,6 +295,7 @@ def render(result: dict[str, Any], args: argparse.Namespace) -> str:
         f"{args.history}"
         + ("" if d == 90 else f" --days {d}")
         + ("" if args.repeat == 1 else f" --repeat {args.repeat}")
+        + (" --retrain-day" if getattr(args, "retrain_day", False) else "")
         + f"`. Measured {stamp} on "
         f"{machine(PACKAGES)}.",
         "",
@@ -257,9 +346,48 @@ def render(result: dict[str, Any], args: argparse.Namespace) -> str:
             f"each day of history adds (2x the plain scan is {2 * scan:.2f} s)."
         ),
         "",
+        *_retrain_lines(runs, scan),
         END,
     ]
     return "\n".join(lines)
+
+
+def _retrain_lines(runs: list[dict[str, Any]], scan: float) -> list[str]:
+    """The retraining day's table (``--retrain-day``), if it was measured."""
+    if not any("retrain" in r["next"] for r in runs):
+        return []
+    lines = [
+        "The next day on which the models are due (their cards made "
+        "`signalloop.run.DEFAULT_RETRAIN_DAYS` older), from the same first run's workspace: "
+        'refitted inside the run (`[run] retrain = "inline"`, the default), or left to '
+        '`signalloop model refresh` (`retrain = "separate"`), run after it in its own process:',
+        "",
+        "| history | next day, models due, inline | of which models | peak | next day, "
+        "separate | `model refresh` | its peak |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in runs:
+        t = r["next"].get("retrain")
+        if not t:
+            continue
+        inline, sep, ref = t["inline"], t["separate"], t["refresh"]
+        lines.append(
+            f"| {r['history_days']} days | {inline['seconds']:.1f} s "
+            f"({inline['seconds'] / scan:,.0f}x the scan) "
+            f"| {inline['timings'].get('models', 0.0):.1f} s | {inline['peak_gib']:.2f} GiB "
+            f"| {sep['seconds']:.1f} s ({sep['seconds'] / scan:,.0f}x) | {ref['seconds']:.1f} s "
+            f"| {ref['peak_gib']:.2f} GiB |"
+        )
+    said = []
+    for r in runs:
+        t = r["next"].get("retrain")
+        if t:
+            inline, sep, ref = (
+                ", ".join(t[k]["models"]) for k in ("inline", "separate", "refresh")
+            )
+            said.append(f"{r['history_days']} days: inline {inline}; separate {sep}, then {ref}")
+    lines += ["", "Models: " + "; ".join(said) + ".", ""]
+    return lines
 
 
 def main() -> None:
@@ -274,6 +402,11 @@ def main() -> None:
     ap.add_argument("--max-gib", type=float, default=16.0)
     ap.add_argument(
         "--repeat", type=int, default=1, help="next days per history, from the same first run"
+    )
+    ap.add_argument(
+        "--retrain-day",
+        action="store_true",
+        help="also the next day with the models due, inline and with model refresh apart",
     )
     args = ap.parse_args()
     if args.repeat < 1:
@@ -291,6 +424,7 @@ def main() -> None:
             args.cache,
             args.max_gib,
             args.repeat,
+            args.retrain_day,
         )
     except RunFailed as exc:
         sys.exit(f"history: {exc}")

@@ -142,6 +142,74 @@ def test_second_run_adds_nothing_and_keeps_fresh_models(
     assert [h["source"] for h in doc["history"]].count("run") == 1  # same as-of: replaced
 
 
+def _backdate_models(db: Path, days: int) -> dict[str, str]:
+    """Make the saved models of ``db`` look trained ``days`` earlier; their cards' text."""
+    cards = {}
+    for folder in default_model_dir(str(db), "conversion").parent.iterdir():
+        card = folder / "card.json"
+        doc = json.loads(card.read_text())
+        trained = date.fromisoformat(doc["data"]["as_of"])
+        doc["data"]["as_of"] = (trained - timedelta(days=days)).isoformat()
+        card.write_text(json.dumps(doc))
+        cards[folder.name] = card.read_text()
+    return cards
+
+
+def test_separate_retraining_leaves_due_models_to_model_refresh(
+    loop_run: dict[str, Any], tmp_path: Path
+) -> None:
+    db = tmp_path / "acct.duckdb"
+    shutil.copy(loop_run["db"], db)
+    models = default_model_dir(str(db), "conversion").parent
+    shutil.copytree(default_model_dir(str(loop_run["db"]), "conversion").parent, models)
+    cards = _backdate_models(db, 7)
+    separate = settings_from_dict({"run": {"retrain": "separate"}})
+    with Workspace(db) as ws:
+        doc = run(ws, settings=separate, out_dir=tmp_path / "r2")
+    assert [(m["outcome"], m["status"], m["saved"]) for m in doc["models"]] == [
+        ("conversion", "due", True),
+        ("sql", "due", True),
+    ]
+    assert doc["models"][0]["reason"].startswith("trained 7 days before 2026-02-14")
+    assert {m["command"] for m in doc["models"]} == {"signalloop model refresh"}
+    # the saved models are untouched and still read: their backtests are diagnose's evidence
+    assert {f.name: (f / "card.json").read_text() for f in models.iterdir()} == cards
+    assert doc["timings"]["models"] < doc["timings"]["state"]  # (no fit: nothing to wait on)
+    html = (tmp_path / "r2" / "report.html").read_text()
+    assert "refit with <code>signalloop model refresh</code>" in html
+
+    got = runner.invoke(app, ["model", "refresh", "--db", str(db), "--outcome", "sql", "--json"])
+    assert got.exit_code == 0, got.output
+    refreshed = json.loads(got.stdout)
+    assert refreshed["as_of"] == "2026-02-14"
+    [sql] = refreshed["models"]
+    assert (sql["outcome"], sql["status"]) == ("sql", "refreshed")
+    assert sql["time_split"]["auc"] is not None
+    assert json.loads((models / "sql" / "card.json").read_text())["data"]["as_of"] == "2026-02-14"
+    assert (models / "conversion" / "card.json").read_text() == cards["conversion"]
+
+    got = runner.invoke(app, ["model", "refresh", "--db", str(db), "--outcome", "sql"])
+    assert got.exit_code == 0 and "model sql: fresh (trained 0 days ago" in got.stdout
+    got = runner.invoke(app, ["model", "refresh", "--db", str(db), "--outcome", "revenue"])
+    assert got.exit_code == 2 and "--outcome must be one of" in got.output
+
+
+def test_separate_retraining_without_a_saved_model_runs_without_one(
+    loop_run: dict[str, Any], tmp_path: Path
+) -> None:
+    db = tmp_path / "acct.duckdb"
+    shutil.copy(loop_run["db"], db)
+    separate = settings_from_dict({"run": {"retrain": "separate"}})
+    with Workspace(db) as ws:
+        doc = run(ws, settings=separate, out_dir=tmp_path / "r2")
+    assert [(m["status"], m["saved"], m["reason"]) for m in doc["models"]] == [
+        ("due", False, "no model saved yet"),
+        ("due", False, "no model saved yet"),
+    ]
+    assert not default_model_dir(str(db), "conversion").parent.exists()
+    assert doc["lens"]["verdict"] in ("scale", "keep_scoped")
+
+
 def test_model_due_on_age_and_on_changed_settings(loop_run: dict[str, Any]) -> None:
     folder = default_model_dir(str(loop_run["db"]), "conversion")
     assert model_due(folder, "conversion", date(2026, 2, 14), Settings()) == (
@@ -193,6 +261,7 @@ def test_run_settings_are_validated() -> None:
         ({"outcomes": ["revenue"]}, "outcomes must be a list of"),
         ({"profiles": {"ads": "meta_ads"}}, r"\[run.profiles\] maps kinds"),
         ({"inbx": "x"}, r"unknown \[run\] key\(s\) inbx"),
+        ({"retrain": "weekly"}, r'retrain must be "inline" or "separate"'),
     ):
         with pytest.raises(ConfigError, match=match):
             settings_from_dict({"run": bad})

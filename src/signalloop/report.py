@@ -780,7 +780,9 @@ def _models_table(models: list[dict[str, Any]]) -> str:
         auc = (m.get("time_split") or {}).get("auc")
         rows.append(
             f"<tr><td>{_e(m['outcome'])}</td><td>{_e(m['status'])}</td>"
-            f"<td>{_e(m.get('reason', ''))}</td>"
+            f"<td>{_e(m.get('reason', ''))}"
+            + (f"; refit with <code>{_e(m['command'])}</code>" if m.get("command") else "")
+            + "</td>"
             f"<td>{'-' if auc is None else f'{auc:.3f}'}</td></tr>"
         )
     return (

@@ -12,7 +12,10 @@
 4. **Refresh models when due**: a model is due when none is saved, its settings changed, or
    it was trained ``retrain_every_days`` (declared, else its backtest's recommendation, else
    :data:`DEFAULT_RETRAIN_DAYS`) or more days before the as-of date. A refreshed model is
-   backtested too, and the backtest is saved beside it.
+   backtested too, and the backtest is saved beside it. With ``[run] retrain = "separate"``
+   the run only lists the due models (``status: due``) and keeps using the saved ones:
+   :data:`REFRESH_COMMAND`, scheduled on its own, refits them (a large account's refit takes
+   minutes, longer than the rest of its daily run).
 5. **Allocate** tomorrow's budget, **diagnose** (with the saved backtests and who converts,
    :mod:`signalloop.audience`, as model evidence), and read the **decision lens**.
 6. Record the signal environment in the workspace's run history, **apply** the allocation
@@ -234,15 +237,30 @@ def model_due(folder: Path, outcome: str, as_of: date, settings: Settings) -> tu
     return False, f"trained {age} days ago; due in {every - age} days ({basis} cadence)"
 
 
+#: What refits the models a run leaves due (``[run] retrain = "separate"``).
+REFRESH_COMMAND = "signalloop model refresh"
+
+
 def refresh_models(
     ws: Workspace,
     as_of: date,
     settings: Settings,
     outcomes: Iterable[str],
     progress: Progress = _quiet,
+    *,
+    inline: bool = True,
+    force: bool = False,
 ) -> list[dict[str, Any]]:
-    """Refit (and backtest) every model that is due; one entry per outcome."""
+    """Refit (and backtest) every model that is due; one entry per outcome.
+
+    Each entry has ``outcome``, ``status`` and ``reason`` (why it is due or not), and
+    ``model_dir`` where the outcome has a folder. ``status`` is ``refreshed``, ``fresh`` (not
+    due), ``skipped`` (could not be fitted: ``reason`` says why) or, with ``inline=False``,
+    ``due``: left for :data:`REFRESH_COMMAND` (the saved model, if any, is still the one
+    used; ``saved`` says whether there is one). ``force`` refits every model, due or not.
+    """
     from signalloop.models.api import default_model_dir, refresh_workspace
+    from signalloop.models.card import CARD_FILE
 
     entries: list[dict[str, Any]] = []
     for outcome in outcomes:
@@ -254,9 +272,13 @@ def refresh_models(
             continue
         entry["model_dir"] = str(folder)
         due, why = model_due(folder, outcome, as_of, settings)
-        entry["reason"] = why
-        if not due:
+        entry["reason"] = why if due or not force else f"refitted on request ({why})"
+        if not due and not force:
             entries.append({**entry, "status": "fresh"})
+            continue
+        if not inline:
+            saved = (folder / CARD_FILE).exists()
+            entries.append({**entry, "status": "due", "saved": saved, "command": REFRESH_COMMAND})
             continue
         progress(f"refreshing the {outcome} model", None)
 
@@ -579,7 +601,9 @@ def run(
     report("estimating campaign state", 1.0)
     lap("state")
     outcomes = settings.run.outcomes or default_outcomes(ws)
-    models = refresh_models(ws, as_of, settings, outcomes, report)
+    models = refresh_models(
+        ws, as_of, settings, outcomes, report, inline=settings.run.retrain == "inline"
+    )
     lap("models")
     report("allocating tomorrow's budget", None)
     daily = budget or settings.run.budget or recent_budget(ws, as_of)
@@ -615,7 +639,12 @@ def run(
         state={**state, "depth": depth},
         models=model_evidence(ws, models),
     )
-    model_dirs = {m["outcome"]: m["model_dir"] for m in models if m["status"] != "skipped"}
+    # (a model left due without a saved one has nothing to read yet)
+    model_dirs = {
+        m["outcome"]: m["model_dir"]
+        for m in models
+        if m["status"] != "skipped" and (m["status"] != "due" or m["saved"])
+    }
     verdict = lens(
         ws,
         as_of,

@@ -1,4 +1,4 @@
-"""``signalloop model fit|score|backtest|route``: conversion-probability models (library:
+"""``signalloop model fit|refresh|score|backtest|route``: conversion-probability models (library:
 :mod:`signalloop.models`).
 """
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from signalloop.cli.common import (
@@ -107,6 +108,69 @@ def model_fit(
     )
     for flag in doc["feedback"]["flags"]:
         out.print(f"[yellow]feedback:[/] {flag['message']}", highlight=False)
+
+
+@model_app.command("refresh")
+@handle_errors
+def model_refresh(
+    outcome: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--outcome",
+            help="A model to refresh (repeatable) \\[default: \\[run] outcomes, else what the "
+            "data supports, as `run` does].",
+            show_default=False,
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Refit every model, due or not.")] = False,
+    as_of: AsOfOption = None,
+    db: DbOption = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Refit and backtest the run's models that are due, as `run` does inline.
+
+    With `[run] retrain = "separate"` the daily run only lists its due models and keeps
+    using the saved ones; schedule this on its own (weekly, at night) to refit them. The
+    models are saved where `run` reads them (`<workspace>.models/<outcome>`).
+    """
+    from signalloop.checks.base import default_as_of
+    from signalloop.config import _MODEL_OUTCOMES, load_settings
+    from signalloop.run import default_outcomes, refresh_models
+    from signalloop.store import Workspace
+
+    unknown = sorted(set(outcome or ()) - set(_MODEL_OUTCOMES))
+    if unknown:
+        raise UsageError(
+            f"--outcome must be one of {', '.join(_MODEL_OUTCOMES)}, got {', '.join(unknown)}"
+        )
+    settings = load_settings(config)
+    day = _parse_date(as_of, "--as-of")
+    with (
+        Workspace(db, read_only=True) as ws,
+        progress_bar(not as_json or sys.stderr.isatty()) as progress,
+    ):
+        when = day or default_as_of(ws)
+        if when is None:
+            raise UsageError("the workspace holds no data yet: ingest something first")
+        chosen = tuple(dict.fromkeys(outcome)) if outcome else None
+        outcomes = chosen or settings.run.outcomes or default_outcomes(ws)
+        entries = refresh_models(ws, when, settings, outcomes, progress, force=force)
+    doc = {"as_of": when.isoformat(), "models": entries}
+    if as_json:
+        emit_json(doc)
+        return
+    if not entries:
+        out.print("No models: the workspace has no conversions yet.")
+    style = {"refreshed": "green", "fresh": "dim", "skipped": "yellow"}
+    for m in entries:
+        auc = (m.get("time_split") or {}).get("auc")
+        shown = f", time-split AUC {_num(auc)}" if auc is not None else ""
+        out.print(
+            f"model {m['outcome']}: [{style[m['status']]}]{m['status']}[/] "
+            f"({escape(m.get('reason', ''))}{shown})",
+            highlight=False,
+        )
 
 
 def _num(v: Any, nd: int = 3) -> str:

@@ -157,9 +157,11 @@ def print_run(doc: dict[str, Any], *, inbox: bool = True) -> None:
     if doc.get("learnable"):
         print_learnable(doc["learnable"], compact=True)
     for m in doc["models"]:
-        style = {"refreshed": "green", "fresh": "dim", "skipped": "yellow"}[m["status"]]
+        shade = {"refreshed": "green", "fresh": "dim", "skipped": "yellow", "due": "yellow"}
+        hint = f"; refit with `{m['command']}`" if m.get("command") else ""
         out.print(
-            f"model {m['outcome']}: [{style}]{m['status']}[/] ({escape(m.get('reason', ''))})",
+            f"model {m['outcome']}: [{shade[m['status']]}]{m['status']}[/] "
+            f"({escape(m.get('reason', '') + hint)})",
             highlight=False,
         )
     if doc["allocation"] is not None:
