@@ -87,6 +87,32 @@ def test_json_contract(account: tuple[Workspace, Any]) -> None:
         assert e["state"] in ("learning", "learning_limited", "stable")
 
 
+def test_a_listing_window_lists_the_recent_resets_and_counts_every_one(
+    account: tuple[Workspace, Any],
+) -> None:
+    from signalloop.diagnose import OVERRIDE_WINDOW_DAYS
+    from signalloop.run import REPORT_DAYS
+
+    ws, _ = account
+    full = phase(ws).to_dict()
+    assert full["listed"] == {"days": None, "from": None, "resets_not_listed": 0}
+    doc = phase(ws, list_days=10).to_dict()  # 2026-02-20 .. 2026-03-01
+    assert doc["listed"]["from"] == "2026-02-20"
+    left = 0
+    for e, f in zip(doc["entities"], full["entities"], strict=True):
+        # everything but the list is the full replay's: nothing else depends on the window
+        assert {k: v for k, v in e.items() if k != "resets"} == {
+            k: v for k, v in f.items() if k != "resets"
+        }
+        older = [r for r in f["resets"] if r["date"] < "2026-02-20"]
+        # the resets of the window, and the one in effect when it began
+        assert e["resets"] == older[-1:] + [r for r in f["resets"] if r["date"] >= "2026-02-20"]
+        left += len(f["resets"]) - len(e["resets"])
+    assert left > 0 and doc["listed"]["resets_not_listed"] == left
+    # diagnose's override churn counts the human resets of its window from the listed ones
+    assert OVERRIDE_WINDOW_DAYS <= REPORT_DAYS
+
+
 def test_exclusion_windows_pause_the_learning_clock(ws: Workspace, tmp_path: Path) -> None:
     spend, conv = [], []
     for d in range(20):

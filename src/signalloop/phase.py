@@ -108,6 +108,20 @@ class EntityPhase:
     split_by_clicks_share: float = 0.0
     #: why the state is ``unknown`` and which export would tell it
     missing: str | None = None
+    #: the first day whose resets :meth:`to_dict` lists (``None``: every reset), see
+    #: :func:`phase`'s ``list_days``
+    list_from: date | None = None
+
+    @property
+    def listed_resets(self) -> list[Reset]:
+        """The resets :meth:`to_dict` lists: those on or after :attr:`list_from`, and the last
+        one before it (the one in effect when that day began); every reset without a window."""
+        if self.list_from is None:
+            return self.resets
+        first = next(
+            (i for i, r in enumerate(self.resets) if r.day >= self.list_from), len(self.resets)
+        )
+        return self.resets[max(first - 1, 0) :]
 
     @property
     def human_resets(self) -> int:
@@ -136,7 +150,7 @@ class EntityPhase:
             "history_days": self.history_days,
             "split_by_clicks_share": round(self.split_by_clicks_share, 3),
             "last_significant_edit": last.to_dict() if last else None,
-            "resets": [r.to_dict() for r in self.resets],
+            "resets": [r.to_dict() for r in self.listed_resets],
             "human_resets": self.human_resets,
             "days_lost": self.days_lost,
             "evaluation_ready_on": (
@@ -159,6 +173,9 @@ class PhaseReport:
     #: whether the workspace holds an edit log up to ``as_of``: without one no reset is seen,
     #: so an ad set that once left learning reads ``stable`` whatever its volume since
     edit_log: bool = True
+    #: what each entity's ``resets`` lists: ``days`` (``None``: every reset), ``from`` and
+    #: ``resets_not_listed`` (over every entity)
+    listed: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -166,6 +183,7 @@ class PhaseReport:
             "threshold": self.threshold,
             "edit_log": self.edit_log,
             "entities": [e.to_dict() for e in self.entities],
+            "listed": self.listed,
         }
 
     def to_json(self) -> str:
@@ -180,12 +198,23 @@ def _num(v: Any) -> float | None:
 
 
 def phase(
-    ws: Workspace, as_of: date | None = None, *, settings: Settings | None = None
+    ws: Workspace,
+    as_of: date | None = None,
+    *,
+    settings: Settings | None = None,
+    list_days: int | None = None,
 ) -> PhaseReport:
     """Replay the learning phase of every ad set up to ``as_of`` (default: last day of data).
 
     A campaign whose spend rows name no ad set is one entity of level ``"campaign"`` (its
     id the campaign's), so no campaign with spend is left out.
+
+    ``list_days``: each entity lists only the resets of the last ``list_days`` days (and the
+    one whose learning period was running when they began); ``None`` lists every reset of
+    the history. Every reset is still replayed and counted (``human_resets``, ``days_lost``,
+    ``last_significant_edit``), and ``listed`` says how many were left out: a year of edits
+    listed again in every daily report grew it with the history (the run lists
+    :data:`signalloop.run.REPORT_DAYS`).
     """
     settings = settings or Settings()
     threshold = settings.learning_threshold
@@ -271,7 +300,17 @@ def phase(
         ent.recommendation = _recommend(ent, siblings[cid], threshold, as_of)
         entities.append(ent)
     has_log = bool(ctx.table("changes").count().execute())
-    return PhaseReport(as_of, threshold, entities, edit_log=has_log)
+    edge = None
+    if list_days is not None:
+        edge = as_of - timedelta(days=max(int(list_days), 1) - 1)
+        for ent in entities:
+            ent.list_from = edge
+    listed = {
+        "days": list_days,
+        "from": edge.isoformat() if edge else None,
+        "resets_not_listed": sum(len(e.resets) - len(e.listed_resets) for e in entities),
+    }
+    return PhaseReport(as_of, threshold, entities, edit_log=has_log, listed=listed)
 
 
 def _unknown(ent: EntityPhase, missing: str) -> None:

@@ -595,7 +595,7 @@ def run(
     report("estimating campaign state", None)
     state = {
         "nowcast": nowcast(ws, as_of, settings=settings, options=_listing(settings)).to_dict(),
-        "phase": phase(ws, as_of, settings=settings).to_dict(),
+        "phase": phase(ws, as_of, settings=settings, list_days=REPORT_DAYS).to_dict(),
         "fatigue": fatigue(ws, as_of, settings=settings, list_days=REPORT_DAYS).to_dict(),
     }
     report("estimating campaign state", 1.0)
