@@ -150,3 +150,36 @@ def test_the_attributed_conversions_are_one_stored_table(ws: Workspace, tmp_path
     assert again == live()
     temps = ws.con.execute("SELECT count(*) FROM duckdb_tables() WHERE temporary").fetchone()
     assert temps == (0,)
+
+
+def test_the_nowcast_reads_its_links_from_the_stored_rows(ws: Workspace, tmp_path: Path) -> None:
+    """On the daily run's cut (every click before it) the nowcast's links are a plain scan of
+    the stored attribution, with no pass over the touchpoints; cut earlier, the conversions
+    whose click comes later are linked again from the cut rows, as a live link has it."""
+    from datetime import date
+
+    from signalloop.nowcast import _link_clicks_cut, _Source, _stored_links
+
+    load(ws, tmp_path)
+
+    def rows(t: object) -> list[tuple[object, ...]]:
+        got = t.to_pyarrow().to_pylist()  # type: ignore[attr-defined]
+        return sorted(tuple(str(v) for v in r.values()) for r in got)
+
+    src = _Source(ws, date(2026, 1, 3))
+    stored, other = _stored_links(src, src.conversions())
+    assert other is None
+    assert "TOUCHPOINTS" not in str(ws.ibis.compile(stored)).upper()
+    assert rows(stored) == rows(_link_clicks_cut(src, src.table("conversions")))
+    # a conversion stamped before its click (k3 is touched on 2 January), cut on 1 January
+    write_csv(
+        tmp_path / "conv3.csv",
+        ["conversion_id", "ts", "kind", "user_id", "click_id", "campaign_id", "value"],
+        [["v8", "2026-01-01T20:00:00Z", "purchase", "u2", "k3", "", 4]],
+    )
+    ingest_file(ws, "conversions", tmp_path / "conv3.csv")
+    early = _Source(ws, date(2026, 1, 1))
+    stored, other = _stored_links(early, early.conversions())
+    assert other is not None and other.conversion_id.to_pyarrow().to_pylist() == ["v8"]
+    both = stored.union(_link_clicks_cut(early, other))
+    assert rows(both) == rows(_link_clicks_cut(early, early.table("conversions")))

@@ -761,25 +761,40 @@ def _link_clicks(src: _Source, conv: Any) -> Any:
     whose click touchpoints all lie before the cut (all of them, in data where no conversion
     precedes its click), and worked out from the cut rows for the rest.
     """
-    cols = ("key", "campaign_id", "click", "ts", "value", "user_id", "conversion_id", "kind")
     if "link_campaign_id" in conv.columns:  # rows of the stored attribution (_Source.conversions)
-        j, cut = conv, src.cutoff
-        same = (j.link_click_first.isnull() | (j.link_click_first < cut)) & (
-            j.link_on_campaign.isnull() | (j.link_on_campaign < cut)
-        )
-        stored = j.filter(same).select(
-            key=ibis.coalesce(j.click_id, j.conversion_id),
-            campaign_id=j.link_campaign_id,
-            click=j.link_click,
-            ts=j.ts,
-            value=j.value,
-            user_id=j.user_id,
-            conversion_id=j.conversion_id,
-            kind=j.kind,
-        )
-        other = j.filter(~same).select(*src.table("conversions").columns)
-        return stored.select(*cols).union(_link_clicks_cut(src, other))
+        stored, other = _stored_links(src, conv)
+        if other is None:
+            return stored
+        return stored.union(_link_clicks_cut(src, other))
     return _link_clicks_cut(src, conv)
+
+
+_LINK_COLUMNS = ("key", "campaign_id", "click", "ts", "value", "user_id", "conversion_id", "kind")
+
+
+def _stored_links(src: _Source, conv: Any) -> tuple[Any, Any]:
+    """:func:`_link_clicks` of rows of the stored attribution: the stored links of those
+    whose click touchpoints all lie before the cut, and the rest (``None`` when there are
+    none, the daily run's case: then the links are a plain scan of the stored rows, with no
+    pass over the touchpoints)."""
+    j, cut = conv, src.cutoff
+    same = (j.link_click_first.isnull() | (j.link_click_first < cut)) & (
+        j.link_on_campaign.isnull() | (j.link_on_campaign < cut)
+    )
+    stored = j.filter(same).select(
+        key=ibis.coalesce(j.click_id, j.conversion_id),
+        campaign_id=j.link_campaign_id,
+        click=j.link_click,
+        ts=j.ts,
+        value=j.value,
+        user_id=j.user_id,
+        conversion_id=j.conversion_id,
+        kind=j.kind,
+    )
+    other = j.filter(~same)
+    if int(other.count().execute()) == 0:
+        return stored.select(*_LINK_COLUMNS), None
+    return stored.select(*_LINK_COLUMNS), other.select(*src.table("conversions").columns)
 
 
 def _link_clicks_cut(src: _Source, conv: Any) -> Any:
@@ -838,8 +853,7 @@ def _link_clicks_cut(src: _Source, conv: Any) -> Any:
         conversion_id=r.conversion_id,
         kind=r.kind,
     )
-    cols = ("key", "campaign_id", "click", "ts", "value", "user_id", "conversion_id", "kind")
-    return done.select(*cols).union(r)
+    return done.select(*_LINK_COLUMNS).union(r)
 
 
 def _first_of_click(linked: Any) -> Any:
@@ -880,7 +894,17 @@ def _click_path(
         conv = conv.filter(conv.kind.isin(list(opts.conversion_kinds)))
     else:
         conv = conv.filter(~conv.kind.isin(list(_downstream_kinds(settings))))
-    linked = src.cache(_link_clicks(src, conv))
+    # (as _link_clicks, with one look at whether any link needs the touchpoints)
+    stored: Any = None
+    other: Any = conv
+    if "link_campaign_id" in conv.columns:
+        stored, other = _stored_links(src, conv)
+    if other is None:  # a plain scan of the stored links: read where it is used, not copied
+        linked = stored
+    elif stored is None:  # worked out from the touchpoints: once, for the reads below
+        linked = src.cache(_link_clicks_cut(src, conv))
+    else:
+        linked = src.cache(stored.union(_link_clicks_cut(src, other)))
     nolink = linked.filter(linked.campaign_id.isnull() | linked.click.isnull())
     by_day = _fetch(
         nolink.group_by("campaign_id", date=nolink.ts.date()).aggregate(
