@@ -130,9 +130,9 @@ def model_refresh(
 ) -> None:
     """Refit and backtest the run's models that are due, as `run` does inline.
 
-    With `[run] retrain = "separate"` the daily run only lists its due models and keeps
-    using the saved ones; schedule this on its own (weekly, at night) to refit them. The
-    models are saved where `run` reads them (`<workspace>.models/<outcome>`).
+    With `\\[run] retrain = "separate"` the daily run only lists its due models and keeps
+    using the saved ones: schedule this on its own (weekly, at night) to refit them where
+    `run` reads them (`<workspace>.models/<outcome>`).
     """
     from signalloop.checks.base import default_as_of
     from signalloop.config import _MODEL_OUTCOMES, load_settings
