@@ -761,12 +761,18 @@ def _link_clicks(src: _Source, conv: Any) -> Any:
     whose click touchpoints all lie before the cut (all of them, in data where no conversion
     precedes its click), and worked out from the cut rows for the rest.
     """
-    if "link_campaign_id" in conv.columns:  # rows of the stored attribution (_Source.conversions)
-        stored, other = _stored_links(src, conv)
-        if other is None:
-            return stored
-        return stored.union(_link_clicks_cut(src, other))
-    return _link_clicks_cut(src, conv)
+    return _links(src, conv)[0]
+
+
+def _links(src: _Source, conv: Any) -> tuple[Any, bool]:
+    """:func:`_link_clicks`, and whether it is a plain scan of the stored links (no pass
+    over the touchpoints: worth reading where used rather than copying)."""
+    if "link_campaign_id" not in conv.columns:
+        return _link_clicks_cut(src, conv), False
+    stored, other = _stored_links(src, conv)  # rows of the stored attribution
+    if other is None:
+        return stored, True
+    return stored.union(_link_clicks_cut(src, other)), False
 
 
 _LINK_COLUMNS = ("key", "campaign_id", "click", "ts", "value", "user_id", "conversion_id", "kind")
@@ -793,8 +799,8 @@ def _stored_links(src: _Source, conv: Any) -> tuple[Any, Any]:
     )
     other = j.filter(~same)
     if int(other.count().execute()) == 0:
-        return stored.select(*_LINK_COLUMNS), None
-    return stored.select(*_LINK_COLUMNS), other.select(*src.table("conversions").columns)
+        return stored, None
+    return stored, other.select(*src.table("conversions").columns)
 
 
 def _link_clicks_cut(src: _Source, conv: Any) -> Any:
@@ -894,17 +900,9 @@ def _click_path(
         conv = conv.filter(conv.kind.isin(list(opts.conversion_kinds)))
     else:
         conv = conv.filter(~conv.kind.isin(list(_downstream_kinds(settings))))
-    # (as _link_clicks, with one look at whether any link needs the touchpoints)
-    stored: Any = None
-    other: Any = conv
-    if "link_campaign_id" in conv.columns:
-        stored, other = _stored_links(src, conv)
-    if other is None:  # a plain scan of the stored links: read where it is used, not copied
-        linked = stored
-    elif stored is None:  # worked out from the touchpoints: once, for the reads below
-        linked = src.cache(_link_clicks_cut(src, conv))
-    else:
-        linked = src.cache(stored.union(_link_clicks_cut(src, other)))
+    linked, plain = _links(src, conv)
+    if not plain:  # worked out from the touchpoints: once, for the reads below
+        linked = src.cache(linked)
     nolink = linked.filter(linked.campaign_id.isnull() | linked.click.isnull())
     by_day = _fetch(
         nolink.group_by("campaign_id", date=nolink.ts.date()).aggregate(

@@ -210,7 +210,7 @@ def phase(
     id the campaign's), so no campaign with spend is left out.
 
     ``list_days``: each entity lists only the resets of the last ``list_days`` days (and the
-    one whose learning period was running when they began); ``None`` lists every reset of
+    last one before them, in effect when they began); ``None`` lists every reset of
     the history. Every reset is still replayed and counted (``human_resets``, ``days_lost``,
     ``last_significant_edit``), and ``listed`` says how many were left out: a year of edits
     listed again in every daily report grew it with the history (the run lists

@@ -168,6 +168,23 @@ def run_and_report(
     return res
 
 
+#: How a model's status is shown (``signalloop run`` and ``signalloop model refresh``).
+MODEL_STATUS_STYLE = {"refreshed": "green", "fresh": "dim", "skipped": "yellow", "due": "yellow"}
+
+
+def print_model(m: dict[str, Any], *, auc: bool = False) -> None:
+    """One line for a model entry of :func:`signalloop.run.refresh_models`: its status, why,
+    the command that refits it when it is left due, and (``auc``) its time-split AUC."""
+    why = m.get("reason", "") + (f"; refit with `{m['command']}`" if m.get("command") else "")
+    score = (m.get("time_split") or {}).get("auc")
+    shown = f", time-split AUC {score:.3f}" if auc and score is not None else ""
+    out.print(
+        f"model {m['outcome']}: [{MODEL_STATUS_STYLE[m['status']]}]{m['status']}[/] "
+        f"({escape(why)}{shown})",
+        highlight=False,
+    )
+
+
 def _parse_date(value: str | None, option: str) -> date | None:
     if value is None:
         return None

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from signalloop.cli.common import (
@@ -25,6 +24,7 @@ from signalloop.cli.common import (
     err,
     handle_errors,
     out,
+    print_model,
     progress_bar,
 )
 from signalloop.errors import UsageError
@@ -162,15 +162,8 @@ def model_refresh(
         return
     if not entries:
         out.print("No models: the workspace has no conversions yet.")
-    style = {"refreshed": "green", "fresh": "dim", "skipped": "yellow"}
     for m in entries:
-        auc = (m.get("time_split") or {}).get("auc")
-        shown = f", time-split AUC {_num(auc)}" if auc is not None else ""
-        out.print(
-            f"model {m['outcome']}: [{style[m['status']]}]{m['status']}[/] "
-            f"({escape(m.get('reason', ''))}{shown})",
-            highlight=False,
-        )
+        print_model(m, auc=True)
 
 
 def _num(v: Any, nd: int = 3) -> str:

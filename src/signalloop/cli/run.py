@@ -22,6 +22,7 @@ from signalloop.cli.common import (
     err,
     handle_errors,
     out,
+    print_model,
     progress_bar,
 )
 from signalloop.cli.diagnose import print_diagnoses, print_lens
@@ -157,13 +158,7 @@ def print_run(doc: dict[str, Any], *, inbox: bool = True) -> None:
     if doc.get("learnable"):
         print_learnable(doc["learnable"], compact=True)
     for m in doc["models"]:
-        shade = {"refreshed": "green", "fresh": "dim", "skipped": "yellow", "due": "yellow"}
-        hint = f"; refit with `{m['command']}`" if m.get("command") else ""
-        out.print(
-            f"model {m['outcome']}: [{shade[m['status']]}]{m['status']}[/] "
-            f"({escape(m.get('reason', '') + hint)})",
-            highlight=False,
-        )
+        print_model(m)
     if doc["allocation"] is not None:
         print_allocation(doc["allocation"])
     print_diagnoses(doc["diagnosis"], min_severity="warn")
