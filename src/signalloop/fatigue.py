@@ -74,8 +74,15 @@ def fit_decays(
     Newton (IRLS) steps for every series together, each series stopping on its own once its
     step is under 1e-9 (at most 50), as one loop per series would. Every series needs a row.
     Returns coefficients ``(n_groups, 3)`` and covariances ``(n_groups, 3, 3)``.
+
+    The design's columns are ``1``, ``-age`` and ``-exposure``: a product with the first is
+    the other factor itself, so the sums below take the columns and their pairwise products
+    as they stand (computed once), and a step over the series still running touches only
+    their rows and their numbers (a few series that converge slowly cost what they hold,
+    not what the whole account holds).
     """
-    x = np.column_stack([np.ones_like(age), -age, -exposure / EXPOSURE_UNIT])
+    x1, x2 = -age, -exposure / EXPOSURE_UNIT
+    cols: tuple[Any, ...] = (x1, x2, x1 * x1, x1 * x2, x2 * x2)  # the hessian's products
     off = np.log(np.maximum(impressions, 1.0))
     g = np.asarray(group, np.int64)
     k = n_groups
@@ -84,37 +91,52 @@ def fit_decays(
     beta = np.zeros((k, 3))
     beta[:, 0] = np.log(np.maximum(tot_c, 0.5) / np.maximum(tot_i, 1.0))
     prior = np.diag([0.0, RIDGE, RIDGE])  # shrink the decay rates toward none
-    pairs = [(a, b) for a in range(3) for b in range(a, 3)]
 
-    def hessian(rows: np.ndarray, gi: np.ndarray, mu: np.ndarray) -> np.ndarray:
-        h = np.zeros((k, 3, 3))
-        for a, b in pairs:
-            h[:, a, b] = h[:, b, a] = np.bincount(gi, x[rows, a] * x[rows, b] * mu, minlength=k)
-        return h + prior
-
-    def mean(rows: np.ndarray, gi: np.ndarray) -> np.ndarray:
-        eta = (x[rows] * beta[gi]).sum(axis=1) + off[rows]
-        return np.asarray(np.exp(np.clip(eta, -50, 50)), float)
-
-    active = np.ones(k, bool)
-    rows = np.arange(len(g))
-    for _ in range(50):
-        gi = g[rows]
-        mu = mean(rows, gi)
-        resid = clicks[rows] - mu
-        grad = (
-            np.column_stack([np.bincount(gi, x[rows, a] * resid, minlength=k) for a in range(3)])
-            - beta @ prior
+    def sums(
+        gi: np.ndarray, m: int, mu: np.ndarray, resid: np.ndarray | None, c: tuple[Any, ...]
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Per series (``gi`` numbers the rows' series among ``m``): the hessian (with the
+        prior) and, given ``resid``, the gradient's sums (before the prior)."""
+        a1, a2, a11, a12, a22 = c
+        h = np.empty((m, 3, 3))
+        h[:, 0, 0] = np.bincount(gi, mu, minlength=m)
+        h[:, 0, 1] = h[:, 1, 0] = np.bincount(gi, a1 * mu, minlength=m)
+        h[:, 0, 2] = h[:, 2, 0] = np.bincount(gi, a2 * mu, minlength=m)
+        h[:, 1, 1] = np.bincount(gi, a11 * mu, minlength=m)
+        h[:, 1, 2] = h[:, 2, 1] = np.bincount(gi, a12 * mu, minlength=m)
+        h[:, 2, 2] = np.bincount(gi, a22 * mu, minlength=m)
+        if resid is None:
+            return h + prior, None
+        grad = np.column_stack(
+            [np.bincount(gi, v, minlength=m) for v in (resid, a1 * resid, a2 * resid)]
         )
-        step = np.linalg.solve(hessian(rows, gi, mu)[active], grad[active][..., None])[..., 0]
+        return h + prior, grad
+
+    def mean(b: np.ndarray, gi: np.ndarray, c: tuple[Any, ...], o: np.ndarray) -> np.ndarray:
+        bg = b[gi]
+        eta = (bg[:, 0] + c[0] * bg[:, 1]) + c[1] * bg[:, 2]  # x . beta, term by term
+        return np.asarray(np.exp(np.clip(eta + o, -50, 50)), float)
+
+    active = np.arange(k)  # the series still running, and their rows (all at first)
+    gi, c, o, y = g, cols, off, clicks
+    for _ in range(50):
+        b = beta[active]
+        mu = mean(b, gi, c, o)
+        h, grad = sums(gi, len(active), mu, y - mu, c)
+        assert grad is not None
+        step = np.linalg.solve(h, (grad - b @ prior)[..., None])[..., 0]
         beta[active] += step
         done = np.max(np.abs(step), axis=1) < 1e-9
-        active[np.flatnonzero(active)[done]] = False
-        if not active.any():
+        if done.all():
             break
-        rows = rows[active[g[rows]]]
-    rows = np.arange(len(g))
-    cov = np.linalg.inv(hessian(rows, g, mean(rows, g)))
+        if done.any():  # keep the rows of the series still running, renumbered among them
+            keep = ~done
+            rows = np.flatnonzero(keep[gi])
+            gi = (np.cumsum(keep) - 1)[gi[rows]]
+            c, o, y = tuple(v[rows] for v in c), o[rows], y[rows]
+            active = active[keep]
+    h, _ = sums(g, k, mean(beta, g, cols, off), None, cols)
+    cov = np.linalg.inv(h)
     return beta, cov
 
 
@@ -423,7 +445,7 @@ _EPOCH = date(1970, 1, 1).toordinal()
 
 
 def _conversion_decays(s: _Series, conv: pd.DataFrame, among: np.ndarray) -> dict[int, float]:
-    """Per series of ``among`` with 200 clicks and 20 conversions of its creative: the
+    """Per series of ``among`` (ascending) with 200 clicks and 20 conversions of its creative: the
     conversion rate per click now relative to its start (log-linear in age), fitted for all
     of them at once (each alone, as :func:`fit_decays` fits: the same whichever others)."""
     tot_clicks = np.bincount(s.group, s.clicks, minlength=s.n)
@@ -434,12 +456,12 @@ def _conversion_decays(s: _Series, conv: pd.DataFrame, among: np.ndarray) -> dic
     chosen = among[enough[among]]
     if not len(chosen):
         return {}
-    rows = np.concatenate([np.arange(s.bounds[g], s.bounds[g + 1]) for g in chosen])
-    rows = rows[s.clicks[rows] > 0]
+    picked = np.zeros(s.n, bool)
+    picked[chosen] = True  # (``among`` ascends, so the chosen series' rows ascend too)
+    rows = np.flatnonzero(picked[s.group] & (s.clicks > 0))
     local = np.searchsorted(chosen, s.group[rows])
-    keys = pd.MultiIndex.from_arrays(
-        [pd.Index([s.creative_id[i] for i in rows.tolist()], dtype=object), s.day[rows]]
-    )
+    creative = np.asarray(s.creative_id, dtype=object)[rows]
+    keys = pd.MultiIndex.from_arrays([pd.Index(creative, dtype=object), s.day[rows]])
     y = conv.set_index(["creative", "day"]).n.reindex(keys).fillna(0.0).to_numpy()
     beta, _cov = fit_decays(y, s.clicks[rows], s.age[rows], np.zeros(len(rows)), local, len(chosen))
     last_age = np.zeros(len(chosen))
