@@ -160,3 +160,104 @@ def test_exclusion_windows_pause_the_learning_clock(ws: Workspace, tmp_path: Pat
     # 01-03..01-05 do not count: 20 events by 01-02, the 50th on 01-08
     assert paused.states["2026-01-07"] == "learning"
     assert paused.states["2026-01-08"] == "stable"
+
+
+def _replay_one(sp: Any, as_of: date, threshold: int) -> dict[str, Any]:
+    """The learning rule for one entity, a day at a time (the reference _replay meets)."""
+    from signalloop.phase import WINDOW
+
+    by_day = {r.day: r for r in sp.resets}
+    state, since, counted, current = "learning", 0.0, 0, None
+    history: list[float] = []
+    states: dict[str, str] = {}
+    d = sp.first
+    while d <= as_of:
+        r = by_day.get(d)
+        if r is not None:
+            if current is not None and current.days_in_learning == 0:
+                current.days_in_learning = counted
+            state, since, counted, current = "learning", 0.0, 0, r
+        if d in sp.excluded:
+            states[d.isoformat()] = state
+            d += timedelta(days=1)
+            continue
+        n = sp.daily.get(d, 0.0)
+        history.append(n)
+        since += n
+        if state == "learning":
+            counted += 1
+            if since >= threshold:
+                state = "stable"
+                if current is not None:
+                    current.days_in_learning = counted
+            elif counted >= WINDOW:
+                state = "learning_limited"
+        elif state == "learning_limited":
+            counted += 1
+            if sum(history[-WINDOW:]) >= threshold:
+                state = "stable"
+                if current is not None:
+                    current.days_in_learning = counted
+        states[d.isoformat()] = state
+        d += timedelta(days=1)
+    if current is not None and current.days_in_learning == 0:
+        current.days_in_learning = counted
+    recent = history[-14:]
+    if sp.extrapolate or len(recent) >= WINDOW:
+        projected = sum(recent) / len(recent) * WINDOW if recent else 0.0
+    else:
+        projected = float(sum(recent))
+    return {
+        "state": state,
+        "conversions_7d": round(sum(history[-WINDOW:])),
+        "projected_7d": projected,
+        "history_days": len(history),
+        "states": states,
+        "learned": [r.days_in_learning for r in sp.resets],
+    }
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_replay_of_every_entity_at_once_is_each_replayed_alone(seed: int) -> None:
+    """_replay steps through the days with every entity at once: on random entities (first
+    days, fractional and whole daily counts, resets before the first day and two on one day,
+    exclusion windows shared by a campaign's entities), each entity's states, counts,
+    projection and days in learning equal a replay of that entity alone."""
+    import copy
+
+    import numpy as np
+
+    from signalloop.phase import Reset, _replay, _Spec
+
+    rng = np.random.default_rng(seed)
+    as_of, threshold = date(2026, 3, 31), int(rng.choice([5, 20, 50]))
+    windows = {
+        c: {as_of - timedelta(days=int(x)) for x in rng.choice(80, int(rng.integers(0, 9)))}
+        for c in ("c1", "c2", "c3")
+    }
+    specs = []
+    for e in range(40):
+        first = as_of - timedelta(days=int(rng.integers(-1, 70)))  # one starts after as_of
+        rate = float(rng.choice([0.3, 2.0, 9.0]))
+        daily = {
+            first + timedelta(days=j): float(rng.poisson(rate)) * (1.0 if e % 3 else 0.37)
+            for j in range(-3, 75)
+            if rng.random() < 0.8
+        }
+        days = sorted(int(x) for x in rng.choice(np.arange(-5, 75), int(rng.integers(0, 6))))
+        if days and e % 4 == 0:
+            days.append(days[-1])  # two resets on one day: the last one counts
+        resets = [Reset(first + timedelta(days=d), "human", "bid") for d in days]
+        campaign = f"c{e % 3 + 1}"
+        specs.append(_Spec(f"a{e}", campaign, first, daily, resets, windows[campaign], e % 5 != 0))
+    alone = [_replay_one(copy.deepcopy(sp), as_of, threshold) for sp in specs]
+    together = _replay(specs, as_of, threshold)
+    for sp, want, got in zip(specs, alone, together, strict=True):
+        assert got.entity_id == sp.entity
+        assert got.state == want["state"]
+        assert got.conversions_7d == want["conversions_7d"]
+        assert got.projected_7d == want["projected_7d"]
+        assert got.history_days == want["history_days"]
+        assert got.states == want["states"]
+        assert [r.days_in_learning for r in got.resets] == want["learned"]
+    assert {s for e in together for s in e.states.values()} >= {"learning", "stable"}

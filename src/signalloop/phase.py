@@ -30,8 +30,9 @@ dated in the last 7 days, never extrapolated from fewer than 7 days), ``None`` w
 does. Readers that gate on learning (``allocate``, ``lens``) treat ``unknown`` as not known
 to be learning.
 
-Heavy work (edits joined to entities, daily conversions per ad set) is ibis; the per-ad-set
-daily replay is small and done in Python.
+Heavy work (edits joined to entities, daily conversions per ad set) is ibis; the daily replay
+steps through the days once, every ad set at once (NumPy), so its cost grows with the days
+of history by a few array operations each, not by a Python step per ad set and day.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
+
+import numpy as np
 
 from signalloop.checks.base import CheckContext, default_as_of, to_date
 from signalloop.checks.engine import load_exclusions
@@ -267,8 +270,9 @@ def phase(
     platform = _platform_daily(ctx, sets, reported - first_party)
     edits = _edits(ctx, ads, owner)
     excluded = _excluded_days(ws)
-    entities = []
     siblings = Counter(s["campaign_id"] for s in sets)  # each campaign's entities
+    sources: list[str | None] = []
+    specs: list[_Spec] = []
     for s in sets:
         cid = s["campaign_id"]
         source = (
@@ -279,17 +283,21 @@ def phase(
             else None
         )
         events = daily if source == "first_party" else platform
-        ent = _replay(
-            s["entity"],
-            cid,
-            to_date(s["first"]) or as_of,
-            as_of,
-            events.get(s["entity"], {}),
-            edits.get(s["entity"], []),
-            excluded.get(cid, set()),
-            threshold,
-            extrapolate=source == "first_party",
+        sources.append(source)
+        specs.append(
+            _Spec(
+                s["entity"],
+                cid,
+                to_date(s["first"]) or as_of,
+                events.get(s["entity"], {}),
+                edits.get(s["entity"], []),
+                excluded.get(cid, set()),
+                extrapolate=source == "first_party",
+            )
         )
+    entities = _replay(specs, as_of, threshold)
+    for s, source, ent in zip(sets, sources, entities, strict=True):
+        cid = s["campaign_id"]
         ent.level = s["level"]
         ent.conversions_source = source
         ent.split_by_clicks_share = split.get(cid, 0.0)
@@ -298,7 +306,6 @@ def phase(
         elif source == "platform_reported" and spend_days.get(cid, 0) < MIN_DAILY_DAYS:
             _unknown(ent, "daily history")
         ent.recommendation = _recommend(ent, siblings[cid], threshold, as_of)
-        entities.append(ent)
     has_log = bool(ctx.table("changes").count().execute())
     edge = None
     if list_days is not None:
@@ -495,83 +502,142 @@ def _excluded_days(ws: Workspace) -> dict[str, set[date]]:
     return out
 
 
-def _replay(
-    adset: str,
-    campaign: str,
-    first: date,
-    as_of: date,
-    daily: dict[date, float],
-    resets: list[Reset],
-    excluded: set[date],
-    threshold: int,
-    *,
-    extrapolate: bool = True,
-) -> EntityPhase:
-    """Run the platform's learning rule over the ad set's days.
+@dataclass
+class _Spec:
+    """One entity's inputs to :func:`_replay`."""
 
-    The projected 7-day volume is the mean of the last 14 counted days times 7; with
-    ``extrapolate`` false and fewer than 7 days counted it is their sum (a count that may be
-    one total for a whole period is not a daily rate).
+    entity: str
+    campaign: str
+    first: date
+    #: optimisation events per day
+    daily: dict[date, float]
+    resets: list[Reset]
+    excluded: set[date]
+    #: project the 7-day volume from fewer than 7 counted days (first-party daily counts)
+    extrapolate: bool = True
+
+
+_LEARNING, _LIMITED, _STABLE = 0, 1, 2
+_CODES = ("learning", "learning_limited", "stable")
+
+
+def _replay(specs: list[_Spec], as_of: date, threshold: int) -> list[EntityPhase]:
+    """Run the platform's learning rule over every entity's days, up to ``as_of``.
+
+    Each entity, from its first day: a reset that day puts it back in ``learning`` (the
+    reset it ends records the days it spent learning, unless already set); a day inside an
+    exclusion window counts nothing and keeps the state; any other day adds its events: a
+    ``learning`` entity counts the day and is ``stable`` once the events since its last reset
+    reach the threshold, ``learning_limited`` after :data:`WINDOW` counted days without; a
+    ``learning_limited`` one is ``stable`` once its last :data:`WINDOW` counted days reach it.
+
+    The days are stepped through once with every entity at once (arrays over the entities):
+    each sum adds the same numbers in the same order as one entity's loop would, so states,
+    counts and days in learning are those of replaying each entity alone. The projected
+    7-day volume is the mean of the last 14 counted days times 7; with ``extrapolate`` false
+    and fewer than 7 days counted it is their sum (a count that may be one total for a whole
+    period is not a daily rate).
     """
-    by_day = {r.day: r for r in resets}
-    state, since, counted_days = "learning", 0.0, 0
-    history: list[float] = []
-    states: dict[str, str] = {}
-    current: Reset | None = None
-    d = first
-    while d <= as_of:
-        r = by_day.get(d)
-        if r is not None:
-            if current is not None and current.days_in_learning == 0:
-                current.days_in_learning = counted_days
-            state, since, counted_days, current = "learning", 0.0, 0, r
-        if d in excluded:
-            states[d.isoformat()] = state
-            d += timedelta(days=1)
+    n_ent = len(specs)
+    start = min([sp.first for sp in specs] + [as_of])
+    n_days = (as_of - start).days + 1
+    day0 = start.toordinal()
+    begin = np.array([sp.first.toordinal() - day0 for sp in specs], dtype=np.int64)
+    events = np.zeros((n_ent, n_days))
+    held = np.zeros((n_ent, n_days), dtype=bool)  # inside an exclusion window
+    reset_at = np.full((n_ent, n_days), -1, dtype=np.int64)  # index into ``flat``
+    flat: list[Reset] = []
+    window_days: dict[int, np.ndarray] = {}  # per excluded-days set (shared by a campaign)
+    for e, sp in enumerate(specs):
+        for d, n in sp.daily.items():
+            j = d.toordinal() - day0
+            if 0 <= j < n_days:
+                events[e, j] = n
+        if sp.excluded:
+            key = id(sp.excluded)
+            if key not in window_days:
+                js = np.array([d.toordinal() - day0 for d in sp.excluded], dtype=np.int64)
+                window_days[key] = js[(js >= 0) & (js < n_days)]
+            held[e, window_days[key]] = True
+        for r in sp.resets:  # (several on one day: the last, as a dict by day keeps)
+            j = r.day.toordinal() - day0
+            if 0 <= j < n_days:
+                reset_at[e, j] = len(flat)
+            flat.append(r)
+    learned = np.array([r.days_in_learning for r in flat], dtype=np.int64)
+    state = np.full(n_ent, _LEARNING, dtype=np.int64)
+    since = np.zeros(n_ent)
+    counted = np.zeros(n_ent, dtype=np.int64)
+    current = np.full(n_ent, -1, dtype=np.int64)
+    last = np.zeros((n_ent, WINDOW))  # the last WINDOW counted days' events, oldest first
+    codes = np.full((n_ent, n_days), -1, dtype=np.int64)
+    for j in range(n_days):
+        on = begin <= j
+        new = on & (reset_at[:, j] >= 0)
+        if new.any():
+            ended = new & (current >= 0)
+            idx = current[ended]
+            unset = learned[idx] == 0
+            learned[idx[unset]] = counted[ended][unset]
+            state[new], since[new], counted[new] = _LEARNING, 0.0, 0
+            current[new] = reset_at[new, j]
+        live = on & ~held[:, j]
+        codes[on & held[:, j], j] = state[on & held[:, j]]
+        if not live.any():
             continue
-        n = daily.get(d, 0.0)
-        history.append(n)
-        since += n
-        if state == "learning":
-            counted_days += 1
-            if since >= threshold:
-                state = "stable"
-                if current is not None:
-                    current.days_in_learning = counted_days
-            elif counted_days >= WINDOW:
-                state = "learning_limited"
-        elif state == "learning_limited":
-            counted_days += 1
-            if sum(history[-WINDOW:]) >= threshold:
-                state = "stable"
-                if current is not None:
-                    current.days_in_learning = counted_days
-        states[d.isoformat()] = state
-        d += timedelta(days=1)
-    if current is not None and current.days_in_learning == 0:
-        current.days_in_learning = counted_days  # still not stable at the as-of date
-    last7 = round(sum(history[-WINDOW:]))
-    recent = history[-14:]
-    if extrapolate or len(recent) >= WINDOW:
-        projected = sum(recent) / len(recent) * WINDOW if recent else 0.0
-    else:
-        projected = float(sum(recent))
-    ent = EntityPhase(
-        "adset",
-        adset,
-        campaign,
-        state,
-        last7,
-        resets,
-        states,
-        projected_7d=projected,
-        history_days=len(history),
-    )
-    last_reset = resets[-1].day if resets else first
-    if projected >= threshold:
-        ready = last_reset + timedelta(days=EVALUATION_DAYS)
-        ent.evaluation_ready_on = max(ready, as_of) if state == "stable" else ready
-    return ent
+        today = events[:, j]
+        last[live, :-1] = last[live, 1:]
+        last[live, -1] = today[live]
+        since[live] = since[live] + today[live]
+        was = state.copy()
+        counted[live & (was != _STABLE)] += 1
+        learning = live & (was == _LEARNING)
+        reached = learning & (since >= threshold)
+        state[learning & ~reached & (counted >= WINDOW)] = _LIMITED
+        limited = live & (was == _LIMITED)
+        window = np.zeros(n_ent)
+        for k in range(WINDOW):  # left to right, as sum() over the last WINDOW days
+            window = window + last[:, k]
+        reached |= limited & (window >= threshold)
+        state[reached] = _STABLE
+        done = reached & (current >= 0)
+        learned[current[done]] = counted[done]
+        codes[live, j] = state[live]
+    ended = current >= 0
+    idx = current[ended]
+    unset = learned[idx] == 0  # still not stable at the as-of date
+    learned[idx[unset]] = counted[ended][unset]
+    for r, k in zip(flat, learned.tolist(), strict=True):
+        r.days_in_learning = int(k)
+    iso = [date.fromordinal(day0 + j).isoformat() for j in range(n_days)]
+    out = []
+    for e, sp in enumerate(specs):
+        b = int(max(begin[e], 0))
+        history = events[e, b:][~held[e, b:]].tolist()
+        last7 = round(sum(history[-WINDOW:]))
+        recent = history[-14:]
+        if sp.extrapolate or len(recent) >= WINDOW:
+            projected = sum(recent) / len(recent) * WINDOW if recent else 0.0
+        else:
+            projected = float(sum(recent))
+        states = dict(zip(iso[b:], (_CODES[c] for c in codes[e, b:].tolist()), strict=True))
+        ent = EntityPhase(
+            "adset",
+            sp.entity,
+            sp.campaign,
+            _CODES[int(state[e])],
+            last7,
+            sp.resets,
+            states,
+            projected_7d=projected,
+            history_days=len(history),
+        )
+        last_reset = sp.resets[-1].day if sp.resets else sp.first
+        if projected >= threshold:
+            ready = last_reset + timedelta(days=EVALUATION_DAYS)
+            ent.evaluation_ready_on = max(ready, as_of) if ent.state == "stable" else ready
+        out.append(ent)
+    return out
 
 
 def _recommend(ent: EntityPhase, siblings: int, threshold: int, as_of: date) -> str:
