@@ -16,6 +16,11 @@ history adds to every next day, ``a`` the part that does not depend on history a
 ``--repeat N`` runs each next day N times from a copy of the same first run's workspace and
 reports the median (this host's speed swings by about 10% from hour to hour).
 
+``--against SRC`` (the ``src`` folder of another checkout, e.g. a ``git worktree`` of an
+earlier commit) runs each next day with that code too, on ``PYTHONPATH``, alternating with
+this checkout's from the same first run's workspace (``--repeat`` times each): the two codes
+in the same minutes, which this host's swing between hours would otherwise blur.
+
 ``--retrain-day`` also runs, from the same first run's workspace with its models made a
 retraining cadence (:data:`signalloop.run.DEFAULT_RETRAIN_DAYS`) older, the next day on which
 they are due: once as the run does it by default (``[run] retrain = "inline"``: refitted and
@@ -112,6 +117,12 @@ def _restore(saved: Path, store: Path) -> None:
         (shutil.copytree if f.is_dir() else shutil.copy2)(f, store.parent / f.name)
 
 
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run of median time, with every run's ``seconds_all``."""
+    median = sorted(runs, key=lambda r: r["seconds"])[(len(runs) - 1) // 2]
+    return {**median, "seconds_all": [round(r["seconds"], 2) for r in runs]}
+
+
 def next_days(
     store: Path,
     new: Path,
@@ -120,21 +131,30 @@ def next_days(
     max_gib: float,
     repeat: int,
     retrain_day: bool = False,
+    against: Path | None = None,
 ) -> dict[str, Any]:
     """The next day run ``repeat`` times, each from the same first run's workspace (copied
     aside first): the run of median time, with every run's ``seconds_all``. This host's speed
     swings by about 10% from one hour to the next, more than what a day of history adds.
-    ``retrain_day``: also :func:`retraining_day` from that workspace (under ``retrain``)."""
+    ``retrain_day``: also :func:`retraining_day` from that workspace (under ``retrain``).
+    ``against``: another checkout's ``src``; each of this code's runs is followed by one of
+    that code's (``PYTHONPATH``, reports under ``<out>-against``), their median in
+    ``against``."""
     saved = store.parent / "before-next-day"
-    if repeat > 1 or retrain_day:
+    if repeat > 1 or retrain_day or against is not None:
         _copy(_workspace_files(store), saved)
-    runs = []
+    runs, others = [], []
     for i in range(repeat):
         if i:
             _restore(saved, store)
         runs.append(run_once(store, new, as_of, out, max_gib))
-    median = sorted(runs, key=lambda r: r["seconds"])[(len(runs) - 1) // 2]
-    doc = {**median, "seconds_all": [round(r["seconds"], 2) for r in runs]}
+        if against is not None:
+            _restore(saved, store)
+            other = Path(f"{out}-against")
+            others.append(run_once(store, new, as_of, other, max_gib, {"PYTHONPATH": str(against)}))
+    doc = _median(runs)
+    if others:
+        doc["against"] = _median(others)
     if retrain_day:
         doc["retrain"] = retraining_day(saved, store, new, as_of, out.parent, max_gib)
     shutil.rmtree(saved, ignore_errors=True)
@@ -216,6 +236,7 @@ def measure(
     max_gib: float,
     repeat: int = 1,
     retrain_day: bool = False,
+    against: Path | None = None,
 ) -> dict[str, Any]:
     folder, start = account_folder(cache, n, days, seed)
     simulate(n, days, seed, shard, folder, start)
@@ -233,7 +254,9 @@ def measure(
         log(f"{n} campaigns, {h} days of history: first run as of {last - timedelta(days=1)}")
         first = run_once(store, hist, last - timedelta(days=1), dest / "reports" / "first", max_gib)
         log(f"{n} campaigns, {h} days of history: next day as of {last}")
-        nxt = next_days(store, new, last, dest / "reports" / "next", max_gib, repeat, retrain_day)
+        nxt = next_days(
+            store, new, last, dest / "reports" / "next", max_gib, repeat, retrain_day, against
+        )
         if nxt["quarantined"] or not nxt["loaded"]:  # a next day that read nothing new
             raise RunFailed(
                 f"the next day ({new}) loaded {nxt['loaded']:,} rows and quarantined "
@@ -296,6 +319,7 @@ def render(result: dict[str, Any], args: argparse.Namespace) -> str:
         + ("" if d == 90 else f" --days {d}")
         + ("" if args.repeat == 1 else f" --repeat {args.repeat}")
         + (" --retrain-day" if getattr(args, "retrain_day", False) else "")
+        + (f" --against {args.against}" if getattr(args, "against", None) else "")
         + f"`. Measured {stamp} on "
         f"{machine(PACKAGES)}.",
         "",
@@ -346,10 +370,43 @@ def render(result: dict[str, Any], args: argparse.Namespace) -> str:
             f"each day of history adds (2x the plain scan is {2 * scan:.2f} s)."
         ),
         "",
+        *_against_lines(runs, args),
         *_retrain_lines(runs, scan),
         END,
     ]
     return "\n".join(lines)
+
+
+def _against_lines(runs: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
+    """This code's next days beside ``--against``'s, run alternately (if it was given)."""
+    if not any("against" in r["next"] for r in runs):
+        return []
+    lines = [
+        f"The same next days with the code of `{args.against}` (on `PYTHONPATH`), each run "
+        "right after one of this checkout's, from the same first run's workspace (medians, "
+        "with the range):",
+        "",
+        "| history | this checkout | `--against` | difference | state, this / against |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for r in runs:
+        mine, other = r["next"], r["next"]["against"]
+        lines.append(
+            f"| {r['history_days']} days | {_next_cell(mine)} | {_next_cell(other)} | "
+            f"{mine['seconds'] - other['seconds']:+.1f} s | "
+            f"{mine['timings'].get('state', 0.0):.1f} / "
+            f"{other['timings'].get('state', 0.0):.1f} s |"
+        )
+    if len(runs) > 1:
+        xs = [r["history_days"] for r in runs]
+        _, b_mine = fit_line(xs, [r["next"]["seconds"] for r in runs])
+        _, b_other = fit_line(xs, [r["next"]["against"]["seconds"] for r in runs])
+        lines += [
+            "",
+            f"Per day of history: {b_mine:.3f} s with this checkout, {b_other:.3f} s with "
+            "`--against`.",
+        ]
+    return [*lines, ""]
 
 
 def _retrain_lines(runs: list[dict[str, Any]], scan: float) -> list[str]:
@@ -408,7 +465,14 @@ def main() -> None:
         action="store_true",
         help="also the next day with the models due, inline and with model refresh apart",
     )
+    ap.add_argument(
+        "--against",
+        type=Path,
+        help="another checkout's src folder: each next day also runs with it, alternately",
+    )
     args = ap.parse_args()
+    if args.against is not None and not (args.against / "signalloop" / "__init__.py").exists():
+        ap.error(f"--against: expected a src folder holding signalloop/, got {args.against}")
     if args.repeat < 1:
         ap.error(f"--repeat: expected 1 or more, got {args.repeat}")
     lengths = sorted({int(h) for h in args.history.split(",")})
@@ -425,6 +489,7 @@ def main() -> None:
             args.max_gib,
             args.repeat,
             args.retrain_day,
+            args.against,
         )
     except RunFailed as exc:
         sys.exit(f"history: {exc}")
