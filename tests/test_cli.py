@@ -158,3 +158,22 @@ def test_a_full_disk_is_one_message_and_exit_2(capsys: pytest.CaptureFixture[str
     assert disk_full(OSError(errno.ENOSPC, "No space left on device"))
     with pytest.raises(duckdb.IOException):
         handle_errors(failing)(duckdb.IOException("IO Error: permission denied"))
+
+
+def test_help_reflows_paragraphs_and_keeps_brackets_and_placeholders() -> None:
+    """--help joins a docstring paragraph's lines (its line breaks are the source's, not the
+    terminal's) and shows what Rich markup would have eaten: a settings section such as
+    ``[serve]`` and a placeholder such as ``<workspace>``."""
+    import os
+
+    env = {**os.environ, "COLUMNS": "200"}
+    refresh = run("model", "refresh", "--help", env=env)
+    assert refresh.returncode == 0, refresh.stderr
+    # "keeps" ends a line of the docstring: the paragraph is one line at 200 columns
+    assert any("keeps using the saved ones" in line for line in refresh.stdout.splitlines())
+    assert '[run] retrain = "separate"' in refresh.stdout
+    assert "<workspace>.models/<outcome>" in refresh.stdout
+    fit = run("model", "fit", "--help", env=env)
+    assert "[default: <workspace>.models/<outcome>]" in fit.stdout
+    serve = run("serve", "--help", env=env)
+    assert "[serve] run_at" in serve.stdout

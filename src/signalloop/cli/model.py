@@ -51,7 +51,7 @@ ModelDirOption = Annotated[
     Path | None,
     typer.Option(
         "--model-dir",
-        help="Folder of the saved model \\[default: <workspace>.models/<outcome>].",
+        help="Folder of the saved model \\[default: `<workspace>.models/<outcome>`].",
         show_default=False,
     ),
 ]
@@ -130,7 +130,7 @@ def model_refresh(
 ) -> None:
     """Refit and backtest the run's models that are due, as `run` does inline.
 
-    With `\\[run] retrain = "separate"` the daily run only lists its due models and keeps
+    With `[run] retrain = "separate"` the daily run only lists its due models and keeps
     using the saved ones: schedule this on its own (weekly, at night) to refit them where
     `run` reads them (`<workspace>.models/<outcome>`).
     """
