@@ -11,10 +11,12 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from signalloop import simulate as sim
 from signalloop.cli import app
 from signalloop.config import Settings, settings_from_dict
 from signalloop.contract import KINDS
 from signalloop.errors import ConfigError, UsageError
+from signalloop.ingest import ingest_file
 from signalloop.models.api import default_model_dir
 from signalloop.run import inbox_kind, model_due, run, scan_inbox, signal_history
 from signalloop.store import Workspace
@@ -360,3 +362,42 @@ def test_a_long_history_is_backfilled_once_within_its_weeks(tmp_path: Path) -> N
         later = signal_history(ws, nxt, Settings(), checks, lambda s, f: calls.append(f))
     assert [h["as_of"] for h in later] == [h["as_of"] for h in hist] + [nxt.isoformat()]
     assert calls == []
+
+
+def test_separate_retraining_lists_a_model_refresh_could_not_fit_as_skipped(
+    tmp_path: Path,
+) -> None:
+    """An account too small to fit (no touchpoints: the crm shape): with retrain =
+    "separate" the run lists the models as due until `model refresh` has tried; then, for a
+    week, as skipped with the refresh's reason; then due again."""
+    res = sim.simulate(sim.SimulationConfig(days=30, campaigns=2, seed=3, shape="crm"))
+    paths = sim.write(res, tmp_path / "data")
+    db = tmp_path / "small.duckdb"
+    separate = settings_from_dict({"run": {"retrain": "separate"}})
+    with Workspace(db) as ws:
+        for kind, p in paths.items():
+            if kind in KINDS:
+                ingest_file(ws, kind, p)
+        first = run(ws, settings=separate, out_dir=tmp_path / "r1")
+    assert {(m["status"], m["reason"]) for m in first["models"]} == {("due", "no model saved yet")}
+    got = runner.invoke(app, ["model", "refresh", "--db", str(db), "--json"])
+    assert got.exit_code == 0, got.output
+    tried = json.loads(got.stdout)["models"]
+    assert tried and {m["status"] for m in tried} == {"skipped"}
+    notes = {m["outcome"]: m["reason"] for m in tried}
+    with Workspace(db) as ws:
+        second = run(ws, settings=separate, out_dir=tmp_path / "r2")
+    as_of = second["as_of"]
+    for m in second["models"]:
+        assert (m["status"], m["saved"]) == ("skipped", False)
+        assert m["reason"].startswith(f"the refit as of {as_of} could not fit it: ")
+        assert notes[m["outcome"]] in m["reason"] and "tried again from" in m["reason"]
+    # a week later the model is due again (the refresh job then tries once more)
+    for m in second["models"]:
+        note = Path(m["model_dir"]) / "skipped.json"
+        doc = json.loads(note.read_text())
+        doc["as_of"] = (date.fromisoformat(doc["as_of"]) - timedelta(days=7)).isoformat()
+        note.write_text(json.dumps(doc))
+    with Workspace(db) as ws:
+        third = run(ws, settings=separate, out_dir=tmp_path / "r3")
+    assert {(m["status"], m["reason"]) for m in third["models"]} == {("due", "no model saved yet")}

@@ -239,6 +239,30 @@ def model_due(folder: Path, outcome: str, as_of: date, settings: Settings) -> tu
 
 #: What refits the models a run leaves due (``[run] retrain = "separate"``).
 REFRESH_COMMAND = "signalloop model refresh"
+#: Beside a model that could not be fitted: when the last refit tried and why it failed.
+SKIPPED_FILE = "skipped.json"
+
+
+def _note_skip(folder: Path, as_of: date, reason: str) -> None:
+    """Record in ``folder`` that a refit as of ``as_of`` could not fit the model."""
+    folder.mkdir(parents=True, exist_ok=True)
+    doc = {"as_of": as_of.isoformat(), "reason": reason}
+    (folder / SKIPPED_FILE).write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def _recent_skip(folder: Path, as_of: date) -> str | None:
+    """Why the last refit could not fit the model in ``folder``, if it tried in the
+    :data:`DEFAULT_RETRAIN_DAYS` up to ``as_of``; ``None`` otherwise (then it is due again)."""
+    try:
+        doc = json.loads((folder / SKIPPED_FILE).read_text())
+        tried = date.fromisoformat(doc["as_of"])
+        reason = str(doc["reason"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not 0 <= (as_of - tried).days < DEFAULT_RETRAIN_DAYS:
+        return None
+    again = tried + timedelta(days=DEFAULT_RETRAIN_DAYS)
+    return f"the refit as of {tried} could not fit it: {reason} (tried again from {again})"
 
 
 def refresh_models(
@@ -258,6 +282,11 @@ def refresh_models(
     due), ``skipped`` (could not be fitted: ``reason`` says why) or, with ``inline=False``,
     ``due``: left for :data:`REFRESH_COMMAND` (the saved model, if any, is still the one
     used; ``saved`` says whether there is one). ``force`` refits every model, due or not.
+
+    A refit that cannot fit a model that has none saved (too little data: ``skipped``)
+    leaves :data:`SKIPPED_FILE` in its folder, and for :data:`DEFAULT_RETRAIN_DAYS` after it
+    a run with ``inline=False`` lists that model as ``skipped`` with the refit's reason,
+    instead of ``due`` every day; then it is due again. A model fitted removes the note.
     """
     from signalloop.models.api import default_model_dir, refresh_workspace
     from signalloop.models.card import CARD_FILE
@@ -278,6 +307,10 @@ def refresh_models(
             continue
         if not inline:
             saved = (folder / CARD_FILE).exists()
+            skip = None if saved or force else _recent_skip(folder, as_of)
+            if skip is not None:  # (not listed as due every day until the data can carry it)
+                entries.append({**entry, "status": "skipped", "saved": False, "reason": skip})
+                continue
             entries.append({**entry, "status": "due", "saved": saved, "command": REFRESH_COMMAND})
             continue
         progress(f"refreshing the {outcome} model", None)
@@ -300,8 +333,11 @@ def refresh_models(
                 progress=step,
             )
         except SignalloopError as exc:
+            if not (folder / CARD_FILE).exists():  # what a separate run then lists instead
+                _note_skip(folder, as_of, str(exc))
             entries.append({**entry, "status": "skipped", "reason": str(exc)})
             continue
+        (folder / SKIPPED_FILE).unlink(missing_ok=True)
         if fit.get("backtest") is None:  # fitted and saved, too small to backtest
             entries.append({**entry, "status": "skipped", "reason": str(fit.get("backtest_error"))})
             continue
