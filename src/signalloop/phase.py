@@ -545,7 +545,7 @@ def _replay(specs: list[_Spec], as_of: date, threshold: int) -> list[EntityPhase
     begin = np.array([sp.first.toordinal() - day0 for sp in specs], dtype=np.int64)
     events = np.zeros((n_ent, n_days))
     held = np.zeros((n_ent, n_days), dtype=bool)  # inside an exclusion window
-    reset_at = np.full((n_ent, n_days), -1, dtype=np.int64)  # index into ``flat``
+    reset_at = np.full((n_ent, n_days), -1, dtype=np.int32)  # index into ``flat``
     flat: list[Reset] = []
     window_days: dict[int, np.ndarray] = {}  # per excluded-days set (shared by a campaign)
     for e, sp in enumerate(specs):
@@ -570,7 +570,7 @@ def _replay(specs: list[_Spec], as_of: date, threshold: int) -> list[EntityPhase
     counted = np.zeros(n_ent, dtype=np.int64)
     current = np.full(n_ent, -1, dtype=np.int64)
     last = np.zeros((n_ent, WINDOW))  # the last WINDOW counted days' events, oldest first
-    codes = np.full((n_ent, n_days), -1, dtype=np.int64)
+    codes = np.full((n_ent, n_days), -1, dtype=np.int8)  # (entities x days: kept small)
     for j in range(n_days):
         on = begin <= j
         new = on & (reset_at[:, j] >= 0)
