@@ -92,11 +92,8 @@ def fit_decays(
     beta[:, 0] = np.log(np.maximum(tot_c, 0.5) / np.maximum(tot_i, 1.0))
     prior = np.diag([0.0, RIDGE, RIDGE])  # shrink the decay rates toward none
 
-    def sums(
-        gi: np.ndarray, m: int, mu: np.ndarray, resid: np.ndarray | None, c: tuple[Any, ...]
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Per series (``gi`` numbers the rows' series among ``m``): the hessian (with the
-        prior) and, given ``resid``, the gradient's sums (before the prior)."""
+    def hessian(gi: np.ndarray, m: int, mu: np.ndarray, c: tuple[Any, ...]) -> np.ndarray:
+        """Per series (``gi`` numbers the rows' series among ``m``), with the prior."""
         a1, a2, a11, a12, a22 = c
         h = np.empty((m, 3, 3))
         h[:, 0, 0] = np.bincount(gi, mu, minlength=m)
@@ -105,12 +102,7 @@ def fit_decays(
         h[:, 1, 1] = np.bincount(gi, a11 * mu, minlength=m)
         h[:, 1, 2] = h[:, 2, 1] = np.bincount(gi, a12 * mu, minlength=m)
         h[:, 2, 2] = np.bincount(gi, a22 * mu, minlength=m)
-        if resid is None:
-            return h + prior, None
-        grad = np.column_stack(
-            [np.bincount(gi, v, minlength=m) for v in (resid, a1 * resid, a2 * resid)]
-        )
-        return h + prior, grad
+        return h + prior
 
     def mean(b: np.ndarray, gi: np.ndarray, c: tuple[Any, ...], o: np.ndarray) -> np.ndarray:
         bg = b[gi]
@@ -121,10 +113,13 @@ def fit_decays(
     gi, c, o, y = g, cols, off, clicks
     for _ in range(50):
         b = beta[active]
+        m = len(active)
         mu = mean(b, gi, c, o)
-        h, grad = sums(gi, len(active), mu, y - mu, c)
-        assert grad is not None
-        step = np.linalg.solve(h, (grad - b @ prior)[..., None])[..., 0]
+        resid = y - mu
+        grad = np.column_stack(
+            [np.bincount(gi, v, minlength=m) for v in (resid, c[0] * resid, c[1] * resid)]
+        )
+        step = np.linalg.solve(hessian(gi, m, mu, c), (grad - b @ prior)[..., None])[..., 0]
         beta[active] += step
         done = np.max(np.abs(step), axis=1) < 1e-9
         if done.all():
@@ -135,8 +130,7 @@ def fit_decays(
             gi = (np.cumsum(keep) - 1)[gi[rows]]
             c, o, y = tuple(v[rows] for v in c), o[rows], y[rows]
             active = active[keep]
-    h, _ = sums(g, k, mean(beta, g, cols, off), None, cols)
-    cov = np.linalg.inv(h)
+    cov = np.linalg.inv(hessian(g, k, mean(beta, g, cols, off), cols))
     return beta, cov
 
 
@@ -445,9 +439,10 @@ _EPOCH = date(1970, 1, 1).toordinal()
 
 
 def _conversion_decays(s: _Series, conv: pd.DataFrame, among: np.ndarray) -> dict[int, float]:
-    """Per series of ``among`` (ascending) with 200 clicks and 20 conversions of its creative: the
-    conversion rate per click now relative to its start (log-linear in age), fitted for all
-    of them at once (each alone, as :func:`fit_decays` fits: the same whichever others)."""
+    """Per series of ``among`` (ascending) with 200 clicks and 20 conversions of its
+    creative: the conversion rate per click now relative to its start (log-linear in age),
+    fitted for all of them at once (each alone, as :func:`fit_decays` fits: the same
+    whichever others)."""
     tot_clicks = np.bincount(s.group, s.clicks, minlength=s.n)
     by_creative = conv.groupby("creative").n.sum()
     first = [s.creative_id[int(b)] for b in s.bounds[:-1]]

@@ -581,8 +581,9 @@ def _replay(specs: list[_Spec], as_of: date, threshold: int) -> list[EntityPhase
             learned[idx[unset]] = counted[ended][unset]
             state[new], since[new], counted[new] = _LEARNING, 0.0, 0
             current[new] = reset_at[new, j]
-        live = on & ~held[:, j]
-        codes[on & held[:, j], j] = state[on & held[:, j]]
+        paused = on & held[:, j]
+        codes[paused, j] = state[paused]
+        live = on & ~paused
         if not live.any():
             continue
         today = events[:, j]
@@ -612,7 +613,7 @@ def _replay(specs: list[_Spec], as_of: date, threshold: int) -> list[EntityPhase
     iso = [date.fromordinal(day0 + j).isoformat() for j in range(n_days)]
     out = []
     for e, sp in enumerate(specs):
-        b = int(max(begin[e], 0))
+        b = int(begin[e])  # (>= 0: the grid starts at the first entity's first day)
         history = events[e, b:][~held[e, b:]].tolist()
         last7 = round(sum(history[-WINDOW:]))
         recent = history[-14:]

@@ -538,7 +538,7 @@ def binomial_sf(k: int, n: int, p: float) -> float:
         return 1.0
     if k > n:
         return 0.0
-    return float(min(1.0, max(0.0, float(bdtrc(k - 1, n, p)))))
+    return min(1.0, max(0.0, float(bdtrc(k - 1, n, p))))
 
 
 def _median_lag(rows: list[dict[str, Any]]) -> int:
