@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import date, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,3 +132,37 @@ def test_a_listing_window_lists_the_recent_creatives_as_every_one_is_listed(
             "from": edge.isoformat(),
             "creatives_not_listed": len(full["creatives"]) - len(recent),
         }
+
+
+def test_no_creative_ids_says_what_is_missing(tmp_path: Path) -> None:
+    """Spend without creative ids (a campaign-level export) gives no creative to fit: the
+    report says so and names the export, instead of an empty list alone; with creative ids
+    but every day inside an exclusion window it says that."""
+    from signalloop.checks.engine import save_exclusions
+
+    from .conftest import write_csv
+
+    rows = [(f"2026-01-{d:02d}", "meta", "c1", 1000, 20, 50.0) for d in range(1, 11)]
+    f = write_csv(
+        tmp_path / "spend.csv",
+        ("date", "platform", "campaign_id", "impressions", "clicks", "spend"),
+        rows,
+    )
+    with Workspace(":memory:") as ws:
+        ingest_file(ws, "spend", f)
+        doc = fatigue(ws, date(2026, 1, 10)).to_dict()
+        assert doc["creatives"] == [] and doc["campaigns"] == []
+        assert doc["missing"] == "creative ids: no spend row names a creative_id"
+        assert "creative_id in the spend export" in doc["unlock"]
+    g = write_csv(
+        tmp_path / "spend_cr.csv",
+        ("date", "platform", "campaign_id", "creative_id", "impressions", "clicks", "spend"),
+        [(d, p, c, "cr1", i, k, s) for d, p, c, i, k, s in rows],
+    )
+    with Workspace(":memory:") as ws:
+        ingest_file(ws, "spend", g)
+        assert "missing" not in fatigue(ws, date(2026, 1, 10)).to_dict()
+        window = {"campaign_id": "c1", "start": "2026-01-01", "end": None, "reason": "test"}
+        save_exclusions(ws, [window], date(2026, 1, 10))
+        doc = fatigue(ws, date(2026, 1, 10)).to_dict()
+        assert doc["missing"].startswith("delivery: no spend row with a creative_id")

@@ -202,6 +202,10 @@ class FatigueReport:
     #: what ``creatives`` lists: ``days`` (``None``: every creative), ``from`` (the first
     #: day of delivery that lists a creative), ``creatives_not_listed``
     listed: dict[str, Any] = field(default_factory=dict)
+    #: why there is no creative to fit (``None`` when there is one), and the export that
+    #: would give one
+    missing: str | None = None
+    unlock: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -209,6 +213,7 @@ class FatigueReport:
             "creatives": [c.to_dict() for c in self.creatives],
             "campaigns": self.campaigns,
             "listed": self.listed,
+            **({"missing": self.missing, "unlock": self.unlock} if self.missing else {}),
         }
 
     def to_json(self) -> str:
@@ -269,7 +274,28 @@ def fatigue(
         "from": edge.isoformat() if edge else None,
         "creatives_not_listed": int(s.n - len(shown)),
     }
-    return FatigueReport(as_of, creatives, campaigns, listed)
+    report = FatigueReport(as_of, creatives, campaigns, listed)
+    if s.n == 0:  # nothing to fit: say what is missing rather than list nothing
+        report.missing, report.unlock = _why_no_creatives(ctx)
+    return report
+
+
+#: The export that gives fatigue its series.
+UNLOCK_CREATIVES = (
+    "spend per creative and day: creative_id in the spend export (e.g. Meta's ad-level "
+    "export with a 'Breakdown: Day'), with impressions and clicks"
+)
+
+
+def _why_no_creatives(ctx: CheckContext) -> tuple[str, str]:
+    """Why no spend row up to the as-of date gave a creative series (read only then)."""
+    sp = ctx.table("spend")
+    if int(sp.filter(sp.creative_id.notnull()).count().execute()) == 0:
+        return "creative ids: no spend row names a creative_id", UNLOCK_CREATIVES
+    return (
+        "delivery: no spend row with a creative_id has impressions outside exclusion windows",
+        UNLOCK_CREATIVES,
+    )
 
 
 def _supply(s: _Series, beta: np.ndarray) -> dict[str, tuple[date, float]]:

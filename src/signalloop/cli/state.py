@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from signalloop.cli.common import (
@@ -141,6 +142,12 @@ def fatigue(
             f"{c['spend_7d']:,.0f}",
         )
     out.print(t)
+    if doc.get("missing"):
+        out.print(
+            f"[yellow]no creative fatigue[/]: missing {escape(doc['missing'])}; send "
+            f"{escape(doc['unlock'])}",
+            highlight=False,
+        )
     for camp in doc["campaigns"]:
         style = "bold red" if camp["starvation"] else "dim"
         out.print(f"  [{style}]{camp['campaign_id']}[/]: {camp['message']}", highlight=False)
