@@ -14,10 +14,18 @@ import time
 
 import httpx
 
+from signalloop.keys import parse_token
+
 root = pathlib.Path("signalloop-demo")
 report = json.loads((root / "report" / "report.json").read_text())
 token = (root / "demo-key.txt").read_text().strip()
-secret = token.rsplit("_", 1)[1]
+# the token's secret as the server reads it (sl_<key id>_<secret>): the secret is urlsafe
+# base64 and may itself hold "_", so the text after the last "_" can be two characters
+# that any page happens to contain
+parsed = parse_token(token)
+assert parsed is not None, "demo-key.txt does not hold a key"
+secret = parsed[1]
+assert len(secret) >= 40, len(secret)
 
 with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
