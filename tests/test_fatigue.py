@@ -152,8 +152,8 @@ def test_no_creative_ids_says_what_is_missing(tmp_path: Path) -> None:
         ingest_file(ws, "spend", f)
         doc = fatigue(ws, date(2026, 1, 10)).to_dict()
         assert doc["creatives"] == [] and doc["campaigns"] == []
-        assert doc["missing"] == "creative ids: no spend row names a creative_id"
-        assert "creative_id in the spend export" in doc["unlock"]
+        assert doc["missing"] == "creative ids: no spend row names a creative_id or an ad_id"
+        assert "ad_id or creative_id in the spend export" in doc["unlock"]
     g = write_csv(
         tmp_path / "spend_cr.csv",
         ("date", "platform", "campaign_id", "creative_id", "impressions", "clicks", "spend"),
@@ -165,4 +165,47 @@ def test_no_creative_ids_says_what_is_missing(tmp_path: Path) -> None:
         window = {"campaign_id": "c1", "start": "2026-01-01", "end": None, "reason": "test"}
         save_exclusions(ws, [window], date(2026, 1, 10))
         doc = fatigue(ws, date(2026, 1, 10)).to_dict()
-        assert doc["missing"].startswith("delivery: no spend row with a creative_id")
+        assert doc["missing"].startswith("delivery: no spend row with a creative_id or an ad_id")
+
+
+def test_an_ad_level_export_without_creative_ids_is_fitted_per_ad(tmp_path: Path) -> None:
+    """A Google Ads or Meta ad-level export names ads, not creatives: each ad is read as its
+    creative (``ad:<ad_id>``), by fatigue, the creative freshness check and ``learnable``
+    alike. One ad's CTR falls from 2% to about 0.5% over 40 days, the other's stays at 2%; a
+    row with a creative id keeps it. A snapshot export (one day per ad) says it lacks the
+    daily history."""
+    from signalloop.checks.engine import run_checks
+    from signalloop.shapes import learnable
+
+    from .conftest import write_csv
+
+    cols = ("date", "platform", "campaign_id", "ad_id", "creative_id", "impressions", "clicks")
+    rows = []
+    for d in range(40):
+        day = (date(2026, 1, 1) + timedelta(days=d)).isoformat()
+        rows.append((day, "google", "c1", "a1", "", 20000, round(400 * np.exp(-0.035 * d))))
+        rows.append((day, "google", "c1", "a2", "", 20000, 400))
+        rows.append((day, "google", "c1", "a3", "a1", 20000, 400))  # its creative id: "a1"
+    f = write_csv(tmp_path / "ads.csv", (*cols, "spend"), [(*r, 10.0) for r in rows])
+    with Workspace(":memory:") as ws:
+        ingest_file(ws, "spend", f)
+        doc = fatigue(ws, date(2026, 2, 9)).to_dict()
+        assert "missing" not in doc
+        by = {c["creative_id"]: c for c in doc["creatives"]}
+        assert set(by) == {"ad:a1", "ad:a2", "a1"}
+        assert by["ad:a1"]["status"] == "fatigued" and by["ad:a1"]["relative_ctr"] < 0.35
+        assert by["ad:a2"]["status"] == by["a1"]["status"] == "fresh"
+        assert by["ad:a1"]["conversion_rate_relative"] is None
+        (c1,) = run_checks(ws, as_of=date(2026, 2, 9)).to_dict()["campaigns"]
+        fresh = c1["signal_environment"]["creative_freshness"]["evidence"]
+        assert fresh["live_creatives"] == 3
+        assert [c["creative_id"] for c in fresh["fatigued_creatives"]] == ["ad:a1"]
+        caps = learnable(ws, date(2026, 2, 9))["capabilities"]
+        (cap,) = [c for c in caps if c["name"] == "creative_fatigue"]
+        assert cap["status"] != "unavailable"
+    snap = write_csv(tmp_path / "snapshot.csv", (*cols, "spend"), [(*r, 10.0) for r in rows[:3]])
+    with Workspace(":memory:") as ws:
+        ingest_file(ws, "spend", snap)
+        doc = fatigue(ws, date(2026, 1, 1)).to_dict()
+        assert len(doc["creatives"]) == 3
+        assert doc["missing"].startswith("daily history: each of the 3 creatives has one day")

@@ -14,6 +14,10 @@ covariance (delta method). Status: ``fatigued`` when the relative CTR is below 0
 its upper bound is below 0.8; ``fresh`` above 0.9; ``peaking`` between. The onset is the
 first day the fitted relative CTR falls below 0.7; days to fatigue extrapolate the fit at the
 creative's recent delivery rate.
+
+A spend row's creative is its ``creative_id``, else its ad, as ``ad:<ad_id>``
+(:func:`signalloop.checks.base.creative_rows`): ad-level exports seldom carry creative ids. Such a
+series has no conversion-rate fit, since conversions name creatives, not ads.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from signalloop.attribution import click_time
-from signalloop.checks.base import CheckContext, default_as_of
+from signalloop.checks.base import CheckContext, creative_rows, default_as_of
 from signalloop.checks.engine import without_exclusions
 from signalloop.config import Settings
 from signalloop.errors import UsageError
@@ -243,8 +247,7 @@ def fatigue(
     if as_of is None:
         raise UsageError(f"workspace {ws.path} holds no data yet: ingest something first")
     ctx = CheckContext(ws, as_of, settings)
-    spend = ctx.table("spend")
-    spend = spend.filter(spend.creative_id.notnull())
+    spend = creative_rows(ctx.table("spend"))  # (an ad without a creative id as ad:<ad_id>)
     spend = without_exclusions(ws, spend, "campaign_id", spend.date)
     daily = (
         spend.group_by(["campaign_id", "creative_id", "date"])
@@ -277,23 +280,31 @@ def fatigue(
     report = FatigueReport(as_of, creatives, campaigns, listed)
     if s.n == 0:  # nothing to fit: say what is missing rather than list nothing
         report.missing, report.unlock = _why_no_creatives(ctx)
+    elif len(s.day) == s.n:  # (a snapshot export: every creative on one day, no decay to see)
+        report.missing = (
+            f"daily history: each of the {s.n} creatives has one day of delivery, so no "
+            "decay can be seen yet"
+        )
+        report.unlock = UNLOCK_CREATIVES
     return report
 
 
 #: The export that gives fatigue its series.
 UNLOCK_CREATIVES = (
-    "spend per creative and day: creative_id in the spend export (e.g. Meta's ad-level "
-    "export with a 'Breakdown: Day'), with impressions and clicks"
+    "spend per ad or creative and day: ad_id or creative_id in the spend export (e.g. Meta's "
+    "or Google Ads' ad-level export with a 'Breakdown: Day' or 'Day' segment), with "
+    "impressions and clicks"
 )
 
 
 def _why_no_creatives(ctx: CheckContext) -> tuple[str, str]:
     """Why no spend row up to the as-of date gave a creative series (read only then)."""
     sp = ctx.table("spend")
-    if int(sp.filter(sp.creative_id.notnull()).count().execute()) == 0:
-        return "creative ids: no spend row names a creative_id", UNLOCK_CREATIVES
+    if int(creative_rows(sp).count().execute()) == 0:
+        return "creative ids: no spend row names a creative_id or an ad_id", UNLOCK_CREATIVES
     return (
-        "delivery: no spend row with a creative_id has impressions outside exclusion windows",
+        "delivery: no spend row with a creative_id or an ad_id has impressions outside "
+        "exclusion windows",
         UNLOCK_CREATIVES,
     )
 

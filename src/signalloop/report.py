@@ -29,6 +29,7 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
 from signalloop import jsonout
+from signalloop.checks.base import creative_rows
 from signalloop.fatigue import FATIGUE_RATIO
 from signalloop.store import Workspace
 
@@ -192,7 +193,7 @@ def _fatigue_curves(ws: Workspace, doc: dict[str, Any]) -> dict[str, Any]:
         return {"creatives": []}
     ids = [c["creative_id"] for c in creatives]
     as_of = date.fromisoformat(doc["as_of"])
-    spend = ws.table("spend")
+    spend = creative_rows(ws.table("spend"))  # (an ad without a creative id as ad:<ad_id>)
     # the live creatives as a table, not a literal list (thousands of them at 1,000 campaigns:
     # a list that long takes longer to compile than the query takes to run)
     live = ibis.memtable({"creative_id": ids}, schema={"creative_id": "string"})
@@ -575,7 +576,7 @@ def fig_fatigue(c: dict[str, Any]) -> go.Figure:
     fig.update_xaxes(title="days since launch")
     fig.update_yaxes(title="CTR relative to launch")
     if not c["creatives"]:
-        _empty(fig, "no live creative with delivery (creative_id in the spend data) yet")
+        _empty(fig, "no live creative with delivery (creative_id or ad_id in the spend data) yet")
     return _layout(
         fig, "Creative fatigue: live creatives' CTR decay (dots daily, lines fitted)", 440
     )

@@ -84,7 +84,7 @@ LAYER_NAMES: dict[str, str] = {
     "platform_conversions": "platform-reported conversions",
     "daily": "daily spend history",
     "adset": "ad-set level spend",
-    "creative": "creative ids in spend",
+    "creative": "creative or ad ids in spend",
     "conversions": "first-party conversions",
     "click_ts": "click times on conversions",
     "value": "conversion values",

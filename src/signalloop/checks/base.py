@@ -181,6 +181,27 @@ class CheckContext:
         return c.mutate(adset=ibis.coalesce(c.adset_id, t_adset), day=c.ts.date())
 
 
+#: What an ad id stands in for a creative with: ``ad:`` and the ad id (see :func:`creative_rows`).
+AD_CREATIVE = "ad:"
+
+
+def creative_rows(spend: Any) -> Any:
+    """The spend rows that name a creative, with ``creative_id`` set to it: the row's own
+    ``creative_id``, else ``ad:`` and its ``ad_id``.
+
+    An ad shows one creative: a Google Ads ad cannot change its creative (an edit makes a new
+    ad) and a Meta ad rarely does, and an ad-level export (Google Ads, Meta Ads Manager)
+    carries the ad id but seldom a creative id. So fatigue, the creative freshness check and
+    the report's curves read an ad without a creative id as its creative, named ``ad:<ad_id>``
+    so that it never merges with a creative id of the same text. ``learnable`` counts the
+    same rows as the creative layer.
+    """
+    key = ibis.coalesce(
+        spend.creative_id, ibis.literal(AD_CREATIVE).concat(spend.ad_id.cast("string"))
+    )
+    return spend.mutate(creative_id=key).filter(key.notnull())
+
+
 def to_date(v: Any) -> date | None:
     """A date from what a scalar ibis result may be (date, datetime, pandas Timestamp, NaT)."""
     import pandas as pd

@@ -17,7 +17,7 @@ import numpy as np
 from ibis import _
 
 from signalloop.attribution import crm_record_campaigns
-from signalloop.checks.base import CheckContext, Finding, register
+from signalloop.checks.base import CheckContext, Finding, creative_rows, register
 
 TRACKED = ("pixel", "server")
 
@@ -601,8 +601,7 @@ def _platform_disagreement(
     min_impressions=1000,
 )
 def creative_freshness(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding]:
-    spend = ctx.table("spend")
-    sp = spend.filter(spend.creative_id.notnull())
+    sp = creative_rows(ctx.table("spend"))  # (an ad without a creative id as ad:<ad_id>)
     # weeks counted back from the as-of day: week 0 is the last 7 days
     week = (ibis.literal(ctx.as_of, type="date") - sp.date).cast("int32") // 7
     weeks = (

@@ -144,7 +144,7 @@ def fatigue(
     out.print(t)
     if doc.get("missing"):
         out.print(
-            f"[yellow]no creative fatigue[/]: missing {escape(doc['missing'])}; send "
+            f"[yellow]creative fatigue not judged[/]: missing {escape(doc['missing'])}; send "
             f"{escape(doc['unlock'])}",
             highlight=False,
         )
