@@ -55,6 +55,20 @@ def test_execute_records_a_failure_and_raises(tmp_path: Path) -> None:
         assert row["report_dir"].endswith(f"w.runs/{row['run_id']}")
 
 
+def _cursors(db: Workspace) -> Any:
+    """What a run manager opens: a cursor of ``db`` for each run's thread."""
+
+    @contextmanager
+    def open_ws() -> Any:
+        cur = db.cursor()
+        try:
+            yield cur
+        finally:
+            cur.close()
+
+    return open_ws
+
+
 def test_manager_one_at_a_time_and_failure_kept(tmp_path: Path, monkeypatch: Any) -> None:
     db = Workspace(tmp_path / "w.duckdb")
     gate = threading.Event()
@@ -68,14 +82,7 @@ def test_manager_one_at_a_time_and_failure_kept(tmp_path: Path, monkeypatch: Any
 
     monkeypatch.setattr("signalloop.run.run", fake_run)
 
-    @contextmanager
-    def open_ws() -> Any:
-        cur = db.cursor()
-        try:
-            yield cur
-        finally:
-            cur.close()
-
+    open_ws = _cursors(db)
     m = runs.RunManager(open_ws, Settings)
     rid = m.start(trigger="manual", actor="maria")
     with pytest.raises(runs.RunBusy, match="still going"):
@@ -103,3 +110,54 @@ def test_scheduler_due_once_a_day() -> None:
         "b"
     ]
     assert runs.next_run("23:30", datetime(2026, 3, 1, 23, 31)) == datetime(2026, 3, 2, 23, 30)
+
+
+def test_a_scheduled_run_with_separate_retraining_refits_what_it_listed_as_due(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """``[run] retrain = "separate"`` under ``serve``: after a scheduled run, the manager's
+    thread refits the models that run listed as due (here with the real ``refresh_models``, on a
+    workspace too small to fit them: each is ``skipped`` with its reason and the note a
+    separate run reads), and says so in its state. A manual run, a run whose models are
+    fresh, and inline retraining leave the models alone."""
+    from signalloop.config import RunSettings
+
+    db = Workspace(tmp_path / "w.duckdb")
+    listed: list[list[dict[str, Any]]] = []
+
+    def fake_run(ws: Workspace, **kwargs: Any) -> dict[str, Any]:
+        return {"as_of": "2026-03-01", "models": listed[-1]}
+
+    monkeypatch.setattr("signalloop.run.run", fake_run)
+
+    open_ws = _cursors(db)
+    separate = Settings(run=RunSettings(retrain="separate"))
+    due = [{"outcome": "conversion", "status": "due"}, {"outcome": "sql", "status": "fresh"}]
+    for trigger, settings, models in (
+        ("manual", separate, due),
+        ("schedule", Settings(), due),
+        ("schedule", separate, [{"outcome": "conversion", "status": "fresh"}]),
+    ):
+        listed.append(models)
+        m = runs.RunManager(open_ws, lambda s=settings: s)
+        m.start(trigger=trigger)
+        m.join(30)
+        assert m.state()["last_refresh"] is None and m.state()["last_error"] is None
+    assert not (tmp_path / "w.models").exists()
+    listed.append(due)
+    m = runs.RunManager(open_ws, lambda: separate)
+    rid = m.start(trigger="schedule", actor="schedule")
+    m.join(60)
+    state = m.state()
+    assert state["last_error"] is None and not state["running"]
+    refresh = state["last_refresh"]
+    assert refresh["run_id"] == rid and refresh["as_of"] == "2026-03-01"
+    (entry,) = refresh["models"]  # only the one listed as due
+    assert entry["outcome"] == "conversion" and entry["status"] == "skipped"
+    assert "touchpoints" in entry["reason"]
+    assert (tmp_path / "w.models" / "conversion" / "skipped.json").exists()
+    # the next run (manual) keeps what the last refit did on show
+    m.start(trigger="manual")
+    m.join(30)
+    assert m.state()["last_refresh"] == refresh
+    db.close()

@@ -15,6 +15,7 @@ datetime.datetime(2026, 3, 2, 6, 0)
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import threading
 import traceback
@@ -29,6 +30,8 @@ from typing import Any
 from signalloop.config import Settings
 from signalloop.errors import SignalloopError, UsageError
 from signalloop.store import Workspace
+
+log = logging.getLogger("signalloop.runs")
 
 RUNS_DDL = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -225,6 +228,8 @@ class RunState:
     steps: list[str] = field(default_factory=list)
     last_error: str | None = None
     last_run_id: str | None = None
+    #: The models refitted after the last scheduled run (:meth:`RunManager.refresh_due`).
+    last_refresh: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -238,6 +243,7 @@ class RunState:
             "steps_done": list(self.steps),
             "last_run_id": self.last_run_id,
             "last_error": self.last_error,
+            "last_refresh": self.last_refresh,
         }
 
 
@@ -247,6 +253,11 @@ class RunBusy(SignalloopError):
 
 class RunManager:
     """One run at a time for one workspace, in a background thread.
+
+    After a scheduled run with ``[run] retrain = "separate"``, the same thread refits the
+    models that run listed as due (:meth:`refresh_due`), so a server needs no second job for
+    ``signalloop model refresh``; the run's report is out first, and the workspace counts as
+    busy until the refit ends.
 
     Parameters
     ----------
@@ -293,6 +304,7 @@ class RunManager:
                 started_at=_now(),
                 last_error=self._state.last_error,
                 last_run_id=self._state.last_run_id,
+                last_refresh=self._state.last_refresh,
             )
         self._thread = threading.Thread(
             target=self._work,
@@ -316,6 +328,7 @@ class RunManager:
 
     def _work(self, run_id: str, trigger: str, actor: str | None, kwargs: dict[str, Any]) -> None:
         error = None
+        refreshed = self._state.last_refresh
         _lower_priority()
         try:
             settings = self.settings()
@@ -324,7 +337,7 @@ class RunManager:
                     self._progress("ingesting the inbox", None)
                     self.before(ws, settings)
                     kwargs.setdefault("inbox", "")  # already ingested, under the lock
-                execute(
+                doc = execute(
                     ws,
                     trigger=trigger,
                     actor=actor,
@@ -333,17 +346,46 @@ class RunManager:
                     progress=self._progress,
                     **kwargs,
                 )
+                if trigger == "schedule" and settings.run.retrain == "separate":
+                    refreshed = self.refresh_due(ws, settings, doc, run_id) or refreshed
         except Exception as exc:  # recorded on the run; the server goes on
             error = f"{type(exc).__name__}: {exc}"
             if not isinstance(exc, SignalloopError):
                 error += "\n" + "".join(traceback.format_exception(exc)[-3:])
         finally:
             with self._lock:
-                self._state = RunState(last_error=error, last_run_id=run_id)
+                self._state = RunState(last_error=error, last_run_id=run_id, last_refresh=refreshed)
         if error is None and self.on_done is not None:
             # a cache that could not be warmed is made on the first page view instead
             with suppress(Exception):
                 self.on_done()
+
+    def refresh_due(
+        self, ws: Workspace, settings: Settings, doc: dict[str, Any], run_id: str
+    ) -> dict[str, Any] | None:
+        """Refit the models the run ``doc`` listed as ``due``, as ``signalloop model refresh``
+        does (:func:`signalloop.run.refresh_models`), with this manager's progress; what was
+        done (``run_id``, ``as_of``, ``finished_at``, ``models``: each one's ``outcome``,
+        ``status`` and ``reason``, or ``error``), or ``None`` when nothing was due.
+
+        A refit that fails is reported here, not on the run, which ended well before it."""
+        from signalloop.run import refresh_models
+
+        due = [m["outcome"] for m in doc.get("models") or [] if m.get("status") == "due"]
+        if not due:
+            return None
+        as_of = date.fromisoformat(doc["as_of"])
+        out: dict[str, Any] = {"run_id": run_id, "as_of": as_of.isoformat()}
+        try:
+            entries = refresh_models(ws, as_of, settings, due, self._progress)
+            out["models"] = [
+                {k: m.get(k) for k in ("outcome", "status", "reason")} for m in entries
+            ]
+        except Exception as exc:  # the server goes on; the next scheduled run tries again
+            out["error"] = f"{type(exc).__name__}: {exc}"
+            log.exception("model refresh after run %s", run_id)
+        out["finished_at"] = _now().isoformat()
+        return out
 
 
 def _lower_priority(niceness: int = 10) -> None:
