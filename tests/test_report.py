@@ -108,6 +108,38 @@ def test_a_creative_fitted_to_no_clicks_has_no_relative_ctr_not_a_crash(tmp_path
     assert curve["fitted"] == [1.0, 1.0]
 
 
+def test_outage_windows_are_one_band_per_span_of_days() -> None:
+    """Outage windows shade the conversions chart once per span of days, its label naming
+    the campaign or counting the campaigns (two reasons of one campaign count once); 2,000
+    windows draw at once (one ``add_vrect`` each took minutes: each re-checks all before)."""
+    from signalloop.report import fig_conversions
+
+    days = ["2026-03-01", "2026-03-02"]
+    account = {"dates": days, "observed": [1, 2], "expected": [1, 2], "lower": [1, 2]}
+    chart: dict[str, Any] = {"campaigns": {}, "account": {**account, "upper": [1, 2]}}
+
+    def window(cid: str, start: str, end: str) -> dict[str, Any]:
+        return {"campaign_id": cid, "start": start, "end": end, "reason": "test"}
+
+    chart["outages"] = [
+        window("c1", "2026-03-01", "2026-03-02"),
+        window("c1", "2026-03-01", "2026-03-02"),  # (a second reason, same days)
+        window("c2", "2026-03-01", "2026-03-02"),
+        window("c3", "2026-03-05", "2026-03-06"),
+    ]
+    fig = fig_conversions(chart)
+    bands = [(s.x0, s.x1) for s in fig.layout.shapes]
+    assert bands == [("2026-03-01", "2026-03-02"), ("2026-03-05", "2026-03-06")]
+    notes = [a.text for a in fig.layout.annotations]
+    assert notes == ["2 campaigns' outage (excluded)", "c3 outage (excluded)"]
+    chart["outages"] = [
+        window(f"c{i}", f"2026-{1 + i % 12:02d}-01", f"2026-{1 + i % 12:02d}-0{1 + i % 5}")
+        for i in range(2000)
+    ]
+    fig = fig_conversions(chart)
+    assert len(fig.layout.shapes) == len(fig.layout.annotations) == 60
+
+
 def test_many_campaigns_conversion_lines_are_one_trace_with_every_point() -> None:
     """Past LINES_PER_CAMPAIGN campaigns the lines share one trace: every campaign's points,
     split by gaps, each hover naming its campaign; the account traces are unchanged."""

@@ -929,18 +929,18 @@ def arms_from_workspace(
     scale = fp / pf if fp >= CALIBRATE_MIN and pf >= CALIBRATE_MIN else None
     if scale is None or "platform_reported" not in source.values():
         scale = None
-    windows = [
-        (w["campaign_id"], date.fromisoformat(w["start"]), w["end"]) for w in checks["exclusions"]
-    ]
+    # each campaign's exclusion windows (an account-wide one, campaign None, is everyone's)
+    windows: dict[Any, list[tuple[date, date]]] = {}
+    for w in checks["exclusions"]:
+        end = date.fromisoformat(w["end"]) if w["end"] else as_of
+        windows.setdefault(w["campaign_id"], []).append((date.fromisoformat(w["start"]), end))
     arms = []
     for cid in sorted(spend):
         hist = []
+        mine = windows.get(cid, []) + windows.get(None, [])
         for k in range(window):
             d = first + timedelta(days=k)
-            out = any(
-                w_cid in (cid, None) and start <= d <= (date.fromisoformat(end) if end else as_of)
-                for w_cid, start, end in windows
-            )
+            out = any(start <= d <= end for start, end in mine)
             s = spend[cid].get(d, 0.0)
             if source[cid] == "nowcast":
                 c = cohorts.get((cid, d), {})
