@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import platform
 import sys
@@ -56,6 +57,16 @@ def write_section(block: str, begin: str, end: str, path: Path = BENCHMARKS_MD) 
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     path.write_text(text, encoding="utf-8")
+
+
+def publish(block: str, begin: str, end: str, *, write: bool, raw: Any = None) -> None:
+    """Print a section (into BENCHMARKS.md too when ``write``), and ``raw`` as JSON on
+    stderr."""
+    if write:
+        write_section(block, begin, end)
+    print(block)
+    if raw is not None:
+        print(json.dumps(raw, default=str), file=sys.stderr)
 
 
 @contextmanager

@@ -28,6 +28,9 @@ backtested inside the run), once with ``retrain = "separate"`` (the run only lis
 followed by ``signalloop model refresh`` in a process of its own, the job that then refits
 them.
 
+``--keep`` leaves each first run's workspace in ``history-<H>d/before-next-day/`` (what
+``keycheck.py`` measures on).
+
 Run: ``.venv/bin/python benchmarks/history.py --campaigns 1000 --history 45,67,89``
 (``make bench-history`` runs 100 campaigns); the accounts are cached as ``scale.py`` caches
 them, in ``--cache`` (default ``/tmp/signalloop-scale``).
@@ -47,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-from _report import log, machine, write_section
+from _report import log, machine, publish
 from scale import (
     _LAUNCH,
     _MAXRSS,
@@ -132,6 +135,7 @@ def next_days(
     repeat: int,
     retrain_day: bool = False,
     against: Path | None = None,
+    keep: bool = False,
 ) -> dict[str, Any]:
     """The next day run ``repeat`` times, each from the same first run's workspace (copied
     aside first): the run of median time, with every run's ``seconds_all``. This host's speed
@@ -139,9 +143,9 @@ def next_days(
     ``retrain_day``: also :func:`retraining_day` from that workspace (under ``retrain``).
     ``against``: another checkout's ``src``; each of this code's runs is followed by one of
     that code's (``PYTHONPATH``, reports under ``<out>-against``), their median in
-    ``against``."""
+    ``against``. ``keep``: leave the first run's workspace in ``before-next-day/``."""
     saved = store.parent / "before-next-day"
-    if repeat > 1 or retrain_day or against is not None:
+    if repeat > 1 or retrain_day or against is not None or keep:
         _copy(_workspace_files(store), saved)
     runs, others = [], []
     for i in range(repeat):
@@ -157,7 +161,8 @@ def next_days(
         doc["against"] = _median(others)
     if retrain_day:
         doc["retrain"] = retraining_day(saved, store, new, as_of, out.parent, max_gib)
-    shutil.rmtree(saved, ignore_errors=True)
+    if not keep:
+        shutil.rmtree(saved, ignore_errors=True)
     return doc
 
 
@@ -237,6 +242,7 @@ def measure(
     repeat: int = 1,
     retrain_day: bool = False,
     against: Path | None = None,
+    keep: bool = False,
 ) -> dict[str, Any]:
     folder, start = account_folder(cache, n, days, seed)
     simulate(n, days, seed, shard, folder, start)
@@ -255,7 +261,7 @@ def measure(
         first = run_once(store, hist, last - timedelta(days=1), dest / "reports" / "first", max_gib)
         log(f"{n} campaigns, {h} days of history: next day as of {last}")
         nxt = next_days(
-            store, new, last, dest / "reports" / "next", max_gib, repeat, retrain_day, against
+            store, new, last, dest / "reports" / "next", max_gib, repeat, retrain_day, against, keep
         )
         if nxt["quarantined"] or not nxt["loaded"]:  # a next day that read nothing new
             raise RunFailed(
@@ -470,6 +476,11 @@ def main() -> None:
         type=Path,
         help="another checkout's src folder: each next day also runs with it, alternately",
     )
+    ap.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep each first run's workspace in history-<H>d/before-next-day (keycheck.py)",
+    )
     args = ap.parse_args()
     if args.against is not None and not (args.against / "signalloop" / "__init__.py").exists():
         ap.error(f"--against: expected a src folder holding signalloop/, got {args.against}")
@@ -490,14 +501,11 @@ def main() -> None:
             args.repeat,
             args.retrain_day,
             args.against,
+            args.keep,
         )
     except RunFailed as exc:
         sys.exit(f"history: {exc}")
-    block = render(result, args)
-    if not args.no_write:
-        write_section(block, BEGIN, END)
-    print(block)
-    print(json.dumps(result, default=str), file=sys.stderr)
+    publish(render(result, args), BEGIN, END, write=not args.no_write, raw=result)
 
 
 if __name__ == "__main__":

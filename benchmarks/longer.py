@@ -1,0 +1,188 @@
+"""The next day behind a history twice as long as the simulated one, at the same account size.
+
+``history.py`` can only go back as far as the simulated account (90 days at 1,000 campaigns:
+13 GB of CSVs; a year would need about 51 GB of disk beside the workspaces). This doubles a
+first run's history instead: from the workspace ``history.py --keep`` leaves
+(``history-<H>d/before-next-day``), every raw row is copied ``H + 1`` days earlier (spend,
+touchpoints, conversions, CRM, edits; touch, click, conversion and record ids prefixed with
+``h`` so that none collides), the stores kept from the rows are dropped, a run as of the
+same day rebuilds them (a first run, timed apart), and then the same new day runs as the
+next day. The first run's ``H``-day workspace runs that next day too, alternately, so the two
+histories are measured in the same minutes.
+
+The earlier half is the later half again, shifted: the same campaigns, ad sets, creatives
+and users, so a user's touches span both halves. At the seam (the copy's last day and the
+original's first) conversions of the copy's last clicks are missing, which the checks read
+as outages: several hundred exclusion windows, which the 90-day account does not have. Both
+make it a harder history than the simulator's, not an easier one.
+
+Run: ``.venv/bin/python benchmarks/history.py --campaigns 1000 --history 89 --keep`` first,
+then ``.venv/bin/python benchmarks/longer.py --campaigns 1000 --history 89``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+from _report import log, machine, publish
+from history import _copy, _restore, _workspace_files
+from scale import PACKAGES, STEPS, RunFailed, account_folder, plain_scan, run_once
+
+BEGIN, END = "<!-- longer:begin -->", "<!-- longer:end -->"
+#: The ids that must not collide between the two halves.
+IDS = {
+    "touchpoints": ("touch_id", "click_id"),
+    "conversions": ("conversion_id", "click_id"),
+    "crm": ("record_id",),
+}
+#: The tables kept from the rows (rebuilt by the first run on the doubled history).
+DERIVED = (
+    "conversion_attribution",
+    "crm_record_campaign",
+    "recent_label_units",
+    "touch_daily",
+    "touch_hourly",
+)
+
+
+def double(store: Path, shift: int) -> dict[str, int]:
+    """Copy every raw row of the workspace ``store`` ``shift`` days earlier; rows per kind."""
+    con = duckdb.connect(str(store))
+    con.execute("SET preserve_insertion_order = false")
+    rows = {}
+    for kind in ("spend", "touchpoints", "conversions", "crm", "changes"):
+        cols = con.execute(f"SELECT column_name, column_type FROM (DESCRIBE {kind})").fetchall()
+        sel = []
+        for c, t in cols:
+            if c in IDS.get(kind, ()):
+                sel.append(f"'h' || {c}")
+            elif t.startswith("TIMESTAMP"):
+                sel.append(f"{c} - INTERVAL {shift} DAY")
+            elif t == "DATE":
+                sel.append(f"CAST({c} - INTERVAL {shift} DAY AS DATE)")
+            else:
+                sel.append(c)
+        con.execute(f"INSERT INTO {kind} SELECT {', '.join(sel)} FROM {kind}")
+        found = con.execute(f"SELECT count(*) FROM {kind}").fetchone()
+        rows[kind] = int(found[0]) if found else 0
+    for t in DERIVED:
+        con.execute(f"DROP TABLE IF EXISTS {t}")
+    con.execute("DELETE FROM meta WHERE key <> 'schema_version'")
+    con.execute("CHECKPOINT")
+    con.close()
+    return rows
+
+
+def measure(n: int, h: int, cache: Path, max_gib: float, repeat: int) -> dict[str, Any]:
+    folder, start = account_folder(cache, n, 90, 3)
+    last = start + timedelta(days=89)
+    base = folder / f"history-{h}d"
+    saved, new = base / "before-next-day", base / "new-day"
+    if not saved.exists():
+        raise RunFailed(
+            f"{saved} is missing: run benchmarks/history.py --campaigns {n} --history {h} --keep"
+        )
+    long = folder / f"history-{2 * h + 1}d-doubled"
+    shutil.rmtree(long, ignore_errors=True)
+    long.mkdir(parents=True)
+    store = long / "ws.duckdb"
+    _restore(saved, store)
+    log(f"doubling {h} days of history to {2 * h + 1}")
+    rows = double(store, h + 1)
+    empty = long / "empty"
+    empty.mkdir()
+    log("the first run on the doubled history (rebuilds what is kept from the rows)")
+    first = run_once(store, empty, last - timedelta(days=1), long / "reports" / "first", max_gib)
+    doubled = long / "before-next-day"
+    if repeat > 1:  # (twice the workspace on disk: only when it is run again)
+        _copy(_workspace_files(store), doubled)
+    short_store = base / "ws.duckdb"
+    runs: dict[str, list[dict[str, Any]]] = {"short": [], "long": []}
+    for i in range(repeat):  # alternately, from the same first runs
+        for key, st, src in (("short", short_store, saved), ("long", store, doubled)):
+            if key == "short" or i:
+                _restore(src, st)
+            log(f"round {i + 1}: the next day behind the {key} history")
+            out = st.parent / "reports" / f"next-{key}-{i + 1}"
+            runs[key].append(run_once(st, new, last, out, max_gib))
+    shutil.rmtree(doubled, ignore_errors=True)
+    return {
+        "campaigns": n,
+        "history": h,
+        "rows": rows,
+        "first": first,
+        "runs": runs,
+        "scan": min(plain_scan(new) for _ in range(3)),
+        "workspace_gb": store.stat().st_size / 1e9,
+    }
+
+
+def _med(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return sorted(runs, key=lambda r: r["seconds"])[(len(runs) - 1) // 2]
+
+
+def render(res: dict[str, Any], args: argparse.Namespace) -> str:
+    h = res["history"]
+    short, long = _med(res["runs"]["short"]), _med(res["runs"]["long"])
+    every = {k: ", ".join(f"{r['seconds']:.1f}" for r in v) for k, v in res["runs"].items()}
+    slope = (long["seconds"] - short["seconds"]) / (h + 1)
+    lines = [
+        BEGIN,
+        "## The next day behind a doubled history",
+        "",
+        f"Command: `.venv/bin/python benchmarks/longer.py --campaigns {res['campaigns']} "
+        f"--history {h} --repeat {args.repeat}` (after `benchmarks/history.py --campaigns "
+        f"{res['campaigns']} --history {h} --keep`), on {machine(PACKAGES)}. See the "
+        "script's docstring for how the history is doubled and what that changes.",
+        "",
+        f"The doubled workspace: {res['rows']['touchpoints']:,} touchpoints, "
+        f"{res['rows']['conversions']:,} conversions, {res['rows']['crm']:,} CRM rows "
+        f"({res['workspace_gb']:.1f} GB). Its first run (rebuilding the stored attribution, "
+        f"rollups and label counts from the rows) took {res['first']['seconds']:.1f} s, peak "
+        f"{res['first']['peak_gib']:.2f} GiB. A plain scan of the new day: {res['scan']:.3f} s.",
+        "",
+        f"| | {h} days of history | {2 * h + 1} days (doubled) |",
+        "|---|---:|---:|",
+        f"| next day (median of {args.repeat}) | **{short['seconds']:.1f} s** | "
+        f"**{long['seconds']:.1f} s** |",
+        f"| every run | {every['short']} s | {every['long']} s |",
+        f"| peak memory | {short['peak_gib']:.2f} GiB | {long['peak_gib']:.2f} GiB |",
+    ]
+    for step in STEPS:
+        a, b = short["timings"].get(step), long["timings"].get(step)
+        if a is not None or b is not None:
+            lines.append(f"| {step} | {a or 0:.1f} s | {b or 0:.1f} s |")
+    lines += [
+        f"| models | {', '.join(short['models'])} | {', '.join(long['models'])} |",
+        "",
+        f"Each day of history added **{slope:.3f} s** to the next day here "
+        f"({h + 1} days more: {long['seconds'] - short['seconds']:+.1f} s).",
+        END,
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--campaigns", type=int, default=100)
+    ap.add_argument("--history", type=int, default=89)
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/signalloop-scale"))
+    ap.add_argument("--max-gib", type=float, default=16.0)
+    ap.add_argument("--no-write", action="store_true", help="print, do not touch BENCHMARKS.md")
+    args = ap.parse_args()
+    try:
+        res = measure(args.campaigns, args.history, args.cache, args.max_gib, args.repeat)
+    except RunFailed as exc:
+        sys.exit(f"longer: {exc}")
+    publish(render(res, args), BEGIN, END, write=not args.no_write, raw=res)
+
+
+if __name__ == "__main__":
+    main()
