@@ -304,3 +304,64 @@ def test_empty_workspace(tmp_path: Path) -> None:
     with Workspace(tmp_path / "empty.duckdb") as ws:
         out = nowcast(ws)
     assert out.as_of is None and out.cohorts == [] and json.loads(out.to_json())["delay"] == {}
+
+
+def _flags_one_window_at_a_time(
+    cohorts: Any, windows: list[dict[str, Any]], as_of: date
+) -> tuple[list[bool], list[bool]]:
+    """The exclusion flags as the nowcast computed them before: every cohort, per window."""
+    inside = np.zeros(len(cohorts), dtype=bool)
+    overlap = np.zeros(len(cohorts), dtype=bool)
+    d = cohorts.date.to_numpy()
+    for w in windows:
+        start = date.fromisoformat(w["start"])
+        end = date.fromisoformat(w["end"]) if w["end"] else as_of
+        if start > as_of or w["campaign_id"] is None:
+            continue
+        end = min(end, as_of)
+        mine = (cohorts.campaign_id == w["campaign_id"]).to_numpy()
+        ins = np.array([start <= x <= end for x in d], dtype=bool)
+        ovl = np.array([x < start for x in d], dtype=bool)
+        inside |= mine & ins
+        overlap |= mine & ovl & ~ins
+    return inside.tolist(), overlap.tolist()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_exclusion_flags_per_campaign_equal_the_flags_window_by_window(seed: int) -> None:
+    """Each window flags only its campaign's cohorts, by day number: the same ``in_window``
+    and ``exclusion_overlap`` as testing every cohort against every window, with windows that
+    overlap, stay open, begin after the as-of day or belong to no campaign, and cohorts of no
+    campaign or of one without windows."""
+    import pandas as pd
+
+    from signalloop.nowcast import _flags, _Path
+
+    rng = np.random.default_rng(seed)
+    as_of = date(2026, 3, 31)
+    day0 = as_of - timedelta(days=60)
+    n = 400
+    campaigns = np.array(["c1", "c2", "c3", "c4", None], dtype=object)
+    cohorts = pd.DataFrame(
+        {
+            "campaign_id": campaigns[rng.integers(0, 5, n)],
+            "date": [day0 + timedelta(days=int(k)) for k in rng.integers(0, 61, n)],
+        }
+    )
+    windows = []
+    for _ in range(int(rng.integers(8, 30))):
+        start = day0 + timedelta(days=int(rng.integers(-5, 70)))
+        length = int(rng.integers(0, 10))
+        windows.append(
+            {
+                "campaign_id": ["c1", "c2", "c3", None][int(rng.integers(0, 4))],
+                "start": start.isoformat(),
+                "end": None if rng.random() < 0.2 else (start + timedelta(days=length)).isoformat(),
+            }
+        )
+    path = _Path("days", [], cohorts.copy(), pd.DataFrame(), None, None, None, None)  # type: ignore[arg-type]
+    _flags(path, windows, as_of)
+    inside, overlap = _flags_one_window_at_a_time(cohorts, windows, as_of)
+    assert path.cohorts.in_window.tolist() == inside
+    assert path.cohorts.exclusion_overlap.tolist() == overlap
+    assert any(inside) and any(overlap)
