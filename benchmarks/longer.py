@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,7 @@ def double(store: Path, shift: int) -> dict[str, int]:
 
 
 def measure(n: int, h: int, cache: Path, max_gib: float, repeat: int) -> dict[str, Any]:
+    started = f"{datetime.now(UTC):%Y-%m-%d %H:%M}"
     folder, start = account_folder(cache, n, 90, 3)
     last = start + timedelta(days=89)
     base = folder / f"history-{h}d"
@@ -113,6 +114,7 @@ def measure(n: int, h: int, cache: Path, max_gib: float, repeat: int) -> dict[st
             runs[key].append(run_once(st, new, last, out, max_gib))
     shutil.rmtree(doubled, ignore_errors=True)
     return {
+        "when": f"{started} - {datetime.now(UTC):%H:%M} UTC",
         "campaigns": n,
         "history": h,
         "rows": rows,
@@ -138,7 +140,8 @@ def render(res: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         f"Command: `.venv/bin/python benchmarks/longer.py --campaigns {res['campaigns']} "
         f"--history {h} --repeat {args.repeat}` (after `benchmarks/history.py --campaigns "
-        f"{res['campaigns']} --history {h} --keep`), on {machine(PACKAGES)}. See the "
+        f"{res['campaigns']} --history {h} --keep`). Measured {res['when']}, on "
+        f"{machine(PACKAGES)}. See the "
         "script's docstring for how the history is doubled and what that changes.",
         "",
         f"The doubled workspace: {res['rows']['touchpoints']:,} touchpoints, "
