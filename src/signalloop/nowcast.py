@@ -162,7 +162,13 @@ import pandas as pd
 from signalloop import rollups
 from signalloop.attribution import ATTRIBUTION_TABLE, crm_record_campaigns, refresh_attribution
 from signalloop.checks.base import default_as_of
-from signalloop.checks.engine import anti_join, load_exclusions, without_exclusions
+from signalloop.checks.engine import (
+    anti_join,
+    excluded_days,
+    load_exclusions,
+    windows_by_campaign,
+    without_exclusions,
+)
 from signalloop.config import SETTLE_DAYS, Settings
 from signalloop.delay import (
     DelayData,
@@ -1694,6 +1700,7 @@ def _conversion_day(
     samp_l: list[FloatArray] = []
     vsamp_l: list[FloatArray] = []
     info: dict[str, dict[str, Any]] = {}
+    by_campaign = windows_by_campaign(windows, as_of)
     for cid in sorted(set(data.campaign_id)):
         mine = data[data.campaign_id == cid]
         sp = spend[(spend.campaign_id == cid) & (spend.clicks > 0)]
@@ -1707,13 +1714,7 @@ def _conversion_day(
         vss = float(mine.vss.fillna(0).sum())
         clicks = _f(np.bincount(idx_c[keep_c], sp.clicks.to_numpy(float)[keep_c], n_days))
         days = [start + timedelta(days=k) for k in range(n_days)]
-        out = np.zeros(n_days, dtype=bool)
-        for w in windows:  # (the campaign's own and the account's, each a slice of its days)
-            if w["campaign_id"] not in (cid, None):
-                continue
-            lo_k = max((date.fromisoformat(w["start"]) - start).days, 0)
-            hi_k = n_days if w["end"] is None else (date.fromisoformat(w["end"]) - start).days + 1
-            out[lo_k : max(hi_k, lo_k)] = True
+        out = excluded_days(by_campaign, cid, start, n_days)
         n_conv = float(y.sum())
         vm = float(v.sum() / n_conv) if n_conv > 0 else 0.0
         vsd = math.sqrt(max(vss / n_conv - vm * vm, 0.0)) if n_conv > 0 else 0.0
@@ -1891,10 +1892,11 @@ def _flags(path: _Path, windows: list[dict[str, Any]], as_of: date) -> None:
         mine = rows.get(w["campaign_id"])
         if mine is None or not len(mine):
             continue
+        lo, hi = _day_number(start), _day_number(end)
         x = day[mine]
-        ins = (x >= _day_number(start)) & (x <= _day_number(end))
+        ins = (x >= lo) & (x <= hi)
         inside[mine] |= ins
-        overlap[mine] |= (x < _day_number(start)) & ~ins
+        overlap[mine] |= (x < lo) & ~ins
     c["in_window"] = inside
     c["exclusion_overlap"] = overlap
     path.gaps = gaps

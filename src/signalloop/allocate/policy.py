@@ -875,6 +875,7 @@ def arms_from_workspace(
         and ``nowcast_basis`` (the nowcast's ``basis`` of the campaigns it supplies).
     """
     from signalloop.checks import run_checks
+    from signalloop.checks.engine import excluded_days, windows_by_campaign
     from signalloop.nowcast import NowcastOptions, nowcast
     from signalloop.phase import phase
 
@@ -929,18 +930,14 @@ def arms_from_workspace(
     scale = fp / pf if fp >= CALIBRATE_MIN and pf >= CALIBRATE_MIN else None
     if scale is None or "platform_reported" not in source.values():
         scale = None
-    # each campaign's exclusion windows (an account-wide one, campaign None, is everyone's)
-    windows: dict[Any, list[tuple[date, date]]] = {}
-    for w in checks["exclusions"]:
-        end = date.fromisoformat(w["end"]) if w["end"] else as_of
-        windows.setdefault(w["campaign_id"], []).append((date.fromisoformat(w["start"]), end))
+    windows = windows_by_campaign(checks["exclusions"], as_of)
     arms = []
     for cid in sorted(spend):
         hist = []
-        mine = windows.get(cid, []) + windows.get(None, [])
+        held = excluded_days(windows, cid, first, window).tolist()
         for k in range(window):
             d = first + timedelta(days=k)
-            out = any(start <= d <= end for start, end in mine)
+            out = held[k]
             s = spend[cid].get(d, 0.0)
             if source[cid] == "nowcast":
                 c = cohorts.get((cid, d), {})

@@ -13,7 +13,7 @@ import html
 import io
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -269,6 +269,43 @@ def exclusions_csv(exclusions: list[dict[str, Any]], as_of: date | None = None) 
             ]
         )
     return buf.getvalue()
+
+
+def windows_by_campaign(
+    windows: Iterable[Mapping[str, Any]], as_of: date
+) -> dict[Any, list[tuple[date, date]]]:
+    """Exclusion windows (``campaign_id``, ``start``, ``end`` or ``None``) as ``(start, end)``
+    dates per campaign, an open window ending on ``as_of``; what :func:`excluded_days` reads.
+    """
+    out: dict[Any, list[tuple[date, date]]] = {}
+    for w in windows:
+        end = date.fromisoformat(w["end"]) if w["end"] else as_of
+        out.setdefault(w["campaign_id"], []).append((date.fromisoformat(w["start"]), end))
+    return out
+
+
+def excluded_days(
+    by_campaign: Mapping[Any, list[tuple[date, date]]], campaign: Any, first: date, n_days: int
+) -> Any:
+    """Which of the ``n_days`` days from ``first`` lie in an exclusion window of ``campaign``
+    or of the whole account (campaign ``None``): a boolean array, each window one slice.
+
+    >>> w = windows_by_campaign(
+    ...     [{"campaign_id": "c1", "start": "2026-03-02", "end": "2026-03-03"},
+    ...      {"campaign_id": None, "start": "2026-03-05", "end": None}],
+    ...     as_of=date(2026, 3, 5))
+    >>> excluded_days(w, "c1", date(2026, 3, 1), 5).tolist()
+    [False, True, True, False, True]
+    >>> excluded_days(w, "c2", date(2026, 3, 1), 5).tolist()
+    [False, False, False, False, True]
+    """
+    import numpy as np
+
+    out = np.zeros(n_days, dtype=bool)
+    for start, end in [*by_campaign.get(campaign, []), *by_campaign.get(None, [])]:
+        lo = max((start - first).days, 0)
+        out[lo : max((end - first).days + 1, lo)] = True
+    return out
 
 
 def without_exclusions(ws: Workspace, t: Any, campaign: str, day: Any) -> Any:
