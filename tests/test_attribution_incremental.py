@@ -144,9 +144,12 @@ def test_late_touchpoints_re_attribute_what_they_reach(tmp_path: Path) -> None:
             for kind in ("spend", "conversions", "crm"):
                 ingest_file(ws, kind, drop[kind])
             _assert_current(ws)
+            assert_rollups_current(ws)
             before = _frame(attributed_conversions(ws))
             ingest_file(ws, "touchpoints", drop["touchpoints"])
             _assert_current(ws)
+            # (the conversions and records they move: their days aggregated again)
+            assert_rollups_current(ws)
             after = _frame(attributed_conversions(ws))
         moved = (before.attributed_by != after.attributed_by).sum()
         assert moved > 0  # the last drop's touchpoints did re-attribute conversions

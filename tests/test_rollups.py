@@ -32,6 +32,12 @@ def assert_rollups_current(ws: Workspace) -> dict[str, dict[str, object]]:
     """Refresh every rollup and assert it equals its live aggregate; each one's state."""
     states = rollups.refresh_all(ws)
     for name in rollups.REGISTRY:
+        # (the same types too: a stored table is typed by DuckDB, the live one by ibis)
+        stored_types = rollups.table(ws, name).schema()
+        live_types = rollups.live(ws, name).schema()
+        assert {c: type(t) for c, t in stored_types.items()} == {
+            c: type(t) for c, t in live_types.items()
+        }, name
         stored = _sorted(rollups.table(ws, name).to_pandas())
         fresh = _sorted(rollups.live(ws, name).to_pandas())
         pd.testing.assert_frame_equal(stored, fresh, check_dtype=False)
@@ -53,7 +59,10 @@ def test_a_late_drop_re_aggregates_only_its_days(tmp_path: Path) -> None:
         ingest_file(ws, "touchpoints", late)
         states = assert_rollups_current(ws)
         assert {s["refresh"] for s in states.values()} == {"incremental"}
-        assert {s["days"] for s in states.values()} == {len(days)}
+        touch = [states[n] for n in ("touch_daily", "touch_hourly")]
+        assert {s["days"] for s in touch} == {len(days)}
+        # (no conversion nor CRM row is attributed again: their aggregates keep every day)
+        assert {states[n]["days"] for n in ("conversion_daily", "crm_daily")} == {0}
 
 
 def test_rows_not_from_an_ingest_and_read_only(tmp_path: Path) -> None:
@@ -116,3 +125,80 @@ def test_campaign_platforms_from_the_rollup_equal_the_raw_count(tmp_path: Path) 
         )
         got = campaign_platforms(ws)
         assert got[camp] == platform_of(spend[camp]) == "meta"
+
+
+def _csv(path: Path, header: str, *rows: str) -> Path:
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+def _crm_days(ws: Workspace) -> set[tuple[str, str | None, str, int, int]]:
+    t = rollups.table(ws, "crm_daily").to_pyarrow().to_pylist()
+    return {(str(r["day"]), r["campaign_id"], r["stage"], r["n"], r["firsts"]) for r in t}
+
+
+def test_attributed_rollups_follow_what_late_rows_move(tmp_path: Path) -> None:
+    """A backdated CRM row moves its record's first lead to an earlier day; a late touchpoint
+    moves a conversion and a record to its campaign. Only their days are aggregated again,
+    and the rollups equal the rows' aggregate after each drop."""
+    with Workspace(tmp_path / "ws.duckdb") as ws:
+        tp = "touch_id,ts,user_id,campaign_id"
+        ingest_file(
+            ws,
+            "touchpoints",
+            _csv(
+                tmp_path / "t1.csv",
+                tp,
+                "t1,2026-01-05T10:00:00,u1,c1",
+                "t2,2026-01-03T09:00:00,u2,c2",
+                "t3,2026-01-06T09:00:00,u2,c2",
+            ),
+        )
+        ingest_file(
+            ws,
+            "conversions",
+            _csv(
+                tmp_path / "k1.csv",
+                "conversion_id,ts,kind,user_id",
+                "k1,2026-01-08T10:00:00,signup,u3",
+            ),
+        )
+        crm = "record_id,stage,ts,user_id"
+        ingest_file(
+            ws,
+            "crm",
+            _csv(
+                tmp_path / "c1.csv",
+                crm,
+                "r1,lead,2026-01-05T12:00:00,u1",
+                "r1,mql,2026-01-07T10:00:00,u1",
+                "r2,lead,2026-01-06T12:00:00,u2",
+                "r3,lead,2026-01-08T11:00:00,u3",
+            ),
+        )
+        assert_rollups_current(ws)
+        assert _crm_days(ws) == {
+            ("2026-01-05", "c1", "lead", 1, 1),
+            ("2026-01-07", "c1", "mql", 1, 1),
+            ("2026-01-06", "c2", "lead", 1, 1),
+            ("2026-01-08", None, "lead", 1, 1),
+        }
+        # r2's lead written again, earlier: its first lead is now on the 4th (still c2)
+        ingest_file(ws, "crm", _csv(tmp_path / "c2.csv", crm, "r2,lead,2026-01-04T08:00:00,u2"))
+        states = assert_rollups_current(ws)
+        assert states["crm_daily"]["refresh"] == "incremental"
+        assert states["crm_daily"]["days"] == 2  # the 4th and the 6th, nothing else
+        assert states["conversion_daily"]["days"] == 0
+        assert ("2026-01-04", "c2", "lead", 1, 1) in _crm_days(ws)
+        assert ("2026-01-06", "c2", "lead", 1, 0) in _crm_days(ws)
+        # u3's click arrives late: k1 and r3 (both on the 8th) move to c2
+        ingest_file(
+            ws, "touchpoints", _csv(tmp_path / "t2.csv", tp, "t4,2026-01-08T08:00:00,u3,c2")
+        )
+        states = assert_rollups_current(ws)
+        assert states["crm_daily"]["days"] == states["conversion_daily"]["days"] == 1
+        assert ("2026-01-08", "c2", "lead", 1, 1) in _crm_days(ws)
+        conv = rollups.table(ws, "conversion_daily").to_pyarrow().to_pylist()
+        assert [(str(r["day"]), r["campaign_id"], r["n"]) for r in conv] == [
+            ("2026-01-08", "c2", 1)
+        ]

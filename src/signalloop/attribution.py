@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -47,6 +48,13 @@ STORED = (
 #: cutoff the record exists at: its ``user_id`` and ``touch_campaign`` (the campaign of the
 #: user's last touchpoint at or before ``first_ts``); refreshed with the attribution.
 RECORDS_TABLE = "crm_record_campaign"
+#: The days whose attributed rows each incremental refresh changed: ``(gen, what, day)``,
+#: ``what`` being ``conversions`` (the days of the conversions attributed again) or ``crm``
+#: (the days of the CRM rows whose record's campaign changed, and of every row sharing a
+#: record and stage with a new row). The aggregates of attributed rows
+#: (:mod:`signalloop.rollups`) re-aggregate these days only. Emptied by a full refresh, which
+#: gets a new ``full_id`` in the state: an aggregate kept from before it is rebuilt whole.
+CHANGES_TABLE = "attribution_days"
 _READS = ("conversions", "touchpoints", "crm")
 
 
@@ -280,6 +288,14 @@ def refresh_attribution(ws: Workspace) -> bool:
     saved = ws.read_meta(_STATE_KEY)
     now = {kind: ws.ingest_state(kind) for kind in _READS}
     if have and saved.get("version") == ATTRIBUTION_VERSION and saved.get("tables") == now:
+        if "full_id" not in saved and saved.get("unique") and not ws.read_only:
+            # stored before the log of changed days: start it (its aggregates rebuild once)
+            try:
+                with ws.transaction():
+                    con.execute(f"CREATE OR REPLACE TABLE {CHANGES_TABLE} ({_CHANGES_DDL})")
+                    ws.write_meta(_STATE_KEY, {**saved, "gen": 0, "full_id": uuid.uuid4().hex})
+            except duckdb.TransactionException:
+                pass
         return bool(saved.get("unique"))
     if ws.read_only:
         return False
@@ -294,6 +310,9 @@ def refresh_attribution(ws: Workspace) -> bool:
         and saved.get("version") == ATTRIBUTION_VERSION
         and all(ws.appended_since(kind, saved["tables"][kind]) for kind in _READS)
     )
+    # each write is a generation; a full one starts a new log (see CHANGES_TABLE)
+    gen = int(saved.get("gen", 0)) + 1
+    full_id = str(saved.get("full_id") or uuid.uuid4().hex)
     try:
         with ws.transaction():
             if not unique:
@@ -308,6 +327,8 @@ def refresh_attribution(ws: Workspace) -> bool:
                 )
                 recs = _record_campaigns(ws, conversions=_stored_conversions(ws), parts=True)
                 con.execute(f"CREATE OR REPLACE TABLE {RECORDS_TABLE} AS {ws.ibis.compile(recs)}")
+                con.execute(f"CREATE OR REPLACE TABLE {CHANGES_TABLE} ({_CHANGES_DDL})")
+                full_id = uuid.uuid4().hex
             else:
                 # the conversions to attribute again, worked out once (four statements below
                 # read them; each would otherwise scan the history's click and user ids)
@@ -340,19 +361,83 @@ def refresh_attribution(ws: Workspace) -> bool:
                     f"({ws.ibis.compile(touched)})"
                 )
                 con.execute(f"INSERT INTO {ATTRIBUTION_TABLE} {ws.ibis.compile(redo)}")
+                con.execute(
+                    f"CREATE OR REPLACE TEMP TABLE _attribution_before AS SELECT record_id, "
+                    f"campaign_id FROM {RECORDS_TABLE} WHERE record_id IN "
+                    "(SELECT record_id FROM _attribution_records)"
+                )
                 _refresh_records(ws, records, near)
-                for temp in ("_attribution_touched", "_attribution_records", "_attribution_tp"):
+                if not ws.has_table(CHANGES_TABLE) or "full_id" not in saved:
+                    # (a workspace from before the log: its aggregates are rebuilt once)
+                    con.execute(f"CREATE OR REPLACE TABLE {CHANGES_TABLE} ({_CHANGES_DDL})")
+                    full_id = uuid.uuid4().hex
+                _log_changes(ws, gen, saved["tables"]["crm"][1])
+                for temp in (
+                    "_attribution_touched",
+                    "_attribution_records",
+                    "_attribution_tp",
+                    "_attribution_before",
+                ):
                     con.execute(f"DROP TABLE IF EXISTS {temp}")
             state = {
                 "version": ATTRIBUTION_VERSION,
                 "tables": now,
                 "unique": unique,
                 "refresh": "full" if full else "incremental",
+                "gen": gen,
+                "full_id": full_id,
             }
             ws.write_meta(_STATE_KEY, state)
     except duckdb.TransactionException:
         return False
     return unique
+
+
+_CHANGES_DDL = "gen BIGINT, what VARCHAR, day DATE"
+
+
+def _log_changes(ws: Workspace, gen: int, crm_seen: int) -> None:
+    """Append to :data:`CHANGES_TABLE` the days this incremental refresh changed.
+
+    Conversions: the days of those attributed again (``_attribution_touched``). CRM rows: the
+    days of every row of a record whose stored campaign changed or is new (from
+    ``_attribution_before``), and of every row sharing a record and stage with a row ingested
+    since ``crm_seen`` (the new rows, and the rows whose record's first of that stage they
+    may have moved)."""
+    ws.con.execute(
+        f"INSERT INTO {CHANGES_TABLE} SELECT DISTINCT {gen}, 'conversions', CAST(ts AS DATE) "
+        "FROM conversions WHERE ts IS NOT NULL AND conversion_id IN "
+        "(SELECT conversion_id FROM _attribution_touched)"
+    )
+    ws.con.execute(
+        f"""INSERT INTO {CHANGES_TABLE}
+        WITH moved AS (
+            SELECT r.record_id FROM _attribution_records r
+            LEFT JOIN _attribution_before b ON b.record_id = r.record_id
+            LEFT JOIN {RECORDS_TABLE} a ON a.record_id = r.record_id
+            WHERE b.record_id IS NULL OR b.campaign_id IS DISTINCT FROM a.campaign_id
+        ), fresh AS (
+            SELECT DISTINCT record_id, stage FROM crm WHERE _ingest_id > {int(crm_seen)}
+        )
+        SELECT {gen}, 'crm', day FROM (
+            -- (two semi-joins, each one hashed pass, not one OR tested row by row)
+            SELECT CAST(c.ts AS DATE) AS day FROM crm c
+            SEMI JOIN moved m ON c.record_id = m.record_id
+            UNION
+            SELECT CAST(c.ts AS DATE) AS day FROM crm c
+            SEMI JOIN fresh f ON c.record_id = f.record_id
+                AND c.stage IS NOT DISTINCT FROM f.stage
+        ) WHERE day IS NOT NULL"""
+    )
+
+
+def changed_days(ws: Workspace, what: str, since: int) -> list[Any]:
+    """The days :data:`CHANGES_TABLE` lists for ``what`` after generation ``since``."""
+    rows = ws.con.execute(
+        f"SELECT DISTINCT day FROM {CHANGES_TABLE} WHERE what = ? AND gen > ? ORDER BY day",
+        [what, since],
+    ).fetchall()
+    return [r[0] for r in rows]
 
 
 def _touched(ws: Workspace, conv_seen: int, tp_seen: int) -> Any:

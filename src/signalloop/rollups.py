@@ -13,8 +13,14 @@ fault).
 Readers ask :func:`table` for a rollup: current, or, on a read-only workspace whose rollup is
 stale, the same aggregate computed from the raw rows.
 
+Two rollups aggregate rows with their attribution (:mod:`signalloop.attribution`): the
+conversions with their attributed campaign, and the CRM rows with their record's campaign. A
+new touchpoint can move a conversion or a record to another campaign on any earlier day, so
+their days come from the attribution's own log of the days each refresh changed
+(:data:`~signalloop.attribution.CHANGES_TABLE`), not from the new rows' days.
+
 >>> sorted(REGISTRY)
-['touch_daily', 'touch_hourly']
+['conversion_daily', 'crm_daily', 'touch_daily', 'touch_hourly']
 """
 
 from __future__ import annotations
@@ -43,20 +49,29 @@ class Rollup:
     time
         The kind's event-time column; ``day`` is its date.
     build
-        ``build(rows, day)`` -> the aggregate of ``rows`` (an ibis table of the kind) grouped
-        by ``day`` (the date expression, to be output as column ``day``) and its keys.
+        ``build(rows, day, ws)`` -> the aggregate of ``rows`` (an ibis table of the kind, or
+        of ``source``) grouped by ``day`` (the date expression, to be output as column
+        ``day``) and its keys; ``ws`` for what else it reads.
     version
         Bump when ``build`` changes: stored tables of an older version are rebuilt.
     description
         What it holds, for the docs.
+    derived
+        ``None``: the days to aggregate again are those of the rows ingested since. Else the
+        attribution log's name for them (``conversions``, ``crm``): the rollup reads
+        attributed rows.
+    source
+        ``source(ws)`` -> the table aggregated (default: the kind's).
     """
 
     name: str
     kind: str
     time: str
-    build: Callable[[Any, Any], Any]
+    build: Callable[[Any, Any, Workspace], Any]
     version: int
     description: str
+    derived: str | None = None
+    source: Callable[[Workspace], Any] | None = None
 
 
 REGISTRY: dict[str, Rollup] = {}
@@ -68,7 +83,7 @@ def register(rollup: Rollup) -> Rollup:
     return rollup
 
 
-def _touch_daily(t: Any, day: Any) -> Any:
+def _touch_daily(t: Any, day: Any, ws: Workspace) -> Any:
     return t.group_by(
         day=day,
         campaign_id=t.campaign_id,
@@ -83,7 +98,7 @@ def _touch_daily(t: Any, day: Any) -> Any:
     )
 
 
-def _touch_hourly(t: Any, day: Any) -> Any:
+def _touch_hourly(t: Any, day: Any, ws: Workspace) -> Any:
     hour = t.ts.truncate("h")
     return t.group_by(
         day=day, campaign_id=t.campaign_id, hour=hour, on_hour=t.ts == hour
@@ -114,16 +129,87 @@ register(
 )
 
 
+def _conversions(ws: Workspace) -> Any:
+    from signalloop.attribution import attributed_conversions
+
+    return attributed_conversions(ws)
+
+
+def _conversion_daily(t: Any, day: Any, ws: Workspace) -> Any:
+    matched = t.click_id.notnull() & t.click_first_ts.notnull()
+    click_day = t.click_first_ts.date()
+    return t.group_by(
+        day=day,
+        campaign_id=t.attributed_campaign_id,
+        source=t.source,
+        # the week of the click (the conversion's own time without one)
+        click_week=ibis.coalesce(t.click_ts, t.ts).date().truncate("W").cast("date"),
+        # a matched click first seen after the conversion's day: that day (else null), so a
+        # reader cut at an earlier day knows the click was not seen yet
+        click_after=ibis.ifelse(matched & (click_day > day), click_day, ibis.null("date")),
+    ).aggregate(n=t.count(), matched=ibis.ifelse(matched, 1, 0).sum().cast("int64"))
+
+
+register(
+    Rollup(
+        "conversion_daily",
+        "conversions",
+        "ts",
+        _conversion_daily,
+        1,
+        "conversions per day, attributed campaign, source, click week and ``click_after`` "
+        "(the day a matched click was first seen, when after the conversion's): n, matched "
+        "(with a click id whose touchpoint is known). The attribution checks read it",
+        derived="conversions",
+        source=_conversions,
+    )
+)
+
+
+def _crm_daily(t: Any, day: Any, ws: Workspace) -> Any:
+    from signalloop.attribution import crm_record_campaigns
+
+    crm = ws.table("crm")
+    # each record and stage of these rows: the first time of that stage over all its rows
+    mine = crm.filter(crm.record_id.isin(t.record_id))
+    first = mine.group_by(f_record=mine.record_id, f_stage=mine.stage).aggregate(f_ts=mine.ts.min())
+    rec = crm_record_campaigns(ws).select(r_record="record_id", r_campaign="campaign_id")
+    t = t.mutate(day=day)
+    j = t.left_join(first, (t.record_id == first.f_record) & (t.stage == first.f_stage))
+    j = j.left_join(rec, j.record_id == rec.r_record)
+    return j.group_by(day=j.day, campaign_id=j.r_campaign, stage=j.stage).aggregate(
+        n=j.count(), firsts=j.record_id.nunique(where=j.ts == j.f_ts)
+    )
+
+
+register(
+    Rollup(
+        "crm_daily",
+        "crm",
+        "ts",
+        _crm_daily,
+        1,
+        "CRM stage rows per day, campaign of their record and stage: n (rows) and firsts "
+        "(records whose first row of that stage is on that day)",
+        derived="crm",
+    )
+)
+
+
 def _day(rollup: Rollup, t: Any) -> Any:
     col = t[rollup.time]
     return col if rollup.time == "date" else col.date()
 
 
+def _source(rollup: Rollup, ws: Workspace) -> Any:
+    return rollup.source(ws) if rollup.source is not None else ws.table(rollup.kind)
+
+
 def live(ws: Workspace, name: str) -> Any:
     """The rollup ``name`` computed from the raw rows (what its table must equal)."""
     r = REGISTRY[name]
-    t = ws.table(r.kind)
-    return r.build(t, _day(r, t))
+    t = _source(r, ws)
+    return r.build(t, _day(r, t), ws)
 
 
 def table(ws: Workspace, name: str) -> Any:
@@ -148,29 +234,48 @@ def refresh(ws: Workspace, name: str) -> bool:
     con = ws.con
     have = ws.has_table(name)
     saved = ws.read_meta(_state_key(name))
-    now = ws.ingest_state(r.kind)
+    now: Any
+    if r.derived is not None:
+        from signalloop.attribution import _STATE_KEY, refresh_attribution
+
+        if not refresh_attribution(ws):  # not current (nor can it be): read live
+            return False
+        att = ws.read_meta(_STATE_KEY)
+        now = {"full_id": att.get("full_id"), "gen": att.get("gen")}
+    else:
+        now = ws.ingest_state(r.kind)
     if have and saved.get("version") == r.version and saved.get("source") == now:
         return True
     if ws.read_only:
         return False
-    src = ws.table(r.kind)
-    incremental = (
-        have
-        and saved.get("version") == r.version
-        and "source" in saved
-        and ws.appended_since(r.kind, saved["source"])
-    )
+    src = _source(r, ws)
+    incremental = have and saved.get("version") == r.version and "source" in saved
     days: list[Any] = []
-    if incremental:
-        new = src.filter(src._ingest_id > saved["source"][1])
-        got = new.select(day=_day(r, new)).distinct().day.to_pyarrow().to_pylist()
-        days = sorted(d for d in got if d is not None)
-        incremental = len(days) == len(got)  # a row without a day: rebuild
+    if incremental and r.derived is not None:
+        from signalloop.attribution import changed_days
+
+        # (the log goes back to the attribution's last full refresh, no further)
+        full_id = now["full_id"]
+        incremental = full_id is not None and saved["source"].get("full_id") == full_id
+        if incremental:
+            days = changed_days(ws, r.derived, int(saved["source"]["gen"]))
+    elif incremental:
+        incremental = ws.appended_since(r.kind, saved["source"])
+        if incremental:
+            new = src.filter(src._ingest_id > saved["source"][1])
+            got = new.select(day=_day(r, new)).distinct().day.to_pyarrow().to_pylist()
+            days = sorted(d for d in got if d is not None)
+            incremental = len(days) == len(got)  # a row without a day: rebuild
     try:
         with ws.transaction():
             if not incremental:
-                expr = r.build(src, _day(r, src))
-                con.execute(f"CREATE OR REPLACE TABLE {name} AS {ws.ibis.compile(expr)}")
+                expr = r.build(src, _day(r, src), ws)
+                # typed as the expression is (a table made AS SELECT keeps DuckDB's types: a
+                # week truncated to a timestamp, a sum of integers a decimal)
+                types = ws.ibis.compiler.type_mapper
+                cols = ", ".join(f'"{c}" {types.to_string(t)}' for c, t in expr.schema().items())
+                con.execute(f"CREATE OR REPLACE TABLE {name} ({cols})")
+                con.execute(f"INSERT INTO {name} {ws.ibis.compile(expr)}")
             elif days:
                 col = src[r.time]
                 lo, hi = days[0], days[-1] + timedelta(days=1)
@@ -179,7 +284,7 @@ def refresh(ws: Workspace, name: str) -> bool:
                 else:
                     rows = src.filter((col >= ibis.literal(lo).cast("timestamp")) & (col < hi))
                 rows = rows.filter(_day(r, rows).isin(days))
-                expr = r.build(rows, _day(r, rows))
+                expr = r.build(rows, _day(r, rows), ws)
                 listed = ", ".join(f"DATE '{d.isoformat()}'" for d in days)
                 con.execute(f"DELETE FROM {name} WHERE day IN ({listed})")
                 con.execute(f"INSERT INTO {name} {ws.ibis.compile(expr)}")

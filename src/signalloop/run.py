@@ -620,8 +620,8 @@ def run(
 
     report("updating the aggregates", None)
     if not ws.read_only:
-        rollups.refresh_all(ws)
         refresh_attribution(ws)
+        rollups.refresh_all(ws)
     report("updating the aggregates", 1.0)
     lap("aggregates")
     report("checking the signals", None)

@@ -153,6 +153,18 @@ class CheckContext:
         return conv.filter(conv.ts < self.cutoff)
 
     @cached_property
+    def at_the_end(self) -> bool:
+        """Whether no conversion or CRM row lies at or after the cut (the daily run's case).
+
+        Then each stored CRM record's campaign is the one the rows before the cut give it,
+        and the per-day CRM aggregates (rollup ``crm_daily``) may be read for this cut."""
+        for name in ("conversions", "crm"):
+            latest = to_date(self.ws.table(name).ts.max().execute())
+            if latest is not None and latest > self.as_of:
+                return False
+        return True
+
+    @cached_property
     def campaigns(self) -> list[str]:
         """Every campaign with spend or touchpoints up to the as-of date, sorted."""
         s = self.table("spend").select(campaign_id="campaign_id")

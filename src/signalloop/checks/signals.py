@@ -178,38 +178,23 @@ def integration_dropout(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Findi
         if cid not in clicks or clicks[cid].sum() == 0:
             clicks[cid] = from_spend
             clicks_source[cid] = "spend"
-    conv = ctx.conversions
-    tracked = conv.filter(conv.source.isin(TRACKED) | conv.source.isnull())
+    # (the per-day aggregates of the attributed conversions and CRM rows, kept current as
+    # rows arrive, not every conversion and CRM row of the history)
+    cd = ctx.rollup("conversion_daily")
+    tracked = cd.filter(cd.source.isin(TRACKED) | cd.source.isnull())
     observed = {
         "pixel+server": _daily(
-            tracked.group_by(campaign_id=tracked.attributed_campaign_id, day=tracked.ts.date())
-            .aggregate(n=tracked.count())
-            .to_pyarrow(),
+            tracked.group_by("campaign_id", "day").aggregate(n=tracked.n.sum()).to_pyarrow(),
             days,
         )
     }
     # CRM: records entering the funnel per day (each record's first entry stage row, so a
-    # stage that is re-written later does not count twice)
-    crm = ctx.table("crm")
-    entry = crm.filter(crm.stage == ctx.settings.funnel[0])
-    entry = entry.group_by("record_id").aggregate(ts=entry.ts.min())
-    rec = crm_record_campaigns(ctx.ws, ctx.cutoff)
-    lj = entry.join(rec, entry.record_id == rec.record_id)
-    observed["crm"] = _daily(
-        lj.group_by(campaign_id=rec.campaign_id, day=entry.ts.date())
-        .aggregate(n=lj.count())
-        .to_pyarrow(),
-        days,
-    )
-    # CRM activity: every stage row of the campaign's records per day. A sync dropout empties
-    # all of it; expected from the campaign's own trailing two weeks.
-    rows_all = crm.join(rec, crm.record_id == rec.record_id)
-    activity = _daily(
-        rows_all.group_by(campaign_id=rec.campaign_id, day=crm.ts.date())
-        .aggregate(n=rows_all.count())
-        .to_pyarrow(),
-        days,
-    )
+    # stage that is re-written later does not count twice); CRM activity: every stage row of
+    # the campaign's records per day. A sync dropout empties all of it; expected from the
+    # campaign's own trailing two weeks.
+    entries, rows = _crm_days(ctx)
+    observed["crm"] = _daily(entries, days)
+    activity = _daily(rows, days)
     findings: list[Finding] = []
     uptime: dict[str, float] = {}
     for cid in ctx.campaigns:
@@ -274,6 +259,36 @@ def integration_dropout(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Findi
             "evidence": {"days_down_last_28": int(last28.sum())},
         }
     return findings
+
+
+def _crm_days(ctx: CheckContext) -> tuple[Any, Any]:
+    """Per campaign and day (arrow tables of ``campaign_id``, ``day``, ``n``): the CRM
+    records entering the funnel (their first row of its first stage), and every CRM row.
+
+    From the per-day CRM aggregates (rollup ``crm_daily``) when the cut is the data's end,
+    else from the rows before the cut (a record's campaign may differ there)."""
+    entry_stage = ctx.settings.funnel[0]
+    if ctx.at_the_end:
+        cr = ctx.rollup("crm_daily")
+        entries = cr.filter(cr.stage == entry_stage)
+        return (
+            entries.group_by("campaign_id", "day").aggregate(n=entries.firsts.sum()).to_pyarrow(),
+            cr.group_by("campaign_id", "day").aggregate(n=cr.n.sum()).to_pyarrow(),
+        )
+    crm = ctx.table("crm")
+    entry = crm.filter(crm.stage == entry_stage)
+    entry = entry.group_by("record_id").aggregate(ts=entry.ts.min())
+    rec = crm_record_campaigns(ctx.ws, ctx.cutoff)
+    lj = entry.join(rec, entry.record_id == rec.record_id)
+    rows_all = crm.join(rec, crm.record_id == rec.record_id)
+    return (
+        lj.group_by(campaign_id=rec.campaign_id, day=entry.ts.date())
+        .aggregate(n=lj.count())
+        .to_pyarrow(),
+        rows_all.group_by(campaign_id=rec.campaign_id, day=crm.ts.date())
+        .aggregate(n=rows_all.count())
+        .to_pyarrow(),
+    )
 
 
 def _trailing_mean(o: np.ndarray, days: int) -> np.ndarray:
@@ -361,32 +376,32 @@ def _delivery_stops(
     loss_onset_min=0.02,
 )
 def attribution_match(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding]:
-    conv = ctx.conversions
     tp = ctx.rollup("touch_daily")
     with_ids = tp.filter(tp.campaign_id.notnull())
     ids = with_ids.group_by("campaign_id").aggregate(n=with_ids.click_ids.sum())
     ids = ids.filter(ids.n > 0)
     matchable = {str(r["campaign_id"]): int(r["n"]) for r in ids.to_pyarrow().to_pylist()}
     spend = ctx.table("spend")
-    platforms = spend.group_by("campaign_id").aggregate(platform=spend.platform.arbitrary())
-    # never null: a conversion without a click id is not matched (sums stay numbers)
-    c = conv.mutate(
-        matched=conv.click_id.notnull()
-        & conv.click_first_ts.notnull()
-        & (conv.click_first_ts < ctx.cutoff)
+    platforms = spend.group_by(p_campaign=spend.campaign_id).aggregate(
+        platform=spend.platform.arbitrary()
     )
-    c = c.left_join(platforms, c.attributed_campaign_id == platforms.campaign_id)
-    c = c.mutate(week=c.ts.date().truncate("W"))
+    # the conversions per day and attributed campaign (a rollup kept current as rows arrive):
+    # matched when they carry a click id whose touchpoint was seen by the as-of day
+    cd = ctx.rollup("conversion_daily")
+    seen = cd.click_after.isnull() | (cd.click_after <= ibis.literal(ctx.as_of, type="date"))
+    c = cd.mutate(matched=ibis.ifelse(seen, cd.matched, 0))
+    c = c.left_join(platforms, c.campaign_id == platforms.p_campaign)
+    c = c.mutate(week=c.day.truncate("W"))
     findings: list[Finding] = []
     # judged: conversions of campaigns whose touchpoints carry click ids (and the unattributed
     # ones, once the account has any such touchpoints); the rest have nothing to match
     judged = c.filter(
         # (a semi-join, not a list of a thousand ids that a scan would test one by one)
-        c.attributed_campaign_id.isin(ids.campaign_id) | c.attributed_campaign_id.isnull()
+        c.campaign_id.isin(ids.campaign_id) | c.campaign_id.isnull()
     )
     by_platform = (
         judged.group_by(platform=judged.platform.fill_null("unknown"))
-        .aggregate(n=judged.count(), matched=judged.matched.sum())
+        .aggregate(n=judged.n.sum(), matched=judged.matched.sum())
         .order_by("platform")
         .to_pyarrow()
         .to_pylist()
@@ -412,8 +427,8 @@ def attribution_match(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding
                 )
             )
     weekly = (
-        c.group_by(campaign_id=c.attributed_campaign_id, week=c.week)
-        .aggregate(n=c.count(), matched=c.matched.sum())
+        c.group_by("campaign_id", "week")
+        .aggregate(n=c.n.sum(), matched=c.matched.sum())
         .order_by(["campaign_id", "week"])
         .to_pyarrow()
         .to_pylist()
@@ -564,12 +579,10 @@ def _platform_disagreement(
         .to_pylist()
     )
     tracked = c.filter(c.source.isin(TRACKED) | c.source.isnull())
-    ck = ibis.coalesce(tracked.click_ts, tracked.ts)
-    tracked = tracked.mutate(cweek=ck.date().truncate("W"))
     obs = {
         (r["campaign_id"], r["cweek"]): int(r["n"])
-        for r in tracked.group_by(campaign_id=tracked.attributed_campaign_id, cweek=tracked.cweek)
-        .aggregate(n=tracked.count())
+        for r in tracked.group_by("campaign_id", cweek=tracked.click_week)
+        .aggregate(n=tracked.n.sum())
         .to_pyarrow()
         .to_pylist()
     }
