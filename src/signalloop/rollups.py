@@ -20,13 +20,14 @@ their days come from the attribution's own log of the days each refresh changed
 (:data:`~signalloop.attribution.CHANGES_TABLE`), not from the new rows' days.
 
 >>> sorted(REGISTRY)
-['conversion_daily', 'crm_daily', 'touch_daily', 'touch_hourly']
+['conversion_daily', 'crm_daily', 'crm_record_flags', 'touch_daily', 'touch_hourly']
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -62,16 +63,24 @@ class Rollup:
         attributed rows.
     source
         ``source(ws)`` -> the table aggregated (default: the kind's).
+    key
+        A rollup per entity, not per day: the entities (values of this column) that new
+        rows name are aggregated again, from all their rows (``build`` gets ``day=None``).
+    params
+        What ``build`` also takes, by keyword, with their defaults: a table kept for other
+        values (the reader's settings) is rebuilt for them.
     """
 
     name: str
     kind: str
     time: str
-    build: Callable[[Any, Any, Workspace], Any]
+    build: Callable[..., Any]
     version: int
     description: str
     derived: str | None = None
     source: Callable[[Workspace], Any] | None = None
+    key: str | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
 
 
 REGISTRY: dict[str, Rollup] = {}
@@ -196,6 +205,36 @@ register(
 )
 
 
+def _record_flags(t: Any, day: Any, ws: Workspace, ranks: Mapping[str, int]) -> Any:
+    from signalloop.checks.core import stage_flags
+
+    f = stage_flags(t, "record_id", "stage", "ts", ranks)
+    return f.filter((f.backwards > 0) | (f.overwritten > 0))
+
+
+def _default_ranks() -> dict[str, int]:
+    from signalloop.checks.core import funnel_ranks
+    from signalloop.config import Settings
+
+    return funnel_ranks(Settings().funnel)
+
+
+register(
+    Rollup(
+        "crm_record_flags",
+        "crm",
+        "ts",
+        _record_flags,
+        1,
+        "per CRM record whose stage went backwards or was overwritten (the "
+        "``stage_regression`` rule, for the funnel's ``ranks``): backwards, overwritten, "
+        "last_bad",
+        key="record_id",
+        params={"ranks": _default_ranks()},
+    )
+)
+
+
 def _day(rollup: Rollup, t: Any) -> Any:
     col = t[rollup.time]
     return col if rollup.time == "date" else col.date()
@@ -205,28 +244,33 @@ def _source(rollup: Rollup, ws: Workspace) -> Any:
     return rollup.source(ws) if rollup.source is not None else ws.table(rollup.kind)
 
 
-def live(ws: Workspace, name: str) -> Any:
+def _build(r: Rollup, t: Any, ws: Workspace, params: Mapping[str, Any]) -> Any:
+    return r.build(t, None if r.key else _day(r, t), ws, **{**r.params, **params})
+
+
+def live(ws: Workspace, name: str, **params: Any) -> Any:
     """The rollup ``name`` computed from the raw rows (what its table must equal)."""
     r = REGISTRY[name]
-    t = _source(r, ws)
-    return r.build(t, _day(r, t), ws)
+    return _build(r, _source(r, ws), ws, params)
 
 
-def table(ws: Workspace, name: str) -> Any:
+def table(ws: Workspace, name: str, **params: Any) -> Any:
     """The rollup ``name``, current: its table after :func:`refresh`, else :func:`live`."""
-    return ws.table(name) if refresh(ws, name) else live(ws, name)
+    return ws.table(name) if refresh(ws, name, **params) else live(ws, name, **params)
 
 
 def _state_key(name: str) -> str:
     return f"rollup:{name}"
 
 
-def refresh(ws: Workspace, name: str) -> bool:
+def refresh(ws: Workspace, name: str, **params: Any) -> bool:
     """Bring the rollup ``name`` up to date; whether its table is current and may be read.
 
     Only the days of rows ingested since the last refresh are aggregated again, from the raw
-    rows of those days. A read-only workspace, or a write that conflicts with another
-    thread's, leaves the table as it is and answers ``False`` when it is stale.
+    rows of those days (for a rollup per entity, the entities they name, from all their
+    rows). A read-only workspace, or a write that conflicts with another thread's, leaves
+    the table as it is and answers ``False`` when it is stale. ``params`` (the rollup's
+    :attr:`Rollup.params`) other than the stored table's rebuild it.
     """
     r = REGISTRY[name]
     if ws.backend != "duckdb":  # computed live there, for now
@@ -234,6 +278,9 @@ def refresh(ws: Workspace, name: str) -> bool:
     con = ws.con
     have = ws.has_table(name)
     saved = ws.read_meta(_state_key(name))
+    params = json.loads(json.dumps({**r.params, **params}))  # (as stored)
+    if saved.get("params", {}) != params:
+        have = False
     now: Any
     if r.derived is not None:
         from signalloop.attribution import _STATE_KEY, refresh_attribution
@@ -259,6 +306,8 @@ def refresh(ws: Workspace, name: str) -> bool:
         incremental = full_id is not None and saved["source"].get("full_id") == full_id
         if incremental:
             days = changed_days(ws, r.derived, int(saved["source"]["gen"]))
+    elif incremental and r.key:
+        incremental = ws.appended_since(r.kind, saved["source"])
     elif incremental:
         incremental = ws.appended_since(r.kind, saved["source"])
         if incremental:
@@ -268,14 +317,24 @@ def refresh(ws: Workspace, name: str) -> bool:
             incremental = len(days) == len(got)  # a row without a day: rebuild
     try:
         with ws.transaction():
+            keys = 0
             if not incremental:
-                expr = r.build(src, _day(r, src), ws)
+                expr = _build(r, src, ws, params)
                 # typed as the expression is (a table made AS SELECT keeps DuckDB's types: a
                 # week truncated to a timestamp, a sum of integers a decimal)
                 types = ws.ibis.compiler.type_mapper
                 cols = ", ".join(f'"{c}" {types.to_string(t)}' for c, t in expr.schema().items())
                 con.execute(f"CREATE OR REPLACE TABLE {name} ({cols})")
                 con.execute(f"INSERT INTO {name} {ws.ibis.compile(expr)}")
+            elif r.key:
+                # the entities new rows name, then all their rows
+                new = src.filter(src._ingest_id > saved["source"][1])
+                named = ws.temp_table("_rollup_keys", new.select(k=new[r.key]).distinct())
+                keys = int(named.count().execute())
+                expr = _build(r, src.filter(src[r.key].isin(named.k)), ws, params)
+                con.execute(f'DELETE FROM {name} WHERE "{r.key}" IN (SELECT k FROM _rollup_keys)')
+                con.execute(f"INSERT INTO {name} {ws.ibis.compile(expr)}")
+                con.execute("DROP TABLE IF EXISTS _rollup_keys")
             elif days:
                 col = src[r.time]
                 lo, hi = days[0], days[-1] + timedelta(days=1)
@@ -284,7 +343,7 @@ def refresh(ws: Workspace, name: str) -> bool:
                 else:
                     rows = src.filter((col >= ibis.literal(lo).cast("timestamp")) & (col < hi))
                 rows = rows.filter(_day(r, rows).isin(days))
-                expr = r.build(rows, _day(r, rows), ws)
+                expr = _build(r, rows, ws, params)
                 listed = ", ".join(f"DATE '{d.isoformat()}'" for d in days)
                 con.execute(f"DELETE FROM {name} WHERE day IN ({listed})")
                 con.execute(f"INSERT INTO {name} {ws.ibis.compile(expr)}")
@@ -293,6 +352,8 @@ def refresh(ws: Workspace, name: str) -> bool:
                 "source": now,
                 "refresh": "incremental" if incremental else "full",
                 "days": len(days) if incremental else None,
+                **({"keys": keys} if r.key and incremental else {}),
+                **({"params": params} if params else {}),
             }
             ws.write_meta(_state_key(name), state)
     except duckdb.TransactionException:
@@ -301,10 +362,13 @@ def refresh(ws: Workspace, name: str) -> bool:
 
 
 def refresh_all(ws: Workspace) -> dict[str, dict[str, Any]]:
-    """Refresh every registered rollup; each one's state (``refresh``: full or incremental,
+    """Refresh every registered rollup without params (those with params are refreshed for
+    the params they are read with); each one's state (``refresh``: full or incremental,
     ``days`` re-aggregated)."""
     out: dict[str, dict[str, Any]] = {}
-    for name in REGISTRY:
+    for name, r in REGISTRY.items():
+        if r.params:
+            continue
         if not refresh(ws, name):
             out[name] = {"refresh": "live"}
             continue

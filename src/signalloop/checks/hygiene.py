@@ -473,8 +473,13 @@ def _feedback_depth(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding]:
 )
 def stage_regression(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding]:
     ranks = funnel_ranks(ctx.settings.funnel)
-    per_rec = stage_flags(ctx.table("crm"), "record_id", "stage", "ts", ranks)
-    per_rec = per_rec.filter((per_rec.backwards > 0) | (per_rec.overwritten > 0))
+    if ctx.at_the_end:  # the records' flags, kept as rows arrive (those of new rows redone)
+        from signalloop import rollups
+
+        per_rec = rollups.table(ctx.ws, "crm_record_flags", ranks=ranks)
+    else:
+        per_rec = stage_flags(ctx.table("crm"), "record_id", "stage", "ts", ranks)
+        per_rec = per_rec.filter((per_rec.backwards > 0) | (per_rec.overwritten > 0))
     rec = crm_record_campaigns(ctx.ws, ctx.cutoff)
     j = per_rec.left_join(rec, per_rec.record_id == rec.record_id)
     agg = (

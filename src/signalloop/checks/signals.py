@@ -180,14 +180,7 @@ def integration_dropout(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Findi
             clicks_source[cid] = "spend"
     # (the per-day aggregates of the attributed conversions and CRM rows, kept current as
     # rows arrive, not every conversion and CRM row of the history)
-    cd = ctx.rollup("conversion_daily")
-    tracked = cd.filter(cd.source.isin(TRACKED) | cd.source.isnull())
-    observed = {
-        "pixel+server": _daily(
-            tracked.group_by("campaign_id", "day").aggregate(n=tracked.n.sum()).to_pyarrow(),
-            days,
-        )
-    }
+    observed = {"pixel+server": _tracked_daily(ctx, days)}
     # CRM: records entering the funnel per day (each record's first entry stage row, so a
     # stage that is re-written later does not count twice); CRM activity: every stage row of
     # the campaign's records per day. A sync dropout empties all of it; expected from the
@@ -259,6 +252,20 @@ def integration_dropout(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Findi
             "evidence": {"days_down_last_28": int(last28.sum())},
         }
     return findings
+
+
+def _tracked_daily(ctx: CheckContext, days: list[date]) -> dict[str, np.ndarray]:
+    """Per campaign, its pixel and server conversions on each of ``days`` (a daily series),
+    from the per-day aggregates of the attributed conversions (rollup ``conversion_daily``,
+    kept current as rows arrive), not every conversion of the history. Cached on ``ctx``."""
+    key = f"tracked_daily:{days[0] if days else None}:{len(days)}"
+    if key not in ctx.cache:
+        cd = ctx.rollup("conversion_daily")
+        tracked = cd.filter(cd.source.isin(TRACKED) | cd.source.isnull())
+        rows = tracked.group_by("campaign_id", "day").aggregate(n=tracked.n.sum())
+        ctx.cache[key] = _daily(rows.to_pyarrow(), days)
+    found: dict[str, np.ndarray] = ctx.cache[key]
+    return found
 
 
 def _crm_days(ctx: CheckContext) -> tuple[Any, Any]:
@@ -711,12 +718,7 @@ def conversion_volume(ctx: CheckContext, opt: Mapping[str, Any]) -> list[Finding
     c = ctx.tracked_conversions
     start = ctx.as_of - timedelta(days=6)
     days = _days(ctx)
-    daily = _daily(
-        c.group_by(campaign_id=c.attributed_campaign_id, day=c.day)
-        .aggregate(n=c.count())
-        .to_pyarrow(),
-        days,
-    )
+    daily = _tracked_daily(ctx, days)
     last7 = c.filter(c.day >= start)
     per_adset = (
         last7.group_by(campaign_id=last7.attributed_campaign_id, adset_id=last7.adset)
