@@ -43,8 +43,12 @@ IDS = {
 }
 #: The tables kept from the rows (rebuilt by the first run on the doubled history).
 DERIVED = (
+    "attribution_days",
     "conversion_attribution",
+    "conversion_daily",
+    "crm_daily",
     "crm_record_campaign",
+    "crm_record_flags",
     "recent_label_units",
     "touch_daily",
     "touch_hourly",

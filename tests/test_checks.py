@@ -300,3 +300,19 @@ def test_exclusions_are_honoured_and_kept_by_partial_runs(account: tuple[Workspa
     )
     # the stored windows are the detected ones (to within a day of the truth)
     assert abs(gone - in_windows.count().execute()) < 0.2 * gone
+
+
+def test_trailing_mean_equals_the_mean_of_each_window() -> None:
+    """The integration-dropout check's CRM activity baseline, from running sums, equals the
+    day-by-day mean of the window before each day it replaced (counts: whole numbers)."""
+    import numpy as np
+
+    from signalloop.checks.signals import _trailing_mean
+
+    rng = np.random.default_rng(4)
+    for n, window in ((0, 14), (5, 14), (8, 3), (40, 14), (400, 14), (60, 90)):
+        o = rng.poisson(rng.uniform(0, 50), size=n).astype(float)
+        want = np.zeros(n)
+        for t in range(7, n):
+            want[t] = float(o[max(0, t - window) : t].mean())
+        assert np.array_equal(_trailing_mean(o, window), want)
