@@ -34,6 +34,12 @@ def test_first_run_does_every_step_and_writes_both_files(loop_run: dict[str, Any
     assert all(f["status"] == "ok" and f["rows_loaded"] > 0 for f in box["files"])
     assert box["errors"] == []
     assert [x["file"].rsplit("/", 1)[-1] for x in box["not_taken"]] == ["truth.json"]
+    # the stored aggregates, built whole on the first run
+    assert doc["aggregates"]["attribution"] == {"refresh": "full"}
+    assert doc["aggregates"]["rollups"] == {
+        name: {"refresh": "full", "days": None}
+        for name in ("touch_daily", "touch_hourly", "conversion_daily", "crm_daily")
+    }
     # the outage was found, stored as an exclusion, and diagnosed on its campaign
     assert [e["campaign_id"] for e in doc["checks"]["exclusions"]] == ["c02"]
     c02 = [d["failure_type"] for d in doc["diagnosis"]["diagnoses"] if d["campaign_id"] == "c02"]
@@ -139,6 +145,9 @@ def test_second_run_adds_nothing_and_keeps_fresh_models(
         doc = run(ws, inbox=loop_run["inbox"], out_dir=tmp_path / "r2")
         assert ws.counts() == before
     assert {f["status"] for f in doc["inbox"]["files"]} == {"skipped"}
+    # nothing new: no aggregate is touched
+    assert doc["aggregates"]["attribution"] == {"refresh": "unchanged"}
+    assert {r["refresh"] for r in doc["aggregates"]["rollups"].values()} == {"unchanged"}
     assert [m["status"] for m in doc["models"]] == ["fresh", "fresh"]
     assert "due in 7 days (default cadence)" in doc["models"][0]["reason"]
     assert [h["source"] for h in doc["history"]].count("run") == 1  # same as-of: replaced

@@ -30,6 +30,9 @@ ATTRIBUTION_TABLE = "conversion_attribution"
 #: Bumped when the rule changes, so every stored attribution is rebuilt once.
 ATTRIBUTION_VERSION = 7
 _STATE_KEY = "attribution_state"
+#: Where the stored attribution's state is kept (``meta``): its version, what it last saw of
+#: each kind, ``refresh`` (full or incremental), ``gen`` and ``full_id`` (see CHANGES_TABLE).
+ATTRIBUTION_STATE = _STATE_KEY
 #: The stored columns (:func:`attribute`'s, per ``conversion_id``).
 STORED = (
     "conversion_id",

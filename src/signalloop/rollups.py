@@ -283,11 +283,11 @@ def refresh(ws: Workspace, name: str, **params: Any) -> bool:
         have = False
     now: Any
     if r.derived is not None:
-        from signalloop.attribution import _STATE_KEY, refresh_attribution
+        from signalloop.attribution import ATTRIBUTION_STATE, refresh_attribution
 
         if not refresh_attribution(ws):  # not current (nor can it be): read live
             return False
-        att = ws.read_meta(_STATE_KEY)
+        att = ws.read_meta(ATTRIBUTION_STATE)
         now = {"full_id": att.get("full_id"), "gen": att.get("gen")}
     else:
         now = ws.ingest_state(r.kind)
@@ -363,14 +363,17 @@ def refresh(ws: Workspace, name: str, **params: Any) -> bool:
 
 def refresh_all(ws: Workspace) -> dict[str, dict[str, Any]]:
     """Refresh every registered rollup without params (those with params are refreshed for
-    the params they are read with); each one's state (``refresh``: full or incremental,
-    ``days`` re-aggregated)."""
+    the params they are read with); each one's state (``refresh``: ``full``,
+    ``incremental`` with the ``days`` re-aggregated, ``unchanged`` when nothing it reads
+    changed, or ``live`` when it cannot be stored)."""
     out: dict[str, dict[str, Any]] = {}
     for name, r in REGISTRY.items():
         if r.params:
             continue
+        before = ws.read_meta(_state_key(name))
         if not refresh(ws, name):
             out[name] = {"refresh": "live"}
             continue
-        out[name] = ws.read_meta(_state_key(name))
+        after = ws.read_meta(_state_key(name))
+        out[name] = after if after != before else {**after, "refresh": "unchanged"}
     return out

@@ -616,12 +616,23 @@ def run(
     # the stored aggregates every step reads, brought up to date with what was ingested:
     # only the days new rows fall on, and only the conversions and records they touch
     from signalloop import rollups
-    from signalloop.attribution import refresh_attribution
+    from signalloop.attribution import ATTRIBUTION_STATE, refresh_attribution
 
     report("updating the aggregates", None)
+    aggregates: dict[str, Any] = {}
     if not ws.read_only:
-        refresh_attribution(ws)
-        rollups.refresh_all(ws)
+        before = ws.read_meta(ATTRIBUTION_STATE)
+        current = refresh_attribution(ws)
+        after = ws.read_meta(ATTRIBUTION_STATE)
+        aggregates["attribution"] = (
+            {"refresh": "live"}
+            if not current
+            else {"refresh": after.get("refresh") if after != before else "unchanged"}
+        )
+        aggregates["rollups"] = {
+            name: {k: v for k, v in st.items() if k in ("refresh", "days", "keys")}
+            for name, st in rollups.refresh_all(ws).items()
+        }
     report("updating the aggregates", 1.0)
     lap("aggregates")
     report("checking the signals", None)
@@ -733,6 +744,7 @@ def run(
         "config": settings.path,
         "pull": pulled,
         "inbox": ingested,
+        "aggregates": aggregates,
         "learnable": shape,
         "checks": checks,
         "state": state,

@@ -120,9 +120,30 @@ def run_summary(doc: dict[str, Any]) -> dict[str, Any]:
         {"campaign_id": c["campaign_id"], "gate": c["gate"], "reasons": c["reasons"]}
         for c in doc["checks"]["campaigns"]
     ]
+    summary["aggregates"] = doc.get("aggregates")
     summary["timings"] = doc["timings"]
     summary["report"] = doc["report"]
     return summary
+
+
+def _aggregates_text(agg: dict[str, Any]) -> str:
+    """What the run did to the stored aggregates, in one line.
+
+    >>> _aggregates_text({"attribution": {"refresh": "incremental"},
+    ...                   "rollups": {"touch_daily": {"refresh": "incremental", "days": 1},
+    ...                               "crm_daily": {"refresh": "unchanged"}}})
+    'attribution incremental; touch_daily 1 day again, crm_daily unchanged'
+    """
+
+    def one(r: dict[str, Any]) -> str:
+        if r.get("refresh") == "incremental":
+            n = int(r.get("days") or 0)
+            return f"{n} day{'s' if n != 1 else ''} again"
+        return str(r.get("refresh"))
+
+    head = f"attribution {agg.get('attribution', {}).get('refresh', 'not read')}"
+    rolled = ", ".join(f"{name} {one(r)}" for name, r in agg.get("rollups", {}).items())
+    return f"{head}; {rolled}" if rolled else head
 
 
 def print_run(doc: dict[str, Any], *, inbox: bool = True) -> None:
@@ -155,6 +176,9 @@ def print_run(doc: dict[str, Any], *, inbox: bool = True) -> None:
             err.print(f"[yellow]not taken[/] {escape(x['file'])}: {x['reason']}", highlight=False)
         for x in box["errors"]:
             err.print(f"[bold red]not ingested[/] {escape(x['message'])}", highlight=False)
+    agg = doc.get("aggregates")
+    if agg:
+        err.print(f"[dim]aggregates: {_aggregates_text(agg)}[/]", highlight=False)
     if doc.get("learnable"):
         print_learnable(doc["learnable"], compact=True)
     for m in doc["models"]:
