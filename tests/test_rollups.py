@@ -67,7 +67,8 @@ def test_a_late_drop_re_aggregates_only_its_days(tmp_path: Path) -> None:
         touch = [states[n] for n in ("touch_daily", "touch_hourly")]
         assert {s["days"] for s in touch} == {len(days)}
         # (no conversion nor CRM row is attributed again: their aggregates keep every day)
-        assert {states[n]["days"] for n in ("conversion_daily", "crm_daily")} == {0}
+        derived = ("conversion_daily", "conversion_kinds", "crm_daily")
+        assert {states[n]["days"] for n in derived} == {0}
 
 
 def test_rows_not_from_an_ingest_and_read_only(tmp_path: Path) -> None:

@@ -38,7 +38,13 @@ def test_first_run_does_every_step_and_writes_both_files(loop_run: dict[str, Any
     assert doc["aggregates"]["attribution"] == {"refresh": "full"}
     assert doc["aggregates"]["rollups"] == {
         name: {"refresh": "full", "days": None}
-        for name in ("touch_daily", "touch_hourly", "conversion_daily", "crm_daily")
+        for name in (
+            "touch_daily",
+            "touch_hourly",
+            "conversion_daily",
+            "conversion_kinds",
+            "crm_daily",
+        )
     }
     # the outage was found, stored as an exclusion, and diagnosed on its campaign
     assert [e["campaign_id"] for e in doc["checks"]["exclusions"]] == ["c02"]

@@ -19,8 +19,9 @@ new touchpoint can move a conversion or a record to another campaign on any earl
 their days come from the attribution's own log of the days each refresh changed
 (:data:`~signalloop.attribution.CHANGES_TABLE`), not from the new rows' days.
 
->>> sorted(REGISTRY)
-['conversion_daily', 'crm_daily', 'crm_record_flags', 'touch_daily', 'touch_hourly']
+>>> sorted(REGISTRY)  # doctest: +NORMALIZE_WHITESPACE
+['conversion_daily', 'conversion_kinds', 'crm_daily', 'crm_record_flags', 'touch_daily',
+ 'touch_hourly']
 """
 
 from __future__ import annotations
@@ -169,6 +170,27 @@ register(
         "conversions per day, attributed campaign, source, click week and ``click_after`` "
         "(the day a matched click was first seen, when after the conversion's): n, matched "
         "(with a click id whose touchpoint is known). The attribution checks read it",
+        derived="conversions",
+        source=_conversions,
+    )
+)
+
+
+def _conversion_kinds(t: Any, day: Any, ws: Workspace) -> Any:
+    return t.group_by(
+        day=day, campaign_id=t.attributed_campaign_id, kind=t.kind, source=t.source
+    ).aggregate(n=t.count(), valued=ibis.ifelse(t.value.notnull(), 1, 0).sum().cast("int64"))
+
+
+register(
+    Rollup(
+        "conversion_kinds",
+        "conversions",
+        "ts",
+        _conversion_kinds,
+        1,
+        "conversions per day, attributed campaign, kind and source: n, valued (with a value). "
+        "Label completeness and the feedback depth read it",
         derived="conversions",
         source=_conversions,
     )
@@ -369,6 +391,9 @@ def refresh_all(ws: Workspace) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for name, r in REGISTRY.items():
         if r.params:
+            continue
+        if ws.backend != "duckdb":  # (computed live there: nothing stored to read)
+            out[name] = {"refresh": "live"}
             continue
         before = ws.read_meta(_state_key(name))
         if not refresh(ws, name):

@@ -621,9 +621,10 @@ def run(
     report("updating the aggregates", None)
     aggregates: dict[str, Any] = {}
     if not ws.read_only:
-        before = ws.read_meta(ATTRIBUTION_STATE)
+        stored = ws.backend == "duckdb"  # (elsewhere attributed on the fly, for now)
+        before = ws.read_meta(ATTRIBUTION_STATE) if stored else {}
         current = refresh_attribution(ws)
-        after = ws.read_meta(ATTRIBUTION_STATE)
+        after = ws.read_meta(ATTRIBUTION_STATE) if stored else {}
         aggregates["attribution"] = (
             {"refresh": "live"}
             if not current

@@ -383,12 +383,12 @@ def _conversion_cells(ctx: CheckContext) -> list[dict[str, Any]]:
     grouping of the attributed conversions that label completeness and the feedback depth
     both sum (cached on ``ctx``)."""
     if "conversion_cells" not in ctx.cache:
-        conv = ctx.conversions
+        # (from the per-day counts of the attributed conversions, kept current as rows
+        # arrive, not every conversion of the history)
+        cd = ctx.rollup("conversion_kinds")
         ctx.cache["conversion_cells"] = (
-            conv.group_by(
-                campaign_id=conv.attributed_campaign_id, kind=conv.kind, source=conv.source
-            )
-            .aggregate(n=conv.count(), valued=conv.value.notnull().sum())
+            cd.group_by("campaign_id", "kind", "source")
+            .aggregate(n=cd.n.sum(), valued=cd.valued.sum())
             .to_pyarrow()
             .to_pylist()
         )
