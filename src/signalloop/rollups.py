@@ -1,4 +1,4 @@
-"""Per-day aggregates of the raw rows, kept current as rows arrive.
+"""Per-day (and per-entity) aggregates of the rows, kept current as rows arrive.
 
 A daily run should read the new day, not the whole history again. A :class:`Rollup` is a
 declarative aggregate of one kind's rows grouped by their event day (plus keys); its table
@@ -13,11 +13,17 @@ fault).
 Readers ask :func:`table` for a rollup: current, or, on a read-only workspace whose rollup is
 stale, the same aggregate computed from the raw rows.
 
-Two rollups aggregate rows with their attribution (:mod:`signalloop.attribution`): the
-conversions with their attributed campaign, and the CRM rows with their record's campaign. A
-new touchpoint can move a conversion or a record to another campaign on any earlier day, so
-their days come from the attribution's own log of the days each refresh changed
+Some rollups aggregate rows with their attribution (:mod:`signalloop.attribution`): the
+conversions with their attributed campaign (``conversion_daily``, ``conversion_kinds``), the
+CRM rows with their record's campaign (``crm_daily``). A new touchpoint can move a conversion
+or a record to another campaign on any earlier day, so their days come from the
+attribution's own log of the days each refresh changed
 (:data:`~signalloop.attribution.CHANGES_TABLE`), not from the new rows' days.
+
+A rollup with a ``key`` is kept per entity instead of per day (``crm_record_flags``, per CRM
+record): the entities new rows name are derived again from all their rows. One with
+``params`` (the funnel's stage ranks) is kept for the params last read with, and rebuilt for
+others.
 
 >>> sorted(REGISTRY)  # doctest: +NORMALIZE_WHITESPACE
 ['conversion_daily', 'conversion_kinds', 'crm_daily', 'crm_record_flags', 'touch_daily',
