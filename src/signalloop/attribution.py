@@ -623,7 +623,7 @@ def crm_record_campaigns(
         stored = ws.table(RECORDS_TABLE).select("record_id", "campaign_id", "first_ts")
         if cutoff is None:
             return stored
-        if isinstance(cutoff, datetime) and not _rows_from(ws, cutoff):
+        if isinstance(cutoff, datetime) and not rows_from(ws, cutoff):
             return stored.filter(stored.first_ts < ibis.literal(cutoff))
         edge = ibis.literal(cutoff) - ibis.interval(hours=1)
         return stored.filter(stored.first_ts < edge).union(_live_records(ws, cutoff, stored))
@@ -640,14 +640,16 @@ def crm_record_campaigns(
 _LIVE_IDS = itertools.count(1)
 
 
-def _rows_from(ws: Workspace, cutoff: datetime) -> bool:
-    """Whether a conversion or a CRM row lies at or after ``cutoff``."""
-    row = ws.con.execute(
-        "SELECT coalesce((SELECT max(ts) FROM conversions) >= ?, false) "
-        "OR coalesce((SELECT max(ts) FROM crm) >= ?, false)",
-        [cutoff, cutoff],
-    ).fetchone()
-    return bool(row and row[0])
+def rows_from(ws: Workspace, cutoff: datetime) -> bool:
+    """Whether a conversion or a CRM row lies at or after ``cutoff`` (on any backend).
+
+    When none does (the daily run's case), each stored record's campaign is the one the rows
+    before ``cutoff`` give it."""
+    for name in ("conversions", "crm"):
+        hit = (ws.table(name).ts.max() >= ibis.literal(cutoff)).execute()
+        if hit is not None and bool(hit):
+            return True
+    return False
 
 
 def _live_records(ws: Workspace, cutoff: Any, stored: Any) -> Any:

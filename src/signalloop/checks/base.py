@@ -157,12 +157,12 @@ class CheckContext:
         """Whether no conversion or CRM row lies at or after the cut (the daily run's case).
 
         Then each stored CRM record's campaign is the one the rows before the cut give it,
-        and the per-day CRM aggregates (rollup ``crm_daily``) may be read for this cut."""
-        for name in ("conversions", "crm"):
-            latest = to_date(self.ws.table(name).ts.max().execute())
-            if latest is not None and latest > self.as_of:
-                return False
-        return True
+        and the per-day CRM aggregates (rollup ``crm_daily``) may be read for this cut
+        (:func:`~signalloop.attribution.rows_from`, which the stored record campaigns ask
+        too)."""
+        from signalloop.attribution import rows_from
+
+        return not rows_from(self.ws, self.cutoff)
 
     @cached_property
     def campaigns(self) -> list[str]:
