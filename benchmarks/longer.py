@@ -34,6 +34,10 @@ from _report import log, machine, publish
 from history import _copy, _restore, _workspace_files
 from scale import PACKAGES, STEPS, RunFailed, account_folder, plain_scan, run_once
 
+from signalloop.attribution import ATTRIBUTION_TABLE, CHANGES_TABLE, RECORDS_TABLE
+from signalloop.models.recent import TABLE as RECENT_TABLE
+from signalloop.rollups import REGISTRY
+
 BEGIN, END = "<!-- longer:begin -->", "<!-- longer:end -->"
 #: The ids that must not collide between the two halves.
 IDS = {
@@ -41,17 +45,14 @@ IDS = {
     "conversions": ("conversion_id", "click_id"),
     "crm": ("record_id",),
 }
-#: The tables kept from the rows (rebuilt by the first run on the doubled history).
+#: The tables kept from the rows (rebuilt by the first run on the doubled history): the
+#: stored attribution and its change log, the recent label counts, and every rollup.
 DERIVED = (
-    "attribution_days",
-    "conversion_attribution",
-    "conversion_daily",
-    "crm_daily",
-    "crm_record_campaign",
-    "crm_record_flags",
-    "recent_label_units",
-    "touch_daily",
-    "touch_hourly",
+    ATTRIBUTION_TABLE,
+    CHANGES_TABLE,
+    RECORDS_TABLE,
+    RECENT_TABLE,
+    *sorted(REGISTRY),
 )
 
 
