@@ -17,7 +17,7 @@ from signalloop.errors import ConfigError
 from signalloop.nowcast import NowcastOptions, NowcastReport, count_interval, nowcast
 from signalloop.store import Workspace
 
-from .conftest import simulated_workspace
+from .conftest import every_fault, ingest_drop, simulated_drops, simulated_workspace
 
 DAYS = 60
 START = date(2026, 1, 1)
@@ -365,3 +365,26 @@ def test_exclusion_flags_per_campaign_equal_the_flags_window_by_window(seed: int
     assert path.cohorts.in_window.tolist() == inside
     assert path.cohorts.exclusion_overlap.tolist() == overlap
     assert any(inside) and any(overlap)
+
+
+@pytest.mark.parametrize("shape", ["crm", "full"])
+def test_the_crm_path_at_a_cut_equals_a_workspace_that_ends_there(
+    tmp_path: Path, shape: str
+) -> None:
+    """The CRM path as of a day with later rows in the workspace (each record's outcome from
+    the rows cut there) equals the one of a workspace holding only the rows up to that day
+    (read from the stored per-record outcomes and campaigns), on a faulty account."""
+    drops = simulated_drops(tmp_path, shape, every_fault(), seed=5)
+    as_of = date(2026, 1, 21)  # the last day of the second drop
+    opts = NowcastOptions(draws=200, cohort_days=14)
+    got = {}
+    for name, held in (("cut", drops), ("end", drops[:2])):
+        with Workspace(tmp_path / f"{name}.duckdb") as ws:
+            for drop in held:
+                ingest_drop(ws, drop)
+            got[name] = nowcast(ws, as_of, options=opts)
+            if name == "end":
+                state = ws.read_meta("rollup:crm_record_outcome")
+                assert state["refresh"] == "full" and state["params"] == {"won": "won"}
+    assert got["end"].crm["cohorts"], "no CRM cohorts to compare"
+    assert got["cut"].crm == got["end"].crm

@@ -160,7 +160,12 @@ import numpy.typing as npt
 import pandas as pd
 
 from signalloop import rollups
-from signalloop.attribution import ATTRIBUTION_TABLE, crm_record_campaigns, refresh_attribution
+from signalloop.attribution import (
+    ATTRIBUTION_TABLE,
+    crm_record_campaigns,
+    refresh_attribution,
+    rows_from,
+)
 from signalloop.checks.base import default_as_of
 from signalloop.checks.engine import (
     anti_join,
@@ -1147,26 +1152,26 @@ def _spread_clicks(
 
 def _crm_path(
     src: _Source,
-    settings: Settings,
     opts: NowcastOptions,
-    crm: Any,
+    outcomes: Any,
     camp: Any,
     extra: dict[str, Any] | None = None,
 ) -> _Path:
     """The CRM path (lead to won deal, ``lost`` competing) by lead day and age in days.
 
-    ``crm`` holds stage rows ``(record_id, stage, ts, amount)`` and ``camp`` each record's
-    ``(record_id, campaign_id, first_ts)``: the ``crm`` table and
-    :func:`~signalloop.attribution.crm_record_campaigns`, or what
+    ``camp`` holds each record's ``(record_id, campaign_id, first_ts)`` and ``outcomes`` how
+    records closed, ``(record_id, won_ts, lost_ts, amount)`` (a record it does not hold is
+    open): :func:`~signalloop.attribution.crm_record_campaigns` and
+    :func:`~signalloop.rollups.record_outcomes` of the ``crm`` table, or of what
     :func:`_crm_from_conversions` builds.
     """
-    won_stage = settings.funnel[-1]
-    rec = crm.group_by(s_record_id=crm.record_id).aggregate(
-        won_ts=crm.ts.min(where=crm.stage == won_stage),
-        lost_ts=crm.ts.min(where=crm.stage == "lost"),
-        amount=crm.amount.max(where=crm.stage == won_stage),
+    rec = outcomes.select(
+        s_record_id=outcomes.record_id,
+        won_ts=outcomes.won_ts,
+        lost_ts=outcomes.lost_ts,
+        amount=outcomes.amount,
     )
-    r = camp.join(rec, camp.record_id == rec.s_record_id)
+    r = camp.left_join(rec, camp.record_id == rec.s_record_id)
     status = ibis.cases((r.won_ts.notnull(), "won"), (r.lost_ts.notnull(), "lost"), else_="open")
     end = ibis.coalesce(r.won_ts, r.lost_ts)
     r = r.mutate(
@@ -2579,17 +2584,16 @@ def _crm_inputs(
     crm = src.table("crm")
     doc: dict[str, Any] = {"warnings": []}
     if int(crm.count().to_pyarrow().as_py()) > 0:
-        conv = linked.select(
-            user_id=linked.user_id, ts=linked.ts, attributed_campaign_id=linked.campaign_id
-        )
-        camp = crm_record_campaigns(
-            src.ws,
-            crm=crm,
-            conversions=conv,
-            touchpoints=src.table("touchpoints"),
-            stored_touches=True,
-        )
-        path = _crm_path(src, settings, opts, crm, camp)
+        # the records' campaigns and outcomes as stored, kept current as rows arrive (each
+        # run would otherwise group every CRM row and join every record with its user's
+        # conversions); the outcomes from the rows when some lie after the cut
+        camp = crm_record_campaigns(src.ws, src.cutoff)
+        won = settings.funnel[-1]
+        if rows_from(src.ws, src.cutoff):
+            outcomes = rollups.record_outcomes(crm, won)
+        else:
+            outcomes = rollups.table(src.ws, "crm_record_outcome", won=won)
+        path = _crm_path(src, opts, outcomes, camp)
         stray = _stages_without_records(src, settings, set(path.groups))
         if stray:
             kinds: dict[str, int] = {}
@@ -2659,7 +2663,8 @@ def _crm_inputs(
             ),
         }
     )
-    return _crm_path(src, settings, opts, rows, camp, {"records_from": "conversions"}), doc
+    outcomes = rollups.record_outcomes(rows, settings.funnel[-1])
+    return _crm_path(src, opts, outcomes, camp, {"records_from": "conversions"}), doc
 
 
 def _stages_without_records(

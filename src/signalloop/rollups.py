@@ -20,14 +20,14 @@ or a record to another campaign on any earlier day, so their days come from the
 attribution's own log of the days each refresh changed
 (:data:`~signalloop.attribution.CHANGES_TABLE`), not from the new rows' days.
 
-A rollup with a ``key`` is kept per entity instead of per day (``crm_record_flags``, per CRM
-record): the entities new rows name are derived again from all their rows. One with
-``params`` (the funnel's stage ranks) is kept for the params last read with, and rebuilt for
-others.
+A rollup with a ``key`` is kept per entity instead of per day (``crm_record_flags`` and
+``crm_record_outcome``, per CRM record): the entities new rows name are derived again from
+all their rows. One with ``params`` (the funnel's stage ranks, its won stage) is kept for the
+params last read with, and rebuilt for others.
 
 >>> sorted(REGISTRY)  # doctest: +NORMALIZE_WHITESPACE
-['conversion_daily', 'conversion_kinds', 'crm_daily', 'crm_record_flags', 'touch_daily',
- 'touch_hourly']
+['conversion_daily', 'conversion_kinds', 'crm_daily', 'crm_record_flags',
+ 'crm_record_outcome', 'touch_daily', 'touch_hourly']
 """
 
 from __future__ import annotations
@@ -259,6 +259,38 @@ register(
         "last_bad",
         key="record_id",
         params={"ranks": _default_ranks()},
+    )
+)
+
+
+def _record_outcomes(t: Any, day: Any, ws: Workspace, won: str) -> Any:
+    o = record_outcomes(t, won)
+    return o.filter(o.won_ts.notnull() | o.lost_ts.notnull())
+
+
+def record_outcomes(crm: Any, won: str) -> Any:
+    """Each CRM record of ``crm`` with how it closed: ``won_ts`` and ``lost_ts``, the first
+    time of its ``won`` and ``lost`` stage rows (null: none), and ``amount``, the greatest
+    amount of its ``won`` rows. What the nowcast's CRM path reads per record."""
+    return crm.group_by("record_id").aggregate(
+        won_ts=crm.ts.min(where=crm.stage == won),
+        lost_ts=crm.ts.min(where=crm.stage == "lost"),
+        amount=crm.amount.max(where=crm.stage == won),
+    )
+
+
+register(
+    Rollup(
+        "crm_record_outcome",
+        "crm",
+        "ts",
+        _record_outcomes,
+        1,
+        "per CRM record that was won or lost: won_ts, lost_ts (the first row of each) and "
+        "amount (the greatest of its ``won`` rows), for the funnel's last stage ``won``. The "
+        "nowcast's CRM path reads it",
+        key="record_id",
+        params={"won": "won"},
     )
 )
 
