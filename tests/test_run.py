@@ -44,6 +44,9 @@ def test_first_run_does_every_step_and_writes_both_files(loop_run: dict[str, Any
             "conversion_daily",
             "conversion_kinds",
             "crm_daily",
+            # (refreshed where read: the stage-regression check, the nowcast's CRM path)
+            "crm_record_flags",
+            "crm_record_outcome",
         )
     }
     # the outage was found, stored as an exclusion, and diagnosed on its campaign

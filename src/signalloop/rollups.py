@@ -440,3 +440,34 @@ def refresh_all(ws: Workspace) -> dict[str, dict[str, Any]]:
         after = ws.read_meta(_state_key(name))
         out[name] = after if after != before else {**after, "refresh": "unchanged"}
     return out
+
+
+def read_states(ws: Workspace) -> dict[str, dict[str, Any]]:
+    """The stored state of every rollup with params (refreshed where they are read: see
+    :func:`refresh_all`), by name; an empty dict for one never stored."""
+    if ws.backend != "duckdb":
+        return {name: {} for name, r in REGISTRY.items() if r.params}
+    return {name: ws.read_meta(_state_key(name)) for name, r in REGISTRY.items() if r.params}
+
+
+def what_changed(
+    before: Mapping[str, Mapping[str, Any]], after: Mapping[str, Mapping[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Each rollup's :func:`read_states` from ``before`` to ``after`` a run's reads, as
+    :func:`refresh_all` reports them: its new state, ``unchanged``, or ``live`` (nothing
+    stored: computed from the rows where read).
+
+    >>> what_changed({"r": {"refresh": "full"}}, {"r": {"refresh": "full"}})
+    {'r': {'refresh': 'unchanged'}}
+    >>> what_changed({"r": {}}, {"r": {"refresh": "incremental", "keys": 3}})
+    {'r': {'refresh': 'incremental', 'keys': 3}}
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for name, now in after.items():
+        if not now:
+            out[name] = {"refresh": "live"}
+        elif now == before.get(name):
+            out[name] = {"refresh": "unchanged"}
+        else:
+            out[name] = dict(now)
+    return out

@@ -630,10 +630,9 @@ def run(
             if not current
             else {"refresh": after.get("refresh") if after != before else "unchanged"}
         )
-        aggregates["rollups"] = {
-            name: {k: v for k, v in st.items() if k in ("refresh", "days", "keys")}
-            for name, st in rollups.refresh_all(ws).items()
-        }
+        aggregates["rollups"] = rollups.refresh_all(ws)
+    # (the rollups with params are refreshed where the steps read them: told at the end)
+    per_params = rollups.read_states(ws)
     report("updating the aggregates", 1.0)
     lap("aggregates")
     report("checking the signals", None)
@@ -706,6 +705,13 @@ def run(
     )
     report("diagnosing", 1.0)
     lap("diagnose_lens")
+    if not ws.read_only:
+        aggregates["rollups"] = {
+            name: {k: v for k, v in st.items() if k in ("refresh", "days", "keys")}
+            for name, st in (
+                aggregates["rollups"] | rollups.what_changed(per_params, rollups.read_states(ws))
+            ).items()
+        }
     history = signal_history(ws, as_of, settings, checks, report)
     lap("history")
     out = Path(out_dir if out_dir is not None else settings.run.out)

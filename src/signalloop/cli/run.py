@@ -131,14 +131,16 @@ def _aggregates_text(agg: dict[str, Any]) -> str:
 
     >>> _aggregates_text({"attribution": {"refresh": "incremental"},
     ...                   "rollups": {"touch_daily": {"refresh": "incremental", "days": 1},
-    ...                               "crm_daily": {"refresh": "unchanged"}}})
-    'attribution incremental; touch_daily 1 day again, crm_daily unchanged'
+    ...                               "crm_daily": {"refresh": "unchanged"},
+    ...                               "crm_record_flags": {"refresh": "incremental",
+    ...                                                    "keys": 12}}}).split("; ")[1]
+    'touch_daily 1 day again, crm_daily unchanged, crm_record_flags 12 records again'
     """
 
     def one(r: dict[str, Any]) -> str:
         if r.get("refresh") == "incremental":
-            n = int(r.get("days") or 0)
-            return f"{n} day{'s' if n != 1 else ''} again"
+            n, what = (r["keys"], "record") if "keys" in r else (r.get("days") or 0, "day")
+            return f"{int(n)} {what}{'s' if int(n) != 1 else ''} again"
         return str(r.get("refresh"))
 
     head = f"attribution {agg.get('attribution', {}).get('refresh', 'not read')}"
