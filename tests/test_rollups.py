@@ -215,6 +215,7 @@ def test_attributed_rollups_follow_what_late_rows_move(tmp_path: Path) -> None:
         states = assert_rollups_current(ws)
         assert states["crm_record_flags"]["refresh"] == "incremental"
         assert states["crm_record_flags"]["keys"] == 1
+        assert states["crm_record_flags"]["days"] is None  # (per record, not per day)
         flags = rollups.table(ws, "crm_record_flags").to_pyarrow().to_pylist()
         assert [(r["record_id"], r["backwards"], r["overwritten"]) for r in flags] == [("r1", 1, 0)]
         # and back again: r1's stored flags are replaced, not added to

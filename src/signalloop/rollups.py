@@ -411,7 +411,7 @@ def refresh(ws: Workspace, name: str, **params: Any) -> bool:
                 "version": r.version,
                 "source": now,
                 "refresh": "incremental" if incremental else "full",
-                "days": len(days) if incremental else None,
+                "days": len(days) if incremental and not r.key else None,
                 **({"keys": keys} if r.key and incremental else {}),
                 **({"params": params} if params else {}),
             }
