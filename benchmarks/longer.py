@@ -166,6 +166,11 @@ def render(res: dict[str, Any], args: argparse.Namespace) -> str:
         a, b = short["timings"].get(step), long["timings"].get(step)
         if a is not None or b is not None:
             lines.append(f"| {step} | {a or 0:.1f} s | {b or 0:.1f} s |")
+        if step == "state":  # the nowcast's part of it, per path
+            for part in ("click_data", "click_model", "crm_data", "crm_model"):
+                a, b = (r.get("nowcast", {}).get(part) for r in (short, long))
+                if a is not None or b is not None:
+                    lines.append(f"| · nowcast {part} | {a or 0:.1f} s | {b or 0:.1f} s |")
     lines += [
         f"| models | {', '.join(short['models'])} | {', '.join(long['models'])} |",
         "",

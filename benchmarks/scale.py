@@ -308,6 +308,8 @@ def run_once(
         "seconds": seconds,
         "peak_gib": int(peak[-1]) / 1024**2 if peak else float("nan"),
         "timings": doc["timings"],
+        # (inside the state step: the nowcast's data and draws, per path)
+        "nowcast": ((doc.get("state") or {}).get("nowcast") or {}).get("timings", {}),
         "loaded": (doc.get("inbox") or {}).get("loaded", 0),
         "quarantined": (doc.get("inbox") or {}).get("quarantined", 0),
         "models": [f"{m['outcome']} {m['status']}" for m in doc["models"]],
