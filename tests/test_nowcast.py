@@ -388,3 +388,30 @@ def test_the_crm_path_at_a_cut_equals_a_workspace_that_ends_there(
                 assert state["refresh"] == "full" and state["params"] == {"won": "won"}
     assert got["end"].crm["cohorts"], "no CRM cohorts to compare"
     assert got["cut"].crm == got["end"].crm
+
+
+def test_a_clicks_first_conversion_is_the_earliest_ties_to_the_lowest_campaign() -> None:
+    """Ranked among the clicks with several conversions only; the same rows as ranking all."""
+    import ibis
+    import pandas as pd
+
+    from signalloop.nowcast import _first_of_click
+
+    t0 = datetime(2026, 1, 5, 10)
+    rows = pd.DataFrame(
+        {
+            "key": ["k1", "k1", "k1", "k2", "k3", "k3"],
+            "campaign_id": ["c2", "c1", "c1", "c9", "c4", "c3"],
+            "click": [t0] * 6,
+            "ts": [t0 + timedelta(hours=h) for h in (2, 2, 2, 1, 5, 3)],
+            "value": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+            "conversion_id": ["v3", "v2", "v1", "v4", "v5", "v6"],
+        }
+    )
+    got = _first_of_click(ibis.memtable(rows)).to_pandas().sort_values("key")
+    # k1: three at one instant, c1 before c2, then v1 before v2; k3: the earlier one
+    assert list(zip(got.key, got.campaign_id, got.value, strict=True)) == [
+        ("k1", "c1", 3.0),
+        ("k2", "c9", 4.0),
+        ("k3", "c3", 6.0),
+    ]
