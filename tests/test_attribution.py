@@ -77,12 +77,13 @@ def test_campaign_summary(ws: Workspace, tmp_path: Path) -> None:
 
 
 def test_stored_record_touches_match_the_rows_at_a_cut(ws: Workspace, tmp_path: Path) -> None:
-    """The nowcast's record campaigns with the touch half read from the stored records: a
-    record whose rows name two users, cut where only the first exists (the stored record may
-    hold the other), still gets the first user's last touch."""
+    """Record campaigns with the touch half read from the stored records (as the records
+    begun within the hour before a cut are derived): a record whose rows name two users,
+    cut where only the first exists (the stored record may hold the other), still gets the
+    first user's last touch."""
     from datetime import datetime
 
-    from signalloop.attribution import crm_record_campaigns
+    from signalloop.attribution import _record_campaigns, refresh_attribution
 
     load(ws, tmp_path)
     write_csv(
@@ -97,6 +98,7 @@ def test_stored_record_touches_match_the_rows_at_a_cut(ws: Workspace, tmp_path: 
     )
     ingest_file(ws, "crm", tmp_path / "crm.csv")
     crm, tp, conv = ws.table("crm"), ws.table("touchpoints"), attributed_conversions(ws)
+    assert refresh_attribution(ws)  # (the stored records are current: they may be reused)
     stored = ws.con.execute("SELECT user_id FROM crm_record_campaign WHERE record_id = 'r1'")
     assert stored.fetchone() == ("u2",)  # so the cut at Jan 3 (user u1) is derived again
     for at in (datetime(2026, 1, 3), datetime(2026, 1, 5)):
@@ -108,9 +110,7 @@ def test_stored_record_touches_match_the_rows_at_a_cut(ws: Workspace, tmp_path: 
         rows = {
             stored: {
                 r["record_id"]: r["campaign_id"]
-                for r in crm_record_campaigns(ws, **given, stored_touches=stored)
-                .to_pyarrow()
-                .to_pylist()
+                for r in _record_campaigns(ws, **given, reuse=stored).to_pyarrow().to_pylist()
             }
             for stored in (True, False)
         }

@@ -99,8 +99,9 @@ def _assert_current(ws: Workspace) -> None:
 
 
 def _assert_stored_touches(ws: Workspace, at: datetime) -> None:
-    """The nowcast's record campaigns (its own rows cut at ``at``) with the touch half read
-    from the stored records equal deriving that half from the touchpoints."""
+    """Record campaigns from rows cut at ``at`` with the touch half read from the stored
+    records (as the records begun within the hour before a cut are derived) equal deriving
+    that half from the touchpoints."""
     crm, tp = ws.table("crm"), ws.table("touchpoints")
     conv = attributed_conversions(ws)
     given = {
@@ -109,7 +110,7 @@ def _assert_stored_touches(ws: Workspace, at: datetime) -> None:
         "touchpoints": tp.filter(tp.ts < at),
     }
     pd.testing.assert_frame_equal(
-        _records(crm_record_campaigns(ws, **given, stored_touches=True)),
+        _records(_record_campaigns(ws, **given, reuse=True)),
         _records(crm_record_campaigns(ws, **given)),
     )
 

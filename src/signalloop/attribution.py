@@ -601,15 +601,7 @@ def crm_record_campaigns(
     crm, conversions, touchpoints
         Tables to use instead of the workspace's: CRM rows (``record_id``, ``stage``, ``ts``,
         ``user_id``); conversions already attributed (``user_id``, ``ts``,
-        ``attributed_campaign_id``: the nowcast passes the conversions it linked, so they are
-        not attributed twice); touchpoints (``user_id``, ``ts``, ``campaign_id``).
-    stored_touches
-        With ``crm`` and ``conversions`` given: take each record's last touch before it
-        began from :data:`RECORDS_TABLE` where the stored record has the same user and start
-        (a touch at or before the start is before any cutoff the record exists at), instead
-        of joining the records with every touchpoint of their users (the nowcast's CRM
-        path, about 3 s at 1,000 campaigns). Only on DuckDB with the attribution current;
-        the records the store does not hold so are derived from ``touchpoints``.
+        ``attributed_campaign_id``); touchpoints (``user_id``, ``ts``, ``campaign_id``).
 
     Without ``crm``, ``conversions`` and ``touchpoints`` the stored campaigns are read
     (:data:`RECORDS_TABLE`, kept current with the attribution): a record that began more than
@@ -627,10 +619,7 @@ def crm_record_campaigns(
             return stored.filter(stored.first_ts < ibis.literal(cutoff))
         edge = ibis.literal(cutoff) - ibis.interval(hours=1)
         return stored.filter(stored.first_ts < edge).union(_live_records(ws, cutoff, stored))
-    reuse = stored_touches and refresh_attribution(ws)
-    found = _record_campaigns(
-        ws, cutoff, crm=crm, conversions=conversions, touchpoints=touchpoints, reuse=reuse
-    )
+    found = _record_campaigns(ws, cutoff, crm=crm, conversions=conversions, touchpoints=touchpoints)
     mine = crm is None and conversions is None and touchpoints is None
     if mine and ws.backend != "duckdb" and (cutoff is None or isinstance(cutoff, datetime)):
         return _held(ws, ("records", cutoff), found)
@@ -691,8 +680,13 @@ def _record_campaigns(
 ) -> Any:
     """:func:`crm_record_campaigns` from the rows (``narrow``: only the touchpoints and
     conversions of the records' users are read; ``parts``: with the stored columns
-    ``user_id`` and ``touch_campaign``; ``reuse``: the touch campaigns read from
-    :data:`RECORDS_TABLE` where it holds them, see ``stored_touches``)."""
+    ``user_id`` and ``touch_campaign``).
+
+    ``reuse`` (the attribution current, on DuckDB): each record's last touch before it
+    began is read from :data:`RECORDS_TABLE` where the stored record has the same user and
+    start (a touch at or before the start is before any cutoff the record exists at),
+    instead of joining the records with every touchpoint of their users; the records the
+    store does not hold so are derived from ``touchpoints``."""
     if crm is None:
         crm = ws.table("crm")
         crm = crm.filter(crm.ts < cutoff) if cutoff is not None else crm
