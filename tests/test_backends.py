@@ -427,6 +427,10 @@ def test_postgres_workspace_runs_the_daily_loop_as_duckdb(
     remote = _loop(pg_env.url("loop"), account["paths"], as_of, tmp_path / "pg", monkeypatch)
     a, b = _decisions(remote), _decisions(duck_loop)
     assert a == b, _first_difference(a, b)
+    # nothing of the aggregates is stored there: each is computed where it is read
+    agg = remote["aggregates"]
+    assert agg["attribution"] == {"refresh": "live"}
+    assert {r["refresh"] for r in agg["rollups"].values()} == {"live"}
     state = tmp_path / "pg" / "signalloop-state"
     assert sorted(p.name for p in state.iterdir())[:1] == [
         f"postgres-{pg_env.host}-{pg_env.port}-loop.duckdb"

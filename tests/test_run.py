@@ -337,6 +337,8 @@ def test_a_dateless_export_takes_the_date_in_its_name_and_empty_charts_say_why(
     assert f["rows_loaded"] == 2 and f["message"] == "reporting date 2026-03-01 from the file name"
     assert doc["as_of"] == "2026-03-01"
     assert doc["allocation"]["budget"] == pytest.approx(130.0 / 7, abs=0.01)
+    # no CRM row: the nowcast reads no CRM outcome, and the report says so (not "live")
+    assert doc["aggregates"]["rollups"]["crm_record_outcome"] == {"refresh": "not read"}
     charts = doc["charts"]
     assert charts["conversions"]["account"]["dates"] == []
     assert charts["fatigue_curves"]["creatives"] == []

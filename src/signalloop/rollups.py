@@ -444,9 +444,10 @@ def refresh_all(ws: Workspace) -> dict[str, dict[str, Any]]:
 
 def read_states(ws: Workspace) -> dict[str, dict[str, Any]]:
     """The stored state of every rollup with params (refreshed where they are read: see
-    :func:`refresh_all`), by name; an empty dict for one never stored."""
+    :func:`refresh_all`), by name: an empty dict for one never stored, ``live`` on a
+    backend where none is stored."""
     if ws.backend != "duckdb":
-        return {name: {} for name, r in REGISTRY.items() if r.params}
+        return {name: {"refresh": "live"} for name, r in REGISTRY.items() if r.params}
     return {name: ws.read_meta(_state_key(name)) for name, r in REGISTRY.items() if r.params}
 
 
@@ -454,17 +455,22 @@ def what_changed(
     before: Mapping[str, Mapping[str, Any]], after: Mapping[str, Mapping[str, Any]]
 ) -> dict[str, dict[str, Any]]:
     """Each rollup's :func:`read_states` from ``before`` to ``after`` a run's reads, as
-    :func:`refresh_all` reports them: its new state, ``unchanged``, or ``live`` (nothing
-    stored: computed from the rows where read).
+    :func:`refresh_all` reports them: its new state, ``unchanged``, ``live`` (nothing stored
+    on this backend), or ``not read`` (never stored: no step read it, as the CRM outcomes
+    of an account without CRM rows).
 
     >>> what_changed({"r": {"refresh": "full"}}, {"r": {"refresh": "full"}})
     {'r': {'refresh': 'unchanged'}}
     >>> what_changed({"r": {}}, {"r": {"refresh": "incremental", "keys": 3}})
     {'r': {'refresh': 'incremental', 'keys': 3}}
+    >>> what_changed({"r": {}}, {"r": {}})
+    {'r': {'refresh': 'not read'}}
     """
     out: dict[str, dict[str, Any]] = {}
     for name, now in after.items():
         if not now:
+            out[name] = {"refresh": "not read"}
+        elif now.get("refresh") == "live":
             out[name] = {"refresh": "live"}
         elif now == before.get(name):
             out[name] = {"refresh": "unchanged"}
