@@ -157,6 +157,8 @@ def test_second_run_adds_nothing_and_keeps_fresh_models(
     # nothing new: no aggregate is touched
     assert doc["aggregates"]["attribution"] == {"refresh": "unchanged"}
     assert {r["refresh"] for r in doc["aggregates"]["rollups"].values()} == {"unchanged"}
+    # (no count of days from an earlier run beside "unchanged": nothing was aggregated)
+    assert all(r == {"refresh": "unchanged"} for r in doc["aggregates"]["rollups"].values())
     assert [m["status"] for m in doc["models"]] == ["fresh", "fresh"]
     assert "due in 7 days (default cadence)" in doc["models"][0]["reason"]
     assert [h["source"] for h in doc["history"]].count("run") == 1  # same as-of: replaced

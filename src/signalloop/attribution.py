@@ -29,10 +29,9 @@ from signalloop.ties import first_by, last_by
 ATTRIBUTION_TABLE = "conversion_attribution"
 #: Bumped when the rule changes, so every stored attribution is rebuilt once.
 ATTRIBUTION_VERSION = 7
-_STATE_KEY = "attribution_state"
 #: Where the stored attribution's state is kept (``meta``): its version, what it last saw of
 #: each kind, ``refresh`` (full or incremental), ``gen`` and ``full_id`` (see CHANGES_TABLE).
-ATTRIBUTION_STATE = _STATE_KEY
+ATTRIBUTION_STATE = "attribution_state"
 #: The stored columns (:func:`attribute`'s, per ``conversion_id``).
 STORED = (
     "conversion_id",
@@ -79,7 +78,7 @@ def attributed_conversions(ws: Workspace) -> Any:
 
 def _state(ws: Workspace) -> str:
     """The stored attribution's state, as text: what a copy or a derived table is kept by."""
-    return json.dumps(ws.read_meta(_STATE_KEY), sort_keys=True)
+    return json.dumps(ws.read_meta(ATTRIBUTION_STATE), sort_keys=True)
 
 
 #: Record campaigns a backend workspace holds at once, one per cutoff (:func:`_held`): the run's
@@ -288,7 +287,7 @@ def refresh_attribution(ws: Workspace) -> bool:
         return False
     con = ws.con
     have = ws.has_table(ATTRIBUTION_TABLE)
-    saved = ws.read_meta(_STATE_KEY)
+    saved = ws.read_meta(ATTRIBUTION_STATE)
     now = {kind: ws.ingest_state(kind) for kind in _READS}
     if have and saved.get("version") == ATTRIBUTION_VERSION and saved.get("tables") == now:
         if "full_id" not in saved and saved.get("unique") and not ws.read_only:
@@ -296,7 +295,9 @@ def refresh_attribution(ws: Workspace) -> bool:
             try:
                 with ws.transaction():
                     con.execute(f"CREATE OR REPLACE TABLE {CHANGES_TABLE} ({_CHANGES_DDL})")
-                    ws.write_meta(_STATE_KEY, {**saved, "gen": 0, "full_id": uuid.uuid4().hex})
+                    ws.write_meta(
+                        ATTRIBUTION_STATE, {**saved, "gen": 0, "full_id": uuid.uuid4().hex}
+                    )
             except duckdb.TransactionException:
                 pass
         return bool(saved.get("unique"))
@@ -390,7 +391,7 @@ def refresh_attribution(ws: Workspace) -> bool:
                 "gen": gen,
                 "full_id": full_id,
             }
-            ws.write_meta(_STATE_KEY, state)
+            ws.write_meta(ATTRIBUTION_STATE, state)
     except duckdb.TransactionException:
         return False
     return unique

@@ -437,8 +437,7 @@ def refresh_all(ws: Workspace) -> dict[str, dict[str, Any]]:
         if not refresh(ws, name):
             out[name] = {"refresh": "live"}
             continue
-        after = ws.read_meta(_state_key(name))
-        out[name] = after if after != before else {**after, "refresh": "unchanged"}
+        out[name] = state_change(before, ws.read_meta(_state_key(name)))
     return out
 
 
@@ -451,29 +450,29 @@ def read_states(ws: Workspace) -> dict[str, dict[str, Any]]:
     return {name: ws.read_meta(_state_key(name)) for name, r in REGISTRY.items() if r.params}
 
 
+def state_change(before: Mapping[str, Any], now: Mapping[str, Any]) -> dict[str, Any]:
+    """What a stored aggregate's state (a rollup's, the attribution's) says was done to it
+    between ``before`` and ``now``: the new state, ``unchanged``, ``live`` (nothing stored on
+    this backend), or ``not read`` (never stored: no step read it, as the CRM outcomes of an
+    account without CRM rows).
+
+    >>> state_change({"refresh": "full"}, {"refresh": "full"})
+    {'refresh': 'unchanged'}
+    >>> state_change({}, {"refresh": "incremental", "keys": 3})
+    {'refresh': 'incremental', 'keys': 3}
+    >>> state_change({}, {})
+    {'refresh': 'not read'}
+    """
+    if not now:
+        return {"refresh": "not read"}
+    if now.get("refresh") == "live":
+        return {"refresh": "live"}
+    return {"refresh": "unchanged"} if now == before else dict(now)
+
+
 def what_changed(
     before: Mapping[str, Mapping[str, Any]], after: Mapping[str, Mapping[str, Any]]
 ) -> dict[str, dict[str, Any]]:
-    """Each rollup's :func:`read_states` from ``before`` to ``after`` a run's reads, as
-    :func:`refresh_all` reports them: its new state, ``unchanged``, ``live`` (nothing stored
-    on this backend), or ``not read`` (never stored: no step read it, as the CRM outcomes
-    of an account without CRM rows).
-
-    >>> what_changed({"r": {"refresh": "full"}}, {"r": {"refresh": "full"}})
-    {'r': {'refresh': 'unchanged'}}
-    >>> what_changed({"r": {}}, {"r": {"refresh": "incremental", "keys": 3}})
-    {'r': {'refresh': 'incremental', 'keys': 3}}
-    >>> what_changed({"r": {}}, {"r": {}})
-    {'r': {'refresh': 'not read'}}
-    """
-    out: dict[str, dict[str, Any]] = {}
-    for name, now in after.items():
-        if not now:
-            out[name] = {"refresh": "not read"}
-        elif now.get("refresh") == "live":
-            out[name] = {"refresh": "live"}
-        elif now == before.get(name):
-            out[name] = {"refresh": "unchanged"}
-        else:
-            out[name] = dict(now)
-    return out
+    """:func:`state_change` of each rollup's :func:`read_states`, from ``before`` to
+    ``after`` a run's reads."""
+    return {name: state_change(before.get(name, {}), now) for name, now in after.items()}

@@ -625,11 +625,9 @@ def run(
         before = ws.read_meta(ATTRIBUTION_STATE) if stored else {}
         current = refresh_attribution(ws)
         after = ws.read_meta(ATTRIBUTION_STATE) if stored else {}
-        aggregates["attribution"] = (
-            {"refresh": "live"}
-            if not current
-            else {"refresh": after.get("refresh") if after != before else "unchanged"}
-        )
+        aggregates["attribution"] = {
+            "refresh": rollups.state_change(before, after)["refresh"] if current else "live"
+        }
         aggregates["rollups"] = rollups.refresh_all(ws)
     # (the rollups with params are refreshed where the steps read them: told at the end)
     per_params = rollups.read_states(ws)
