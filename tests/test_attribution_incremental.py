@@ -195,6 +195,42 @@ def test_non_unique_ids_and_read_only_attribute_on_the_fly(tmp_path: Path) -> No
         assert len(attributed_conversions(ws).to_pandas()) == n
 
 
+def test_an_appended_id_that_repeats_one_is_found(tmp_path: Path) -> None:
+    """After an append, only the new rows are checked for a repeated conversion id (the
+    stored ones were unique): an id repeated among them or against a stored row (as two
+    ingests racing could append) still turns the stored attribution off."""
+    drops = simulated_drops(tmp_path, "full", (), seed=SEED)
+    with Workspace(tmp_path / "ws.duckdb") as ws:
+        for kind in KINDS:
+            ingest_file(ws, kind, drops[0][kind])
+        assert refresh_attribution(ws)
+        hi = ws.ingest_state("conversions")[1]
+
+        def append(sql: str) -> None:  # rows as a later ingest would land them
+            ws.con.execute(
+                f"INSERT INTO conversions SELECT * REPLACE ({hi + 1} AS _ingest_id) FROM ({sql})"
+            )
+
+        append(
+            "SELECT * REPLACE ('new-' || conversion_id AS conversion_id) FROM conversions LIMIT 2"
+        )
+        assert refresh_attribution(ws) and _refresh_kind(ws) == "incremental"
+        _assert_current(ws)
+        hi += 1
+        append("SELECT * FROM conversions WHERE conversion_id LIKE 'new-%' LIMIT 1")
+        assert not refresh_attribution(ws)  # against a stored row
+    with Workspace(tmp_path / "ws2.duckdb") as ws:
+        for kind in KINDS:
+            ingest_file(ws, kind, drops[0][kind])
+        assert refresh_attribution(ws)
+        hi = ws.ingest_state("conversions")[1]
+        ws.con.execute(
+            f"INSERT INTO conversions SELECT * REPLACE ('twice' AS conversion_id, {hi + 1} AS "
+            "_ingest_id) FROM conversions LIMIT 2"
+        )
+        assert not refresh_attribution(ws)  # among the new rows
+
+
 def test_a_record_begun_just_before_the_cutoff_is_derived_again(tmp_path: Path) -> None:
     """The lead that created a record may come up to an hour after it: cut between the two,
     the record's campaign is its last touch's, as the rows before the cut say."""

@@ -303,17 +303,30 @@ def refresh_attribution(ws: Workspace) -> bool:
         return bool(saved.get("unique"))
     if ws.read_only:
         return False
-    dup = con.execute(
-        "SELECT count(*) <> count(DISTINCT conversion_id) FROM conversions"
-    ).fetchone()
-    unique = not (dup and dup[0])
-    full = not (
+    appended = bool(
         have
-        and unique
         and saved.get("unique")
         and saved.get("version") == ATTRIBUTION_VERSION
         and all(ws.appended_since(kind, saved["tables"][kind]) for kind in _READS)
     )
+    if appended:
+        # the stored ids were unique: only the new rows can repeat one, among themselves or
+        # against a stored row (a scan of the new rows and a semi-join, not a distinct count
+        # of every conversion id: 0.12-0.22 s at 1,000 campaigns and 89 days, growing)
+        seen = int(saved["tables"]["conversions"][1])
+        dup = con.execute(
+            "SELECT (SELECT count(*) <> count(DISTINCT conversion_id) FROM conversions "
+            "WHERE _ingest_id > $seen) OR EXISTS (SELECT 1 FROM conversions o SEMI JOIN "
+            "(SELECT conversion_id FROM conversions WHERE _ingest_id > $seen) n "
+            "ON o.conversion_id = n.conversion_id WHERE coalesce(o._ingest_id <= $seen, true))",
+            {"seen": seen},
+        ).fetchone()
+    else:
+        dup = con.execute(
+            "SELECT count(*) <> count(DISTINCT conversion_id) FROM conversions"
+        ).fetchone()
+    unique = not (dup and dup[0])
+    full = not (appended and unique)
     # each write is a generation; a full one starts a new log (see CHANGES_TABLE)
     gen = int(saved.get("gen", 0)) + 1
     full_id = str(saved.get("full_id") or uuid.uuid4().hex)

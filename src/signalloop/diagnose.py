@@ -1006,13 +1006,14 @@ def spend_at_stake(ws: Workspace, as_of: date, days: int = IMPACT_DAYS) -> dict[
         .to_pylist()
         if (r["p"] or 0) > 0
     }
-    c = ctx.conversions
+    # (the per-day aggregate of the attributed conversions, not every conversion)
+    c = ctx.rollup("conversion_kinds")
     tracked = c.filter(c.source.isin(["pixel", "server"]) | c.source.isnull())
-    tracked = tracked.filter(tracked.attributed_campaign_id.notnull())
+    tracked = tracked.filter(tracked.campaign_id.notnull())
     conv = {
         str(r["campaign_id"]): (int(r["n"]), int(r["recent"] or 0))
-        for r in tracked.group_by(campaign_id=tracked.attributed_campaign_id)
-        .aggregate(n=tracked.count(), recent=(tracked.ts.date() >= start).sum())
+        for r in tracked.group_by("campaign_id")
+        .aggregate(n=tracked.n.sum(), recent=tracked.n.sum(where=tracked.day >= start))
         .to_pyarrow()
         .to_pylist()
     }
@@ -1040,7 +1041,7 @@ def spend_at_stake(ws: Workspace, as_of: date, days: int = IMPACT_DAYS) -> dict[
         "conversions_source": (
             sources.pop() if len(sources) == 1 else "mixed" if sources else None
         ),
-        "conversions": int(c.count().execute()),
+        "conversions": int(c.n.sum().execute() or 0),
         # (every touchpoint is counted on its day in the daily rollup: no scan of them all)
         "touchpoints": int(ctx.rollup("touch_daily").n.sum().execute() or 0),
         "crm_records": int(ctx.table("crm").record_id.nunique().execute()),
