@@ -231,3 +231,55 @@ def test_shapes_without_clicks_say_so(tmp_path: Path, shape: str) -> None:
         ingest_drop(ws, drops[0])
         with pytest.raises(UsageError, match="no touchpoints"):
             recent_labels(ws, "conversion", as_of=date(2026, 1, 15), days=3)
+
+
+@pytest.mark.parametrize("outcomes", [["sql"], ["sql", "won"]])
+def test_lead_clicks_read_ahead_in_the_attribution_pass(
+    tmp_path: Path, outcomes: list[str]
+) -> None:
+    """The daily run asks which users and click ids the lead outcomes' first days to count
+    will read (:func:`~signalloop.models.recent.prefetch`) before the stored attribution's
+    incremental pass over the history, which reads them too; the counts then take their
+    clicks from what it kept (alone, or shared by two outcomes) and equal labelling every
+    unit afresh. Rows ingested after the pass make the counts read the history again."""
+    from signalloop.attribution import refresh_attribution
+
+    drops = simulated_drops(tmp_path, "full", (), seed=SEED)
+    with Workspace(tmp_path / "ws.duckdb") as ws:
+        for drop in drops[:2]:
+            ingest_drop(ws, drop)
+        assert refresh_attribution(ws)
+        windows = {o: 5 for o in outcomes}  # (label windows the drops' days can close)
+        recent_labels_all(ws, outcomes, as_of=_last_day(ws), days=3, horizon_days=windows)
+        ingest_drop(ws, drops[2])
+        as_of = _last_day(ws)
+        ahead = recent.prefetch(
+            ws, ["conversion", *outcomes], as_of=as_of, days=3, horizon_days=windows
+        )
+        assert ahead is not None and [e[0] for e in ahead.entries] == outcomes
+        assert refresh_attribution(ws, also=ahead)
+        assert _refresh(ws) == "incremental" and ahead.table is not None
+        got = recent_labels_all(ws, outcomes, as_of=as_of, days=3, horizon_days=windows)
+        assert sorted(ahead.used) == sorted(outcomes)  # no pass of their own
+        assert got == {o: _truth(ws, o, as_of, 3, 5) for o in outcomes}
+        recent.forget_prefetch(ws)
+        assert not ws.con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE table_name LIKE '_recent_prefetch%'"
+        ).fetchone()[0]
+        # read ahead, then rows arrive: the counts read the history, not the stale rows
+        for kind in ("spend", "touchpoints", "conversions"):
+            ingest_file(ws, kind, drops[3][kind])
+        as_of = _last_day(ws)
+        ahead = recent.prefetch(ws, outcomes, as_of=as_of, days=3, horizon_days=windows)
+        assert ahead is not None
+        assert refresh_attribution(ws, also=ahead) and ahead.table is not None
+        ingest_file(ws, "crm", drops[3]["crm"])
+        got = recent_labels_all(ws, outcomes, as_of=as_of, days=3, horizon_days=windows)
+        assert ahead.used == []
+        assert got == {o: _truth(ws, o, as_of, 3, 5) for o in outcomes}
+
+
+def _refresh(ws: Workspace) -> str:
+    from signalloop.attribution import ATTRIBUTION_STATE
+
+    return str(ws.read_meta(ATTRIBUTION_STATE).get("refresh"))

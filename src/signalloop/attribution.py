@@ -268,7 +268,7 @@ def click_time(conv: Any, cutoff: Any) -> Any:
     return ibis.ifelse(conv.click_first_ts < cutoff, conv.click_first_ts, ibis.null())
 
 
-def refresh_attribution(ws: Workspace) -> bool:
+def refresh_attribution(ws: Workspace, also: Any = None) -> bool:
     """Bring :data:`ATTRIBUTION_TABLE` up to date; whether it is current (and may be read).
 
     The first call attributes every conversion. Later calls attribute only what rows
@@ -282,6 +282,11 @@ def refresh_attribution(ws: Workspace) -> bool:
     A read-only workspace, conversion ids that are not unique, or a write that conflicts with
     another thread's leave the table as it is and answer ``False``: callers then attribute on
     the fly. So does a workspace on another backend than DuckDB (for now).
+
+    ``also``: other keys to read in the same pass over the history's touchpoints, when an
+    incremental refresh makes one (a :class:`~signalloop.models.recent.Prefetch`: its
+    ``users`` and ``ids`` columns are added to the pass's, and its ``take`` gets the rows
+    read, with ``touch_id``). The attribution reads only its own keys' rows of them.
     """
     if ws.backend != "duckdb":
         return False
@@ -369,9 +374,15 @@ def refresh_attribution(ws: Workspace) -> bool:
                 # in one pass over the history for both (the attribution reads the users'
                 # twice, the records theirs once: each keeps its own, see ``narrow``)
                 tp = ws.table("touchpoints")
-                near = tp.filter(tp.click_id.isin(conv.click_id) | tp.user_id.isin(users.u))
+                clicks = conv.select(k=conv.click_id)
+                if also is not None:  # (another reader's keys, read in the same pass)
+                    users = users.union(also.users.name("u").as_table())
+                    clicks = clicks.union(also.ids.name("k").as_table())
+                near = tp.filter(tp.click_id.isin(clicks.k) | tp.user_id.isin(users.u))
                 cols = ("click_id", "user_id", "campaign_id", "ts", "adset_id", "creative_id")
-                near = ws.temp_table("_attribution_tp", near.select(*cols))
+                near = ws.temp_table("_attribution_tp", near.select("touch_id", *cols))
+                if also is not None:
+                    also.take(near)
                 redo = attribute(ws, conv, narrow=True, touchpoints=near).select(*_columns(ws))
                 con.execute(
                     f"DELETE FROM {ATTRIBUTION_TABLE} WHERE conversion_id IN "

@@ -617,13 +617,19 @@ def run(
     # only the days new rows fall on, and only the conversions and records they touch
     from signalloop import rollups
     from signalloop.attribution import ATTRIBUTION_STATE, refresh_attribution
+    from signalloop.lens import CONTEXT_DAYS
+    from signalloop.models.recent import forget_prefetch, prefetch
 
     report("updating the aggregates", None)
     aggregates: dict[str, Any] = {}
+    outcomes = settings.run.outcomes or default_outcomes(ws)
     if not ws.read_only:
         stored = ws.backend == "duckdb"  # (elsewhere attributed on the fly, for now)
         before = ws.read_meta(ATTRIBUTION_STATE) if stored else {}
-        current = refresh_attribution(ws)
+        # the lens's lead labels read their users' clicks from the whole history: read in
+        # the attribution's pass over it, not in one of their own
+        ahead = prefetch(ws, list(outcomes), as_of=as_of, days=CONTEXT_DAYS, settings=settings)
+        current = refresh_attribution(ws, also=ahead)
         after = ws.read_meta(ATTRIBUTION_STATE) if stored else {}
         aggregates["attribution"] = {
             "refresh": rollups.state_change(before, after)["refresh"] if current else "live"
@@ -645,7 +651,6 @@ def run(
     }
     report("estimating campaign state", 1.0)
     lap("state")
-    outcomes = settings.run.outcomes or default_outcomes(ws)
     models = refresh_models(
         ws, as_of, settings, outcomes, report, inline=settings.run.retrain == "inline"
     )
@@ -701,6 +706,7 @@ def run(
         learnable=shape,
         depth=depth,
     )
+    forget_prefetch(ws)
     report("diagnosing", 1.0)
     lap("diagnose_lens")
     if not ws.read_only:

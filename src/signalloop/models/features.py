@@ -548,7 +548,10 @@ def _unit_day_rows(
                 crm,
             )
         return units, pool(conv.user_id, conv.click_id), conv, crm
-    first = crm.group_by(f_rec=crm.record_id).aggregate(f_ts=crm.ts.min())
+    # a record whose first row is on the days has a row on them: only those records' rows
+    # are grouped for their first, not every record's of the history
+    some = crm.filter(crm.record_id.isin(crm.filter(on_days(crm.ts)).record_id))
+    first = some.group_by(f_rec=some.record_id).aggregate(f_ts=some.ts.min())
     crm = crm.filter(crm.record_id.isin(first.filter(on_days(first.f_ts)).f_rec))
     users = crm.user_id
     maybe = conv.filter((conv.ts <= soon) & (conv.user_id.isin(users) | conv.user_id.isnull()))
