@@ -229,21 +229,13 @@ def prefetch(
         h = (horizon_days or {}).get(o)
         c = _Counts(ws, o, as_of, settings, h, horizon_for(o, settings, h))
         missing = c.first_missing(days)
-        if not missing:
-            continue
-        seen: list[tuple[Any, Any, Any]] = []
-
-        def note(clicks: Any, u: Any, i: Any, seen: list[Any] = seen) -> Any:
-            seen.append((clicks, u, i))
-            return pool_rows(clicks, u, i)  # not read: only what it asks for is kept
-
         try:
-            c.label_rows(missing, note)
+            asked = _pool_asked(c, missing)
         except UsageError:  # (raised again where the lens counts)
             continue
-        if not seen:
+        if asked is None:
             continue
-        clicks, u, i = seen[0]
+        clicks, u, i = asked
         entries.append((o, missing, *(ws.ibis.compile(x) for x in (clicks, u, i))))
         users.append(u.name("v").as_table())
         ids.append(i.name("v").as_table())
@@ -252,6 +244,22 @@ def prefetch(
     ahead = Prefetch(ws, entries)
     ahead.keys = (ibis.union(*users).v, ibis.union(*ids).v)
     return ahead
+
+
+def _pool_asked(c: _Counts, missing: list[date]) -> tuple[Any, Any, Any] | None:
+    """``(clicks, users, ids)``: what counting ``missing`` would read its clicks from (the
+    expressions, nothing run), or ``None`` when there is nothing to count or it reads no
+    pool (the value outcome reads every click). Raises as counting would."""
+    if not missing:
+        return None
+    seen: list[tuple[Any, Any, Any]] = []
+
+    def note(clicks: Any, users: Any, ids: Any) -> Any:
+        seen.append((clicks, users, ids))
+        return pool_rows(clicks, users, ids)  # not read: only what it asks for is kept
+
+    c.label_rows(missing, note)
+    return seen[0] if seen else None
 
 
 def forget_prefetch(ws: Workspace) -> None:
@@ -276,21 +284,13 @@ def _share_clicks(ws: Workspace, counts: list[_Counts], days: int) -> list[str]:
     groups: list[list[tuple[_Counts, list[date], Any, Any, Any]]] = []
     for c in counts:
         missing = c.first_missing(days)
-        if not missing:
-            continue
-        seen: list[tuple[Any, Any, Any]] = []
-
-        def note(clicks: Any, users: Any, ids: Any, seen: list[Any] = seen) -> Any:
-            seen.append((clicks, users, ids))
-            return pool_rows(clicks, users, ids)  # not read: only what it asks for is kept
-
         try:
-            c.label_rows(missing, note)
+            asked = _pool_asked(c, missing)
         except UsageError:  # raised again, in order, when counted
             return []
-        if not seen:  # (the value outcome reads every click: no pool)
+        if asked is None:
             continue
-        entry = (c, missing, *seen[0])
+        entry = (c, missing, *asked)
         same = next((g for g in groups if g[0][2].equals(entry[2])), None)
         if same is None:
             groups.append([entry])
