@@ -146,13 +146,22 @@ class Prefetch:
     """
 
     def __init__(self, ws: Workspace, entries: list[tuple[str, list[date], str, str, str]]):
-        self.ws = ws
+        # (weakly: the registry of these is keyed by the workspace, weakly too)
+        self._ws = weakref.ref(ws)
         self.entries = entries  # (outcome, days, clicks, users, ids), the three as SQL
         self.state = {k: ws.ingest_state(k) for k in _KINDS}
         self.keys: tuple[Any, Any] = (None, None)  # (users, ids): their union expressions
         self.table: str | None = None
         self.used: list[str] = []  # the outcomes that read it (for the tests)
         self._held: tuple[Any, Any] | None = None
+
+    @property
+    def ws(self) -> Workspace:
+        """The workspace it reads ahead in."""
+        ws = self._ws()
+        if ws is None:  # pragma: no cover - (a prefetch outliving its workspace is unused)
+            raise ReferenceError("the workspace of this prefetch is gone")
+        return ws
 
     def _hold(self) -> tuple[Any, Any]:
         """The users and ids, computed once into temporary tables (the pass and
@@ -196,7 +205,6 @@ class Prefetch:
         except TableNotFound:  # (its pass was rolled back: the table is gone)
             return None
         cut = ibis.literal(c.cutoff, type="timestamp")
-        self.used.append(c.outcome)
         return pool_rows(t.filter((t.ts < cut) & t.campaign_id.notnull()), users, ids)
 
 
@@ -305,8 +313,9 @@ def _share_clicks(ws: Workspace, counts: list[_Counts], days: int) -> list[str]:
         ids = ibis.union(*(i.name("v").as_table() for _, _, _, _, i in g))
         ahead = _PREFETCHED.get(ws)
         read = [ahead.pool(c, m, cl, u, i) for c, m, cl, u, i in g] if ahead else [None]
-        if all(r is not None for r in read):  # (each outcome's rows, read ahead: no pass)
+        if ahead and all(r is not None for r in read):  # (read ahead: no pass of its own)
             ws.temp_table(name, ibis.union(*read, distinct=True))
+            ahead.used.extend(c.outcome for c, _, _, _, _ in g)
         else:
             ws.temp_table(name, pool_rows(g[0][2], users.v, ids.v))
         for c, missing, _, _, _ in g:
@@ -447,6 +456,8 @@ class _Counts:
                 rows = ahead.pool(self, days, clicks, users, ids)
                 if rows is None:  # (not what was read ahead: from the history)
                     rows = pool_rows(clicks, users, ids)
+                else:
+                    ahead.used.append(self.outcome)
                 return self.ws.temp_table(name, rows)
 
             pool = ahead_or_history
