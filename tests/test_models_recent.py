@@ -257,7 +257,7 @@ def test_lead_clicks_read_ahead_in_the_attribution_pass(
             ws, ["conversion", *outcomes], as_of=as_of, days=3, horizon_days=windows
         )
         assert ahead is not None and [e[0] for e in ahead.entries] == outcomes
-        assert refresh_attribution(ws, also=ahead)
+        assert refresh_attribution(ws, also=lambda: ahead)
         assert _refresh(ws) == "incremental" and ahead.table is not None
         got = recent_labels_all(ws, outcomes, as_of=as_of, days=3, horizon_days=windows)
         assert sorted(ahead.used) == sorted(outcomes)  # no pass of their own
@@ -272,7 +272,7 @@ def test_lead_clicks_read_ahead_in_the_attribution_pass(
         as_of = _last_day(ws)
         ahead = recent.prefetch(ws, outcomes, as_of=as_of, days=3, horizon_days=windows)
         assert ahead is not None
-        assert refresh_attribution(ws, also=ahead) and ahead.table is not None
+        assert refresh_attribution(ws, also=lambda: ahead) and ahead.table is not None
         ingest_file(ws, "crm", drops[3]["crm"])
         got = recent_labels_all(ws, outcomes, as_of=as_of, days=3, horizon_days=windows)
         assert ahead.used == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -268,7 +269,7 @@ def click_time(conv: Any, cutoff: Any) -> Any:
     return ibis.ifelse(conv.click_first_ts < cutoff, conv.click_first_ts, ibis.null())
 
 
-def refresh_attribution(ws: Workspace, also: Any = None) -> bool:
+def refresh_attribution(ws: Workspace, also: Callable[[], Any] | None = None) -> bool:
     """Bring :data:`ATTRIBUTION_TABLE` up to date; whether it is current (and may be read).
 
     The first call attributes every conversion. Later calls attribute only what rows
@@ -283,10 +284,11 @@ def refresh_attribution(ws: Workspace, also: Any = None) -> bool:
     another thread's leave the table as it is and answer ``False``: callers then attribute on
     the fly. So does a workspace on another backend than DuckDB (for now).
 
-    ``also``: other keys to read in the same pass over the history's touchpoints, when an
-    incremental refresh makes one (a :class:`~signalloop.models.recent.Prefetch`: its
-    ``users`` and ``ids`` columns are added to the pass's, and its ``take`` gets the rows
-    read, with ``touch_id``). The attribution reads only its own keys' rows of them.
+    ``also``: other keys to read in the same pass over the history's touchpoints, asked for
+    (called) only when an incremental refresh makes one: it gives ``None`` or a
+    :class:`~signalloop.models.recent.Prefetch`, whose ``users`` and ``ids`` columns are
+    added to the pass's and whose ``take`` gets the rows read, with ``touch_id``. The
+    attribution reads only its own keys' rows of them.
     """
     if ws.backend != "duckdb":
         return False
@@ -375,14 +377,15 @@ def refresh_attribution(ws: Workspace, also: Any = None) -> bool:
                 # twice, the records theirs once: each keeps its own, see ``narrow``)
                 tp = ws.table("touchpoints")
                 clicks = conv.select(k=conv.click_id)
-                if also is not None:  # (another reader's keys, read in the same pass)
-                    users = users.union(also.users.name("u").as_table())
-                    clicks = clicks.union(also.ids.name("k").as_table())
+                extra = also() if also is not None else None
+                if extra is not None:  # (another reader's keys, read in the same pass)
+                    users = users.union(extra.users.name("u").as_table())
+                    clicks = clicks.union(extra.ids.name("k").as_table())
                 near = tp.filter(tp.click_id.isin(clicks.k) | tp.user_id.isin(users.u))
                 cols = ("click_id", "user_id", "campaign_id", "ts", "adset_id", "creative_id")
                 near = ws.temp_table("_attribution_tp", near.select("touch_id", *cols))
-                if also is not None:
-                    also.take(near)
+                if extra is not None:
+                    extra.take(near)
                 redo = attribute(ws, conv, narrow=True, touchpoints=near).select(*_columns(ws))
                 con.execute(
                     f"DELETE FROM {ATTRIBUTION_TABLE} WHERE conversion_id IN "

@@ -627,9 +627,13 @@ def run(
         stored = ws.backend == "duckdb"  # (elsewhere attributed on the fly, for now)
         before = ws.read_meta(ATTRIBUTION_STATE) if stored else {}
         # the lens's lead labels read their users' clicks from the whole history: read in
-        # the attribution's pass over it, not in one of their own
-        ahead = prefetch(ws, list(outcomes), as_of=as_of, days=CONTEXT_DAYS, settings=settings)
-        current = refresh_attribution(ws, also=ahead)
+        # the attribution's pass over it (when it makes one), not in one of their own
+        current = refresh_attribution(
+            ws,
+            also=lambda: prefetch(
+                ws, list(outcomes), as_of=as_of, days=CONTEXT_DAYS, settings=settings
+            ),
+        )
         after = ws.read_meta(ATTRIBUTION_STATE) if stored else {}
         aggregates["attribution"] = {
             "refresh": rollups.state_change(before, after)["refresh"] if current else "live"

@@ -115,9 +115,7 @@ def recent_labels_all(
             o: recent_labels(ws, o, as_of=as_of, days=days, settings=settings, horizon_days=h)
             for o, h in windows.items()
         }
-    counts = [
-        _Counts(ws, o, as_of, settings, h, horizon_for(o, settings, h)) for o, h in windows.items()
-    ]
+    counts = _counts(ws, list(windows), as_of, settings, windows)
     out: dict[str, tuple[int, int]] = {}
     shared = _share_clicks(ws, counts, days)
     try:
@@ -195,7 +193,7 @@ class Prefetch:
         """``clicks``' rows of ``users`` or ``ids`` from the table read ahead, or ``None``
         when it does not hold them (other days or keys, rows ingested since)."""
         ws = self.ws
-        if self.table is None or {k: ws.ingest_state(k) for k in _KINDS} != self.state:
+        if self.table is None or c.source != self.state:  # (c's: what it counts from)
             return None
         asked = (c.outcome, days, *(ws.ibis.compile(x) for x in (clicks, users, ids)))
         if asked not in [tuple(e) for e in self.entries]:
@@ -231,11 +229,8 @@ def prefetch(
     entries: list[tuple[str, list[date], str, str, str]] = []
     users: list[Any] = []
     ids: list[Any] = []
-    for o in outcomes:
-        if o not in LEAD_OUTCOMES:
-            continue
-        h = (horizon_days or {}).get(o)
-        c = _Counts(ws, o, as_of, settings, h, horizon_for(o, settings, h))
+    leads = [o for o in outcomes if o in LEAD_OUTCOMES]
+    for c in _counts(ws, leads, as_of, settings, horizon_days):
         missing = c.first_missing(days)
         try:
             asked = _pool_asked(c, missing)
@@ -244,7 +239,7 @@ def prefetch(
         if asked is None:
             continue
         clicks, u, i = asked
-        entries.append((o, missing, *(ws.ibis.compile(x) for x in (clicks, u, i))))
+        entries.append((c.outcome, missing, *(ws.ibis.compile(x) for x in (clicks, u, i))))
         users.append(u.name("v").as_table())
         ids.append(i.name("v").as_table())
     if not entries:
@@ -277,6 +272,20 @@ def forget_prefetch(ws: Workspace) -> None:
         for name in (ahead.table, "_recent_prefetch_users", "_recent_prefetch_ids"):
             if name is not None:
                 ws.con.execute(f"DROP TABLE IF EXISTS {name}")
+
+
+def _counts(
+    ws: Workspace,
+    outcomes: list[str],
+    as_of: date,
+    settings: Settings,
+    horizon_days: Mapping[str, int | None] | None,
+) -> list[_Counts]:
+    """A :class:`_Counts` per outcome, each with its label window in ``horizon_days``."""
+    windows = {o: (horizon_days or {}).get(o) for o in outcomes}
+    return [
+        _Counts(ws, o, as_of, settings, h, horizon_for(o, settings, h)) for o, h in windows.items()
+    ]
 
 
 def _share_clicks(ws: Workspace, counts: list[_Counts], days: int) -> list[str]:
@@ -312,7 +321,7 @@ def _share_clicks(ws: Workspace, counts: list[_Counts], days: int) -> list[str]:
         users = ibis.union(*(u.name("v").as_table() for _, _, _, u, _ in g))
         ids = ibis.union(*(i.name("v").as_table() for _, _, _, _, i in g))
         ahead = _PREFETCHED.get(ws)
-        read = [ahead.pool(c, m, cl, u, i) for c, m, cl, u, i in g] if ahead else [None]
+        read = [ahead.pool(c, m, cl, u, i) for c, m, cl, u, i in g] if ahead else []
         if ahead and all(r is not None for r in read):  # (read ahead: no pass of its own)
             ws.temp_table(name, ibis.union(*read, distinct=True))
             ahead.used.extend(c.outcome for c, _, _, _, _ in g)
