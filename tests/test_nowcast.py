@@ -263,6 +263,50 @@ def test_settle_days_comes_from_the_settings(account: tuple[Workspace, Any]) -> 
     out = nowcast(account[0], settings=settings_from_dict({"nowcast": {"settle_days": 30}}))
     assert out.account["click"]["settled"]["cohorts"] == 4 * 30  # days 0-29 of 60
     assert sum(r["settled"] for r in out.cohorts) == 4 * 30
+    assert Settings().crm_settle_days == 180
+    assert settings_from_dict({"nowcast": {"crm_settle_days": 0}}).crm_settle_days is None
+    with pytest.raises(ConfigError, match=r"crm_settle_days must be a whole number"):
+        settings_from_dict({"nowcast": {"crm_settle_days": 1.5}})
+    out = nowcast(account[0], settings=settings_from_dict({"nowcast": {"crm_settle_days": 25}}))
+    assert out.crm["settled"]["days"] == 25
+    assert out.crm["settled"]["cohorts"] == sum(r["settled"] for r in out.crm["cohorts"]) > 0
+
+
+def test_lead_days_older_than_crm_settle_days_are_settled(
+    account: tuple[Workspace, Any], report: NowcastReport
+) -> None:
+    """Lead days at least ``crm_settle_days`` old are reported as observed (no deals drawn for
+    their open leads), while their open leads still count in the CRM delay's fit: the fit and
+    every younger lead day's point nowcast are those of nowcasting every lead day. A CRM whose
+    old leads are never marked lost then draws only the last ``crm_settle_days`` lead days,
+    however long its history."""
+    ws = account[0]
+    assert report.crm["settled"]["days"] == 180 and report.crm["settled"]["cohorts"] == 0
+    every = nowcast(ws, options=NowcastOptions(crm_settle_days=None))
+    assert every.crm["settled"] == {"days": None, "cohorts": 0}
+    settled = nowcast(ws, options=NowcastOptions(crm_settle_days=20))
+    opened = (AS_OF - timedelta(days=19)).isoformat()
+    doc = settled.crm["settled"]
+    old = [r for r in settled.crm["cohorts"] if r["date"] < opened]
+    assert (doc["days"], doc["before"], doc["cohorts"]) == (20, opened, len(old))
+    assert old and all(r["settled"] for r in old)
+    assert not any(r["settled"] for r in settled.crm["cohorts"] if r["date"] >= opened)
+    assert all(r["observed_deals"] == r["expected_deals"] == r["lower"] == r["upper"] for r in old)
+    # an old lead day still had deals to come: settling it is a choice the report names
+    before = {(r["campaign_id"], r["date"]): r for r in every.crm["cohorts"]}
+    assert any(
+        before[(r["campaign_id"], r["date"])]["expected_deals"] > r["expected_deals"] for r in old
+    )
+    assert settled.crm["delay"] == every.crm["delay"]  # the same fit
+    young = [r for r in settled.crm["cohorts"] if r["date"] >= opened]
+    assert young and all(
+        r["expected_deals"] == before[(r["campaign_id"], r["date"])]["expected_deals"]
+        for r in young
+    )
+    # 20 days is shorter than a deal takes: the share still due is named, with a warning
+    assert doc["share_still_due"] > 0.005
+    assert "raise crm_settle_days" in doc["warning"]
+    assert "lead days before" in settled.to_text()
 
 
 def test_an_earlier_as_of_sees_only_what_was_there(

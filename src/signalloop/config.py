@@ -22,6 +22,7 @@ exists. Everything has a default; a file only overrides what it names::
 
     [nowcast]
     settle_days = 42                   # click days this old are reported as observed (0: never)
+    crm_settle_days = 180              # lead days this old likewise: no more deals drawn (0: never)
 
     [lens]                             # the decision lens (signalloop.lens)
     retrain_every_days = 7             # declared retraining cadence (none: the check fails)
@@ -152,6 +153,8 @@ _TOP_KEYS = {
 }
 #: Click days at least this old are settled by the nowcast (``[nowcast] settle_days``)
 SETTLE_DAYS = 42
+#: Lead days at least this old are settled by the CRM nowcast (``[nowcast] crm_settle_days``)
+CRM_SETTLE_DAYS = 180
 #: Outcomes a ``[models] horizon_days`` table may name.
 _MODEL_OUTCOMES = ("conversion", "sql", "won", "value")
 
@@ -252,6 +255,10 @@ class Settings:
     #: left out of the delay's fit (:class:`~signalloop.nowcast.NowcastOptions`; ``None``, 0
     #: in the file: never).
     settle_days: int | None = SETTLE_DAYS
+    #: ``[nowcast] crm_settle_days``: lead days at least this old are reported as observed
+    #: by the CRM path (their open leads still count in its fit; ``None``, 0 in the file:
+    #: never).
+    crm_settle_days: int | None = CRM_SETTLE_DAYS
     path: str | None = None
 
     def canonical_utm(self, value: str) -> str:
@@ -356,7 +363,10 @@ def settings_from_dict(doc: dict[str, Any], source: str = "<dict>") -> Settings:
     push = push_from(doc["push"], source) if "push" in doc else PushSettings()
     return replace(
         s,
-        settle_days=_settle_from(doc.get("nowcast", {}), source),
+        settle_days=_settle_from(doc.get("nowcast", {}), source, "settle_days", SETTLE_DAYS),
+        crm_settle_days=_settle_from(
+            doc.get("nowcast", {}), source, "crm_settle_days", CRM_SETTLE_DAYS
+        ),
         checks={k: dict(v) for k, v in checks.items()},
         models={"horizon_days": dict(horizon)}
         | ({"max_frame_rows": cap} if cap is not None else {}),
@@ -373,14 +383,15 @@ def settings_from_dict(doc: dict[str, Any], source: str = "<dict>") -> Settings:
     )
 
 
-def _settle_from(nc: Any, source: str) -> int | None:
-    """``[nowcast] settle_days``: a whole number of days, 0 for never (``None``)."""
-    if not isinstance(nc, dict) or set(nc) - {"settle_days"}:
-        raise ConfigError(f"{source}: [nowcast] takes settle_days, got {nc!r}")
-    v = nc.get("settle_days", SETTLE_DAYS)
+def _settle_from(nc: Any, source: str, key: str, default: int) -> int | None:
+    """``[nowcast] settle_days`` or ``crm_settle_days``: a whole number of days, 0 for never
+    (``None``)."""
+    if not isinstance(nc, dict) or set(nc) - {"settle_days", "crm_settle_days"}:
+        raise ConfigError(f"{source}: [nowcast] takes settle_days and crm_settle_days, got {nc!r}")
+    v = nc.get(key, default)
     if not isinstance(v, int) or isinstance(v, bool) or v < 0:
         raise ConfigError(
-            f"{source}: [nowcast] settle_days must be a whole number of days (0: never), got {v!r}"
+            f"{source}: [nowcast] {key} must be a whole number of days (0: never), got {v!r}"
         )
     return v or None
 

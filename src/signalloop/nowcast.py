@@ -77,6 +77,12 @@ conversions the fitted delay expects after ``settle_days``, what the settled day
 (0.03% on the simulator's accounts, where 0.7% are still due at 13 days), with a
 ``warning`` above :data:`SETTLED_WARN_SHARE`. Cohort rows carry ``settled``.
 
+The CRM path settles lead days at least ``crm_settle_days`` old (180 by default) the same
+way, with one difference: their open leads still count in the delay's fit (an old lead
+still open is evidence that many never close), only no deals are drawn for them. A CRM
+rarely marks its old leads lost, so without it every run would draw every lead day of the
+history. ``crm["settled"]`` says the same as the click path's.
+
 Partial data: the basis of each campaign
 -----------------------------------------
 Real accounts rarely export click-level touchpoints. Every campaign row says what its nowcast
@@ -174,7 +180,7 @@ from signalloop.checks.engine import (
     windows_by_campaign,
     without_exclusions,
 )
-from signalloop.config import SETTLE_DAYS, Settings
+from signalloop.config import CRM_SETTLE_DAYS, SETTLE_DAYS, Settings
 from signalloop.delay import (
     DelayData,
     DelayModel,
@@ -262,6 +268,15 @@ class NowcastOptions:
         :data:`SETTLED_WARN_SHARE`. ``None``: every click day is fitted and nowcast.
         :func:`nowcast` without options takes it from the settings (``[nowcast]
         settle_days``).
+    crm_settle_days
+        CRM path: lead days at least this many days old are *settled*: reported as observed
+        (no deals drawn for their open leads), so that a CRM whose old leads stay open
+        (never marked lost) does not draw every lead day of its history on every run. Unlike
+        the click path, their leads still count in the delay's fit (an old open lead is
+        evidence that many never close). The share of a lead's deals the fitted delay
+        still expects after this age is reported (``crm["settled"]``), with a warning
+        above :data:`SETTLED_WARN_SHARE`. ``None``: every lead day is nowcast. Default
+        from ``[nowcast] crm_settle_days``.
     """
 
     model: str = "lognormal_cure"
@@ -280,6 +295,7 @@ class NowcastOptions:
     crm: bool = True
     rate_days: int = 28
     settle_days: int | None = SETTLE_DAYS
+    crm_settle_days: int | None = CRM_SETTLE_DAYS
 
 
 @dataclass
@@ -340,15 +356,19 @@ class NowcastReport:
                 f"  {c['campaign_id']} (CRM): deals {c['observed_deals']} observed, "
                 f"{c['expected_deals']} nowcast [{c['lower']}, {c['upper']}]"
             )
-        settled = self.account.get("click", {}).get("settled") or {}
-        if settled.get("cohorts"):
-            lines.append(
-                f"  click days before {settled['before']} settled (reported as observed): "
-                f"{settled['share_still_due']:.2%} of conversions still due after "
-                f"{settled['days']} days"
-            )
-        if settled.get("warning"):
-            lines.append(f"  warning: {settled['warning']}")
+        for what, events, settled in (
+            ("click", "conversions", self.account.get("click", {}).get("settled")),
+            ("lead", "deals", self.crm.get("settled")),
+        ):
+            settled = settled or {}
+            if settled.get("cohorts"):
+                lines.append(
+                    f"  {what} days before {settled['before']} settled (reported as observed): "
+                    f"{settled['share_still_due']:.2%} of {events} still due after "
+                    f"{settled['days']} days"
+                )
+            if settled.get("warning"):
+                lines.append(f"  warning: {settled['warning']}")
         return "\n".join(lines)
 
 
@@ -674,11 +694,12 @@ class _Source:
         return age * 24 + SETTLED_HOUR
 
 
-def _first_open(as_of: date, opts: NowcastOptions) -> date | None:
-    """The oldest click day still nowcast (older ones are settled); ``None``: all are."""
-    if opts.settle_days is None:
+def _first_open(as_of: date, settle_days: int | None) -> date | None:
+    """The oldest cohort day still nowcast when days ``settle_days`` old are settled (older
+    ones are too); ``None``: all are nowcast."""
+    if settle_days is None:
         return None
-    return as_of - timedelta(days=max(int(opts.settle_days), 1) - 1)
+    return as_of - timedelta(days=max(int(settle_days), 1) - 1)
 
 
 # ---- the data (ibis) ------------------------------------------------------------------------
@@ -910,7 +931,7 @@ def _click_path(
     th = th.filter(th.campaign_id.notnull() & (th.day <= src.as_of))
     eh = src.elapsed(th.hour, HOUR) - ibis.ifelse(th.on_hour, 0, 1)
     # a settled click day (NowcastOptions.settle_days) is one bucket, at its noon
-    opened = _first_open(src.as_of, opts)
+    opened = _first_open(src.as_of, opts.settle_days)
     if opened is not None:
         eh = ibis.ifelse(th.day < opened, src.settled_eh(th.day), eh)
     clicks = _fetch(
@@ -1224,6 +1245,9 @@ def _crm_path(
         fit_competing=fit_b[fit_b.status == "lost"],
         guard=opts.crm_guard_days,
         extra={"unattributed_records": unattributed, **(extra or {})},
+        # settled lead days draw no deals, but their open leads stay in the fit
+        settled_before=_first_open(src.as_of, opts.crm_settle_days),
+        fit_settled=True,
     )
 
 
@@ -1344,12 +1368,14 @@ def _assemble(
     guard: int,
     extra: dict[str, Any],
     settled_before: date | None = None,
+    fit_settled: bool = False,
 ) -> _Path:
     """Join subjects and observed events per (campaign, date, elapsed bucket) into a path.
 
     ``subjects`` may have ``n_closed``: subjects closed without the event (CRM ``lost``),
     neither open nor converted. Cohorts dated before ``settled_before`` are settled: none of
-    their subjects is open (``cohorts["settled"]``).
+    their subjects is open (``cohorts["settled"]``) for the prediction, and for the fit
+    too unless ``fit_settled`` (then their open subjects still count in it, censored).
     """
     keys = ["campaign_id", "date", "eh"]
     if subjects.empty:
@@ -1399,6 +1425,7 @@ def _assemble(
     # open subjects per bucket: all - converted - closed otherwise (CRM lost)
     n_all = b.n_all.to_numpy(float)
     n_open = np.maximum(n_all - b.n_obs.to_numpy(float) - b.n_closed.to_numpy(float), 0.0)
+    fit_open = n_open.copy() if fit_settled else n_open
     settled = _settled(cohorts.date, settled_before)
     n_open[settled[b.cohort.to_numpy()]] = 0.0
     cohorts["settled"] = settled
@@ -1419,7 +1446,7 @@ def _assemble(
     data = DelayData.build(
         groups,
         ev,
-        (cg[lb], b.t.to_numpy(float)[lb], n_open[lb]),
+        (cg[lb], b.t.to_numpy(float)[lb], fit_open[lb]),
         ev_arrays(fit_competing),
         unit=unit,
     )
@@ -2092,7 +2119,7 @@ def _render(
         "excluded": c.in_window.to_numpy(bool)[keep].tolist(),
         "exclusion_overlap": c.exclusion_overlap.to_numpy(bool)[keep].tolist(),
     }
-    if path.unit == "hours" and "settled" in c.columns:
+    if "settled" in c.columns:
         columns["settled"] = c.settled.to_numpy(bool)[keep].tolist()
     for k, v in (extra_cols or {}).items():
         columns[v] = c[k].to_numpy(float)[keep].astype(np.int64).tolist()
@@ -2312,7 +2339,9 @@ def nowcast(
         value_upper``.
     """
     settings = settings or Settings()
-    opts = options or NowcastOptions(settle_days=settings.settle_days)
+    opts = options or NowcastOptions(
+        settle_days=settings.settle_days, crm_settle_days=settings.crm_settle_days
+    )
     if not 0 < opts.level < 1:
         raise ValueError(f"level must be between 0 and 1, got {opts.level}")
     timings: dict[str, float] = {}
@@ -2343,7 +2372,7 @@ def nowcast(
             row["unlinked_conversions"] = int(click.extra["unlinked"].get(row["campaign_id"], 0))
         report.delay = _delay_json(model, click)
         report.account["click"] = _account_json(model, pred.phi)
-        report.account["click"]["settled"] = _settled_json(model, click, opts, as_of)
+        report.account["click"]["settled"] = _settled_json(model, click, opts.settle_days, as_of)
         phi = pred.phi
         parts.append((click, pred))
         timings["click_model"] = time.perf_counter() - t1
@@ -2403,6 +2432,7 @@ def nowcast(
                 "delay": _delay_json(cmodel, crm),
                 "cohorts": cohorts,
                 "campaigns": [r for r in campaigns if r["campaign_id"] in crm.groups],
+                "settled": _settled_json(cmodel, crm, opts.crm_settle_days, as_of, crm=True),
             }
             report.account["by_date"]["crm"] = _by_date(
                 [(crm, cpred)],
@@ -2734,22 +2764,26 @@ def _run_path(
 
 
 def _settled_json(
-    model: DelayModel, path: _Path, opts: NowcastOptions, as_of: date
+    model: DelayModel, path: _Path, days: int | None, as_of: date, *, crm: bool = False
 ) -> dict[str, Any]:
-    """What settling the old click days leaves out (:attr:`NowcastOptions.settle_days`).
+    """What settling the old cohort days leaves out: click days
+    (:attr:`NowcastOptions.settle_days`) or, ``crm``, lead days
+    (:attr:`NowcastOptions.crm_settle_days`).
 
-    ``share_still_due``: of the conversions the fitted delay expects a click to make, the
-    share still to come after ``settle_days`` (the campaigns' shares weighted by their
+    ``share_still_due``: of the conversions (deals) the fitted delay expects a click (lead)
+    to make, the share still to come after ``days`` (the campaigns' shares weighted by their
     observed conversions); what the settled cohorts, reported as observed, miss. A share
     above :data:`SETTLED_WARN_SHARE` adds a ``warning``.
     """
-    opened = _first_open(as_of, opts)
+    opened = _first_open(as_of, days)
     if opened is None:
         return {"days": None, "cohorts": 0}
     c = path.cohorts
     weights = c.groupby("campaign_id")["observed"].sum().reindex(path.groups).fillna(0.0)
-    # the age of the youngest settled day, in hours (as _first_open counts it), and "ever"
-    age = np.array([24.0 * ((as_of - opened).days + 1), 24.0 * 3650])
+    # the age of the youngest settled day (as _first_open counts it), and "ever", in the
+    # path's unit (hours, or days for the CRM path)
+    per_day = 1.0 if crm else 24.0
+    age = np.array([per_day * ((as_of - opened).days + 1), per_day * 3650])
     due = np.zeros(len(path.groups))
     for g in range(len(path.groups)):
         at, ever = model.incidence(g, age)[0]
@@ -2757,16 +2791,24 @@ def _settled_json(
     w = weights.to_numpy(float)
     share = float(np.sum(due * w) / w.sum()) if w.sum() > 0 else float(np.max(due, initial=0.0))
     out: dict[str, Any] = {
-        "days": opts.settle_days,
+        "days": days,
         "before": opened.isoformat(),
         "cohorts": int(c.settled.sum()) if "settled" in c.columns else 0,
         "share_still_due": round(share, 5),
     }
-    if share > SETTLED_WARN_SHARE:
+    if share > SETTLED_WARN_SHARE and out["cohorts"]:  # (nothing settled: nothing missed)
+        what, key = (
+            ("a lead's deals", "crm_settle_days")
+            if crm
+            else (
+                "a click's conversions",
+                "settle_days",
+            )
+        )
         out["warning"] = (
-            f"the fitted delay still expects {share:.1%} of a click's conversions more than "
-            f"{opts.settle_days} days after it; click days that old are reported as observed "
-            "and miss them: raise settle_days ([nowcast] settle_days in signalloop.toml)"
+            f"the fitted delay still expects {share:.1%} of {what} more than {days} days "
+            f"after it; {'lead' if crm else 'click'} days that old are reported as observed "
+            f"and miss them: raise {key} ([nowcast] {key} in signalloop.toml)"
         )
     return out
 

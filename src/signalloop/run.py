@@ -477,7 +477,11 @@ def _listing(settings: Settings) -> NowcastOptions:
     """The run's nowcast options: the settings' settled days, :data:`REPORT_DAYS` listed."""
     from signalloop.nowcast import NowcastOptions
 
-    return NowcastOptions(settle_days=settings.settle_days, cohort_days=REPORT_DAYS)
+    return NowcastOptions(
+        settle_days=settings.settle_days,
+        crm_settle_days=settings.crm_settle_days,
+        cohort_days=REPORT_DAYS,
+    )
 
 
 def steps_used(
