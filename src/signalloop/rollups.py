@@ -185,7 +185,11 @@ register(
 def _conversion_kinds(t: Any, day: Any, ws: Workspace) -> Any:
     return t.group_by(
         day=day, campaign_id=t.attributed_campaign_id, kind=t.kind, source=t.source
-    ).aggregate(n=t.count(), valued=ibis.ifelse(t.value.notnull(), 1, 0).sum().cast("int64"))
+    ).aggregate(
+        n=t.count(),
+        valued=ibis.ifelse(t.value.notnull(), 1, 0).sum().cast("int64"),
+        paid=ibis.ifelse(t.value > 0, 1, 0).sum().cast("int64"),
+    )
 
 
 register(
@@ -194,9 +198,9 @@ register(
         "conversions",
         "ts",
         _conversion_kinds,
-        1,
-        "conversions per day, attributed campaign, kind and source: n, valued (with a value). "
-        "Label completeness and the feedback depth read it",
+        2,
+        "conversions per day, attributed campaign, kind and source: n, valued (with a value), "
+        "paid (a value above 0). Label completeness and the feedback depth read it",
         derived="conversions",
         source=_conversions,
     )

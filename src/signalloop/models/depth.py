@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping
 from datetime import date
 from typing import Any
 
-from signalloop.attribution import attributed_conversions, crm_record_campaigns
+from signalloop.attribution import crm_record_campaigns
 from signalloop.checks.base import REGISTRY, CheckContext, Finding, default_as_of
 from signalloop.checks.hygiene import _feedback_depth
 from signalloop.config import Settings
@@ -101,13 +101,15 @@ def feedback_depth(
     tp = ctx.rollup("touch_daily")
     tp = tp.filter(tp.campaign_id.notnull())
     clicks = tp.group_by("campaign_id").aggregate(n=tp.n.sum())
-    conv = attributed_conversions(ws)
-    conv = conv.filter((conv.ts < ctx.cutoff) & conv.attributed_campaign_id.notnull())
+    # the attributed conversions' counts per day, campaign and kind, kept current as rows
+    # arrive (not every conversion of the history again)
+    conv = ctx.rollup("conversion_kinds")
+    conv = conv.filter(conv.campaign_id.notnull())
     kind = conv.kind.strip().lower()
     prim = conv.filter(~kind.isin(offline))
-    primary = prim.group_by(campaign_id=prim.attributed_campaign_id).aggregate(n=prim.count())
-    paid = conv.filter((conv.value > 0) & ~kind.isin(PIPELINE_KINDS))
-    paid = paid.group_by(campaign_id=paid.attributed_campaign_id).aggregate(n=paid.count())
+    primary = prim.group_by("campaign_id").aggregate(n=prim.n.sum())
+    paid = conv.filter(~kind.isin(PIPELINE_KINDS))
+    paid = paid.group_by("campaign_id").aggregate(n=paid.paid.sum())
     rec = crm_record_campaigns(ws, ctx.cutoff)
     rec = rec.filter(rec.campaign_id.notnull())
     crm = ctx.table("crm")
