@@ -2797,18 +2797,12 @@ def _settled_json(
         "share_still_due": round(share, 5),
     }
     if share > SETTLED_WARN_SHARE and out["cohorts"]:  # (nothing settled: nothing missed)
-        what, key = (
-            ("a lead's deals", "crm_settle_days")
-            if crm
-            else (
-                "a click's conversions",
-                "settle_days",
-            )
-        )
+        noun, events = ("lead", "deals") if crm else ("click", "conversions")
+        key = "crm_settle_days" if crm else "settle_days"
         out["warning"] = (
-            f"the fitted delay still expects {share:.1%} of {what} more than {days} days "
-            f"after it; {'lead' if crm else 'click'} days that old are reported as observed "
-            f"and miss them: raise {key} ([nowcast] {key} in signalloop.toml)"
+            f"the fitted delay still expects {share:.1%} of a {noun}'s {events} more than "
+            f"{days} days after it; {noun} days that old are reported as observed and miss "
+            f"them: raise {key} ([nowcast] {key} in signalloop.toml)"
         )
     return out
 
