@@ -1425,6 +1425,8 @@ def _assemble(
     # open subjects per bucket: all - converted - closed otherwise (CRM lost)
     n_all = b.n_all.to_numpy(float)
     n_open = np.maximum(n_all - b.n_obs.to_numpy(float) - b.n_closed.to_numpy(float), 0.0)
+    # the fit's open subjects: n_open itself (settled days zeroed below for both) unless
+    # fit_settled keeps a copy taken before
     fit_open = n_open.copy() if fit_settled else n_open
     settled = _settled(cohorts.date, settled_before)
     n_open[settled[b.cohort.to_numpy()]] = 0.0
