@@ -215,6 +215,31 @@ def test_shortest_interval_is_that_of_the_fully_sorted_draws(level: float) -> No
     assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
 
 
+def test_the_intervals_of_some_columns_are_those_of_the_whole_call() -> None:
+    """A report listing its last days asks for those cohorts' intervals only (``columns``):
+    each is the interval the call over every column gives it (the randomisation is drawn for
+    every column, in the same order), for either memory layout, with and without a floor."""
+    rng = np.random.default_rng(5)
+    draws = rng.poisson(rng.uniform(0, 8, 3000), size=(500, 3000)).astype(float)
+    point, floor = draws.mean(axis=0), np.floor(draws.min(axis=0))
+    cols = np.sort(rng.choice(3000, 1100, replace=False))
+    for layout in (draws, np.asfortranarray(draws)):
+        for fl in (None, floor):
+            whole = count_interval(layout, 0.9, np.random.default_rng(1), fl, point)
+            some = count_interval(
+                layout,
+                0.9,
+                np.random.default_rng(1),
+                None if fl is None else fl[cols],
+                point[cols],
+                columns=cols,
+            )
+            assert all(np.array_equal(w[cols], s) for w, s in zip(whole, some, strict=True))
+        whole = shortest_interval(layout, 0.9, (point, point))
+        some = shortest_interval(layout, 0.9, (point[cols], point[cols]), columns=cols)
+        assert all(np.array_equal(w[cols], s) for w, s in zip(whole, some, strict=True))
+
+
 _halves = st.integers(-(10**9), 10**9).map(lambda k: (k + 0.5) / 100)  # ties in decimal
 _cells = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True), _halves, _halves.map(lambda x: x * (1 + 2e-16))

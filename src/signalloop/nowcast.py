@@ -381,8 +381,10 @@ def shortest_interval(
     contain: tuple[FloatArray, FloatArray] | None = None,
     *,
     overwrite: bool = False,
+    columns: npt.NDArray[np.int64] | None = None,
 ) -> tuple[FloatArray, FloatArray]:
-    """The shortest interval holding ``level`` of the draws, per column.
+    """The shortest interval holding ``level`` of the draws, per column (of ``columns`` only,
+    when given; ``contain`` then given for those).
 
     ``contain`` = ``(lo, hi)`` per column: the interval must also reach down to ``lo`` and up to
     ``hi`` (the point estimate, reported beside the interval, must lie inside it). Of the
@@ -402,8 +404,10 @@ def shortest_interval(
     a = np.asarray(samples, dtype=float)
     n = a.shape[0]
     cols = a.ndim == 2 and a.flags.f_contiguous and not a.flags.c_contiguous
+    if columns is not None and not cols:
+        a, columns = a.reshape(n, -1)[:, columns], None
     b = a.T if cols else a.reshape(n, -1).T  # draws of a column side by side
-    lo, hi = _by_blocks(b, _held(level, n), contain, own=overwrite and a is samples)
+    lo, hi = _by_blocks(b, _held(level, n), contain, own=overwrite and a is samples, pick=columns)
     if a.ndim != 2:
         lo, hi = lo.reshape(a.shape[1:]), hi.reshape(a.shape[1:])
     return lo, hi
@@ -421,8 +425,10 @@ def _by_blocks(
     *,
     own: bool,
     plus: FloatArray | None = None,
+    pick: npt.NDArray[np.int64] | None = None,
 ) -> tuple[FloatArray, FloatArray]:
-    """:func:`shortest_interval` of each row of ``b`` (``b + plus`` when given), by blocks.
+    """:func:`shortest_interval` of each row of ``b`` (``b + plus`` when given), by blocks;
+    of the rows ``pick`` only, when given (``contain`` then given for those).
 
     A few thousand rows at a time: each block's draws stay in cache while they are added,
     partitioned and sorted (about twice as fast as one pass over everything), and the blocks
@@ -430,16 +436,17 @@ def _by_blocks(
     worked out alone, so the result is the same however the rows are cut. ``own``: ``b``'s
     rows may be reordered in place.
     """
-    width = b.shape[0]
+    width = b.shape[0] if pick is None else len(pick)
     c_lo = c_hi = np.zeros(0)
     if contain is not None:
         c_lo = np.broadcast_to(np.asarray(contain[0], dtype=float).reshape(-1), (width,))
         c_hi = np.broadcast_to(np.asarray(contain[1], dtype=float).reshape(-1), (width,))
 
     def block(sl: slice) -> tuple[FloatArray, FloatArray]:
-        rows = b[sl] if plus is None else np.add(b[sl], plus[sl], order="C")
+        at: Any = sl if pick is None else pick[sl]  # (picked rows: a copy, ours to reorder)
+        rows = b[at] if plus is None else np.add(b[at], plus[at], order="C")
         fence = None if contain is None else (c_lo[sl], c_hi[sl])
-        return _shortest_rows(rows, m, own or plus is not None, fence)
+        return _shortest_rows(rows, m, own or plus is not None or pick is not None, fence)
 
     cuts = [slice(i, min(i + _BLOCK, width)) for i in range(0, width, _BLOCK)] or [slice(0, 0)]
     if len(cuts) == 1:
@@ -488,6 +495,7 @@ def count_interval(
     point: FloatArray | None = None,
     *,
     by_column: bool = False,
+    columns: npt.NDArray[np.int64] | None = None,
 ) -> tuple[FloatArray, FloatArray]:
     """A ``level`` interval of integer-valued draws (one column per count), in whole numbers.
 
@@ -517,6 +525,11 @@ def count_interval(
     ``j``-th block of draws), so the intervals of ``m`` columns at once equal those of ``m``
     calls of one column each, in column order.
 
+    ``columns``: only these columns' intervals are worked out (``floor`` and ``point`` given
+    for them alone). The spread is still drawn for every column, so they are the intervals
+    the whole call gives those columns: a report that lists its last days takes theirs
+    without sorting the draws of the days it does not show.
+
     >>> s = np.repeat([[0.0], [1.0], [2.0]], [70, 25, 5], axis=0)
     >>> lo, hi = count_interval(s, 0.9, np.random.default_rng(0))
     >>> float(lo[0]), float(hi[0])
@@ -539,8 +552,12 @@ def count_interval(
         jitter = rng.uniform(-0.5, 0.5, shape)
     if x.ndim == 2 and x.flags.f_contiguous and not x.flags.c_contiguous:
         # draws by column: each block of columns gets its spread as its interval is taken
-        a, b = _by_blocks(x.T, _held(level, shape[0]), contain, own=False, plus=jitter.T)
+        a, b = _by_blocks(
+            x.T, _held(level, shape[0]), contain, own=False, plus=jitter.T, pick=columns
+        )
     else:
+        if columns is not None:
+            x, jitter = x[:, columns], jitter[:, columns]
         a, b = shortest_interval(x + jitter, level, contain, overwrite=True)
     lo, hi = np.ceil(a) + 0.0, np.floor(b) + 0.0  # + 0.0: no -0.0
     empty = hi < lo
@@ -1953,9 +1970,14 @@ def _intervals(
     floor: FloatArray | None,
     point: FloatArray,
     v_point: FloatArray,
+    rows: npt.NDArray[np.int64] | None = None,
 ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
     """Every cohort's count and value interval (:func:`count_interval`,
     :func:`shortest_interval`), drawn only for the cohorts with draws.
+
+    ``rows``: the cohorts whose intervals are wanted (the listed days'); the others' are
+    left at their point. Those wanted are the same as when every interval is worked out
+    (the randomisation is drawn for every cohort with draws, in the same order).
 
     A cohort without draws has nothing still to come: each of its draws would be its
     (whole) count ``k``, so the count interval is ``[k, k]`` (every draw spread over
@@ -1979,11 +2001,25 @@ def _intervals(
             if ordered
             else (pred.samples[:, cols], pred.value_samples[:, cols])
         )
+        # of the cohorts with draws, those wanted (their positions among them)
+        at = None
+        if rows is not None:
+            wanted = np.zeros(n, dtype=bool)
+            wanted[rows] = True
+            at = np.nonzero(wanted[act])[0]
+        want = act if at is None else act[at]
         a_lo, a_hi = count_interval(
-            draws, level, rng, None if floor is None else floor[act], point[act]
+            draws,
+            level,
+            rng,
+            None if floor is None else floor[want],
+            point[want],
+            columns=at,
         )
-        lo[act], hi[act] = a_lo, a_hi
-        vlo[act], vhi[act] = shortest_interval(v_draws, level, (v_point[act], v_point[act]))
+        lo[want], hi[want] = a_lo, a_hi
+        vlo[want], vhi[want] = shortest_interval(
+            v_draws, level, (v_point[want], v_point[want]), columns=at
+        )
     return lo, hi, vlo, vhi
 
 
@@ -2088,12 +2124,13 @@ def _render(
     obs_v_all = c.observed_value.to_numpy(float)
     point, v_point = _shown(pred.expected), _shown(pred.expected_value)
     floor = obs_all if path.floor else None
-    lo, hi, vlo, vhi = _intervals(pred, opts.level, rng, floor, point, v_point)
-    v_floor = obs_v_all if path.floor else np.zeros(len(c))
     first = _first_listed(as_of, opts)
     # the rows from whole columns rounded at once (no Python call per cell), kept from the
     # first shown day on; the keys' new names worked out once
     keep = np.nonzero(_day_numbers(c.date) >= _day_number(first))[0]
+    listed = keep if opts.cohort_days else None  # (only the listed days' intervals)
+    lo, hi, vlo, vhi = _intervals(pred, opts.level, rng, floor, point, v_point, listed)
+    v_floor = obs_v_all if path.floor else np.zeros(len(c))
     subj = c.subjects.to_numpy(float)[keep]
     obs, exp_n, obs_v = obs_all[keep], pred.expected[keep], obs_v_all[keep]
     exp_v, cost, vf = pred.expected_value[keep], sp[keep], np.asarray(v_floor, float)[keep]
