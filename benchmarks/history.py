@@ -94,8 +94,15 @@ def _rows(inbox: Path, kind: str) -> int:
 
 
 def _workspace_files(store: Path) -> list[Path]:
-    """The workspace file, its WAL, and the folders named after it (models, run records)."""
-    return [store, Path(f"{store}.wal"), store.with_suffix(".models"), Path(f"{store}.runs")]
+    """The workspace file, its WAL, and the folders named after it (models, touch index, run
+    records)."""
+    return [
+        store,
+        Path(f"{store}.wal"),
+        store.with_suffix(".models"),
+        store.with_suffix(".touches"),
+        Path(f"{store}.runs"),
+    ]
 
 
 def _copy(files: list[Path], to: Path) -> None:

@@ -18,8 +18,10 @@ from typing import Any
 import duckdb
 import ibis
 
+from signalloop import touchindex
 from signalloop.store import Workspace
 from signalloop.ties import first_by, last_by
+from signalloop.touchindex import TouchIndex
 
 #: The stored attribution: one row per conversion, its own columns and :data:`STORED`'s
 #: (``attributed_campaign_id``, ``attributed_by`` ...), kept current by
@@ -334,6 +336,10 @@ def refresh_attribution(ws: Workspace, also: Callable[[], Any] | None = None) ->
         ).fetchone()
     unique = not (dup and dup[0])
     full = not (appended and unique)
+    # the touchpoints by user and click id, kept current beside the workspace file: built
+    # with a full refresh, a run added with each incremental one, which reads its users' and
+    # clicks' touchpoints there instead of scanning the history's ids
+    index, index_state = _touch_index(ws, now["touchpoints"]) if unique else (None, None)
     # each write is a generation; a full one starts a new log (see CHANGES_TABLE)
     gen = int(saved.get("gen", 0)) + 1
     full_id = str(saved.get("full_id") or uuid.uuid4().hex)
@@ -373,14 +379,17 @@ def refresh_attribution(ws: Workspace, also: Callable[[], Any] | None = None) ->
                     crm.filter(crm.record_id.isin(records.record_id)).select(u=crm.user_id)
                 )
                 # the touchpoints of their clicks and users and of the records' users, read
-                # in one pass over the history for both (the attribution reads the users'
-                # twice, the records theirs once: each keeps its own, see ``narrow``)
-                tp = ws.table("touchpoints")
+                # in one pass for both (the attribution reads the users' twice, the records
+                # theirs once: each keeps its own, see ``narrow``): from the touch index
+                # when there is one, else from the history's ids
                 clicks = conv.select(k=conv.click_id)
                 extra = also() if also is not None else None
                 if extra is not None:  # (another reader's keys, read in the same pass)
                     users = users.union(extra.users.name("u").as_table())
                     clicks = clicks.union(extra.ids.name("k").as_table())
+                users = ws.temp_table("_attribution_users", users)
+                clicks = ws.temp_table("_attribution_clicks", clicks)
+                tp = _touches_of(ws, index, users, clicks)
                 near = tp.filter(tp.click_id.isin(clicks.k) | tp.user_id.isin(users.u))
                 cols = ("click_id", "user_id", "campaign_id", "ts", "adset_id", "creative_id")
                 near = ws.temp_table("_attribution_tp", near.select("touch_id", *cols))
@@ -408,6 +417,9 @@ def refresh_attribution(ws: Workspace, also: Callable[[], Any] | None = None) ->
                     "_attribution_records",
                     "_attribution_tp",
                     "_attribution_before",
+                    "_attribution_users",
+                    "_attribution_clicks",
+                    "_attribution_cand",
                 ):
                     con.execute(f"DROP TABLE IF EXISTS {temp}")
             state = {
@@ -417,6 +429,7 @@ def refresh_attribution(ws: Workspace, also: Callable[[], Any] | None = None) ->
                 "refresh": "full" if full else "incremental",
                 "gen": gen,
                 "full_id": full_id,
+                "touch_index": index_state,
             }
             ws.write_meta(ATTRIBUTION_STATE, state)
     except duckdb.TransactionException:
@@ -425,6 +438,40 @@ def refresh_attribution(ws: Workspace, also: Callable[[], Any] | None = None) ->
 
 
 _CHANGES_DDL = "gen BIGINT, what VARCHAR, day DATE"
+
+
+def _touch_index(ws: Workspace, state: list[int]) -> tuple[TouchIndex | None, str | None]:
+    """The workspace's touch index brought up to the touchpoints in ``state``, and what that
+    took (``current``, ``appended``, ``built``), or why there is none (``None`` for a
+    workspace without a file; ``unavailable: ...`` when it could not be written: the
+    attribution then reads the history's ids, as without it)."""
+    index = touchindex.for_workspace(ws)
+    if index is None:
+        return None, None
+    try:
+        return index, index.sync(ws.con, state)
+    except OSError as e:  # (a full disk, a folder not ours: slower, not wrong)
+        return None, f"unavailable: {e}"
+
+
+def _touches_of(ws: Workspace, index: TouchIndex | None, users: Any, clicks: Any) -> Any:
+    """The touchpoints to filter by ``users.u`` and ``clicks.k``: the touch index's candidates
+    for those keys (a small temporary table) or, without an index, the whole table."""
+    if index is None:
+        return ws.table("touchpoints")
+    cand = index.lookup(
+        ws.con,
+        user_sql=ws.ibis.compile(users.select("u")),
+        click_sql=ws.ibis.compile(clicks.select("k")),
+    )
+    ws.con.register("_touch_candidates", cand)
+    try:
+        ws.con.execute(
+            "CREATE OR REPLACE TEMP TABLE _attribution_cand AS SELECT * FROM _touch_candidates"
+        )
+    finally:
+        ws.con.unregister("_touch_candidates")
+    return ws.table("_attribution_cand")
 
 
 def _log_changes(ws: Workspace, gen: int, crm_seen: int) -> None:

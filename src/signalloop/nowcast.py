@@ -2007,6 +2007,7 @@ def _intervals(
             wanted = np.zeros(n, dtype=bool)
             wanted[rows] = True
             at = np.nonzero(wanted[act])[0]
+            at = None if len(at) == len(act) else at  # (all wanted: the draws as they are)
         want = act if at is None else act[at]
         a_lo, a_hi = count_interval(
             draws,

@@ -1,0 +1,328 @@
+"""The touchpoints by user and by click id, in sorted runs beside the workspace file.
+
+A daily run attributes the day's conversions (and re-attributes those a new touchpoint may
+move) from their users' and clicks' touchpoints, which lie anywhere in the history: a
+returning user's touches fall in every row group of the table, so DuckDB reads the user and
+click id of every touchpoint to find them (32M rows at 1,000 campaigns and 89 days, and twice
+that at 179 days: the largest part of a next day that grows with the history). This index
+keeps what that pass reads of each touchpoint (``touch_id``, ``click_id``, ``user_id``,
+``campaign_id``, ``ts``, ``adset_id``, ``creative_id``) in runs sorted by DuckDB's 64-bit
+``hash`` of the user id, with a second order by the click id's hash, as memory-mapped Arrow
+and NumPy files in a folder beside the workspace (``<stem>.touches``). A lookup hashes the
+asked keys, binary-searches each run, and reads only the rows that match; the rows are then
+checked against the keys themselves (:func:`lookup` returns candidates; the caller filters
+them by the ids as it filtered the table), so two keys sharing a hash cost a row, never a
+wrong answer.
+
+The runs are trusted only when they were written for this workspace (an id kept in its
+``meta`` table, so a file replaced by another workspace's is not taken for it), for the
+touchpoints as they are (:meth:`~signalloop.store.Workspace.ingest_state`, which every ingest
+changes), by this format and by the same DuckDB version (its hash may change). Rows ingested
+since are added as a new run (:meth:`TouchIndex.sync`); anything else (rows removed or
+rewritten) builds the runs again from the table, in chunks, so memory stays bounded. The
+newest runs are merged while the newer is at least half the older's size and both are below
+:data:`MERGE_ROWS`, so a key is merged a few times in all and a lookup reads a few dozen runs
+at most. The folder can be deleted at any time: it is made again.
+
+>>> import duckdb, tempfile
+>>> from pathlib import Path
+>>> con = duckdb.connect()
+>>> _ = con.execute(
+...     "CREATE TABLE touchpoints AS SELECT * FROM (VALUES "
+...     "('t1', 'c1', 'u1', 'cmp', TIMESTAMP '2026-01-01 10:00', 'a', 'cr', 1), "
+...     "('t2', NULL, 'u2', 'cmp', TIMESTAMP '2026-01-02 10:00', 'a', 'cr', 1)) "
+...     "v(touch_id, click_id, user_id, campaign_id, ts, adset_id, creative_id, _ingest_id)")
+>>> index = TouchIndex(Path(tempfile.mkdtemp()) / "ws.touches", owner="ws-1")
+>>> index.sync(con, [2, 1])
+'built'
+>>> index.sync(con, [2, 1])
+'current'
+>>> sorted(index.lookup(con, users=["u2"], clicks=["c1"]).column("touch_id").to_pylist())
+['t1', 't2']
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+
+from signalloop.store import Workspace
+
+#: Bump when the runs change meaning: stored ones are then built again.
+VERSION = 1
+#: What a run holds of each touchpoint, as the attribution's pass reads it.
+COLUMNS = ("touch_id", "click_id", "user_id", "campaign_id", "ts", "adset_id", "creative_id")
+#: The columns of few values, stored as dictionaries.
+FEW = ("campaign_id", "adset_id", "creative_id")
+#: Rows read from the table per run when the runs are built again (memory stays bounded).
+CHUNK_ROWS = 4_000_000
+#: Runs this large are not merged further.
+MERGE_ROWS = 4_000_000
+#: The ``meta`` key of the workspace's id, which the runs record.
+META_KEY = "touch_index"
+#: Per folder, the lock threads of one process take (``fcntl`` locks are per process).
+_LOCKS: dict[str, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+Hashes = npt.NDArray[np.uint64]
+
+
+def for_workspace(ws: Workspace) -> TouchIndex | None:
+    """The index of a DuckDB workspace file (``<stem>.touches`` beside it); ``None`` for an
+    in-memory, read-only or other backend's workspace."""
+    if ws.backend != "duckdb" or ws.read_only or ws.path == ":memory:":
+        return None
+    owner = ws.read_meta(META_KEY).get("id")
+    if not owner:
+        owner = uuid.uuid4().hex
+        ws.write_meta(META_KEY, {"id": owner})
+    p = Path(getattr(ws, "local_path", None) or ws.path)
+    return TouchIndex(p.with_name(p.stem + ".touches"), owner=str(owner))
+
+
+def _select(where: str) -> str:
+    """The rows of the touchpoints a run holds, with their hashes, sorted by the user's."""
+    cols = ", ".join(COLUMNS)
+    return f"SELECT hash(user_id) AS uh, {cols} FROM touchpoints {where} ORDER BY uh, rowid"
+
+
+class TouchIndex:
+    """The sorted runs of the touchpoints in ``folder``, written for workspace ``owner``."""
+
+    def __init__(self, folder: str | Path, *, owner: str) -> None:
+        self.folder = Path(folder)
+        self.owner = owner
+        self._header = self.folder / "index.json"
+
+    # -- the header ------------------------------------------------------------------------
+    def _read(self) -> dict[str, Any] | None:
+        try:
+            doc = json.loads(self._header.read_text())
+        except (OSError, ValueError):
+            return None
+        if (doc.get("version"), doc.get("duckdb"), doc.get("owner")) != (
+            VERSION,
+            duckdb.__version__,
+            self.owner,
+        ):
+            return None
+        return dict(doc)
+
+    def state(self) -> list[int] | None:
+        """The touchpoints' ingest state the runs hold (``None``: no usable runs)."""
+        doc = self._read()
+        return None if doc is None else [int(x) for x in doc["state"]]
+
+    # -- keeping it current ----------------------------------------------------------------
+    @contextmanager
+    def locked(self) -> Iterator[TouchIndex]:
+        """Hold the runs (against other threads and processes) while they change."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        key = str(self.folder.resolve())
+        with _LOCKS_GUARD:
+            lock = _LOCKS.setdefault(key, threading.Lock())
+        with lock, (self.folder / "index.lock").open("a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield self
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def sync(self, con: duckdb.DuckDBPyConnection, state: list[int]) -> str:
+        """Bring the runs up to the touchpoints in ``state`` (their
+        :meth:`~signalloop.store.Workspace.ingest_state`, read on ``con``).
+
+        Returns ``current`` (nothing to do), ``appended`` (the rows ingested since, added as
+        a run) or ``built`` (every run written again from the table)."""
+        state = [int(x) for x in state]
+        with self.locked():
+            doc = self._read()
+            if doc is not None and doc["state"] == state:
+                return "current"
+            runs: list[str] = list(doc["runs"]) if doc is not None else []
+            if doc is not None and _appended(con, doc["state"], state):
+                seen = int(doc["state"][1])
+                new = self._write_run(con, f"WHERE _ingest_id > {seen}")
+                kept = [*runs, *([new] if new else [])]
+                kept = self._merge(kept)
+                self._commit(kept, state)
+                return "appended"
+            kept = []
+            # in chunks of the table's rows, each a run (sorted on its own: memory bounded)
+            top = con.execute("SELECT max(rowid) FROM touchpoints").fetchone()
+            last = -1 if top is None or top[0] is None else int(top[0])
+            for lo in range(0, last + 1, CHUNK_ROWS):
+                name = self._write_run(con, f"WHERE rowid BETWEEN {lo} AND {lo + CHUNK_ROWS - 1}")
+                if name:
+                    kept.append(name)
+            self._commit(kept, state)
+            return "built"
+
+    def _write_run(self, con: duckdb.DuckDBPyConnection, where: str) -> str | None:
+        """One run of the rows ``where`` selects (``None``: there are none)."""
+        table = con.execute(_select(where)).fetch_arrow_table()
+        return self._save(table) if table.num_rows else None
+
+    def _save(self, table: pa.Table) -> str:
+        """Write a run sorted by user hash: its rows, and its click order beside them."""
+        table = table.unify_dictionaries().combine_chunks()
+        for name in FEW:  # (campaigns, ad sets, creatives: a few thousand values, coded)
+            at = table.schema.get_field_index(name)
+            col = table.column(at)
+            if not pa.types.is_dictionary(col.type):
+                table = table.set_column(at, name, col.dictionary_encode())
+        name = f"run-{uuid.uuid4().hex}"
+        tmp = self.folder / f".{name}.arrow"
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
+            w.write_table(table, max_chunksize=max(table.num_rows, 1))
+        os.replace(tmp, self.folder / f"{name}.arrow")
+        clicks = table.column("click_id")
+        has = np.flatnonzero(clicks.is_valid().to_numpy(zero_copy_only=False))
+        hashed = _hash(clicks.take(pa.array(has)))
+        order = np.argsort(hashed, kind="stable")
+        # two rows, each contiguous: the click hashes sorted, and the row each is on
+        pairs = np.stack([hashed[order], has[order].astype(np.uint64)])
+        tmp = self.folder / f".{name}.clicks.npy"
+        with tmp.open("wb") as fh:
+            np.save(fh, pairs)
+        os.replace(tmp, self.folder / f"{name}.clicks.npy")
+        return name
+
+    def _merge(self, runs: list[str]) -> list[str]:
+        """Merge the newest two while the newer is at least half the older (both small)."""
+        sizes = [self._rows(r) for r in runs]
+        while len(runs) >= 2 and 2 * sizes[-1] >= sizes[-2] and sizes[-2] < MERGE_ROWS:
+            both = pa.concat_tables([self._table(runs[-2]), self._table(runs[-1])])
+            # (stable: rows of one user hash keep their runs' order, the older first)
+            order = np.argsort(both.column("uh").to_numpy(), kind="stable")
+            merged = self._save(both.take(pa.array(order)))
+            runs, sizes = [*runs[:-2], merged], [*sizes[:-2], sizes[-2] + sizes[-1]]
+        return runs
+
+    def _commit(self, runs: list[str], state: list[int]) -> None:
+        doc = {
+            "version": VERSION,
+            "duckdb": duckdb.__version__,
+            "owner": self.owner,
+            "state": state,
+            "runs": runs,
+            "rows": int(sum(self._rows(r) for r in runs)),
+        }
+        tmp = self.folder / ".index.json"
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, self._header)
+        keep = set(runs)  # (every other run's files: replaced, merged, another owner's)
+        for path in self.folder.glob("run-*"):
+            if path.name.split(".")[0] not in keep:
+                path.unlink(missing_ok=True)
+
+    # -- reading ---------------------------------------------------------------------------
+    def _table(self, run: str) -> pa.Table:
+        source = pa.memory_map(str(self.folder / f"{run}.arrow"), "r")
+        return pa.ipc.open_file(source).read_all()
+
+    def _rows(self, run: str) -> int:
+        source = pa.memory_map(str(self.folder / f"{run}.arrow"), "r")
+        reader = pa.ipc.open_file(source)
+        return sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+
+    def lookup(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        *,
+        users: Sequence[Any] | None = None,
+        clicks: Sequence[Any] | None = None,
+        user_sql: str | None = None,
+        click_sql: str | None = None,
+    ) -> pa.Table:
+        """The stored touchpoints whose user hash or click hash is one of the keys' (an
+        Arrow table of :data:`COLUMNS`): every touchpoint of those users and clicks, and
+        rarely another that shares a hash; filter by the ids themselves.
+
+        The keys are given as values (``users``, ``clicks``) or as SQL selecting one column
+        of them on ``con`` (``user_sql``, ``click_sql``); they are hashed by DuckDB there."""
+        u = _key_hashes(con, users, user_sql)
+        k = _key_hashes(con, clicks, click_sql)
+        doc = self._read()
+        if doc is None:
+            raise RuntimeError(f"the touch index in {self.folder} is not usable: sync it first")
+        parts = []
+        for run in doc["runs"]:
+            table = self._table(run)
+            rows = [_ranges(_column(table, "uh"), u)]
+            pairs = np.load(self.folder / f"{run}.clicks.npy", mmap_mode="r")
+            rows.append(np.asarray(pairs[1][_ranges(pairs[0], k)], dtype=np.int64))
+            both = np.sort(np.concatenate(rows))
+            if len(both):
+                both = both[np.r_[True, both[1:] != both[:-1]]]
+                parts.append(table.take(pa.array(both)).select(list(COLUMNS)))
+        if not parts:
+            return con.execute(_select("WHERE false")).fetch_arrow_table().select(list(COLUMNS))
+        return pa.concat_tables(parts, promote_options="permissive")
+
+
+def _column(table: pa.Table, name: str) -> npt.NDArray[Any]:
+    """A column as NumPy (a view of the mapped file when it is one chunk)."""
+    col = table.column(name)
+    out: npt.NDArray[Any] = col.chunk(0).to_numpy() if col.num_chunks == 1 else col.to_numpy()
+    return out
+
+
+def _appended(con: duckdb.DuckDBPyConnection, seen: list[int], now: list[int]) -> bool:
+    """Whether every touchpoint since ``seen`` came by a later ingest and none went away."""
+    n0, hi0 = int(seen[0]), int(seen[1])
+    row = con.execute("SELECT count(*) FROM touchpoints WHERE _ingest_id > ?", [hi0]).fetchone()
+    return row is not None and n0 + int(row[0]) == int(now[0])
+
+
+def _hash(values: pa.ChunkedArray) -> Hashes:
+    """DuckDB's ``hash`` of each value (as the runs hash the ids)."""
+    con = duckdb.connect()
+    t = pa.table({"v": values})
+    con.register("t", t)
+    out = con.execute("SELECT hash(v) AS h FROM t").fetchnumpy()["h"]
+    con.close()
+    return np.asarray(out, dtype=np.uint64)
+
+
+def _key_hashes(
+    con: duckdb.DuckDBPyConnection, values: Sequence[Any] | None, sql: str | None
+) -> Hashes:
+    """The sorted distinct hashes of the non-null keys."""
+    if sql is not None:
+        got = con.execute(
+            f"SELECT DISTINCT hash(k) AS h FROM ({sql}) q(k) WHERE k IS NOT NULL ORDER BY h"
+        ).fetchnumpy()["h"]
+        return np.asarray(got, dtype=np.uint64)
+    if not values:
+        return np.zeros(0, dtype=np.uint64)
+    h = np.sort(_hash(pa.chunked_array([pa.array([v for v in values if v is not None])])))
+    return h[np.r_[True, h[1:] != h[:-1]]] if len(h) else h
+
+
+def _ranges(sorted_hashes: npt.NDArray[np.uint64], keys: Hashes) -> npt.NDArray[np.int64]:
+    """The positions in ``sorted_hashes`` holding one of ``keys`` (sorted, distinct)."""
+    if not len(keys) or not len(sorted_hashes):
+        return np.zeros(0, dtype=np.int64)
+    lo = np.searchsorted(sorted_hashes, keys, side="left")
+    hi = np.searchsorted(sorted_hashes, keys, side="right")
+    n = hi - lo
+    hit = n > 0
+    lo, n = lo[hit], n[hit]
+    if not len(n):
+        return np.zeros(0, dtype=np.int64)
+    # every position of every range: the starts repeated, plus 0, 1, ... within each range
+    starts = np.repeat(lo - np.r_[0, np.cumsum(n)[:-1]], n)
+    return np.asarray(starts + np.arange(int(n.sum())), dtype=np.int64)
