@@ -12,6 +12,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from signalloop import touchindex
@@ -92,6 +93,12 @@ def _assert_finds(
         )
         assert got == want
         assert len(set(got)) == len(got)  # (each touchpoint once, from its one run)
+    # the touch ids' hashes: any stored one is found, none of the others
+    stored = [r[0] for r in con.execute("SELECT touch_id FROM touchpoints").fetchall()]
+    pick = [stored[int(i)] for i in rng.integers(0, len(stored), 3)]
+    absent = [f"x{int(i)}" for i in range(50)]
+    assert index.holds_any_key(touchindex._hash(pa.chunked_array([pa.array(absent + pick)])))
+    assert not index.holds_any_key(touchindex._hash(pa.chunked_array([pa.array(absent)])))
 
 
 def test_lookups_equal_the_tables_filter_through_builds_appends_and_merges(
@@ -141,6 +148,10 @@ def test_runs_of_another_workspace_or_version_are_not_read(tmp_path: Path) -> No
         index.lookup(con, users=["u1"])
     assert index.sync(con, _state(con)) == "built"
     _assert_finds(index, con, rng)
+    next(folder.glob("run-*.keys.npy")).unlink()  # a run's file gone: not read, built again
+    assert index.state() is None
+    assert index.sync(con, _state(con)) == "built"
+    _assert_finds(index, con, rng)
 
 
 def test_the_attribution_reads_its_touchpoints_from_the_index(
@@ -162,7 +173,7 @@ def test_the_attribution_reads_its_touchpoints_from_the_index(
                     m.setattr(TouchIndex, "lookup", lambda self, con, **kw: _nothing(con))
                 assert refresh_attribution(ws)
             state = ws.read_meta(ATTRIBUTION_STATE)
-            assert (state["refresh"], state["touch_index"]) == ("incremental", "appended")
+            assert (state["refresh"], state["touch_index"]) == ("incremental", "current")
             stored = _frame(attributed_conversions(ws))
             fresh = _frame(attribute(ws, ws.table("conversions")))
             return {"equal": int(stored.equals(fresh)), "rows": len(stored)}
@@ -177,3 +188,39 @@ def _nothing(con: duckdb.DuckDBPyConnection) -> object:
         .fetch_arrow_table()
         .select(list(touchindex.COLUMNS))
     )
+
+
+def test_an_ingest_looks_up_only_the_ids_the_index_may_hold(tmp_path: Path) -> None:
+    """A touchpoints file none of whose ids the index holds lands without the anti-join; one
+    that repeats stored ids lands only the new ones; either way the ingest adds its rows to
+    the index, and re-ingesting adds nothing."""
+    from signalloop.ingest import ingest_file
+
+    def write(name: str, ids: range) -> Path:
+        path = tmp_path / name
+        lines = ["touch_id,ts,user_id,click_id,campaign_id"]
+        lines += [f"t{i},2026-01-02T10:00:00,u{i % 7},k{i},c{i % 3}" for i in ids]
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    with Workspace(tmp_path / "ws.duckdb") as ws:
+        assert ingest_file(ws, "touchpoints", write("a.csv", range(0, 50))).rows_loaded == 50
+        index = touchindex.for_workspace(ws)
+        assert index is not None
+        assert index.state() is None  # (built by the first attribution refresh)
+        assert refresh_attribution(ws)
+        assert index.state() == ws.ingest_state("touchpoints")
+        fresh = ingest_file(ws, "touchpoints", write("b.csv", range(50, 80)))
+        assert (fresh.rows_loaded, fresh.rows_existing) == (30, 0)
+        assert index.state() == ws.ingest_state("touchpoints")  # (the ingest added its run)
+        mixed = ingest_file(ws, "touchpoints", write("c.csv", range(70, 100)))
+        assert (mixed.rows_loaded, mixed.rows_existing) == (20, 10)
+        again = ingest_file(ws, "touchpoints", write("d.csv", range(70, 101)))
+        assert (again.rows_loaded, again.rows_existing) == (1, 30)
+        n, distinct = ws.con.execute(
+            "SELECT count(*), count(DISTINCT touch_id) FROM touchpoints"
+        ).fetchone()  # type: ignore[misc]
+        assert n == distinct == 101
+        assert index.state() == ws.ingest_state("touchpoints")
+        assert refresh_attribution(ws)
+        assert ws.read_meta(ATTRIBUTION_STATE)["touch_index"] == "current"

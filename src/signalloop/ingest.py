@@ -27,6 +27,7 @@ newline does not start a new line); in Parquet files ``line`` is the 1-based row
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 import time
@@ -38,6 +39,7 @@ from typing import Any
 
 import duckdb
 
+from signalloop import touchindex
 from signalloop.contract import Kind, get_kind
 from signalloop.errors import InputError, UsageError
 from signalloop.profiles import Profile, get_profile, load_mapping
@@ -261,9 +263,19 @@ def ingest_file(
                 f"--date ignored: the file has its own date column {plan.sources['date']!r}"
             )
         counts = _set_aside(con, spec, src, name, ingest_id)
+        # the touch index (signalloop.touchindex) holds the stored touch ids' hashes: a file
+        # none of whose ids it holds lands without looking them up in the whole history
+        index = touchindex.for_workspace(ws) if kind == "touchpoints" else None
         with ws.transaction():
+            state = ws.ingest_state(kind)
+            current = index is not None and index.state() == state
+            fresh = False
+            if current and index is not None and state[0] and not restate:
+                fresh = not index.holds_any_key(_key_hashes(con, spec))
             valid = counts.pop("valid", None)
-            counts.update(_land(con, spec, src, name, ingest_id, restate=restate, valid=valid))
+            counts.update(
+                _land(con, spec, src, name, ingest_id, restate=restate, valid=valid, fresh=fresh)
+            )
             log("ok", counts, "; ".join(notes))
             reasons = dict(
                 con.execute(
@@ -272,6 +284,8 @@ def ingest_file(
                     [ingest_id],
                 ).fetchall()
             )
+        if current and index is not None:  # (the new rows, added as the index's run)
+            _keep_index(ws, index)
     except InputError as exc:
         log("failed", {}, str(exc))
         raise
@@ -395,16 +409,17 @@ def _land(
     *,
     restate: bool = False,
     valid: int | None = None,
+    fresh: bool = False,
 ) -> dict[str, Any]:
     """Write quarantine, folded duplicates and the new good rows (inside a transaction).
 
-    ``valid``: how many rows passed validation, when known (saves a pass over them)."""
+    ``valid``: how many rows passed validation, when known (saves a pass over them).
+    ``fresh``: no key of these rows is stored (the touch index says so), so they land without
+    the anti-join against the stored rows."""
     file = quote_literal(path)
     con.execute("INSERT INTO quarantine SELECT * FROM _quar")
     keys = ", ".join(quote_ident(k) for k in kind.key)
-    key_str = " || chr(31) || ".join(
-        f"coalesce(CAST({quote_ident(k)} AS VARCHAR), '')" for k in kind.key
-    )
+    key_str = _key_text(kind)
     campaign = "any_value(campaign_id)" if "campaign_id" in kind.names else "NULL"
     # the keys found more than once, with their first record (a small table). The keys
     # alone first: typing them is a fraction of typing every column and finding each row's
@@ -453,7 +468,7 @@ def _land(
         before -= restated.get("rows", 0)
     cols = ", ".join(quote_ident(c) for c in kind.names)
     select = f"SELECT {cols}, attrs, {ingest_id} FROM {good_src} g"
-    if before:  # skip rows whose natural key is already in the store
+    if before and not fresh:  # skip rows whose natural key is already in the store
         match = " AND ".join(
             f"t.{quote_ident(k)} IS NOT DISTINCT FROM g.{quote_ident(k)}" for k in kind.key
         )
@@ -473,6 +488,27 @@ def _land(
         "restated": n_restated,
         "restated_info": restated,
     }
+
+
+def _key_text(kind: Kind) -> str:
+    """SQL of a row's natural key as one text (the key columns, a null as empty, joined by
+    the unit separator): the duplicate check's key, and what the touch index hashes."""
+    return " || chr(31) || ".join(
+        f"coalesce(CAST({quote_ident(k)} AS VARCHAR), '')" for k in kind.key
+    )
+
+
+def _key_hashes(con: duckdb.DuckDBPyConnection, kind: Kind) -> Any:
+    """DuckDB's 64-bit hash of the key of every staged row (those with problems too: only
+    the key columns are typed), as NumPy."""
+    return con.execute(f"SELECT hash({_key_text(kind)}) AS h FROM _valid").fetchnumpy()["h"]
+
+
+def _keep_index(ws: Workspace, index: touchindex.TouchIndex) -> None:
+    """Add the rows just landed to the touch index (a full disk leaves it behind: the next
+    attribution refresh builds it again, and ingests meanwhile make the anti-join)."""
+    with contextlib.suppress(OSError):
+        index.sync(ws.con, ws.ingest_state("touchpoints"))
 
 
 def _restate(

@@ -61,7 +61,9 @@ import pyarrow as pa
 from signalloop.store import Workspace
 
 #: Bump when the runs change meaning: stored ones are then built again.
-VERSION = 1
+VERSION = 2
+#: A run's files: its rows, its click order, its touch ids' hashes.
+_SUFFIXES = (".arrow", ".clicks.npy", ".keys.npy")
 #: What a run holds of each touchpoint, as the attribution's pass reads it.
 COLUMNS = ("touch_id", "click_id", "user_id", "campaign_id", "ts", "adset_id", "creative_id")
 #: The columns of few values, stored as dictionaries.
@@ -118,6 +120,9 @@ class TouchIndex:
             self.owner,
         ):
             return None
+        files = (f"{r}{suffix}" for r in doc["runs"] for suffix in _SUFFIXES)
+        if not all((self.folder / name).exists() for name in files):
+            return None  # (a run's file gone: built again)
         return dict(doc)
 
     def state(self) -> list[int] | None:
@@ -194,10 +199,13 @@ class TouchIndex:
         order = np.argsort(hashed, kind="stable")
         # two rows, each contiguous: the click hashes sorted, and the row each is on
         pairs = np.stack([hashed[order], has[order].astype(np.uint64)])
-        tmp = self.folder / f".{name}.clicks.npy"
-        with tmp.open("wb") as fh:
-            np.save(fh, pairs)
-        os.replace(tmp, self.folder / f"{name}.clicks.npy")
+        # and the touch ids' hashes, sorted: what the ingest asks before it lands a file
+        touch = table.column("touch_id").fill_null("")
+        for suffix, array in ((".clicks.npy", pairs), (".keys.npy", np.sort(_hash(touch)))):
+            tmp = self.folder / f".{name}{suffix}"
+            with tmp.open("wb") as fh:
+                np.save(fh, array)
+            os.replace(tmp, self.folder / f"{name}{suffix}")
         return name
 
     def _merge(self, runs: list[str]) -> list[str]:
@@ -237,6 +245,24 @@ class TouchIndex:
         source = pa.memory_map(str(self.folder / f"{run}.arrow"), "r")
         reader = pa.ipc.open_file(source)
         return sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+
+    def holds_any_key(self, hashes: npt.ArrayLike) -> bool:
+        """Whether any of ``hashes`` (DuckDB's ``hash`` of a touch id, ``''`` for none) is a
+        stored touchpoint's (or, about once in ``2**64 / rows``, shares one's hash)."""
+        # sorted for the searches (np.sort: NumPy 2.4's np.unique is slow on many ints)
+        q = np.sort(np.asarray(hashes, dtype=np.uint64))
+        doc = self._read()
+        if doc is None:
+            raise RuntimeError(f"the touch index in {self.folder} is not usable: sync it first")
+        if not len(q):
+            return False
+        for run in doc["runs"]:
+            keys = np.load(self.folder / f"{run}.keys.npy", mmap_mode="r")
+            if len(keys):
+                at = np.minimum(np.searchsorted(keys, q), len(keys) - 1)
+                if np.any(keys[at] == q):
+                    return True
+        return False
 
     def lookup(
         self,
