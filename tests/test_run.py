@@ -35,7 +35,7 @@ def test_first_run_does_every_step_and_writes_both_files(loop_run: dict[str, Any
     assert box["errors"] == []
     assert [x["file"].rsplit("/", 1)[-1] for x in box["not_taken"]] == ["truth.json"]
     # the stored aggregates, built whole on the first run
-    assert doc["aggregates"]["attribution"] == {"refresh": "full"}
+    assert doc["aggregates"]["attribution"] == {"refresh": "full", "touch_index": "built"}
     assert doc["aggregates"]["rollups"] == {
         name: {"refresh": "full", "days": None}
         for name in (

@@ -642,6 +642,8 @@ def run(
         aggregates["attribution"] = {
             "refresh": rollups.state_change(before, after)["refresh"] if current else "live"
         }
+        if after != before and after.get("touch_index"):  # (what this refresh did to it)
+            aggregates["attribution"]["touch_index"] = after["touch_index"]
         aggregates["rollups"] = rollups.refresh_all(ws)
     # (the rollups with params are refreshed where the steps read them: told at the end)
     per_params = rollups.read_states(ws)
