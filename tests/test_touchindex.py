@@ -149,9 +149,11 @@ def test_runs_of_another_workspace_or_version_are_not_read(tmp_path: Path) -> No
     assert index.sync(con, _state(con)) == "built"
     _assert_finds(index, con, rng)
     next(folder.glob("run-*.keys.npy")).unlink()  # a run's file gone: not read, built again
+    (folder / ".run-cut-short.arrow").write_bytes(b"half a run")  # a write cut short
     assert index.state() is None
     assert index.sync(con, _state(con)) == "built"
     _assert_finds(index, con, rng)
+    assert not list(folder.glob(".*.arrow"))  # (its leftovers cleared)
 
 
 def test_the_attribution_reads_its_touchpoints_from_the_index(
@@ -224,3 +226,37 @@ def test_an_ingest_looks_up_only_the_ids_the_index_may_hold(tmp_path: Path) -> N
         assert index.state() == ws.ingest_state("touchpoints")
         assert refresh_attribution(ws)
         assert ws.read_meta(ATTRIBUTION_STATE)["touch_index"] == "current"
+
+
+def test_damaged_runs_are_read_around_and_built_again(tmp_path: Path) -> None:
+    """A run cut short on disk (a crash, a full disk) is not trusted: the refresh reads the
+    table instead (and says so), the ingest makes its anti-join, and the index is built again;
+    the attribution stays equal to the full recompute throughout."""
+    drops = simulated_drops(tmp_path, "full", (), seed=11)
+    folder = tmp_path / "ws.touches"
+
+    def state(ws: Workspace) -> str:
+        assert refresh_attribution(ws)
+        assert _frame(attributed_conversions(ws)).equals(
+            _frame(attribute(ws, ws.table("conversions")))
+        )
+        return str(ws.read_meta(ATTRIBUTION_STATE)["touch_index"])
+
+    with Workspace(tmp_path / "ws.duckdb") as ws:
+        ingest_drop(ws, drops[0])
+        assert state(ws) == "built"
+        ingest_drop(ws, drops[1])  # (its run added by the ingest)
+        for run in folder.glob("run-*.arrow"):
+            run.write_bytes(run.read_bytes()[:100])  # cut short
+        assert state(ws).startswith("damaged: ArrowInvalid")
+        ingest_drop(ws, drops[2])  # (the index forgotten: the ingest's anti-join)
+        assert state(ws) == "built"
+        for keys in folder.glob("run-*.keys.npy"):
+            keys.write_bytes(b"not a run")
+        ingest_drop(ws, drops[3])  # the key check cannot read its runs: the anti-join
+        assert not (folder / "index.json").exists()  # (forgotten)
+        n, distinct = ws.con.execute(
+            "SELECT count(*), count(DISTINCT touch_id) FROM touchpoints"
+        ).fetchone()  # type: ignore[misc]
+        assert n == distinct
+        assert state(ws) == "built"

@@ -389,7 +389,8 @@ def refresh_attribution(ws: Workspace, also: Callable[[], Any] | None = None) ->
                     clicks = clicks.union(extra.ids.name("k").as_table())
                 users = ws.temp_table("_attribution_users", users)
                 clicks = ws.temp_table("_attribution_clicks", clicks)
-                tp = _touches_of(ws, index, users, clicks)
+                tp, damaged = _touches_of(ws, index, users, clicks)
+                index_state = damaged or index_state
                 near = tp.filter(tp.click_id.isin(clicks.k) | tp.user_id.isin(users.u))
                 cols = ("click_id", "user_id", "campaign_id", "ts", "adset_id", "creative_id")
                 near = ws.temp_table("_attribution_tp", near.select("touch_id", *cols))
@@ -450,20 +451,28 @@ def _touch_index(ws: Workspace, state: list[int]) -> tuple[TouchIndex | None, st
         return None, None
     try:
         return index, index.sync(ws.con, state)
-    except OSError as e:  # (a full disk, a folder not ours: slower, not wrong)
-        return None, f"unavailable: {e}"
+    except touchindex.DAMAGED as e:  # (a full disk, a folder not ours: slower, not wrong)
+        return None, f"unavailable: {type(e).__name__}: {e}"
 
 
-def _touches_of(ws: Workspace, index: TouchIndex | None, users: Any, clicks: Any) -> Any:
+def _touches_of(
+    ws: Workspace, index: TouchIndex | None, users: Any, clicks: Any
+) -> tuple[Any, str | None]:
     """The touchpoints to filter by ``users.u`` and ``clicks.k``: the touch index's candidates
-    for those keys (a small temporary table) or, without an index, the whole table."""
+    for those keys (a small temporary table) or, without an index, the whole table; and what
+    went wrong with the index, if anything (a run damaged on disk: the whole table is read,
+    and the index is built again by the next refresh)."""
     if index is None:
-        return ws.table("touchpoints")
-    cand = index.lookup(
-        ws.con,
-        user_sql=ws.ibis.compile(users.select("u")),
-        click_sql=ws.ibis.compile(clicks.select("k")),
-    )
+        return ws.table("touchpoints"), None
+    try:
+        cand = index.lookup(
+            ws.con,
+            user_sql=ws.ibis.compile(users.select("u")),
+            click_sql=ws.ibis.compile(clicks.select("k")),
+        )
+    except touchindex.DAMAGED as e:
+        index.forget()
+        return ws.table("touchpoints"), f"damaged: {type(e).__name__}, the table read instead"
     ws.con.register("_touch_candidates", cand)
     try:
         ws.con.execute(
@@ -471,7 +480,7 @@ def _touches_of(ws: Workspace, index: TouchIndex | None, users: Any, clicks: Any
         )
     finally:
         ws.con.unregister("_touch_candidates")
-    return ws.table("_attribution_cand")
+    return ws.table("_attribution_cand"), None
 
 
 def _log_changes(ws: Workspace, gen: int, crm_seen: int) -> None:

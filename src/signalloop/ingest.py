@@ -271,7 +271,11 @@ def ingest_file(
             current = index is not None and index.state() == state
             fresh = False
             if current and index is not None and state[0] and not restate:
-                fresh = not index.holds_any_key(_key_hashes(con, spec))
+                try:
+                    fresh = not index.holds_any_key(_key_hashes(con, spec))
+                except touchindex.DAMAGED:  # (the anti-join, and built again next)
+                    index.forget()
+                    current = False
             valid = counts.pop("valid", None)
             counts.update(
                 _land(con, spec, src, name, ingest_id, restate=restate, valid=valid, fresh=fresh)
@@ -507,7 +511,7 @@ def _key_hashes(con: duckdb.DuckDBPyConnection, kind: Kind) -> Any:
 def _keep_index(ws: Workspace, index: touchindex.TouchIndex) -> None:
     """Add the rows just landed to the touch index (a full disk leaves it behind: the next
     attribution refresh builds it again, and ingests meanwhile make the anti-join)."""
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(*touchindex.DAMAGED):
         index.sync(ws.con, ws.ingest_state("touchpoints"))
 
 

@@ -153,23 +153,33 @@ class TouchIndex:
         a run) or ``built`` (every run written again from the table)."""
         state = [int(x) for x in state]
         with self.locked():
+            for tmp in self.folder.glob(".run-*"):  # (a write cut short: never named)
+                tmp.unlink(missing_ok=True)
             doc = self._read()
             if doc is not None and doc["state"] == state:
                 return "current"
             runs: list[str] = list(doc["runs"]) if doc is not None else []
+            # (each run exactly the rows of ``state``: an ingest landing meanwhile is the
+            # next sync's)
+            upto = f"_ingest_id <= {state[1]}"
             if doc is not None and _appended(con, doc["state"], state):
                 seen = int(doc["state"][1])
-                new = self._write_run(con, f"WHERE _ingest_id > {seen}")
-                kept = [*runs, *([new] if new else [])]
-                kept = self._merge(kept)
-                self._commit(kept, state)
-                return "appended"
+                new = self._write_run(con, f"WHERE _ingest_id > {seen} AND {upto}")
+                try:
+                    kept = self._merge([*runs, *([new] if new else [])])
+                except (ValueError, pa.ArrowException):
+                    pass  # (a run damaged on disk: all built again below)
+                else:
+                    self._commit(kept, state)
+                    return "appended"
             kept = []
             # in chunks of the table's rows, each a run (sorted on its own: memory bounded)
             top = con.execute("SELECT max(rowid) FROM touchpoints").fetchone()
             last = -1 if top is None or top[0] is None else int(top[0])
             for lo in range(0, last + 1, CHUNK_ROWS):
-                name = self._write_run(con, f"WHERE rowid BETWEEN {lo} AND {lo + CHUNK_ROWS - 1}")
+                name = self._write_run(
+                    con, f"WHERE rowid BETWEEN {lo} AND {lo + CHUNK_ROWS - 1} AND {upto}"
+                )
                 if name:
                     kept.append(name)
             self._commit(kept, state)
@@ -192,7 +202,7 @@ class TouchIndex:
         tmp = self.folder / f".{name}.arrow"
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
             w.write_table(table, max_chunksize=max(table.num_rows, 1))
-        os.replace(tmp, self.folder / f"{name}.arrow")
+        _durable(tmp, self.folder / f"{name}.arrow")
         clicks = table.column("click_id")
         has = np.flatnonzero(clicks.is_valid().to_numpy(zero_copy_only=False))
         hashed = _hash(clicks.take(pa.array(has)))
@@ -205,7 +215,7 @@ class TouchIndex:
             tmp = self.folder / f".{name}{suffix}"
             with tmp.open("wb") as fh:
                 np.save(fh, array)
-            os.replace(tmp, self.folder / f"{name}{suffix}")
+            _durable(tmp, self.folder / f"{name}{suffix}")
         return name
 
     def _merge(self, runs: list[str]) -> list[str]:
@@ -230,11 +240,16 @@ class TouchIndex:
         }
         tmp = self.folder / ".index.json"
         tmp.write_text(json.dumps(doc))
-        os.replace(tmp, self._header)
+        _durable(tmp, self._header)
         keep = set(runs)  # (every other run's files: replaced, merged, another owner's)
         for path in self.folder.glob("run-*"):
             if path.name.split(".")[0] not in keep:
                 path.unlink(missing_ok=True)
+
+    def forget(self) -> None:
+        """Stop trusting the runs (a file found damaged): the next sync builds them again."""
+        with self.locked():
+            self._header.unlink(missing_ok=True)
 
     # -- reading ---------------------------------------------------------------------------
     def _table(self, run: str) -> pa.Table:
@@ -297,6 +312,21 @@ class TouchIndex:
         if not parts:
             return con.execute(_select("WHERE false")).fetch_arrow_table().select(list(COLUMNS))
         return pa.concat_tables(parts, promote_options="permissive")
+
+
+def _durable(tmp: Path, final: Path) -> None:
+    """Put the written file ``tmp`` in place as ``final``, on disk first (a run named by the
+    header is never a file cut short by a crash)."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, final)
+
+
+#: What reading damaged runs raises (the caller then reads the table instead).
+DAMAGED = (OSError, ValueError, pa.ArrowException)
 
 
 def _column(table: pa.Table, name: str) -> npt.NDArray[Any]:
