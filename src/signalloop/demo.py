@@ -131,7 +131,13 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     for stale in (db, Path(str(db) + ".wal")):
         stale.unlink(missing_ok=True)
-    for folder in (data_dir, out / "signalloop.models", out / "signalloop.runs", out / "report"):
+    for folder in (
+        data_dir,
+        out / "signalloop.models",
+        out / "signalloop.runs",
+        out / "signalloop.touches",
+        out / "report",
+    ):
         if folder.exists():
             shutil.rmtree(folder)
     report = progress or (lambda label, frac: None)

@@ -225,7 +225,13 @@ def run_connected_demo(
     out.mkdir(parents=True, exist_ok=True)
     for stale in (db, Path(str(db) + ".wal")):
         stale.unlink(missing_ok=True)
-    for folder in (data_dir, platform_dir, out / "signalloop.models", out / "signalloop.runs"):
+    for folder in (
+        data_dir,
+        platform_dir,
+        out / "signalloop.models",
+        out / "signalloop.runs",
+        out / "signalloop.touches",
+    ):
         if folder.exists():
             shutil.rmtree(folder)
     if (out / "report").exists():
