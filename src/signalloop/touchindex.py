@@ -7,22 +7,26 @@ click id of every touchpoint to find them (32M rows at 1,000 campaigns and 89 da
 that at 179 days: the largest part of a next day that grows with the history). This index
 keeps what that pass reads of each touchpoint (``touch_id``, ``click_id``, ``user_id``,
 ``campaign_id``, ``ts``, ``adset_id``, ``creative_id``) in runs sorted by DuckDB's 64-bit
-``hash`` of the user id, with a second order by the click id's hash, as memory-mapped Arrow
-and NumPy files in a folder beside the workspace (``<stem>.touches``). A lookup hashes the
-asked keys, binary-searches each run, and reads only the rows that match; the rows are then
-checked against the keys themselves (:func:`lookup` returns candidates; the caller filters
-them by the ids as it filtered the table), so two keys sharing a hash cost a row, never a
-wrong answer.
+``hash`` of the user id, with a second order by the click id's hash and the touch ids'
+hashes sorted (what an ingest asks before it lands a file: :meth:`TouchIndex.holds_any_key`),
+as memory-mapped Arrow and NumPy files in a folder beside the workspace (``<stem>.touches``).
+A lookup hashes the asked keys, binary-searches each run, and reads only the rows that
+match; the rows are then checked against the keys themselves (:meth:`TouchIndex.lookup`
+returns candidates; the caller filters them by the ids as it filtered the table), so two
+keys sharing a hash cost a row, never a wrong answer.
 
 The runs are trusted only when they were written for this workspace (an id kept in its
 ``meta`` table, so a file replaced by another workspace's is not taken for it), for the
 touchpoints as they are (:meth:`~signalloop.store.Workspace.ingest_state`, which every ingest
 changes), by this format and by the same DuckDB version (its hash may change). Rows ingested
 since are added as a new run (:meth:`TouchIndex.sync`); anything else (rows removed or
-rewritten) builds the runs again from the table, in chunks, so memory stays bounded. The
-newest runs are merged while the newer is at least half the older's size and both are below
-:data:`MERGE_ROWS`, so a key is merged a few times in all and a lookup reads a few dozen runs
-at most. The folder can be deleted at any time: it is made again.
+rewritten) builds the runs again from the table, in chunks of :data:`CHUNK_ROWS`, so memory
+stays bounded. The newest runs are merged while the newer is at least half the older's size
+and the older below :data:`MERGE_ROWS`, so a key is merged a few times in all. A lookup
+searches every run, about one per 4M touchpoints, so its cost still grows with the history,
+more slowly than a pass over the table's ids (0.50 s at 9 runs, 0.82-0.95 s at 17, at 1,000
+campaigns). A run found damaged (a file cut short) is read around by the callers, which then
+:meth:`TouchIndex.forget` the runs; the folder can be deleted at any time: it is made again.
 
 >>> import duckdb, tempfile
 >>> from pathlib import Path
