@@ -361,12 +361,11 @@ def settings_from_dict(doc: dict[str, Any], source: str = "<dict>") -> Settings:
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ConfigError(f"{source}: [models] horizon_days.{k} must be a positive integer")
     push = push_from(doc["push"], source) if "push" in doc else PushSettings()
+    settle_days, crm_settle_days = _nowcast_from(doc.get("nowcast", {}), source)
     return replace(
         s,
-        settle_days=_settle_from(doc.get("nowcast", {}), source, "settle_days", SETTLE_DAYS),
-        crm_settle_days=_settle_from(
-            doc.get("nowcast", {}), source, "crm_settle_days", CRM_SETTLE_DAYS
-        ),
+        settle_days=settle_days,
+        crm_settle_days=crm_settle_days,
         checks={k: dict(v) for k, v in checks.items()},
         models={"horizon_days": dict(horizon)}
         | ({"max_frame_rows": cap} if cap is not None else {}),
@@ -383,17 +382,21 @@ def settings_from_dict(doc: dict[str, Any], source: str = "<dict>") -> Settings:
     )
 
 
-def _settle_from(nc: Any, source: str, key: str, default: int) -> int | None:
-    """``[nowcast] settle_days`` or ``crm_settle_days``: a whole number of days, 0 for never
-    (``None``)."""
-    if not isinstance(nc, dict) or set(nc) - {"settle_days", "crm_settle_days"}:
+def _nowcast_from(nc: Any, source: str) -> tuple[int | None, int | None]:
+    """``[nowcast]``: ``settle_days`` and ``crm_settle_days``, each a whole number of days, 0
+    for never (``None``)."""
+    defaults = {"settle_days": SETTLE_DAYS, "crm_settle_days": CRM_SETTLE_DAYS}
+    if not isinstance(nc, dict) or set(nc) - set(defaults):
         raise ConfigError(f"{source}: [nowcast] takes settle_days and crm_settle_days, got {nc!r}")
-    v = nc.get(key, default)
-    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-        raise ConfigError(
-            f"{source}: [nowcast] {key} must be a whole number of days (0: never), got {v!r}"
-        )
-    return v or None
+    out: list[int | None] = []
+    for key, default in defaults.items():
+        v = nc.get(key, default)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ConfigError(
+                f"{source}: [nowcast] {key} must be a whole number of days (0: never), got {v!r}"
+            )
+        out.append(v or None)
+    return out[0], out[1]
 
 
 def _serve_from(serve: Any, source: str) -> ServeSettings:
