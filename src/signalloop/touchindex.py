@@ -170,29 +170,29 @@ class TouchIndex:
                 seen = int(doc["state"][1])
                 new = self._write_run(con, f"WHERE _ingest_id > {seen} AND {upto}")
                 try:
-                    kept = self._merge([*runs, *([new] if new else [])])
+                    kept, sizes = self._merge(runs + [r for r, _ in new])
                 except (ValueError, pa.ArrowException):
                     pass  # (a run damaged on disk: all built again below)
                 else:
-                    self._commit(kept, state)
+                    self._commit(kept, state, rows=sum(sizes))
                     return "appended"
-            kept = []
+            kept, rows = [], 0
             # in chunks of the table's rows, each a run (sorted on its own: memory bounded)
             top = con.execute("SELECT max(rowid) FROM touchpoints").fetchone()
             last = -1 if top is None or top[0] is None else int(top[0])
             for lo in range(0, last + 1, CHUNK_ROWS):
-                name = self._write_run(
+                for name, n in self._write_run(
                     con, f"WHERE rowid BETWEEN {lo} AND {lo + CHUNK_ROWS - 1} AND {upto}"
-                )
-                if name:
+                ):
                     kept.append(name)
-            self._commit(kept, state)
+                    rows += n
+            self._commit(kept, state, rows=rows)
             return "built"
 
-    def _write_run(self, con: duckdb.DuckDBPyConnection, where: str) -> str | None:
-        """One run of the rows ``where`` selects (``None``: there are none)."""
+    def _write_run(self, con: duckdb.DuckDBPyConnection, where: str) -> list[tuple[str, int]]:
+        """The run of the rows ``where`` selects and their count (none when there are none)."""
         table = con.execute(_select(where)).fetch_arrow_table()
-        return self._save(table) if table.num_rows else None
+        return [(self._save(table), table.num_rows)] if table.num_rows else []
 
     def _save(self, table: pa.Table) -> str:
         """Write a run sorted by user hash: its rows, and its click order beside them."""
@@ -222,8 +222,9 @@ class TouchIndex:
             _durable(tmp, self.folder / f"{name}{suffix}")
         return name
 
-    def _merge(self, runs: list[str]) -> list[str]:
-        """Merge the newest two while the newer is at least half the older (both small)."""
+    def _merge(self, runs: list[str]) -> tuple[list[str], list[int]]:
+        """Merge the newest two while the newer is at least half the older and the older is
+        below :data:`MERGE_ROWS`; the runs and their sizes."""
         sizes = [self._rows(r) for r in runs]
         while len(runs) >= 2 and 2 * sizes[-1] >= sizes[-2] and sizes[-2] < MERGE_ROWS:
             both = pa.concat_tables([self._table(runs[-2]), self._table(runs[-1])])
@@ -231,16 +232,16 @@ class TouchIndex:
             order = np.argsort(both.column("uh").to_numpy(), kind="stable")
             merged = self._save(both.take(pa.array(order)))
             runs, sizes = [*runs[:-2], merged], [*sizes[:-2], sizes[-2] + sizes[-1]]
-        return runs
+        return runs, sizes
 
-    def _commit(self, runs: list[str], state: list[int]) -> None:
+    def _commit(self, runs: list[str], state: list[int], *, rows: int) -> None:
         doc = {
             "version": VERSION,
             "duckdb": duckdb.__version__,
             "owner": self.owner,
             "state": state,
             "runs": runs,
-            "rows": int(sum(self._rows(r) for r in runs)),
+            "rows": int(rows),
         }
         tmp = self.folder / ".index.json"
         tmp.write_text(json.dumps(doc))
