@@ -26,6 +26,7 @@ from signalloop.nowcast import (
     _CLICK_NAMES,
     NowcastOptions,
     _by_date,
+    _gamma_poisson,
     _Path,
     _Prediction,
     _r,
@@ -263,3 +264,47 @@ def test_rounding_a_column_at_once_is_rounding_each_cell(xs: list[float], nd: in
 def test_ratios_of_columns_are_the_ratio_of_each_pair(pairs: list[tuple[float, float]]) -> None:
     num, den = [p[0] for p in pairs], [p[1] for p in pairs]
     assert _ratios(num, den, 3) == [_ratio(a, b, 3) for a, b in pairs]
+
+
+@pytest.mark.parametrize(
+    ("shape", "rate", "lam"),
+    [
+        (2.0, 4.0, 0.01),  # an old cohort barely overlapping a window: nearly always 0
+        (0.6, 1.5, 0.8),  # few conversions and much cohort variation: a long tail
+        (300.0, 310.0, 3.0),  # many conversions: nearly Poisson
+        (5.0, 2.0, 4.0),  # q = 2/3: drawn as gamma and Poisson, not inverted
+        (40.0, 41.0, 45.0),  # a mean above 30: drawn as gamma and Poisson
+        (None, None, 0.3),  # no cohort variation: Poisson
+        (None, None, 35.0),
+    ],
+)
+def test_lost_conversions_drawn_by_inversion_follow_their_distribution(
+    shape: float | None, rate: float | None, lam: float
+) -> None:
+    """The conversions an exclusion window hid from a cohort with nothing open are drawn by
+    :func:`~signalloop.nowcast._gamma_poisson`: their frequencies are the negative binomial's
+    (the Poisson's without cohort variation) within 4.5 standard errors, over 200,000 draws,
+    in both of its regimes (inverted, and drawn as they stand), mixed in one call."""
+    from scipy import stats
+
+    n, other = 200_000, 0.05  # a second column, always inverted, mixed in the same call
+    rng = np.random.default_rng(7)
+    lam_arr = np.column_stack([np.full(n, lam), np.full(n, other)])
+    if shape is None or rate is None:
+        x = _gamma_poisson(rng, None, None, lam_arr)
+        dists = [stats.poisson(lam), stats.poisson(other)]
+    else:
+        rate_arr = np.column_stack([np.full(n, rate), np.full(n, 1.0)])
+        x = _gamma_poisson(rng, np.array([shape, 1.5]), rate_arr, lam_arr)
+        dists = [
+            stats.nbinom(shape, rate / (rate + lam)),
+            stats.nbinom(1.5, 1.0 / (1.0 + other)),
+        ]
+    assert x.shape == (n, 2) and x.dtype == np.int64 and (x >= 0).all()
+    for col, dist in enumerate(dists):
+        got = np.bincount(x[:, col], minlength=80)[:80] / n
+        want = dist.pmf(np.arange(80))
+        se = np.sqrt(want * (1 - want) / n) + 1e-6
+        assert np.all(np.abs(got - want) <= 4.5 * se), (col, np.max(np.abs(got - want) / se))
+        mean, var = dist.stats()
+        assert abs(x[:, col].mean() - mean) <= 4.5 * math.sqrt(var / n)

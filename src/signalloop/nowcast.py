@@ -1641,38 +1641,66 @@ def _predict(model: DelayModel, path: _Path, opts: NowcastOptions) -> _Predictio
         return _Open(rows, own, local, rng, maps, b0, lost0, a0, act)
 
     def then(g: int, st: _Open, at: int) -> None:
-        """The campaign's draws, into rows ``at`` on of the stacked draws."""
+        """The campaign's draws, into rows ``at`` on of the stacked draws.
+
+        Its cohorts with open subjects draw their later conversions (and any lost inside an
+        exclusion window); those with none open (settled, or every subject converted or
+        closed) draw only what was lost inside a window, a gamma-Poisson mixture drawn by
+        inversion (:func:`_gamma_poisson`): an old cohort whose follow-up overlaps a window
+        is drawn on every run, and most of its draws are 0.
+        """
         rows, rng, act = st.rows, st.rng, st.act
         grid, w_open, w_all, w_lost = st.maps
-        ids = st.own[act]
         inc, fut = model.curves_by_point(g, grid, n_draws=draws, rng=rng)  # (grid, draws)
-        bs = (w_open[act] @ fut).T
-        lost = np.maximum((w_lost[act] @ inc).T, 0.0)
-        a_s = (w_all[act] @ inc).T - lost
-        k = observed[ids]
-        opn = np.bincount(st.local, n_open[rows], len(st.own))[act]
-        # cohort variation: g | k ~ Gamma(1/phi + k, 1/phi + A), A = expected observed by now
-        if phi > 0:
-            rate = 1.0 / phi + np.maximum(a_s, 0.0)
-            gmult = rng.gamma(np.broadcast_to(1.0 / phi + k, rate.shape), 1.0 / rate)
-            gpoint = (1.0 / phi + k) / (1.0 / phi + np.maximum(st.a0[act], 0.0))
-        else:
-            gmult = np.ones_like(bs)
-            gpoint = np.ones(len(act))
-        prob = np.clip(gmult * bs / np.maximum(opn, 1e-12), 0.0, 1.0)
-        add = rng.binomial(np.broadcast_to(np.round(opn).astype(np.int64), prob.shape), prob)
-        if lost.any():  # (a mean of 0 draws nothing from the stream: skipping it is exact)
-            add = add + rng.poisson(gmult * lost)  # happened inside an exclusion window, unseen
-        point_add = gpoint * (st.b0[act] + st.lost0[act])
+        opn_all = np.bincount(st.local, n_open[rows], len(st.own))[act]
+        shut = opn_all <= 0
         vm, vsd = float(path.value_mean[g]), float(path.value_sd[g])
-        noise = rng.standard_normal(add.shape) * np.sqrt(add) * vsd
-        # each campaign writes only its own cohorts' rows of the stacked draws, a cohort's
-        # draws contiguous (transposed here, in blocks on the threads)
-        end = at + len(act)
-        counts[at:end] = (k + add).T
-        values[at:end] = (obs_value[ids] + np.maximum(add * vm + noise, 0.0)).T
-        expected[ids] = k + point_add
-        expected_value[ids] = obs_value[ids] + point_add * vm
+        # the open cohorts, then the shut ones (each its own rows of the stacked draws)
+        for part, sel in ((0, np.nonzero(~shut)[0]), (1, np.nonzero(shut)[0])):
+            if not len(sel):
+                continue
+            cols = act[sel]
+            ids = st.own[cols]
+            k = observed[ids]
+            lost = np.maximum((w_lost[cols] @ inc).T, 0.0)
+            a_s = (w_all[cols] @ inc).T - lost
+            # cohort variation: g | k ~ Gamma(1/phi + k, 1/phi + A), A = expected by now
+            shape = 1.0 / phi + k if phi > 0 else None
+            rate = 1.0 / phi + np.maximum(a_s, 0.0) if phi > 0 else None
+            if part:  # nothing open: only what an exclusion window hid, Poisson(g * lost)
+                add = _gamma_poisson(rng, shape, rate, lost)
+            else:
+                bs = (w_open[cols] @ fut).T
+                opn = opn_all[sel]
+                if shape is not None and rate is not None:
+                    gmult = rng.gamma(np.broadcast_to(shape, rate.shape), 1.0 / rate)
+                else:
+                    gmult = np.ones_like(bs)
+                prob = np.clip(gmult * bs / np.maximum(opn, 1e-12), 0.0, 1.0)
+                n_bin = np.broadcast_to(np.round(opn).astype(np.int64), prob.shape)
+                add = rng.binomial(n_bin, prob)
+                if lost.any():  # (a mean of 0 draws nothing from the stream: skip it)
+                    add = add + rng.poisson(gmult * lost)  # inside an exclusion window, unseen
+            gpoint = (
+                (1.0 / phi + k) / (1.0 / phi + np.maximum(st.a0[cols], 0.0))
+                if phi > 0
+                else np.ones(len(cols))
+            )
+            point_add = gpoint * (st.b0[cols] + st.lost0[cols])
+            # the value's noise, N(0, add) * sd: drawn only where something was added
+            value = np.zeros(add.shape)
+            some = add > 0
+            n_some = int(np.count_nonzero(some))
+            if n_some:
+                x = add[some]
+                value[some] = x * vm + rng.standard_normal(n_some) * np.sqrt(x) * vsd
+            # each campaign writes only its own cohorts' rows of the stacked draws, a
+            # cohort's draws contiguous (transposed here, on the threads)
+            out = at + sel if len(sel) < len(act) else slice(at, at + len(act))
+            counts[out] = (k + add).T
+            values[out] = (obs_value[ids] + np.maximum(value, 0.0)).T
+            expected[ids] = k + point_add
+            expected_value[ids] = obs_value[ids] + point_add * vm
 
     groups = range(len(path.groups))
     with ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 2)) as pool:
@@ -1690,6 +1718,64 @@ def _predict(model: DelayModel, path: _Path, opts: NowcastOptions) -> _Predictio
     return _Prediction(
         expected, expected_value, _f(counts.T), _f(values.T), phi, ids.astype(np.int64)
     )
+
+
+def _gamma_poisson(
+    rng: np.random.Generator, shape: FloatArray | None, rate: FloatArray | None, lam: FloatArray
+) -> npt.NDArray[np.int64]:
+    """Draws of ``Poisson(g * lam)`` with ``g ~ Gamma(shape, 1 / rate)`` (``shape`` per
+    column, ``rate`` and ``lam`` per element; ``shape=None``: ``g = 1``), mostly by inversion
+    of their negative binomial (Poisson) distribution: one uniform per draw.
+
+    The count is the first ``n`` whose cumulative probability passes the uniform, built up by
+    ``P(n + 1) = P(n) (shape + n) / (n + 1) q`` from ``P(0) = (1 - q)^shape``, ``q = lam /
+    (rate + lam)`` (without ``g``: ``P(n + 1) = P(n) lam / (n + 1)`` from ``exp(-lam)``).
+    Inverted where the mean is at most 30 and ``q`` at most 1/2, so that ``P(0)`` is above
+    1e-13 and the tail halves at each step: the loop is short and stops once a step adds
+    less than 1e-17 (past the mode; what is left beyond is below 2e-17). Elsewhere ``g`` and
+    the count are drawn as they stand (after the uniforms).
+
+    >>> rng = np.random.default_rng(0)
+    >>> x = _gamma_poisson(rng, np.full(4, 2.0), np.full((20000, 4), 4.0), np.ones((20000, 4)))
+    >>> round(float(x.mean()), 2), round(float(x.var()), 2)  # 2 / 4, and + 0.5 ** 2 / 2
+    (0.5, 0.62)
+    """
+    lam = np.asarray(lam, dtype=float)
+    flat = lam.ravel()
+    out = np.zeros(flat.shape, dtype=np.int64)
+    a: FloatArray | None = None
+    r = flat  # (the rates, with a gamma)
+    if shape is None or rate is None:
+        q, mean = flat, flat
+        logp0 = -flat
+        easy = mean <= 30.0
+    else:
+        r = np.broadcast_to(rate, lam.shape).ravel()
+        a = np.broadcast_to(shape, lam.shape).ravel()
+        q = flat / (r + flat)
+        mean = a * flat / r
+        logp0 = a * np.log1p(-np.minimum(q, 0.5))
+        easy = (mean <= 30.0) & (q <= 0.5)
+    u = rng.random(flat.shape)
+    p = np.exp(logp0)
+    idx = np.nonzero(easy & (u >= p))[0]  # (the others are 0, or drawn below)
+    u, p, q_i = u[idx], p[idx], q[idx]
+    a_i = a[idx] if a is not None else None
+    cdf, n = p.copy(), 0
+    while len(idx):
+        n += 1
+        p = p * (q_i / n if a_i is None else (a_i + (n - 1)) / n * q_i)
+        cdf += p
+        out[idx] = n
+        more = (u >= cdf) & (p >= 1e-17)
+        if not more.all():
+            idx, u, p, q_i, cdf = idx[more], u[more], p[more], q_i[more], cdf[more]
+            a_i = a_i[more] if a_i is not None else None
+    hard = np.nonzero(~easy)[0]
+    if len(hard):
+        g = 1.0 if a is None else rng.gamma(a[hard], 1.0 / r[hard])
+        out[hard] = rng.poisson(g * flat[hard])
+    return out.reshape(lam.shape)
 
 
 def _bucket_maps(
@@ -1717,9 +1803,16 @@ def _bucket_maps(
     grid = model.grid(g, np.concatenate([t, *(x for x, _ in shifted)]))
     w_open = interpolation(grid, t, n_open, cohort, n_cohorts)
     w_all = interpolation(grid, t, n_all, cohort, n_cohorts)
-    w_lost = interpolation(grid, t[:0], n_all[:0], cohort[:0], n_cohorts)
-    for x, sign in shifted:
-        w_lost = w_lost + interpolation(grid, x, sign * n_all, cohort, n_cohorts)
+    # every window's two shifted copies in one map (its duplicate entries added up): a sum
+    # of one map per copy grew a new matrix per copy, and a campaign with a dozen windows
+    # paid for it a dozen times
+    w_lost = interpolation(
+        grid,
+        np.concatenate([x for x, _ in shifted]) if shifted else t[:0],
+        np.concatenate([sign * n_all for _, sign in shifted]) if shifted else n_all[:0],
+        np.tile(cohort, len(shifted)),
+        n_cohorts,
+    )
     return grid, w_open, w_all, w_lost
 
 
