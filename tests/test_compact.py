@@ -197,3 +197,40 @@ def test_cli(tmp_path: Path) -> None:
     assert text.exit_code == 0 and "rewritten" in text.stdout
     bad = runner.invoke(app, ["compact", "--db", str(tmp_path / "none.duckdb"), "--json"])
     assert bad.exit_code == 2 and "not a DuckDB file" in bad.output
+
+
+def test_the_touch_index_is_folded_back_into_one_run(tmp_path: Path) -> None:
+    """Each touchpoints ingest adds a run to the touch index; compact builds it again as one
+    run, which the next refresh finds current and reads the same touchpoints from."""
+    from signalloop import touchindex
+    from signalloop.attribution import ATTRIBUTION_STATE, refresh_attribution
+
+    from .test_touchindex import touch_csv
+
+    def write(name: str, ids: range) -> Path:
+        return touch_csv(tmp_path / name, ids)
+
+    db = tmp_path / "w.duckdb"
+    with Workspace(db) as ws:
+        ingest_file(ws, "touchpoints", write("a.csv", range(0, 400)))
+        assert refresh_attribution(ws)
+        for day in range(1, 6):  # small daily files: runs of very different sizes
+            ingest_file(ws, "touchpoints", write(f"d{day}.csv", range(400 * day, 400 * day + 9)))
+        index = touchindex.for_workspace(ws)
+        assert index is not None and index.runs() > 1
+        runs = index.runs()
+        users = [f"u{i}" for i in range(7)]
+        before = sorted(index.lookup(ws.con, users=users).column("touch_id").to_pylist())
+    done = compact(db)
+    assert done["touch_index"] == {"runs_before": runs, "runs": 1, "refresh": "built"}
+    with Workspace(db) as ws:
+        index = touchindex.for_workspace(ws)
+        assert index is not None and index.runs() == 1
+        after = sorted(index.lookup(ws.con, users=users).column("touch_id").to_pylist())
+        assert after == before and len(after) == 400 + 5 * 9
+        assert refresh_attribution(ws)
+        assert ws.read_meta(ATTRIBUTION_STATE)["touch_index"] == "current"
+    # without an index (none built yet), nothing is built
+    empty = tmp_path / "e.duckdb"
+    Workspace(empty).close()
+    assert compact(empty)["touch_index"] is None

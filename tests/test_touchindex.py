@@ -57,6 +57,14 @@ def _add(con: duckdb.DuckDBPyConnection, rng: np.random.Generator, n: int, inges
     con.executemany("INSERT INTO touchpoints VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
 
+def touch_csv(path: Path, ids: range) -> Path:
+    """A touchpoints CSV of touch ids ``t<i>`` (seven users, three campaigns, a click each)."""
+    lines = ["touch_id,ts,user_id,click_id,campaign_id"]
+    lines += [f"t{i},2026-01-02T10:00:00,u{i % 7},k{i},c{i % 3}" for i in ids]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def _state(con: duckdb.DuckDBPyConnection) -> list[int]:
     row = con.execute("SELECT count(*), coalesce(max(_ingest_id), -1) FROM touchpoints").fetchone()
     assert row is not None
@@ -104,7 +112,7 @@ def _assert_finds(
 def test_lookups_equal_the_tables_filter_through_builds_appends_and_merges(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(touchindex, "CHUNK_ROWS", 700)  # a build in several runs
+    monkeypatch.setattr(touchindex, "BATCH_ROWS", 700)  # a build in several batches
     monkeypatch.setattr(touchindex, "MERGE_ROWS", 900)
     rng = np.random.default_rng(3)
     con = duckdb.connect()
@@ -112,7 +120,10 @@ def test_lookups_equal_the_tables_filter_through_builds_appends_and_merges(
     _add(con, rng, 2000, 1)
     index = TouchIndex(tmp_path / "ws.touches", owner="w1")
     assert index.sync(con, _state(con)) == "built"
-    assert len(json.loads((tmp_path / "ws.touches" / "index.json").read_text())["runs"]) == 3
+    runs = json.loads((tmp_path / "ws.touches" / "index.json").read_text())["runs"]
+    assert len(runs) == 1  # one run, written batch by batch
+    arrow = pa.ipc.open_file(pa.memory_map(str(tmp_path / "ws.touches" / f"{runs[0]}.arrow")))
+    assert arrow.num_record_batches == 3
     _assert_finds(index, con, rng)
     assert index.sync(con, _state(con)) == "current"
     for ingest in range(2, 9):  # daily ingests: each a run, the small ones merged
@@ -121,7 +132,7 @@ def test_lookups_equal_the_tables_filter_through_builds_appends_and_merges(
         _assert_finds(index, con, rng)
     doc = json.loads((tmp_path / "ws.touches" / "index.json").read_text())
     assert doc["rows"] == _state(con)[0]
-    assert len(doc["runs"]) < 3 + 7  # some were merged
+    assert len(doc["runs"]) < 1 + 7  # some were merged
     files = {p.name.split(".")[0] for p in (tmp_path / "ws.touches").glob("run-*")}
     assert files == set(doc["runs"])  # (merged runs' files are gone)
     # rows removed: not an append, built again
@@ -199,11 +210,7 @@ def test_an_ingest_looks_up_only_the_ids_the_index_may_hold(tmp_path: Path) -> N
     from signalloop.ingest import ingest_file
 
     def write(name: str, ids: range) -> Path:
-        path = tmp_path / name
-        lines = ["touch_id,ts,user_id,click_id,campaign_id"]
-        lines += [f"t{i},2026-01-02T10:00:00,u{i % 7},k{i},c{i % 3}" for i in ids]
-        path.write_text("\n".join(lines) + "\n")
-        return path
+        return touch_csv(tmp_path / name, ids)
 
     with Workspace(tmp_path / "ws.duckdb") as ws:
         assert ingest_file(ws, "touchpoints", write("a.csv", range(0, 50))).rows_loaded == 50

@@ -128,6 +128,7 @@ def compact(db: str | Path | None = None, *, progress: Progress | None = None) -
         con.execute(f"DETACH {new}")
         os.replace(target, path)  # (on the same file system: the workspace, whole)
     Path(f"{path}.wal").unlink(missing_ok=True)  # (a clean close leaves none; not the old's)
+    index = _rebuild_touch_index(path, report)
     return {
         "db": path,
         "bytes_before": before,
@@ -137,8 +138,27 @@ def compact(db: str | Path | None = None, *, progress: Progress | None = None) -
         "rewritten_ids": {
             t: [c for c, comp in was[t].items() if comp and comp != ["Uncompressed"]] for t in plain
         },
+        "touch_index": index,
         "seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def _rebuild_touch_index(path: str, report: Progress) -> dict[str, Any] | None:
+    """Build the workspace's touch index again as one run, when it has one (``None`` when
+    not): each ingest adds a run, and a lookup searches every run, so a long run of daily
+    ingests is folded back into one here (:mod:`signalloop.touchindex`)."""
+    from signalloop import touchindex
+
+    with Workspace(path) as ws:
+        index = touchindex.for_workspace(ws)
+        if index is None or index.state() is None:
+            return None
+        before = index.runs()
+        report("building the touch index again", None)
+        index.forget()
+        done = index.sync(ws.con, ws.ingest_state("touchpoints"))
+        report("building the touch index again", 1.0)
+        return {"runs_before": before, "runs": index.runs(), "refresh": done}
 
 
 def _space_needed(con: Any, db: str) -> int:

@@ -20,12 +20,14 @@ The runs are trusted only when they were written for this workspace (an id kept 
 touchpoints as they are (:meth:`~signalloop.store.Workspace.ingest_state`, which every ingest
 changes), by this format and by the same DuckDB version (its hash may change). Rows ingested
 since are added as a new run (:meth:`TouchIndex.sync`); anything else (rows removed or
-rewritten) builds the runs again from the table, in chunks of :data:`CHUNK_ROWS`, so memory
-stays bounded. The newest runs are merged while the newer is at least half the older's size
-and the older below :data:`MERGE_ROWS`, so a key is merged a few times in all. A lookup
-searches every run, about one per 4M touchpoints, so its cost still grows with the history,
-more slowly than a pass over the table's ids (0.50 s at 9 runs, 0.82-0.95 s at 17, at 1,000
-campaigns). A run found damaged (a file cut short) is read around by the callers, which then
+rewritten) builds the index again from the table as one run, read from DuckDB in the users'
+order and written in batches of :data:`BATCH_ROWS`, so memory stays bounded. The user hashes
+of a run are a sorted array of their own (``.users.npy``), so a lookup's binary searches read
+a few pages per key of one array, not every page of one array per chunk of the history. The
+newest runs are merged while the newer is at least half the older's size and the older below
+:data:`MERGE_ROWS`, so a key is merged a few times in all; the runs the daily ingests add
+(about one per 4M touchpoints) are folded back into one by ``signalloop compact``. A run
+found damaged (a file cut short) is read around by the callers, which then
 :meth:`TouchIndex.forget` the runs; the folder can be deleted at any time: it is made again.
 
 >>> import duckdb, tempfile
@@ -61,19 +63,25 @@ import duckdb
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from signalloop.store import Workspace
 
 #: Bump when the runs change meaning: stored ones are then built again.
-VERSION = 2
-#: A run's files: its rows, its click order, its touch ids' hashes.
-_SUFFIXES = (".arrow", ".clicks.npy", ".keys.npy")
+VERSION = 3
+#: A run's files: its rows, their user hashes, its click order, its touch ids' hashes.
+_SUFFIXES = (".arrow", ".users.npy", ".clicks.npy", ".keys.npy")
 #: What a run holds of each touchpoint, as the attribution's pass reads it.
 COLUMNS = ("touch_id", "click_id", "user_id", "campaign_id", "ts", "adset_id", "creative_id")
 #: The columns of few values, stored as dictionaries.
 FEW = ("campaign_id", "adset_id", "creative_id")
-#: Rows read from the table per run when the runs are built again (memory stays bounded).
-CHUNK_ROWS = 4_000_000
+#: Rows per record batch when the runs are built again: the table is read in its user-hash
+#: order as a stream of batches, written one after the other into a single run (memory
+#: stays bounded; DuckDB sorts out of core within its memory limit).
+BATCH_ROWS = 1_000_000
+#: DuckDB's memory limit while it sorts the touchpoints for a build (the rest of the build's
+#: memory is the hashes, 24 bytes a touchpoint).
+BUILD_MEMORY = "1GB"
 #: Runs this large are not merged further.
 MERGE_ROWS = 4_000_000
 #: The ``meta`` key of the workspace's id, which the runs record.
@@ -98,10 +106,12 @@ def for_workspace(ws: Workspace) -> TouchIndex | None:
     return TouchIndex(p.with_name(p.stem + ".touches"), owner=str(owner))
 
 
-def _select(where: str) -> str:
-    """The rows of the touchpoints a run holds, with their hashes, sorted by the user's."""
+def _select(where: str, *, hashes: bool = False) -> str:
+    """The rows of the touchpoints a run holds, with their user hash (``uh``), sorted by it;
+    ``hashes``: also each click id's (``ch``) and touch id's (``th``, ``''`` for none)."""
     cols = ", ".join(COLUMNS)
-    return f"SELECT hash(user_id) AS uh, {cols} FROM touchpoints {where} ORDER BY uh, rowid"
+    more = ", hash(click_id) AS ch, hash(coalesce(touch_id, '')) AS th" if hashes else ""
+    return f"SELECT hash(user_id) AS uh, {cols}{more} FROM touchpoints {where} ORDER BY uh, rowid"
 
 
 class TouchIndex:
@@ -128,6 +138,11 @@ class TouchIndex:
         if not all((self.folder / name).exists() for name in files):
             return None  # (a run's file gone: built again)
         return dict(doc)
+
+    def runs(self) -> int:
+        """How many runs a lookup searches (0: none usable)."""
+        doc = self._read()
+        return 0 if doc is None else len(doc["runs"])
 
     def state(self) -> list[int] | None:
         """The touchpoints' ingest state the runs hold (``None``: no usable runs)."""
@@ -176,26 +191,96 @@ class TouchIndex:
                 else:
                     self._commit(kept, state, rows=sum(sizes))
                     return "appended"
-            kept, rows = [], 0
-            # in chunks of the table's rows, each a run (sorted on its own: memory bounded)
-            top = con.execute("SELECT max(rowid) FROM touchpoints").fetchone()
-            last = -1 if top is None or top[0] is None else int(top[0])
-            for lo in range(0, last + 1, CHUNK_ROWS):
-                for name, n in self._write_run(
-                    con, f"WHERE rowid BETWEEN {lo} AND {lo + CHUNK_ROWS - 1} AND {upto}"
-                ):
-                    kept.append(name)
-                    rows += n
-            self._commit(kept, state, rows=rows)
+            # one run of every row, streamed in the users' order (a lookup then searches one
+            # sorted array, not one per chunk of the history)
+            built = self._build_run(con, f"WHERE {upto}")
+            self._commit([r for r, _ in built], state, rows=sum(n for _, n in built))
             return "built"
 
     def _write_run(self, con: duckdb.DuckDBPyConnection, where: str) -> list[tuple[str, int]]:
         """The run of the rows ``where`` selects and their count (none when there are none)."""
         table = con.execute(_select(where)).fetch_arrow_table()
-        return [(self._save(table), table.num_rows)] if table.num_rows else []
+        users = np.asarray(table.column("uh").to_numpy(), dtype=np.uint64)
+        table = table.select(list(COLUMNS))
+        return [(self._save(table, users), table.num_rows)] if table.num_rows else []
 
-    def _save(self, table: pa.Table) -> str:
-        """Write a run sorted by user hash: its rows, and its click order beside them."""
+    def _build_run(self, con: duckdb.DuckDBPyConnection, where: str) -> list[tuple[str, int]]:
+        """One run of the rows ``where`` selects, read from DuckDB sorted, in batches of
+        :data:`BATCH_ROWS` (each written as it comes); none when there are none.
+
+        Memory holds one batch and the click and touch hashes (16 and 8 bytes a row, sorted
+        at the end); the users' hashes go straight to their file. The few-valued columns are
+        coded against one dictionary each, read first, as an Arrow file's batches share it.
+        """
+        found = con.execute(f"SELECT count(*) FROM touchpoints {where}").fetchone()
+        n = int(found[0]) if found else 0
+        if not n:
+            return []
+        codes = {
+            c: con.execute(
+                f"SELECT DISTINCT {c} FROM touchpoints {where} AND {c} IS NOT NULL ORDER BY 1"
+            )
+            .fetch_arrow_table()
+            .column(0)
+            .combine_chunks()
+            for c in FEW
+        }
+        name = f"run-{uuid.uuid4().hex}"
+        tmp = {sfx: self.folder / f".{name}{sfx}" for sfx in _SUFFIXES}
+        users = np.lib.format.open_memmap(tmp[".users.npy"], "w+", np.uint64, (n,))
+        # filled as the batches come (no list of parts concatenated: half the memory)
+        click_h, click_at, touch_h = (np.empty(n, np.uint64) for _ in range(3))
+        at = clicked = 0
+        limit = con.execute("SELECT current_setting('memory_limit')").fetchone()
+        # DuckDB sorts within a smaller share of memory here (spilling to its temporary
+        # folder), as the hashes above take their part
+        con.execute(f"SET memory_limit = '{BUILD_MEMORY}'")
+        try:
+            reader = con.execute(_select(where, hashes=True)).to_arrow_reader(BATCH_ROWS)
+            with pa.OSFile(str(tmp[".arrow"]), "wb") as sink:
+                writer = None
+                for batch in reader:
+                    m = batch.num_rows
+                    if not m:
+                        continue
+                    if at + m > n:  # (rows came that the count did not see)
+                        raise ValueError(f"the touchpoints changed while indexed: {n}")
+                    users[at : at + m] = batch.column("uh").to_numpy()
+                    has = np.flatnonzero(batch.column("click_id").is_valid().to_numpy(False))
+                    end = clicked + len(has)
+                    click_h[clicked:end] = batch.column("ch").to_numpy()[has]
+                    click_at[clicked:end] = has + at
+                    touch_h[at : at + m] = batch.column("th").to_numpy()
+                    table = _coded(pa.Table.from_batches([batch]).select(list(COLUMNS)), codes)
+                    if writer is None:
+                        writer = pa.ipc.new_file(sink, table.schema)
+                    writer.write_table(table, max_chunksize=m)
+                    at, clicked = at + m, end
+                if writer is not None:
+                    writer.close()
+        finally:
+            if limit is not None:
+                con.execute(f"SET memory_limit = '{limit[0]}'")
+        if at != n:
+            raise ValueError(f"the touchpoints changed while indexed: {at} of {n}")
+        users.flush()
+        del users
+        order = np.argsort(click_h[:clicked], kind="stable")
+        pairs = np.empty((2, clicked), np.uint64)
+        np.take(click_h, order, out=pairs[0])
+        np.take(click_at, order, out=pairs[1])
+        del click_h, click_at, order
+        touch_h.sort()
+        for sfx, array in ((".clicks.npy", pairs), (".keys.npy", touch_h)):
+            with tmp[sfx].open("wb") as fh:
+                np.save(fh, array)
+        for sfx in _SUFFIXES:
+            _durable(tmp[sfx], self.folder / f"{name}{sfx}")
+        return [(name, n)]
+
+    def _save(self, table: pa.Table, users: Hashes) -> str:
+        """Write a run sorted by user hash (``users``, one per row): its rows, their user
+        hashes, and its click order beside them."""
         table = table.unify_dictionaries().combine_chunks()
         for name in FEW:  # (campaigns, ad sets, creatives: a few thousand values, coded)
             at = table.schema.get_field_index(name)
@@ -207,6 +292,10 @@ class TouchIndex:
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
             w.write_table(table, max_chunksize=max(table.num_rows, 1))
         _durable(tmp, self.folder / f"{name}.arrow")
+        tmp = self.folder / f".{name}.users.npy"
+        with tmp.open("wb") as fh:
+            np.save(fh, np.asarray(users, dtype=np.uint64))
+        _durable(tmp, self.folder / f"{name}.users.npy")
         clicks = table.column("click_id")
         has = np.flatnonzero(clicks.is_valid().to_numpy(zero_copy_only=False))
         hashed = _hash(clicks.take(pa.array(has)))
@@ -228,9 +317,10 @@ class TouchIndex:
         sizes = [self._rows(r) for r in runs]
         while len(runs) >= 2 and 2 * sizes[-1] >= sizes[-2] and sizes[-2] < MERGE_ROWS:
             both = pa.concat_tables([self._table(runs[-2]), self._table(runs[-1])])
+            uh = np.concatenate([self._users(runs[-2]), self._users(runs[-1])])
             # (stable: rows of one user hash keep their runs' order, the older first)
-            order = np.argsort(both.column("uh").to_numpy(), kind="stable")
-            merged = self._save(both.take(pa.array(order)))
+            order = np.argsort(uh, kind="stable")
+            merged = self._save(both.take(pa.array(order)), uh[order])
             runs, sizes = [*runs[:-2], merged], [*sizes[:-2], sizes[-2] + sizes[-1]]
         return runs, sizes
 
@@ -261,10 +351,20 @@ class TouchIndex:
         source = pa.memory_map(str(self.folder / f"{run}.arrow"), "r")
         return pa.ipc.open_file(source).read_all()
 
+    def _users(self, run: str) -> Hashes:
+        """The run's user hashes, one per row, sorted (mapped, not read)."""
+        users: Hashes = np.load(self.folder / f"{run}.users.npy", mmap_mode="r")
+        if users.dtype != np.uint64 or users.ndim != 1:
+            raise ValueError(f"{run}.users.npy: expected a vector of uint64, got {users.dtype}")
+        return users
+
     def _rows(self, run: str) -> int:
         source = pa.memory_map(str(self.folder / f"{run}.arrow"), "r")
         reader = pa.ipc.open_file(source)
-        return sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+        n = int(sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches)))
+        if len(self._users(run)) != n:
+            raise ValueError(f"{run}: {n} rows but {len(self._users(run))} user hashes")
+        return n
 
     def holds_any_key(self, hashes: npt.ArrayLike) -> bool:
         """Whether any of ``hashes`` (DuckDB's ``hash`` of a touch id, ``''`` for none) is a
@@ -307,13 +407,15 @@ class TouchIndex:
         parts = []
         for run in doc["runs"]:
             table = self._table(run)
-            rows = [_ranges(_column(table, "uh"), u)]
+            rows = [_ranges(self._users(run), u)]
             pairs = np.load(self.folder / f"{run}.clicks.npy", mmap_mode="r")
             rows.append(np.asarray(pairs[1][_ranges(pairs[0], k)], dtype=np.int64))
             both = np.sort(np.concatenate(rows))
             if len(both):
                 both = both[np.r_[True, both[1:] != both[:-1]]]
-                parts.append(table.take(pa.array(both)).select(list(COLUMNS)))
+                if both[-1] >= table.num_rows:
+                    raise ValueError(f"{run}: row {both[-1]} of {table.num_rows}")
+                parts.append(_take(table, both).select(list(COLUMNS)))
         if not parts:
             return con.execute(_select("WHERE false")).fetch_arrow_table().select(list(COLUMNS))
         return pa.concat_tables(parts, promote_options="permissive")
@@ -334,11 +436,32 @@ def _durable(tmp: Path, final: Path) -> None:
 DAMAGED = (OSError, ValueError, pa.ArrowException)
 
 
-def _column(table: pa.Table, name: str) -> npt.NDArray[Any]:
-    """A column as NumPy (a view of the mapped file when it is one chunk)."""
-    col = table.column(name)
-    out: npt.NDArray[Any] = col.chunk(0).to_numpy() if col.num_chunks == 1 else col.to_numpy()
-    return out
+def _take(table: pa.Table, rows: npt.NDArray[np.int64]) -> pa.Table:
+    """The rows ``rows`` (sorted) of a run's table, taken batch by batch: a built run is
+    many batches of the mapped file, and only the asked rows of each are read."""
+    batches = table.to_batches()
+    if len(batches) == 1:
+        return pa.Table.from_batches([batches[0].take(pa.array(rows))])
+    ends = np.cumsum([b.num_rows for b in batches])
+    cut = np.searchsorted(rows, ends[:-1], side="left")
+    starts = np.r_[0, ends[:-1]]
+    taken = [
+        b.take(pa.array(part - s))
+        for b, part, s in zip(batches, np.split(rows, cut), starts, strict=True)
+        if len(part)
+    ]
+    return pa.Table.from_batches(taken, schema=table.schema)
+
+
+def _coded(table: pa.Table, codes: dict[str, pa.Array]) -> pa.Table:
+    """``table`` with each of :data:`FEW` coded against its dictionary in ``codes``."""
+    for name, values in codes.items():
+        at = table.schema.get_field_index(name)
+        col = table.column(at).combine_chunks()
+        index = pc.index_in(col, value_set=values.cast(col.type))
+        coded = pa.DictionaryArray.from_arrays(index, values.cast(col.type))
+        table = table.set_column(at, name, coded)
+    return table
 
 
 def _appended(con: duckdb.DuckDBPyConnection, seen: list[int], now: list[int]) -> bool:
