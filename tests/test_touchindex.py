@@ -217,7 +217,10 @@ def test_an_ingest_looks_up_only_the_ids_the_index_may_hold(tmp_path: Path) -> N
         index = touchindex.for_workspace(ws)
         assert index is not None
         assert index.state() is None  # (built by the first attribution refresh)
+        limit = "SELECT current_setting('memory_limit')"
+        before = ws.con.execute(limit).fetchone()
         assert refresh_attribution(ws)
+        assert ws.con.execute(limit).fetchone() == before  # (the build's limit set back)
         assert index.state() == ws.ingest_state("touchpoints")
         fresh = ingest_file(ws, "touchpoints", write("b.csv", range(50, 80)))
         assert (fresh.rows_loaded, fresh.rows_existing) == (30, 0)

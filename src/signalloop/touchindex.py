@@ -65,7 +65,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from signalloop.store import Workspace
+from signalloop.store import Workspace, memory_limit
 
 #: Bump when the runs change meaning: stored ones are then built again.
 VERSION = 3
@@ -103,7 +103,7 @@ def for_workspace(ws: Workspace) -> TouchIndex | None:
         owner = uuid.uuid4().hex
         ws.write_meta(META_KEY, {"id": owner})
     p = Path(getattr(ws, "local_path", None) or ws.path)
-    return TouchIndex(p.with_name(p.stem + ".touches"), owner=str(owner))
+    return TouchIndex(p.with_name(p.stem + ".touches"), owner=str(owner), memory=memory_limit())
 
 
 def _select(where: str, *, hashes: bool = False) -> str:
@@ -115,11 +115,16 @@ def _select(where: str, *, hashes: bool = False) -> str:
 
 
 class TouchIndex:
-    """The sorted runs of the touchpoints in ``folder``, written for workspace ``owner``."""
+    """The sorted runs of the touchpoints in ``folder``, written for workspace ``owner``.
 
-    def __init__(self, folder: str | Path, *, owner: str) -> None:
+    ``memory``: the connection's DuckDB memory limit, set back after a build sorts within
+    :data:`BUILD_MEMORY` (``None``: the limit as DuckDB shows it, rounded to a tenth of a GiB).
+    """
+
+    def __init__(self, folder: str | Path, *, owner: str, memory: str | None = None) -> None:
         self.folder = Path(folder)
         self.owner = owner
+        self.memory = memory
         self._header = self.folder / "index.json"
 
     # -- the header ------------------------------------------------------------------------
@@ -231,7 +236,8 @@ class TouchIndex:
         # filled as the batches come (no list of parts concatenated: half the memory)
         click_h, click_at, touch_h = (np.empty(n, np.uint64) for _ in range(3))
         at = clicked = 0
-        limit = con.execute("SELECT current_setting('memory_limit')").fetchone()
+        shown = con.execute("SELECT current_setting('memory_limit')").fetchone()
+        limit = self.memory or (str(shown[0]) if shown else None)
         # DuckDB sorts within a smaller share of memory here (spilling to its temporary
         # folder), as the hashes above take their part
         con.execute(f"SET memory_limit = '{BUILD_MEMORY}'")
@@ -260,7 +266,7 @@ class TouchIndex:
                     writer.close()
         finally:
             if limit is not None:
-                con.execute(f"SET memory_limit = '{limit[0]}'")
+                con.execute("SET memory_limit = ?", [limit])
         if at != n:
             raise ValueError(f"the touchpoints changed while indexed: {at} of {n}")
         users.flush()
