@@ -230,6 +230,22 @@ def test_the_touch_index_is_folded_back_into_one_run(tmp_path: Path) -> None:
         assert after == before and len(after) == 400 + 5 * 9
         assert refresh_attribution(ws)
         assert ws.read_meta(ATTRIBUTION_STATE)["touch_index"] == "current"
+    # an index that cannot be written (a full disk) is said; the rewrite stands
+    with Workspace(db) as ws:
+        for day in range(6, 8):
+            ingest_file(ws, "touchpoints", write(f"d{day}.csv", range(400 * day, 400 * day + 9)))
+
+    def full(*_a: Any, **_k: Any) -> str:
+        raise OSError(28, "No space left on device")
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(touchindex.TouchIndex, "sync", full)
+        failed = compact(db)
+    assert failed["touch_index"]["refresh"].startswith("unavailable: OSError")
+    assert failed["touch_index"]["runs"] == 0 and failed["tables"]["touchpoints"] == 463
+    with Workspace(db) as ws:
+        assert refresh_attribution(ws)  # (built again by the refresh)
+        assert ws.read_meta(ATTRIBUTION_STATE)["touch_index"] == "built"
     # without an index (none built yet), nothing is built
     empty = tmp_path / "e.duckdb"
     Workspace(empty).close()

@@ -146,7 +146,9 @@ def compact(db: str | Path | None = None, *, progress: Progress | None = None) -
 def _rebuild_touch_index(path: str, report: Progress) -> dict[str, Any] | None:
     """Build the workspace's touch index again as one run, when it has one (``None`` when
     not): each ingest adds a run, and a lookup searches every run, so a long run of daily
-    ingests is folded back into one here (:mod:`signalloop.touchindex`)."""
+    ingests is folded back into one here (:mod:`signalloop.touchindex`). The workspace is
+    already rewritten: an index that cannot be written (a full disk) is said, not raised,
+    and the next attribution refresh builds it, as it would any lost index."""
     from signalloop import touchindex
 
     with Workspace(path) as ws:
@@ -156,7 +158,10 @@ def _rebuild_touch_index(path: str, report: Progress) -> dict[str, Any] | None:
         before = index.runs()
         report("building the touch index again", None)
         index.forget()
-        done = index.sync(ws.con, ws.ingest_state("touchpoints"))
+        try:
+            done = index.sync(ws.con, ws.ingest_state("touchpoints"))
+        except touchindex.DAMAGED as e:
+            done = f"unavailable: {type(e).__name__}: {e}"
         report("building the touch index again", 1.0)
         return {"runs_before": before, "runs": index.runs(), "refresh": done}
 
