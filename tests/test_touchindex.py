@@ -8,6 +8,7 @@ removed (built again), and for another workspace's or another version's runs (ne
 from __future__ import annotations
 
 import json
+import mmap
 from pathlib import Path
 
 import duckdb
@@ -270,3 +271,140 @@ def test_damaged_runs_are_read_around_and_built_again(tmp_path: Path) -> None:
         ).fetchone()  # type: ignore[misc]
         assert n == distinct
         assert state(ws) == "built"
+
+
+def _asks(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[tuple[int, int]]]:
+    """Every byte range a lookup asks the kernel for, by file name (and still asked)."""
+    asked: dict[str, list[tuple[int, int]]] = {}
+    ask = touchindex._Map._ask
+
+    def record(self: touchindex._Map, lo: np.ndarray, hi: np.ndarray) -> None:
+        asked.setdefault(self.path.name.split(".", 1)[1], []).extend(
+            zip(np.asarray(lo).tolist(), np.asarray(hi).tolist(), strict=True)
+        )
+        ask(self, lo, hi)
+
+    monkeypatch.setattr(touchindex._Map, "_ask", record)
+    return asked
+
+
+def _covered(asked: list[tuple[int, int]], lo: int, hi: int) -> bool:
+    return any(a <= lo and hi <= b for a, b in asked)
+
+
+def test_a_fenced_search_finds_what_a_full_search_finds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The search reads only the stretches its fences name, and finds every position a
+    search of the whole array finds: runs of one hash across stretches, the first and last
+    values, keys below and above them, at every length around a stretch's."""
+    rng = np.random.default_rng(11)
+    fence = touchindex.FENCE
+    asked = _asks(monkeypatch)
+    for n in (1, fence - 1, fence, fence + 1, 5 * fence, 3000):
+        many = np.full(min(n, 2 * fence + 7), 2**63, dtype=np.uint64)  # spans stretches
+        rest = rng.integers(1, 2**64 - 2, max(n - len(many), 0), dtype=np.uint64)
+        values = np.sort(np.concatenate([rest, many]))[:n]
+        path = tmp_path / f"v{n}.npy"
+        np.save(path, values)
+        mapped = touchindex._Map(path)
+        array = mapped.npy()
+        offset = path.stat().st_size - values.nbytes
+        picks = values[rng.integers(0, n, 20)]
+        absent = rng.integers(1, 2**64 - 2, 20, dtype=np.uint64)
+        edges = np.array([0, values[0], values[-1], 2**63, 2**64 - 1], dtype=np.uint64)
+        keys = np.unique(np.concatenate([picks, absent, edges]))
+        asked.clear()
+        got = mapped.search(array, values[::fence], keys)
+        assert got.tolist() == touchindex._ranges(values, keys).tolist()
+        for at in got.tolist():  # (each position found was asked for before it was read)
+            lo = offset + 8 * at
+            assert _covered(asked[f"v{n}.npy".split(".", 1)[1]], lo, lo + 8)
+        with pytest.raises(ValueError, match="fences for"):
+            mapped.search(array, values[:: 2 * fence][:-1] if n > fence else values[:0], keys)
+
+
+def test_a_lookup_asks_for_every_byte_it_takes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rows a lookup takes from a run (over its batches) are asked for ahead, each
+    value's bytes: the fixed-width ones, the strings' offsets and bytes, the validity bits."""
+    monkeypatch.setattr(touchindex, "BATCH_ROWS", 700)
+    rng = np.random.default_rng(7)
+    con = duckdb.connect()
+    con.execute(_TABLE)
+    _add(con, rng, 2000, 1)
+    folder = tmp_path / "ws.touches"
+    index = TouchIndex(folder, owner="w1")
+    index.sync(con, _state(con))
+    asked = _asks(monkeypatch)
+    users = [f"u{int(x)}" for x in rng.integers(0, 400, 30)]
+    clicks = [f"k{int(x)}" for x in rng.integers(0, 6000, 30)]
+    found = set(index.lookup(con, users=users, clicks=clicks).column("touch_id").to_pylist())
+    assert found
+    (run,) = folder.glob("run-*.arrow")
+    mapped = touchindex._Map(run)
+    table = pa.ipc.open_file(pa.BufferReader(mapped.buffer)).read_all()
+    assert table.num_rows == 2000 and len(table.to_batches()) == 3
+    checked = 0
+    for batch in table.to_batches():
+        ids = batch.column("touch_id").to_pylist()
+        for row in (i for i, t in enumerate(ids) if t in found):
+            for column in batch.columns:
+                array = column.indices if pa.types.is_dictionary(column.type) else column
+                bufs = array.buffers()
+                at = [b.address - mapped.buffer.address if b is not None else 0 for b in bufs]
+                r = row + array.offset
+                if bufs[0] is not None:
+                    assert _covered(asked["arrow"], at[0] + r // 8, at[0] + r // 8 + 1)
+                if pa.types.is_string(array.type):
+                    o = np.frombuffer(bufs[1], dtype=np.int32)
+                    assert _covered(asked["arrow"], at[1] + 4 * r, at[1] + 4 * r + 8)
+                    if o[r + 1] > o[r]:
+                        assert _covered(asked["arrow"], at[2] + o[r], at[2] + o[r + 1])
+                else:
+                    w = array.type.bit_width // 8
+                    assert _covered(asked["arrow"], at[1] + w * r, at[1] + w * r + w)
+                checked += 1
+    assert checked >= 7 * len(found)
+
+
+def test_asked_ranges_are_joined_when_close_and_kept_apart_when_far(tmp_path: Path) -> None:
+    """``madvise`` is called from page boundaries, once per group of ranges closer than
+    :data:`~signalloop.touchindex.GAP`, each call covering its group; ranges past the end of
+    the file are cut to it."""
+    path = tmp_path / "f.bin"
+    path.write_bytes(bytes(10 * touchindex.GAP))
+    mapped = touchindex._Map(path)
+    calls: list[tuple[int, int]] = []
+
+    class Recorder:
+        def madvise(self, option: int, start: int, length: int) -> None:
+            calls.append((start, start + length))
+
+    mapped.mm = Recorder()  # type: ignore[assignment]
+    gap, size = touchindex.GAP, 10 * touchindex.GAP
+    lo = np.array([3 * gap + 100, 10, 5000, 3 * gap + 50, 9 * gap + 7], dtype=np.int64)
+    hi = np.array([3 * gap + 4000, 20, 6000, 3 * gap + 60, 11 * gap], dtype=np.int64)
+    mapped._ask(lo, hi)
+    assert all(s % mmap.PAGESIZE == 0 for s, _ in calls)
+    assert len(calls) == 3  # (the first two ranges joined, the two near 3 * GAP joined)
+    for a, b in zip(lo.tolist(), np.minimum(hi, size).tolist(), strict=True):
+        assert _covered(calls, a, b)
+    assert max(e for _, e in calls) == size
+    assert sum(e - s for s, e in calls) < 3 * gap  # (far ranges not read between)
+
+
+@pytest.mark.parametrize("cut", [10, 0])
+def test_a_damaged_fences_file_is_damage(tmp_path: Path, cut: int) -> None:
+    """A run's fences cut short (or emptied) are read as a damaged run (what the callers read
+    around), not an error of another kind."""
+    con = duckdb.connect()
+    con.execute(_TABLE)
+    _add(con, np.random.default_rng(2), 300, 1)
+    index = TouchIndex(tmp_path / "ws.touches", owner="w1")
+    index.sync(con, _state(con))
+    (fences,) = (tmp_path / "ws.touches").glob("run-*.fences.npz")
+    fences.write_bytes(fences.read_bytes()[:cut])
+    with pytest.raises(touchindex.DAMAGED):
+        index.lookup(con, users=["u1"], clicks=["k1"])

@@ -10,10 +10,18 @@ keeps what that pass reads of each touchpoint (``touch_id``, ``click_id``, ``use
 ``hash`` of the user id, with a second order by the click id's hash and the touch ids'
 hashes sorted (what an ingest asks before it lands a file: :meth:`TouchIndex.holds_any_key`),
 as memory-mapped Arrow and NumPy files in a folder beside the workspace (``<stem>.touches``).
-A lookup hashes the asked keys, binary-searches each run, and reads only the rows that
-match; the rows are then checked against the keys themselves (:meth:`TouchIndex.lookup`
-returns candidates; the caller filters them by the ids as it filtered the table), so two
-keys sharing a hash cost a row, never a wrong answer.
+A lookup hashes the asked keys, searches each run, and reads only the rows that match; the
+rows are then checked against the keys themselves (:meth:`TouchIndex.lookup` returns
+candidates; the caller filters them by the ids as it filtered the table), so two keys
+sharing a hash cost a row, never a wrong answer.
+
+What a lookup reads grows with the rows it finds, not with the history. The kernel reads
+megabytes around each page a mapped file touches, so a few rows per user spread over a run
+would read most of the run, and twice as much behind twice the history. A run therefore keeps
+every :data:`FENCE`-th of its sorted hashes (``.fences.npz``, read whole): a search reads only
+the stretches of hashes they name, and the rows' byte ranges in each column are asked for all
+at once, with no readahead around them (:class:`_Map`). When the ranges would cost more than
+reading the whole file, the readahead is turned back on (BENCHMARKS.md has the figures).
 
 The runs are trusted only when they were written for this workspace (an id kept in its
 ``meta`` table, so a file replaced by another workspace's is not taken for it), for the
@@ -22,7 +30,7 @@ changes), by this format and by the same DuckDB version (its hash may change). R
 since are added as a new run (:meth:`TouchIndex.sync`); anything else (rows removed or
 rewritten) builds the index again from the table as one run, read from DuckDB in the users'
 order and written in batches of :data:`BATCH_ROWS`, so memory stays bounded. The user hashes
-of a run are a sorted array of their own (``.users.npy``), so a lookup's binary searches read
+of a run are a sorted array of their own (``.users.npy``), so a lookup's searches read
 a few pages per key of one array, not every page of one array per chunk of the history. The
 newest runs are merged while the newer is at least half the older's size and the older below
 :data:`MERGE_ROWS`, so a key is merged a few times in all; the runs the daily ingests add
@@ -51,9 +59,11 @@ from __future__ import annotations
 
 import fcntl
 import json
+import mmap
 import os
 import threading
 import uuid
+import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -68,9 +78,20 @@ import pyarrow.compute as pc
 from signalloop.store import Workspace, memory_limit
 
 #: Bump when the runs change meaning: stored ones are then built again.
-VERSION = 3
-#: A run's files: its rows, their user hashes, its click order, its touch ids' hashes.
-_SUFFIXES = (".arrow", ".users.npy", ".clicks.npy", ".keys.npy")
+VERSION = 4
+#: A run's files: its rows, their user hashes, its click order, its touch ids' hashes, and
+#: every :data:`FENCE`-th of its user and click hashes.
+_SUFFIXES = (".arrow", ".users.npy", ".clicks.npy", ".keys.npy", ".fences.npz")
+#: Rows of the sorted hashes per fence entry: a lookup searches the fences (read whole, 1/128
+#: of the hashes) and then reads only the stretches of the hashes they name.
+FENCE = 128
+#: Wanted byte ranges closer than this are asked for as one read (about what one more read
+#: costs on a disk that serves ~20k reads a second at ~2 GB/s).
+GAP = 65536
+#: The most bytes asked for in one ``madvise``: Linux reads no more of each call than the
+#: larger of the device's readahead window and its largest request (often 128 KiB and
+#: 1.25 MiB), and nothing of the rest.
+CHUNK = 1 << 20
 #: What a run holds of each touchpoint, as the attribution's pass reads it.
 COLUMNS = ("touch_id", "click_id", "user_id", "campaign_id", "ts", "adset_id", "creative_id")
 #: The columns of few values, stored as dictionaries.
@@ -270,6 +291,7 @@ class TouchIndex:
         if at != n:
             raise ValueError(f"the touchpoints changed while indexed: {at} of {n}")
         users.flush()
+        user_fence = np.array(users[::FENCE])  # (while the hashes are in memory)
         del users
         order = np.argsort(click_h[:clicked], kind="stable")
         pairs = np.empty((2, clicked), np.uint64)
@@ -280,6 +302,7 @@ class TouchIndex:
         for sfx, array in ((".clicks.npy", pairs), (".keys.npy", touch_h)):
             with tmp[sfx].open("wb") as fh:
                 np.save(fh, array)
+        _save_fences(tmp[".fences.npz"], user_fence, pairs[0][::FENCE])
         for sfx in _SUFFIXES:
             _durable(tmp[sfx], self.folder / f"{name}{sfx}")
         return [(name, n)]
@@ -315,6 +338,9 @@ class TouchIndex:
             with tmp.open("wb") as fh:
                 np.save(fh, array)
             _durable(tmp, self.folder / f"{name}{suffix}")
+        tmp = self.folder / f".{name}.fences.npz"
+        _save_fences(tmp, np.asarray(users, dtype=np.uint64)[::FENCE], pairs[0][::FENCE])
+        _durable(tmp, self.folder / f"{name}.fences.npz")
         return name
 
     def _merge(self, runs: list[str]) -> tuple[list[str], list[int]]:
@@ -372,6 +398,14 @@ class TouchIndex:
             raise ValueError(f"{run}: {n} rows but {len(self._users(run))} user hashes")
         return n
 
+    def _fences(self, run: str) -> tuple[Hashes, Hashes]:
+        """The run's user and click fences (a file damaged: ``ValueError``)."""
+        try:
+            with np.load(self.folder / f"{run}.fences.npz") as fences:
+                return fences["users"], fences["clicks"]
+        except (zipfile.BadZipFile, KeyError, EOFError) as e:
+            raise ValueError(f"{run}.fences.npz: {type(e).__name__}: {e}") from e
+
     def holds_any_key(self, hashes: npt.ArrayLike) -> bool:
         """Whether any of ``hashes`` (DuckDB's ``hash`` of a touch id, ``''`` for none) is a
         stored touchpoint's (or, about once in ``2**64 / rows``, shares one's hash)."""
@@ -412,19 +446,185 @@ class TouchIndex:
             raise RuntimeError(f"the touch index in {self.folder} is not usable: sync it first")
         parts = []
         for run in doc["runs"]:
-            table = self._table(run)
-            rows = [_ranges(self._users(run), u)]
-            pairs = np.load(self.folder / f"{run}.clicks.npy", mmap_mode="r")
-            rows.append(np.asarray(pairs[1][_ranges(pairs[0], k)], dtype=np.int64))
+            user_fence, click_fence = self._fences(run)
+            by_user = _Map(self.folder / f"{run}.users.npy")
+            rows = [by_user.search(by_user.npy(), user_fence, u)]
+            by_click = _Map(self.folder / f"{run}.clicks.npy")
+            pairs = by_click.npy()
+            if pairs.ndim != 2 or len(pairs) != 2:
+                raise ValueError(f"{run}.clicks.npy: expected two rows, got {pairs.shape}")
+            at = by_click.search(pairs[0], click_fence, k)
+            by_click.want(pairs, pairs.shape[1] + at, pairs.shape[1] + at + 1)
+            rows.append(np.asarray(pairs[1][at], dtype=np.int64))
             both = np.sort(np.concatenate(rows))
             if len(both):
                 both = both[np.r_[True, both[1:] != both[:-1]]]
+                mapped = _Map(self.folder / f"{run}.arrow")
+                table = pa.ipc.open_file(pa.BufferReader(mapped.buffer)).read_all()
                 if both[-1] >= table.num_rows:
                     raise ValueError(f"{run}: row {both[-1]} of {table.num_rows}")
+                mapped.want_rows(table, both)
                 parts.append(_take(table, both).select(list(COLUMNS)))
         if not parts:
             return con.execute(_select("WHERE false")).fetch_arrow_table().select(list(COLUMNS))
         return pa.concat_tables(parts, promote_options="permissive")
+
+
+def _save_fences(path: Path, users: Hashes, clicks: Hashes) -> None:
+    """A run's fences: every :data:`FENCE`-th of its sorted user and click hashes, as
+    sliced by the caller (where a lookup looks)."""
+    with path.open("wb") as fh:
+        np.savez(fh, users=np.array(users), clicks=np.array(clicks))
+
+
+class _Map:
+    """A run's file mapped for a few scattered reads.
+
+    The kernel reads megabytes around each page a mapping touches (the device's readahead:
+    8 MB here), so a lookup's few rows per user, spread over the file, read most of it, and
+    a longer history read more. This mapping asks for no readahead and, before reading, for
+    exactly the byte ranges it will touch, all at once (``madvise(MADV_WILLNEED)``: the
+    reads go to the disk together rather than one page fault after another). Both are hints:
+    where the platform has neither, or a buffer lies outside the mapping, it reads as any
+    mapping does.
+    """
+
+    def __init__(self, path: Path) -> None:
+        with path.open("rb") as fh:
+            self.mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        random = getattr(mmap, "MADV_RANDOM", None)
+        if random is not None:
+            self.mm.madvise(random)
+        self.buffer = pa.py_buffer(self.mm)
+        self.path = path
+        #: whether the ranges asked for were so many that the readahead was turned back on
+        self.dense = False
+
+    def npy(self) -> npt.NDArray[np.uint64]:
+        """The ``.npy`` file's array of uint64, over the mapping (not read)."""
+        with self.path.open("rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, fortran, dtype = read(fh)
+            offset = fh.tell()
+        if dtype != np.uint64 or fortran or len(shape) not in (1, 2):
+            raise ValueError(f"{self.path.name}: expected uint64 rows, got {dtype} {shape}")
+        count = int(np.prod(shape))
+        flat = np.frombuffer(self.mm, dtype=np.uint64, count=count, offset=offset)
+        return flat.reshape(shape)
+
+    def want(self, array: npt.NDArray[Any], lo: npt.ArrayLike, hi: npt.ArrayLike) -> None:
+        """Ask for the elements ``[lo, hi)`` of ``array`` (a view of this mapping, indexed as
+        if flat) to be read now."""
+        base = self._offset(array)
+        if base is not None:
+            size = array.dtype.itemsize
+            self._ask(
+                base + np.asarray(lo, np.int64) * size, base + np.asarray(hi, np.int64) * size
+            )
+
+    def search(
+        self, values: npt.NDArray[np.uint64], fence: npt.NDArray[np.uint64], keys: Hashes
+    ) -> npt.NDArray[np.int64]:
+        """The positions in ``values`` (sorted, a view of this mapping) equal to one of
+        ``keys`` (sorted, distinct), reading only the stretches of :data:`FENCE` values that
+        ``fence`` (``values[::FENCE]``) says may hold them."""
+        n = len(values)
+        if not len(keys) or not n:
+            return np.zeros(0, dtype=np.int64)
+        if len(fence) != -(-n // FENCE):
+            raise ValueError(f"{self.path.name}: {len(fence)} fences for {n} values")
+        # a key lies from the last stretch beginning below it to the last beginning at or
+        # below it (a run of equal hashes can span stretches)
+        first = np.maximum(np.searchsorted(fence, keys, side="left") - 1, 0)
+        last = np.searchsorted(fence, keys, side="right") - 1
+        inside = last >= 0
+        first, last = first[inside], np.maximum(last[inside], first[inside])
+        count = last - first + 1
+        stretch = np.repeat(first - np.r_[0, np.cumsum(count)[:-1]], count) + np.arange(
+            int(count.sum())
+        )
+        stretch = np.unique(stretch)
+        self.want(values, stretch * FENCE, np.minimum((stretch + 1) * FENCE, n))
+        at = (stretch[:, None] * FENCE + np.arange(FENCE)).ravel()
+        at = at[at < n]
+        return at[_ranges(values[at], keys)]
+
+    def want_rows(self, table: pa.Table, rows: npt.NDArray[np.int64]) -> None:
+        """Ask for every buffer range :func:`_take` will read of ``rows`` (sorted, distinct):
+        the fixed-width values, offsets and validity first, then the strings' bytes, whose
+        ranges the offsets give."""
+        cut = np.flatnonzero(np.diff(rows) != 1) + 1
+        lo_all, hi_all = rows[np.r_[0, cut]], rows[np.r_[cut - 1, len(rows) - 1]] + 1
+        start = 0
+        strings = []
+        for batch in table.to_batches():
+            end = start + batch.num_rows
+            pick = (lo_all < end) & (hi_all > start)
+            lo = np.maximum(lo_all[pick], start) - start
+            hi = np.minimum(hi_all[pick], end) - start
+            start = end
+            if not len(lo):
+                continue
+            for column in batch.columns:
+                array = column.indices if pa.types.is_dictionary(column.type) else column
+                buffers, off = array.buffers(), array.offset
+                if buffers[0] is not None:  # validity bits
+                    self._ask_in(buffers[0], (lo + off) // 8, (hi + off - 1) // 8 + 1)
+                wide = pa.types.is_large_string(array.type) or pa.types.is_large_binary(array.type)
+                if wide or pa.types.is_string(array.type) or pa.types.is_binary(array.type):
+                    w = 8 if wide else 4
+                    self._ask_in(buffers[1], (lo + off) * w, (hi + off + 1) * w)
+                    strings.append((buffers[1], buffers[2], w, lo + off, hi + off))
+                elif pa.types.is_primitive(array.type) and array.type.bit_width % 8 == 0:
+                    w = array.type.bit_width // 8
+                    self._ask_in(buffers[1], (lo + off) * w, (hi + off) * w)
+        for offsets, data, w, lo, hi in strings:
+            o = np.frombuffer(offsets, dtype=np.int64 if w == 8 else np.int32)
+            self._ask_in(data, o[lo].astype(np.int64), o[hi].astype(np.int64))
+
+    def _offset(self, array: npt.NDArray[Any]) -> int | None:
+        at = int(array.__array_interface__["data"][0]) - self.buffer.address
+        return at if 0 <= at <= self.buffer.size else None
+
+    def _ask_in(self, buffer: pa.Buffer | None, lo: npt.ArrayLike, hi: npt.ArrayLike) -> None:
+        if buffer is None:
+            return
+        at = buffer.address - self.buffer.address
+        if at >= 0 and at + buffer.size <= self.buffer.size:
+            self._ask(at + np.asarray(lo, np.int64), at + np.asarray(hi, np.int64))
+
+    def _ask(self, lo: npt.NDArray[np.int64], hi: npt.NDArray[np.int64]) -> None:
+        """``madvise(MADV_WILLNEED)`` the byte ranges ``[lo, hi)``, joined where closer than
+        :data:`GAP`, from page boundaries, in pieces of at most :data:`CHUNK` bytes (Linux
+        reads at most its readahead window of each call).
+
+        Ranges so many that reading them one by one would cost more than reading the whole
+        file (each counted as :data:`GAP` bytes more) turn the readahead back on instead: a
+        lookup of most users reads most of the file, and reads it faster in large pieces."""
+        willneed = getattr(mmap, "MADV_WILLNEED", None)
+        if willneed is None or self.dense or not len(lo):
+            return
+        lo = (lo // mmap.PAGESIZE) * mmap.PAGESIZE
+        order = np.argsort(lo, kind="stable")
+        lo, hi = lo[order], np.maximum.accumulate(hi[order])
+        new = np.r_[True, lo[1:] > hi[:-1] + GAP]
+        size = self.buffer.size
+        starts = np.minimum(lo[new], size)
+        ends = np.minimum(hi[np.r_[np.flatnonzero(new)[1:] - 1, len(hi) - 1]], size)
+        if len(starts) * GAP + int((ends - starts).sum()) >= size:
+            self.dense = True
+            normal = getattr(mmap, "MADV_NORMAL", None)
+            if normal is not None:
+                self.mm.madvise(normal)
+            return
+        for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+            for at in range(s, e, CHUNK):
+                self.mm.madvise(willneed, at, min(e - at, CHUNK))
 
 
 def _durable(tmp: Path, final: Path) -> None:
