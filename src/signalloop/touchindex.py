@@ -391,8 +391,8 @@ class TouchIndex:
         return users
 
     def _rows(self, run: str) -> int:
-        source = pa.memory_map(str(self.folder / f"{run}.arrow"), "r")
-        reader = pa.ipc.open_file(source)
+        # (each batch's header read, not the readahead around it: its rows are not read)
+        reader = pa.ipc.open_file(pa.BufferReader(_Map(self.folder / f"{run}.arrow").buffer))
         n = int(sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches)))
         if len(self._users(run)) != n:
             raise ValueError(f"{run}: {n} rows but {len(self._users(run))} user hashes")
