@@ -169,3 +169,48 @@ def test_many_campaigns_conversion_lines_are_one_trace_with_every_point() -> Non
     assert lines[0].text[0] == "c000" and lines[0].text[-1] == f"c{n - 1:03d}"
     few = fig_conversions({**chart, "campaigns": dict(list(chart["campaigns"].items())[:3])})
     assert [t.name for t in few.data][:3] == ["c000", "c001", "c002"]
+
+
+def test_fatigue_curves_show_the_listed_days_with_the_whole_lifes_exposure(
+    tmp_path: Path,
+) -> None:
+    """The curves cover the days the fatigue report lists (a long-lived creative is not
+    drawn its whole life every day), and each shown day's fitted value still counts every
+    impression before it: the shown days equal the tail of the whole life's curve."""
+    from signalloop.ingest import ingest_file
+    from signalloop.report import _fatigue_curves
+    from signalloop.store import Workspace
+
+    spend = tmp_path / "spend.csv"
+    rows = [f"2026-03-{d:02d},meta,c1,cr1,{40000 + 1000 * d},{400 - 7 * d},10.0" for d in (1, 2)]
+    rows += [
+        f"2026-03-{d:02d},meta,c1,cr1,{40000 + 1000 * d},{400 - 7 * d},10.0" for d in range(4, 9)
+    ]
+    spend.write_text(
+        "date,platform,campaign_id,creative_id,impressions,clicks,spend\n" + "\n".join(rows) + "\n"
+    )
+    creative = {
+        "creative_id": "cr1",
+        "campaign_id": "c1",
+        "live": True,
+        "launched": "2026-03-01",
+        "status": "peaking",
+        "ctr_start": 0.01,
+        "decay_per_day": 0.02,
+        "decay_per_100k_impressions": 0.3,
+    }
+
+    def curve(days: int | None) -> dict[str, Any]:
+        fatigue = {"creatives": [creative], "listed": {"days": days}}
+        doc = {"as_of": "2026-03-08", "state": {"fatigue": fatigue}}
+        (out,) = _fatigue_curves(ws, doc)["creatives"]
+        return dict(out)
+
+    with Workspace(tmp_path / "ws.duckdb") as ws:
+        ingest_file(ws, "spend", spend)
+        whole, shown = curve(None), curve(4)
+    assert whole["age_days"] == [0, 1, 3, 4, 5, 6, 7]
+    assert shown["age_days"] == [4, 5, 6, 7]
+    for key in ("relative_ctr", "fitted"):
+        assert shown[key] == whole[key][3:]
+    assert len(set(whole["fitted"])) == len(whole["fitted"])  # (the exposure moves the fit)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import html
 import math
 from collections import defaultdict
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -187,23 +187,39 @@ def _timeline(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def _fatigue_curves(ws: Workspace, doc: dict[str, Any]) -> dict[str, Any]:
-    """Daily CTR relative to each live creative's fitted start, and its fitted curve."""
-    creatives = [c for c in doc["state"]["fatigue"]["creatives"] if c["live"]]
+    """Daily CTR relative to each live creative's fitted start, and its fitted curve, over
+    the days the fatigue report lists (its ``listed.days``; every day of each creative's
+    life when it lists them all): a creative delivering for a year is not drawn, sent and
+    written a year long every day. The exposure of each day still counts every impression
+    before it."""
+    fat = doc["state"]["fatigue"]
+    creatives = [c for c in fat["creatives"] if c["live"]]
     if not creatives:
         return {"creatives": []}
     ids = [c["creative_id"] for c in creatives]
     as_of = date.fromisoformat(doc["as_of"])
+    days = (fat.get("listed") or {}).get("days")
+    edge = as_of - timedelta(days=int(days) - 1) if days else None
     spend = creative_rows(ws.table("spend"))  # (an ad without a creative id as ad:<ad_id>)
     # the live creatives as a table, not a literal list (thousands of them at 1,000 campaigns:
     # a list that long takes longer to compile than the query takes to run)
     live = ibis.memtable({"creative_id": ids}, schema={"creative_id": "string"})
     spend = spend.filter(spend.creative_id.isin(live.creative_id) & (spend.date <= as_of))
+    recent = spend if edge is None else spend.filter(spend.date >= edge)
     daily = (
-        spend.group_by(["creative_id", "date"])
-        .aggregate(impressions=spend.impressions.sum(), clicks=spend.clicks.sum())
+        recent.group_by(["creative_id", "date"])
+        .aggregate(impressions=recent.impressions.sum(), clicks=recent.clicks.sum())
         .order_by(["creative_id", "date"])
         .to_pyarrow()
     )
+    before: dict[str, float] = {}  # each creative's impressions before the days shown
+    if edge is not None:
+        old = spend.filter(spend.date < edge)
+        got = old.group_by("creative_id").aggregate(n=old.impressions.sum()).to_pyarrow()
+        before = {
+            str(k): float(v or 0.0)
+            for k, v in zip(got["creative_id"].to_pylist(), got["n"].to_pylist(), strict=True)
+        }
     # by whole columns (165,000 live creative-days at 1,000 campaigns): each creative's rows
     # are one slice of the sorted table, its exposure the running sum of the impressions before
     imp = daily["impressions"].to_numpy(zero_copy_only=False).astype(float)
@@ -236,6 +252,7 @@ def _fatigue_curves(ws: Workspace, doc: dict[str, Any]) -> dict[str, Any]:
     run = np.cumsum(im)
     first = np.repeat(np.r_[0, np.cumsum(n)[:-1]], n)
     expo = run - im - (run[first] - im[first])  # impressions before each day, in day order
+    expo += np.repeat([before.get(c["creative_id"], 0.0) for c, _ in shown], n)
     start = each("ctr_start")  # 0 when the fit found no clicks to start from: no ratio
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = jsonout.rounded(np.where(start != 0, clicks[rows] / im / start, np.nan), 4)
