@@ -532,7 +532,9 @@ class _Map:
     ) -> npt.NDArray[np.int64]:
         """The positions in ``values`` (sorted, a view of this mapping) equal to one of
         ``keys`` (sorted, distinct), reading only the stretches of :data:`FENCE` values that
-        ``fence`` (``values[::FENCE]``) says may hold them."""
+        ``fence`` (``values[::FENCE]``) says may hold them; where those are more than an
+        eighth of the values, all of them, with the readahead (fewer, larger reads, and no
+        copy of the stretches in memory)."""
         n = len(values)
         if not len(keys) or not n:
             return np.zeros(0, dtype=np.int64)
@@ -549,6 +551,9 @@ class _Map:
             int(count.sum())
         )
         stretch = np.unique(stretch)
+        if len(stretch) * FENCE * 8 > n:  # (most of them: read whole, searched as they are)
+            self._readahead()
+            return _ranges(values, keys)
         self.want(values, stretch * FENCE, np.minimum((stretch + 1) * FENCE, n))
         at = (stretch[:, None] * FENCE + np.arange(FENCE)).ravel()
         at = at[at < n]
@@ -587,6 +592,13 @@ class _Map:
             o = np.frombuffer(offsets, dtype=np.int64 if w == 8 else np.int32)
             self._ask_in(data, o[lo].astype(np.int64), o[hi].astype(np.int64))
 
+    def _readahead(self) -> None:
+        """Read this file as any mapping does, with the readahead, from now on."""
+        self.dense = True
+        normal = getattr(mmap, "MADV_NORMAL", None)
+        if normal is not None:
+            self.mm.madvise(normal)
+
     def _offset(self, array: npt.NDArray[Any]) -> int | None:
         at = int(array.__array_interface__["data"][0]) - self.buffer.address
         return at if 0 <= at <= self.buffer.size else None
@@ -617,10 +629,7 @@ class _Map:
         starts = np.minimum(lo[new], size)
         ends = np.minimum(hi[np.r_[np.flatnonzero(new)[1:] - 1, len(hi) - 1]], size)
         if len(starts) * GAP + int((ends - starts).sum()) >= size:
-            self.dense = True
-            normal = getattr(mmap, "MADV_NORMAL", None)
-            if normal is not None:
-                self.mm.madvise(normal)
+            self._readahead()
             return
         for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
             for at in range(s, e, CHUNK):
