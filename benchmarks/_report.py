@@ -8,13 +8,23 @@ import os
 import platform
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+
+
+def child(one: Callable[[str, Path, Path], Any]) -> bool:
+    """Whether this process is a measurement's own (``--one HOW STORE NEW_DAY``, as the
+    benchmarks that time each method in a fresh process start it); if so, ``one``'s result
+    is printed as JSON on stdout."""
+    if len(sys.argv) == 5 and sys.argv[1] == "--one":
+        print(json.dumps(one(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]))))
+        return True
+    return False
 
 
 def log(msg: str) -> None:

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-from _report import log, machine, write_section
+from _report import child, log, machine, write_section
 
 BEGIN, END = "<!-- keycheck:begin -->", "<!-- keycheck:end -->"
 METHODS = ("plain", "anti", "two-step", "unique-index")
@@ -172,8 +172,7 @@ def render(runs: list[dict[str, Any]], args: argparse.Namespace, size_before: fl
 
 
 def main() -> None:
-    if len(sys.argv) == 5 and sys.argv[1] == "--one":
-        print(json.dumps(one(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]))))
+    if child(one):
         return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workspace", type=Path, required=True, help="a first run's ws.duckdb")
