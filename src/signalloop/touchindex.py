@@ -317,14 +317,10 @@ class TouchIndex:
             if not pa.types.is_dictionary(col.type):
                 table = table.set_column(at, name, col.dictionary_encode())
         name = f"run-{uuid.uuid4().hex}"
-        tmp = self.folder / f".{name}.arrow"
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
+        tmp = {sfx: self.folder / f".{name}{sfx}" for sfx in _SUFFIXES}
+        with pa.OSFile(str(tmp[".arrow"]), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
             w.write_table(table, max_chunksize=max(table.num_rows, 1))
-        _durable(tmp, self.folder / f"{name}.arrow")
-        tmp = self.folder / f".{name}.users.npy"
-        with tmp.open("wb") as fh:
-            np.save(fh, np.asarray(users, dtype=np.uint64))
-        _durable(tmp, self.folder / f"{name}.users.npy")
+        users = np.asarray(users, dtype=np.uint64)
         clicks = table.column("click_id")
         has = np.flatnonzero(clicks.is_valid().to_numpy(zero_copy_only=False))
         hashed = _hash(clicks.take(pa.array(has)))
@@ -333,14 +329,17 @@ class TouchIndex:
         pairs = np.stack([hashed[order], has[order].astype(np.uint64)])
         # and the touch ids' hashes, sorted: what the ingest asks before it lands a file
         touch = table.column("touch_id").fill_null("")
-        for suffix, array in ((".clicks.npy", pairs), (".keys.npy", np.sort(_hash(touch)))):
-            tmp = self.folder / f".{name}{suffix}"
-            with tmp.open("wb") as fh:
+        arrays = (
+            (".users.npy", users),
+            (".clicks.npy", pairs),
+            (".keys.npy", np.sort(_hash(touch))),
+        )
+        for sfx, array in arrays:
+            with tmp[sfx].open("wb") as fh:
                 np.save(fh, array)
-            _durable(tmp, self.folder / f"{name}{suffix}")
-        tmp = self.folder / f".{name}.fences.npz"
-        _save_fences(tmp, np.asarray(users, dtype=np.uint64)[::FENCE], pairs[0][::FENCE])
-        _durable(tmp, self.folder / f"{name}.fences.npz")
+        _save_fences(tmp[".fences.npz"], users[::FENCE], pairs[0][::FENCE])
+        for sfx in _SUFFIXES:
+            _durable(tmp[sfx], self.folder / f"{name}{sfx}")
         return name
 
     def _merge(self, runs: list[str]) -> tuple[list[str], list[int]]:
@@ -394,8 +393,9 @@ class TouchIndex:
         # (each batch's header read, not the readahead around it: its rows are not read)
         reader = pa.ipc.open_file(pa.BufferReader(_Map(self.folder / f"{run}.arrow").buffer))
         n = int(sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches)))
-        if len(self._users(run)) != n:
-            raise ValueError(f"{run}: {n} rows but {len(self._users(run))} user hashes")
+        hashes = len(self._users(run))
+        if hashes != n:
+            raise ValueError(f"{run}: {n} rows but {hashes} user hashes")
         return n
 
     def _fences(self, run: str) -> tuple[Hashes, Hashes]:
@@ -546,11 +546,7 @@ class _Map:
         last = np.searchsorted(fence, keys, side="right") - 1
         inside = last >= 0
         first, last = first[inside], np.maximum(last[inside], first[inside])
-        count = last - first + 1
-        stretch = np.repeat(first - np.r_[0, np.cumsum(count)[:-1]], count) + np.arange(
-            int(count.sum())
-        )
-        stretch = np.unique(stretch)
+        stretch = np.unique(_spans(first, last - first + 1))
         if len(stretch) * FENCE * 8 > n:  # (most of them: read whole, searched as they are)
             self._readahead()
             return _ranges(values, keys)
@@ -719,9 +715,13 @@ def _ranges(sorted_hashes: npt.NDArray[np.uint64], keys: Hashes) -> npt.NDArray[
     hi = np.searchsorted(sorted_hashes, keys, side="right")
     n = hi - lo
     hit = n > 0
-    lo, n = lo[hit], n[hit]
-    if not len(n):
+    return _spans(lo[hit], n[hit])
+
+
+def _spans(starts: npt.NDArray[Any], counts: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
+    """Every position of the ranges ``[starts, starts + counts)`` (counts above 0), in order:
+    the starts repeated, plus 0, 1, ... within each range."""
+    if not len(counts):
         return np.zeros(0, dtype=np.int64)
-    # every position of every range: the starts repeated, plus 0, 1, ... within each range
-    starts = np.repeat(lo - np.r_[0, np.cumsum(n)[:-1]], n)
-    return np.asarray(starts + np.arange(int(n.sum())), dtype=np.int64)
+    at = np.repeat(starts - np.r_[0, np.cumsum(counts)[:-1]], counts)
+    return np.asarray(at + np.arange(int(counts.sum())), dtype=np.int64)
