@@ -181,13 +181,47 @@ def test_late_rows_and_the_as_of_moving_back(tmp_path: Path) -> None:
             assert_recent_current(ws, d)
 
 
-def test_exclusions_are_applied_when_read(tmp_path: Path) -> None:
-    drops = simulated_drops(tmp_path, "full", (), seed=SEED)
+def test_conversions_before_the_clicks_they_name(tmp_path: Path) -> None:
+    """A conversion dated before the click it names labels that click (by its id): the
+    conversion outcome's days find such conversions among the stored attribution's, not
+    only those from their first day on."""
     with Workspace(tmp_path / "ws.duckdb") as ws:
-        for drop in drops:
-            ingest_drop(ws, drop)
-        as_of = _last_day(ws)
+        as_of = _every_drop(ws, tmp_path)
+        kind = ws.con.execute(
+            "SELECT kind FROM conversions GROUP BY kind ORDER BY count(*) DESC LIMIT 1"
+        ).fetchone()
+        assert kind is not None
+        # clicks of the mature days around the window that no conversion names, each
+        # converting 40 days before it
+        early = ws.con.execute(
+            "SELECT 'early-' || touch_id AS conversion_id, ts - INTERVAL 40 DAY AS ts, "
+            "? AS kind, user_id, click_id FROM touchpoints WHERE click_id IS NOT NULL "
+            "AND campaign_id IS NOT NULL AND ts >= ? AND ts < ? AND click_id NOT IN "
+            "(SELECT click_id FROM conversions WHERE click_id IS NOT NULL) "
+            "ORDER BY hash(touch_id) LIMIT 400",
+            [kind[0], as_of - timedelta(days=14), as_of - timedelta(days=3)],
+        ).df()
+        assert len(early) == 400
+        path = tmp_path / "early.csv"
+        early.to_csv(path, index=False)
+        before = _truth(ws, "conversion", as_of, 3, None)
+        ingest_file(ws, "conversions", path)
+        assert _truth(ws, "conversion", as_of, 3, None) != before  # (they label the window)
         assert_recent_current(ws, as_of)
+
+
+def _every_drop(ws: Workspace, tmp_path: Path) -> date:
+    """Every daily drop of the full shape ingested into ``ws`` and counted; the as-of date."""
+    for drop in simulated_drops(tmp_path, "full", (), seed=SEED):
+        ingest_drop(ws, drop)
+    as_of = _last_day(ws)
+    assert_recent_current(ws, as_of)
+    return as_of
+
+
+def test_exclusions_are_applied_when_read(tmp_path: Path) -> None:
+    with Workspace(tmp_path / "ws.duckdb") as ws:
+        as_of = _every_drop(ws, tmp_path)
         ws.con.execute(EXCLUSIONS_DDL)
         edge = as_of - timedelta(days=8)
         ws.con.execute(

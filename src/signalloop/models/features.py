@@ -318,7 +318,7 @@ def _build(
     h = horizon * _DAY
     units_from = clicks
     if labels_only and unit_days is not None:
-        got = _unit_day_rows(ws, outcome, unit_days, h, clicks, conv, crm, pool)
+        got = _unit_day_rows(ws, outcome, unit_days, h, clicks, conv, crm, pool, cut=cut)
         units_from, clicks, conv, crm = got
     elif labels_only and recent_days is not None and outcome == "conversion":
         since = _recent_start(ws, clicks, cutoff, h, recent_days)
@@ -493,6 +493,8 @@ def _unit_day_rows(
     conv: Any,
     crm: Any,
     make_pool: ClickPool | None = None,
+    *,
+    cut: Any = None,
 ) -> tuple[Any, Any, Any, Any]:
     """The units of ``days`` and the clicks, conversions and CRM rows they need, exactly:
     ``(units, clicks, conversions, crm)``.
@@ -515,7 +517,9 @@ def _unit_day_rows(
 
     ``make_pool`` builds that table (default: from ``clicks``, into a temporary table); one
     that reads it from a table already holding those rows (several outcomes' clicks read in
-    one pass: :mod:`signalloop.models.recent`) gives the same rows.
+    one pass: :mod:`signalloop.models.recent`) gives the same rows. ``cut``: the cutoff the
+    given tables are cut at (the conversion outcome reads its conversions from the stored
+    attribution, cut there too).
     """
     lo = ibis.literal(datetime.combine(days[0], time()), type="timestamp")
     hi = ibis.literal(datetime.combine(days[-1] + timedelta(days=1), time()), type="timestamp")
@@ -536,10 +540,7 @@ def _unit_day_rows(
         if outcome == "value":
             conv = conv.filter(conv.ts <= late + ibis.interval(hours=1))
             return units, clicks, conv, crm.filter(crm.user_id.isin(units.user_id))
-        conv = conv.filter(
-            (conv.ts <= late) & ((conv.ts >= lo) | conv.click_id.isin(units.click_id))
-        )
-        later = _named_clicks_from(ws, conv, lo)
+        later = None if cut is None else _named_clicks_from(ws, units, cut, lo, hi, late)
         if later is not None:  # only the clicks from the first day on: a scan of those days
             return (
                 units,
@@ -547,6 +548,9 @@ def _unit_day_rows(
                 later,
                 crm,
             )
+        conv = conv.filter(
+            (conv.ts <= late) & ((conv.ts >= lo) | conv.click_id.isin(units.click_id))
+        )
         return units, pool(conv.user_id, conv.click_id), conv, crm
     # a record whose first row is on the days has a row on them: only those records' rows
     # are grouped for their first, not every record's of the history
@@ -564,26 +568,42 @@ def _unit_day_rows(
     return mine, mine, conv, crm
 
 
-def _named_clicks_from(ws: Workspace, conv: Any, lo: Any) -> Any:
-    """``conv`` without the conversions whose click id names a click from before ``lo``
-    (its first touchpoint with a campaign, in the stored attribution), or ``None`` where the
-    stored attribution cannot say (:func:`~signalloop.attribution.refresh_attribution`
-    answers ``False``: another backend, ids not unique, a read-only workspace behind).
+def _named_clicks_from(ws: Workspace, units: Any, cut: Any, lo: Any, hi: Any, late: Any) -> Any:
+    """The conversions that can label the click ``units`` (from ``lo`` to before ``hi``)
+    within their window (up to ``late``), without those whose click id names a click from
+    before ``lo`` (its first touchpoint with a campaign, ``link_click_first`` in the stored
+    attribution), read from the stored attribution (cut at ``cut``); ``None`` where it
+    cannot say (:func:`~signalloop.attribution.refresh_attribution` answers ``False``:
+    another backend, ids not unique, a read-only workspace behind).
 
-    Such a conversion ties to that earlier click by its id, so it labels no unit from ``lo``
-    on. Every other one ties to a unit from ``lo`` on through a click from ``lo`` on: by its
-    id, whose first click is then from ``lo`` on, or else to its user's last click before
-    it, which is a unit's only when no later click of the user comes between. So the clicks
-    from ``lo`` on are all their ties need, not the user's whole history: the conversion
-    outcome's units of a few days read a few days of clicks, zone maps skipping the rest.
+    A conversion whose click id names an earlier click ties to that click, so it labels no
+    unit from ``lo`` on. Every other one ties to a unit from ``lo`` on through a click from
+    ``lo`` on: by its id, whose first click is then from ``lo`` on, or else to its user's last
+    click before it, which is a unit's only when no later click of the user comes between.
+    So the clicks from ``lo`` on are all their ties need, not the user's whole history: the
+    conversion outcome's units of a few days read a few days of clicks, zone maps skipping
+    the rest.
+
+    Which conversions: those from ``lo`` to ``late``, and those before ``lo`` that name a
+    unit's click. A click id among the units' has its first touchpoint with a campaign
+    before ``hi``, so the second kind is looked for only among the conversions whose
+    ``link_click_first`` lies from ``lo`` to before ``hi``: a few rows, where testing every
+    conversion's click id against the units' (and every conversion id against the earlier
+    clicks') read the whole history's conversions, twice the work behind twice the history.
     """
     from signalloop.attribution import ATTRIBUTION_TABLE, refresh_attribution
 
     if not refresh_attribution(ws):
         return None
     a = ws.table(ATTRIBUTION_TABLE)
-    earlier = a.filter(a.link_click_first < lo).conversion_id
-    return conv.filter(~conv.conversion_id.isin(earlier))
+    first = a.link_click_first
+    since = a.filter(
+        (a.ts >= lo) & (a.ts <= late) & (a.ts < cut) & (first.isnull() | (first >= lo))
+    )
+    # (first >= lo & first < hi: what naming a unit's click implies, tested before it is)
+    before = a.filter((a.ts < lo) & (first >= lo) & (first < hi) & a.click_id.isin(units.click_id))
+    cols = ws.table("conversions").columns
+    return since.select(*cols).union(before.select(*cols))
 
 
 def pool_rows(clicks: Any, users: Any, ids: Any) -> Any:
