@@ -209,3 +209,81 @@ def test_an_ad_level_export_without_creative_ids_is_fitted_per_ad(tmp_path: Path
         doc = fatigue(ws, date(2026, 1, 1)).to_dict()
         assert len(doc["creatives"]) == 3
         assert doc["missing"].startswith("daily history: each of the 3 creatives has one day")
+
+
+def test_series_are_cut_where_the_campaign_or_creative_changes() -> None:
+    """Each (campaign, creative) run of the sorted daily rows is a series, a creative shared
+    by two campaigns two series; a series' ad set is its last row's; two nulls are the same
+    value, a null and a value are not."""
+    import pyarrow as pa
+
+    from signalloop.fatigue import _same_as_previous, _Series
+
+    d = [date(2026, 1, i) for i in (1, 2, 3, 1, 2, 1, 2)]
+    daily = pa.table(
+        {
+            "campaign_id": ["c1", "c1", "c1", "c1", "c1", "c2", "c2"],
+            "creative_id": ["x", "x", "x", "y", "y", "x", "x"],
+            "date": d,
+            "adset_id": ["a", "a", "b", "a", None, "z", "z"],
+            "impressions": [100, 200, 300, 10, 20, 5, 6],
+            "clicks": [1, 2, 3, 0, 1, 0, 0],
+            "spend": [1.0] * 7,
+        }
+    )
+    s = _Series.of(daily, date(2026, 1, 3))
+    assert s.bounds.tolist() == [0, 3, 5, 7]
+    assert (s.campaign_id, s.creative_id, s.adset_id) == (
+        ["c1", "c1", "c2"],
+        ["x", "y", "x"],
+        ["b", None, "z"],
+    )
+    assert s.age.tolist() == [0, 1, 2, 0, 1, 0, 1]
+    assert s.exposure.tolist() == [0, 100, 300, 0, 10, 0, 5]
+    col = pa.array(["a", None, None, "a", "a", None])
+    assert _same_as_previous(col).tolist() == [False, True, False, True, False]
+
+
+def test_conversion_decays_count_a_creatives_conversions_for_each_of_its_series() -> None:
+    """The conversions per creative and day meet every series of that creative on that day
+    (by creative and day, whichever campaign), as a lookup per row gives them."""
+    import pandas as pd
+    import pyarrow as pa
+
+    from signalloop.fatigue import _conversion_decays, _Series, fit_decays
+
+    rng = np.random.default_rng(3)
+    rows = []
+    for cid, cr, n in (("c1", "x", 30), ("c1", "y", 20), ("c2", "x", 25), ("c3", "w", 10)):
+        for i in range(n):
+            rows.append((cid, cr, date(2026, 1, 1) + timedelta(days=i), int(rng.integers(5, 40))))
+    daily = pa.table(
+        {
+            "campaign_id": [r[0] for r in rows],
+            "creative_id": [r[1] for r in rows],
+            "date": [r[2] for r in rows],
+            "adset_id": ["a"] * len(rows),
+            "impressions": [1000] * len(rows),
+            "clicks": [r[3] for r in rows],
+            "spend": [1.0] * len(rows),
+        }
+    )
+    s = _Series.of(daily, date(2026, 2, 1))
+    conv = pd.DataFrame(
+        [
+            (cr, np.datetime64(date(2026, 1, 1) + timedelta(days=i), "D"), float(i % 3 + 1))
+            for cr in ("x", "y", "q")
+            for i in range(0, 28, 2)
+        ],
+        columns=["creative", "day", "n"],
+    )
+    got = _conversion_decays(s, conv, np.arange(s.n))
+    assert sorted(got) == [0, 1, 2]  # w has no conversions; the others have enough
+    counts = {(c, d): n for c, d, n in conv.itertuples(index=False)}
+    for g in got:
+        lo, hi = int(s.bounds[g]), int(s.bounds[g + 1])
+        y = np.array([counts.get((s.creative_id[g], s.day[i]), 0.0) for i in range(lo, hi)])
+        beta, _ = fit_decays(
+            y, s.clicks[lo:hi], s.age[lo:hi], np.zeros(hi - lo), np.zeros(hi - lo, np.int64), 1
+        )
+        assert got[g] == pytest.approx(float(np.exp(-beta[0, 1] * s.age[hi - 1])), rel=1e-9)

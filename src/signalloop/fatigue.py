@@ -31,6 +31,8 @@ from typing import Any
 import ibis
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from signalloop.attribution import click_time
 from signalloop.checks.base import CheckContext, creative_rows, default_as_of
@@ -315,7 +317,7 @@ def _supply(s: _Series, beta: np.ndarray) -> dict[str, tuple[date, float]]:
     out: dict[str, tuple[date, float]] = {}
     for g in range(s.n):
         first = int(s.bounds[g])
-        cid, launched, start = s.campaign_id[first], _date(s.day[first]), math.exp(beta[g, 0])
+        cid, launched, start = s.campaign_id[g], _date(s.day[first]), math.exp(beta[g, 0])
         newest, best = out.get(cid, (launched, start))
         out[cid] = (max(newest, launched), max(best, start))
     return out
@@ -326,7 +328,10 @@ class _Series:
     """Every creative's delivery days (with impressions) as arrays, series after series.
 
     Series ``g`` is rows ``bounds[g]:bounds[g + 1]``; ``age`` counts days from its first row,
-    ``exposure`` the impressions before each row.
+    ``exposure`` the impressions before each row. ``campaign_id`` and ``creative_id`` are
+    per series (its rows share them), ``adset_id`` its last row's: a long history's million
+    rows are compared and cut into series in Arrow, and only a series' names become Python
+    strings.
     """
 
     campaign_id: list[Any]
@@ -350,25 +355,23 @@ class _Series:
         def num(name: str) -> np.ndarray:
             return np.asarray(daily[name].fill_null(0).to_numpy(), float)
 
-        cid = daily["campaign_id"].to_pylist()
-        cr = daily["creative_id"].to_pylist()
-        n = len(cid)
+        n = daily.num_rows
         day = daily["date"].fill_null(as_of).to_numpy().astype("datetime64[D]")
-        if n:
-            a, b = np.asarray(cid, object), np.asarray(cr, object)
-            new = np.r_[True, (a[1:] != a[:-1]) | (b[1:] != b[:-1])]
-        else:
-            new = np.zeros(0, bool)
+        same = np.ones(max(n - 1, 0), bool)
+        for name in ("campaign_id", "creative_id"):  # a series starts where either changes
+            same &= _same_as_previous(daily[name].combine_chunks())
+        new = np.r_[np.ones(min(n, 1), bool), ~same]
         starts = np.flatnonzero(new)
         bounds = np.r_[starts, n].astype(np.int64)
         group = np.cumsum(new) - 1
         imp = num("impressions")
         before = np.cumsum(imp) - imp
         age = (day - day[starts][group]).astype(float) if n else np.zeros(0)
+        first, last = pa.array(starts), pa.array(bounds[1:] - 1)
         return cls(
-            cid,
-            cr,
-            daily["adset_id"].to_pylist(),
+            daily["campaign_id"].take(first).to_pylist(),
+            daily["creative_id"].take(first).to_pylist(),
+            daily["adset_id"].take(last).to_pylist(),
             day,
             imp,
             num("clicks"),
@@ -378,6 +381,17 @@ class _Series:
             age,
             before - before[starts][group] if n else np.zeros(0),
         )
+
+
+def _same_as_previous(col: pa.Array) -> np.ndarray:
+    """Per row after the first, whether ``col`` holds the same value as the row before
+    (two nulls are the same, a null and a value are not)."""
+    if len(col) < 2:
+        return np.zeros(0, bool)
+    a, b = col.slice(1), col.slice(0, len(col) - 1)
+    equal = pc.fill_null(pc.equal(a, b), False).to_numpy(zero_copy_only=False)
+    both_null = pc.and_(pc.is_null(a), pc.is_null(b)).to_numpy(zero_copy_only=False)
+    return np.asarray(equal | both_null, bool)
 
 
 def _conversions_by_creative(ctx: CheckContext) -> pd.DataFrame:
@@ -446,9 +460,9 @@ def _one(
     start_ctr = math.exp(beta[0])
     recent = s.day[lo_row:hi_row] > np.datetime64(as_of - timedelta(days=7), "D")
     return CreativeFatigue(
-        creative_id=s.creative_id[lo_row],
-        campaign_id=s.campaign_id[lo_row],
-        adset_id=s.adset_id[hi_row - 1],
+        creative_id=s.creative_id[g],
+        campaign_id=s.campaign_id[g],
+        adset_id=s.adset_id[g],
         launched=launched,
         days=int(days[-1]) + 1,
         impressions=int(imp.sum()),
@@ -479,11 +493,18 @@ def _conversion_decays(s: _Series, conv: pd.DataFrame, among: np.ndarray) -> dic
     """Per series of ``among`` (ascending) with 200 clicks and 20 conversions of its
     creative: the conversion rate per click now relative to its start (log-linear in age),
     fitted for all of them at once (each alone, as :func:`fit_decays` fits: the same
-    whichever others)."""
+    whichever others).
+
+    A conversion counts for every series of its creative (conversions name creatives, not
+    campaigns). Creatives and days are matched as integer keys (the creative's number among
+    the series' creatives, and the day), not as a pandas index of strings and dates."""
     tot_clicks = np.bincount(s.group, s.clicks, minlength=s.n)
-    by_creative = conv.groupby("creative").n.sum()
-    first = [s.creative_id[int(b)] for b in s.bounds[:-1]]
-    tot_conv = by_creative.reindex(pd.Index(first, dtype=object)).fillna(0.0).to_numpy()
+    names = pd.Index(s.creative_id, dtype=object).unique()
+    code = names.get_indexer(pd.Index(s.creative_id, dtype=object))  # per series
+    c_code = names.get_indexer(pd.Index(conv["creative"].to_numpy(), dtype=object))
+    mine = c_code >= 0
+    c_code, c_day, c_n = c_code[mine], conv["day"].to_numpy()[mine], conv["n"].to_numpy()[mine]
+    tot_conv = np.bincount(c_code, c_n, minlength=len(names))[code]
     enough = (tot_clicks >= 200) & (tot_conv >= 20)
     chosen = among[enough[among]]
     if not len(chosen):
@@ -492,13 +513,20 @@ def _conversion_decays(s: _Series, conv: pd.DataFrame, among: np.ndarray) -> dic
     picked[chosen] = True  # (``among`` ascends, so the chosen series' rows ascend too)
     rows = np.flatnonzero(picked[s.group] & (s.clicks > 0))
     local = np.searchsorted(chosen, s.group[rows])
-    creative = np.asarray(s.creative_id, dtype=object)[rows]
-    keys = pd.MultiIndex.from_arrays([pd.Index(creative, dtype=object), s.day[rows]])
-    y = conv.set_index(["creative", "day"]).n.reindex(keys).fillna(0.0).to_numpy()
+    want = _creative_day_keys(code[s.group[rows]], s.day[rows])
+    have = pd.Index(_creative_day_keys(c_code, c_day))  # (one row per creative and day)
+    at = have.get_indexer(want)
+    y = np.where(at >= 0, c_n[np.maximum(at, 0)], 0.0)
     beta, _cov = fit_decays(y, s.clicks[rows], s.age[rows], np.zeros(len(rows)), local, len(chosen))
     last_age = np.zeros(len(chosen))
     last_age[local] = s.age[rows]  # rows ascend within a series: the last write is its last
     return {int(g): float(math.exp(-beta[j, 1] * last_age[j])) for j, g in enumerate(chosen)}
+
+
+def _creative_day_keys(code: np.ndarray, day: np.ndarray) -> np.ndarray:
+    """One int64 per (creative number, day): the number in the high 32 bits."""
+    days = day.astype("datetime64[D]").astype(np.int64) + (1 << 31)
+    return (code.astype(np.int64) << 32) | days
 
 
 def _starvation(
