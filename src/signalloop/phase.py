@@ -358,7 +358,8 @@ def _first_party_daily(
     day = got["day"].cast(pa.int32()).to_numpy()  # (days since 1970)
     n = got["n"].to_numpy().astype(float)
     camp = np.array(
-        [c if c is not None else adset_owner.get(a) for c, a in zip(own, adset, strict=True)],
+        # (an empty campaign id as none: its ad set's campaign)
+        [c or adset_owner.get(a) for c, a in zip(own, adset, strict=True)],
         dtype=object,
     )
     known = np.array([c is not None for c in camp], bool)
