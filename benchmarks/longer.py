@@ -32,7 +32,7 @@ from typing import Any
 import duckdb
 from _report import log, machine, publish
 from history import _copy, _restore, _workspace_files
-from scale import PACKAGES, STEPS, RunFailed, account_folder, plain_scan, run_once
+from scale import PACKAGES, STEPS, RunFailed, _size, account_folder, plain_scan, run_once
 
 from signalloop.attribution import ATTRIBUTION_TABLE, CHANGES_TABLE, RECORDS_TABLE
 from signalloop.models.recent import TABLE as RECENT_TABLE
@@ -84,6 +84,21 @@ def double(store: Path, shift: int) -> dict[str, int]:
     return rows
 
 
+def _check_room(saved: Path, long: Path, repeat: int) -> None:
+    """Stop before starting when the disk cannot hold the doubled workspace: about twice the
+    snapshot, and as much again for the copy each later round starts from (``repeat`` above
+    1), with a tenth to spare; the last doubled workspace, replaced, counts as free."""
+    snapshot = _size(saved)
+    need = int(2 * snapshot * (2 if repeat > 1 else 1) * 1.1)
+    free = shutil.disk_usage(long.parent).free + (_size(long) if long.exists() else 0)
+    if free < need:
+        raise RunFailed(
+            f"doubling {saved} ({snapshot / 1e9:.1f} GB) needs about {need / 1e9:.0f} GB free "
+            f"in {long.parent}, and {free / 1e9:.0f} GB is (with --repeat {repeat}); free some "
+            "room or pass --repeat 1"
+        )
+
+
 def measure(n: int, h: int, cache: Path, max_gib: float, repeat: int) -> dict[str, Any]:
     started = f"{datetime.now(UTC):%Y-%m-%d %H:%M}"
     folder, start = account_folder(cache, n, 90, 3)
@@ -95,6 +110,7 @@ def measure(n: int, h: int, cache: Path, max_gib: float, repeat: int) -> dict[st
             f"{saved} is missing: run benchmarks/history.py --campaigns {n} --history {h} --keep"
         )
     long = folder / f"history-{2 * h + 1}d-doubled"
+    _check_room(saved, long, repeat)
     shutil.rmtree(long, ignore_errors=True)
     long.mkdir(parents=True)
     store = long / "ws.duckdb"
