@@ -499,8 +499,9 @@ def _conversion_decays(s: _Series, conv: pd.DataFrame, among: np.ndarray) -> dic
     campaigns). Creatives and days are matched as integer keys (the creative's number among
     the series' creatives, and the day), not as a pandas index of strings and dates."""
     tot_clicks = np.bincount(s.group, s.clicks, minlength=s.n)
-    names = pd.Index(s.creative_id, dtype=object).unique()
-    code = names.get_indexer(pd.Index(s.creative_id, dtype=object))  # per series
+    creatives = pd.Index(s.creative_id, dtype=object)
+    names = creatives.unique()
+    code = names.get_indexer(creatives)  # per series
     c_code = names.get_indexer(pd.Index(conv["creative"].to_numpy(), dtype=object))
     mine = c_code >= 0
     c_code, c_day, c_n = c_code[mine], conv["day"].to_numpy()[mine], conv["n"].to_numpy()[mine]
