@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from signalloop import touchindex
+from signalloop import touchindex, touchrows
 from signalloop.attribution import (
     ATTRIBUTION_STATE,
     attribute,
@@ -113,7 +113,7 @@ def _assert_finds(
 def test_lookups_equal_the_tables_filter_through_builds_appends_and_merges(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(touchindex, "BATCH_ROWS", 700)  # a build in several batches
+    monkeypatch.setattr(touchindex, "BATCH_ROWS", 700)  # a build in batches, blocks across them
     monkeypatch.setattr(touchindex, "MERGE_ROWS", 900)
     rng = np.random.default_rng(3)
     con = duckdb.connect()
@@ -123,8 +123,9 @@ def test_lookups_equal_the_tables_filter_through_builds_appends_and_merges(
     assert index.sync(con, _state(con)) == "built"
     runs = json.loads((tmp_path / "ws.touches" / "index.json").read_text())["runs"]
     assert len(runs) == 1  # one run, written batch by batch
-    arrow = pa.ipc.open_file(pa.memory_map(str(tmp_path / "ws.touches" / f"{runs[0]}.arrow")))
-    assert arrow.num_record_batches == 3
+    assert index._rows(runs[0]) == 2000
+    *_, blocks = index._fences(runs[0])
+    assert len(blocks) == 1 + -(-2000 // touchrows.BLOCK)
     _assert_finds(index, con, rng)
     assert index.sync(con, _state(con)) == "current"
     for ingest in range(2, 9):  # daily ingests: each a run, the small ones merged
@@ -257,9 +258,9 @@ def test_damaged_runs_are_read_around_and_built_again(tmp_path: Path) -> None:
         ingest_drop(ws, drops[0])
         assert state(ws) == "built"
         ingest_drop(ws, drops[1])  # (its run added by the ingest)
-        for run in folder.glob("run-*.arrow"):
+        for run in folder.glob("run-*.rows"):
             run.write_bytes(run.read_bytes()[:100])  # cut short
-        assert state(ws).startswith("damaged: ArrowInvalid")
+        assert state(ws).startswith("damaged: ValueError")
         ingest_drop(ws, drops[2])  # (the index forgotten: the ingest's anti-join)
         assert state(ws) == "built"
         for keys in folder.glob("run-*.keys.npy"):
@@ -309,10 +310,13 @@ def test_a_fenced_search_finds_what_a_full_search_finds(
         values = np.sort(np.concatenate([rest, many]))[:n]
         path = tmp_path / f"v{n}.npy"
         np.save(path, values)
-        offset = path.stat().st_size - values.nbytes
-        for size in (3, 20):
-            mapped = touchindex._Map(path)
+        pairs = tmp_path / f"p{n}.npy"  # (the values beside others, as the clicks are kept)
+        np.save(pairs, np.stack([values, np.arange(n, dtype=np.uint64)], axis=1))
+        for size, file in ((3, path), (20, path), (3, pairs), (20, pairs)):
+            mapped = touchindex._Map(file)
             array = mapped.npy()
+            array = array if array.ndim == 1 else array[:, 0]
+            offset = file.stat().st_size - n * array.strides[0]
             picks = values[rng.integers(0, n, size)]
             absent = rng.integers(1, 2**64 - 2, size, dtype=np.uint64)
             edges = np.array([0, values[0], values[-1], 2**63, 2**64 - 1], dtype=np.uint64)
@@ -323,7 +327,8 @@ def test_a_fenced_search_finds_what_a_full_search_finds(
             paths.add(mapped.dense)
             if not mapped.dense:  # (each position found was asked for before it was read)
                 for at in got.tolist():
-                    assert _covered(asked["npy"], offset + 8 * at, offset + 8 * at + 8)
+                    lo = offset + array.strides[0] * at
+                    assert _covered(asked["npy"], lo, lo + 8)
             with pytest.raises(ValueError, match="fences for"):
                 short = values[:: 2 * fence][:-1] if n > fence else values[:0]
                 mapped.search(array, short, keys)
@@ -333,8 +338,9 @@ def test_a_fenced_search_finds_what_a_full_search_finds(
 def test_a_lookup_asks_for_every_byte_it_takes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The rows a lookup takes from a run (over its batches) are asked for ahead, each
-    value's bytes: the fixed-width ones, the strings' offsets and bytes, the validity bits."""
+    """The rows a lookup takes from a run are asked for ahead: the whole block of each (its
+    values and its strings), once, and no block but those the users' fence says may hold a
+    user's rows and those holding an asked click's row."""
     monkeypatch.setattr(touchindex, "BATCH_ROWS", 700)
     rng = np.random.default_rng(7)
     con = duckdb.connect()
@@ -343,36 +349,31 @@ def test_a_lookup_asks_for_every_byte_it_takes(
     folder = tmp_path / "ws.touches"
     index = TouchIndex(folder, owner="w1")
     index.sync(con, _state(con))
+    (run,) = {p.name.split(".")[0] for p in folder.glob("run-*")}
+    *_, starts = index._fences(run)
+    every = index._table(run).column("touch_id").to_pylist()  # (in the run's order)
     asked = _asks(monkeypatch)
     users = [f"u{int(x)}" for x in rng.integers(0, 400, 30)]
     clicks = [f"k{int(x)}" for x in rng.integers(0, 6000, 30)]
-    found = set(index.lookup(con, users=users, clicks=clicks).column("touch_id").to_pylist())
-    assert found
-    (run,) = folder.glob("run-*.arrow")
-    mapped = touchindex._Map(run)
-    table = pa.ipc.open_file(pa.BufferReader(mapped.buffer)).read_all()
-    assert table.num_rows == 2000 and len(table.to_batches()) == 3
-    checked = 0
-    for batch in table.to_batches():
-        ids = batch.column("touch_id").to_pylist()
-        for row in (i for i, t in enumerate(ids) if t in found):
-            for column in batch.columns:
-                array = column.indices if pa.types.is_dictionary(column.type) else column
-                bufs = array.buffers()
-                at = [b.address - mapped.buffer.address if b is not None else 0 for b in bufs]
-                r = row + array.offset
-                if bufs[0] is not None:
-                    assert _covered(asked["arrow"], at[0] + r // 8, at[0] + r // 8 + 1)
-                if pa.types.is_string(array.type):
-                    o = np.frombuffer(bufs[1], dtype=np.int32)
-                    assert _covered(asked["arrow"], at[1] + 4 * r, at[1] + 4 * r + 8)
-                    if o[r + 1] > o[r]:
-                        assert _covered(asked["arrow"], at[2] + o[r], at[2] + o[r + 1])
-                else:
-                    w = array.type.bit_width // 8
-                    assert _covered(asked["arrow"], at[1] + w * r, at[1] + w * r + w)
-                checked += 1
-    assert checked >= 7 * len(found)
+    got = index.lookup(con, users=users, clicks=clicks)
+    ids = got.column("touch_id").to_pylist()
+    found = set(ids)
+    clicked = {
+        t for t, k in zip(ids, got.column("click_id").to_pylist(), strict=True) if k in clicks
+    }
+    assert found and clicked
+    held = {i // touchrows.BLOCK for i, t in enumerate(every) if t in found}
+    blocks = {(int(starts[b]), int(starts[b + 1])): b for b in range(len(starts) - 1)}
+    asked_blocks = [blocks[r] for r in asked["rows"]]  # (each asked range a whole block)
+    assert len(set(asked_blocks)) == len(asked_blocks)  # (once each)
+    assert held <= set(asked_blocks)
+    # and no other than those the users' fence names, or holding a click's row
+    user_fence, *_ = index._fences(run)
+    hashes = touchindex._key_hashes(con, users, None)
+    named = set(touchindex._stretches(user_fence, hashes).tolist())
+    by_click = {i // touchrows.BLOCK for i, t in enumerate(every) if t in found and t in clicked}
+    assert set(asked_blocks) <= named | by_click
+    assert len(asked_blocks) < len(starts) - 1  # (not every block)
 
 
 def test_asked_ranges_are_joined_when_close_and_kept_apart_when_far(tmp_path: Path) -> None:

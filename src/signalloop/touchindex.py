@@ -7,21 +7,27 @@ click id of every touchpoint to find them (32M rows at 1,000 campaigns and 89 da
 that at 179 days: the largest part of a next day that grows with the history). This index
 keeps what that pass reads of each touchpoint (``touch_id``, ``click_id``, ``user_id``,
 ``campaign_id``, ``ts``, ``adset_id``, ``creative_id``) in runs sorted by DuckDB's 64-bit
-``hash`` of the user id, with a second order by the click id's hash and the touch ids'
-hashes sorted (what an ingest asks before it lands a file: :meth:`TouchIndex.holds_any_key`),
-as memory-mapped Arrow and NumPy files in a folder beside the workspace (``<stem>.touches``).
-A lookup hashes the asked keys, searches each run, and reads only the rows that match; the
-rows are then checked against the keys themselves (:meth:`TouchIndex.lookup` returns
-candidates; the caller filters them by the ids as it filtered the table), so two keys
-sharing a hash cost a row, never a wrong answer.
+``hash`` of the user id, each row stored whole in blocks of rows (:mod:`signalloop.touchrows`),
+with a second order by the click id's hash and the touch ids' hashes sorted (what an ingest
+asks before it lands a file: :meth:`TouchIndex.holds_any_key`), as memory-mapped files in a
+folder beside the workspace (``<stem>.touches``). A lookup hashes the asked keys, finds the
+blocks that may hold them in each run, and reads only those blocks; the rows are then
+checked against the keys themselves (:meth:`TouchIndex.lookup` returns candidates; the caller
+filters them by the ids as it filtered the table), so two keys sharing a hash cost a row,
+never a wrong answer.
 
-What a lookup reads grows with the rows it finds, not with the history. The kernel reads
+What a lookup reads grows with the keys it asks, not with the history. The kernel reads
 megabytes around each page a mapped file touches, so a few rows per user spread over a run
-would read most of the run, and twice as much behind twice the history. A run therefore keeps
-every :data:`FENCE`-th of its sorted hashes (``.fences.npz``, read whole): a search reads only
-the stretches of hashes they name, and the rows' byte ranges in each column are asked for all
-at once, with no readahead around them (:class:`_Map`). When the ranges would cost more than
-reading the whole file, the readahead is turned back on (BENCHMARKS.md has the figures).
+would read most of the run, and twice as much behind twice the history; a row stored by
+column would cost a read per column. A run therefore keeps, in a small file read whole
+(``.fences.npz``), the first user hash of each block and each block's byte offset: a user's
+rows lie in the block or two its hash names, read with one request, with no readahead around
+it (:class:`_Map`). Each row in a block carries its user and click hashes, so the day's clicks
+are found in the blocks read for their users first (a conversion's click is mostly its
+user's); only a click not found there, or one that more than one row of the run has, is
+searched in the click order (every :data:`FENCE`-th click hash in the fences, then a
+stretch of the sorted click hashes and their rows). When the asked ranges would cost more
+than reading the whole file, the readahead is turned back on (BENCHMARKS.md has the figures).
 
 The runs are trusted only when they were written for this workspace (an id kept in its
 ``meta`` table, so a file replaced by another workspace's is not taken for it), for the
@@ -29,9 +35,8 @@ touchpoints as they are (:meth:`~signalloop.store.Workspace.ingest_state`, which
 changes), by this format and by the same DuckDB version (its hash may change). Rows ingested
 since are added as a new run (:meth:`TouchIndex.sync`); anything else (rows removed or
 rewritten) builds the index again from the table as one run, read from DuckDB in the users'
-order and written in batches of :data:`BATCH_ROWS`, so memory stays bounded. The user hashes
-of a run are a sorted array of their own (``.users.npy``), so a lookup's searches read
-a few pages per key of one array, not every page of one array per chunk of the history. The
+order and written in batches of :data:`BATCH_ROWS`, so memory stays bounded (the user hashes
+of a run are also a sorted array of their own, ``.users.npy``, what merges sort by). The
 newest runs are merged while the newer is at least half the older's size and the older below
 :data:`MERGE_ROWS`, so a key is merged a few times in all; the runs the daily ingests add
 (about one per 4M touchpoints) are folded back into one by ``signalloop compact``. A run
@@ -67,7 +72,7 @@ import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import duckdb
 import numpy as np
@@ -75,13 +80,15 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from signalloop import touchrows
 from signalloop.store import Workspace, memory_limit
 
 #: Bump when the runs change meaning: stored ones are then built again.
-VERSION = 4
-#: A run's files: its rows, their user hashes, its click order, its touch ids' hashes, and
-#: every :data:`FENCE`-th of its user and click hashes.
-_SUFFIXES = (".arrow", ".users.npy", ".clicks.npy", ".keys.npy", ".fences.npz")
+VERSION = 5
+#: A run's files: its rows (in blocks: :mod:`signalloop.touchrows`), its dictionaries, its
+#: rows' user hashes, its click order, its touch ids' hashes, and every :data:`FENCE`-th of
+#: its user and click hashes with its blocks' offsets.
+_SUFFIXES = (".rows", ".dict.arrow", ".users.npy", ".clicks.npy", ".keys.npy", ".fences.npz")
 #: Rows of the sorted hashes per fence entry: a lookup searches the fences (read whole, 1/128
 #: of the hashes) and then reads only the stretches of the hashes they name.
 FENCE = 128
@@ -93,9 +100,9 @@ GAP = 65536
 #: 1.25 MiB), and nothing of the rest.
 CHUNK = 1 << 20
 #: What a run holds of each touchpoint, as the attribution's pass reads it.
-COLUMNS = ("touch_id", "click_id", "user_id", "campaign_id", "ts", "adset_id", "creative_id")
-#: The columns of few values, stored as dictionaries.
-FEW = ("campaign_id", "adset_id", "creative_id")
+COLUMNS = touchrows.COLUMNS
+#: The columns of few values, stored as positions in the run's dictionaries.
+FEW = touchrows.CODED
 #: Rows per record batch when the runs are built again: the table is read in its user-hash
 #: order as a stream of batches, written one after the other into a single run (memory
 #: stays bounded; DuckDB sorts out of core within its memory limit).
@@ -264,8 +271,7 @@ class TouchIndex:
         con.execute(f"SET memory_limit = '{BUILD_MEMORY}'")
         try:
             reader = con.execute(_select(where, hashes=True)).to_arrow_reader(BATCH_ROWS)
-            with pa.OSFile(str(tmp[".arrow"]), "wb") as sink:
-                writer = None
+            with touchrows.RowWriter(tmp[".rows"]) as writer:
                 for batch in reader:
                     m = batch.num_rows
                     if not m:
@@ -278,31 +284,33 @@ class TouchIndex:
                     click_h[clicked:end] = batch.column("ch").to_numpy()[has]
                     click_at[clicked:end] = has + at
                     touch_h[at : at + m] = batch.column("th").to_numpy()
-                    table = _coded(pa.Table.from_batches([batch]).select(list(COLUMNS)), codes)
-                    if writer is None:
-                        writer = pa.ipc.new_file(sink, table.schema)
-                    writer.write_table(table, max_chunksize=m)
+                    writer.write(
+                        _coded(pa.Table.from_batches([batch]).select(list(COLUMNS)), codes),
+                        users[at : at + m],
+                        batch.column("ch").to_numpy(),
+                    )
                     at, clicked = at + m, end
-                if writer is not None:
-                    writer.close()
         finally:
             if limit is not None:
                 con.execute("SET memory_limit = ?", [limit])
         if at != n:
             raise ValueError(f"the touchpoints changed while indexed: {at} of {n}")
         users.flush()
-        user_fence = np.array(users[::FENCE])  # (while the hashes are in memory)
+        user_fence = np.array(users[:: touchrows.BLOCK])  # (while the hashes are in memory)
         del users
         order = np.argsort(click_h[:clicked], kind="stable")
-        pairs = np.empty((2, clicked), np.uint64)
-        np.take(click_h, order, out=pairs[0])
-        np.take(click_at, order, out=pairs[1])
+        pairs = np.empty((clicked, 2), np.uint64)  # (each click hash beside its row)
+        pairs[:, 0] = click_h[order]
+        pairs[:, 1] = click_at[order]
         del click_h, click_at, order
         touch_h.sort()
         for sfx, array in ((".clicks.npy", pairs), (".keys.npy", touch_h)):
             with tmp[sfx].open("wb") as fh:
                 np.save(fh, array)
-        _save_fences(tmp[".fences.npz"], user_fence, pairs[0][::FENCE])
+        if writer.schema is None:
+            raise ValueError(f"the touchpoints changed while indexed: none of {n}")
+        touchrows.save_dictionaries(tmp[".dict.arrow"], writer.schema, codes)
+        _save_fences(tmp[".fences.npz"], user_fence, pairs[:, 0], writer.starts, sliced=True)
         for sfx in _SUFFIXES:
             _durable(tmp[sfx], self.folder / f"{name}{sfx}")
         return [(name, n)]
@@ -318,15 +326,21 @@ class TouchIndex:
                 table = table.set_column(at, name, col.dictionary_encode())
         name = f"run-{uuid.uuid4().hex}"
         tmp = {sfx: self.folder / f".{name}{sfx}" for sfx in _SUFFIXES}
-        with pa.OSFile(str(tmp[".arrow"]), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
-            w.write_table(table, max_chunksize=max(table.num_rows, 1))
         users = np.asarray(users, dtype=np.uint64)
         clicks = table.column("click_id")
+        every = _hash(clicks)  # (a null's hash is not read)
+        with touchrows.RowWriter(tmp[".rows"]) as writer:
+            for lo in range(0, table.num_rows, BATCH_ROWS):  # (bounded: a batch encoded at once)
+                hi = lo + BATCH_ROWS
+                writer.write(table.slice(lo, BATCH_ROWS), users[lo:hi], every[lo:hi])
+        touchrows.save_dictionaries(
+            tmp[".dict.arrow"], table.schema, {c: table.column(c).chunk(0).dictionary for c in FEW}
+        )
         has = np.flatnonzero(clicks.is_valid().to_numpy(zero_copy_only=False))
-        hashed = _hash(clicks.take(pa.array(has)))
+        hashed = every[has]
         order = np.argsort(hashed, kind="stable")
         # two rows, each contiguous: the click hashes sorted, and the row each is on
-        pairs = np.stack([hashed[order], has[order].astype(np.uint64)])
+        pairs = np.stack([hashed[order], has[order].astype(np.uint64)], axis=1)
         # and the touch ids' hashes, sorted: what the ingest asks before it lands a file
         touch = table.column("touch_id").fill_null("")
         arrays = (
@@ -337,7 +351,7 @@ class TouchIndex:
         for sfx, array in arrays:
             with tmp[sfx].open("wb") as fh:
                 np.save(fh, array)
-        _save_fences(tmp[".fences.npz"], users[::FENCE], pairs[0][::FENCE])
+        _save_fences(tmp[".fences.npz"], users, pairs[:, 0], writer.starts)
         for sfx in _SUFFIXES:
             _durable(tmp[sfx], self.folder / f"{name}{sfx}")
         return name
@@ -379,8 +393,13 @@ class TouchIndex:
 
     # -- reading ---------------------------------------------------------------------------
     def _table(self, run: str) -> pa.Table:
-        source = pa.memory_map(str(self.folder / f"{run}.arrow"), "r")
-        return pa.ipc.open_file(source).read_all()
+        """Every row of the run (a merge's input)."""
+        n = len(self._users(run))
+        *_, starts = self._fences(run)
+        schema, dicts = touchrows.load_dictionaries(self.folder / f"{run}.dict.arrow")
+        mapped = _Map(self.folder / f"{run}.rows")
+        mapped.readahead()
+        return touchrows.read_all(mapped.bytes(), starts, n, schema, dicts)
 
     def _users(self, run: str) -> Hashes:
         """The run's user hashes, one per row, sorted (mapped, not read)."""
@@ -390,21 +409,32 @@ class TouchIndex:
         return users
 
     def _rows(self, run: str) -> int:
-        # (each batch's header read, not the readahead around it: its rows are not read)
-        reader = pa.ipc.open_file(pa.BufferReader(_Map(self.folder / f"{run}.arrow").buffer))
-        n = int(sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches)))
-        hashes = len(self._users(run))
-        if hashes != n:
-            raise ValueError(f"{run}: {n} rows but {hashes} user hashes")
+        """The run's rows (as many as its user hashes, its blocks ending where its file does)."""
+        n = len(self._users(run))
+        *_, starts = self._fences(run)
+        size = (self.folder / f"{run}.rows").stat().st_size
+        blocks = -(-n // touchrows.BLOCK)
+        if len(starts) != blocks + 1 or int(starts[-1]) != size:
+            raise ValueError(
+                f"{run}: {n} user hashes but {len(starts) - 1} blocks ending at "
+                f"{int(starts[-1]) if len(starts) else 0} of {size} bytes"
+            )
         return n
 
-    def _fences(self, run: str) -> tuple[Hashes, Hashes]:
-        """The run's user and click fences (a file damaged: ``ValueError``)."""
+    def _fences(self, run: str) -> _Fences:
+        """The run's fences and its blocks' offsets (a file damaged: ``ValueError``)."""
         try:
             with np.load(self.folder / f"{run}.fences.npz") as fences:
-                return fences["users"], fences["clicks"]
+                got = _Fences(*(fences[f] for f in _Fences._fields))
         except (zipfile.BadZipFile, KeyError, EOFError) as e:
             raise ValueError(f"{run}.fences.npz: {type(e).__name__}: {e}") from e
+        for name, array in zip(got._fields, got, strict=True):
+            want = np.int64 if name == "blocks" else np.uint64
+            if array.dtype != want or array.ndim != 1:
+                raise ValueError(f"{run}.fences.npz: {name}: {array.dtype} {array.shape}")
+        if not len(got.blocks):
+            raise ValueError(f"{run}.fences.npz: no block offsets")
+        return got
 
     def holds_any_key(self, hashes: npt.ArrayLike) -> bool:
         """Whether any of ``hashes`` (DuckDB's ``hash`` of a touch id, ``''`` for none) is a
@@ -446,35 +476,76 @@ class TouchIndex:
             raise RuntimeError(f"the touch index in {self.folder} is not usable: sync it first")
         parts = []
         for run in doc["runs"]:
-            user_fence, click_fence = self._fences(run)
-            by_user = _Map(self.folder / f"{run}.users.npy")
-            rows = [by_user.search(by_user.npy(), user_fence, u)]
-            by_click = _Map(self.folder / f"{run}.clicks.npy")
-            pairs = by_click.npy()
-            if pairs.ndim != 2 or len(pairs) != 2:
-                raise ValueError(f"{run}.clicks.npy: expected two rows, got {pairs.shape}")
-            at = by_click.search(pairs[0], click_fence, k)
-            by_click.want(pairs, pairs.shape[1] + at, pairs.shape[1] + at + 1)
-            rows.append(np.asarray(pairs[1][at], dtype=np.int64))
-            both = np.sort(np.concatenate(rows))
+            fences = self._fences(run)
+            starts = fences.blocks
+            n = len(self._users(run))
+            if len(fences.users) != len(starts) - 1:
+                raise ValueError(f"{run}: {len(fences.users)} fences, {len(starts) - 1} blocks")
+            rows = _Map(self.folder / f"{run}.rows")
+            # the blocks the users' rows may lie in: every row of them, with its user and
+            # click hashes
+            by_user = _distinct(_stretches(fences.users, u))
+            rows.want_blocks(starts, by_user)
+            buf = rows.bytes()
+            seen, uh, ch = touchrows.keys_of(buf, starts, n, by_user)
+            of_click = _isin(ch, k) & (ch != 0)
+            found = [seen[_isin(uh, u) | of_click]]
+            # a click is found whole there unless more than one row has it: the others are
+            # looked for by the click order (a conversion's click is its user's, mostly)
+            whole = _distinct(ch[of_click])
+            whole = whole[~_isin(whole, fences.shared)]
+            rest = k[~_isin(k, whole)]
+            if len(rest):
+                by_click = _Map(self.folder / f"{run}.clicks.npy")
+                pairs = by_click.npy()
+                if pairs.ndim != 2 or pairs.shape[1] != 2:
+                    raise ValueError(f"{run}.clicks.npy: expected pairs, got {pairs.shape}")
+                at = by_click.search(pairs[:, 0], fences.clicks, rest)
+                found.append(np.asarray(pairs[at, 1], np.int64))
+            both = _distinct(np.concatenate(found))
             if len(both):
-                both = both[np.r_[True, both[1:] != both[:-1]]]
-                mapped = _Map(self.folder / f"{run}.arrow")
-                table = pa.ipc.open_file(pa.BufferReader(mapped.buffer)).read_all()
-                if both[-1] >= table.num_rows:
-                    raise ValueError(f"{run}: row {both[-1]} of {table.num_rows}")
-                mapped.want_rows(table, both)
-                parts.append(_take(table, both).select(list(COLUMNS)))
+                more = _distinct(both // touchrows.BLOCK)
+                rows.want_blocks(starts, more[~_isin(more, by_user)])  # (the clicks' others)
+                schema, dicts = touchrows.load_dictionaries(self.folder / f"{run}.dict.arrow")
+                parts.append(touchrows.take(buf, starts, n, both, schema, dicts))
         if not parts:
             return con.execute(_select("WHERE false")).fetch_arrow_table().select(list(COLUMNS))
         return pa.concat_tables(parts, promote_options="permissive")
 
 
-def _save_fences(path: Path, users: Hashes, clicks: Hashes) -> None:
-    """A run's fences: every :data:`FENCE`-th of its sorted user and click hashes, as
-    sliced by the caller (where a lookup looks)."""
+class _Fences(NamedTuple):
+    """What a lookup reads whole of a run (``.fences.npz``)."""
+
+    #: the first user hash of each block (the rows are sorted by it)
+    users: Hashes
+    #: every :data:`FENCE`-th of the sorted click hashes (``.clicks.npy``'s first column)
+    clicks: Hashes
+    #: the click hashes more than one row of the run has, sorted: a click found once in the
+    #: users' blocks is complete only when not one of these
+    shared: Hashes
+    #: each block's byte offset in ``.rows``, and the file's size last
+    blocks: npt.NDArray[np.int64]
+
+
+def _save_fences(
+    path: Path,
+    users: Hashes,
+    clicks: Hashes,
+    blocks: npt.NDArray[np.int64],
+    *,
+    sliced: bool = False,
+) -> None:
+    """A run's :class:`_Fences`, from its sorted user hashes (or, ``sliced``, their fence
+    already) and click hashes, and its blocks' offsets."""
+    shared = clicks[1:][clicks[1:] == clicks[:-1]]
     with path.open("wb") as fh:
-        np.savez(fh, users=np.array(users), clicks=np.array(clicks))
+        np.savez(
+            fh,
+            users=np.array(users if sliced else users[:: touchrows.BLOCK]),
+            clicks=np.array(clicks[::FENCE]),
+            shared=_distinct(shared),
+            blocks=np.asarray(blocks, np.int64),
+        )
 
 
 class _Map:
@@ -518,14 +589,13 @@ class _Map:
         return flat.reshape(shape)
 
     def want(self, array: npt.NDArray[Any], lo: npt.ArrayLike, hi: npt.ArrayLike) -> None:
-        """Ask for the elements ``[lo, hi)`` of ``array`` (a view of this mapping, indexed as
-        if flat) to be read now."""
+        """Ask for the elements ``[lo, hi)`` (``hi`` above ``lo``) of ``array`` (a vector
+        over this mapping, its elements evenly spaced) to be read now."""
         base = self._offset(array)
         if base is not None:
-            size = array.dtype.itemsize
-            self._ask(
-                base + np.asarray(lo, np.int64) * size, base + np.asarray(hi, np.int64) * size
-            )
+            step = array.strides[0]
+            first = np.asarray(lo, np.int64) * step
+            self._ask(base + first, base + (np.asarray(hi, np.int64) - 1) * step + array.itemsize)
 
     def search(
         self, values: npt.NDArray[np.uint64], fence: npt.NDArray[np.uint64], keys: Hashes
@@ -540,55 +610,25 @@ class _Map:
             return np.zeros(0, dtype=np.int64)
         if len(fence) != -(-n // FENCE):
             raise ValueError(f"{self.path.name}: {len(fence)} fences for {n} values")
-        # a key lies from the last stretch beginning below it to the last beginning at or
-        # below it (a run of equal hashes can span stretches)
-        first = np.maximum(np.searchsorted(fence, keys, side="left") - 1, 0)
-        last = np.searchsorted(fence, keys, side="right") - 1
-        inside = last >= 0
-        first, last = first[inside], np.maximum(last[inside], first[inside])
-        stretch = np.unique(_spans(first, last - first + 1))
+        stretch = _distinct(_stretches(fence, keys))
         if len(stretch) * FENCE * 8 > n:  # (most of them: read whole, searched as they are)
-            self._readahead()
+            self.readahead()
             return _ranges(values, keys)
         self.want(values, stretch * FENCE, np.minimum((stretch + 1) * FENCE, n))
         at = (stretch[:, None] * FENCE + np.arange(FENCE)).ravel()
         at = at[at < n]
         return at[_ranges(values[at], keys)]
 
-    def want_rows(self, table: pa.Table, rows: npt.NDArray[np.int64]) -> None:
-        """Ask for every buffer range :func:`_take` will read of ``rows`` (sorted, distinct):
-        the fixed-width values, offsets and validity first, then the strings' bytes, whose
-        ranges the offsets give."""
-        cut = np.flatnonzero(np.diff(rows) != 1) + 1
-        lo_all, hi_all = rows[np.r_[0, cut]], rows[np.r_[cut - 1, len(rows) - 1]] + 1
-        start = 0
-        strings = []
-        for batch in table.to_batches():
-            end = start + batch.num_rows
-            pick = (lo_all < end) & (hi_all > start)
-            lo = np.maximum(lo_all[pick], start) - start
-            hi = np.minimum(hi_all[pick], end) - start
-            start = end
-            if not len(lo):
-                continue
-            for column in batch.columns:
-                array = column.indices if pa.types.is_dictionary(column.type) else column
-                buffers, off = array.buffers(), array.offset
-                if buffers[0] is not None:  # validity bits
-                    self._ask_in(buffers[0], (lo + off) // 8, (hi + off - 1) // 8 + 1)
-                wide = pa.types.is_large_string(array.type) or pa.types.is_large_binary(array.type)
-                if wide or pa.types.is_string(array.type) or pa.types.is_binary(array.type):
-                    w = 8 if wide else 4
-                    self._ask_in(buffers[1], (lo + off) * w, (hi + off + 1) * w)
-                    strings.append((buffers[1], buffers[2], w, lo + off, hi + off))
-                elif pa.types.is_primitive(array.type) and array.type.bit_width % 8 == 0:
-                    w = array.type.bit_width // 8
-                    self._ask_in(buffers[1], (lo + off) * w, (hi + off) * w)
-        for offsets, data, w, lo, hi in strings:
-            o = np.frombuffer(offsets, dtype=np.int64 if w == 8 else np.int32)
-            self._ask_in(data, o[lo].astype(np.int64), o[hi].astype(np.int64))
+    def want_blocks(self, starts: npt.NDArray[np.int64], blocks: npt.NDArray[np.int64]) -> None:
+        """Ask for the blocks ``blocks``, ``starts`` the blocks' offsets: each row's values
+        and strings lie in its block (:mod:`signalloop.touchrows`)."""
+        self._ask(starts[blocks], starts[blocks + 1])
 
-    def _readahead(self) -> None:
+    def bytes(self) -> npt.NDArray[np.uint8]:
+        """The file's bytes, over the mapping (read as they are indexed)."""
+        return np.frombuffer(self.mm, dtype=np.uint8)
+
+    def readahead(self) -> None:
         """Read this file as any mapping does, with the readahead, from now on."""
         self.dense = True
         normal = getattr(mmap, "MADV_NORMAL", None)
@@ -625,7 +665,7 @@ class _Map:
         starts = np.minimum(lo[new], size)
         ends = np.minimum(hi[np.r_[np.flatnonzero(new)[1:] - 1, len(hi) - 1]], size)
         if len(starts) * GAP + int((ends - starts).sum()) >= size:
-            self._readahead()
+            self.readahead()
             return
         for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
             for at in range(s, e, CHUNK):
@@ -645,23 +685,6 @@ def _durable(tmp: Path, final: Path) -> None:
 
 #: What reading damaged runs raises (the caller then reads the table instead).
 DAMAGED = (OSError, ValueError, pa.ArrowException)
-
-
-def _take(table: pa.Table, rows: npt.NDArray[np.int64]) -> pa.Table:
-    """The rows ``rows`` (sorted) of a run's table, taken batch by batch: a built run is
-    many batches of the mapped file, and only the asked rows of each are read."""
-    batches = table.to_batches()
-    if len(batches) == 1:
-        return pa.Table.from_batches([batches[0].take(pa.array(rows))])
-    ends = np.cumsum([b.num_rows for b in batches])
-    cut = np.searchsorted(rows, ends[:-1], side="left")
-    starts = np.r_[0, ends[:-1]]
-    taken = [
-        b.take(pa.array(part - s))
-        for b, part, s in zip(batches, np.split(rows, cut), starts, strict=True)
-        if len(part)
-    ]
-    return pa.Table.from_batches(taken, schema=table.schema)
 
 
 def _coded(table: pa.Table, codes: dict[str, pa.Array]) -> pa.Table:
@@ -705,6 +728,31 @@ def _key_hashes(
         return np.zeros(0, dtype=np.uint64)
     h = np.sort(_hash(pa.chunked_array([pa.array([v for v in values if v is not None])])))
     return h[np.r_[True, h[1:] != h[:-1]]] if len(h) else h
+
+
+def _distinct(values: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """The distinct values, sorted (NumPy 2.4's ``np.unique`` hashes integers: slower)."""
+    values = np.sort(values)
+    return values[np.r_[True, values[1:] != values[:-1]]] if len(values) else values
+
+
+def _isin(values: npt.NDArray[Any], sorted_keys: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
+    """Whether each of ``values`` is one of ``sorted_keys`` (sorted)."""
+    if not len(sorted_keys):
+        return np.zeros(len(values), dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_keys, values), len(sorted_keys) - 1)
+    return np.asarray(sorted_keys[at] == values)
+
+
+def _stretches(fence: Hashes, keys: Hashes) -> npt.NDArray[np.int64]:
+    """The stretches that may hold each of ``keys`` (sorted), ``fence`` the first value of
+    each stretch of sorted values: from the last stretch beginning below a key to the last
+    beginning at or below it (a run of equal values can span stretches)."""
+    first = np.maximum(np.searchsorted(fence, keys, side="left") - 1, 0)
+    last = np.searchsorted(fence, keys, side="right") - 1
+    inside = last >= 0
+    first, last = first[inside], np.maximum(last[inside], first[inside])
+    return _spans(first, last - first + 1)
 
 
 def _ranges(sorted_hashes: npt.NDArray[np.uint64], keys: Hashes) -> npt.NDArray[np.int64]:
