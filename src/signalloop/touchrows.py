@@ -53,6 +53,7 @@ parts are copied as slices, never value by value in Python.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -74,6 +75,8 @@ FIXED = 8 + 8 + 8 + 12 + 12 + 1
 #: Where each part of a block's fixed part starts, in bytes per row of the block (a block of
 #: ``m`` rows: its user hashes start at ``8 * m``, its first codes at ``16 * m``, ...).
 _TS, _UH, _CH, _CODES, _ENDS, _VALID = 0, 8, 16, 24, 36, 48
+#: Pieces of bytes written per system call (Linux takes up to 1,024).
+IOV = 1024
 #: Every block starts at a multiple of this many bytes (zeros between), so that its
 #: timestamps, codes and ends are read as aligned words.
 ALIGN = 8
@@ -86,9 +89,16 @@ U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
 
 
+def _one(col: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """``col`` as one array (its one chunk as it is: a slice is not copied)."""
+    if isinstance(col, pa.Array):
+        return col
+    return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+
+
 def _strings(col: pa.ChunkedArray | pa.Array) -> tuple[I64, pa.Buffer | None]:
-    """A string column's offsets (n + 1, from 0) and its bytes (nulls as empty strings)."""
-    array = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    """A string column's offsets (n + 1, from 0) and its bytes (a null's, if any, kept)."""
+    array = _one(col)
     if not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
         array = array.cast(pa.string())  # (string views, binary: as UTF-8 strings)
     # (a null's bytes, if any, are kept: its validity bit says it is null)
@@ -115,15 +125,25 @@ def _values(array: pa.Array) -> npt.NDArray[Any]:
 
 def _codes(col: pa.ChunkedArray | pa.Array) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.bool_]]:
     """A dictionary column's positions (0 where null) and whether each is set."""
-    array = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    array = _one(col)
     if not pa.types.is_dictionary(array.type):
         raise ValueError(f"expected a dictionary column, got {array.type}")
     return _values(array.indices).astype("<i4"), _valid(array)
 
 
 def encode(table: pa.Table, users: npt.ArrayLike, clicks: npt.ArrayLike) -> tuple[U8, I64]:
+    """The blocks of ``table``'s rows as one array of bytes, and each block's size
+    (:func:`pieces`, joined)."""
+    parts, sizes = pieces(table, users, clicks)
+    return np.frombuffer(b"".join(parts), np.uint8), sizes
+
+
+def pieces(
+    table: pa.Table, users: npt.ArrayLike, clicks: npt.ArrayLike
+) -> tuple[list[memoryview | bytes], I64]:
     """The blocks of ``table``'s rows (every block of :data:`BLOCK` rows but the last), as
-    bytes, and each block's size. ``table``: :data:`COLUMNS`, :data:`CODED` as dictionaries
+    pieces of bytes to write one after the other (views of the table's buffers, not copies),
+    and each block's size. ``table``: :data:`COLUMNS`, :data:`CODED` as dictionaries
     (their positions are stored as they are: the caller codes them against the run's);
     ``users`` and ``clicks``: each row's user and click hash (what a lookup matches its rows
     by; a null click's is not read)."""
@@ -132,8 +152,8 @@ def encode(table: pa.Table, users: npt.ArrayLike, clicks: npt.ArrayLike) -> tupl
     if len(uh) != n or len(ch) != n:
         raise ValueError(f"{n} rows but {len(uh)} user and {len(ch)} click hashes")
     if not n:
-        return np.zeros(0, np.uint8), np.zeros(0, np.int64)
-    ts_col = table.column("ts").combine_chunks()
+        return [], np.zeros(0, np.int64)
+    ts_col = _one(table.column("ts"))
     if not pa.types.is_timestamp(ts_col.type):
         raise ValueError(f"ts: expected a timestamp column, got {ts_col.type}")
     valid = np.zeros(n, np.uint8)
@@ -147,7 +167,7 @@ def encode(table: pa.Table, users: npt.ArrayLike, clicks: npt.ArrayLike) -> tupl
         valid |= ok.astype(np.uint8) << COLUMNS.index(name)
     offsets, data = [], []
     for name in STRINGS:
-        col = table.column(name).combine_chunks()
+        col = _one(table.column(name))
         valid |= _valid(col).astype(np.uint8) << COLUMNS.index(name)
         o, d = _strings(col)
         offsets.append(o)
@@ -183,12 +203,11 @@ def encode(table: pa.Table, users: npt.ArrayLike, clicks: npt.ArrayLike) -> tupl
     x1 = (at[:-1] + ALIGN + head_len).tolist()
     (t0, t1), (c0, c1), (u0, u1) = ((o[starts].tolist(), o[ends].tolist()) for o in offsets)
     dt, dc, du = data
-    pieces: list[memoryview | bytes] = []
+    parts: list[memoryview | bytes] = []
     for b in range(len(starts)):
-        pieces += (hv[x0[b] : x1[b]], dt[t0[b] : t1[b]], dc[c0[b] : c1[b]], du[u0[b] : u1[b]])
-    pieces.append(bytes(int(pad[-1])))
-    out = np.frombuffer(b"".join(pieces), np.uint8)
-    return out, sizes
+        parts += (hv[x0[b] : x1[b]], dt[t0[b] : t1[b]], dc[c0[b] : c1[b]], du[u0[b] : u1[b]])
+    parts.append(bytes(int(pad[-1])))
+    return parts, sizes
 
 
 def _heads(columns: list[npt.NDArray[Any]], lo: int, hi: int, m: int) -> U8:
@@ -215,7 +234,7 @@ class RowWriter:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.fh = path.open("wb")
+        self.fh = path.open("wb", buffering=0)
         self.carry: tuple[pa.Table, npt.NDArray[np.uint64], npt.NDArray[np.uint64]] | None = None
         self.sizes: list[I64] = []
         self.starts: I64 = np.zeros(1, np.int64)
@@ -226,10 +245,17 @@ class RowWriter:
         uh, ch = np.asarray(users, dtype=np.uint64), np.asarray(clicks, dtype=np.uint64)
         if self.schema is None:
             self.schema = table.schema
-        if self.carry is not None:
-            table = pa.concat_tables([self.carry[0], table])
-            uh = np.concatenate([self.carry[1], uh])
-            ch = np.concatenate([self.carry[2], ch])
+        if self.carry is not None:  # (its block filled first: the batch itself not copied)
+            need = min(BLOCK - self.carry[0].num_rows, table.num_rows)
+            first = pa.concat_tables([self.carry[0], table.slice(0, need)])
+            first_uh = np.concatenate([self.carry[1], uh[:need]])
+            first_ch = np.concatenate([self.carry[2], ch[:need]])
+            table, uh, ch = table.slice(need), uh[need:], ch[need:]
+            self.carry = None
+            if first.num_rows < BLOCK:
+                self.carry = (first, first_uh, first_ch)
+                return
+            self._put(first, first_uh, first_ch)
         whole = (table.num_rows // BLOCK) * BLOCK
         if whole:
             self._put(table.slice(0, whole), uh[:whole], ch[:whole])
@@ -239,8 +265,8 @@ class RowWriter:
     def _put(
         self, table: pa.Table, users: npt.NDArray[np.uint64], clicks: npt.NDArray[np.uint64]
     ) -> None:
-        data, sizes = encode(table, users, clicks)
-        self.fh.write(data.data)
+        data, sizes = pieces(table, users, clicks)
+        _write(self.fh.fileno(), data)
         self.sizes.append(sizes)
 
     def close(self) -> I64:
@@ -262,6 +288,18 @@ class RowWriter:
             self.close()
         else:
             self.fh.close()
+
+
+def _write(fd: int, parts: list[memoryview | bytes]) -> None:
+    """Write ``parts`` one after the other, :data:`IOV` at a time (the kernel copies them
+    from where they are: no joined copy of the batch in memory)."""
+    for at in range(0, len(parts), IOV):
+        chunk = parts[at : at + IOV]
+        done = os.writev(fd, chunk)
+        if done != sum(len(p) for p in chunk):  # (a short write: the rest as one)
+            rest = memoryview(b"".join(chunk))[done:]
+            while len(rest):
+                rest = rest[os.write(fd, rest) :]
 
 
 def keys_of(buf: U8, starts: I64, n: int, blocks: I64) -> tuple[I64, U64, U64]:
