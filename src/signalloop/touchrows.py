@@ -383,10 +383,9 @@ def take(
         size = end - start
         if np.any((size < 0) | (text + end > starts[b + 1])):
             raise ValueError(f"{name}: a string beyond its block")
-        data = buf[_spans(text + start, size)]
-        offsets = np.r_[0, np.cumsum(size)].astype(np.int32)
+        data, offsets = _gather(buf, text + start, text + end)
         columns[name] = pa.StringArray.from_buffers(
-            len(rows), pa.py_buffer(offsets), pa.py_buffer(data), _bits(valid, name)
+            len(rows), pa.py_buffer(offsets), data, _bits(valid, name)
         ).cast(_plain(schema.field(name).type))
     return pa.table([columns[c] for c in COLUMNS], names=list(COLUMNS))
 
@@ -413,6 +412,27 @@ def _bits(valid: U8, name: str) -> pa.Buffer | None:
     if ok.all():
         return None
     return pa.py_buffer(np.packbits(ok, bitorder="little"))
+
+
+def _gather(buf: U8, lo: I64, hi: I64) -> tuple[pa.Buffer, npt.NDArray[np.int32]]:
+    """The bytes ``[lo, hi)`` of ``buf`` for each row, one after the other, and their
+    offsets. The ranges follow one another in the file (rows in order, a column's strings in
+    row order within a block), so ``buf`` is read as an Arrow array of them and the gaps
+    between them, and Arrow copies the ranges out (no index per byte)."""
+    n = len(lo)
+    if not n:
+        return pa.py_buffer(b""), np.zeros(1, np.int32)
+    bounds = np.empty(2 * n + 1, np.int64)
+    bounds[0:-1:2], bounds[1::2], bounds[-1] = lo, hi, hi[-1]
+    if np.any(bounds[1:] < bounds[:-1]):
+        raise ValueError("strings out of order in their blocks")
+    ranges = pa.LargeBinaryArray.from_buffers(
+        pa.large_binary(), 2 * n, [None, pa.py_buffer(bounds), pa.py_buffer(buf)]
+    )
+    taken = ranges.take(pa.array(np.arange(0, 2 * n, 2)))
+    offsets = np.frombuffer(taken.buffers()[1], np.int64)[taken.offset : taken.offset + n + 1]
+    data = taken.buffers()[2] or pa.py_buffer(b"")
+    return data, (offsets - offsets[0]).astype(np.int32)
 
 
 def _spans(starts: I64, counts: I64) -> I64:
