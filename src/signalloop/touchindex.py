@@ -86,11 +86,11 @@ from signalloop.store import Workspace, memory_limit
 #: Bump when the runs change meaning: stored ones are then built again.
 VERSION = 5
 #: A run's files: its rows (in blocks: :mod:`signalloop.touchrows`), its dictionaries, its
-#: rows' user hashes, its click order, its touch ids' hashes, and every :data:`FENCE`-th of
-#: its user and click hashes with its blocks' offsets.
+#: rows' user hashes, its click order, its touch ids' hashes, and its fences
+#: (:class:`_Fences`: what a lookup reads whole).
 _SUFFIXES = (".rows", ".dict.arrow", ".users.npy", ".clicks.npy", ".keys.npy", ".fences.npz")
-#: Rows of the sorted hashes per fence entry: a lookup searches the fences (read whole, 1/128
-#: of the hashes) and then reads only the stretches of the hashes they name.
+#: Rows of the sorted click hashes per fence entry: a lookup searches the fences (read whole,
+#: 1/128 of the hashes) and then reads only the stretches of the hashes they name.
 FENCE = 128
 #: Wanted byte ranges closer than this are asked for as one read (about what one more read
 #: costs on a disk that serves ~20k reads a second at ~2 GB/s).
@@ -339,7 +339,7 @@ class TouchIndex:
         has = np.flatnonzero(clicks.is_valid().to_numpy(zero_copy_only=False))
         hashed = every[has]
         order = np.argsort(hashed, kind="stable")
-        # two rows, each contiguous: the click hashes sorted, and the row each is on
+        # each click hash, sorted, beside the row it is on
         pairs = np.stack([hashed[order], has[order].astype(np.uint64)], axis=1)
         # and the touch ids' hashes, sorted: what the ingest asks before it lands a file
         touch = table.column("touch_id").fill_null("")
