@@ -639,13 +639,6 @@ class _Map:
         at = int(array.__array_interface__["data"][0]) - self.buffer.address
         return at if 0 <= at <= self.buffer.size else None
 
-    def _ask_in(self, buffer: pa.Buffer | None, lo: npt.ArrayLike, hi: npt.ArrayLike) -> None:
-        if buffer is None:
-            return
-        at = buffer.address - self.buffer.address
-        if at >= 0 and at + buffer.size <= self.buffer.size:
-            self._ask(at + np.asarray(lo, np.int64), at + np.asarray(hi, np.int64))
-
     def _ask(self, lo: npt.NDArray[np.int64], hi: npt.NDArray[np.int64]) -> None:
         """``madvise(MADV_WILLNEED)`` the byte ranges ``[lo, hi)``, joined where closer than
         :data:`GAP`, from page boundaries, in pieces of at most :data:`CHUNK` bytes (Linux
@@ -726,8 +719,7 @@ def _key_hashes(
         return np.asarray(got, dtype=np.uint64)
     if not values:
         return np.zeros(0, dtype=np.uint64)
-    h = np.sort(_hash(pa.chunked_array([pa.array([v for v in values if v is not None])])))
-    return h[np.r_[True, h[1:] != h[:-1]]] if len(h) else h
+    return _distinct(_hash(pa.chunked_array([pa.array([v for v in values if v is not None])])))
 
 
 def _distinct(values: npt.NDArray[Any]) -> npt.NDArray[Any]:
