@@ -129,6 +129,18 @@ def test_a_damaged_run_is_a_value_error(tmp_path: Path) -> None:
     shifted[1] += ALIGN  # (a block's start moved: its first strings' ends no longer fit)
     with pytest.raises(ValueError):
         touchrows.take(whole, shifted, n, every, schema, dicts)
+    far = starts.copy()
+    far[1] = 2**40  # (a block's offset beyond the file, the others as they were)
+    blocks = np.arange(len(starts) - 1)
+    for read in (
+        lambda: touchrows.take(whole, far, n, every, schema, dicts),
+        lambda: touchrows.keys_of(whole, far, n, blocks),
+    ):
+        with pytest.raises(ValueError, match="out of order"):
+            read()
+    far[1:-1] = starts[-1]  # (in order, each block empty but the last)
+    with pytest.raises(ValueError, match="fixed parts"):
+        touchrows.keys_of(whole, far, n, blocks)
     ends = whole.copy()  # a string's end beyond its block
     at = touchrows._ENDS * BLOCK  # (the first block's first touch id's end)
     ends[at : at + 4] = 255

@@ -310,6 +310,7 @@ def keys_of(buf: U8, starts: I64, n: int, blocks: I64) -> tuple[I64, U64, U64]:
     b = rows // BLOCK
     m = np.minimum(n - b * BLOCK, BLOCK)
     a, j = starts[b], rows - b * BLOCK
+    _fits(a, m, starts[b + 1])
     u64 = np.frombuffer(buf, "<u8", count=len(buf) // 8)
     clicked = (buf[a + _VALID * m + j] >> COLUMNS.index("click_id")) & 1 == 1
     ch = np.where(clicked, u64[(a + _CH * m + 8 * j) // 8], 0).astype(np.uint64)
@@ -317,12 +318,23 @@ def keys_of(buf: U8, starts: I64, n: int, blocks: I64) -> tuple[I64, U64, U64]:
 
 
 def _check(buf: U8, starts: I64, n: int) -> None:
+    """Offsets that fit the bytes: as many as the blocks, from 0 to the end, in order (then
+    every read of a block whose fixed part :func:`_fits` lies in the file)."""
     nb = -(-n // BLOCK)
     if len(starts) != nb + 1 or int(starts[-1]) != len(buf) or int(starts[0]) != 0:
         raise ValueError(
             f"{nb} blocks of {n} rows expected to end at {len(buf)} bytes; "
             f"{len(starts) - 1} block offsets ending at {int(starts[-1]) if len(starts) else 0}"
         )
+    if np.any(starts[1:] < starts[:-1]):
+        raise ValueError("block offsets out of order")
+
+
+def _fits(at: I64, rows: I64, end: I64) -> None:
+    """Blocks starting at ``at``, of ``rows`` rows, ending at ``end``: aligned, and long
+    enough for their rows' fixed parts."""
+    if np.any(at + FIXED * rows > end) or np.any(at % ALIGN):
+        raise ValueError("a block shorter than its rows' fixed parts, or not aligned")
 
 
 def take(
@@ -347,8 +359,7 @@ def take(
     j = rows - b * BLOCK
     m = np.minimum(n - b * BLOCK, BLOCK)
     a = starts[b]
-    if np.any(a + FIXED * m > starts[b + 1]) or np.any(a % ALIGN):
-        raise ValueError("a block shorter than its rows' fixed parts, or not aligned")
+    _fits(a, m, starts[b + 1])
     # (aligned words: one gather of each value; a block's parts start at multiples of 4)
     i64 = np.frombuffer(buf, "<i8", count=len(buf) // 8)
     i32 = np.frombuffer(buf, "<i4", count=len(buf) // 4)
