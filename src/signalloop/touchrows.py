@@ -5,20 +5,22 @@ from a run of tens of millions (:mod:`signalloop.touchindex`). Stored by column,
 stores a table, each row's seven values lie in seven places of the file (and the strings'
 offsets in three more), so a cold lookup reads about ten pages per row, wherever it lies in
 the history. Stored whole, a row's values lie together: one block of :data:`BLOCK` rows
-(about 3 KB) holds everything a lookup takes of its rows, and a lookup reads a page or two
-per user. The blocks' byte offsets (a small array, read whole beside the run's fences) say
-where each block starts.
+(about 3.4 KB at 1,000 campaigns) holds everything a lookup takes of its rows, and a lookup
+reads a page or two per user. The blocks' byte offsets (a small array, read whole beside the
+run's fences) say where each block starts.
 
-A block of ``m`` rows (:data:`BLOCK`, but in a run's last block), little-endian:
+A block of ``m`` rows (:data:`BLOCK`, but in a run's last block), little-endian, starting at a
+multiple of :data:`ALIGN` bytes (zeros between blocks); the values under a null are whatever
+the source held there (its validity bit says it is null):
 
 ========  ============  ==========================================================
-ts        int64 x m     the timestamps in their unit (0 where null)
+ts        int64 x m     the timestamps in their unit
 uh        uint64 x m    the user hashes (the run's order: a lookup's users are matched
                         by them in the blocks it reads)
 ch        uint64 x m    the click ids' hashes (a lookup's clicks are found among the rows
                         of the blocks it reads for its users first)
-codes     int32 x 3m    campaign, ad set, creative: positions in the run's dictionaries
-                        (0 where null), column after column
+codes     int32 x 3m    campaign, ad set, creative: positions in the run's dictionaries,
+                        column after column
 ends      uint32 x 3m   where each row's touch, click and user id end in the block's
                         strings, column after column (the touch ids first, then the
                         click ids, then the user ids)
