@@ -744,7 +744,7 @@ def _stretches(fence: Hashes, keys: Hashes) -> npt.NDArray[np.int64]:
     last = np.searchsorted(fence, keys, side="right") - 1
     inside = last >= 0
     first, last = first[inside], np.maximum(last[inside], first[inside])
-    return _spans(first, last - first + 1)
+    return touchrows.spans(first, last - first + 1)
 
 
 def _ranges(sorted_hashes: npt.NDArray[np.uint64], keys: Hashes) -> npt.NDArray[np.int64]:
@@ -755,13 +755,4 @@ def _ranges(sorted_hashes: npt.NDArray[np.uint64], keys: Hashes) -> npt.NDArray[
     hi = np.searchsorted(sorted_hashes, keys, side="right")
     n = hi - lo
     hit = n > 0
-    return _spans(lo[hit], n[hit])
-
-
-def _spans(starts: npt.NDArray[Any], counts: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
-    """Every position of the ranges ``[starts, starts + counts)`` (counts above 0), in order:
-    the starts repeated, plus 0, 1, ... within each range."""
-    if not len(counts):
-        return np.zeros(0, dtype=np.int64)
-    at = np.repeat(starts - np.r_[0, np.cumsum(counts)[:-1]], counts)
-    return np.asarray(at + np.arange(int(counts.sum())), dtype=np.int64)
+    return touchrows.spans(lo[hit], n[hit])

@@ -64,7 +64,8 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-#: Rows per block: about 3 KB a block, a page or two for each user a lookup takes.
+#: Rows per block: about 3.4 KB a block at 1,000 campaigns, a page or two for each user a
+#: lookup takes.
 BLOCK = 32
 #: What a run holds of each touchpoint, in the order of the validity bits.
 COLUMNS = ("touch_id", "click_id", "user_id", "campaign_id", "ts", "adset_id", "creative_id")
@@ -82,8 +83,8 @@ IOV = 1024
 #: Every block starts at a multiple of this many bytes (zeros between), so that its
 #: timestamps, codes and ends are read as aligned words.
 ALIGN = 8
-#: Rows decoded at once when a whole run is read (a merge): bounds the byte positions the
-#: strings are gathered by (8 bytes for each byte of a string).
+#: Rows decoded at once when a whole run is read (a merge): bounds the index arrays a decode
+#: builds (its blocks' rows, and two string bounds a row per column).
 DECODE_ROWS = 1 << 18
 
 U8 = npt.NDArray[np.uint8]
@@ -126,7 +127,7 @@ def _values(array: pa.Array) -> npt.NDArray[Any]:
 
 
 def _codes(col: pa.ChunkedArray | pa.Array) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.bool_]]:
-    """A dictionary column's positions (0 where null) and whether each is set."""
+    """A dictionary column's positions (whatever lies under a null) and whether each is set."""
     array = _one(col)
     if not pa.types.is_dictionary(array.type):
         raise ValueError(f"expected a dictionary column, got {array.type}")
@@ -188,13 +189,12 @@ def pieces(
     pad = -(head_len + base) % ALIGN  # (each block starts at a multiple of ALIGN)
     sizes = head_len + base + pad
     full = n // BLOCK
+    fixed = [ts, uh, ch, *codes, *ends_in_block, valid]
     heads = []
     if full:
-        heads.append(_heads([ts, uh, ch, *codes, *ends_in_block, valid], 0, full * BLOCK, BLOCK))
+        heads.append(_heads(fixed, 0, full * BLOCK, BLOCK))
     if n > full * BLOCK:
-        heads.append(
-            _heads([ts, uh, ch, *codes, *ends_in_block, valid], full * BLOCK, n, n - full * BLOCK)
-        )
+        heads.append(_heads(fixed, full * BLOCK, n, n - full * BLOCK))
     head = np.concatenate(heads, axis=None) if len(heads) > 1 else heads[0].ravel()
     # a block: its head, then its touch ids, click ids and user ids (slices joined as such);
     # each head is kept behind ALIGN zero bytes, of which the previous block's padding
@@ -308,7 +308,7 @@ def keys_of(buf: U8, starts: I64, n: int, blocks: I64) -> tuple[I64, U64, U64]:
     """Every row of the blocks ``blocks`` (of a run of ``n`` rows), with its user hash and
     its click hash (0 where it has no click id)."""
     _check(buf, starts, n)
-    rows = _spans(blocks * BLOCK, np.minimum(n - blocks * BLOCK, BLOCK))
+    rows = spans(blocks * BLOCK, np.minimum(n - blocks * BLOCK, BLOCK))
     b = rows // BLOCK
     m = np.minimum(n - b * BLOCK, BLOCK)
     a, j = starts[b], rows - b * BLOCK
@@ -448,8 +448,9 @@ def _gather(buf: U8, lo: I64, hi: I64) -> tuple[pa.Buffer, npt.NDArray[np.int32]
     return data, (offsets - offsets[0]).astype(np.int32)
 
 
-def _spans(starts: I64, counts: I64) -> I64:
-    """Every position of the ranges ``[starts, starts + counts)``, in order."""
+def spans(starts: npt.NDArray[Any], counts: npt.NDArray[Any]) -> I64:
+    """Every position of the ranges ``[starts, starts + counts)`` (counts above 0), in order:
+    the starts repeated, plus 0, 1, ... within each range."""
     if not len(counts):
         return np.zeros(0, dtype=np.int64)
     total = int(counts.sum())
