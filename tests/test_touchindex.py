@@ -415,3 +415,59 @@ def test_a_damaged_fences_file_is_damage(tmp_path: Path, cut: int) -> None:
     fences.write_bytes(fences.read_bytes()[:cut])
     with pytest.raises(touchindex.DAMAGED):
         index.lookup(con, users=["u1"], clicks=["k1"])
+
+
+@pytest.mark.parametrize("n", [1, 31, 64, 65, 2_000, 100_000])
+def test_the_sieve_answers_as_the_sorted_hashes(tmp_path: Path, n: int) -> None:
+    """The key check through a run's sieve finds a stored hash, and refuses hashes that
+    share a stored one's bucket and print (the 16 bits it keeps) but not the hash, and
+    repeated stored hashes; every answer equals a search of the sorted hashes."""
+    rng = np.random.default_rng(n)
+    keys = rng.integers(0, 2**64, n, dtype=np.uint64, endpoint=False)
+    keys[: n // 10] = keys[0]  # (a hash stored several times)
+    keys.sort()
+    path = tmp_path / "run.sieve.npz"
+    touchindex._save_sieve(path, keys)
+    np.save(tmp_path / "run.keys.npy", keys)
+    keys = np.load(tmp_path / "run.keys.npy", mmap_mode="r")  # (as a run's: read by value)
+    bits = touchindex._sieve_bits(n)
+    prints, bounds = touchindex._sieve(keys)
+    assert len(bounds) == (1 << bits) + 1 and len(prints) == n
+    assert n / (1 << bits) < 2 * touchindex.SIEVE_BUCKET or bits == 0
+    # beside each stored hash, one with the same first 64 - 48 + bits bits: it passes the
+    # sieve, and only the sorted hashes tell it apart
+    near = keys ^ np.uint64(1 << (47 - bits))
+    near = near[~np.isin(near, keys)]
+    far = rng.integers(0, 2**64, 5_000, dtype=np.uint64, endpoint=False)
+    far = far[~np.isin(far, keys)]
+    for q, want in (
+        (near, False),
+        (far, False),
+        (np.append(far, keys[-1]), True),
+        (np.append(near, keys[n // 2]), True),
+        (keys[:1], True),
+    ):
+        assert touchindex._sifted(path, keys, np.sort(q)) is want
+    assert touchindex._sifted(path, keys, np.sort(near[:1])) is False
+
+
+def test_a_damaged_sieve_is_damage(tmp_path: Path) -> None:
+    """A run's sieve cut short, or not its hashes' (another run's), is a damaged run (what
+    the ingest reads around: its anti-join, and the index built again)."""
+    keys = np.sort(np.random.default_rng(3).integers(0, 2**64, 500, dtype=np.uint64))
+    path = tmp_path / "run.sieve.npz"
+    touchindex._save_sieve(path, keys)
+    q = keys[:3].copy()
+    with pytest.raises(ValueError, match="not the sieve of 499"):
+        touchindex._sifted(path, keys[:-1], q)
+    con = duckdb.connect()
+    con.execute(_TABLE)
+    _add(con, np.random.default_rng(2), 300, 1)
+    index = TouchIndex(tmp_path / "ws.touches", owner="w1")
+    index.sync(con, _state(con))
+    absent = touchindex._hash(pa.chunked_array([pa.array(["not stored"])]))
+    assert not index.holds_any_key(absent)
+    (sieve,) = (tmp_path / "ws.touches").glob("run-*.sieve.npz")
+    sieve.write_bytes(sieve.read_bytes()[:40])
+    with pytest.raises(touchindex.DAMAGED, match=r"sieve\.npz"):
+        index.holds_any_key(absent)

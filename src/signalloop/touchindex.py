@@ -8,9 +8,10 @@ that at 179 days: the largest part of a next day that grows with the history). T
 keeps what that pass reads of each touchpoint (``touch_id``, ``click_id``, ``user_id``,
 ``campaign_id``, ``ts``, ``adset_id``, ``creative_id``) in runs sorted by DuckDB's 64-bit
 ``hash`` of the user id, each row stored whole in blocks of rows (:mod:`signalloop.touchrows`),
-with a second order by the click id's hash and the touch ids' hashes sorted (what an ingest
-asks before it lands a file: :meth:`TouchIndex.holds_any_key`), as memory-mapped files in a
-folder beside the workspace (``<stem>.touches``). A lookup hashes the asked keys, finds the
+with a second order by the click id's hash and the touch ids' hashes sorted, behind a sieve
+that keeps 2.25 of their 8 bytes (what an ingest asks before it lands a file:
+:meth:`TouchIndex.holds_any_key`), as memory-mapped files in a folder beside the workspace
+(``<stem>.touches``). A lookup hashes the asked keys, finds the
 blocks that may hold them in each run, and reads only those blocks; the rows are then
 checked against the keys themselves (:meth:`TouchIndex.lookup` returns candidates; the caller
 filters them by the ids as it filtered the table), so two keys sharing a hash cost a row,
@@ -69,7 +70,7 @@ import os
 import threading
 import uuid
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -84,14 +85,27 @@ from signalloop import touchrows
 from signalloop.store import Workspace, memory_limit
 
 #: Bump when the runs change meaning: stored ones are then built again.
-VERSION = 5
+VERSION = 6
 #: A run's files: its rows (in blocks: :mod:`signalloop.touchrows`), its dictionaries, its
-#: rows' user hashes, its click order, its touch ids' hashes, and its fences
-#: (:class:`_Fences`: what a lookup reads whole).
-_SUFFIXES = (".rows", ".dict.arrow", ".users.npy", ".clicks.npy", ".keys.npy", ".fences.npz")
+#: rows' user hashes, its click order, its touch ids' hashes, their sieve (:func:`_sieve`:
+#: what an ingest's key check reads whole) and its fences (:class:`_Fences`: what a lookup
+#: reads whole).
+_SUFFIXES = (
+    ".rows",
+    ".dict.arrow",
+    ".users.npy",
+    ".clicks.npy",
+    ".keys.npy",
+    ".sieve.npz",
+    ".fences.npz",
+)
 #: Rows of the sorted click hashes per fence entry: a lookup searches the fences (read whole,
 #: 1/128 of the hashes) and then reads only the stretches of the hashes they name.
 FENCE = 128
+#: Touch-id hashes per bucket of a run's sieve, on average (:func:`_sieve`): a hash not
+#: stored passes it with odds of about ``SIEVE_BUCKET / 2**16``, and then costs a read of
+#: the sorted hashes (the 32 bytes a hash keeps per bucket are 2.25 bytes a touchpoint).
+SIEVE_BUCKET = 32
 #: Wanted byte ranges closer than this are asked for as one read (about what one more read
 #: costs on a disk that serves ~20k reads a second at ~2 GB/s).
 GAP = 65536
@@ -307,6 +321,7 @@ class TouchIndex:
         for sfx, array in ((".clicks.npy", pairs), (".keys.npy", touch_h)):
             with tmp[sfx].open("wb") as fh:
                 np.save(fh, array)
+        _save_sieve(tmp[".sieve.npz"], touch_h)
         if writer.schema is None:
             raise ValueError(f"the touchpoints changed while indexed: none of {n}")
         touchrows.save_dictionaries(tmp[".dict.arrow"], writer.schema, codes)
@@ -342,15 +357,11 @@ class TouchIndex:
         # each click hash, sorted, beside the row it is on
         pairs = np.stack([hashed[order], has[order].astype(np.uint64)], axis=1)
         # and the touch ids' hashes, sorted: what the ingest asks before it lands a file
-        touch = table.column("touch_id").fill_null("")
-        arrays = (
-            (".users.npy", users),
-            (".clicks.npy", pairs),
-            (".keys.npy", np.sort(_hash(touch))),
-        )
-        for sfx, array in arrays:
+        touch = np.sort(_hash(table.column("touch_id").fill_null("")))
+        for sfx, array in ((".users.npy", users), (".clicks.npy", pairs), (".keys.npy", touch)):
             with tmp[sfx].open("wb") as fh:
                 np.save(fh, array)
+        _save_sieve(tmp[".sieve.npz"], touch)
         _save_fences(tmp[".fences.npz"], users, pairs[:, 0], writer.starts)
         for sfx in _SUFFIXES:
             _durable(tmp[sfx], self.folder / f"{name}{sfx}")
@@ -438,9 +449,12 @@ class TouchIndex:
 
     def holds_any_key(self, hashes: npt.ArrayLike) -> bool:
         """Whether any of ``hashes`` (DuckDB's ``hash`` of a touch id, ``''`` for none) is a
-        stored touchpoint's (or, about once in ``2**64 / rows``, shares one's hash)."""
-        # sorted for the searches (np.sort: NumPy 2.4's np.unique is slow on many ints)
-        q = np.sort(np.asarray(hashes, dtype=np.uint64))
+        stored touchpoint's (or, about once in ``2**64 / rows``, shares one's hash).
+
+        Each run's sieve is read whole (2.25 bytes a touchpoint, not the 8 of its sorted
+        hashes); only the hashes that pass it are read in the sorted hashes, one page each.
+        """
+        q = _distinct(np.asarray(hashes, dtype=np.uint64))  # (sorted for the searches)
         doc = self._read()
         if doc is None:
             raise RuntimeError(f"the touch index in {self.folder} is not usable: sync it first")
@@ -448,10 +462,10 @@ class TouchIndex:
             return False
         for run in doc["runs"]:
             keys = np.load(self.folder / f"{run}.keys.npy", mmap_mode="r")
-            if len(keys):
-                at = np.minimum(np.searchsorted(keys, q), len(keys) - 1)
-                if np.any(keys[at] == q):
-                    return True
+            if keys.dtype != np.uint64 or keys.ndim != 1:
+                raise ValueError(f"{run}.keys.npy: expected a vector of uint64, got {keys.dtype}")
+            if len(keys) and _sifted(self.folder / f"{run}.sieve.npz", keys, q):
+                return True
         return False
 
     def lookup(
@@ -546,6 +560,128 @@ def _save_fences(
             shared=_distinct(shared),
             blocks=np.asarray(blocks, np.int64),
         )
+
+
+def _save_sieve(path: Path, keys: Hashes) -> None:
+    """Write the sieve of a run's sorted touch-id hashes (:func:`_sieve`)."""
+    prints, bounds = _sieve(keys)
+    with path.open("wb") as fh:
+        np.savez(fh, prints=prints, bounds=bounds)
+
+
+def _sieve(keys: Hashes) -> tuple[npt.NDArray[np.uint16], npt.NDArray[np.int64]]:
+    """The sieve of sorted hashes: ``2**b`` buckets by their first ``b`` bits (about
+    :data:`SIEVE_BUCKET` hashes each), each bucket's hashes' next 16 bits (``prints``, in
+    the hashes' order, so sorted within a bucket) and where each bucket begins and the last
+    ends (``bounds``, ``2**b + 1`` positions).
+
+    >>> prints, bounds = _sieve(np.array([1 << 60, 3 << 62], np.uint64))
+    >>> prints.tolist(), bounds.tolist()
+    ([4096, 49152], [0, 2])
+    """
+    b = _sieve_bits(len(keys))
+    prints = ((keys >> np.uint64(48 - b)) & np.uint64(0xFFFF)).astype(np.uint16)
+    # (each bucket's first possible hash; a shift by 64 is not defined, so b = 0 apart)
+    starts = (
+        (np.arange(1 << b, dtype=np.uint64) << np.uint64(64 - b)) if b else np.zeros(1, np.uint64)
+    )
+    bounds = np.append(np.searchsorted(keys, starts), len(keys)).astype(np.int64)
+    return prints, bounds
+
+
+def _sieve_bits(n: int) -> int:
+    """The bucket bits of a sieve of ``n`` hashes: about :data:`SIEVE_BUCKET` in each."""
+    return min(max(int(n // SIEVE_BUCKET).bit_length() - 1, 0), 32)
+
+
+def _sifted(path: Path, keys: Hashes, q: Hashes) -> bool:
+    """Whether one of ``q`` (sorted) is one of ``keys`` (sorted, mapped), through the sieve
+    of ``keys`` in ``path`` (a file damaged or not ``keys``' sieve: ``ValueError``)."""
+    try:
+        with np.load(path) as sieve:
+            prints, bounds = sieve["prints"], sieve["bounds"]
+    except (zipfile.BadZipFile, KeyError, EOFError) as e:
+        raise ValueError(f"{path.name}: {type(e).__name__}: {e}") from e
+    n = len(keys)
+    b = (len(bounds) - 1).bit_length() - 1
+    if (
+        prints.dtype != np.uint16
+        or bounds.dtype != np.int64
+        or len(prints) != n
+        or len(bounds) != (1 << b) + 1
+        or b != _sieve_bits(n)
+        or bounds[0] != 0
+        or bounds[-1] != n
+        or np.any(bounds[1:] < bounds[:-1])
+    ):
+        raise ValueError(f"{path.name}: not the sieve of {n} hashes")
+    bucket = (q >> np.uint64(64 - b)).astype(np.int64) if b else np.zeros(len(q), np.int64)
+    want = ((q >> np.uint64(48 - b)) & np.uint64(0xFFFF)).astype(np.uint16)
+    # each bucket's prints are sorted: where each asked print is in its bucket, if it is
+    end = bounds[bucket + 1]
+    lo = _search(lambda at: prints[at], bounds[bucket], end, want)
+    some = np.flatnonzero(lo < end)
+    some = some[prints[lo[some]] == want[some]]
+    # those hashes searched in the stored hashes of their print's stretch (sorted too, and
+    # usually one), a value read at a time
+    lo, q = lo[some], q[some]
+    hi = _search(lambda at: prints[at], lo, end[some], want[some], right=True)
+    at = _search(lambda at: _read_at(keys, at), lo, hi, q)
+    inside = at < hi
+    return bool(np.any(_read_at(keys, at[inside]) == q[inside]))
+
+
+def _search(
+    value: Callable[[npt.NDArray[np.int64]], npt.NDArray[Any]],
+    lo: npt.NDArray[np.int64],
+    hi: npt.NDArray[np.int64],
+    want: npt.NDArray[Any],
+    *,
+    right: bool = False,
+) -> npt.NDArray[np.int64]:
+    """For each ``want``, the first position in ``[lo, hi)`` whose value (``value(at)``, of
+    values sorted there) is not below it (``right``: above it), or ``hi``; a binary search
+    of all of them at once.
+
+    >>> v = np.array([1, 3, 3, 5])
+    >>> z = np.zeros(3, np.int64)
+    >>> _search(lambda at: v[at], z, z + 4, np.array([3, 4, 9])).tolist()
+    [1, 3, 4]
+    >>> _search(lambda at: v[at], z, z + 4, np.array([3, 4, 9]), right=True).tolist()
+    [3, 3, 4]
+    """
+    lo, hi = lo.copy(), hi.copy()
+    while True:
+        going = np.flatnonzero(lo < hi)
+        if not len(going):
+            return lo
+        mid = (lo[going] + hi[going]) // 2
+        v = value(mid)
+        up = (v <= want[going]) if right else (v < want[going])
+        lo[going] = np.where(up, mid + 1, lo[going])
+        hi[going] = np.where(up, hi[going], mid)
+
+
+def _read_at(keys: Hashes, at: npt.NDArray[np.int64]) -> Hashes:
+    """``keys[at]``, a few scattered values of a mapped array, read one by one without the
+    readahead (a page fault of the mapping reads megabytes around each: a hundred of them
+    read a gigabyte)."""
+    if not isinstance(keys, np.memmap) or keys.filename is None:
+        return np.asarray(keys[at])
+    got = np.empty(len(at), np.uint64)
+    size = got.itemsize
+    fd = os.open(keys.filename, os.O_RDONLY)
+    try:
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        for i, pos in enumerate(at.tolist()):
+            raw = os.pread(fd, size, keys.offset + pos * size)
+            if len(raw) != size:
+                raise ValueError(f"{Path(keys.filename).name}: cut short at value {pos}")
+            got[i] = np.frombuffer(raw, np.uint64)[0]
+    finally:
+        os.close(fd)
+    return got
 
 
 class _Map:
