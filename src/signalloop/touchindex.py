@@ -9,7 +9,7 @@ keeps what that pass reads of each touchpoint (``touch_id``, ``click_id``, ``use
 ``campaign_id``, ``ts``, ``adset_id``, ``creative_id``) in runs sorted by DuckDB's 64-bit
 ``hash`` of the user id, each row stored whole in blocks of rows (:mod:`signalloop.touchrows`),
 with a second order by the click id's hash and the touch ids' hashes sorted, behind a sieve
-that keeps 2.25 of their 8 bytes (what an ingest asks before it lands a file:
+that keeps about 2 of their 8 bytes (what an ingest asks before it lands a file:
 :meth:`TouchIndex.holds_any_key`), as memory-mapped files in a folder beside the workspace
 (``<stem>.touches``). A lookup hashes the asked keys, finds the
 blocks that may hold them in each run, and reads only those blocks; the rows are then
@@ -102,9 +102,10 @@ _SUFFIXES = (
 #: Rows of the sorted click hashes per fence entry: a lookup searches the fences (read whole,
 #: 1/128 of the hashes) and then reads only the stretches of the hashes they name.
 FENCE = 128
-#: Touch-id hashes per bucket of a run's sieve, on average (:func:`_sieve`): a hash not
-#: stored passes it with odds of about ``SIEVE_BUCKET / 2**16``, and then costs a read of
-#: the sorted hashes (the 32 bytes a hash keeps per bucket are 2.25 bytes a touchpoint).
+#: Touch-id hashes per bucket of a run's sieve: from this many to twice as many, on average
+#: (:func:`_sieve`). A hash not stored passes the sieve with odds of one in 1,000-2,000 (the
+#: bucket's hashes over ``2**16``), and then costs a few reads of the sorted hashes; the
+#: sieve keeps 2 bytes a hash and 8 a bucket (2.13-2.25 bytes a touchpoint).
 SIEVE_BUCKET = 32
 #: Wanted byte ranges closer than this are asked for as one read (about what one more read
 #: costs on a disk that serves ~20k reads a second at ~2 GB/s).
@@ -451,8 +452,9 @@ class TouchIndex:
         """Whether any of ``hashes`` (DuckDB's ``hash`` of a touch id, ``''`` for none) is a
         stored touchpoint's (or, about once in ``2**64 / rows``, shares one's hash).
 
-        Each run's sieve is read whole (2.25 bytes a touchpoint, not the 8 of its sorted
-        hashes); only the hashes that pass it are read in the sorted hashes, one page each.
+        Each run's sieve is read whole (about 2 bytes a touchpoint, not the 8 of its sorted
+        hashes); only the hashes that pass it are searched in the sorted hashes, a value
+        read at a time.
         """
         q = _distinct(np.asarray(hashes, dtype=np.uint64))  # (sorted for the searches)
         doc = self._read()
@@ -570,10 +572,10 @@ def _save_sieve(path: Path, keys: Hashes) -> None:
 
 
 def _sieve(keys: Hashes) -> tuple[npt.NDArray[np.uint16], npt.NDArray[np.int64]]:
-    """The sieve of sorted hashes: ``2**b`` buckets by their first ``b`` bits (about
-    :data:`SIEVE_BUCKET` hashes each), each bucket's hashes' next 16 bits (``prints``, in
-    the hashes' order, so sorted within a bucket) and where each bucket begins and the last
-    ends (``bounds``, ``2**b + 1`` positions).
+    """The sieve of sorted hashes: ``2**b`` buckets by their first ``b`` bits
+    (:data:`SIEVE_BUCKET` to twice as many hashes each, on average), each bucket's hashes'
+    next 16 bits (``prints``, in the hashes' order, so sorted within a bucket) and where
+    each bucket begins and the last ends (``bounds``, ``2**b + 1`` positions).
 
     >>> prints, bounds = _sieve(np.array([1 << 60, 3 << 62], np.uint64))
     >>> prints.tolist(), bounds.tolist()
@@ -590,7 +592,8 @@ def _sieve(keys: Hashes) -> tuple[npt.NDArray[np.uint16], npt.NDArray[np.int64]]
 
 
 def _sieve_bits(n: int) -> int:
-    """The bucket bits of a sieve of ``n`` hashes: about :data:`SIEVE_BUCKET` in each."""
+    """The bucket bits of a sieve of ``n`` hashes: :data:`SIEVE_BUCKET` to twice as many in
+    each bucket, on average (at most 32 bits)."""
     return min(max(int(n // SIEVE_BUCKET).bit_length() - 1, 0), 32)
 
 
@@ -622,6 +625,8 @@ def _sifted(path: Path, keys: Hashes, q: Hashes) -> bool:
     lo = _search(lambda at: prints[at], bounds[bucket], end, want)
     some = np.flatnonzero(lo < end)
     some = some[prints[lo[some]] == want[some]]
+    if not len(some):
+        return False
     # those hashes searched in the stored hashes of their print's stretch (sorted too, and
     # usually one), a value read at a time
     lo, q = lo[some], q[some]
