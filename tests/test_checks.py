@@ -316,3 +316,46 @@ def test_trailing_mean_equals_the_mean_of_each_window() -> None:
         for t in range(7, n):
             want[t] = float(o[max(0, t - window) : t].mean())
         assert np.array_equal(_trailing_mean(o, window), want)
+
+
+def test_saved_exclusions_replace_the_checks_own_and_keep_the_manual_ones(
+    tmp_path: Path,
+) -> None:
+    """``save_exclusions`` writes every window in one statement (a doubled history has
+    hundreds): each window as given (dates as text or dates, an open end as null), the
+    checks' earlier windows replaced, a window entered by hand kept; none at all empties
+    the checks' own."""
+    from signalloop.checks.engine import save_exclusions
+
+    with Workspace(tmp_path / "ws.duckdb") as ws:
+        save_exclusions(ws, [], day(0))
+        ws.con.execute(
+            "INSERT INTO exclusions VALUES ('c09', DATE '2026-01-03', NULL, 'by hand', "
+            "'manual', DATE '2026-01-03', TIMESTAMP '2026-01-03 09:00')"
+        )
+        windows = [
+            {"campaign_id": f"c{i:03d}", "start": day(i), "end": None, "reason": "outage"}
+            for i in range(300)
+        ]
+        windows[1] = {
+            "campaign_id": "c'1",
+            "start": "2026-01-05",
+            "end": "2026-01-07",
+            "reason": "tracking: it's down",
+        }
+        save_exclusions(ws, windows, day(30))
+        save_exclusions(ws, windows, day(31))  # (replaced, not added)
+        got = {
+            (e["campaign_id"], e["start"], e["end"], e["reason"], e["source"])
+            for e in load_exclusions(ws)
+        }
+        want = {
+            (str(w["campaign_id"]), str(w["start"]), w["end"], w["reason"], "check")
+            for w in windows
+        }
+        assert got == want | {("c09", "2026-01-03", None, "by hand", "manual")}
+        assert ws.con.execute(
+            "SELECT count(*), min(as_of) FROM exclusions WHERE source = 'check'"
+        ).fetchone() == (300, day(31))
+        save_exclusions(ws, [], day(32))
+        assert [e["source"] for e in load_exclusions(ws)] == ["manual"]

@@ -222,15 +222,32 @@ def save_exclusions(ws: Workspace, exclusions: list[dict[str, Any]], as_of: date
 
         portable(ws, exclusions, as_of)
         return
+    import pyarrow as pa
+
     ws.con.execute(EXCLUSIONS_DDL)
+
+    def text(v: Any) -> str | None:  # (dates as ISO text: cast by DuckDB, as bound values are)
+        return None if v is None else str(v)
+
+    # one statement for all (a window a statement: 0.2 s for the 581 windows of a doubled
+    # 1,000-campaign history, and windows accumulate with the history)
+    new = pa.table(
+        {
+            k: pa.array([text(e[k]) for e in exclusions], pa.string())
+            for k in ("campaign_id", "start", "end", "reason")
+        }
+    )
     with ws.transaction() as con:
         con.execute("DELETE FROM exclusions WHERE source = 'check'")
-        now = datetime.now()
-        for e in exclusions:
+        con.register("_exclusions_new", new)
+        try:
             con.execute(
-                "INSERT INTO exclusions VALUES (?, ?, ?, ?, 'check', ?, ?)",
-                [e["campaign_id"], e["start"], e["end"], e["reason"], as_of, now],
+                "INSERT INTO exclusions SELECT campaign_id, CAST(start AS DATE), "
+                "CAST(\"end\" AS DATE), reason, 'check', ?, ? FROM _exclusions_new",
+                [as_of, datetime.now()],
             )
+        finally:
+            con.unregister("_exclusions_new")
 
 
 def load_exclusions(ws: Workspace) -> list[dict[str, Any]]:
