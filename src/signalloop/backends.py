@@ -714,20 +714,8 @@ def save_exclusions(ws: Workspace, exclusions: list[dict[str, Any]], as_of: date
     if "exclusions" in client.list_tables():
         ex = ws.table("exclusions")
         kept = ex.filter(ex.source.isnull() | (ex.source != "check")).to_pyarrow().to_pylist()
-    now = datetime.now()
-    new = [
-        {
-            "campaign_id": e["campaign_id"],
-            "start": _as_date(e["start"]),
-            "end": _as_date(e["end"]),
-            "reason": e["reason"],
-            "source": "check",
-            "as_of": as_of,
-            "created_at": now,
-        }
-        for e in exclusions
-    ]
-    rows = [{k: r.get(k) for k in EXCLUSIONS_SCHEMA.names} for r in [*kept, *new]]
+    rows = [{k: r.get(k) for k in EXCLUSIONS_SCHEMA.names} for r in kept]
+    rows += check_exclusion_rows(exclusions, as_of)
     table = pa.Table.from_pylist(rows, EXCLUSIONS_SCHEMA.to_pyarrow())
     if ws.backend == "pyspark":
         if "exclusions" not in client.list_tables():  # a create_table from a schema ignores
@@ -751,6 +739,25 @@ def save_exclusions(ws: Workspace, exclusions: list[dict[str, Any]], as_of: date
     client.create_table("exclusions", schema=EXCLUSIONS_SCHEMA, overwrite=True)
     if rows:
         append_rows(client, "exclusions", table)
+
+
+def check_exclusion_rows(exclusions: list[dict[str, Any]], as_of: date) -> list[dict[str, Any]]:
+    """The rows of :data:`EXCLUSIONS_SCHEMA` that store the checks' windows ``exclusions``
+    (``campaign_id``, ``start``, ``end``, ``reason``; dates as ISO text or dates), made
+    ``as_of``, now (what every backend's ``save_exclusions`` writes)."""
+    now = datetime.now()
+    return [
+        {
+            "campaign_id": e["campaign_id"],
+            "start": _as_date(e["start"]),
+            "end": _as_date(e["end"]),
+            "reason": e["reason"],
+            "source": "check",
+            "as_of": as_of,
+            "created_at": now,
+        }
+        for e in exclusions
+    ]
 
 
 def _as_date(v: Any) -> date | None:

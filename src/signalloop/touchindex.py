@@ -415,10 +415,14 @@ class TouchIndex:
 
     def _users(self, run: str) -> Hashes:
         """The run's user hashes, one per row, sorted (mapped, not read)."""
-        users: Hashes = np.load(self.folder / f"{run}.users.npy", mmap_mode="r")
-        if users.dtype != np.uint64 or users.ndim != 1:
-            raise ValueError(f"{run}.users.npy: expected a vector of uint64, got {users.dtype}")
-        return users
+        return self._hashes(run, ".users.npy")
+
+    def _hashes(self, run: str, suffix: str) -> Hashes:
+        """A run's vector of hashes (``.users.npy``, ``.keys.npy``), mapped, not read."""
+        hashes: Hashes = np.load(self.folder / f"{run}{suffix}", mmap_mode="r")
+        if hashes.dtype != np.uint64 or hashes.ndim != 1:
+            raise ValueError(f"{run}{suffix}: expected a vector of uint64, got {hashes.dtype}")
+        return hashes
 
     def _rows(self, run: str) -> int:
         """The run's rows (as many as its user hashes, its blocks ending where its file does)."""
@@ -463,9 +467,7 @@ class TouchIndex:
         if not len(q):
             return False
         for run in doc["runs"]:
-            keys = np.load(self.folder / f"{run}.keys.npy", mmap_mode="r")
-            if keys.dtype != np.uint64 or keys.ndim != 1:
-                raise ValueError(f"{run}.keys.npy: expected a vector of uint64, got {keys.dtype}")
+            keys = self._hashes(run, ".keys.npy")
             if len(keys) and _sifted(self.folder / f"{run}.sieve.npz", keys, q):
                 return True
         return False
