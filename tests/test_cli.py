@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -177,3 +178,40 @@ def test_help_reflows_paragraphs_and_keeps_brackets_and_placeholders() -> None:
     assert "[default: <workspace>.models/<outcome>]" in fit.stdout
     serve = run("serve", "--help", env=env)
     assert "[serve] run_at" in serve.stdout
+
+
+def _hugepage_switch() -> Any:
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    return core.multiarray._set_madvise_hugepage
+
+
+def test_the_console_script_turns_numpys_hugepage_advice_off_unless_the_user_chose(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from signalloop.cli import common
+
+    switch = _hugepage_switch()
+    before = switch(True)  # (NumPy's default on Linux 4.6 and later)
+    try:
+        monkeypatch.delenv(common.HUGEPAGE_ENV, raising=False)
+        assert common.small_pages() is True  # it was on
+        assert switch(False) is False  # and is off now
+        switch(True)
+        monkeypatch.setenv(common.HUGEPAGE_ENV, "1")  # the user's choice stands
+        assert common.small_pages() is None
+        assert switch(True) is True
+    finally:
+        switch(before)
+
+
+def test_main_asks_for_small_pages_before_any_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    import signalloop.cli as cli
+
+    calls: list[str] = []
+    monkeypatch.setattr(cli, "small_pages", lambda: calls.append("small_pages"))
+    monkeypatch.setattr(sys, "argv", ["signalloop", "--version"])
+    with pytest.raises(SystemExit) as ended:
+        cli.main()
+    assert ended.value.code == 0 and calls == ["small_pages"]

@@ -49,7 +49,7 @@ from signalloop.cli import (
     simulate,
     state,
 )
-from signalloop.cli.common import err, out
+from signalloop.cli.common import err, out, small_pages
 
 __all__ = ["app", "main"]
 
@@ -97,6 +97,7 @@ app.add_typer(keys.keys_app, name="keys")
 
 def main() -> None:
     """Console-script entry point."""
+    small_pages()  # (before any large array: see its docstring)
     try:
         app()
     except KeyboardInterrupt:  # pragma: no cover - interactive

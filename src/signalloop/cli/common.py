@@ -67,6 +67,39 @@ DbOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 
 
+#: NumPy's own switch for its hugepage advice (read at its import); when the user sets it,
+#: :func:`small_pages` leaves the choice to them.
+HUGEPAGE_ENV = "NUMPY_MADVISE_HUGEPAGE"
+
+
+def small_pages() -> bool | None:
+    """Stop NumPy asking Linux for transparent hugepages for its large arrays, for this process.
+
+    On Linux NumPy advises ``MADV_HUGEPAGE`` for every array of 4 MB or more. Where
+    ``/sys/kernel/mm/transparent_hugepage/defrag`` is ``madvise`` (a common default), each
+    such array's first touch then waits while the kernel compacts memory into 2 MB pages, and
+    a daily run's memory is mostly the page cache of its workspace, so it compacts often. On
+    the 1,000-campaign next day the nowcast's draws of one path (1,000 x 57,313) took 1.4-1.7 s
+    to fill with the advice and 0.34-0.47 s without, and the whole nowcast 26.6-27.0 s
+    against 19.9-23.0 s (BENCHMARKS.md). The console script calls this first; a user who
+    sets ``NUMPY_MADVISE_HUGEPAGE`` (``1`` keeps the advice) decides instead, and a library
+    caller keeps NumPy's default.
+
+    Returns
+    -------
+    bool or None
+        Whether the advice was on before; ``None`` when nothing was changed (the variable is
+        set, or this NumPy has no such switch).
+    """
+    if HUGEPAGE_ENV in os.environ:
+        return None
+    import numpy as np
+
+    core = getattr(np, "_core", None) or getattr(np, "core", None)
+    switch = getattr(getattr(core, "multiarray", None), "_set_madvise_hugepage", None)
+    return None if switch is None else bool(switch(False))
+
+
 def handle_errors(fn: F) -> F:
     """Turn signalloop's errors into a one-line message on stderr and exit code 2."""
 
