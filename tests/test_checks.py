@@ -359,3 +359,53 @@ def test_saved_exclusions_replace_the_checks_own_and_keep_the_manual_ones(
         ).fetchone() == (300, day(31))
         save_exclusions(ws, [], day(32))
         assert [e["source"] for e in load_exclusions(ws)] == ["manual"]
+
+
+def test_events_before_the_first_spend_and_duplicate_shares_count_every_conversion(
+    ws: Workspace, tmp_path: Path
+) -> None:
+    # c1 spends from day 5; its clicks (5 a day) and conversions (2 a day) start on day 1.
+    # Three conversions arrive twice, and one conversion no campaign can claim arrives twice.
+    day0 = datetime(2026, 1, 1)
+    spend = [
+        [(day0 + timedelta(days=d)).date().isoformat(), "meta", "c1", 100, 5, 10.0]
+        for d in range(4, 9)
+    ]
+    tps, convs = [], []
+    for d in range(9):
+        for k in range(5):
+            ts = day0 + timedelta(days=d, hours=1 + k)
+            tps.append([f"t{d}-{k}", ts.isoformat() + "Z", f"u{d}-{k}", "c1"])
+        for k in range(2):
+            ts = day0 + timedelta(days=d, hours=8 + k)
+            convs.append([f"v{d}-{k}", ts.isoformat() + "Z", "lead", "c1", f"u{d}-{k}"])
+    convs += [convs[0], convs[5], convs[17]]  # (days 1, 3 and 9)
+    stray = ["v-stray", (day0 + timedelta(days=8, hours=12)).isoformat() + "Z", "lead", "", "x"]
+    convs += [stray, stray]
+    ingest_file(
+        ws,
+        "spend",
+        write_csv(
+            tmp_path / "s.csv",
+            ["date", "platform", "campaign_id", "impressions", "clicks", "spend"],
+            spend,
+        ),
+    )
+    ingest_file(
+        ws,
+        "touchpoints",
+        write_csv(tmp_path / "t.csv", ["touch_id", "ts", "user_id", "campaign_id"], tps),
+    )
+    ingest_file(
+        ws,
+        "conversions",
+        write_csv(
+            tmp_path / "c.csv", ["conversion_id", "ts", "kind", "campaign_id", "user_id"], convs
+        ),
+    )
+    r = run_checks(ws, only=["timestamps", "duplicates"], store_exclusions=False)
+    (early,) = [f for f in r.findings if f.check == "timestamps" and f.campaign_id == "c1"]
+    assert early.evidence["before_first_spend"] == {"touchpoints": 20, "conversions": 8}
+    dup = {f.campaign_id: f.evidence for f in r.findings if f.check == "duplicates"}
+    assert dup["c1"]["copies"] == 3 and dup["c1"]["share"] == round(3 / 18, 4)
+    assert dup[None]["copies"] == 1 and dup[None]["share"] == 1.0

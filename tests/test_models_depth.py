@@ -157,3 +157,27 @@ def test_tiny_workspace_exact_depths(ws: Workspace) -> None:
     assert [f["campaign_id"] for f in shallow_model("sql", list(rows.values()))] == ["shop"]
     with pytest.raises(UsageError, match="unknown outcome"):
         shallow_model("clicks", [])
+
+
+def test_the_check_reads_closed_records_from_the_rollup_as_from_the_rows(full: Workspace) -> None:
+    from signalloop.checks import hygiene
+    from signalloop.checks.base import REGISTRY, CheckContext, default_as_of
+    from signalloop.config import Settings
+
+    settings = Settings()
+    as_of = default_as_of(full)
+    assert as_of is not None
+    # (records older than 20 days: the 60-day account has none older than the default)
+    opt = {**REGISTRY["label_completeness"].options(settings), "outcome_age_days": 20}
+    at_end = CheckContext(full, as_of, settings)
+    assert at_end.at_the_end  # (the daily run's case: the stored crm_record_outcome)
+    from_rows = CheckContext(full, as_of, settings)
+    from_rows.__dict__["at_the_end"] = False  # (what a cut before the end reads)
+
+    def evidence(ctx: CheckContext) -> dict[str, Any]:
+        return {f.campaign_id: (f.message, f.evidence) for f in hygiene._feedback_depth(ctx, opt)}
+
+    got = evidence(at_end)
+    assert got == evidence(from_rows)
+    shares = [e["outcome_known_share"] for _, e in got.values()]
+    assert any(s is not None and 0 < s < 1 for s in shares)  # records closed and still open
