@@ -77,8 +77,8 @@ def small_pages() -> bool | None:
 
     On Linux NumPy advises ``MADV_HUGEPAGE`` for every array of 4 MB or more. Where
     ``/sys/kernel/mm/transparent_hugepage/defrag`` is ``madvise`` (a common default), each
-    such array's first touch then waits while the kernel compacts memory into 2 MB pages, and
-    a daily run's memory is mostly the page cache of its workspace, so it compacts often. On
+    such array's first touch then waits while the kernel frees whole 2 MB pages, and a daily
+    run's memory is mostly the page cache of its workspace, which it compacts or reclaims. On
     the 1,000-campaign next day the nowcast's draws of one path (1,000 x 57,313) took 1.4-1.7 s
     to fill with the advice and 0.34-0.47 s without, and the whole nowcast 26.6-27.0 s
     against 19.9-23.0 s (BENCHMARKS.md). The console script calls this first; a user who
