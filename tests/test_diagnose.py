@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import signalloop.attribution
 from signalloop.checks import run_checks
+from signalloop.checks.base import CheckContext, default_as_of
+from signalloop.config import Settings
 from signalloop.diagnose import (
     FAILURE_TYPES,
     OVERRIDE_WARN_RESETS,
@@ -17,6 +20,7 @@ from signalloop.diagnose import (
     Evidence,
     diagnose,
     diagnose_evidence,
+    spend_at_stake,
 )
 from signalloop.errors import UsageError
 from signalloop.fatigue import fatigue
@@ -144,6 +148,28 @@ def test_outage_silences_volume_diagnoses(report: dict[str, Any]) -> None:
 
 def test_clean_campaign_has_no_warn_or_critical(report: dict[str, Any]) -> None:
     assert all(d["severity"] == "info" for d in by_campaign(report).get("c06", []))
+
+
+def test_crm_records_are_counted_from_the_stored_records_at_the_end_and_the_rows_before(
+    account: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    end = default_as_of(account)
+    assert end is not None and CheckContext(account, end, Settings()).at_the_end
+    read = []
+    stored = signalloop.attribution.crm_record_campaigns
+
+    def spy(*args: Any, **kw: Any) -> Any:
+        read.append(args[1:])
+        return stored(*args, **kw)
+
+    monkeypatch.setattr(signalloop.attribution, "crm_record_campaigns", spy)
+    sql = "SELECT count(DISTINCT record_id) FROM crm WHERE ts < ?"
+    for as_of, from_stored in ((end, True), (end - timedelta(days=20), False)):
+        cut = CheckContext(account, as_of, Settings()).cutoff
+        (rows,) = account.con.execute(sql, [cut]).fetchone() or (0,)
+        read.clear()
+        assert spend_at_stake(account, as_of)["account"]["crm_records"] == rows > 0
+        assert read == ([(cut,)] if from_stored else [])
 
 
 def test_healthy_account_gets_no_warn_or_critical(tmp_path: Path) -> None:

@@ -93,7 +93,7 @@ from datetime import date, timedelta
 from functools import cached_property
 from typing import Any
 
-from signalloop.checks.base import SEVERITY_RANK, default_as_of
+from signalloop.checks.base import SEVERITY_RANK, CheckContext, default_as_of
 from signalloop.config import Settings
 from signalloop.errors import UsageError
 from signalloop.store import Workspace
@@ -984,8 +984,6 @@ def spend_at_stake(ws: Workspace, as_of: date, days: int = IMPACT_DAYS) -> dict[
     account the same summed, and its history totals ``conversions`` (every conversion,
     attributed or not), ``touchpoints`` and ``crm_records``.
     """
-    from signalloop.checks.base import CheckContext
-
     ctx = CheckContext(ws, as_of, Settings())
     start = as_of - timedelta(days=days - 1)
     sp = ctx.table("spend")
@@ -1044,9 +1042,24 @@ def spend_at_stake(ws: Workspace, as_of: date, days: int = IMPACT_DAYS) -> dict[
         "conversions": int(c.n.sum().execute() or 0),
         # (every touchpoint is counted on its day in the daily rollup: no scan of them all)
         "touchpoints": int(ctx.rollup("touch_daily").n.sum().execute() or 0),
-        "crm_records": int(ctx.table("crm").record_id.nunique().execute()),
+        "crm_records": _crm_records(ctx),
     }
     return {"account": account, "campaigns": campaigns}
+
+
+def _crm_records(ctx: CheckContext) -> int:
+    """The CRM records (distinct ids) with a row up to the cut.
+
+    At the end of the data (the daily run) with the stored record campaigns current (one row
+    per record, kept with the attribution), their count; else the distinct ids of the CRM
+    rows. Counting those again took 0.30 s at 1,000 campaigns and 89 days and 0.61 s behind
+    179, every day.
+    """
+    from signalloop.attribution import crm_record_campaigns, refresh_attribution
+
+    if ctx.at_the_end and refresh_attribution(ctx.ws):
+        return int(crm_record_campaigns(ctx.ws, ctx.cutoff).record_id.count().execute())
+    return int(ctx.table("crm").record_id.nunique().execute())
 
 
 def diagnose(
