@@ -37,6 +37,7 @@ from scale import PACKAGES, STEPS, RunFailed, _size, account_folder, plain_scan,
 
 from signalloop import touchindex
 from signalloop.attribution import ATTRIBUTION_TABLE, CHANGES_TABLE, RECORDS_TABLE
+from signalloop.fatigue import FITS_TABLE
 from signalloop.models.recent import TABLE as RECENT_TABLE
 from signalloop.rollups import REGISTRY
 from signalloop.store import Workspace
@@ -49,12 +50,14 @@ IDS = {
     "crm": ("record_id",),
 }
 #: The tables kept from the rows (rebuilt by the first run on the doubled history): the
-#: stored attribution and its change log, the recent label counts, and every rollup.
+#: stored attribution and its change log, the recent label counts, the creatives' decay
+#: fits, and every rollup.
 DERIVED = (
     ATTRIBUTION_TABLE,
     CHANGES_TABLE,
     RECORDS_TABLE,
     RECENT_TABLE,
+    FITS_TABLE,
     *sorted(REGISTRY),
 )
 

@@ -287,3 +287,54 @@ def test_conversion_decays_count_a_creatives_conversions_for_each_of_its_series(
             y, s.clicks[lo:hi], s.age[lo:hi], np.zeros(hi - lo), np.zeros(hi - lo, np.int64), 1
         )
         assert got[g] == pytest.approx(float(np.exp(-beta[0, 1] * s.age[hi - 1])), rel=1e-9)
+
+
+def test_stored_fits_are_used_only_where_a_series_rows_are_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A creative that stopped delivering keeps its stored fit; every other series, and one
+    whose rows changed (a restated day), is fitted again; the report is the full fit's."""
+    import signalloop.fatigue as F
+
+    res = sim.simulate(sim.SimulationConfig(days=60, campaigns=3, seed=4))
+    paths = sim.write(res, tmp_path / "data")
+    ws = Workspace(tmp_path / "ws.duckdb")
+    ingest_file(ws, "spend", paths["spend"], now=datetime(2030, 1, 1))
+    end = date.fromisoformat(fatigue(ws).to_dict()["as_of"])
+    cut = end - timedelta(days=12)
+    fitted: list[int] = []
+    fit = F.fit_decays
+
+    def spy(*args: object) -> object:
+        fitted.append(int(args[-1]))  # type: ignore[call-overload]
+        return fit(*args)  # type: ignore[arg-type]
+
+    def full(as_of: date) -> dict[str, object]:
+        with monkeypatch.context() as m:
+            m.setattr(F, "_read_fits", lambda ws: None)
+            m.setattr(F, "_store_fits", lambda *a: None)
+            return fatigue(ws, as_of).to_dict()
+
+    def last(c: dict[str, object]) -> date:
+        return date.fromisoformat(str(c["launched"])) + timedelta(days=int(str(c["days"])) - 1)
+
+    everyone = full(end)["creatives"]
+    assert isinstance(everyone, list)
+    fatigue(ws, cut)  # (stores the fits of the series cut there)
+    monkeypatch.setattr(F, "fit_decays", spy)
+    got = fatigue(ws, end).to_dict()
+    moved = [c for c in everyone if last(c) > cut]
+    assert 0 < len(moved) < len(everyone)
+    assert fitted[0] == len(moved)  # (the conversion decays, fitted after, are not stored)
+    assert got == full(end)
+    # a stopped creative's early day restated: that series alone is fitted again
+    old = next(c for c in everyone if last(c) <= cut)
+    ws.con.execute(
+        "UPDATE spend SET clicks = clicks + 5 WHERE creative_id = ? AND date = ?",
+        [old["creative_id"], old["launched"]],
+    )
+    fitted.clear()
+    again = fatigue(ws, end).to_dict()
+    assert fitted[0] == 1
+    assert again == full(end) != got
+    ws.close()

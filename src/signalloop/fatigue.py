@@ -18,6 +18,10 @@ creative's recent delivery rate.
 A spend row's creative is its ``creative_id``, else its ad, as ``ad:<ad_id>``
 (:func:`signalloop.checks.base.creative_rows`): ad-level exports seldom carry creative ids. Such a
 series has no conversion-rate fit, since conversions name creatives, not ads.
+
+Each series' fit is kept in the workspace (:data:`FITS_TABLE`) with a digest of the rows it
+was fitted on, and a later call fits again only the series whose rows changed: those that
+delivered since, or whose days were restated or fell into an exclusion window.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
+import duckdb
 import ibis
 import numpy as np
 import pandas as pd
@@ -264,7 +269,7 @@ def fatigue(
         .to_pyarrow()
     )
     s = _Series.of(daily, as_of)
-    beta, cov = fit_decays(s.clicks, s.imp, s.age, s.exposure, s.group, s.n)
+    beta, cov = _fits(ws, s)
     shown = np.arange(s.n)
     edge = None
     if list_days is not None:
@@ -381,6 +386,127 @@ class _Series:
             age,
             before - before[starts][group] if n else np.zeros(0),
         )
+
+
+#: The decay fit of every creative series, with a digest of the rows it was fitted on
+#: (:func:`_fits`): a series whose rows are the same (a creative that stopped delivering) is
+#: not fitted again.
+FITS_TABLE = "fatigue_fits"
+#: Bump when :func:`fit_decays` or what a series holds changes: stored fits are then unused.
+FITS_VERSION = 1
+_U64 = np.uint64
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser of each element (unsigned 64-bit, wrapping)."""
+    x = (x ^ (x >> _U64(30))) * _U64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> _U64(27))) * _U64(0x94D049BB133111EB)
+    return np.asarray(x ^ (x >> _U64(31)), np.uint64)
+
+
+def _digests(s: _Series) -> np.ndarray:
+    """One 64-bit digest per series of everything its fit reads: each row's place in the
+    series, day, impressions and clicks (the bits of the floats), mixed, summed per series
+    (wrapping). Age and exposure follow from those rows."""
+    if s.n == 0:
+        return np.zeros(0, np.uint64)
+    place = (np.arange(len(s.group)) - s.bounds[:-1][s.group]).astype(np.uint64)
+    h = _mix(s.day.astype(np.int64).astype(np.uint64) + _U64(FITS_VERSION))
+    for bits in (s.imp.view(np.uint64), s.clicks.view(np.uint64), place):
+        h = _mix(h ^ bits)
+    return np.asarray(np.add.reduceat(h, s.bounds[:-1]), np.uint64)
+
+
+def _fits(ws: Workspace, s: _Series) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`fit_decays` of every series of ``s``: the stored fit of a series whose digest
+    (:func:`_digests`) is the stored one, the others fitted (together), then every series'
+    fit stored for the next call when any was fitted (on a DuckDB workspace that can be
+    written).
+
+    Each series is fitted on its own rows only (:func:`fit_decays` gives a series what it
+    gives it alone, to the bit), so a stored fit is the one a full fit would give. A history
+    is mostly creatives that stopped delivering long ago: fitting every one of them again
+    each day grew the daily run with the history. At 1,000 campaigns the next day fits 6,049
+    of 15,072 series: 0.24-0.32 s instead of 0.46-0.49 s for all of them behind 89 days,
+    0.30-0.53 s instead of 0.76-0.87 s behind 179 (BENCHMARKS.md).
+    """
+    digest = _digests(s)
+    beta, cov = np.zeros((s.n, 3)), np.zeros((s.n, 3, 3))
+    hit = np.zeros(s.n, bool)
+    stored = _read_fits(ws)
+    if stored is not None and s.n:
+        at = {
+            k: i
+            for i, k in enumerate(zip(stored["campaign_id"], stored["creative_id"], strict=True))
+        }
+        found = np.array(
+            [at.get(k, -1) for k in zip(s.campaign_id, s.creative_id, strict=True)], np.int64
+        )
+        known = found >= 0
+        hit[known] = stored["digest"][found[known]] == digest[known]
+        beta[hit] = stored["beta"][found[hit]]
+        cov[hit] = stored["cov"][found[hit]]
+    miss = np.flatnonzero(~hit)
+    if len(miss):
+        rows = np.flatnonzero(~hit[s.group])
+        local = np.cumsum(~hit) - 1
+        b, c = fit_decays(
+            s.clicks[rows],
+            s.imp[rows],
+            s.age[rows],
+            s.exposure[rows],
+            local[s.group[rows]],
+            len(miss),
+        )
+        beta[miss], cov[miss] = b, c
+        _store_fits(ws, s, digest, beta, cov)
+    return beta, cov
+
+
+def _read_fits(ws: Workspace) -> dict[str, Any] | None:
+    """The stored fits as arrays (``None``: none stored, of another version, or not a DuckDB
+    workspace)."""
+    if ws.backend != "duckdb" or ws.read_meta(FITS_TABLE).get("version") != FITS_VERSION:
+        return None
+    try:
+        t = ws.con.execute(f"SELECT * FROM {FITS_TABLE}").fetch_arrow_table()
+    except duckdb.CatalogException:
+        return None
+    return {
+        "campaign_id": t["campaign_id"].to_pylist(),
+        "creative_id": t["creative_id"].to_pylist(),
+        "digest": np.asarray(t["digest"].to_numpy(), np.uint64),
+        "beta": np.column_stack([t[f"b{i}"].to_numpy() for i in range(3)]),
+        "cov": np.column_stack([t[f"c{i}"].to_numpy() for i in range(9)]).reshape(-1, 3, 3),
+    }
+
+
+def _store_fits(
+    ws: Workspace, s: _Series, digest: np.ndarray, beta: np.ndarray, cov: np.ndarray
+) -> None:
+    """Replace the stored fits with these (nothing on a read-only or non-DuckDB workspace,
+    nor when another thread writes at the same time: the fits are then only not kept)."""
+    if ws.read_only or ws.backend != "duckdb":
+        return
+    flat = cov.reshape(-1, 9)
+    t = pa.table(
+        {
+            "campaign_id": pa.array(s.campaign_id, pa.string()),
+            "creative_id": pa.array(s.creative_id, pa.string()),
+            "digest": pa.array(digest, pa.uint64()),
+            **{f"b{i}": beta[:, i] for i in range(3)},
+            **{f"c{i}": flat[:, i] for i in range(9)},
+        }
+    )
+    ws.con.register("_fatigue_fits", t)
+    try:
+        with ws.transaction() as con:
+            con.execute(f"CREATE OR REPLACE TABLE {FITS_TABLE} AS SELECT * FROM _fatigue_fits")
+            ws.write_meta(FITS_TABLE, {"version": FITS_VERSION})
+    except duckdb.TransactionException:
+        pass
+    finally:
+        ws.con.unregister("_fatigue_fits")
 
 
 def _same_as_previous(col: pa.Array) -> np.ndarray:
